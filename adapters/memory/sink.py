@@ -1,0 +1,105 @@
+"""A sink held in process memory that can commit atomically with the memory store."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from adapters.memory.faults import Faults
+from adapters.memory.store import MemoryIdempotencyStore
+from corelib.errors import OutputRejected
+from corelib.interfaces import IdempotencyStore
+from corelib.records import Completion, Output
+from corelib.serialization import dumps
+
+__all__ = ["MemorySink"]
+
+
+class MemorySink:
+    """Outputs kept by `output_id`, with a log of every write to check how often each landed.
+
+    With `atomic=True` (the default) it commits outputs and completion markers in one
+    step with a `MemoryIdempotencyStore`; `atomic=False` exercises the runner's
+    write-then-complete path instead.
+    """
+
+    def __init__(
+        self,
+        *,
+        atomic: bool = True,
+        faults: Faults | None = None,
+        max_value_bytes: int | None = None,
+    ) -> None:
+        self.atomic = atomic
+        self.faults = faults or Faults()
+        self.max_value_bytes = max_value_bytes
+        self.lock = threading.RLock()
+        self.outputs: dict[str, Output] = {}
+        self.writes: list[str] = []
+        """Every output_id written, in the order written (rewrites included)."""
+
+    def commits_with(self, store: IdempotencyStore) -> bool:
+        """True for a memory store when this sink is atomic."""
+        return self.atomic and isinstance(store, MemoryIdempotencyStore)
+
+    async def write(self, outputs: Sequence[Output]) -> None:
+        """Store outputs, overwriting by `output_id`."""
+        self.faults.check("sink.write")
+        self._check_size(outputs)
+        with self.lock:
+            self._put(outputs)
+
+    async def write_and_complete(
+        self,
+        store: IdempotencyStore,
+        outputs: Sequence[Output],
+        completions: Sequence[Completion],
+    ) -> list[bool]:
+        """Write outputs and complete their keys in one step; refused keys write nothing."""
+        self.faults.check("sink.write_and_complete")
+        assert isinstance(store, MemoryIdempotencyStore)
+        self._check_size(outputs)
+        with store.lock, self.lock:
+            held = {c.key for c in completions if store.holds(c)}
+            accepted = store.complete_locked(completions)
+            self._put([o for o in outputs if o.event_key in held])
+            return accepted
+
+    def _put(self, outputs: Sequence[Output]) -> None:
+        for output in outputs:
+            self.outputs[output.output_id] = output
+            self.writes.append(output.output_id)
+
+    def _check_size(self, outputs: Sequence[Output]) -> None:
+        if self.max_value_bytes is None:
+            return
+        too_big = {
+            o.output_id: f"{size} bytes is over this sink's {self.max_value_bytes}-byte limit"
+            for o in outputs
+            if (size := len(dumps(o.value).encode())) > self.max_value_bytes
+        }
+        if too_big:
+            raise OutputRejected(too_big)
+
+    # -- reading, for tests ------------------------------------------------------------------
+
+    def values(self) -> list[Any]:
+        """Stored values, in the order their output_id was first written."""
+        with self.lock:
+            return [o.value for o in self.outputs.values()]
+
+    def contents(self) -> dict[str, Any]:
+        """Stored values by output_id."""
+        with self.lock:
+            return {oid: o.value for oid, o in self.outputs.items()}
+
+    def write_counts(self) -> dict[str, int]:
+        """How many times each output_id was written."""
+        counts: dict[str, int] = {}
+        for oid in self.writes:
+            counts[oid] = counts.get(oid, 0) + 1
+        return counts
+
+    def __len__(self) -> int:
+        return len(self.outputs)

@@ -1,0 +1,120 @@
+"""An idempotency store held in process memory, with leases, fencing tokens and TTL."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from adapters.memory.faults import Faults
+from corelib.clock import SystemClock
+from corelib.interfaces import Clock
+from corelib.records import Claim, ClaimStatus, Completion, Outcome
+
+__all__ = ["MemoryIdempotencyStore"]
+
+
+@dataclass(slots=True)
+class _Row:
+    status: ClaimStatus
+    token: str
+    lease_expires_at: float
+    outcome: Outcome | None = None
+    expires_at: float = float("inf")
+
+
+class MemoryIdempotencyStore:
+    """Keys, leases and outcomes in a dict; thread-safe, and atomic with `MemorySink`.
+
+    Two handles made with `handle()` share state, as two workers sharing one table.
+    """
+
+    def __init__(
+        self,
+        *,
+        ttl_seconds: float = 86_400.0,
+        clock: Clock | None = None,
+        faults: Faults | None = None,
+    ) -> None:
+        self.ttl_seconds = ttl_seconds
+        self.clock: Clock = clock or SystemClock()
+        self.faults = faults or Faults()
+        self.lock = threading.RLock()
+        self.rows: dict[str, _Row] = {}
+        self._tokens = itertools.count(1)
+        self.calls: dict[str, int] = {"claim": 0, "complete": 0, "release": 0}
+
+    def handle(self) -> MemoryIdempotencyStore:
+        """Another worker's handle on the same state (same rows, lock and clock)."""
+        other = MemoryIdempotencyStore.__new__(MemoryIdempotencyStore)
+        other.__dict__.update(self.__dict__)
+        other.faults = Faults()
+        return other
+
+    async def claim(self, keys: Sequence[str], lease_seconds: float) -> list[Claim]:
+        """Lease every free key; see `corelib.IdempotencyStore.claim`."""
+        self.faults.check("store.claim")
+        self.calls["claim"] += 1
+        with self.lock:
+            now = self.clock.now()
+            return [self._claim_one(key, now, lease_seconds) for key in keys]
+
+    def _claim_one(self, key: str, now: float, lease_seconds: float) -> Claim:
+        row = self.rows.get(key)
+        if row is not None:
+            if row.status is ClaimStatus.COMPLETED and row.expires_at > now:
+                return Claim(key, ClaimStatus.COMPLETED, outcome=row.outcome)
+            if row.status is ClaimStatus.IN_PROGRESS and row.lease_expires_at > now:
+                return Claim(key, ClaimStatus.IN_PROGRESS, lease_expires_at=row.lease_expires_at)
+        token = str(next(self._tokens))
+        expires = now + lease_seconds
+        self.rows[key] = _Row(ClaimStatus.IN_PROGRESS, token, expires)
+        return Claim(key, ClaimStatus.NEW, token=token, lease_expires_at=expires)
+
+    async def complete(self, completions: Sequence[Completion]) -> list[bool]:
+        """Mark keys completed where the fence holds."""
+        self.faults.check("store.complete")
+        self.calls["complete"] += 1
+        with self.lock:
+            return self.complete_locked(completions)
+
+    def complete_locked(self, completions: Sequence[Completion]) -> list[bool]:
+        """`complete` for a caller that already holds `lock` (the atomic sink)."""
+        now = self.clock.now()
+        accepted = []
+        for completion in completions:
+            row = self.rows.get(completion.key)
+            ok = self.holds(completion)
+            if ok and row is not None:
+                row.status = ClaimStatus.COMPLETED
+                row.outcome = completion.outcome
+                row.expires_at = now + self.ttl_seconds
+            accepted.append(ok)
+        return accepted
+
+    def holds(self, completion: Completion) -> bool:
+        """Whether the completion's fencing token is still the key's current one."""
+        row = self.rows.get(completion.key)
+        # A repeated completion by the same holder is accepted: a retried call whose
+        # first answer was lost must not look like a lost lease.
+        return row is not None and row.token == completion.claim.token
+
+    async def release(self, claims: Sequence[Claim]) -> None:
+        """Drop leases still held by these claims."""
+        self.faults.check("store.release")
+        self.calls["release"] += 1
+        with self.lock:
+            for claim in claims:
+                row = self.rows.get(claim.key)
+                if row and row.status is ClaimStatus.IN_PROGRESS and row.token == claim.token:
+                    del self.rows[claim.key]
+
+    def status(self, key: str) -> ClaimStatus | None:
+        """The key's stored status as of now, or None when absent or expired."""
+        with self.lock:
+            row = self.rows.get(key)
+            now = self.clock.now()
+            if row is None or (row.status is ClaimStatus.COMPLETED and row.expires_at <= now):
+                return None
+            return row.status

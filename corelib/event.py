@@ -1,0 +1,185 @@
+"""The immutable envelope every source produces, and its CloudEvents 1.0 form."""
+
+from __future__ import annotations
+
+import base64
+import json as _json
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from corelib.errors import DecodeError
+
+__all__ = ["Event"]
+
+# CloudEvents context attributes this envelope maps to its own fields; any other
+# top-level member of a CloudEvent is an extension and becomes an attribute.
+_CE_OWN = frozenset(
+    {
+        "specversion",
+        "id",
+        "source",
+        "type",
+        "time",
+        "subject",
+        "datacontenttype",
+        "dataschema",
+        "data",
+        "data_base64",
+        "partitionkey",
+        "sequence",
+        "deliverycount",
+        "onceflowattrs",
+    }
+)
+# Extension names are limited by the spec to lower-case letters and digits.
+_CE_EXTENSION_NAME = re.compile(r"^[a-z0-9]{1,20}$")
+_JSON_TYPES = ("application/json", "text/json")
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Event(BaseModel):
+    """One event as delivered by a source: identity, ordering lane, payload and metadata."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_bytes="base64")
+
+    id: str = Field(min_length=1, description="Unique within `source`.")
+    source: str = Field(min_length=1, description="Where the event comes from (ARN, URI, path).")
+    type: str = "onceflow.event"
+    time: datetime = Field(default_factory=_utcnow)
+    partition_key: str | None = None
+    sequence: str | None = None
+    data: bytes = b""
+    attributes: Mapping[str, str] = Field(default_factory=dict)
+    delivery_count: int = Field(default=1, ge=1)
+
+    @field_validator("time")
+    @classmethod
+    def _aware_time(cls, value: datetime) -> datetime:
+        # A naive timestamp from a source is taken as UTC rather than as local time.
+        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+    @property
+    def key(self) -> str:
+        """The default idempotency key: `source` and `id`."""
+        return f"{self.source}#{self.id}"
+
+    def json(self) -> Any:  # type: ignore[override]
+        """The payload parsed as JSON; raises `DecodeError` naming the event when it is not."""
+        try:
+            return _json.loads(self.data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise DecodeError(f"event {self.key}: data is not valid JSON ({exc})") from exc
+
+    def text(self, encoding: str = "utf-8") -> str:
+        """The payload decoded as text; raises `DecodeError` naming the event when it is not."""
+        try:
+            return self.data.decode(encoding)
+        except UnicodeDecodeError as exc:
+            raise DecodeError(f"event {self.key}: data is not valid {encoding} ({exc})") from exc
+
+    def to_cloudevent(self) -> dict[str, Any]:
+        """This event as a CloudEvents 1.0 structured-mode JSON document."""
+        doc: dict[str, Any] = {
+            "specversion": "1.0",
+            "id": self.id,
+            "source": self.source,
+            "type": self.type,
+            "time": self.time.isoformat(),
+        }
+        embedded = _embeddable_json(self.data)
+        if embedded is not _NOT_JSON:
+            doc["datacontenttype"] = "application/json"
+            doc["data"] = embedded
+        elif self.data:
+            doc["data_base64"] = base64.b64encode(self.data).decode("ascii")
+        if self.partition_key is not None:
+            doc["partitionkey"] = self.partition_key
+        if self.sequence is not None:
+            doc["sequence"] = self.sequence
+        if self.delivery_count != 1:
+            doc["deliverycount"] = self.delivery_count
+        leftovers: dict[str, str] = {}
+        for name, value in self.attributes.items():
+            if _CE_EXTENSION_NAME.match(name) and name not in _CE_OWN:
+                doc[name] = value
+            else:
+                leftovers[name] = value
+        if leftovers:
+            # Names the spec forbids as extensions still have to survive the round trip.
+            doc["onceflowattrs"] = _json.dumps(leftovers, sort_keys=True)
+        return doc
+
+    def to_cloudevent_json(self) -> str:
+        """This event as CloudEvents 1.0 structured JSON text."""
+        return _json.dumps(self.to_cloudevent(), ensure_ascii=False, separators=(",", ":"))
+
+    @classmethod
+    def from_cloudevent(cls, doc: Mapping[str, Any] | str | bytes) -> Event:
+        """An event from a CloudEvents 1.0 structured JSON document (mapping or text)."""
+        if isinstance(doc, str | bytes):
+            doc = _json.loads(doc)
+            if not isinstance(doc, Mapping):
+                raise DecodeError("a CloudEvent must be a JSON object")
+        if doc.get("specversion") != "1.0":
+            raise DecodeError(f"unsupported CloudEvents specversion {doc.get('specversion')!r}")
+        if "data_base64" in doc:
+            data = base64.b64decode(doc["data_base64"], validate=True)
+        elif "data" in doc:
+            value = doc["data"]
+            content_type = str(doc.get("datacontenttype", "application/json"))
+            if isinstance(value, str) and not _is_json_type(content_type):
+                data = value.encode("utf-8")
+            else:
+                data = _dump_compact(value)
+        else:
+            data = b""
+        attributes: dict[str, str] = {}
+        if "onceflowattrs" in doc:
+            attributes.update(_json.loads(doc["onceflowattrs"]))
+        for name, value in doc.items():
+            if name not in _CE_OWN:
+                attributes[name] = value if isinstance(value, str) else _json.dumps(value)
+        fields: dict[str, Any] = {
+            "id": doc.get("id"),
+            "source": doc.get("source"),
+            "type": doc.get("type"),
+            "data": data,
+            "attributes": attributes,
+            "partition_key": doc.get("partitionkey"),
+            "sequence": None if doc.get("sequence") is None else str(doc["sequence"]),
+            "delivery_count": int(doc.get("deliverycount", 1)),
+        }
+        if doc.get("time"):
+            fields["time"] = doc["time"]
+        return cls.model_validate(fields)
+
+
+_NOT_JSON = object()
+
+
+def _is_json_type(content_type: str) -> bool:
+    base = content_type.split(";", 1)[0].strip().lower()
+    return base in _JSON_TYPES or base.endswith("+json")
+
+
+def _dump_compact(value: Any) -> bytes:
+    return _json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _embeddable_json(data: bytes) -> Any:
+    """The parsed payload when embedding it as JSON gives back the very same bytes."""
+    if not data or data[:1] not in b'{["':
+        # Scalars are left out on purpose: "1" and "1.0" are different bytes.
+        return _NOT_JSON
+    try:
+        value = _json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return _NOT_JSON
+    return value if _dump_compact(value) == data else _NOT_JSON

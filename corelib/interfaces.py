@@ -1,0 +1,176 @@
+"""The contracts between the runner and everything pluggable: sources, processors, sinks, stores.
+
+Every backend implements these protocols; none needs a base class. The contract test
+suites in `corelib.testing` hold each implementation to the behaviour written here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Collection, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from corelib.event import Event
+from corelib.records import Claim, Completion, InvalidRecord, ObjectInfo, Output
+
+__all__ = [
+    "AtomicSink",
+    "Clock",
+    "IdempotencyStore",
+    "Metrics",
+    "ObjectStore",
+    "Processor",
+    "Sink",
+    "Source",
+]
+
+
+class Clock(Protocol):
+    """Wall-clock time in seconds since the epoch, and a way to wait."""
+
+    def now(self) -> float:
+        """Seconds since the epoch."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait for `seconds` of this clock's time."""
+        ...
+
+
+@runtime_checkable
+class Processor(Protocol):
+    """Turns one event into zero, one or many outputs.
+
+    `process` may be a plain function or `async def`. It returns an output, an iterable
+    of outputs (list, tuple or generator), or None. Raising `PermanentError` or a
+    pydantic `ValidationError` dead-letters the event at once; any other exception is
+    retried. An optional `setup()` (sync or async) runs once per worker before the first
+    event.
+    """
+
+    def process(self, event: Event) -> Any:
+        """The output(s) for `event`, or None."""
+        ...
+
+
+class Sink(Protocol):
+    """Receives outputs in batches; writing the same `output_id` twice is an overwrite."""
+
+    async def write(self, outputs: Sequence[Output]) -> None:
+        """Store every output, replacing any earlier output with the same `output_id`."""
+        ...
+
+
+@runtime_checkable
+class AtomicSink(Sink, Protocol):
+    """A sink that can commit its outputs and a store's completion markers in one transaction."""
+
+    def commits_with(self, store: IdempotencyStore) -> bool:
+        """Whether `write_and_complete` can span this sink and `store` atomically."""
+        ...
+
+    async def write_and_complete(
+        self,
+        store: IdempotencyStore,
+        outputs: Sequence[Output],
+        completions: Sequence[Completion],
+    ) -> list[bool]:
+        """Commit outputs and completions together; per completion, whether its fence held.
+
+        A completion whose token no longer holds is refused (False) and the outputs
+        with its `event_key` are not written; all others commit, atomically.
+        """
+        ...
+
+
+class IdempotencyStore(Protocol):
+    """Remembers which keys are leased and which are done, with fencing tokens and TTL.
+
+    State is decided by the timestamps the store keeps, in the clock it was given,
+    never by a database's lazy expiry: a lease whose time has passed is free to take
+    over, and a completed record older than the store's TTL counts as absent.
+    """
+
+    async def claim(self, keys: Sequence[str], lease_seconds: float) -> list[Claim]:
+        """Try to lease every key; one `Claim` per key, in the order given.
+
+        A key nobody holds, whose lease has expired, or whose completed record has
+        outlived the TTL comes back NEW with a fresh fencing token (a takeover gets a
+        token different from every earlier one); a key under someone else's live lease
+        comes back IN_PROGRESS; a completed key comes back COMPLETED with its outcome.
+        Keys are distinct. The store chunks the call to its backend's limits itself.
+        """
+        ...
+
+    async def complete(self, completions: Sequence[Completion]) -> list[bool]:
+        """Mark claimed keys completed; per completion, False when its fence no longer held.
+
+        The fence holds while the key's stored token is the claim's token: completing
+        twice with the same claim is accepted (a retried call), completing after a
+        takeover or a release is refused.
+        """
+        ...
+
+    async def release(self, claims: Sequence[Claim]) -> None:
+        """Give up leases (for keys that failed and will be redelivered); stale ones are ignored."""
+        ...
+
+
+class Source(Protocol):
+    """Pull-mode supplier of batches, told afterwards which events to deliver again."""
+
+    def batches(self, max_size: int) -> AsyncIterator[Sequence[Event | InvalidRecord]]:
+        """Batches of at most `max_size` records, until the source is drained or stopped."""
+        ...
+
+    async def ack(
+        self, batch: Sequence[Event | InvalidRecord], failed_ids: Collection[str]
+    ) -> None:
+        """Settle a batch: every record not in `failed_ids` is done; those are delivered again."""
+        ...
+
+
+class Metrics(Protocol):
+    """Where the runner reports counts and timings; the default discards them."""
+
+    def count(self, name: str, value: int = 1) -> None:
+        """Add `value` to the counter `name`."""
+        ...
+
+    def timing(self, name: str, seconds: float) -> None:
+        """Record one duration for `name`."""
+        ...
+
+
+class ObjectStore(Protocol):
+    """Objects addressed by `/`-separated paths: memory, local disk, S3, Azure Blob.
+
+    Writes are atomic: a reader sees the whole old object or the whole new one.
+    """
+
+    async def get(self, path: str) -> bytes:
+        """The object's bytes; `FileNotFoundError` when there is none."""
+        ...
+
+    async def get_range(self, path: str, start: int, end: int) -> bytes:
+        """Bytes `start` up to, not including, `end`; `FileNotFoundError` when absent."""
+        ...
+
+    async def put(self, path: str, data: bytes) -> None:
+        """Create or replace the object."""
+        ...
+
+    async def put_if_absent(self, path: str, data: bytes) -> bool:
+        """Create the object only if it does not exist; whether this call created it."""
+        ...
+
+    async def list(self, prefix: str = "") -> list[ObjectInfo]:
+        """Every object whose path starts with `prefix`, sorted by path."""
+        ...
+
+    async def delete(self, path: str) -> None:
+        """Remove the object; removing an absent object is not an error."""
+        ...
+
+    async def head(self, path: str) -> ObjectInfo | None:
+        """The object's info, or None when absent."""
+        ...

@@ -1,0 +1,689 @@
+"""The exactly-once runner: claim, process, commit, retry, dead-letter."""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import inspect
+import json
+import logging
+import time
+import traceback
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+from pydantic import ValidationError
+
+from corelib.clock import SystemClock
+from corelib.errors import ConfigurationError, DecodeError, OutputRejected, PermanentError
+from corelib.event import Event
+from corelib.interfaces import AtomicSink, Clock, IdempotencyStore, Metrics, Processor, Sink
+from corelib.metrics import NoopMetrics
+from corelib.records import (
+    Claim,
+    ClaimStatus,
+    Completion,
+    InvalidRecord,
+    Outcome,
+    OutcomeStatus,
+    Output,
+)
+from corelib.retry import Backoff
+from corelib.serialization import UnstorableValue, to_plain
+
+__all__ = ["DEFAULT_PERMANENT", "BatchResult", "Pipeline", "Step", "StepHook"]
+
+log = logging.getLogger("onceflow")
+
+Record = Event | InvalidRecord
+
+DEFAULT_PERMANENT: tuple[type[BaseException], ...] = (
+    PermanentError,
+    ValidationError,
+    UnicodeDecodeError,
+    json.JSONDecodeError,
+    UnstorableValue,
+)
+
+
+class Step(enum.Enum):
+    """Points in a batch's life where a test may inject a crash."""
+
+    AFTER_CLAIM = "after_claim"
+    AFTER_PROCESS = "after_process"
+    AFTER_SINK_WRITE = "after_sink_write"
+    BEFORE_COMPLETE = "before_complete"
+    AFTER_COMPLETE = "after_complete"
+
+
+StepHook = Callable[[Step, Sequence[str]], None]
+"""Called with the step and the keys it concerns; raising from it models a crash there."""
+
+
+@dataclass
+class BatchResult:
+    """What happened to each record of a batch, by event id."""
+
+    processed: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    """Ids to deliver again (another worker's lease, time budget, lost lease, no dead-letter sink)."""
+    dead_lettered: list[str] = field(default_factory=list)
+    reasons: dict[str, str] = field(default_factory=dict)
+    """Why each failed or dead-lettered id ended that way."""
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing needs delivering again."""
+        return not self.failed
+
+    def merge(self, other: BatchResult) -> BatchResult:
+        """The two results together (for totals over many batches)."""
+        return BatchResult(
+            processed=self.processed + other.processed,
+            duplicates=self.duplicates + other.duplicates,
+            failed=self.failed + other.failed,
+            dead_lettered=self.dead_lettered + other.dead_lettered,
+            reasons={**self.reasons, **other.reasons},
+        )
+
+
+class _State(enum.Enum):
+    PENDING = 0
+    DONE = 1
+    DEAD = 2
+    FAILED = 3
+    DUPLICATE = 4
+
+
+@dataclass(slots=True, eq=False)
+class _Item:
+    record: Record
+    key: str
+    claim: Claim | None = None
+    state: _State = _State.PENDING
+    attempts: int = 0
+    ready_at: float = 0.0
+    outputs: list[Output] = field(default_factory=list)
+    error: BaseException | None = None
+    error_tb: str = ""
+    reason: str = ""
+    first_attempt_at: float | None = None
+    first: _Item | None = None  # for an in-batch duplicate: the occurrence that counts
+
+
+class Pipeline:
+    """Runs a processor over batches of events so each event's effect is committed exactly once."""
+
+    def __init__(
+        self,
+        processor: Processor | Callable[[Event], Any],
+        sink: Sink,
+        store: IdempotencyStore,
+        dead_letter: Sink | None = None,
+        *,
+        ordered: bool = False,
+        max_attempts: int = 3,
+        key: Callable[[Event], str] | None = None,
+        lease_seconds: float = 300.0,
+        backoff: Backoff | None = None,
+        time_budget: float | None = None,
+        concurrency: int = 64,
+        permanent_errors: tuple[type[BaseException], ...] = DEFAULT_PERMANENT,
+        check_payload: bool = True,
+        clock: Clock | None = None,
+        metrics: Metrics | None = None,
+        on_step: StepHook | None = None,
+        name: str = "onceflow",
+    ) -> None:
+        if max_attempts < 1:
+            raise ConfigurationError("max_attempts must be at least 1")
+        process = getattr(processor, "process", None)
+        if process is None and callable(processor):
+            process = processor
+        if not callable(process):
+            raise ConfigurationError(
+                f"{type(processor).__name__} has no process(event) method; "
+                "give the pipeline an object with one, or a function"
+            )
+        self.processor = processor
+        self.sink = sink
+        self.store = store
+        self.dead_letter = dead_letter
+        self.ordered = ordered
+        self.max_attempts = max_attempts
+        self.key = key
+        self.lease_seconds = lease_seconds
+        self.backoff = backoff or Backoff()
+        self.time_budget = time_budget
+        self.permanent_errors = permanent_errors
+        self.check_payload = check_payload
+        self.clock: Clock = clock or SystemClock()
+        self.metrics: Metrics = metrics or NoopMetrics()
+        self.on_step = on_step
+        self.name = name
+        self._process: Callable[[Event], Any] = process
+        self._is_async = inspect.iscoroutinefunction(process)
+        self._limiter = anyio.CapacityLimiter(max(1, concurrency))
+        self._setup_done = False
+
+    # -- public entry points -------------------------------------------------------------
+
+    def run_batch(self, records: Iterable[Record], *, deadline: float | None = None) -> BatchResult:
+        """Process one batch from synchronous code (scripts, Lambda handlers)."""
+        batch = list(records)
+        return anyio.run(lambda: self.process_batch(batch, deadline=deadline))
+
+    async def process_batch(
+        self, records: Iterable[Record], *, deadline: float | None = None
+    ) -> BatchResult:
+        """Process one batch; `deadline` (in the pipeline's clock) stops new work before it."""
+        started = time.perf_counter()
+        await self.setup()
+        if self.time_budget is not None:
+            budget_end = self.clock.now() + self.time_budget
+            deadline = budget_end if deadline is None else min(deadline, budget_end)
+        items, order = self._items(records)
+        self.metrics.count("received", len(order))
+        fresh = [item for item in items if item.first is None]
+        if fresh:
+            claimed = await self._claim(fresh)
+            if claimed:
+                self._hook(Step.AFTER_CLAIM, fresh)
+                await self._run_lanes(fresh, deadline)
+                self._hook(Step.AFTER_PROCESS, fresh)
+                await self._commit(fresh)
+                await self._release([i for i in fresh if i.state is _State.FAILED])
+        result = self._result(order)
+        self.metrics.timing("batch_seconds", time.perf_counter() - started)
+        return result
+
+    async def setup(self) -> None:
+        """Run the processor's optional `setup()` once for this worker."""
+        if self._setup_done:
+            return
+        hook = getattr(self.processor, "setup", None)
+        if callable(hook):
+            outcome = hook()
+            if inspect.isawaitable(outcome):
+                await outcome
+        self._setup_done = True
+
+    # -- 1. keys and claims --------------------------------------------------------------
+
+    def _items(self, records: Iterable[Record]) -> tuple[list[_Item], list[_Item]]:
+        """Every record as an item (in delivery order) and the distinct-key items."""
+        by_key: dict[str, _Item] = {}
+        order: list[_Item] = []
+        custom_key = self.key
+        for record in records:
+            if isinstance(record, InvalidRecord) or custom_key is None:
+                key = record.key
+            else:
+                try:
+                    key = custom_key(record)
+                except Exception as exc:
+                    # The key function cannot read this event: it can never be processed.
+                    invalid = InvalidRecord(
+                        id=record.id,
+                        source=record.source,
+                        reason=f"the pipeline's key function failed: {exc!r}",
+                        raw=record.data,
+                        partition_key=record.partition_key,
+                        sequence=record.sequence,
+                    )
+                    item = _Item(invalid, invalid.key)
+                    by_key.setdefault(item.key, item)
+                    order.append(item)
+                    continue
+            item = _Item(record, key)
+            earlier = by_key.get(key)
+            if earlier is not None:
+                item.first = earlier
+            else:
+                by_key[key] = item
+            order.append(item)
+        return list(by_key.values()), order
+
+    async def _claim(self, items: list[_Item]) -> bool:
+        keys = [item.key for item in items]
+        try:
+            claims = await self._retrying("claim", lambda: self.store.claim(keys, self.lease_seconds))
+        except Exception as exc:
+            reason = f"idempotency store unavailable: {type(exc).__name__}: {exc}"
+            log.error("claim failed for %d keys: %s", len(keys), reason)
+            for item in items:
+                self._fail(item, reason)
+            return False
+        if len(claims) != len(items):
+            raise ConfigurationError(
+                f"{type(self.store).__name__}.claim returned {len(claims)} claims for "
+                f"{len(items)} keys"
+            )
+        for item, claim in zip(items, claims, strict=True):
+            item.claim = claim
+            if claim.status is ClaimStatus.COMPLETED:
+                item.state = _State.DUPLICATE
+                self._check_reuse(item)
+            elif claim.status is ClaimStatus.IN_PROGRESS:
+                self._fail(item, "another worker holds this key's lease")
+        return True
+
+    def _check_reuse(self, item: _Item) -> None:
+        stored = item.claim.outcome.fingerprint if item.claim and item.claim.outcome else None
+        if stored is None or not self.check_payload or isinstance(item.record, InvalidRecord):
+            return
+        if stored != _fingerprint(item.record.data):
+            self.metrics.count("key_reused")
+            log.warning(
+                "key %s was completed earlier for a different payload; the new one is skipped",
+                item.key,
+                extra=_log_extra(item),
+            )
+
+    # -- 2. processing, in lanes ----------------------------------------------------------
+
+    def _lanes(self, items: list[_Item]) -> list[deque[_Item]]:
+        if not self.ordered:
+            return [deque([item]) for item in items if item.state is _State.PENDING]
+        lanes: dict[object, list[_Item]] = {}
+        for item in items:
+            lane_key = item.record.partition_key
+            # Events without a partition key promise no order: each is a lane of its own.
+            lanes.setdefault(lane_key if lane_key is not None else item, []).append(item)
+        return [deque(_in_sequence(lane)) for lane in lanes.values()]
+
+    async def _run_lanes(self, items: list[_Item], deadline: float | None) -> None:
+        lanes = [lane for lane in self._lanes(items) if lane]
+        while lanes:
+            now = self.clock.now()
+            if deadline is not None and now >= deadline:
+                for lane in lanes:
+                    for item in lane:
+                        self._fail(item, "time budget ran out before this event was processed")
+                return
+            ready = [lane for lane in lanes if lane[0].ready_at <= now]
+            if not ready:
+                wake = min(lane[0].ready_at for lane in lanes)
+                if deadline is not None and wake >= deadline:
+                    await self.clock.sleep(max(0.0, deadline - now))
+                else:
+                    await self.clock.sleep(wake - now)
+                continue
+            if self._is_async and len(ready) > 1:
+                async with anyio.create_task_group() as group:
+                    for lane in ready:
+                        group.start_soon(self._advance_limited, lane, now)
+            else:
+                for lane in ready:
+                    await self._advance(lane, now)
+            lanes = [lane for lane in lanes if lane]
+
+    async def _advance_limited(self, lane: deque[_Item], now: float) -> None:
+        async with self._limiter:
+            await self._advance(lane, now)
+
+    async def _advance(self, lane: deque[_Item], now: float) -> None:
+        """Run the lane from its head until it empties or its head must wait for a retry."""
+        while lane:
+            item = lane[0]
+            if item.state is _State.PENDING:
+                if item.ready_at > now:
+                    return
+                await self._attempt(item)
+                if item.state is _State.PENDING:
+                    return  # waiting for a retry; in ordered mode the lane waits with it
+            if item.state is _State.FAILED and self.ordered:
+                lane.popleft()
+                for later in lane:
+                    self._fail(later, f"an earlier event of partition {item.record.partition_key!r} "
+                               "failed, so this one waits to keep order")
+                lane.clear()
+                return
+            lane.popleft()
+
+    async def _attempt(self, item: _Item) -> None:
+        record = item.record
+        item.attempts += 1
+        if item.first_attempt_at is None:
+            item.first_attempt_at = self.clock.now()
+        try:
+            if isinstance(record, InvalidRecord):
+                raise DecodeError(record.reason)
+            produced = self._process(record)
+            if inspect.isawaitable(produced):
+                produced = await produced
+            item.outputs = self._outputs(item, produced)
+        except Exception as exc:
+            self._failed_attempt(item, exc)
+        else:
+            item.state = _State.DONE
+
+    def _outputs(self, item: _Item, produced: Any) -> list[Output]:
+        if produced is None:
+            return []
+        if isinstance(produced, list | tuple | Iterator) or inspect.isgenerator(produced):
+            values = list(produced)
+        else:
+            values = [produced]
+        record = item.record
+        outputs = []
+        for index, value in enumerate(values):
+            try:
+                plain = to_plain(value)
+            except UnstorableValue as exc:
+                raise UnstorableValue(f"output {index} cannot be stored: {exc}") from None
+            outputs.append(
+                Output(
+                    output_id=f"{item.key}#{index}",
+                    event_key=item.key,
+                    event_id=record.id,
+                    index=index,
+                    value=plain,
+                    partition_key=record.partition_key,
+                )
+            )
+        return outputs
+
+    def _failed_attempt(self, item: _Item, exc: Exception) -> None:
+        item.error = exc
+        item.error_tb = traceback.format_exc()
+        permanent = isinstance(exc, self.permanent_errors)
+        summary = f"{type(exc).__name__}: {exc}"
+        if permanent or item.attempts >= self.max_attempts:
+            why = "permanent error" if permanent else f"failed {item.attempts} attempts"
+            item.reason = f"{_describe(item)}: {summary} ({why})"
+            log.warning(
+                "%s; dead-lettering", item.reason, extra=_log_extra(item)
+            )
+            item.state = _State.DEAD
+            return
+        self.metrics.count("retries")
+        item.ready_at = self.clock.now() + self.backoff.delay(item.attempts)
+        log.info(
+            "%s: attempt %d failed, retrying: %s",
+            _describe(item),
+            item.attempts,
+            summary,
+            extra=_log_extra(item),
+        )
+
+    # -- 3. commit -----------------------------------------------------------------------
+
+    async def _commit(self, items: list[_Item]) -> None:
+        """Write outputs and dead letters, then complete their keys (atomically where possible)."""
+        main_atomic = self._atomic(self.sink)
+        letters_atomic = self._atomic(self.dead_letter)
+        done = self._in_state(items, _State.DONE)
+        if not main_atomic:
+            await self._write(self.sink, done, self._success)
+        self._hook(Step.AFTER_SINK_WRITE, done)
+        if not letters_atomic:
+            await self._write(self.dead_letter, self._dead(items), self._dead_letter_output)
+        done = self._in_state(items, _State.DONE)
+        self._hook(Step.BEFORE_COMPLETE, done + self._in_state(items, _State.DEAD))
+        if main_atomic:
+            written = set(self._in_state(items, _State.DEAD))
+            await self._write(self.sink, done, self._success, atomic=True)
+            # Outputs the sink refused inside the transaction are dead letters now.
+            late = [i for i in self._dead(items) if i not in written]
+            if late and not letters_atomic:
+                await self._write(self.dead_letter, late, self._dead_letter_output)
+        dead = self._dead(items)
+        if letters_atomic:
+            await self._write(self.dead_letter, dead, self._dead_letter_output, atomic=True)
+        plain = [] if main_atomic else self._in_state(items, _State.DONE)
+        if not letters_atomic:
+            plain += self._in_state(items, _State.DEAD)
+        if plain:
+            completions = [self._completion(item) for item in plain]
+            try:
+                accepted = await self._retrying("complete", lambda: self.store.complete(completions))
+            except Exception as exc:
+                for item in plain:
+                    self._fail(item, f"completion failed: {type(exc).__name__}: {exc}")
+            else:
+                self._settle(plain, accepted)
+        self._hook(Step.AFTER_COMPLETE, self._in_state(items, _State.DONE, _State.DEAD))
+
+    def _atomic(self, sink: Sink | None) -> bool:
+        return isinstance(sink, AtomicSink) and sink.commits_with(self.store)
+
+    @staticmethod
+    def _in_state(items: list[_Item], *states: _State) -> list[_Item]:
+        return [i for i in items if i.state in states]
+
+    def _dead(self, items: list[_Item]) -> list[_Item]:
+        """Dead-lettered items; without a dead-letter sink they fail for redelivery instead."""
+        dead = self._in_state(items, _State.DEAD)
+        if dead and self.dead_letter is None:
+            for item in dead:
+                self._fail(item, f"{item.reason}; no dead-letter sink is configured")
+            return []
+        return dead
+
+    def _success(self, item: _Item) -> list[Output]:
+        return item.outputs
+
+    async def _write(
+        self,
+        sink: Sink | None,
+        items: list[_Item],
+        to_outputs: Callable[[_Item], list[Output]],
+        *,
+        atomic: bool = False,
+    ) -> None:
+        """Write the items' outputs (and, when atomic, their completions) until all settle."""
+        live = items
+        while sink is not None and live:
+            outputs = [o for item in live for o in to_outputs(item)]
+            try:
+                if atomic:
+                    assert isinstance(sink, AtomicSink)
+                    completions = [self._completion(item) for item in live]
+                    accepted = await self._retrying(
+                        "commit", lambda: sink.write_and_complete(self.store, outputs, completions)
+                    )
+                    self._settle(live, accepted)
+                elif outputs:
+                    await self._retrying("sink write", lambda: sink.write(outputs))
+                return
+            except OutputRejected as exc:
+                live = self._reject(live, exc, letters=sink is self.dead_letter)
+            except Exception as exc:
+                for item in live:
+                    self._fail(item, f"{'commit' if atomic else 'sink write'} failed: "
+                               f"{type(exc).__name__}: {exc}")
+                return
+
+    def _reject(self, items: list[_Item], exc: OutputRejected, *, letters: bool) -> list[_Item]:
+        """Settle the items whose outputs a sink refused; the others are written again."""
+        refused: dict[str, str] = {}
+        for output_id, reason in exc.rejected.items():
+            refused.setdefault(output_id.rsplit("#", 1)[0], reason)
+        keep = []
+        for item in items:
+            reason = refused.get(item.key)
+            if reason is None:
+                keep.append(item)
+            elif letters:
+                self._fail(item, f"the dead-letter sink refused the record: {reason}")
+            else:
+                item.state = _State.DEAD
+                item.error = exc
+                item.error_tb = ""
+                item.reason = f"{_describe(item)}: the sink cannot store its output: {reason}"
+                log.warning("%s; dead-lettering", item.reason, extra=_log_extra(item))
+        if len(keep) == len(items):
+            raise ConfigurationError(
+                f"{type(exc).__name__} named no output of this batch: {list(exc.rejected)[:3]}"
+            )
+        return keep
+
+    def _settle(self, items: list[_Item], accepted: Sequence[bool]) -> None:
+        for item, ok in zip(items, accepted, strict=True):
+            if not ok:
+                self._fail(item, "lease lost to another worker before commit; it commits instead")
+                self.metrics.count("lease_lost")
+
+    def _completion(self, item: _Item) -> Completion:
+        assert item.claim is not None
+        record = item.record
+        if item.state is _State.DONE:
+            outcome = Outcome(
+                OutcomeStatus.SUCCEEDED,
+                outputs=len(item.outputs),
+                fingerprint=_fingerprint(record.raw if isinstance(record, InvalidRecord)
+                                         else record.data) if self.check_payload else None,
+            )
+        else:
+            outcome = Outcome(
+                OutcomeStatus.DEAD_LETTERED,
+                fingerprint=_fingerprint(record.raw if isinstance(record, InvalidRecord)
+                                         else record.data) if self.check_payload else None,
+                detail=item.reason[:500],
+            )
+        return Completion(item.claim, outcome)
+
+    def _dead_letter_output(self, item: _Item) -> list[Output]:
+        record = item.record
+        exc = item.error
+        if isinstance(record, InvalidRecord):
+            original: dict[str, Any] = {
+                "id": record.id,
+                "source": record.source,
+                "raw": record.raw,
+                "locator": record.locator,
+                "partition_key": record.partition_key,
+                "sequence": record.sequence,
+                "attributes": dict(record.attributes),
+            }
+        else:
+            original = record.to_cloudevent()
+        letter = {
+            "key": item.key,
+            "event": original,
+            "error_type": type(exc).__name__ if exc else "Error",
+            "message": item.reason,
+            "traceback": item.error_tb,
+            "attempts": item.attempts,
+            "first_attempt_at": _iso(item.first_attempt_at or self.clock.now()),
+            "failed_at": _iso(self.clock.now()),
+            "pipeline": self.name,
+        }
+        return [
+            Output(
+                output_id=f"{item.key}#dead-letter",
+                event_key=item.key,
+                event_id=record.id,
+                index=0,
+                value=to_plain(letter),
+                partition_key=record.partition_key,
+            )
+        ]
+
+    # -- 4. release and result -------------------------------------------------------------
+
+    async def _release(self, items: list[_Item]) -> None:
+        held = [i.claim for i in items if i.claim and i.claim.status is ClaimStatus.NEW]
+        if not held:
+            return
+        try:
+            await self.store.release(held)
+        except Exception as exc:
+            # The leases run out on their own; redelivery only waits longer.
+            log.warning("releasing %d leases failed: %r", len(held), exc)
+
+    def _fail(self, item: _Item, reason: str) -> None:
+        item.state = _State.FAILED
+        item.reason = reason
+        if item.error is None or "lease" in reason or "budget" in reason:
+            log.warning("%s: %s", _describe(item), reason, extra=_log_extra(item))
+
+    def _result(self, order: list[_Item]) -> BatchResult:
+        result = BatchResult()
+        for item in order:
+            state = item.state
+            if item.first is not None:
+                # A second delivery inside one batch shares the fate of the first: a
+                # duplicate when that one is settled, failed when it must come again.
+                state = _State.FAILED if item.first.state is _State.FAILED else _State.DUPLICATE
+                item.reason = item.first.reason
+            event_id = item.record.id
+            if state is _State.DONE:
+                result.processed.append(event_id)
+            elif state is _State.DUPLICATE:
+                result.duplicates.append(event_id)
+            elif state is _State.DEAD:
+                result.dead_lettered.append(event_id)
+                result.reasons[event_id] = item.reason
+            else:
+                result.failed.append(event_id)
+                result.reasons[event_id] = item.reason or "not processed"
+        counts = self.metrics
+        counts.count("processed", len(result.processed))
+        counts.count("duplicates", len(result.duplicates))
+        counts.count("failed", len(result.failed))
+        counts.count("dead_lettered", len(result.dead_lettered))
+        return result
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def _hook(self, step: Step, items: list[_Item]) -> None:
+        if self.on_step is not None:
+            self.on_step(step, [i.key for i in items])
+
+    async def _retrying(self, what: str, call: Callable[[], Awaitable[Any]]) -> Any:
+        """Run a backend call, retrying transient errors with backoff; the last error escapes."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await call()
+            except OutputRejected:
+                raise
+            except Exception as exc:
+                if attempt >= self.max_attempts or isinstance(exc, self.permanent_errors):
+                    raise
+                log.info("%s failed (attempt %d), retrying: %r", what, attempt, exc)
+                self.metrics.count("backend_retries")
+                await self.clock.sleep(self.backoff.delay(attempt))
+
+
+def _in_sequence(lane: list[_Item]) -> list[_Item]:
+    """The lane in sequence-number order when every event has a numeric one; else as given."""
+    sequences = [item.record.sequence for item in lane]
+    if len(lane) > 1 and all(s is not None and s.isdigit() for s in sequences):
+        return sorted(lane, key=lambda item: int(item.record.sequence or 0))
+    return lane
+
+
+def _fingerprint(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def _describe(item: _Item) -> str:
+    record = item.record
+    where = f" at {record.locator}" if isinstance(record, InvalidRecord) and record.locator else ""
+    seq = f" sequence {record.sequence}" if record.sequence else ""
+    return f"event {record.id} from {record.source}{seq}{where}"
+
+
+def _log_extra(item: _Item) -> dict[str, Any]:
+    # Never the payload: it may hold personal data.
+    return {
+        "event_key": item.key,
+        "event_id": item.record.id,
+        "event_source": item.record.source,
+        "attempt": item.attempts,
+    }
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat()
+
+

@@ -1,0 +1,120 @@
+"""The plain records passed between the runner and its backends."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "Claim",
+    "ClaimStatus",
+    "Completion",
+    "InvalidRecord",
+    "ObjectInfo",
+    "Outcome",
+    "OutcomeStatus",
+    "Output",
+]
+
+
+class ClaimStatus(enum.Enum):
+    """What a store answers for one key asked to be claimed."""
+
+    NEW = "new"
+    """Nobody holds the key: it is now leased to the caller, guarded by `Claim.token`."""
+    IN_PROGRESS = "in_progress"
+    """Another worker holds a live lease on the key."""
+    COMPLETED = "completed"
+    """The key's effect is already committed; `Claim.outcome` says how."""
+
+
+class OutcomeStatus(enum.Enum):
+    """How a key was completed."""
+
+    SUCCEEDED = "succeeded"
+    DEAD_LETTERED = "dead_lettered"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The stored result of a completed key."""
+
+    status: OutcomeStatus
+    outputs: int = 0
+    fingerprint: str | None = None
+    """A hash of the payload that produced it, to report a key reused for another payload."""
+    detail: str | None = None
+    """For a dead-lettered key: the error's one-line summary."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A store's answer for one key: its status and, when NEW, the fencing token now held."""
+
+    key: str
+    status: ClaimStatus
+    token: str | None = None
+    """Fencing token of the lease the caller now holds (NEW only)."""
+    outcome: Outcome | None = None
+    """The stored outcome (COMPLETED only)."""
+    lease_expires_at: float | None = None
+    """When the lease runs out (NEW and IN_PROGRESS), in the store's clock."""
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A request to mark a claimed key completed with an outcome, fenced by its token."""
+
+    claim: Claim
+    outcome: Outcome
+
+    @property
+    def key(self) -> str:
+        """The key being completed."""
+        return self.claim.key
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One value a processor produced for one event, with its deterministic identity."""
+
+    output_id: str
+    """Derived from the event key and the output's position: a rewrite is an overwrite."""
+    event_key: str
+    event_id: str
+    index: int
+    value: Any
+    """JSON-compatible (dicts, lists, str, int, float, bool, None)."""
+    partition_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidRecord:
+    """A raw record that could not be turned into an `Event`; the runner dead-letters it."""
+
+    id: str
+    """A stable identity for the record (its position: sequence number, message id, line)."""
+    source: str
+    reason: str
+    raw: bytes = b""
+    locator: str = ""
+    """Where a person finds the record: `orders.jsonl:17`, a stream ARN and sequence number."""
+    partition_key: str | None = None
+    sequence: str | None = None
+    attributes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """The idempotency key, built the same way as `Event.key`."""
+        return f"{self.source}#{self.id}"
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    """An object's path, size and version tag in an object store."""
+
+    path: str
+    size: int
+    etag: str | None = None
+    modified: float | None = None

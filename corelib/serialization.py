@@ -1,0 +1,98 @@
+"""Turning what a processor returns into plain data every sink can store."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as dt
+import enum
+import json
+import math
+import uuid
+from decimal import Decimal
+from typing import Any
+
+from pydantic import BaseModel
+
+__all__ = ["UnstorableValue", "dumps", "to_plain"]
+
+_SCALARS = (str, int, bool, type(None))
+
+
+class UnstorableValue(TypeError):
+    """A value no sink can store (an arbitrary object, NaN, a non-string key)."""
+
+
+def to_plain(value: Any, _path: str = "$") -> Any:
+    """`value` as dicts with string keys, lists, str, int, float, bool, None, Decimal and bytes.
+
+    Pydantic models, dataclasses, tuples, sets, enums, UUIDs and dates are converted;
+    anything else raises `UnstorableValue` naming where in the value it sits.
+    """
+    kind = type(value)
+    if kind in _SCALARS:
+        return value
+    if kind is float:
+        if not math.isfinite(value):
+            raise UnstorableValue(f"{_path} is {value}, which no sink can store")
+        return value
+    if kind is dict:
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            if type(k) is not str:
+                if isinstance(k, int | float | enum.Enum | uuid.UUID):
+                    k = str(k.value if isinstance(k, enum.Enum) else k)
+                else:
+                    raise UnstorableValue(f"{_path} has a key of type {type(k).__name__}")
+            out[k] = to_plain(v, f"{_path}.{k}")
+        return out
+    if kind is list or kind is tuple:
+        return [to_plain(v, f"{_path}[{i}]") for i, v in enumerate(value)]
+    return _to_plain_slow(value, _path)
+
+
+def _to_plain_slow(value: Any, path: str) -> Any:
+    if isinstance(value, BaseModel):
+        return to_plain(value.model_dump(mode="python"), path)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return to_plain(
+            {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}, path
+        )
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise UnstorableValue(f"{path} is {value}, which no sink can store")
+        return value
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    if isinstance(value, enum.Enum):
+        return to_plain(value.value, path)
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, set | frozenset):
+        return [to_plain(v, f"{path}[]") for v in sorted(value, key=repr)]
+    if isinstance(value, str | int | float | dict | list | tuple):
+        # Subclasses of the builtins (IntEnum aside): store them as their base type.
+        for base in (bool, int, float, str):
+            if isinstance(value, base):
+                return to_plain(base(value), path)
+        return to_plain(dict(value) if isinstance(value, dict) else list(value), path)
+    raise UnstorableValue(
+        f"{path} is a {type(value).__name__}; return dicts, lists, scalars, "
+        "dataclasses or pydantic models"
+    )
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        # JSON has one number type: integral decimals stay exact integers, others become floats.
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    raise UnstorableValue(f"{type(value).__name__} is not JSON serialisable")
+
+
+def dumps(value: Any) -> str:
+    """Plain data (see `to_plain`) as compact JSON; bytes become base64 strings."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=_json_default)

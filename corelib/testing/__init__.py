@@ -1,0 +1,23 @@
+"""Contract test suites every backend runs, shipped so third-party backends can run them too.
+
+Needs pytest, anyio's pytest plugin and hypothesis (`pip install 'onceflow[dev]'`).
+"""
+
+from corelib.testing.contracts import (
+    AtomicSinkContract,
+    ObjectStoreContract,
+    ReadSink,
+    SinkContract,
+    StoreContract,
+)
+from corelib.testing.exactly_once import ExactlyOnceContract, RecordingProcessor
+
+__all__ = [
+    "AtomicSinkContract",
+    "ExactlyOnceContract",
+    "ObjectStoreContract",
+    "ReadSink",
+    "RecordingProcessor",
+    "SinkContract",
+    "StoreContract",
+]

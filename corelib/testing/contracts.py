@@ -1,0 +1,434 @@
+"""Behaviour every idempotency store, sink and object store must have, as pytest classes.
+
+A backend's test module subclasses a contract and defines the fixtures it names:
+
+    class TestMyStore(StoreContract):
+        @pytest.fixture
+        def store(self, clock): return MyStore(table, clock=clock, ttl_seconds=3600)
+        @pytest.fixture
+        def other_store(self, clock): return MyStore(table, clock=clock, ttl_seconds=3600)
+
+Capability fixtures (`ttl_seconds`, `batch_size`, `concurrent_claimers`) have defaults
+here that a backend overrides to state what it can do.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import pytest
+
+from corelib.clock import ManualClock
+from corelib.interfaces import AtomicSink, IdempotencyStore, ObjectStore, Sink
+from corelib.records import (
+    Claim,
+    ClaimStatus,
+    Completion,
+    Outcome,
+    OutcomeStatus,
+    Output,
+)
+
+__all__ = [
+    "AtomicSinkContract",
+    "ObjectStoreContract",
+    "ReadSink",
+    "SinkContract",
+    "StoreContract",
+]
+
+ReadSink = Callable[[Sink], Awaitable[dict[str, Any]]]
+"""Reads everything a sink holds now, as `{output_id: value}`."""
+
+LEASE = 30.0
+
+
+def unique(prefix: str = "k") -> str:
+    """A key no other test or run has used: tests share one backend."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def succeeded(claim: Claim, outputs: int = 1, fingerprint: str | None = "fp") -> Completion:
+    """A completion of `claim` as succeeded."""
+    return Completion(claim, Outcome(OutcomeStatus.SUCCEEDED, outputs, fingerprint))
+
+
+def output(key: str, index: int, value: Any) -> Output:
+    """An output of event `key` at position `index`, as the runner makes them."""
+    return Output(f"{key}#{index}", key, key.rsplit("#", 1)[-1], index, value)
+
+
+class StoreContract:
+    """Claim, complete and release semantics, leases, fencing and TTL."""
+
+    @pytest.fixture
+    def clock(self) -> ManualClock:
+        """The clock the stores under test are built with."""
+        return ManualClock()
+
+    @pytest.fixture
+    def ttl_seconds(self) -> float:
+        """The TTL the stores under test are built with."""
+        return 3600.0
+
+    @pytest.fixture
+    def batch_size(self) -> int:
+        """A batch larger than the backend's per-request limit."""
+        return 250
+
+    @pytest.fixture
+    def concurrent_claimers(self) -> int:
+        """How many workers race for one key."""
+        return 8
+
+    @pytest.mark.anyio
+    async def test_new_key_is_leased_with_a_token(
+        self, store: IdempotencyStore, clock: ManualClock
+    ) -> None:
+        key = unique()
+        [claim] = await store.claim([key], LEASE)
+        assert claim.key == key
+        assert claim.status is ClaimStatus.NEW
+        assert claim.token
+        assert claim.lease_expires_at == pytest.approx(clock.now() + LEASE, abs=1)
+
+    @pytest.mark.anyio
+    async def test_live_lease_is_in_progress_for_another_worker(
+        self, store: IdempotencyStore, other_store: IdempotencyStore
+    ) -> None:
+        key = unique()
+        [mine] = await store.claim([key], LEASE)
+        [theirs] = await other_store.claim([key], LEASE)
+        assert mine.status is ClaimStatus.NEW
+        assert theirs.status is ClaimStatus.IN_PROGRESS
+        assert theirs.token is None
+
+    @pytest.mark.anyio
+    async def test_completed_key_returns_its_outcome(
+        self, store: IdempotencyStore, other_store: IdempotencyStore
+    ) -> None:
+        key = unique()
+        [claim] = await store.claim([key], LEASE)
+        outcome = Outcome(OutcomeStatus.DEAD_LETTERED, 0, "abc123", "ValueError: no")
+        assert await store.complete([Completion(claim, outcome)]) == [True]
+        [again] = await other_store.claim([key], LEASE)
+        assert again.status is ClaimStatus.COMPLETED
+        assert again.outcome == outcome
+
+    @pytest.mark.anyio
+    async def test_repeated_completion_by_the_holder_is_accepted(
+        self, store: IdempotencyStore
+    ) -> None:
+        key = unique()
+        [claim] = await store.claim([key], LEASE)
+        assert await store.complete([succeeded(claim)]) == [True]
+        assert await store.complete([succeeded(claim)]) == [True]
+
+    @pytest.mark.anyio
+    async def test_completion_without_a_claim_is_refused(self, store: IdempotencyStore) -> None:
+        ghost = Claim(unique(), ClaimStatus.NEW, token="not-a-real-token")
+        assert await store.complete([succeeded(ghost)]) == [False]
+        [claim] = await store.claim([ghost.key], LEASE)
+        assert claim.status is ClaimStatus.NEW
+
+    @pytest.mark.anyio
+    async def test_expired_lease_is_taken_over_with_a_new_token(
+        self, store: IdempotencyStore, other_store: IdempotencyStore, clock: ManualClock
+    ) -> None:
+        key = unique()
+        [stale] = await store.claim([key], LEASE)
+        clock.advance(LEASE + 1)
+        [fresh] = await other_store.claim([key], LEASE)
+        assert fresh.status is ClaimStatus.NEW
+        assert fresh.token != stale.token
+
+    @pytest.mark.anyio
+    async def test_stale_worker_cannot_complete_after_takeover(
+        self, store: IdempotencyStore, other_store: IdempotencyStore, clock: ManualClock
+    ) -> None:
+        key = unique()
+        [stale] = await store.claim([key], LEASE)
+        clock.advance(LEASE + 1)
+        [fresh] = await other_store.claim([key], LEASE)
+        assert await store.complete([succeeded(stale, outputs=7)]) == [False]
+        assert await other_store.complete([succeeded(fresh, outputs=2)]) == [True]
+        [seen] = await store.claim([key], LEASE)
+        assert seen.status is ClaimStatus.COMPLETED
+        assert seen.outcome is not None and seen.outcome.outputs == 2
+
+    @pytest.mark.anyio
+    async def test_expired_but_untaken_lease_still_completes(
+        self, store: IdempotencyStore, clock: ManualClock
+    ) -> None:
+        key = unique()
+        [claim] = await store.claim([key], LEASE)
+        clock.advance(LEASE + 1)
+        assert await store.complete([succeeded(claim)]) == [True]
+
+    @pytest.mark.anyio
+    async def test_release_frees_the_key_at_once(
+        self, store: IdempotencyStore, other_store: IdempotencyStore
+    ) -> None:
+        key = unique()
+        [claim] = await store.claim([key], LEASE)
+        await store.release([claim])
+        [again] = await other_store.claim([key], LEASE)
+        assert again.status is ClaimStatus.NEW
+        assert await store.complete([succeeded(claim)]) == [False]
+
+    @pytest.mark.anyio
+    async def test_stale_release_leaves_the_new_lease(
+        self, store: IdempotencyStore, other_store: IdempotencyStore, clock: ManualClock
+    ) -> None:
+        key = unique()
+        [stale] = await store.claim([key], LEASE)
+        clock.advance(LEASE + 1)
+        [fresh] = await other_store.claim([key], LEASE)
+        await store.release([stale])
+        [third] = await store.claim([key], LEASE)
+        assert third.status is ClaimStatus.IN_PROGRESS
+        assert await other_store.complete([succeeded(fresh)]) == [True]
+
+    @pytest.mark.anyio
+    async def test_completed_record_expires_after_ttl(
+        self, store: IdempotencyStore, clock: ManualClock, ttl_seconds: float
+    ) -> None:
+        key = unique()
+        [claim] = await store.claim([key], LEASE)
+        await store.complete([succeeded(claim)])
+        clock.advance(ttl_seconds - 5)
+        [kept] = await store.claim([key], LEASE)
+        assert kept.status is ClaimStatus.COMPLETED
+        clock.advance(10)
+        [gone] = await store.claim([key], LEASE)
+        assert gone.status is ClaimStatus.NEW
+
+    @pytest.mark.anyio
+    async def test_large_mixed_batch_in_one_call(
+        self, store: IdempotencyStore, other_store: IdempotencyStore, batch_size: int
+    ) -> None:
+        keys = [unique(f"b{i}") for i in range(batch_size)]
+        done, busy = keys[:3], keys[3:6]
+        claims = await store.claim(done, LEASE)
+        assert await store.complete([succeeded(c) for c in claims]) == [True] * 3
+        await other_store.claim(busy, LEASE)
+        result = await store.claim(keys, LEASE)
+        assert [c.key for c in result] == keys
+        assert [c.status for c in result[:6]] == [ClaimStatus.COMPLETED] * 3 + [
+            ClaimStatus.IN_PROGRESS
+        ] * 3
+        assert all(c.status is ClaimStatus.NEW for c in result[6:])
+        accepted = await store.complete([succeeded(c) for c in result[6:]])
+        assert accepted == [True] * (batch_size - 6)
+
+    @pytest.mark.anyio
+    async def test_keys_with_any_characters(self, store: IdempotencyStore) -> None:
+        base = unique()
+        keys = [
+            f"{base}/s3://bucket/a b+c/ünïcode/Ω.json#v1",
+            f"{base}#arn:aws:kinesis:eu-west-1:1:stream/x#4960",
+            f"{base}:" + "x" * 400,
+            f"{base}?q='\"%20\\",
+        ]
+        claims = await store.claim(keys, LEASE)
+        assert [c.status for c in claims] == [ClaimStatus.NEW] * len(keys)
+        assert await store.complete([succeeded(c) for c in claims]) == [True] * len(keys)
+        assert [c.status for c in await store.claim(keys, LEASE)] == [
+            ClaimStatus.COMPLETED
+        ] * len(keys)
+
+    @pytest.mark.anyio
+    async def test_concurrent_claimers_have_exactly_one_winner(
+        self,
+        store: IdempotencyStore,
+        other_store: IdempotencyStore,
+        concurrent_claimers: int,
+    ) -> None:
+        key = unique()
+        results: list[Claim] = []
+
+        async def race(worker: IdempotencyStore) -> None:
+            results.extend(await worker.claim([key], LEASE))
+
+        async with anyio.create_task_group() as group:
+            for n in range(concurrent_claimers):
+                group.start_soon(race, store if n % 2 else other_store)
+        winners = [c for c in results if c.status is ClaimStatus.NEW]
+        assert len(winners) == 1
+        assert len(results) == concurrent_claimers
+
+
+class SinkContract:
+    """Writes land, and writing an `output_id` again overwrites it."""
+
+    @pytest.mark.anyio
+    async def test_written_outputs_can_be_read(self, sink: Sink, read_sink: ReadSink) -> None:
+        key = unique("src#e")
+        outs = [output(key, 0, {"a": 1}), output(key, 1, {"b": "two"})]
+        await sink.write(outs)
+        stored = await read_sink(sink)
+        assert stored[f"{key}#0"] == {"a": 1}
+        assert stored[f"{key}#1"] == {"b": "two"}
+
+    @pytest.mark.anyio
+    async def test_rewrite_overwrites_by_output_id(self, sink: Sink, read_sink: ReadSink) -> None:
+        key = unique("src#e")
+        await sink.write([output(key, 0, {"v": 1})])
+        await sink.write([output(key, 0, {"v": 2})])
+        stored = await read_sink(sink)
+        assert [oid for oid in stored if oid.startswith(key)] == [f"{key}#0"]
+        assert stored[f"{key}#0"] == {"v": 2}
+
+    @pytest.mark.anyio
+    async def test_json_values_round_trip(self, sink: Sink, read_sink: ReadSink) -> None:
+        key = unique("src#e")
+        value = {
+            "s": "ünïcode ✓",
+            "i": 12345678901,
+            "neg": -3,
+            "f": 1.5,
+            "t": True,
+            "n": None,
+            "l": [1, "two", {"three": 3}],
+            "m": {"nested": {"deep": [True, False]}},
+        }
+        await sink.write([output(key, 0, value)])
+        assert (await read_sink(sink))[f"{key}#0"] == value
+
+    @pytest.mark.anyio
+    async def test_empty_write_is_a_no_op(self, sink: Sink) -> None:
+        await sink.write([])
+
+    @pytest.mark.anyio
+    async def test_large_batch_in_one_call(self, sink: Sink, read_sink: ReadSink) -> None:
+        base = unique("src#e")
+        outs = [output(f"{base}{i}", 0, {"i": i}) for i in range(600)]
+        await sink.write(outs)
+        stored = await read_sink(sink)
+        assert all(stored[o.output_id] == {"i": i} for i, o in enumerate(outs))
+
+
+class AtomicSinkContract:
+    """Outputs and completion markers commit together, fenced by the claim's token."""
+
+    @pytest.fixture
+    def clock(self) -> ManualClock:
+        """The clock the store under test is built with."""
+        return ManualClock()
+
+    @pytest.mark.anyio
+    async def test_commits_with_its_store(self, sink: AtomicSink, store: IdempotencyStore) -> None:
+        assert sink.commits_with(store)
+
+    @pytest.mark.anyio
+    async def test_outputs_and_markers_commit_together(
+        self, sink: AtomicSink, store: IdempotencyStore, read_sink: ReadSink
+    ) -> None:
+        key = unique("src#e")
+        [claim] = await store.claim([key], LEASE)
+        outs = [output(key, 0, {"x": 1}), output(key, 1, {"x": 2})]
+        assert await sink.write_and_complete(store, outs, [succeeded(claim, 2)]) == [True]
+        stored = await read_sink(sink)
+        assert stored[f"{key}#0"] == {"x": 1} and stored[f"{key}#1"] == {"x": 2}
+        [after] = await store.claim([key], LEASE)
+        assert after.status is ClaimStatus.COMPLETED
+
+    @pytest.mark.anyio
+    async def test_stale_token_writes_nothing_for_its_key(
+        self,
+        sink: AtomicSink,
+        store: IdempotencyStore,
+        other_store: IdempotencyStore,
+        read_sink: ReadSink,
+        clock: ManualClock,
+    ) -> None:
+        stale_key, fresh_key = unique("src#s"), unique("src#f")
+        [stale] = await store.claim([stale_key], LEASE)
+        clock.advance(LEASE + 1)
+        [taken] = await other_store.claim([stale_key], LEASE)
+        [fresh] = await store.claim([fresh_key], LEASE)
+        outs = [output(stale_key, 0, {"who": "stale"}), output(fresh_key, 0, {"who": "fresh"})]
+        accepted = await sink.write_and_complete(
+            store, outs, [succeeded(stale), succeeded(fresh)]
+        )
+        assert accepted == [False, True]
+        stored = await read_sink(sink)
+        assert f"{stale_key}#0" not in stored
+        assert stored[f"{fresh_key}#0"] == {"who": "fresh"}
+        assert await other_store.complete([succeeded(taken)]) == [True]
+
+    @pytest.mark.anyio
+    async def test_completion_without_outputs(
+        self, sink: AtomicSink, store: IdempotencyStore
+    ) -> None:
+        key = unique("src#e")
+        [claim] = await store.claim([key], LEASE)
+        assert await sink.write_and_complete(store, [], [succeeded(claim, 0)]) == [True]
+        [after] = await store.claim([key], LEASE)
+        assert after.status is ClaimStatus.COMPLETED
+
+
+class ObjectStoreContract:
+    """Get, put, put-if-absent, ranges, listing and deletes over paths."""
+
+    @pytest.mark.anyio
+    async def test_put_then_get(self, object_store: ObjectStore) -> None:
+        path = f"{unique('d')}/a/b.bin"
+        data = bytes(range(256)) * 4
+        await object_store.put(path, data)
+        assert await object_store.get(path) == data
+
+    @pytest.mark.anyio
+    async def test_missing_object_is_file_not_found(self, object_store: ObjectStore) -> None:
+        with pytest.raises(FileNotFoundError):
+            await object_store.get(f"{unique('d')}/nothing")
+        assert await object_store.head(f"{unique('d')}/nothing") is None
+
+    @pytest.mark.anyio
+    async def test_put_replaces(self, object_store: ObjectStore) -> None:
+        path = f"{unique('d')}/x"
+        await object_store.put(path, b"one")
+        await object_store.put(path, b"two")
+        assert await object_store.get(path) == b"two"
+
+    @pytest.mark.anyio
+    async def test_put_if_absent_creates_once(self, object_store: ObjectStore) -> None:
+        path = f"{unique('d')}/once"
+        assert await object_store.put_if_absent(path, b"first") is True
+        assert await object_store.put_if_absent(path, b"second") is False
+        assert await object_store.get(path) == b"first"
+
+    @pytest.mark.anyio
+    async def test_get_range(self, object_store: ObjectStore) -> None:
+        path = f"{unique('d')}/r"
+        await object_store.put(path, b"0123456789")
+        assert await object_store.get_range(path, 2, 5) == b"234"
+
+    @pytest.mark.anyio
+    async def test_list_by_prefix_sorted(self, object_store: ObjectStore) -> None:
+        base = unique("d")
+        for name in ["b/2", "a/1", "b/1", "c"]:
+            await object_store.put(f"{base}/{name}", name.encode())
+        listed = await object_store.list(f"{base}/b/")
+        assert [i.path for i in listed] == [f"{base}/b/1", f"{base}/b/2"]
+        assert [i.size for i in listed] == [3, 3]
+        everything = await object_store.list(f"{base}/")
+        assert len(everything) == 4
+
+    @pytest.mark.anyio
+    async def test_delete_is_idempotent(self, object_store: ObjectStore) -> None:
+        path = f"{unique('d')}/gone"
+        await object_store.put(path, b"x")
+        await object_store.delete(path)
+        await object_store.delete(path)
+        assert await object_store.head(path) is None
+
+    @pytest.mark.anyio
+    async def test_head_reports_size(self, object_store: ObjectStore) -> None:
+        path = f"{unique('d')}/h"
+        await object_store.put(path, b"12345")
+        info = await object_store.head(path)
+        assert info is not None and info.size == 5 and info.path == path

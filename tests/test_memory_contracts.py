@@ -1,0 +1,72 @@
+"""The memory backend against every contract suite."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from adapters.memory import ManualClock, MemoryIdempotencyStore, MemoryObjectStore, MemorySink
+from corelib.interfaces import Sink
+from corelib.testing import (
+    AtomicSinkContract,
+    ExactlyOnceContract,
+    ObjectStoreContract,
+    SinkContract,
+    StoreContract,
+)
+
+
+async def read_memory(sink: Sink) -> dict[str, Any]:
+    assert isinstance(sink, MemorySink)
+    return sink.contents()
+
+
+class MemoryFixtures:
+    @pytest.fixture
+    def store(self, clock: ManualClock) -> MemoryIdempotencyStore:
+        self._store = MemoryIdempotencyStore(clock=clock, ttl_seconds=3600.0)
+        return self._store
+
+    @pytest.fixture
+    def other_store(self, store: MemoryIdempotencyStore) -> MemoryIdempotencyStore:
+        return store.handle()
+
+    @pytest.fixture
+    def read_sink(self) -> Any:
+        return read_memory
+
+
+class TestMemoryStore(MemoryFixtures, StoreContract):
+    pass
+
+
+class TestMemorySink(MemoryFixtures, SinkContract):
+    @pytest.fixture
+    def sink(self) -> MemorySink:
+        return MemorySink()
+
+
+class TestMemoryAtomicSink(MemoryFixtures, AtomicSinkContract):
+    @pytest.fixture
+    def sink(self) -> MemorySink:
+        return MemorySink()
+
+
+class TestMemoryObjectStore(ObjectStoreContract):
+    @pytest.fixture
+    def object_store(self) -> MemoryObjectStore:
+        return MemoryObjectStore()
+
+
+@pytest.mark.parametrize("atomic", [True, False], ids=["atomic", "write-then-complete"])
+class TestMemoryExactlyOnce(MemoryFixtures, ExactlyOnceContract):
+    max_examples = 150
+
+    @pytest.fixture
+    def sink(self, atomic: bool) -> MemorySink:
+        return MemorySink(atomic=atomic)
+
+    @pytest.fixture
+    def dead_letter_sink(self, atomic: bool) -> MemorySink:
+        return MemorySink(atomic=atomic)
