@@ -1,0 +1,47 @@
+# Two set-up-and-go commands: `make demo` and `make test`. Each creates .venv and installs
+# what it needs on first use, so a fresh clone with Python 3.11+, make, node and npm works.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+
+.PHONY: demo test lint typecheck bench clean
+
+$(BIN)/activate:
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "onceflow needs Python 3.11+"'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# Runtime install for the demo: the core, the CLI's extras and parquet.
+$(VENV)/.demo-installed: pyproject.toml | $(BIN)/activate
+	$(PY) -m pip install --quiet -e '.[cli,parquet]'
+	touch $@
+
+# Everything the tests need: every extra plus the npm emulators (Azurite, Cosmos DB server).
+$(VENV)/.test-installed: pyproject.toml | $(BIN)/activate
+	$(PY) -m pip install --quiet -e '.[dev,cli,aws,azure,parquet,delta]'
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	bash scripts/install-emulators.sh
+	touch $@
+
+demo: $(VENV)/.demo-installed
+	bash examples/orders/demo.sh
+
+test: $(VENV)/.test-installed node_modules/.installed
+	$(PY) -m pytest
+
+lint: $(VENV)/.test-installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(VENV)/.test-installed
+	$(BIN)/mypy
+
+bench: $(VENV)/.test-installed
+	$(PY) benchmarks/core_overhead.py
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis .demo
