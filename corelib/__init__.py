@@ -33,6 +33,7 @@ from corelib.records import (
     Output,
 )
 from corelib.retry import Backoff
+from corelib.runner import run_source
 
 __all__ = [
     "AtomicSink",
@@ -66,4 +67,5 @@ __all__ = [
     "Source",
     "Step",
     "SystemClock",
+    "run_source",
 ]
