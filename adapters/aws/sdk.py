@@ -19,7 +19,8 @@ def boto3_client(service: str) -> Any:
         import boto3  # noqa: PLC0415
     except ImportError as exc:  # pragma: no cover - the dev environment has boto3
         raise ImportError(MISSING) from exc
-    return boto3.client(service)
+    make: Any = boto3.client  # the stubs only accept literal service names
+    return make(service)
 
 
 async def run_blocking(call: Any, /, *args: Any, **kwargs: Any) -> Any:
