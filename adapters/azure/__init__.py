@@ -1,0 +1,39 @@
+"""The Azure backend: Functions entry, Blob/Table/Cosmos/Queue stores and sinks.
+
+Each name is imported on first use, so `import adapters.azure` costs nothing and a
+missing extra is reported as `pip install 'onceflow[azure]'`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from adapters.azure.blob_store import BlobObjectStore
+
+__all__ = [
+    "BlobObjectStore",
+]
+
+_HOMES = {
+    "BlobObjectStore": "adapters.azure.blob_store",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'adapters.azure' has no attribute {name!r}")
+    try:
+        module = importlib.import_module(home)
+    except ImportError as exc:
+        if exc.name and exc.name.startswith("azure"):
+            raise ImportError(
+                f"adapters.azure.{name} needs the Azure SDK ({exc.name}): "
+                "pip install 'onceflow[azure]'"
+            ) from exc
+        raise
+    value = getattr(module, name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,133 @@
+"""An object store on Azure Blob Storage: one container, paths under an optional prefix."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import TypeVar
+
+import anyio.to_thread
+from azure.core.exceptions import (
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+)
+from azure.storage.blob import BlobServiceClient, ContainerClient
+
+from corelib.records import ObjectInfo
+
+__all__ = ["BlobObjectStore"]
+
+T = TypeVar("T")
+
+
+class BlobObjectStore:
+    """`corelib.interfaces.ObjectStore` on one Blob container, every path under `prefix`.
+
+    Writes are single-shot block-blob uploads, so a reader sees the whole old or the whole
+    new blob; `put_if_absent` is an upload with `If-None-Match: *`. The SDK is synchronous
+    (its async flavour needs aiohttp), so each call runs in a worker thread.
+    """
+
+    def __init__(
+        self,
+        container: ContainerClient | str,
+        prefix: str = "",
+        *,
+        connection_string: str | None = None,
+        create: bool = False,
+    ) -> None:
+        if isinstance(container, str):
+            if connection_string is None:
+                raise ValueError(
+                    f"BlobObjectStore({container!r}) needs connection_string= or a ContainerClient"
+                )
+            service = BlobServiceClient.from_connection_string(connection_string)
+            container = service.get_container_client(container)
+        self.container = container
+        self.prefix = prefix
+        if create:
+            with contextlib.suppress(ResourceExistsError):
+                container.create_container()
+
+    def _name(self, path: str) -> str:
+        return self.prefix + path
+
+    async def _call(self, func: Callable[[], T]) -> T:
+        return await anyio.to_thread.run_sync(func)
+
+    async def get(self, path: str) -> bytes:
+        """The object's bytes; `FileNotFoundError` when there is none."""
+        blob = self.container.get_blob_client(self._name(path))
+        try:
+            return await self._call(lambda: blob.download_blob().readall())
+        except ResourceNotFoundError as exc:
+            raise FileNotFoundError(f"no blob {self._name(path)!r}") from exc
+
+    async def get_range(self, path: str, start: int, end: int) -> bytes:
+        """Bytes `start` up to, not including, `end`; `FileNotFoundError` when absent."""
+        blob = self.container.get_blob_client(self._name(path))
+        if end <= start:
+            if await self.head(path) is None:
+                raise FileNotFoundError(f"no blob {self._name(path)!r}")
+            return b""
+        try:
+            return await self._call(
+                lambda: blob.download_blob(offset=start, length=end - start).readall()
+            )
+        except ResourceNotFoundError as exc:
+            raise FileNotFoundError(f"no blob {self._name(path)!r}") from exc
+        except HttpResponseError as exc:
+            if exc.status_code == 416:  # start at or past the end: an empty slice, like bytes[a:b]
+                return b""
+            raise
+
+    async def put(self, path: str, data: bytes) -> None:
+        """Create or replace the object."""
+        blob = self.container.get_blob_client(self._name(path))
+        await self._call(lambda: blob.upload_blob(bytes(data), overwrite=True))
+
+    async def put_if_absent(self, path: str, data: bytes) -> bool:
+        """Create the object only if it does not exist; whether this call created it."""
+        blob = self.container.get_blob_client(self._name(path))
+        try:
+            await self._call(
+                lambda: blob.upload_blob(bytes(data), overwrite=True, if_none_match="*")
+            )
+        except (ResourceExistsError, ResourceModifiedError):
+            return False
+        return True
+
+    async def list(self, prefix: str = "") -> list[ObjectInfo]:
+        """Every object whose path starts with `prefix`, sorted by path."""
+        cut = len(self.prefix)
+
+        def listing() -> list[ObjectInfo]:
+            return [
+                ObjectInfo(
+                    b.name[cut:],
+                    int(b.size),
+                    b.etag,
+                    b.last_modified.timestamp() if b.last_modified else None,
+                )
+                for b in self.container.list_blobs(name_starts_with=self._name(prefix))
+            ]
+
+        return sorted(await self._call(listing), key=lambda info: info.path)
+
+    async def delete(self, path: str) -> None:
+        """Remove the object; removing an absent object is not an error."""
+        blob = self.container.get_blob_client(self._name(path))
+        with contextlib.suppress(ResourceNotFoundError):
+            await self._call(blob.delete_blob)
+
+    async def head(self, path: str) -> ObjectInfo | None:
+        """The object's info, or None when absent."""
+        blob = self.container.get_blob_client(self._name(path))
+        try:
+            props = await self._call(blob.get_blob_properties)
+        except ResourceNotFoundError:
+            return None
+        modified = props.last_modified.timestamp() if props.last_modified else None
+        return ObjectInfo(path, int(props.size), props.etag, modified)
