@@ -11,13 +11,19 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from adapters.azure.blob_store import BlobObjectStore
+    from adapters.azure.table_sink import TableSink
+    from adapters.azure.table_store import TableIdempotencyStore
 
 __all__ = [
     "BlobObjectStore",
+    "TableIdempotencyStore",
+    "TableSink",
 ]
 
 _HOMES = {
     "BlobObjectStore": "adapters.azure.blob_store",
+    "TableIdempotencyStore": "adapters.azure.table_store",
+    "TableSink": "adapters.azure.table_sink",
 }
 
 

@@ -1,0 +1,136 @@
+"""A sink on Azure Table storage: one row per output, atomic with a `TableIdempotencyStore`."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import anyio.to_thread
+from azure.core.exceptions import ResourceExistsError
+from azure.data.tables import TableClient, TableServiceClient, UpdateMode
+
+from adapters.azure.table_keys import OUTPUT, output_address
+from adapters.azure.table_store import TableIdempotencyStore
+from adapters.azure.table_transactions import Group, Operation, submit
+from corelib.errors import OutputRejected
+from corelib.interfaces import IdempotencyStore
+from corelib.records import Completion, Output
+from corelib.serialization import dumps
+
+__all__ = ["TableSink"]
+
+T = TypeVar("T")
+
+CHUNK = 30_000  # characters per string property (the service allows 64 KiB of UTF-16)
+MAX_CHUNKS = 15  # entities hold at most 1 MiB; leave room for the other properties
+
+
+class TableSink:
+    """`corelib.interfaces.AtomicSink` writing each output as one entity, upserted by output_id.
+
+    An output lives in its event's marker partition (see `adapters.azure.table_keys`), so
+    when this sink shares its table with a `TableIdempotencyStore` the outputs and the
+    completion marker of a key commit in one entity transaction, fenced by the marker's
+    ETag. On another table it is a plain idempotent sink and the runner writes, then
+    completes. The value is stored as JSON text, split over properties `value0..`;
+    outputs over ~900 KB are refused with `OutputRejected` (dead-lettered).
+    """
+
+    def __init__(
+        self,
+        table: TableClient | str,
+        *,
+        connection_string: str | None = None,
+        create: bool = False,
+    ) -> None:
+        if isinstance(table, str):
+            if connection_string is None:
+                raise ValueError(f"TableSink({table!r}) needs connection_string= or a TableClient")
+            table = TableServiceClient.from_connection_string(connection_string).get_table_client(
+                table
+            )
+        self.table = table
+        if create:
+            with contextlib.suppress(ResourceExistsError):
+                table.create_table()
+
+    async def _call(self, func: Callable[[], T]) -> T:
+        return await anyio.to_thread.run_sync(func)
+
+    def commits_with(self, store: IdempotencyStore) -> bool:
+        """True for a `TableIdempotencyStore` on this sink's table."""
+        return isinstance(store, TableIdempotencyStore) and store.shares_table(self.table)
+
+    async def write(self, outputs: Sequence[Output]) -> None:
+        """Upsert every output by `output_id`, in transactions per partition."""
+        if not outputs:
+            return
+        entities = self._entities(outputs)
+        groups = [
+            Group(e["PartitionKey"], [("upsert", e, {"mode": UpdateMode.REPLACE})])
+            for e in entities.values()
+        ]
+        await self._call(lambda: submit(self.table, groups))
+
+    async def write_and_complete(
+        self,
+        store: IdempotencyStore,
+        outputs: Sequence[Output],
+        completions: Sequence[Completion],
+    ) -> list[bool]:
+        """Commit each key's outputs with its completion marker; refused keys write nothing."""
+        assert isinstance(store, TableIdempotencyStore)
+        entities = self._entities(outputs)
+        extra: dict[str, list[Operation]] = {}
+        for output in outputs:
+            entity = entities[output.output_id]
+            extra.setdefault(output.event_key, []).append(
+                ("upsert", entity, {"mode": UpdateMode.REPLACE})
+            )
+        orphans = [o for o in outputs if o.event_key not in {c.key for c in completions}]
+        if orphans:
+            raise ValueError(f"outputs without a completion: {[o.output_id for o in orphans[:3]]}")
+        return await self._call(lambda: store.commit(list(completions), extra))
+
+    def _entities(self, outputs: Sequence[Output]) -> dict[str, dict[str, Any]]:
+        entities: dict[str, dict[str, Any]] = {}
+        too_big: dict[str, str] = {}
+        for output in outputs:
+            text = dumps(output.value)
+            pieces = [text[i : i + CHUNK] for i in range(0, len(text), CHUNK)] or [""]
+            if len(pieces) > MAX_CHUNKS:
+                too_big[output.output_id] = (
+                    f"{len(text)} characters of JSON is over a Table entity's "
+                    f"{CHUNK * MAX_CHUNKS}-character limit"
+                )
+                continue
+            partition, row_key = output_address(output.event_key, output.output_id)
+            entity: dict[str, Any] = {
+                "PartitionKey": partition,
+                "RowKey": row_key,
+                "output_id": output.output_id,
+                "event_key": output.event_key,
+                "event_id": output.event_id,
+                "index": output.index,
+                "chunks": len(pieces),
+            }
+            if output.partition_key is not None:
+                entity["partition_key"] = output.partition_key
+            entity.update({f"value{i}": piece for i, piece in enumerate(pieces)})
+            entities[output.output_id] = entity
+        if too_big:
+            raise OutputRejected(too_big)
+        return entities
+
+    async def contents(self) -> dict[str, Any]:
+        """Every stored output's value by output_id (reads the whole table: for tests, audits)."""
+        return await self._call(self._contents)
+
+    def _contents(self) -> dict[str, Any]:
+        query = f"RowKey ge '{OUTPUT}' and RowKey lt '{chr(ord(OUTPUT) + 1)}'"
+        return {
+            e["output_id"]: json.loads("".join(e[f"value{i}"] for i in range(int(e["chunks"]))))
+            for e in self.table.query_entities(query)
+        }

@@ -1,0 +1,393 @@
+"""An idempotency store on Azure Table storage (or Azure Cosmos DB for Table)."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import anyio.to_thread
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.data.tables import TableClient, TableServiceClient, UpdateMode
+
+from adapters.azure.table_keys import key_address, marker_row, numeric_row
+from adapters.azure.table_transactions import Group, Operation, submit
+from corelib.clock import SystemClock
+from corelib.interfaces import Clock
+from corelib.records import Claim, ClaimStatus, Completion, Outcome, OutcomeStatus
+
+__all__ = ["TableIdempotencyStore"]
+
+T = TypeVar("T")
+
+IN_PROGRESS = "in_progress"
+COMPLETED = "completed"
+OR_LIMIT = 14  # Azure Table filters allow 15 comparisons; one is the PartitionKey
+DENSE = 2.0  # read a numeric RowKey range when it holds at most this many rows per key
+SINGLE_TRIES = 5
+ETAG_CACHE = 200_000
+
+Entity = dict[str, Any]
+
+
+def _if_match(etag: str) -> dict[str, Any]:
+    return {"etag": etag, "match_condition": MatchConditions.IfNotModified}
+
+
+class TableIdempotencyStore:
+    """`corelib.interfaces.IdempotencyStore` on one Azure Table, in bulk entity transactions.
+
+    One marker entity per key (see `adapters.azure.table_keys` for its address). A claim
+    reads the batch's markers (one RowKey range query when the ids are contiguous
+    sequence numbers, else OR-queries of 14 keys), then creates or ETag-guarded updates
+    the free ones in entity transactions of up to 100 operations per partition. The
+    ETag each write left is kept in this handle, so `complete` and `release` are
+    conditional writes with no read first; a 409/412 isolates that one key and decides
+    it again. Expiry follows the stored timestamps in the store's clock; Table storage
+    has no TTL, so `purge` deletes expired rows on demand.
+    """
+
+    def __init__(
+        self,
+        table: TableClient | str,
+        *,
+        connection_string: str | None = None,
+        ttl_seconds: float = 86_400.0,
+        clock: Clock | None = None,
+        create: bool = False,
+    ) -> None:
+        if isinstance(table, str):
+            if connection_string is None:
+                raise ValueError(
+                    f"TableIdempotencyStore({table!r}) needs connection_string= or a TableClient"
+                )
+            table = TableServiceClient.from_connection_string(connection_string).get_table_client(
+                table
+            )
+        self.table = table
+        self.ttl_seconds = ttl_seconds
+        self.clock: Clock = clock or SystemClock()
+        self._etags: OrderedDict[tuple[str, str], tuple[str, str]] = OrderedDict()
+        self._etag_lock = threading.Lock()
+        if create:
+            with contextlib.suppress(ResourceExistsError):
+                table.create_table()
+
+    def shares_table(self, table: TableClient) -> bool:
+        """Whether `table` is this store's table (same account endpoint and name)."""
+        return bool(
+            table.url.rstrip("/") == self.table.url.rstrip("/")
+            and table.table_name == self.table.table_name
+        )
+
+    async def _call(self, func: Callable[[], T]) -> T:
+        return await anyio.to_thread.run_sync(func)
+
+    # -- claim -----------------------------------------------------------------------------
+
+    async def claim(self, keys: Sequence[str], lease_seconds: float) -> list[Claim]:
+        """Lease every free key; see `corelib.interfaces.IdempotencyStore.claim`."""
+        return await self._call(lambda: self._claim(list(keys), lease_seconds))
+
+    def _claim(self, keys: list[str], lease_seconds: float) -> list[Claim]:
+        now = self.clock.now()
+        addresses = {key: key_address(key) for key in keys}
+        rows = self.read(list(addresses.values()))
+        answers: dict[str, Claim] = {}
+        groups: list[Group] = []
+        for key, address in addresses.items():
+            claim, operation = self._decide(key, address, rows.get(address), now, lease_seconds)
+            if operation is None:
+                answers[key] = claim
+            else:
+                groups.append(Group(address[0], [operation], tag=claim))
+        submit(self.table, groups)
+        for group in groups:
+            claim = group.tag
+            if group.conflict is None:
+                self._remember(addresses[claim.key], claim.token, group.etags[0])
+                answers[claim.key] = claim
+            else:
+                answers[claim.key] = self._claim_one(claim.key, addresses[claim.key], lease_seconds)
+        return [answers[key] for key in keys]
+
+    def _decide(
+        self,
+        key: str,
+        address: tuple[str, str],
+        row: Entity | None,
+        now: float,
+        lease_seconds: float,
+    ) -> tuple[Claim, Operation | None]:
+        """The answer for one key given its stored row, and the write a NEW answer needs."""
+        if row is not None:
+            if row.get("status") == COMPLETED and float(row.get("expires_at", 0)) > now:
+                return Claim(key, ClaimStatus.COMPLETED, outcome=_outcome(row)), None
+            lease_end = float(row.get("lease_expires_at", 0))
+            if row.get("status") == IN_PROGRESS and lease_end > now:
+                return Claim(key, ClaimStatus.IN_PROGRESS, lease_expires_at=lease_end), None
+        token = uuid.uuid4().hex
+        expires = now + lease_seconds
+        entity: Entity = {
+            "PartitionKey": address[0],
+            "RowKey": address[1],
+            "key": key,
+            "status": IN_PROGRESS,
+            "token": token,
+            "lease_expires_at": expires,
+        }
+        claim = Claim(key, ClaimStatus.NEW, token=token, lease_expires_at=expires)
+        if row is None:
+            return claim, ("create", entity)
+        return claim, ("update", entity, {"mode": UpdateMode.REPLACE, **_if_match(_etag(row))})
+
+    def _claim_one(self, key: str, address: tuple[str, str], lease_seconds: float) -> Claim:
+        """Decide one contended key alone, reading it again after each lost race."""
+        for _ in range(SINGLE_TRIES):
+            row = self._get(address)
+            claim, operation = self._decide(key, address, row, self.clock.now(), lease_seconds)
+            if operation is None:
+                return claim
+            try:
+                if operation[0] == "create":
+                    written = self.table.create_entity(operation[1])
+                else:
+                    written = self.table.update_entity(operation[1], **operation[2])
+            except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
+                continue
+            self._remember(address, claim.token, written["etag"])
+            return claim
+        # Still contended after several rounds: someone else is writing it right now.
+        return Claim(key, ClaimStatus.IN_PROGRESS, lease_expires_at=self.clock.now())
+
+    # -- complete and release --------------------------------------------------------------
+
+    async def complete(self, completions: Sequence[Completion]) -> list[bool]:
+        """Mark keys completed where the fence holds; see the protocol."""
+        return await self._call(lambda: self.commit(list(completions), {}))
+
+    def completion_entity(self, completion: Completion, now: float) -> Entity:
+        """The marker row of a completed key."""
+        partition, row_key = key_address(completion.key)
+        outcome = completion.outcome
+        entity: Entity = {
+            "PartitionKey": partition,
+            "RowKey": row_key,
+            "key": completion.key,
+            "status": COMPLETED,
+            "token": completion.claim.token or "",
+            "expires_at": now + self.ttl_seconds,
+            "outcome_status": outcome.status.value,
+            "outcome_outputs": outcome.outputs,
+        }
+        if outcome.fingerprint is not None:
+            entity["outcome_fingerprint"] = outcome.fingerprint
+        if outcome.detail is not None:
+            entity["outcome_detail"] = outcome.detail
+        return entity
+
+    def commit(
+        self, completions: list[Completion], extra: dict[str, list[Operation]]
+    ) -> list[bool]:
+        """Complete keys whose fence holds, each with `extra[key]` in its transaction.
+
+        Used by `complete` (no extra) and by `TableSink.write_and_complete` (the key's
+        outputs as extra). A key whose fence does not hold writes nothing.
+        """
+        now = self.clock.now()
+        accepted = [False] * len(completions)
+        etags: list[str | None] = [self._known(c) for c in completions]
+        unknown = [i for i, etag in enumerate(etags) if etag is None]
+        if unknown:
+            rows = self.read([key_address(completions[i].key) for i in unknown])
+            for i in unknown:
+                etags[i] = self._holding_etag(
+                    completions[i], rows.get(key_address(completions[i].key))
+                )
+        pending = [i for i, etag in enumerate(etags) if etag is not None]
+        for _ in range(SINGLE_TRIES):
+            groups = []
+            for i in pending:
+                completion = completions[i]
+                etag = etags[i]
+                assert etag is not None
+                marker = (
+                    "update",
+                    self.completion_entity(completion, now),
+                    {"mode": UpdateMode.REPLACE, **_if_match(etag)},
+                )
+                outputs = extra.get(completion.key, [])
+                # Too big for one transaction: outputs first, so the marker never says
+                # done before they are all written (the runner's write-then-complete).
+                ops = [marker, *outputs] if len(outputs) < 100 else [*outputs, marker]
+                groups.append(Group(key_address(completion.key)[0], ops, tag=i))
+            submit(self.table, groups)
+            pending = []
+            for group in groups:
+                i = group.tag
+                if group.conflict is None:
+                    accepted[i] = True
+                    marker_at = 0 if len(group.operations) <= 100 else len(group.operations) - 1
+                    self._remember(
+                        key_address(completions[i].key),
+                        completions[i].claim.token or "",
+                        group.etags[marker_at],
+                    )
+                else:
+                    # The ETag moved: our own earlier completion, or a takeover. Read and see.
+                    row = self._get(key_address(completions[i].key))
+                    etags[i] = self._holding_etag(completions[i], row)
+                    if etags[i] is not None:
+                        pending.append(i)
+            if not pending:
+                break
+        return accepted
+
+    async def release(self, claims: Sequence[Claim]) -> None:
+        """Drop leases still held by these claims; stale ones are ignored."""
+        await self._call(lambda: self._release(list(claims)))
+
+    def _release(self, claims: list[Claim]) -> None:
+        held = [c for c in claims if c.status is ClaimStatus.NEW and c.token]
+        etags = {c.key: self._cached(key_address(c.key), c.token or "") for c in held}
+        unknown = [c for c in held if etags[c.key] is None]
+        if unknown:
+            rows = self.read([key_address(c.key) for c in unknown])
+            for c in unknown:
+                row = rows.get(key_address(c.key))
+                if (
+                    row is not None
+                    and row.get("status") == IN_PROGRESS
+                    and row.get("token") == c.token
+                ):
+                    etags[c.key] = _etag(row)
+        groups = []
+        for c in held:
+            etag = etags[c.key]
+            if etag is None:
+                continue
+            partition, row_key = key_address(c.key)
+            entity = {"PartitionKey": partition, "RowKey": row_key}
+            groups.append(Group(partition, [("delete", entity, _if_match(etag))], tag=c))
+        submit(self.table, groups)  # a conflict means the lease moved on: nothing to release
+        with self._etag_lock:
+            for c in held:
+                self._etags.pop(key_address(c.key), None)
+
+    # -- rows ------------------------------------------------------------------------------
+
+    def read(self, addresses: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Entity]:
+        """The stored rows at these addresses, in as few queries as their layout allows."""
+        found: dict[tuple[str, str], Entity] = {}
+        wanted = set(addresses)
+        by_partition: dict[str, list[str]] = {}
+        for partition, row_key in dict.fromkeys(addresses):
+            by_partition.setdefault(partition, []).append(row_key)
+        for partition, row_keys in by_partition.items():
+            for query, parameters in _queries(partition, row_keys):
+                for entity in self.table.query_entities(query, parameters=parameters):
+                    address = (partition, entity["RowKey"])
+                    if address in wanted:
+                        found[address] = dict(entity) | {"__etag": entity.metadata["etag"]}
+        return found
+
+    def _get(self, address: tuple[str, str]) -> Entity | None:
+        try:
+            entity = self.table.get_entity(*address)
+        except ResourceNotFoundError:
+            return None
+        return dict(entity) | {"__etag": entity.metadata["etag"]}
+
+    def _holding_etag(self, completion: Completion, row: Entity | None) -> str | None:
+        """The row's ETag when the completion's token still holds it, else None."""
+        if row is None or not completion.claim.token or row.get("token") != completion.claim.token:
+            return None
+        return _etag(row)
+
+    def _known(self, completion: Completion) -> str | None:
+        return self._cached(key_address(completion.key), completion.claim.token or "")
+
+    def _cached(self, address: tuple[str, str], token: str) -> str | None:
+        with self._etag_lock:
+            entry = self._etags.get(address)
+        return entry[1] if entry and entry[0] == token else None
+
+    def _remember(self, address: tuple[str, str], token: str | None, etag: str | None) -> None:
+        if not token or not etag:
+            return
+        with self._etag_lock:
+            self._etags[address] = (token, etag)
+            self._etags.move_to_end(address)
+            while len(self._etags) > ETAG_CACHE:
+                self._etags.popitem(last=False)
+
+    async def purge(self, *, partition: str | None = None) -> int:
+        """Delete rows whose lease and TTL have both passed; how many went."""
+        return await self._call(lambda: self._purge(partition))
+
+    def _purge(self, partition: str | None) -> int:
+        now = self.clock.now()
+        query = "RowKey ge 'k' and RowKey lt 'l'"
+        parameters: dict[str, Any] = {}
+        if partition is not None:
+            query = "PartitionKey eq @p and " + query
+            parameters["p"] = partition
+        groups = []
+        for entity in self.table.query_entities(query, parameters=parameters):
+            done = entity.get("status") == COMPLETED and float(entity.get("expires_at", 0)) <= now
+            lapsed = (
+                entity.get("status") == IN_PROGRESS
+                and float(entity.get("lease_expires_at", 0)) <= now
+            )
+            if done or lapsed:
+                address = {"PartitionKey": entity["PartitionKey"], "RowKey": entity["RowKey"]}
+                groups.append(
+                    Group(
+                        entity["PartitionKey"],
+                        [("delete", address, _if_match(str(entity.metadata["etag"])))],
+                    )
+                )
+        submit(self.table, groups)
+        return sum(1 for g in groups if g.conflict is None)
+
+
+def _queries(partition: str, row_keys: list[str]) -> list[tuple[str, dict[str, Any]]]:
+    """Filters that together return at least the rows `row_keys` in `partition`."""
+    numbers = [numeric_row(r) for r in row_keys]
+    dense = [n for n in numbers if n is not None]
+    queries: list[tuple[str, dict[str, Any]]] = []
+    rest = [r for r, n in zip(row_keys, numbers, strict=True) if n is None]
+    if len(dense) > OR_LIMIT and max(dense) - min(dense) + 1 <= DENSE * len(dense):
+        queries.append(
+            (
+                "PartitionKey eq @p and RowKey ge @lo and RowKey le @hi",
+                {"p": partition, "lo": marker_row(min(dense)), "hi": marker_row(max(dense))},
+            )
+        )
+    else:
+        rest = row_keys
+    for start in range(0, len(rest), OR_LIMIT):
+        chunk = rest[start : start + OR_LIMIT]
+        clauses = " or ".join(f"RowKey eq @r{i}" for i in range(len(chunk)))
+        parameters: dict[str, Any] = {"p": partition}
+        parameters.update({f"r{i}": r for i, r in enumerate(chunk)})
+        # The SDK substitutes parameters between spaces only, hence "( ... )".
+        queries.append((f"PartitionKey eq @p and ( {clauses} )", parameters))
+    return queries
+
+
+def _etag(row: Entity) -> str:
+    return str(row["__etag"])
+
+
+def _outcome(row: Entity) -> Outcome:
+    return Outcome(
+        OutcomeStatus(row.get("outcome_status", OutcomeStatus.SUCCEEDED.value)),
+        int(row.get("outcome_outputs", 0)),
+        row.get("outcome_fingerprint"),
+        row.get("outcome_detail"),
+    )
