@@ -11,16 +11,40 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from adapters.aws.lambda_entry import BatchFailed, LambdaHandler, lambda_handler
+    from adapters.aws.lambda_events import (
+        DynamoDBChange,
+        S3Object,
+        UnrecognisedEvent,
+        dynamodb_change,
+        s3_object,
+    )
     from adapters.aws.s3_objects import S3ObjectStore
-
-__all__ = [
-    "S3ObjectStore",
-]
 
 # Public name -> module that defines it; the module is imported when the name is first used.
 _EXPORTS: dict[str, str] = {
+    "BatchFailed": "adapters.aws.lambda_entry",
+    "DynamoDBChange": "adapters.aws.lambda_events",
+    "LambdaHandler": "adapters.aws.lambda_entry",
+    "S3Object": "adapters.aws.lambda_events",
     "S3ObjectStore": "adapters.aws.s3_objects",
+    "UnrecognisedEvent": "adapters.aws.lambda_events",
+    "dynamodb_change": "adapters.aws.lambda_events",
+    "lambda_handler": "adapters.aws.lambda_entry",
+    "s3_object": "adapters.aws.lambda_events",
 }
+
+__all__ = [
+    "BatchFailed",
+    "DynamoDBChange",
+    "LambdaHandler",
+    "S3Object",
+    "S3ObjectStore",
+    "UnrecognisedEvent",
+    "dynamodb_change",
+    "lambda_handler",
+    "s3_object",
+]
 
 
 def __getattr__(name: str) -> Any:

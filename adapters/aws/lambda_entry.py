@@ -1,0 +1,122 @@
+"""The Lambda entry point: decode the payload, run the pipeline, answer in Lambda's terms."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from adapters.aws.lambda_events import Delivery, Item, decode
+from corelib.errors import OnceflowError
+from corelib.pipeline import BatchResult, Pipeline
+
+__all__ = ["BatchFailed", "LambdaHandler", "lambda_handler"]
+
+log = logging.getLogger("onceflow.aws")
+
+DEFAULT_SAFETY_MARGIN = 3.0
+"""Seconds kept free before the function's timeout to commit what was processed."""
+
+
+class BatchFailed(OnceflowError):
+    """Raised for asynchronous triggers (S3, EventBridge) so Lambda retries the invocation."""
+
+
+class LambdaHandler:
+    """`handler(event, context)` for Lambda, running one pipeline built once per container."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline | Callable[[], Pipeline],
+        *,
+        safety_margin: float = DEFAULT_SAFETY_MARGIN,
+    ) -> None:
+        self._pipeline = pipeline if isinstance(pipeline, Pipeline) else None
+        self._factory = None if isinstance(pipeline, Pipeline) else pipeline
+        self.safety_margin = safety_margin
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """The pipeline, built by the factory on first use (the container's cold start)."""
+        if self._pipeline is None:
+            assert self._factory is not None
+            built = self._factory()
+            if not isinstance(built, Pipeline):
+                raise TypeError(
+                    f"the pipeline factory returned {type(built).__name__}, not a Pipeline"
+                )
+            self._pipeline = built
+        return self._pipeline
+
+    def __call__(self, event: Any, context: Any = None) -> dict[str, Any]:
+        """Process one invocation; a partial batch response for stream and queue triggers."""
+        delivery = decode(event)
+        pipeline = self.pipeline
+        remaining = _remaining_seconds(context)
+        if remaining is not None and remaining <= self.safety_margin:
+            # Too late to start anything: every record comes back, nothing half-applied.
+            result = BatchResult(failed=[r.id for r in delivery.records])
+        else:
+            deadline = None
+            if remaining is not None:
+                deadline = pipeline.clock.now() + remaining - self.safety_margin
+            result = pipeline.run_batch(delivery.records, deadline=deadline)
+        return answer(delivery, result)
+
+
+def lambda_handler(
+    pipeline: Pipeline | Callable[[], Pipeline], *, safety_margin: float = DEFAULT_SAFETY_MARGIN
+) -> LambdaHandler:
+    """A Lambda handler for `pipeline`, or for the pipeline a zero-argument factory builds."""
+    return LambdaHandler(pipeline, safety_margin=safety_margin)
+
+
+def answer(delivery: Delivery, result: BatchResult) -> dict[str, Any]:
+    """The platform's answer for a processed delivery; raises `BatchFailed` for async triggers."""
+    failed_ids = set(result.failed)
+    failed = [item for item in delivery.items if failed_ids.intersection(item.record_ids)]
+    if delivery.kind == "sqs-fifo":
+        failed = _fifo_failures(delivery.items, failed)
+    elif delivery.kind in {"kinesis", "dynamodb"}:
+        # Lambda checkpoints before the lowest reported sequence number.
+        failed.sort(key=lambda item: _as_number(item.identifier))
+    summary = {
+        "processed": len(result.processed),
+        "duplicates": len(result.duplicates),
+        "dead_lettered": len(result.dead_lettered),
+        "failed": len(failed),
+    }
+    if result.failed:
+        log.warning(
+            "%d of %d records will be delivered again: %s",
+            len(result.failed),
+            len(delivery.records),
+            "; ".join(f"{rid}: {result.reasons.get(rid, '?')}" for rid in result.failed[:5]),
+        )
+    if not delivery.partial_response:
+        if failed:
+            reasons = "; ".join(f"{rid}: {result.reasons.get(rid, '?')}" for rid in result.failed)
+            raise BatchFailed(f"{len(failed)} {delivery.kind} record(s) must be retried: {reasons}")
+        return summary
+    return {"batchItemFailures": [{"itemIdentifier": item.identifier} for item in failed]}
+
+
+def _fifo_failures(items: Sequence[Item], failed: Sequence[Item]) -> list[Item]:
+    """Every message of a FIFO group from its first failure on, in delivery order."""
+    failed_set = {id(item) for item in failed}
+    broken: set[str | None] = set()
+    out = []
+    for item in items:
+        if item.group in broken or id(item) in failed_set:
+            broken.add(item.group)
+            out.append(item)
+    return out
+
+
+def _as_number(identifier: str) -> tuple[int, str]:
+    return (int(identifier), "") if identifier.isdigit() else (0, identifier)
+
+
+def _remaining_seconds(context: Any) -> float | None:
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    return None if remaining is None else float(remaining()) / 1000.0

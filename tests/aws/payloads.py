@@ -1,0 +1,236 @@
+"""Lambda payloads in the documented AWS shapes, built for tests."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+REGION = "us-east-1"
+STREAM_ARN = "arn:aws:kinesis:us-east-1:123456789012:stream/orders"
+TABLE_STREAM_ARN = (
+    "arn:aws:dynamodb:us-east-1:123456789012:table/users/stream/2024-01-01T00:00:00.000"
+)
+QUEUE_ARN = "arn:aws:sqs:us-east-1:123456789012:orders"
+FIFO_ARN = "arn:aws:sqs:us-east-1:123456789012:orders.fifo"
+
+
+def kinesis_record(
+    seq: int, data: bytes | str, partition_key: str = "p0", shard: str = "shardId-000000000000"
+) -> dict[str, Any]:
+    """One Kinesis record; `data` bytes are base64-encoded, a str is used as is."""
+    encoded = base64.b64encode(data).decode() if isinstance(data, bytes) else data
+    sequence = f"4959{seq:052d}"
+    return {
+        "kinesis": {
+            "kinesisSchemaVersion": "1.0",
+            "partitionKey": partition_key,
+            "sequenceNumber": sequence,
+            "data": encoded,
+            "approximateArrivalTimestamp": 1545084650.987,
+        },
+        "eventSource": "aws:kinesis",
+        "eventVersion": "1.0",
+        "eventID": f"{shard}:{sequence}",
+        "eventName": "aws:kinesis:record",
+        "invokeIdentityArn": "arn:aws:iam::123456789012:role/lambda-role",
+        "awsRegion": REGION,
+        "eventSourceARN": STREAM_ARN,
+    }
+
+
+def kinesis_event(*records: dict[str, Any]) -> dict[str, Any]:
+    """A Kinesis trigger payload."""
+    return {"Records": list(records)}
+
+
+def sqs_record(
+    message_id: str, body: str, *, group: str | None = None, seq: int = 0, receive_count: int = 1
+) -> dict[str, Any]:
+    """One SQS message; with `group`, a FIFO message with that MessageGroupId."""
+    attributes = {
+        "ApproximateReceiveCount": str(receive_count),
+        "SentTimestamp": "1545082649183",
+        "SenderId": "AIDAIENQZJOLO23YVJ4VO",
+        "ApproximateFirstReceiveTimestamp": "1545082649185",
+    }
+    if group is not None:
+        attributes |= {
+            "MessageGroupId": group,
+            "SequenceNumber": str(18849496460467696128 + seq),
+            "MessageDeduplicationId": message_id,
+        }
+    return {
+        "messageId": message_id,
+        "receiptHandle": f"AQEB-{message_id}",
+        "body": body,
+        "attributes": attributes,
+        "messageAttributes": {
+            "tenant": {
+                "stringValue": "acme",
+                "dataType": "String",
+                "stringListValues": [],
+                "binaryListValues": [],
+            }
+        },
+        "md5OfBody": "e4e68fb7bd0e697a0ae8f1bb342846b3",
+        "eventSource": "aws:sqs",
+        "eventSourceARN": FIFO_ARN if group is not None else QUEUE_ARN,
+        "awsRegion": REGION,
+    }
+
+
+def sqs_event(*records: dict[str, Any]) -> dict[str, Any]:
+    """An SQS trigger payload."""
+    return {"Records": list(records)}
+
+
+def s3_record(
+    bucket: str,
+    encoded_key: str,
+    *,
+    version_id: str | None = None,
+    sequencer: str = "0055AED6DCD90281E5",
+    event_name: str = "ObjectCreated:Put",
+    size: int = 1024,
+) -> dict[str, Any]:
+    """One S3 notification record; the key is given already form-encoded, as S3 sends it."""
+    obj: dict[str, Any] = {
+        "key": encoded_key,
+        "size": size,
+        "eTag": "d41d8cd98f00b204e9800998ecf8427e",
+        "sequencer": sequencer,
+    }
+    if version_id is not None:
+        obj["versionId"] = version_id
+    return {
+        "eventVersion": "2.1",
+        "eventSource": "aws:s3",
+        "awsRegion": REGION,
+        "eventTime": "2024-01-01T12:00:00.000Z",
+        "eventName": event_name,
+        "userIdentity": {"principalId": "AWS:AIDAINPONIXQXHT3IKHL2"},
+        "requestParameters": {"sourceIPAddress": "205.255.255.255"},
+        "responseElements": {
+            "x-amz-request-id": "D82B88E5F771F645",
+            "x-amz-id-2": "vlR7PnpV2Ce81l0PRw6jlUpck7Jo5ZsQjryTjKlc5aLWGVHPZLj5",
+        },
+        "s3": {
+            "s3SchemaVersion": "1.0",
+            "configurationId": "onceflow",
+            "bucket": {
+                "name": bucket,
+                "ownerIdentity": {"principalId": "A3I5XTEXAMAI3E"},
+                "arn": f"arn:aws:s3:::{bucket}",
+            },
+            "object": obj,
+        },
+    }
+
+
+def s3_event(*records: dict[str, Any]) -> dict[str, Any]:
+    """An S3 trigger payload."""
+    return {"Records": list(records)}
+
+
+def eventbridge_event(
+    event_id: str,
+    detail: Any,
+    *,
+    source: str = "com.example.orders",
+    detail_type: str = "OrderPlaced",
+) -> dict[str, Any]:
+    """An EventBridge event as a Lambda target receives it."""
+    return {
+        "version": "0",
+        "id": event_id,
+        "detail-type": detail_type,
+        "source": source,
+        "account": "123456789012",
+        "time": "2024-01-01T12:00:00Z",
+        "region": REGION,
+        "resources": [],
+        "detail": detail,
+    }
+
+
+def eventbridge_s3_event(
+    event_id: str, bucket: str, key: str, *, version_id: str | None = None
+) -> dict[str, Any]:
+    """An S3 'Object Created' event delivered by EventBridge."""
+    obj: dict[str, Any] = {
+        "key": key,
+        "size": 5,
+        "etag": "b1946ac92492d2347c6235b4d2611184",
+        "sequencer": "00617F08299329D189",
+    }
+    if version_id is not None:
+        obj["version-id"] = version_id
+    event = eventbridge_event(
+        event_id,
+        {
+            "version": "0",
+            "bucket": {"name": bucket},
+            "object": obj,
+            "request-id": "N4N7GDK58NMKJ12R",
+            "requester": "123456789012",
+            "reason": "PutObject",
+        },
+        source="aws.s3",
+        detail_type="Object Created",
+    )
+    event["resources"] = [f"arn:aws:s3:::{bucket}"]
+    return event
+
+
+def dynamodb_record(
+    seq: int,
+    event_name: str,
+    keys: dict[str, Any],
+    new_image: dict[str, Any] | None = None,
+    old_image: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One DynamoDB Streams record with typed images, binaries base64 as on the wire."""
+    body: dict[str, Any] = {
+        "ApproximateCreationDateTime": 1704110400,
+        "Keys": keys,
+        "SequenceNumber": f"{111000000000000000000 + seq}",
+        "SizeBytes": 26,
+        "StreamViewType": "NEW_AND_OLD_IMAGES",
+    }
+    if new_image is not None:
+        body["NewImage"] = new_image
+    if old_image is not None:
+        body["OldImage"] = old_image
+    return {
+        "eventID": f"c4ca4238a0b923820dcc509a6f7584{seq:02d}",
+        "eventName": event_name,
+        "eventVersion": "1.1",
+        "eventSource": "aws:dynamodb",
+        "awsRegion": REGION,
+        "dynamodb": body,
+        "eventSourceARN": TABLE_STREAM_ARN,
+    }
+
+
+def dynamodb_event(*records: dict[str, Any]) -> dict[str, Any]:
+    """A DynamoDB Streams trigger payload."""
+    return {"Records": list(records)}
+
+
+def s3_via_sqs(message_id: str, *records: dict[str, Any]) -> dict[str, Any]:
+    """An SQS message whose body is an S3 notification."""
+    return sqs_record(message_id, json.dumps({"Records": list(records)}))
+
+
+class FakeContext:
+    """The parts of a Lambda context object the handler reads."""
+
+    def __init__(self, remaining_ms: int = 60_000) -> None:
+        self.remaining_ms = remaining_ms
+        self.function_name = "onceflow-test"
+        self.aws_request_id = "req-1"
+
+    def get_remaining_time_in_millis(self) -> int:
+        """Milliseconds left before the function times out."""
+        return self.remaining_ms

@@ -1,0 +1,366 @@
+"""The Lambda entry on the memory backend: decoding, partial batch answers, time guard."""
+
+from __future__ import annotations
+
+import base64
+import json
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from boto3.dynamodb.types import TypeSerializer
+
+from adapters.aws import (
+    BatchFailed,
+    UnrecognisedEvent,
+    dynamodb_change,
+    lambda_handler,
+    s3_object,
+)
+from adapters.memory import ManualClock, MemoryIdempotencyStore, MemorySink
+from corelib import Event, Pipeline
+from tests.aws import payloads as aws
+
+
+class Recorder:
+    """Returns each event's JSON payload; `fail_ids` raise a transient error every time."""
+
+    def __init__(self, clock: ManualClock | None = None, tick: float = 0.0) -> None:
+        self.seen: list[Event] = []
+        self.clock = clock
+        self.tick = tick
+
+    def process(self, event: Event) -> Any:
+        self.seen.append(event)
+        if self.clock is not None:
+            self.clock.advance(self.tick)
+        return event.json()
+
+
+class World:
+    """A memory-backed pipeline and its parts."""
+
+    def __init__(self, *, ordered: bool = False, tick: float = 0.0) -> None:
+        self.clock = ManualClock()
+        self.store = MemoryIdempotencyStore(clock=self.clock)
+        self.sink = MemorySink()
+        self.letters = MemorySink()
+        self.processor = Recorder(self.clock, tick)
+        self.pipeline = Pipeline(
+            self.processor,
+            self.sink,
+            self.store,
+            self.letters,
+            ordered=ordered,
+            clock=self.clock,
+            max_attempts=1,
+        )
+        self.handler = lambda_handler(self.pipeline)
+
+    def hold(self, event: Any) -> None:
+        """Another worker leases these records' keys, so they fail for redelivery."""
+        from adapters.aws.lambda_events import decode  # noqa: PLC0415
+
+        keys = [r.key for r in decode(event).records]
+        anyio_run(self.store.handle().claim(keys, 300))
+
+    def letter_messages(self) -> list[str]:
+        return [v["message"] for v in self.letters.values()]
+
+
+def anyio_run(coro: Any) -> Any:
+    import anyio  # noqa: PLC0415
+
+    async def main() -> Any:
+        return await coro
+
+    return anyio.run(main)
+
+
+def failures(answer: dict[str, Any]) -> list[str]:
+    return [f["itemIdentifier"] for f in answer["batchItemFailures"]]
+
+
+# -- Kinesis ------------------------------------------------------------------------------
+
+
+def test_kinesis_decodes_and_answers_lowest_failure_first() -> None:
+    world = World()
+    records = [aws.kinesis_record(i, json.dumps({"n": i}).encode()) for i in range(6)]
+    held = aws.kinesis_event(records[4], records[2])
+    world.hold(held)
+    answer = world.handler(aws.kinesis_event(*reversed(records)), aws.FakeContext())
+    seqs = [r["kinesis"]["sequenceNumber"] for r in records]
+    assert failures(answer) == [seqs[2], seqs[4]]
+    assert sorted(v["n"] for v in world.sink.values()) == [0, 1, 3, 5]
+    event = world.processor.seen[0]
+    assert event.source == aws.STREAM_ARN and event.partition_key == "p0"
+    assert event.sequence in seqs and event.id.startswith("shardId-000000000000:")
+
+
+def test_kinesis_redelivery_is_all_duplicates() -> None:
+    world = World()
+    event = aws.kinesis_event(*[aws.kinesis_record(i, b'{"n": 1}') for i in range(3)])
+    assert failures(world.handler(event, aws.FakeContext())) == []
+    assert failures(world.handler(event, aws.FakeContext())) == []
+    assert len(world.processor.seen) == 3
+
+
+def test_kinesis_bad_payloads_are_dead_lettered_by_arn_and_sequence() -> None:
+    world = World()
+    good = aws.kinesis_record(1, b'{"ok": true}')
+    not_json = aws.kinesis_record(2, b"\x00\xffbinary, not JSON")
+    not_base64 = aws.kinesis_record(3, "%%% not base64 %%%")
+    answer = world.handler(aws.kinesis_event(good, not_json, not_base64), None)
+    assert failures(answer) == []
+    messages = world.letter_messages()
+    assert len(messages) == 2
+    seq2, seq3 = (r["kinesis"]["sequenceNumber"] for r in (not_json, not_base64))
+    [json_letter] = [m for m in messages if seq2 in m]
+    assert "not valid JSON" in json_letter and aws.STREAM_ARN in json_letter
+    [b64_letter] = [m for m in messages if seq3 in m]
+    assert "not valid base64" in b64_letter and aws.STREAM_ARN in b64_letter
+    assert world.sink.values() == [{"ok": True}]
+
+
+def test_ordered_kinesis_stops_a_partition_at_its_first_failure() -> None:
+    world = World(ordered=True)
+    records = [aws.kinesis_record(i, b'{"n": %d}' % i, partition_key=f"p{i % 2}") for i in range(6)]
+    world.hold(aws.kinesis_event(records[2]))
+    answer = world.handler(aws.kinesis_event(*records), None)
+    seqs = [r["kinesis"]["sequenceNumber"] for r in records]
+    assert failures(answer) == [seqs[2], seqs[4]]
+    assert sorted(v["n"] for v in world.sink.values()) == [0, 1, 3, 5]
+
+
+# -- SQS ----------------------------------------------------------------------------------
+
+
+def test_sqs_failures_are_message_ids() -> None:
+    world = World()
+    messages = [aws.sqs_record(f"m{i}", json.dumps({"n": i}), receive_count=2) for i in range(4)]
+    world.hold(aws.sqs_event(messages[1]))
+    answer = world.handler(aws.sqs_event(*messages), aws.FakeContext())
+    assert failures(answer) == ["m1"]
+    event = world.processor.seen[0]
+    assert event.attributes["tenant"] == "acme" and event.delivery_count == 2
+    assert event.source == aws.QUEUE_ARN
+
+
+def test_sqs_message_that_is_not_json_names_the_message_id() -> None:
+    world = World()
+    answer = world.handler(aws.sqs_event(aws.sqs_record("m-bad", "plain text")), None)
+    assert failures(answer) == []
+    [message] = world.letter_messages()
+    assert "m-bad" in message and aws.QUEUE_ARN in message and "not valid JSON" in message
+
+
+def test_fifo_fails_every_later_message_of_a_group_after_its_first_failure() -> None:
+    world = World(ordered=True)
+    messages = [
+        aws.sqs_record("a1", '{"n": 1}', group="A", seq=1),
+        aws.sqs_record("b1", '{"n": 2}', group="B", seq=2),
+        aws.sqs_record("a2", '{"n": 3}', group="A", seq=3),
+        aws.sqs_record("b2", '{"n": 4}', group="B", seq=4),
+        aws.sqs_record("a3", '{"n": 5}', group="A", seq=5),
+    ]
+    world.hold(aws.sqs_event(messages[2]))
+    answer = world.handler(aws.sqs_event(*messages), None)
+    assert failures(answer) == ["a2", "a3"]
+    assert sorted(v["n"] for v in world.sink.values()) == [1, 2, 4]
+
+
+def test_fifo_answer_holds_even_for_an_unordered_pipeline() -> None:
+    world = World(ordered=False)
+    messages = [aws.sqs_record(f"a{i}", json.dumps({"n": i}), group="A", seq=i) for i in range(3)]
+    world.hold(aws.sqs_event(messages[0]))
+    assert failures(world.handler(aws.sqs_event(*messages), None)) == ["a0", "a1", "a2"]
+
+
+# -- S3 -----------------------------------------------------------------------------------
+
+
+def test_s3_keys_are_url_decoded() -> None:
+    world = World()
+    encoded = "in+box/a%2Bb/%C3%BCn%C3%AFcode+%E2%9C%93.json"
+    answer = world.handler(aws.s3_event(aws.s3_record("bkt", encoded, version_id="v1")), None)
+    assert answer["failed"] == 0 and answer["processed"] == 1
+    obj = s3_object(world.processor.seen[0])
+    assert obj.key == "in box/a+b/ünïcode ✓.json"
+    assert obj.bucket == "bkt" and obj.version_id == "v1" and obj.event_name == "ObjectCreated:Put"
+    assert world.processor.seen[0].key == "arn:aws:s3:::bkt#bkt/in box/a+b/ünïcode ✓.json#v=v1"
+
+
+def test_same_object_version_by_any_route_is_processed_once() -> None:
+    world = World()
+    direct = aws.s3_event(aws.s3_record("bkt", "a+b.csv", version_id="v7"))
+    via_sqs = aws.sqs_event(aws.s3_via_sqs("m1", aws.s3_record("bkt", "a+b.csv", version_id="v7")))
+    via_bridge = aws.eventbridge_s3_event("eb-1", "bkt", "a b.csv", version_id="v7")
+    world.handler(direct, None)
+    assert failures(world.handler(via_sqs, None)) == []
+    assert world.handler(via_bridge, None)["duplicates"] == 1
+    assert len(world.processor.seen) == 1
+
+
+def test_unversioned_writes_are_told_apart_by_sequencer() -> None:
+    world = World()
+    first = aws.s3_record("bkt", "k", sequencer="0055AED6DCD90281E5")
+    second = aws.s3_record("bkt", "k", sequencer="0055AED6DCD90281E6")
+    world.handler(aws.s3_event(first), None)
+    assert world.handler(aws.s3_event(second, first), None)["processed"] == 1
+    assert len(world.processor.seen) == 2
+
+
+def test_s3_test_event_through_sqs_is_acknowledged() -> None:
+    world = World()
+    body = json.dumps(
+        {
+            "Service": "Amazon S3",
+            "Event": "s3:TestEvent",
+            "Bucket": "bkt",
+            "Time": "2024-01-01T00:00:00Z",
+            "RequestId": "x",
+            "HostId": "y",
+        }
+    )
+    assert failures(world.handler(aws.sqs_event(aws.sqs_record("t1", body)), None)) == []
+    assert world.processor.seen == []
+
+
+def test_s3_failure_raises_so_lambda_retries_the_invocation() -> None:
+    world = World()
+    event = aws.s3_event(aws.s3_record("bkt", "x.json", version_id="v1"))
+    world.hold(event)
+    with pytest.raises(BatchFailed, match="another worker"):
+        world.handler(event, None)
+
+
+# -- DynamoDB Streams ---------------------------------------------------------------------
+
+
+EVERY_TYPE = {
+    "id": {"S": "u1"},
+    "n": {"N": "12345678901234567890.000001"},
+    "b": {"B": base64.b64encode(b"\x00\xff").decode()},
+    "ss": {"SS": ["a", "b"]},
+    "ns": {"NS": ["1", "2.5"]},
+    "bs": {"BS": [base64.b64encode(b"x").decode(), base64.b64encode(b"y").decode()]},
+    "t": {"BOOL": True},
+    "none": {"NULL": True},
+    "m": {"M": {"inner": {"L": [{"N": "1"}, {"B": base64.b64encode(b"z").decode()}, {"S": "s"}]}}},
+    "empty_l": {"L": []},
+}
+
+
+def test_dynamodb_images_decode_every_type_exactly() -> None:
+    world = World()
+    keys = {"id": {"S": "u1"}}
+    event = aws.dynamodb_event(
+        aws.dynamodb_record(1, "INSERT", keys, new_image=EVERY_TYPE),
+        aws.dynamodb_record(2, "MODIFY", keys, new_image={"id": {"S": "u1"}}, old_image=EVERY_TYPE),
+        aws.dynamodb_record(3, "REMOVE", keys, old_image={"id": {"S": "u1"}}),
+    )
+    assert failures(world.handler(event, None)) == []
+    changes = [dynamodb_change(e) for e in world.processor.seen]
+    assert [c.event_name for c in changes] == ["INSERT", "MODIFY", "REMOVE"]
+    image = changes[0].new_image
+    assert image == {
+        "id": "u1",
+        "n": Decimal("12345678901234567890.000001"),
+        "b": b"\x00\xff",
+        "ss": {"a", "b"},
+        "ns": {Decimal(1), Decimal("2.5")},
+        "bs": {b"x", b"y"},
+        "t": True,
+        "none": None,
+        "m": {"inner": [Decimal(1), b"z", "s"]},
+        "empty_l": [],
+    }
+    assert changes[1].old_image == image and changes[2].new_image is None
+    assert changes[0].keys == {"id": "u1"}
+
+
+def test_dynamodb_failures_by_sequence_number_and_bad_images_dead_lettered() -> None:
+    world = World()
+    keys = {"id": {"S": "u1"}}
+    records = [
+        aws.dynamodb_record(i, "INSERT", keys, new_image={"v": {"N": str(i)}}) for i in range(3)
+    ]
+    records.append(aws.dynamodb_record(9, "INSERT", keys, new_image={"b": {"B": "!!not b64"}}))
+    world.hold(aws.dynamodb_event(records[1]))
+    answer = world.handler(aws.dynamodb_event(*records), None)
+    assert failures(answer) == [records[1]["dynamodb"]["SequenceNumber"]]
+    [letter] = world.letter_messages()
+    assert aws.TABLE_STREAM_ARN in letter and records[3]["dynamodb"]["SequenceNumber"] in letter
+
+
+def test_stream_image_matches_what_boto3_serializes() -> None:
+    from adapters.aws.dynamodb_types import from_wire, to_wire  # noqa: PLC0415
+
+    value = {"a": Decimal("1.5"), "b": b"\x01", "s": {"x"}, "l": [1, None, True], "f": 0.1}
+    wire = {k: to_wire(v) for k, v in value.items()}
+    assert wire["f"] == {"N": "0.1"}
+    assert wire["a"] == TypeSerializer().serialize(Decimal("1.5"))
+    back = from_wire(wire)
+    assert back["b"] == b"\x01" and back["f"] == Decimal("0.1") and back["s"] == {"x"}
+
+
+# -- EventBridge, unknown shapes, time guard, factory ------------------------------------
+
+
+def test_eventbridge_event() -> None:
+    world = World()
+    answer = world.handler(aws.eventbridge_event("eb-1", {"order_id": "o1"}), None)
+    assert answer == {"processed": 1, "duplicates": 0, "dead_lettered": 0, "failed": 0}
+    event = world.processor.seen[0]
+    assert event.type == "OrderPlaced" and event.source == "com.example.orders"
+    assert event.json() == {"order_id": "o1"} and event.attributes["aws.account"] == "123456789012"
+
+
+def test_unrecognised_event_lists_the_supported_sources() -> None:
+    world = World()
+    with pytest.raises(UnrecognisedEvent) as raised:
+        world.handler({"Records": [{"eventSource": "aws:sns", "Sns": {}}]}, None)
+    text = str(raised.value)
+    for name in ("Kinesis", "SQS", "S3", "DynamoDB Streams", "EventBridge"):
+        assert name in text
+    with pytest.raises(UnrecognisedEvent):
+        world.handler("not even a mapping", None)
+
+
+def test_nothing_starts_when_the_time_left_is_under_the_margin() -> None:
+    world = World()
+    event = aws.sqs_event(*[aws.sqs_record(f"m{i}", "{}") for i in range(3)])
+    answer = world.handler(event, aws.FakeContext(remaining_ms=1_000))
+    assert failures(answer) == ["m0", "m1", "m2"]
+    assert world.processor.seen == [] and world.store.calls["claim"] == 0
+
+
+@pytest.mark.xfail(
+    reason="core: Pipeline checks the deadline only between retry rounds, not before each "
+    "first attempt (see the AWS report); remove this mark when it does",
+    strict=True,
+)
+def test_work_stops_at_the_deadline_and_the_rest_comes_back() -> None:
+    world = World(tick=4.0)  # each event takes 4 s of the manual clock
+    event = aws.sqs_event(*[aws.sqs_record(f"m{i}", "{}") for i in range(5)])
+    answer = world.handler(event, aws.FakeContext(remaining_ms=12_000))  # 9 s usable
+    assert failures(answer) == ["m3", "m4"]
+    assert len(world.sink.values()) == 3
+    assert failures(world.handler(event, aws.FakeContext())) == []
+    assert len(world.processor.seen) == 5
+
+
+def test_factory_builds_the_pipeline_once() -> None:
+    built: list[Pipeline] = []
+
+    def factory() -> Pipeline:
+        world = World()
+        built.append(world.pipeline)
+        return world.pipeline
+
+    handler = lambda_handler(factory)
+    assert built == []
+    handler(aws.eventbridge_event("e1", {}), None)
+    handler(aws.eventbridge_event("e2", {}), None)
+    assert len(built) == 1 and handler.pipeline is built[0]
