@@ -34,7 +34,7 @@ def _unbase64(typed: Any) -> Any:
 def _plain(value: Any) -> Any:
     """boto3's `Binary` wrappers as plain bytes, inside any container."""
     if isinstance(value, Binary):
-        return bytes(value)
+        return bytes(value.__bytes__())
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, list):
