@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Mapping
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 from boto3.dynamodb.types import Binary, TypeDeserializer, TypeSerializer
 
@@ -34,13 +34,13 @@ def _unbase64(typed: Any) -> Any:
 def _plain(value: Any) -> Any:
     """boto3's `Binary` wrappers as plain bytes, inside any container."""
     if isinstance(value, Binary):
-        return bytes(value.__bytes__())
+        return bytes(cast(Any, value).value)  # the stubs omit Binary.value
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_plain(v) for v in value]
     if isinstance(value, set) and value and isinstance(next(iter(value)), Binary):
-        return {bytes(v) for v in value}
+        return {bytes(cast(Any, v).value) for v in value}
     return value
 
 
