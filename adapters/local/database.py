@@ -1,0 +1,154 @@
+"""Opening the SQLite state file: WAL mode, a busy timeout, and one-line errors naming the file."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+import weakref
+from collections.abc import Iterator
+from pathlib import Path
+
+from corelib.errors import OnceflowError
+
+__all__ = ["Database", "StateError"]
+
+
+class StateError(OnceflowError):
+    """The local state database cannot be used: locked too long, corrupt, or unreadable."""
+
+
+def _explain(path: Path, exc: sqlite3.Error, busy_timeout: float) -> StateError:
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        return StateError(
+            f"state database {path} stayed locked by another process for {busy_timeout:g} s; "
+            "wait for it to finish or raise the busy timeout"
+        )
+    if "not a database" in text or "malformed" in text or "corrupt" in text:
+        return StateError(
+            f"state database {path} is corrupt or not a SQLite file ({text}); "
+            "restore it from a backup or point --state at a new folder"
+        )
+    return StateError(f"state database {path}: {text}")
+
+
+class Database:
+    """One connection to a SQLite file in WAL mode, shared by the stores and sinks of a process.
+
+    Every method that writes runs in one `BEGIN IMMEDIATE` transaction, so two processes on
+    the same file serialise their writes instead of interleaving them; a writer waits up to
+    `busy_timeout` seconds for the other, then fails with a `StateError` naming the file.
+    """
+
+    _shared: weakref.WeakValueDictionary[tuple[str, float, str], Database] = (
+        weakref.WeakValueDictionary()
+    )
+    _shared_lock = threading.Lock()
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        busy_timeout: float = 10.0,
+        synchronous: str = "NORMAL",
+    ) -> None:
+        self.path = Path(path).resolve()
+        self.busy_timeout = busy_timeout
+        self.lock = threading.RLock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so a write lock is
+            # taken before the first read of a transaction (no upgrade deadlocks).
+            self.connection = sqlite3.connect(
+                self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+            )
+            self.connection.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode survives a killed process; only a power cut may lose the
+            # last transactions. FULL when the caller wants that too.
+            self.connection.execute(f"PRAGMA synchronous={synchronous}")
+            self.connection.execute("PRAGMA foreign_keys=OFF")
+        except sqlite3.Error as exc:
+            raise _explain(self.path, exc, busy_timeout) from exc
+
+    @classmethod
+    def shared(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        busy_timeout: float = 10.0,
+        synchronous: str = "NORMAL",
+    ) -> Database:
+        """The process's one `Database` for `path`, so a sink and a store share a connection."""
+        key = (str(Path(path).resolve()), busy_timeout, synchronous)
+        with cls._shared_lock:
+            found = cls._shared.get(key)
+            if found is None:
+                found = cls._shared[key] = cls(
+                    path, busy_timeout=busy_timeout, synchronous=synchronous
+                )
+            return found
+
+    def __repr__(self) -> str:
+        return f"Database({str(self.path)!r})"
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction (BEGIN IMMEDIATE ... COMMIT), rolled back on any error."""
+        with self.lock:
+            conn = self.connection
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise _explain(self.path, exc, self.busy_timeout) from exc
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:
+                    conn.rollback()
+                raise
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.rollback()
+                raise _explain(self.path, exc, self.busy_timeout) from exc
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """The connection for reads outside a write transaction (WAL readers never block)."""
+        with self.lock:
+            try:
+                yield self.connection
+            except sqlite3.DatabaseError as exc:
+                raise _explain(self.path, exc, self.busy_timeout) from exc
+
+    def ensure(self, *statements: str) -> None:
+        """Run schema statements (CREATE ... IF NOT EXISTS) in one transaction."""
+        try:
+            with self.transaction() as conn:
+                for statement in statements:
+                    conn.execute(statement)
+        except sqlite3.Error as exc:
+            raise _explain(self.path, exc, self.busy_timeout) from exc
+
+    def reader(self) -> sqlite3.Connection:
+        """A new read-only connection, for long reads that must not hold the shared one."""
+        try:
+            conn = sqlite3.connect(
+                f"{self.path.as_uri()}?mode=ro", uri=True, timeout=self.busy_timeout
+            )
+            conn.execute("SELECT 1 FROM sqlite_master LIMIT 1")
+        except sqlite3.Error as exc:
+            raise _explain(self.path, exc, self.busy_timeout) from exc
+        return conn
+
+    def close(self) -> None:
+        """Close the connection (and forget it as the shared one)."""
+        with self._shared_lock:
+            for key, value in list(self._shared.items()):
+                if value is self:
+                    del self._shared[key]
+        with self.lock:
+            self.connection.close()

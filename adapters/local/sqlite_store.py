@@ -1,0 +1,346 @@
+"""The idempotency store on SQLite: leases, fencing tokens and TTL in one local file."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import secrets
+import sqlite3
+import weakref
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from adapters.local.database import Database, StateError
+from corelib.clock import SystemClock
+from corelib.interfaces import Clock
+from corelib.records import Claim, ClaimStatus, Completion, Outcome, OutcomeStatus
+
+try:
+    import fcntl
+
+    _HAVE_FCNTL = True
+except ImportError:  # pragma: no cover - Windows
+    _HAVE_FCNTL = False
+
+__all__ = ["SqliteIdempotencyStore"]
+
+KEYS_TABLE = "onceflow_keys"
+# SQLite's default limit on bound parameters is 32766; stay far below it per statement.
+CHUNK = 900
+
+_IN_PROGRESS = "in_progress"
+_COMPLETED = "completed"
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {KEYS_TABLE} (
+    key TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    token TEXT NOT NULL,
+    owner TEXT,
+    lease_expires_at REAL NOT NULL,
+    expires_at REAL,
+    outcome TEXT,
+    outputs INTEGER,
+    fingerprint TEXT,
+    detail TEXT,
+    updated_at REAL NOT NULL
+) WITHOUT ROWID
+"""
+
+
+class SqliteIdempotencyStore:
+    """Keys, leases and outcomes in a SQLite file; safe for many processes on one machine.
+
+    Claims and completions each run in one `BEGIN IMMEDIATE` transaction over the whole
+    batch, so the check and the write cannot interleave with another process. State is
+    decided by the stored timestamps in this store's `clock`; completed rows older than
+    `ttl_seconds` count as absent (`purge_expired` deletes them).
+
+    A lease held by a process that has died is taken over at once rather than after the
+    lease runs out: each store holds an exclusive `flock` on its own owner file while it
+    lives, and a lease whose owner file can be locked by someone else belongs to a dead
+    process. (On systems without `fcntl` leases simply run out.)
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        ttl_seconds: float = 7 * 86_400.0,
+        clock: Clock | None = None,
+        busy_timeout: float = 10.0,
+        database: Database | None = None,
+        detect_dead_owners: bool = True,
+    ) -> None:
+        self.database = database or Database.shared(path, busy_timeout=busy_timeout)
+        self.path = self.database.path
+        self.ttl_seconds = ttl_seconds
+        self.clock: Clock = clock or SystemClock()
+        self.database.ensure(_SCHEMA)
+        self._token_prefix = secrets.token_hex(6)
+        self._tokens = itertools.count(1)
+        self._owners = _Owners(self.path, enabled=detect_dead_owners)
+
+    def __repr__(self) -> str:
+        return f"SqliteIdempotencyStore({str(self.path)!r})"
+
+    @property
+    def owner(self) -> str:
+        """This store's owner id, written next to each lease it takes."""
+        return self._owners.me
+
+    def close(self) -> None:
+        """Stop being a live lease owner (leases still held become free to take over)."""
+        self._owners.close()
+
+    def _token(self) -> str:
+        return f"{self._token_prefix}-{next(self._tokens)}"
+
+    # -- the IdempotencyStore protocol -------------------------------------------------------
+
+    async def claim(self, keys: Sequence[str], lease_seconds: float) -> list[Claim]:
+        """Lease every free key; see `corelib.IdempotencyStore.claim`."""
+        if not keys:
+            return []
+        with self.database.transaction() as conn:
+            return self.claim_within(conn, keys, lease_seconds)
+
+    def claim_within(
+        self, conn: sqlite3.Connection, keys: Sequence[str], lease_seconds: float
+    ) -> list[Claim]:
+        """`claim` inside a transaction the caller holds."""
+        now = self.clock.now()
+        rows = _select(conn, keys)
+        expires = now + lease_seconds
+        owner = self._owners.me if self._owners.enabled else None
+        claims: list[Claim] = []
+        fresh: list[tuple[Any, ...]] = []
+        for key in keys:
+            row = rows.get(key)
+            if row is not None:
+                status, _token, row_owner, lease_end, ttl_end, outcome, outputs, fp, detail = row
+                if status == _COMPLETED and (ttl_end is None or ttl_end > now):
+                    claims.append(
+                        Claim(
+                            key,
+                            ClaimStatus.COMPLETED,
+                            outcome=_outcome(outcome, outputs, fp, detail),
+                        )
+                    )
+                    continue
+                if (
+                    status == _IN_PROGRESS
+                    and lease_end > now
+                    and not self._owners.is_dead(row_owner)
+                ):
+                    claims.append(Claim(key, ClaimStatus.IN_PROGRESS, lease_expires_at=lease_end))
+                    continue
+            token = self._token()
+            fresh.append((key, _IN_PROGRESS, token, owner, expires, now))
+            claims.append(Claim(key, ClaimStatus.NEW, token=token, lease_expires_at=expires))
+        if fresh:
+            conn.executemany(
+                f"INSERT OR REPLACE INTO {KEYS_TABLE} "
+                "(key, status, token, owner, lease_expires_at, updated_at) VALUES (?,?,?,?,?,?)",
+                fresh,
+            )
+        return claims
+
+    async def complete(self, completions: Sequence[Completion]) -> list[bool]:
+        """Mark keys completed where the fence holds."""
+        if not completions:
+            return []
+        with self.database.transaction() as conn:
+            return self.complete_within(conn, completions)
+
+    def complete_within(
+        self, conn: sqlite3.Connection, completions: Sequence[Completion]
+    ) -> list[bool]:
+        """`complete` inside a transaction the caller holds (the atomic sink's)."""
+        now = self.clock.now()
+        tokens = _tokens(conn, [c.key for c in completions])
+        accepted: list[bool] = []
+        updates: list[tuple[Any, ...]] = []
+        for completion in completions:
+            # A repeated completion by the same holder is accepted: its token still stands.
+            ok = (
+                completion.claim.token is not None
+                and tokens.get(completion.key) == completion.claim.token
+            )
+            accepted.append(ok)
+            if ok:
+                outcome = completion.outcome
+                updates.append(
+                    (
+                        _COMPLETED,
+                        now + self.ttl_seconds,
+                        outcome.status.value,
+                        outcome.outputs,
+                        outcome.fingerprint,
+                        outcome.detail,
+                        now,
+                        completion.key,
+                    )
+                )
+        if updates:
+            conn.executemany(
+                f"UPDATE {KEYS_TABLE} SET status=?, expires_at=?, outcome=?, outputs=?, "
+                "fingerprint=?, detail=?, updated_at=? WHERE key=?",
+                updates,
+            )
+        return accepted
+
+    async def release(self, claims: Sequence[Claim]) -> None:
+        """Drop leases still held by these claims."""
+        held = [(c.key, c.token) for c in claims if c.token is not None]
+        if not held:
+            return
+        with self.database.transaction() as conn:
+            conn.executemany(
+                f"DELETE FROM {KEYS_TABLE} WHERE key=? AND token=? AND status='{_IN_PROGRESS}'",
+                held,
+            )
+
+    # -- inspection and upkeep ---------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        """How many live keys are in progress, succeeded and dead-lettered (expired excluded)."""
+        now = self.clock.now()
+        with self.database.reading() as conn:
+            rows = conn.execute(
+                f"SELECT status, outcome, count(*) FROM {KEYS_TABLE} "
+                "WHERE status=? OR expires_at IS NULL OR expires_at > ? GROUP BY status, outcome",
+                (_IN_PROGRESS, now),
+            ).fetchall()
+        counts = {"in_progress": 0, "succeeded": 0, "dead_lettered": 0}
+        for status, outcome, n in rows:
+            counts[_IN_PROGRESS if status == _IN_PROGRESS else str(outcome)] += n
+        return counts
+
+    def oldest_lease(self) -> tuple[str, float, float] | None:
+        """The in-progress key leased longest ago: (key, leased at, lease expiry), or None."""
+        with self.database.reading() as conn:
+            row = conn.execute(
+                f"SELECT key, updated_at, lease_expires_at FROM {KEYS_TABLE} "
+                "WHERE status=? ORDER BY updated_at LIMIT 1",
+                (_IN_PROGRESS,),
+            ).fetchone()
+        return None if row is None else (str(row[0]), float(row[1]), float(row[2]))
+
+    def status(self, key: str) -> ClaimStatus | None:
+        """The key's stored status as of now, or None when absent or expired."""
+        with self.database.reading() as conn:
+            row = conn.execute(
+                f"SELECT status, expires_at FROM {KEYS_TABLE} WHERE key=?", (key,)
+            ).fetchone()
+        if row is None:
+            return None
+        if row[0] == _COMPLETED:
+            return ClaimStatus.COMPLETED if row[1] is None or row[1] > self.clock.now() else None
+        return ClaimStatus.IN_PROGRESS
+
+    def forget(self, keys: Sequence[str]) -> None:
+        """Delete the keys' records so they can be processed again (dead-letter replay)."""
+        with self.database.transaction() as conn:
+            conn.executemany(f"DELETE FROM {KEYS_TABLE} WHERE key=?", [(k,) for k in keys])
+
+    def purge_expired(self) -> int:
+        """Delete completed records older than the TTL; how many went."""
+        with self.database.transaction() as conn:
+            cursor = conn.execute(
+                f"DELETE FROM {KEYS_TABLE} WHERE status=? AND expires_at <= ?",
+                (_COMPLETED, self.clock.now()),
+            )
+            return cursor.rowcount
+
+
+def _chunks(keys: Sequence[str]) -> Iterator[Sequence[str]]:
+    for start in range(0, len(keys), CHUNK):
+        yield keys[start : start + CHUNK]
+
+
+def _select(conn: sqlite3.Connection, keys: Sequence[str]) -> dict[str, tuple[Any, ...]]:
+    rows: dict[str, tuple[Any, ...]] = {}
+    for chunk in _chunks(keys):
+        marks = ",".join("?" * len(chunk))
+        for row in conn.execute(
+            f"SELECT key, status, token, owner, lease_expires_at, expires_at, outcome, outputs, "
+            f"fingerprint, detail FROM {KEYS_TABLE} WHERE key IN ({marks})",
+            chunk,
+        ):
+            rows[row[0]] = row[1:]
+    return rows
+
+
+def _tokens(conn: sqlite3.Connection, keys: Sequence[str]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for chunk in _chunks(keys):
+        marks = ",".join("?" * len(chunk))
+        found.update(
+            conn.execute(f"SELECT key, token FROM {KEYS_TABLE} WHERE key IN ({marks})", chunk)
+        )
+    return found
+
+
+def _outcome(
+    status: str | None, outputs: int | None, fingerprint: str | None, detail: str | None
+) -> Outcome:
+    try:
+        kind = OutcomeStatus(status)
+    except ValueError:
+        raise StateError(f"unknown outcome {status!r} in the state database") from None
+    return Outcome(kind, outputs or 0, fingerprint, detail)
+
+
+class _Owners:
+    """Which lease owners are alive: each live store holds an exclusive flock on its file."""
+
+    def __init__(self, database: Path, *, enabled: bool) -> None:
+        self.me = f"{os.getpid()}-{secrets.token_hex(6)}"
+        # Without fcntl (Windows) nobody can prove a process dead: leases just run out.
+        self.enabled = enabled and _HAVE_FCNTL
+        self.folder = database.with_name(database.name + ".owners")
+        self._dead: set[str] = set()
+        if self.enabled:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            mine = self.folder / self.me
+            fd = os.open(mine, os.O_CREAT | os.O_WRONLY, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # The lock lives as long as this object (or the process): then the file goes.
+            self._finalizer = weakref.finalize(self, _let_go, fd, mine)
+
+    def close(self) -> None:
+        """Give up the owner lock: this store's remaining leases count as abandoned."""
+        if self.enabled:
+            self._finalizer()
+
+    def is_dead(self, owner: str | None) -> bool:
+        """Whether the lease owner's process is gone (its lock file is free or missing)."""
+        if not self.enabled or owner is None or owner == self.me:
+            return False
+        if owner in self._dead:
+            return True
+        path = self.folder / owner
+        try:
+            handle = path.open("rb")
+        except FileNotFoundError:
+            # Its file was cleaned up after an earlier takeover: the owner is long gone.
+            self._dead.add(owner)
+            return True
+        with handle:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        self._dead.add(owner)
+        return True
+
+
+def _let_go(fd: int, path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    os.close(fd)

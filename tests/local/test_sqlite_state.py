@@ -1,0 +1,114 @@
+"""What only the SQLite state can get wrong: locks, corruption, dead lease owners, processes."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from adapters.local import Database, SqliteIdempotencyStore, SqliteSink, StateError
+from corelib.records import ClaimStatus, Completion, Outcome, OutcomeStatus
+
+
+@pytest.mark.anyio
+async def test_locked_database_is_a_clear_error_not_a_hang(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    store = SqliteIdempotencyStore(db, busy_timeout=0.2, database=Database(db, busy_timeout=0.2))
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        started = time.monotonic()
+        with pytest.raises(StateError, match=r"state\.db stayed locked by another process"):
+            await store.claim(["k"], 30)
+        assert time.monotonic() - started < 5
+    finally:
+        holder.rollback()
+        holder.close()
+
+
+def test_corrupt_database_is_a_clear_error(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    db.write_bytes(b"this is not a database" * 200)
+    with pytest.raises(StateError, match=r"state\.db is corrupt or not a SQLite file"):
+        SqliteIdempotencyStore(db, database=Database(db))
+
+
+_HOLDER = textwrap.dedent(
+    """
+    import sys, anyio
+    from adapters.local import SqliteIdempotencyStore
+    store = SqliteIdempotencyStore(sys.argv[1])
+    anyio.run(store.claim, ["held"], 3600.0)
+    print("claimed", flush=True)
+    sys.stdin.read()
+    """
+)
+
+
+@pytest.mark.anyio
+async def test_lease_of_a_killed_process_is_taken_over_at_once(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(db)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "claimed"
+        store = SqliteIdempotencyStore(db, database=Database(db))
+        [alive] = await store.claim(["held"], 30)
+        assert alive.status is ClaimStatus.IN_PROGRESS  # its owner still runs
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+        [taken] = await store.claim(["held"], 30)
+        assert taken.status is ClaimStatus.NEW  # an hour-long lease, but its owner is dead
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+        if holder.stdout:
+            holder.stdout.close()
+        if holder.stdin:
+            holder.stdin.close()
+
+
+def _claim_all(db: str, keys: list[str]) -> list[str]:
+    async def run() -> list[str]:
+        store = SqliteIdempotencyStore(db, database=Database(db))
+        claims = await store.claim(keys, 60)
+        won = [c for c in claims if c.status is ClaimStatus.NEW]
+        done = [Completion(c, Outcome(OutcomeStatus.SUCCEEDED, 1)) for c in won]
+        assert all(await store.complete(done))
+        return [c.key for c in won]
+
+    return anyio.run(run)
+
+
+def test_processes_racing_on_one_file_never_share_a_key(tmp_path: Path) -> None:
+    db = str(tmp_path / "state.db")
+    SqliteIdempotencyStore(db, database=Database(db)).close()
+    keys = [f"k{i}" for i in range(300)]
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(4) as pool:
+        won = pool.starmap(_claim_all, [(db, keys[i:] + keys[:i]) for i in (0, 75, 150, 225)])
+    flat = [k for w in won for k in w]
+    assert sorted(flat) == sorted(keys)
+
+
+@pytest.mark.anyio
+async def test_sink_on_another_file_does_not_commit_with_the_store(tmp_path: Path) -> None:
+    store = SqliteIdempotencyStore(tmp_path / "a.db")
+    assert SqliteSink(tmp_path / "a.db").commits_with(store)
+    assert not SqliteSink(tmp_path / "b.db").commits_with(store)
+    with pytest.raises(Exception, match="table name"):
+        SqliteSink(tmp_path / "a.db", table="x; drop")
