@@ -50,6 +50,9 @@ DEFAULT_PERMANENT: tuple[type[BaseException], ...] = (
 )
 
 
+_SUCCEEDED = tuple(Outcome(OutcomeStatus.SUCCEEDED, n) for n in range(8))
+
+
 class Step(enum.Enum):
     """Points in a batch's life where a test may inject a crash."""
 
@@ -108,7 +111,7 @@ class _Item:
     state: _State = _State.PENDING
     attempts: int = 0
     ready_at: float = 0.0
-    outputs: list[Output] = field(default_factory=list)
+    outputs: Sequence[Output] = ()
     error: BaseException | None = None
     error_tb: str = ""
     reason: str = ""
@@ -134,7 +137,7 @@ class Pipeline:
         time_budget: float | None = None,
         concurrency: int = 64,
         permanent_errors: tuple[type[BaseException], ...] = DEFAULT_PERMANENT,
-        check_payload: bool = True,
+        check_payload: bool = False,
         clock: Clock | None = None,
         metrics: Metrics | None = None,
         on_step: StepHook | None = None,
@@ -287,18 +290,17 @@ class Pipeline:
 
     # -- 2. processing, in lanes ----------------------------------------------------------
 
-    def _lanes(self, items: list[_Item]) -> list[deque[_Item]]:
-        if not self.ordered:
-            return [deque([item]) for item in items if item.state is _State.PENDING]
-        lanes: dict[object, list[_Item]] = {}
-        for item in items:
-            lane_key = item.record.partition_key
-            # Events without a partition key promise no order: each is a lane of its own.
-            lanes.setdefault(lane_key if lane_key is not None else item, []).append(item)
-        return [deque(_in_sequence(lane)) for lane in lanes.values()]
-
     async def _run_lanes(self, items: list[_Item], deadline: float | None) -> None:
-        lanes = [lane for lane in self._lanes(items) if lane]
+        pending = [item for item in items if item.state is _State.PENDING]
+        if not self.ordered and not self._is_async and pending:
+            # Fast path: every first attempt in one plain loop; only retries need lanes.
+            now = self.clock.now()
+            if deadline is None or now < deadline:
+                for item in pending:
+                    self._attempt_sync(item, now)
+                pending = [item for item in pending if item.state is _State.PENDING]
+        # Ordered lanes keep settled items too: a failed one must hold back its successors.
+        lanes = self._lanes(items if self.ordered else pending)
         while lanes:
             now = self.clock.now()
             if deadline is not None and now >= deadline:
@@ -323,6 +325,16 @@ class Pipeline:
                     await self._advance(lane, now)
             lanes = [lane for lane in lanes if lane]
 
+    def _lanes(self, items: list[_Item]) -> list[deque[_Item]]:
+        if not self.ordered:
+            return [deque([item]) for item in items]
+        lanes: dict[object, list[_Item]] = {}
+        for item in items:
+            lane_key = item.record.partition_key
+            # Events without a partition key promise no order: each is a lane of its own.
+            lanes.setdefault(lane_key if lane_key is not None else item, []).append(item)
+        return [deque(_in_sequence(lane)) for lane in lanes.values()]
+
     async def _advance_limited(self, lane: deque[_Item], now: float) -> None:
         async with self._limiter:
             await self._advance(lane, now)
@@ -334,29 +346,52 @@ class Pipeline:
             if item.state is _State.PENDING:
                 if item.ready_at > now:
                     return
-                await self._attempt(item)
+                if self._is_async:
+                    await self._attempt(item, now)
+                else:
+                    self._attempt_sync(item, now)
                 if item.state is _State.PENDING:
                     return  # waiting for a retry; in ordered mode the lane waits with it
             if item.state is _State.FAILED and self.ordered:
                 lane.popleft()
                 for later in lane:
-                    self._fail(later, f"an earlier event of partition {item.record.partition_key!r} "
-                               "failed, so this one waits to keep order")
+                    self._fail(
+                        later,
+                        f"an earlier event of partition {item.record.partition_key!r} "
+                        "failed, so this one waits to keep order",
+                    )
                 lane.clear()
                 return
             lane.popleft()
 
-    async def _attempt(self, item: _Item) -> None:
+    async def _attempt(self, item: _Item, now: float) -> None:
         record = item.record
         item.attempts += 1
         if item.first_attempt_at is None:
-            item.first_attempt_at = self.clock.now()
+            item.first_attempt_at = now
+        try:
+            if isinstance(record, InvalidRecord):
+                raise DecodeError(record.reason)
+            item.outputs = self._outputs(item, await self._process(record))
+        except Exception as exc:
+            self._failed_attempt(item, exc)
+        else:
+            item.state = _State.DONE
+
+    def _attempt_sync(self, item: _Item, now: float) -> None:
+        record = item.record
+        item.attempts += 1
+        if item.first_attempt_at is None:
+            item.first_attempt_at = now
         try:
             if isinstance(record, InvalidRecord):
                 raise DecodeError(record.reason)
             produced = self._process(record)
-            if inspect.isawaitable(produced):
-                produced = await produced
+            if type(produced) is not dict and inspect.isawaitable(produced):
+                raise ConfigurationError(
+                    "process() returned an awaitable but is not declared `async def`; "
+                    "declare it async so the pipeline awaits it"
+                )
             item.outputs = self._outputs(item, produced)
         except Exception as exc:
             self._failed_attempt(item, exc)
@@ -366,11 +401,19 @@ class Pipeline:
     def _outputs(self, item: _Item, produced: Any) -> list[Output]:
         if produced is None:
             return []
-        if isinstance(produced, list | tuple | Iterator) or inspect.isgenerator(produced):
+        record = item.record
+        if type(produced) is dict:
+            # The common case, one dict, skips the general loop below.
+            try:
+                plain = to_plain(produced)
+            except UnstorableValue as exc:
+                raise UnstorableValue(f"output 0 cannot be stored: {exc}") from None
+            key = item.key
+            return [Output(key + "#0", key, record.id, 0, plain, record.partition_key)]
+        if isinstance(produced, list | tuple | Iterator):
             values = list(produced)
         else:
             values = [produced]
-        record = item.record
         outputs = []
         for index, value in enumerate(values):
             try:
@@ -393,7 +436,7 @@ class Pipeline:
         item.error = exc
         item.error_tb = traceback.format_exc()
         permanent = isinstance(exc, self.permanent_errors)
-        summary = f"{type(exc).__name__}: {exc}"
+        summary = _summary(exc)
         if permanent or item.attempts >= self.max_attempts:
             why = "permanent error" if permanent else f"failed {item.attempts} attempts"
             item.reason = f"{_describe(item)}: {summary} ({why})"
@@ -466,14 +509,14 @@ class Pipeline:
             return []
         return dead
 
-    def _success(self, item: _Item) -> list[Output]:
+    def _success(self, item: _Item) -> Sequence[Output]:
         return item.outputs
 
     async def _write(
         self,
         sink: Sink | None,
         items: list[_Item],
-        to_outputs: Callable[[_Item], list[Output]],
+        to_outputs: Callable[[_Item], Sequence[Output]],
         *,
         atomic: bool = False,
     ) -> None:
@@ -533,19 +576,20 @@ class Pipeline:
     def _completion(self, item: _Item) -> Completion:
         assert item.claim is not None
         record = item.record
-        if item.state is _State.DONE:
-            outcome = Outcome(
-                OutcomeStatus.SUCCEEDED,
-                outputs=len(item.outputs),
-                fingerprint=_fingerprint(record.raw if isinstance(record, InvalidRecord)
-                                         else record.data) if self.check_payload else None,
+        fingerprint = None
+        if self.check_payload:
+            fingerprint = _fingerprint(
+                record.raw if isinstance(record, InvalidRecord) else record.data
             )
+        if item.state is _State.DONE:
+            count = len(item.outputs)
+            if fingerprint is None and count < len(_SUCCEEDED):
+                # Outcomes are immutable: share the common ones instead of building each.
+                return Completion(item.claim, _SUCCEEDED[count])
+            outcome = Outcome(OutcomeStatus.SUCCEEDED, count, fingerprint)
         else:
             outcome = Outcome(
-                OutcomeStatus.DEAD_LETTERED,
-                fingerprint=_fingerprint(record.raw if isinstance(record, InvalidRecord)
-                                         else record.data) if self.check_payload else None,
-                detail=item.reason[:500],
+                OutcomeStatus.DEAD_LETTERED, 0, fingerprint, detail=item.reason[:500]
             )
         return Completion(item.claim, outcome)
 
@@ -664,6 +708,17 @@ def _in_sequence(lane: list[_Item]) -> list[_Item]:
 
 def _fingerprint(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def _summary(exc: BaseException) -> str:
+    """One line for an error; validation errors list fields and causes, never the input."""
+    if isinstance(exc, ValidationError):
+        fields = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc']) or '(root)'}: {error['msg']}"
+            for error in exc.errors(include_url=False, include_input=False)[:10]
+        )
+        return f"ValidationError: {exc.error_count()} invalid field(s) in {exc.title}: {fields}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _describe(item: _Item) -> str:

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 __all__ = ["UnstorableValue", "dumps", "to_plain"]
 
-_SCALARS = (str, int, bool, type(None))
+_SCALARS = frozenset({str, int, bool, type(None)})
 
 
 class UnstorableValue(TypeError):
@@ -25,6 +25,8 @@ class UnstorableValue(TypeError):
 
 def to_plain(value: Any, _path: str = "$") -> Any:
     """`value` as dicts with string keys, lists, str, int, float, bool, None, Decimal and bytes.
+
+    A dict that is already plain is returned as it is, not copied.
 
     Pydantic models, dataclasses, tuples, sets, enums, UUIDs and dates are converted;
     anything else raises `UnstorableValue` naming where in the value it sits.
@@ -37,6 +39,12 @@ def to_plain(value: Any, _path: str = "$") -> Any:
             raise UnstorableValue(f"{_path} is {value}, which no sink can store")
         return value
     if kind is dict:
+        for k, v in value.items():
+            if type(k) is not str or type(v) not in _SCALARS:
+                break
+        else:
+            # Already plain (string keys, scalar values): no copy, the common case.
+            return value
         out: dict[str, Any] = {}
         for k, v in value.items():
             if type(k) is not str:
@@ -44,7 +52,8 @@ def to_plain(value: Any, _path: str = "$") -> Any:
                     k = str(k.value if isinstance(k, enum.Enum) else k)
                 else:
                     raise UnstorableValue(f"{_path} has a key of type {type(k).__name__}")
-            out[k] = to_plain(v, f"{_path}.{k}")
+            # Scalars are copied as they are: the common case, kept off the recursive path.
+            out[k] = v if type(v) in _SCALARS else to_plain(v, f"{_path}.{k}")
         return out
     if kind is list or kind is tuple:
         return [to_plain(v, f"{_path}[{i}]") for i, v in enumerate(value)]

@@ -61,9 +61,12 @@ class MemorySink:
         assert isinstance(store, MemoryIdempotencyStore)
         self._check_size(outputs)
         with store.lock, self.lock:
-            held = {c.key for c in completions if store.holds(c)}
             accepted = store.complete_locked(completions)
-            self._put([o for o in outputs if o.event_key in held])
+            if all(accepted):
+                self._put(outputs)
+            else:
+                held = {c.key for c, ok in zip(completions, accepted, strict=True) if ok}
+                self._put([o for o in outputs if o.event_key in held])
             return accepted
 
     def _put(self, outputs: Sequence[Output]) -> None:

@@ -70,7 +70,7 @@ class MemoryIdempotencyStore:
         token = str(next(self._tokens))
         expires = now + lease_seconds
         self.rows[key] = _Row(ClaimStatus.IN_PROGRESS, token, expires)
-        return Claim(key, ClaimStatus.NEW, token=token, lease_expires_at=expires)
+        return Claim(key, ClaimStatus.NEW, token, None, expires)
 
     async def complete(self, completions: Sequence[Completion]) -> list[bool]:
         """Mark keys completed where the fence holds."""
@@ -81,15 +81,18 @@ class MemoryIdempotencyStore:
 
     def complete_locked(self, completions: Sequence[Completion]) -> list[bool]:
         """`complete` for a caller that already holds `lock` (the atomic sink)."""
-        now = self.clock.now()
+        expires_at = self.clock.now() + self.ttl_seconds
+        rows = self.rows
         accepted = []
-        for completion in completions:
-            row = self.rows.get(completion.key)
-            ok = self.holds(completion)
-            if ok and row is not None:
+        for claim, outcome in completions:
+            row = rows.get(claim.key)
+            # A repeated completion by the same holder is accepted: a retried call whose
+            # first answer was lost must not look like a lost lease.
+            ok = row is not None and row.token == claim.token
+            if ok:
                 row.status = ClaimStatus.COMPLETED
-                row.outcome = completion.outcome
-                row.expires_at = now + self.ttl_seconds
+                row.outcome = outcome
+                row.expires_at = expires_at
             accepted.append(ok)
         return accepted
 

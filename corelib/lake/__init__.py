@@ -1,0 +1,62 @@
+"""Data-lake sinks and readers: partitioned Parquet with a manifest, and Delta Lake tables.
+
+Importing this package costs nothing: pyarrow and deltalake load when a name is first used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from corelib.lake.compaction import compact_dataset
+    from corelib.lake.dataset import close_partitions, read_dataset
+    from corelib.lake.delta_sink import DeltaSink, read_delta
+    from corelib.lake.manifest import DataFile, ManifestConflict, ManifestLog, Snapshot
+    from corelib.lake.parquet_sink import ParquetSink
+    from corelib.lake.partitions import Hourly
+    from corelib.lake.schema import arrow_schema
+
+__all__ = [
+    "DataFile",
+    "DeltaSink",
+    "Hourly",
+    "ManifestConflict",
+    "ManifestLog",
+    "ParquetSink",
+    "Snapshot",
+    "arrow_schema",
+    "close_partitions",
+    "compact_dataset",
+    "read_dataset",
+    "read_delta",
+]
+
+_HOMES = {
+    "DataFile": "manifest",
+    "ManifestConflict": "manifest",
+    "ManifestLog": "manifest",
+    "Snapshot": "manifest",
+    "ParquetSink": "parquet_sink",
+    "Hourly": "partitions",
+    "arrow_schema": "schema",
+    "read_dataset": "dataset",
+    "close_partitions": "dataset",
+    "compact_dataset": "compaction",
+    "DeltaSink": "delta_sink",
+    "read_delta": "delta_sink",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'corelib.lake' has no attribute {name!r}")
+    try:
+        module = importlib.import_module(f"corelib.lake.{home}")
+    except ImportError as exc:
+        extra = "delta" if home == "delta_sink" else "parquet"
+        raise ImportError(
+            f"corelib.lake.{name} needs {exc.name}: pip install 'onceflow[{extra}]'"
+        ) from exc
+    return getattr(module, name)

@@ -1,0 +1,72 @@
+"""Hive partition labels (`dt=2024-05-01/hr=12`, `country=DE`) computed per row."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from urllib.parse import quote, unquote
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+__all__ = ["Hourly", "PartitionSpec", "parse_partition", "partition_labels"]
+
+
+@dataclass(frozen=True, slots=True)
+class Hourly:
+    """Partition by the hour of a timestamp column: `dt=YYYY-MM-DD/hr=HH` (UTC)."""
+
+    field: str = "time"
+
+
+PartitionSpec = str | Hourly | Sequence[str | Hourly] | None
+"""A column name, `Hourly(column)`, or a sequence of them, outermost first."""
+
+
+def normalise(spec: PartitionSpec) -> tuple[str | Hourly, ...]:
+    """The spec as a tuple of parts."""
+    if spec is None:
+        return ()
+    if isinstance(spec, str | Hourly):
+        return (spec,)
+    return tuple(spec)
+
+
+def source_columns(parts: Sequence[str | Hourly]) -> list[str]:
+    """The columns the partition labels are read from."""
+    return [p.field if isinstance(p, Hourly) else p for p in parts]
+
+
+def partition_labels(table: pa.Table, parts: Sequence[str | Hourly]) -> pa.Array:
+    """Each row's partition label (null where a partition column is null)."""
+    pieces: list[pa.Array] = []
+    for part in parts:
+        if isinstance(part, Hourly):
+            column = table.column(part.field)
+            if not pa.types.is_timestamp(column.type):
+                raise TypeError(f"column {part.field} must be a timestamp to partition by hour")
+            if column.type.tz is None:
+                column = pc.assume_timezone(column, "UTC")
+            pieces.append(pc.strftime(column, format="dt=%Y-%m-%d/hr=%H", locale="C"))
+        else:
+            values = pc.cast(table.column(part), pa.string())
+            encoded = pa.array([None if v is None else quote(v, safe="") for v in values.to_pylist()],
+                               pa.string())
+            pieces.append(pc.binary_join_element_wise(f"{part}=", encoded, ""))
+    if not pieces:
+        return pa.nulls(table.num_rows, pa.string()).fill_null("")
+    if len(pieces) == 1:
+        return pa.chunked_array([pieces[0]]).combine_chunks() if isinstance(
+            pieces[0], pa.ChunkedArray) else pieces[0]
+    joined = pc.binary_join_element_wise(*pieces, "/")
+    return joined.combine_chunks() if isinstance(joined, pa.ChunkedArray) else joined
+
+
+def parse_partition(label: str) -> dict[str, str]:
+    """`dt=2024-05-01/hr=12` as `{"dt": "2024-05-01", "hr": "12"}`."""
+    out: dict[str, str] = {}
+    for piece in label.split("/"):
+        if "=" in piece:
+            name, _, value = piece.partition("=")
+            out[name] = unquote(value)
+    return out

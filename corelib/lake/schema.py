@@ -1,0 +1,173 @@
+"""Arrow schemas for lake sinks, and outputs turned into Arrow tables with refusals named."""
+
+from __future__ import annotations
+
+import datetime as dt
+import types
+import typing
+import uuid
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import BaseModel
+
+from corelib.records import Output
+
+__all__ = ["META_COLUMNS", "OUTPUT_ID", "EVENT_KEY", "arrow_schema", "outputs_to_table"]
+
+OUTPUT_ID = "_output_id"
+EVENT_KEY = "_event_key"
+META_COLUMNS = (OUTPUT_ID, EVENT_KEY)
+"""Columns every lake file carries: they make rewrites recognisable and keys countable."""
+
+_SCALARS: dict[type, pa.DataType] = {
+    bool: pa.bool_(),
+    int: pa.int64(),
+    float: pa.float64(),
+    str: pa.string(),
+    bytes: pa.binary(),
+    Decimal: pa.decimal128(38, 9),
+    dt.datetime: pa.timestamp("us", tz="UTC"),
+    dt.date: pa.date32(),
+    uuid.UUID: pa.string(),
+}
+
+
+def arrow_schema(schema: pa.Schema | type[BaseModel]) -> pa.Schema:
+    """`schema` itself, or the Arrow schema of a pydantic model's fields."""
+    if isinstance(schema, pa.Schema):
+        return schema
+    if isinstance(schema, type) and issubclass(schema, BaseModel):
+        fields = []
+        for name, info in schema.model_fields.items():
+            kind, nullable = _arrow_type(info.annotation, f"{schema.__name__}.{name}")
+            fields.append(pa.field(info.alias or name, kind, nullable=nullable or not info.is_required()))
+        return pa.schema(fields)
+    raise TypeError(f"schema must be a pyarrow.Schema or a pydantic model class, not {schema!r}")
+
+
+def _arrow_type(annotation: Any, where: str) -> tuple[pa.DataType, bool]:
+    """The Arrow type for a field annotation, and whether it admits None."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) != 1:
+            raise TypeError(f"{where}: a union of {rest} has no single Arrow type")
+        return _arrow_type(rest[0], where)[0], True
+    if origin is typing.Annotated:
+        return _arrow_type(args[0], where)
+    if origin in (list, tuple, set, frozenset, Sequence):
+        item = _arrow_type(args[0], where)[0] if args else pa.string()
+        return pa.list_(item), False
+    if origin is dict:
+        key, value = (_arrow_type(a, where)[0] for a in args) if args else (pa.string(), pa.string())
+        return pa.map_(key, value), False
+    if isinstance(annotation, type):
+        if issubclass(annotation, BaseModel):
+            return pa.struct(list(arrow_schema(annotation))), False
+        if issubclass(annotation, bool):
+            return pa.bool_(), False
+        for python_type, arrow_type in _SCALARS.items():
+            if issubclass(annotation, python_type):
+                return arrow_type, False
+        if hasattr(annotation, "__members__"):  # an Enum: stored by value, as text
+            return pa.string(), False
+    raise TypeError(f"{where}: no Arrow type for {annotation!r}; pass a pyarrow schema instead")
+
+
+def outputs_to_table(
+    outputs: Sequence[Output], schema: pa.Schema, *, extra: str = "ignore"
+) -> tuple[pa.Table, dict[str, str]]:
+    """The outputs as a table of `schema` plus the meta columns, and the refused output ids.
+
+    Refusals name the column and the cause; the table holds only the rows that fit.
+    """
+    values = [o.value for o in outputs]
+    rejected: dict[str, str] = {}
+    for output, value in zip(outputs, values, strict=True):
+        if type(value) is not dict:
+            rejected[output.output_id] = f"value: expected an object, got {type(value).__name__}"
+    if extra == "reject":
+        names = set(schema.names)
+        for output, value in zip(outputs, values, strict=True):
+            if type(value) is dict and (unknown := value.keys() - names):
+                rejected.setdefault(
+                    output.output_id, f"column {sorted(unknown)[0]}: not in the schema"
+                )
+    if rejected:
+        keep = [i for i, o in enumerate(outputs) if o.output_id not in rejected]
+        outputs = [outputs[i] for i in keep]
+        values = [values[i] for i in keep]
+    columns = []
+    for field in schema:
+        column = [v.get(field.name) for v in values]
+        array = _column(field, column, outputs, rejected)
+        columns.append(array)
+    if rejected:
+        # A later column refused rows an earlier column already converted: drop them all.
+        mask = pa.array([o.output_id not in rejected for o in outputs])
+        columns = [pc.filter(c, mask) for c in columns]
+        outputs = [o for o in outputs if o.output_id not in rejected]
+    columns.append(pa.array([o.output_id for o in outputs], pa.string()))
+    columns.append(pa.array([o.event_key for o in outputs], pa.string()))
+    full = schema.append(pa.field(OUTPUT_ID, pa.string(), nullable=False)).append(
+        pa.field(EVENT_KEY, pa.string(), nullable=False)
+    )
+    return pa.Table.from_arrays(columns, schema=full), rejected
+
+
+def _column(
+    field: pa.Field, column: list[Any], outputs: Sequence[Output], rejected: dict[str, str]
+) -> pa.Array:
+    """One column as Arrow; values that do not convert are refused and stored as null."""
+    try:
+        array = _convert(column, field.type)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+        array = None
+    if array is None:
+        cleaned = []
+        for output, value in zip(outputs, column, strict=True):
+            try:
+                _convert([value], field.type)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError) as exc:
+                rejected.setdefault(
+                    output.output_id,
+                    f"column {field.name}: {_short(value)} is not {field.type} ({_cause(exc)})",
+                )
+                value = None
+            cleaned.append(value)
+        array = _convert(cleaned, field.type)
+    if not field.nullable and array.null_count:
+        for output, value in zip(outputs, column, strict=True):
+            if value is None:
+                rejected.setdefault(
+                    output.output_id, f"column {field.name}: missing, and the column is not nullable"
+                )
+    return array
+
+
+def _convert(column: list[Any], kind: pa.DataType) -> pa.Array:
+    if pa.types.is_timestamp(kind) or pa.types.is_date(kind):
+        if any(type(v) is str for v in column):
+            # Values reach sinks as plain data, so datetimes arrive as ISO 8601 text.
+            if not all(v is None or type(v) is str for v in column):
+                raise TypeError("a mix of text and other values")
+            text = pa.array(column, pa.string())
+            if pa.types.is_date(kind):
+                return pc.cast(pc.cast(text, pa.timestamp("s")), kind)
+            return pc.cast(text, kind)
+    return pa.array(column, kind)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _cause(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text if len(text) <= 120 else text[:117] + "..."
