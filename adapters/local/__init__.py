@@ -5,13 +5,21 @@ Nothing here needs a server or a cloud account; pyarrow is imported only to read
     from adapters.local import SqliteIdempotencyStore, SqliteSink, FileSource, LocalObjectStore
 """
 
+from adapters.local.checkpoints import Checkpoint, Checkpoints
 from adapters.local.database import Database, StateError
+from adapters.local.dead_letters import JsonlDeadLetterSink
+from adapters.local.file_source import DirectorySource, FileSource
 from adapters.local.objects import LocalObjectStore
 from adapters.local.sqlite_sink import SqliteSink
 from adapters.local.sqlite_store import SqliteIdempotencyStore
 
 __all__ = [
+    "Checkpoint",
+    "Checkpoints",
     "Database",
+    "DirectorySource",
+    "FileSource",
+    "JsonlDeadLetterSink",
     "LocalObjectStore",
     "SqliteIdempotencyStore",
     "SqliteSink",

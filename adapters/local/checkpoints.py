@@ -1,0 +1,74 @@
+"""Durable read positions for file sources, kept in the SQLite state file."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from adapters.local.database import Database
+
+__all__ = ["Checkpoint", "Checkpoints"]
+
+TABLE = "onceflow_checkpoints"
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """Where reading `name` resumes: everything before `offset` (byte or row) is settled."""
+
+    name: str
+    offset: int
+    line: int
+    """Records (lines or rows) before `offset`, so numbering continues where it stopped."""
+    head: str = ""
+    """A hash of the file's first bytes, to notice a file replaced by another."""
+    finished: bool = False
+    """The whole file is settled (a landing-folder file is then never read again)."""
+    updated_at: float = 0.0
+
+
+class Checkpoints:
+    """Checkpoints by name in table `onceflow_checkpoints`, written in one transaction per ack."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        database.ensure(
+            f"CREATE TABLE IF NOT EXISTS {TABLE} (name TEXT PRIMARY KEY, offset INTEGER NOT NULL, "
+            "line INTEGER NOT NULL, head TEXT NOT NULL, finished INTEGER NOT NULL, "
+            "updated_at REAL NOT NULL) WITHOUT ROWID"
+        )
+
+    def get(self, name: str) -> Checkpoint | None:
+        """The checkpoint saved under `name`, or None."""
+        with self.database.reading() as conn:
+            row = conn.execute(
+                f"SELECT name, offset, line, head, finished, updated_at FROM {TABLE} WHERE name=?",
+                (name,),
+            ).fetchone()
+        return (
+            None
+            if row is None
+            else Checkpoint(row[0], row[1], row[2], row[3], bool(row[4]), row[5])
+        )
+
+    def save(self, checkpoints: Sequence[Checkpoint]) -> None:
+        """Store checkpoints, replacing earlier ones of the same name."""
+        if not checkpoints:
+            return
+        now = time.time()
+        with self.database.transaction() as conn:
+            conn.executemany(
+                f"INSERT OR REPLACE INTO {TABLE} VALUES (?,?,?,?,?,?)",
+                [(c.name, c.offset, c.line, c.head, int(c.finished), now) for c in checkpoints],
+            )
+
+    def latest(self, limit: int = 5) -> list[Checkpoint]:
+        """The most recently written checkpoints, newest first."""
+        with self.database.reading() as conn:
+            rows = conn.execute(
+                f"SELECT name, offset, line, head, finished, updated_at FROM {TABLE} "
+                "ORDER BY updated_at DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [Checkpoint(r[0], r[1], r[2], r[3], bool(r[4]), r[5]) for r in rows]

@@ -1,0 +1,292 @@
+"""Reading JSON Lines, CSV and Parquet files as a stream of events, from a saved position.
+
+Every record is read one at a time (memory stays flat however big the file), and a record
+that cannot be decoded becomes an `InvalidRecord` whose reason names the file, the line
+and the cause, so the runner dead-letters it and the rest of the file goes on.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any, Literal
+
+from corelib.event import Event
+from corelib.records import InvalidRecord
+from corelib.serialization import UnstorableValue, dumps, to_plain
+
+__all__ = ["FORMATS", "FileFormat", "Positioned", "RecordReader", "format_of"]
+
+FileFormat = Literal["jsonl", "csv", "parquet"]
+FORMATS: dict[str, FileFormat] = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+_BOM = b"\xef\xbb\xbf"
+
+
+def format_of(path: Path, given: FileFormat | None = None) -> FileFormat:
+    """The file's format: `given`, or guessed from its suffix."""
+    if given is not None:
+        return given
+    found = FORMATS.get(path.suffix.lower())
+    if found is None:
+        raise ValueError(
+            f"cannot tell the format of {path.name} from its suffix; name it with --format "
+            f"({', '.join(sorted(set(FORMATS.values())))})"
+        )
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class Positioned:
+    """One record and where it sits: it starts at `start` and the next one at `end`."""
+
+    record: Event | InvalidRecord
+    start: int
+    end: int
+    line: int
+    """The record's 1-based line (JSONL, CSV) or row (Parquet) number."""
+
+
+@dataclass
+class RecordReader:
+    """Turns one file into events; ids come from the file's name and line, or from `id_field`."""
+
+    path: Path
+    name: str
+    """The file's stable name (relative to the input's base folder), used in ids and reasons."""
+    fmt: FileFormat
+    source: str
+    """The events' `source`: with `id_field` the same for every file, so ids dedupe across files."""
+    id_field: str | None = None
+    partition_field: str | None = None
+    ordinal: int = 0
+    """The file's place in the input, so sequence numbers order records across files."""
+    event_type: str = "onceflow.file.record"
+
+    def read(self, offset: int = 0, line: int = 0) -> Iterator[Positioned]:
+        """Records from byte (or row) `offset`, numbering lines after `line`."""
+        if self.fmt == "jsonl":
+            return self._jsonl(offset, line)
+        if self.fmt == "csv":
+            return self._csv(offset, line)
+        return self._parquet(offset)
+
+    # -- building records --------------------------------------------------------------------
+
+    def _locator(self, line: int) -> str:
+        return f"{self.name}:{line}"
+
+    def _invalid(self, line: int, why: str, raw: bytes) -> InvalidRecord:
+        return InvalidRecord(
+            id=f"{self.name}:{line}",
+            source=f"file:{self.name}",
+            reason=f"{self.name} line {line}: {why}",
+            raw=raw,
+            locator=self._locator(line),
+            sequence=self._sequence(line),
+            attributes={"file": self.name, "line": str(line)},
+        )
+
+    def _sequence(self, line: int) -> str:
+        return f"{self.ordinal:05d}{line:012d}"
+
+    def _event(
+        self, line: int, data: bytes, fields: Any, raw: bytes, now: datetime
+    ) -> Event | InvalidRecord:
+        event_id = f"{self.name}:{line}"
+        partition = None
+        if self.id_field is not None or self.partition_field is not None:
+            if not isinstance(fields, dict):
+                return self._invalid(line, f"expected a JSON object, found {_kind(fields)}", raw)
+            if self.id_field is not None:
+                value = fields.get(self.id_field)
+                if value is None or value == "" or isinstance(value, dict | list):
+                    return self._invalid(
+                        line, f"no usable {self.id_field!r} field for the event id", raw
+                    )
+                event_id = str(value)
+            if self.partition_field is not None:
+                value = fields.get(self.partition_field)
+                partition = None if value is None else str(value)
+        return Event(
+            id=event_id,
+            source=self.source,
+            type=self.event_type,
+            time=now,
+            partition_key=partition,
+            sequence=self._sequence(line),
+            data=data,
+            attributes={"file": self.name, "line": str(line)},
+        )
+
+    # -- JSON Lines --------------------------------------------------------------------------
+
+    def _jsonl(self, offset: int, line: int) -> Iterator[Positioned]:
+        now = datetime.now(UTC)
+        with self.path.open("rb", buffering=1 << 20) as handle:
+            handle.seek(offset)
+            for raw in handle:
+                start = offset
+                offset += len(raw)
+                line += 1
+                body = raw.rstrip(b"\r\n")
+                if start == 0 and body.startswith(_BOM):
+                    body = body[len(_BOM) :]
+                if not body or body.isspace():
+                    continue
+                try:
+                    text = body.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    why = (
+                        f"not valid UTF-8 (byte 0x{body[exc.start]:02x} at column {exc.start + 1})"
+                    )
+                    yield Positioned(self._invalid(line, why, body), start, offset, line)
+                    continue
+                try:
+                    fields = json.loads(text)
+                except json.JSONDecodeError as exc:
+                    why = f"not valid JSON ({exc.msg} at column {exc.colno})"
+                    yield Positioned(self._invalid(line, why, body), start, offset, line)
+                    continue
+                record = self._event(line, body, fields, body, now)
+                yield Positioned(record, start, offset, line)
+
+    # -- CSV ---------------------------------------------------------------------------------
+
+    def _csv(self, offset: int, line: int) -> Iterator[Positioned]:
+        now = datetime.now(UTC)
+        with self.path.open("rb", buffering=1 << 20) as handle:
+            lines = _Lines(handle, 0, 0)
+            header = next(csv.reader(lines), None)
+            if header is None or lines.bad is not None:
+                if offset == 0 and header is not None:
+                    why = f"the header row is not valid UTF-8 ({lines.bad})"
+                    yield Positioned(self._invalid(1, why, b""), 0, lines.offset, 1)
+                return
+            header = [h.strip() for h in header]
+            if offset > lines.offset:
+                handle.seek(offset)
+                lines = _Lines(handle, offset, line)
+            reader = csv.reader(lines)
+            start = lines.offset
+            while True:
+                first_line = lines.line + 1
+                lines.bad = None
+                try:
+                    row = next(reader, None)
+                except csv.Error as exc:
+                    why = f"not valid CSV ({exc})"
+                    yield Positioned(
+                        self._invalid(first_line, why, b""), start, lines.offset, first_line
+                    )
+                    start = lines.offset
+                    reader = csv.reader(lines)
+                    continue
+                if row is None:
+                    return
+                end = lines.offset
+                if lines.bad is not None:
+                    why = f"not valid UTF-8 ({lines.bad})"
+                    record: Event | InvalidRecord = self._invalid(first_line, why, lines.raw)
+                elif not row or (len(row) == 1 and not row[0].strip()):
+                    start = end
+                    continue  # a blank line
+                elif len(row) != len(header):
+                    missing = header[len(row) :]
+                    why = f"expected {len(header)} columns, found {len(row)}" + (
+                        f" (missing {', '.join(missing)})" if missing else ""
+                    )
+                    record = self._invalid(first_line, why, ",".join(row).encode())
+                else:
+                    fields = dict(zip(header, row, strict=True))
+                    data = dumps(fields).encode()
+                    record = self._event(first_line, data, fields, data, now)
+                yield Positioned(record, start, end, first_line)
+                start = end
+
+    # -- Parquet -----------------------------------------------------------------------------
+
+    def _parquet(self, offset: int) -> Iterator[Positioned]:
+        try:
+            import pyarrow.parquet as pq  # noqa: PLC0415 - the parquet extra is optional
+        except ImportError:  # pragma: no cover - depends on the install
+            raise ImportError(
+                "reading Parquet needs pyarrow: pip install 'onceflow[parquet]'"
+            ) from None
+        now = datetime.now(UTC)
+        try:
+            parquet = pq.ParquetFile(self.path)
+        except Exception as exc:  # pyarrow raises ArrowInvalid and friends for a bad file
+            why = f"not a readable Parquet file ({type(exc).__name__}: {exc})"
+            yield Positioned(self._invalid(1, why, b""), 0, 1 << 62, 1)
+            return
+        row = 0
+        with parquet:
+            for group in range(parquet.num_row_groups):
+                rows = parquet.metadata.row_group(group).num_rows
+                if row + rows <= offset:
+                    row += rows  # a whole row group before the checkpoint: skip it unread
+                    continue
+                for batch in parquet.iter_batches(batch_size=4096, row_groups=[group]):
+                    for fields in batch.to_pylist():
+                        row += 1
+                        if row <= offset:
+                            continue
+                        try:
+                            data = dumps(to_plain(fields)).encode()
+                        except UnstorableValue as exc:
+                            yield Positioned(self._invalid(row, str(exc), b""), row - 1, row, row)
+                            continue
+                        yield Positioned(
+                            self._event(row, data, fields, data, now), row - 1, row, row
+                        )
+
+
+class _Lines:
+    """Decoded lines of a binary file for `csv.reader`, keeping count of bytes and lines.
+
+    A line that is not UTF-8 is handed to the reader as an empty line and remembered in
+    `bad`, so the row it belonged to becomes an invalid record instead of stopping the file.
+    """
+
+    def __init__(self, handle: IO[bytes], offset: int, line: int) -> None:
+        self.handle = handle
+        self.offset = offset
+        self.line = line
+        self.bad: str | None = None
+        self.raw = b""
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        raw = self.handle.readline()
+        if not raw:
+            raise StopIteration
+        start = self.offset
+        self.offset += len(raw)
+        self.line += 1
+        if start == 0 and raw.startswith(_BOM):
+            raw = raw[len(_BOM) :]
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            self.bad = f"byte 0x{raw[exc.start]:02x} at column {exc.start + 1}"
+            self.raw = raw.rstrip(b"\r\n")
+            return "\n"
+
+
+def _kind(value: Any) -> str:
+    return {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number"
+    )

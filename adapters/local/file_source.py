@@ -1,0 +1,401 @@
+"""Pull-mode sources over local files: a file or glob (`FileSource`) and a landing folder."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import shutil
+import time
+from collections.abc import AsyncIterator, Collection, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+
+from adapters.local.checkpoints import Checkpoint, Checkpoints
+from adapters.local.database import Database
+from adapters.local.file_records import FileFormat, Positioned, RecordReader, format_of
+from corelib.event import Event
+from corelib.records import InvalidRecord
+from corelib.retry import Backoff
+
+__all__ = ["DirectorySource", "FileSource"]
+
+Record = Event | InvalidRecord
+_HEAD_BYTES = 4096
+
+
+@dataclass(slots=True)
+class _File:
+    """One input file being read, and what of it is settled."""
+
+    key: str
+    """The checkpoint name."""
+    reader: RecordReader
+    head: str
+    settled: tuple[int, int] = (0, 0)
+    """(offset, line) up to which every record is done."""
+    pending: dict[int, Positioned] = field(default_factory=dict)
+    """Failed records waiting for redelivery, by start offset."""
+    drained: bool = False
+
+
+class _FilesSource:
+    """What both file sources share: reading, batching, acking, checkpoints and redelivery.
+
+    Records that failed (another worker's live lease, a lost lease) come back after the
+    files are drained, a few times with backoff; the checkpoint never moves past the first
+    record still unsettled, so whatever is left is read again by the next run.
+    """
+
+    def __init__(
+        self,
+        *,
+        state: Database | str | os.PathLike[str] | None,
+        redeliveries: int = 5,
+        backoff: Backoff | None = None,
+    ) -> None:
+        database = state if state is None or isinstance(state, Database) else Database.shared(state)
+        self.checkpoints = Checkpoints(database) if database is not None else None
+        self.redeliveries = redeliveries
+        self.backoff = backoff or Backoff(base=0.5, cap=8.0)
+        self._open: dict[str, _File] = {}
+        self._batch: tuple[Sequence[Record], list[tuple[_File, Positioned]]] | None = None
+        self.stopped = False
+
+    # -- subclasses say which files there are -----------------------------------------------
+
+    watch = False
+    poll_seconds = 1.0
+
+    def _next_files(self) -> Iterator[tuple[str, RecordReader]]:
+        raise NotImplementedError
+
+    def _on_finished(self, file: _File) -> None:
+        """Called once a file is read to the end and every record of it is settled."""
+
+    def _finish_files(self) -> bool:
+        """Whether a fully settled file is marked finished (never read again)."""
+        return False
+
+    # -- the Source protocol -----------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop after the current batch (the rest is read again by the next run)."""
+        self.stopped = True
+
+    async def batches(self, max_size: int) -> AsyncIterator[Sequence[Record]]:
+        """Batches of at most `max_size` records, every file in turn, then redeliveries."""
+        while not self.stopped:
+            async for batch in self._pass(max_size):
+                yield batch
+            if not self.watch:
+                return
+            await anyio.sleep(self.poll_seconds)
+
+    async def _pass(self, max_size: int) -> AsyncIterator[Sequence[Record]]:
+        records: list[Record] = []
+        where: list[tuple[_File, Positioned]] = []
+        for key, reader in self._next_files():
+            if self.stopped:
+                return
+            file = self._start(key, reader)
+            if file is None:
+                continue
+            for item in reader.read(*file.settled):
+                records.append(item.record)
+                where.append((file, item))
+                if len(records) >= max_size:
+                    self._batch = (records, where)
+                    yield records
+                    records, where = [], []
+                    if self.stopped:
+                        return
+            file.drained = True
+            if not records:
+                self._settle_files([file])
+        if records:
+            self._batch = (records, where)
+            yield records
+        for round_ in range(1, self.redeliveries + 1):
+            waiting = [(f, p) for f in self._open.values() for p in f.pending.values()]
+            if not waiting or self.stopped:
+                return
+            await anyio.sleep(self.backoff.delay(round_))
+            waiting.sort(key=lambda fp: (fp[0].reader.ordinal, fp[1].start))
+            for start in range(0, len(waiting), max_size):
+                chunk = waiting[start : start + max_size]
+                batch = [_again(p.record, round_) for _, p in chunk]
+                self._batch = (batch, list(chunk))
+                yield batch
+                if self.stopped:
+                    return
+
+    async def ack(self, batch: Sequence[Record], failed_ids: Collection[str]) -> None:
+        """Settle the batch: its records are done except `failed_ids`, which come again later."""
+        if self._batch is None or self._batch[0] is not batch:
+            raise RuntimeError("ack() for a batch this source did not just hand out")
+        _, where = self._batch
+        self._batch = None
+        touched: dict[str, _File] = {}
+        for file, item in where:
+            touched[file.key] = file
+            if item.record.id in failed_ids:
+                file.pending[item.start] = item
+            else:
+                file.pending.pop(item.start, None)
+                if item.end > file.settled[0]:
+                    file.settled = (item.end, item.line)
+        self._settle_files(list(touched.values()))
+
+    @property
+    def pending(self) -> int:
+        """Records that failed and are still waiting for redelivery."""
+        return sum(len(f.pending) for f in self._open.values())
+
+    # -- bookkeeping -------------------------------------------------------------------------
+
+    def _start(self, key: str, reader: RecordReader) -> _File | None:
+        saved = self.checkpoints.get(key) if self.checkpoints else None
+        file = _File(key, reader, _head(reader.path))
+        if saved is not None and _same_head(reader.path, saved.head):
+            if saved.finished and self._finish_files():
+                return None
+            file.settled = (saved.offset, saved.line)
+        # A file whose first bytes changed was replaced: it is read again from the start,
+        # and its records that were done before come back as duplicates.
+        self._open[key] = file
+        return file
+
+    def _settle_files(self, files: list[_File]) -> None:
+        marks: list[Checkpoint] = []
+        for file in files:
+            if file.pending:
+                first = min(file.pending.values(), key=lambda p: p.start)
+                offset, line = first.start, first.line - 1
+            else:
+                offset, line = file.settled
+            finished = file.drained and not file.pending
+            marks.append(
+                Checkpoint(file.key, offset, line, file.head, finished and self._finish_files())
+            )
+            if finished:
+                del self._open[file.key]
+        if self.checkpoints is not None:
+            self.checkpoints.save(marks)
+        for file in files:
+            if file.drained and not file.pending:
+                self._on_finished(file)
+
+
+class FileSource(_FilesSource):
+    """JSON Lines, CSV or Parquet records from one file or a glob, resuming at a checkpoint.
+
+    Event ids are stable across runs: `<file>:<line>` with `source` `file:<file>` (the path
+    relative to the input's base folder), or the value of `id_field` with one `source` for
+    every file, so a record repeated anywhere in the input is a duplicate.
+    """
+
+    def __init__(
+        self,
+        paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+        *,
+        state: Database | str | os.PathLike[str] | None = None,
+        fmt: FileFormat | None = None,
+        id_field: str | None = None,
+        partition_field: str | None = None,
+        source: str | None = None,
+        redeliveries: int = 5,
+        backoff: Backoff | None = None,
+    ) -> None:
+        super().__init__(state=state, redeliveries=redeliveries, backoff=backoff)
+        patterns = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
+        self.files = _expand([os.fspath(p) for p in patterns])
+        self.fmt = fmt
+        self.id_field = id_field
+        self.partition_field = partition_field
+        self.source = source or ("files" if id_field else None)
+        for path, _ in self.files:
+            format_of(path, fmt)  # fail now, not half-way, on a file of unknown format
+
+    def _next_files(self) -> Iterator[tuple[str, RecordReader]]:
+        for ordinal, (path, name) in enumerate(self.files):
+            reader = RecordReader(
+                path,
+                name,
+                format_of(path, self.fmt),
+                self.source or f"file:{name}",
+                id_field=self.id_field,
+                partition_field=self.partition_field,
+                ordinal=ordinal,
+            )
+            yield f"file:{name}", reader
+
+
+class DirectorySource(_FilesSource):
+    """A landing folder: each new file is read once, then optionally moved to `processed/`.
+
+    A file is new when its identity is: its path, size and modification time
+    (`identity="stat"`), or its content hash (`identity="hash"`, so a file landed twice is
+    read once). With `watch=True` the folder is polled until `stop()`; files modified less
+    than `settle_seconds` ago are left for the next poll, as they may still be written.
+    """
+
+    def __init__(
+        self,
+        folder: str | os.PathLike[str],
+        *,
+        state: Database | str | os.PathLike[str] | None = None,
+        pattern: str = "*",
+        fmt: FileFormat | None = None,
+        id_field: str | None = None,
+        partition_field: str | None = None,
+        identity: str = "stat",
+        move_to: str | None = "processed",
+        watch: bool = False,
+        poll_seconds: float = 1.0,
+        settle_seconds: float = 1.0,
+        redeliveries: int = 5,
+    ) -> None:
+        super().__init__(state=state, redeliveries=redeliveries)
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise NotADirectoryError(f"landing folder {self.folder} does not exist")
+        if identity not in ("stat", "hash"):
+            raise ValueError("identity must be 'stat' or 'hash'")
+        self.pattern = pattern
+        self.fmt = fmt
+        self.id_field = id_field
+        self.partition_field = partition_field
+        self.identity = identity
+        self.move_to = move_to
+        self.watch = watch
+        self.poll_seconds = poll_seconds
+        self.settle_seconds = settle_seconds if watch else 0.0
+        self._seen: set[str] = set()
+        self._ordinal = 0
+
+    def _finish_files(self) -> bool:
+        return True
+
+    def _scan(self) -> list[tuple[str, RecordReader]]:
+        found = []
+        now = time.time()
+        for path in sorted(self.folder.glob(self.pattern)):
+            if not path.is_file() or path.name.startswith("."):
+                continue
+            name = path.relative_to(self.folder).as_posix()
+            if self.move_to and name.startswith(f"{self.move_to}/"):
+                continue
+            stat = path.stat()
+            if now - stat.st_mtime < self.settle_seconds:
+                continue
+            if self.identity == "hash":
+                ident = _digest(path)
+            else:
+                ident = f"{stat.st_size}-{stat.st_mtime_ns}"
+            key = f"landing:{name}@{ident}"
+            if key in self._seen:
+                continue
+            try:
+                fmt = format_of(path, self.fmt)
+            except ValueError:
+                continue  # not a data file (a README, a lock file)
+            self._seen.add(key)
+            self._ordinal += 1
+            reader = RecordReader(
+                path,
+                name,
+                fmt,
+                # The identity is part of the source, so a new file under an old name has
+                # new event keys, and the same file read again has the same ones.
+                f"landing:{name}@{ident}",
+                id_field=self.id_field,
+                partition_field=self.partition_field,
+                ordinal=self._ordinal,
+            )
+            if self.id_field:
+                reader.source = "landing"
+            found.append((key, reader))
+        return found
+
+    def _next_files(self) -> Iterator[tuple[str, RecordReader]]:
+        yield from self._scan()
+
+    def _on_finished(self, file: _File) -> None:
+        if not self.move_to:
+            return
+        target = self.folder / self.move_to / file.reader.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if file.reader.path.exists():
+            shutil.move(file.reader.path, target)
+
+
+def _again(record: Record, round_: int) -> Record:
+    if isinstance(record, Event):
+        return record.model_copy(update={"delivery_count": record.delivery_count + round_})
+    return record
+
+
+def _expand(patterns: list[str]) -> list[tuple[Path, str]]:
+    """(path, stable name) for every file the patterns match, sorted; names are relative."""
+    found: dict[Path, str] = {}
+    for pattern in patterns:
+        if glob.has_magic(pattern):
+            base = Path(_static_prefix(pattern))
+            matches = [Path(p) for p in sorted(glob.glob(pattern, recursive=True))]
+            matches = [p for p in matches if p.is_file()]
+            if not matches:
+                raise FileNotFoundError(f"no file matches {pattern!r}")
+        else:
+            path = Path(pattern)
+            if path.is_dir():
+                raise IsADirectoryError(
+                    f"{pattern} is a folder; give a file or a glob such as '{pattern}/*.jsonl'"
+                )
+            if not path.exists():
+                raise FileNotFoundError(f"input file {pattern} does not exist")
+            base, matches = path.parent, [path]
+        for match in matches:
+            if not os.access(match, os.R_OK):
+                raise PermissionError(f"input file {match} is not readable")
+            found.setdefault(match, match.resolve().relative_to(base.resolve()).as_posix())
+    return sorted(found.items(), key=lambda pair: pair[1])
+
+
+def _static_prefix(pattern: str) -> str:
+    """The folder part of a glob before its first wildcard."""
+    parts = Path(pattern).parts
+    fixed = []
+    for part in parts:
+        if glob.has_magic(part):
+            break
+        fixed.append(part)
+    if len(fixed) == len(parts):
+        fixed = fixed[:-1]
+    return str(Path(*fixed)) if fixed else "."
+
+
+def _head(path: Path) -> str:
+    """`<n>:<hash of the first n bytes>`, to recognise the file after it grew."""
+    with path.open("rb") as handle:
+        start = handle.read(_HEAD_BYTES)
+    return f"{len(start)}:{hashlib.blake2b(start, digest_size=8).hexdigest()}"
+
+
+def _same_head(path: Path, saved: str) -> bool:
+    size, _, digest = saved.partition(":")
+    if not size.isdigit():
+        return False
+    with path.open("rb") as handle:
+        start = handle.read(int(size))
+    return len(start) == int(size) and hashlib.blake2b(start, digest_size=8).hexdigest() == digest
+
+
+def _digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:24]
