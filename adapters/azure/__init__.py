@@ -11,19 +11,50 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from adapters.azure.blob_store import BlobObjectStore
+    from adapters.azure.function_app import (
+        BatchFailed,
+        BlobTrigger,
+        EventHubTrigger,
+        FunctionHandler,
+        QueueTrigger,
+        function_app,
+    )
+    from adapters.azure.function_events import (
+        decode_blob,
+        decode_event_hub,
+        decode_queue_message,
+    )
     from adapters.azure.table_sink import TableSink
     from adapters.azure.table_store import TableIdempotencyStore
 
 __all__ = [
+    "BatchFailed",
     "BlobObjectStore",
+    "BlobTrigger",
+    "EventHubTrigger",
+    "FunctionHandler",
+    "QueueTrigger",
     "TableIdempotencyStore",
     "TableSink",
+    "decode_blob",
+    "decode_event_hub",
+    "decode_queue_message",
+    "function_app",
 ]
 
 _HOMES = {
+    "BatchFailed": "adapters.azure.function_app",
     "BlobObjectStore": "adapters.azure.blob_store",
+    "BlobTrigger": "adapters.azure.function_app",
+    "EventHubTrigger": "adapters.azure.function_app",
+    "FunctionHandler": "adapters.azure.function_app",
+    "QueueTrigger": "adapters.azure.function_app",
     "TableIdempotencyStore": "adapters.azure.table_store",
     "TableSink": "adapters.azure.table_sink",
+    "decode_blob": "adapters.azure.function_events",
+    "decode_event_hub": "adapters.azure.function_events",
+    "decode_queue_message": "adapters.azure.function_events",
+    "function_app": "adapters.azure.function_app",
 }
 
 
@@ -43,3 +74,7 @@ def __getattr__(name: str) -> Any:
     value = getattr(module, name)
     globals()[name] = value
     return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

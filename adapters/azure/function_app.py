@@ -1,0 +1,325 @@
+"""The Azure Functions entry (Python v2 programming model): one function bound to one trigger."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import azure.functions as func
+
+from adapters.azure.function_events import (
+    Record,
+    decode_blob,
+    decode_event_hub,
+    decode_queue_message,
+)
+from corelib.errors import ConfigurationError, OnceflowError
+from corelib.event import Event
+from corelib.pipeline import BatchResult, Pipeline
+from corelib.records import InvalidRecord, Output
+from corelib.serialization import to_plain
+
+__all__ = [
+    "BatchFailed",
+    "BlobTrigger",
+    "EventHubTrigger",
+    "FunctionHandler",
+    "QueueTrigger",
+    "Trigger",
+    "function_app",
+]
+
+log = logging.getLogger("onceflow.azure")
+
+
+class BatchFailed(OnceflowError):
+    """Raised from a function so the host delivers the invocation again."""
+
+
+@dataclass(frozen=True)
+class EventHubTrigger:
+    """An Event Hubs trigger, `cardinality="many"`, binary bodies.
+
+    The host checkpoints when the function returns, failed or not, so the handler
+    retries failed events in-process for up to `retry_seconds`, dead-letters what
+    still fails, and raises only when the dead-letter write fails; the function then
+    carries an exponential `@app.retry` policy so the host runs the batch again.
+    """
+
+    event_hub_name: str
+    connection: str = "EventHubConnection"
+    consumer_group: str = "$Default"
+    namespace: str | None = None
+    """Used in keys when the trigger metadata carries no `PartitionContext`."""
+    key_field: str | None = None
+    """A JSON body field to use as the event id instead of the sequence number."""
+    retry_seconds: float = 60.0
+    max_retry_count: int = 5
+    minimum_interval: str = "00:00:05"
+    maximum_interval: str = "00:05:00"
+
+
+@dataclass(frozen=True)
+class BlobTrigger:
+    """A Blob trigger on `path` (`container/{name}`); a failed blob raises so the host retries."""
+
+    path: str
+    connection: str = "AzureWebJobsStorage"
+    account: str | None = None
+    event_grid: bool = False
+    """Use the Event Grid blob source (lower latency) instead of container polling."""
+
+
+@dataclass(frozen=True)
+class QueueTrigger:
+    """A Storage Queue trigger; a failed message raises so the host makes it visible again."""
+
+    queue_name: str
+    connection: str = "AzureWebJobsStorage"
+
+
+Trigger = EventHubTrigger | BlobTrigger | QueueTrigger
+
+
+class FunctionHandler:
+    """Runs one pipeline (built once per worker) over what the trigger delivers."""
+
+    def __init__(self, pipeline: Pipeline | Callable[[], Pipeline], trigger: Trigger) -> None:
+        self._pipeline = pipeline if isinstance(pipeline, Pipeline) else None
+        self._factory = None if isinstance(pipeline, Pipeline) else pipeline
+        self.trigger = trigger
+        if self._pipeline is not None:
+            self._check(self._pipeline)
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """The pipeline, built by the factory on first use (the worker's cold start)."""
+        if self._pipeline is None:
+            assert self._factory is not None
+            built = self._factory()
+            if not isinstance(built, Pipeline):
+                raise TypeError(
+                    f"the pipeline factory returned {type(built).__name__}, not a Pipeline"
+                )
+            self._check(built)
+            self._pipeline = built
+        return self._pipeline
+
+    def _check(self, pipeline: Pipeline) -> None:
+        if isinstance(self.trigger, EventHubTrigger) and pipeline.dead_letter is None:
+            raise ConfigurationError(
+                "an Event Hubs function checkpoints failed events too: give the pipeline a "
+                "dead-letter sink (Pipeline(..., dead_letter=...)) so none is lost"
+            )
+
+    # -- Event Hubs ------------------------------------------------------------------------
+
+    async def event_hub(self, events: Sequence[func.EventHubEvent]) -> BatchResult:
+        """Process a batch; retry failures in-process, then dead-letter what still fails."""
+        trigger = self.trigger
+        assert isinstance(trigger, EventHubTrigger)
+        records = decode_event_hub(
+            events,
+            event_hub_name=trigger.event_hub_name,
+            consumer_group=trigger.consumer_group,
+            namespace=trigger.namespace,
+            key_field=trigger.key_field,
+        )
+        return await self.settle(records, trigger.retry_seconds)
+
+    async def settle(self, records: Sequence[Record], retry_seconds: float) -> BatchResult:
+        """Run `records` until none fails or `retry_seconds` pass; dead-letter the rest.
+
+        Raises `BatchFailed` only when the dead-letter write itself fails.
+        """
+        pipeline = self.pipeline
+        clock = pipeline.clock
+        stop = clock.now() + retry_seconds
+        result = await pipeline.process_batch(records, deadline=stop)
+        settled = BatchResult(
+            processed=list(result.processed),
+            duplicates=list(result.duplicates),
+            dead_lettered=list(result.dead_lettered),
+            reasons=dict(result.reasons),
+        )
+        failed = list(result.failed)
+        round_ = 0
+        while failed and clock.now() < stop:
+            round_ += 1
+            await clock.sleep(min(pipeline.backoff.delay(round_), max(0.0, stop - clock.now())))
+            if clock.now() >= stop:
+                break
+            wanted = set(failed)
+            again = await pipeline.process_batch(
+                [r for r in records if r.id in wanted], deadline=stop
+            )
+            settled.processed += again.processed
+            settled.duplicates += again.duplicates
+            settled.dead_lettered += again.dead_lettered
+            settled.reasons.update(again.reasons)
+            failed = list(again.failed)
+        by_id = {r.id: r for r in records}
+        if failed:
+            letters = [
+                self._undelivered(by_id[rid], settled.reasons.get(rid, "unknown")) for rid in failed
+            ]
+            assert pipeline.dead_letter is not None
+            try:
+                await pipeline.dead_letter.write(letters)
+            except Exception as exc:
+                raise BatchFailed(
+                    f"{len(failed)} event(s) could not be processed or dead-lettered "
+                    f"({type(exc).__name__}: {exc}); the host will run the batch again"
+                ) from exc
+            settled.dead_lettered += failed
+            log.error(
+                "%d event(s) still failed after %.0fs of retries and were dead-lettered: %s",
+                len(failed),
+                retry_seconds,
+                "; ".join(f"{rid}: {settled.reasons.get(rid, '?')}" for rid in failed[:5]),
+            )
+        return settled
+
+    def _undelivered(self, record: Record, reason: str) -> Output:
+        """A dead letter, in the runner's shape, for an event the platform will not redeliver."""
+        pipeline = self.pipeline
+        if isinstance(record, Event):
+            key = pipeline.key(record) if pipeline.key else record.key
+            original: dict[str, Any] = record.to_cloudevent()
+        else:
+            key = record.key
+            original = {
+                "id": record.id,
+                "source": record.source,
+                "raw": record.raw,
+                "locator": record.locator,
+                "partition_key": record.partition_key,
+                "sequence": record.sequence,
+                "attributes": dict(record.attributes),
+            }
+        where = record.locator if isinstance(record, InvalidRecord) else _describe(record)
+        now = datetime.fromtimestamp(pipeline.clock.now(), UTC).isoformat()
+        letter = {
+            "key": key,
+            "event": original,
+            "error_type": "Undelivered",
+            "message": (
+                f"{where}: still failing when the retry budget ran out, and the Event Hubs "
+                f"checkpoint moves past it: {reason}"
+            ),
+            "traceback": "",
+            "attempts": 0,
+            "first_attempt_at": now,
+            "failed_at": now,
+            "pipeline": pipeline.name,
+        }
+        return Output(
+            output_id=f"{key}#dead-letter",
+            event_key=key,
+            event_id=record.id,
+            index=0,
+            value=to_plain(letter),
+            partition_key=record.partition_key,
+        )
+
+    # -- Blob and Queue ----------------------------------------------------------------------
+
+    async def blob(self, stream: func.InputStream) -> BatchResult:
+        """Process one blob; raise so the host retries when it must come again."""
+        trigger = self.trigger
+        assert isinstance(trigger, BlobTrigger)
+        return await self._single(decode_blob(stream, account=trigger.account))
+
+    async def queue(self, message: func.QueueMessage) -> BatchResult:
+        """Process one message; raise so the host makes it visible again when it must."""
+        trigger = self.trigger
+        assert isinstance(trigger, QueueTrigger)
+        return await self._single(decode_queue_message(message, queue_name=trigger.queue_name))
+
+    async def _single(self, record: Record) -> BatchResult:
+        result = await self.pipeline.process_batch([record])
+        if result.failed:
+            # The host retries (the queue's maxDequeueCount, then its poison queue).
+            raise BatchFailed(f"{_name(record)}: {result.reasons.get(record.id, 'failed')}")
+        return result
+
+
+def _describe(event: Event) -> str:
+    if event.attributes.get("eventhub.name"):
+        a = event.attributes
+        return (
+            f"event hub {a.get('eventhub.namespace')}/{a['eventhub.name']} partition "
+            f"{a.get('eventhub.partition')} sequence number {a.get('eventhub.sequence_number')}"
+        )
+    return f"event {event.key}"
+
+
+def _name(record: Record) -> str:
+    return record.locator if isinstance(record, InvalidRecord) else _describe(record)
+
+
+def function_app(
+    pipeline: Pipeline | Callable[[], Pipeline],
+    trigger: Trigger,
+    *,
+    name: str = "onceflow",
+    app: func.FunctionApp | None = None,
+) -> func.FunctionApp:
+    """A `FunctionApp` whose function `name` runs `pipeline` on `trigger`'s deliveries.
+
+    `pipeline` may be a zero-argument factory, built on the first invocation. Pass `app`
+    to add the function to an existing app.
+    """
+    app = app or func.FunctionApp()
+    handler = FunctionHandler(pipeline, trigger)
+    if isinstance(trigger, EventHubTrigger):
+
+        async def on_events(events: list[func.EventHubEvent]) -> None:
+            await handler.event_hub(events)
+
+        app.function_name(name)(
+            app.retry(
+                strategy="exponential_backoff",
+                max_retry_count=str(trigger.max_retry_count),
+                minimum_interval=trigger.minimum_interval,
+                maximum_interval=trigger.maximum_interval,
+            )(
+                app.event_hub_message_trigger(
+                    arg_name="events",
+                    event_hub_name=trigger.event_hub_name,
+                    connection=trigger.connection,
+                    consumer_group=trigger.consumer_group,
+                    cardinality="many",
+                    data_type="binary",
+                )(on_events)
+            )
+        )
+    elif isinstance(trigger, BlobTrigger):
+
+        async def on_blob(blob: func.InputStream) -> None:
+            await handler.blob(blob)
+
+        source = func.BlobSource.EVENT_GRID if trigger.event_grid else None
+        app.function_name(name)(
+            app.blob_trigger(
+                arg_name="blob", path=trigger.path, connection=trigger.connection, source=source
+            )(on_blob)
+        )
+    elif isinstance(trigger, QueueTrigger):
+
+        async def on_message(message: func.QueueMessage) -> None:
+            await handler.queue(message)
+
+        app.function_name(name)(
+            app.queue_trigger(
+                arg_name="message", queue_name=trigger.queue_name, connection=trigger.connection
+            )(on_message)
+        )
+    else:
+        raise ConfigurationError(
+            f"unknown trigger {trigger!r}: use EventHubTrigger, BlobTrigger or QueueTrigger"
+        )
+    return app

@@ -1,0 +1,22 @@
+"""The package's public names, and that importing it pays for no SDK."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import adapters.azure
+
+
+def test_every_exported_name_resolves() -> None:
+    for name in adapters.azure.__all__:
+        assert getattr(adapters.azure, name) is not None
+
+
+def test_importing_the_package_imports_no_azure_sdk() -> None:
+    code = (
+        "import sys, adapters.azure, corelib; "
+        "print(sorted(m for m in sys.modules if m.startswith('azure')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
