@@ -38,7 +38,8 @@ async def fetch_files(
             actual = "sha256:" + hashlib.sha256(body).hexdigest()
             if actual != data_file.checksum:
                 raise ChecksumMismatch(
-                    f"{data_file.path} has checksum {actual}, the manifest says {data_file.checksum}"
+                    f"{data_file.path} has checksum {actual}, "
+                    f"the manifest says {data_file.checksum}"
                 )
     return bodies
 
@@ -102,7 +103,11 @@ async def read_dataset(
 
 
 async def close_partitions(
-    store: ObjectStore, path: str, *, now: datetime | None = None, grace: timedelta = timedelta(hours=1)
+    store: ObjectStore,
+    path: str,
+    *,
+    now: datetime | None = None,
+    grace: timedelta = timedelta(hours=1),
 ) -> list[str]:
     """Put `_SUCCESS` in every hourly partition that ended `grace` ago; the ones closed now.
 
@@ -117,7 +122,9 @@ async def close_partitions(
         values = parse_partition(partition)
         if "dt" not in values or "hr" not in values:
             continue
-        start = datetime.strptime(f"{values['dt']} {values['hr']}", "%Y-%m-%d %H").replace(tzinfo=UTC)
+        start = datetime.strptime(f"{values['dt']} {values['hr']}", "%Y-%m-%d %H").replace(
+            tzinfo=UTC
+        )
         if start + timedelta(hours=1) + grace > now:
             continue
         marker = join(log.root, partition, SUCCESS)

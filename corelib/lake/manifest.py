@@ -83,7 +83,7 @@ class ManifestLog:
         """Committed versions and checkpoint versions, ascending."""
         versions, checkpoints = [], []
         for info in await self.store.list(self.prefix):
-            name = info.path[len(self.prefix):]
+            name = info.path[len(self.prefix) :]
             number, _, rest = name.partition(".")
             if not number.isdigit():
                 continue
@@ -176,4 +176,3 @@ class ManifestLog:
                 snapshot.files.pop(data_file.path, None)
                 snapshot.files[data_file.path] = data_file
         return snapshot
-

@@ -22,17 +22,19 @@ from corelib.lake.partitions import (
     partition_labels,
     source_columns,
 )
-from corelib.lake.transfers import put_all
 from corelib.lake.schema import EVENT_KEY, OUTPUT_ID, arrow_schema, outputs_to_table
+from corelib.lake.transfers import put_all
 from corelib.records import Output
 
-__all__ = ["ParquetSink"]
+__all__ = ["EncodedFile", "ParquetSink", "encode_file"]
 
 MiB = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
-class _Encoded:
+class EncodedFile:
+    """A Parquet file ready to put, and its manifest record."""
+
     data_file: DataFile
     body: bytes
 
@@ -97,7 +99,7 @@ class ParquetSink:
 
     # -- encoding, off the event loop ---------------------------------------------------------
 
-    def _encode(self, outputs: list[Output]) -> list[_Encoded]:
+    def _encode(self, outputs: list[Output]) -> list[EncodedFile]:
         table, rejected = outputs_to_table(outputs, self.schema, extra=self.extra)
         labels = partition_labels(table, self.parts) if self.parts else None
         if labels is not None and labels.null_count:
@@ -112,7 +114,7 @@ class ParquetSink:
             raise OutputRejected(rejected)
         if labels is None:
             return self._files(table, "")
-        encoded: list[_Encoded] = []
+        encoded: list[EncodedFile] = []
         dictionary = labels.dictionary_encode()
         for code, label in enumerate(dictionary.dictionary.to_pylist()):
             if len(dictionary.dictionary) == 1:
@@ -124,10 +126,8 @@ class ParquetSink:
             encoded.extend(self._files(part, label))
         return encoded
 
-    def _files(self, table: pa.Table, partition: str) -> list[_Encoded]:
-        pieces = max(
-            -(-table.num_rows // self.max_rows), -(-table.nbytes // self.max_bytes), 1
-        )
+    def _files(self, table: pa.Table, partition: str) -> list[EncodedFile]:
+        pieces = max(-(-table.num_rows // self.max_rows), -(-table.nbytes // self.max_bytes), 1)
         if pieces > 1:
             # Split on output-id order so a retried batch splits the same way.
             table = table.take(pc.sort_indices(table.column(OUTPUT_ID)))
@@ -137,24 +137,27 @@ class ParquetSink:
             files.append(self._file(table.slice(start, size), partition))
         return files
 
-    def _file(self, table: pa.Table, partition: str) -> _Encoded:
-        ids = table.column(OUTPUT_ID).combine_chunks()
-        digest = _ids_digest(ids)
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink, compression=self.compression)
-        body = sink.getvalue().to_pybytes()
-        keys = table.column(EVENT_KEY)
-        bounds = pc.min_max(keys)
-        data_file = DataFile(
-            path=join(partition, f"part-{digest}.parquet"),
-            partition=partition,
-            rows=table.num_rows,
-            bytes=len(body),
-            checksum="sha256:" + hashlib.sha256(body).hexdigest(),
-            min_key=bounds["min"].as_py(),
-            max_key=bounds["max"].as_py(),
-        )
-        return _Encoded(data_file, body)
+    def _file(self, table: pa.Table, partition: str) -> EncodedFile:
+        return encode_file(table, partition, self.compression)
+
+
+def encode_file(table: pa.Table, partition: str, compression: str) -> EncodedFile:
+    """The table as Parquet bytes, named by the output ids it holds, with its manifest record."""
+    digest = _ids_digest(table.column(OUTPUT_ID).combine_chunks())
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression=compression)
+    body = sink.getvalue().to_pybytes()
+    bounds = pc.min_max(table.column(EVENT_KEY))
+    data_file = DataFile(
+        path=join(partition, f"part-{digest}.parquet"),
+        partition=partition,
+        rows=table.num_rows,
+        bytes=len(body),
+        checksum="sha256:" + hashlib.sha256(body).hexdigest(),
+        min_key=bounds["min"].as_py(),
+        max_key=bounds["max"].as_py(),
+    )
+    return EncodedFile(data_file, body)
 
 
 def _ids_digest(ids: pa.Array) -> str:

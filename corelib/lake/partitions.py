@@ -50,14 +50,18 @@ def partition_labels(table: pa.Table, parts: Sequence[str | Hourly]) -> pa.Array
             pieces.append(pc.strftime(column, format="dt=%Y-%m-%d/hr=%H", locale="C"))
         else:
             values = pc.cast(table.column(part), pa.string())
-            encoded = pa.array([None if v is None else quote(v, safe="") for v in values.to_pylist()],
-                               pa.string())
+            encoded = pa.array(
+                [None if v is None else quote(v, safe="") for v in values.to_pylist()], pa.string()
+            )
             pieces.append(pc.binary_join_element_wise(f"{part}=", encoded, ""))
     if not pieces:
         return pa.nulls(table.num_rows, pa.string()).fill_null("")
     if len(pieces) == 1:
-        return pa.chunked_array([pieces[0]]).combine_chunks() if isinstance(
-            pieces[0], pa.ChunkedArray) else pieces[0]
+        return (
+            pa.chunked_array([pieces[0]]).combine_chunks()
+            if isinstance(pieces[0], pa.ChunkedArray)
+            else pieces[0]
+        )
     joined = pc.binary_join_element_wise(*pieces, "/")
     return joined.combine_chunks() if isinstance(joined, pa.ChunkedArray) else joined
 

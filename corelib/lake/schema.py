@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from corelib.records import Output
 
-__all__ = ["META_COLUMNS", "OUTPUT_ID", "EVENT_KEY", "arrow_schema", "outputs_to_table"]
+__all__ = ["EVENT_KEY", "META_COLUMNS", "OUTPUT_ID", "arrow_schema", "outputs_to_table"]
 
 OUTPUT_ID = "_output_id"
 EVENT_KEY = "_event_key"
@@ -44,7 +44,9 @@ def arrow_schema(schema: pa.Schema | type[BaseModel]) -> pa.Schema:
         fields = []
         for name, info in schema.model_fields.items():
             kind, nullable = _arrow_type(info.annotation, f"{schema.__name__}.{name}")
-            fields.append(pa.field(info.alias or name, kind, nullable=nullable or not info.is_required()))
+            fields.append(
+                pa.field(info.alias or name, kind, nullable=nullable or not info.is_required())
+            )
         return pa.schema(fields)
     raise TypeError(f"schema must be a pyarrow.Schema or a pydantic model class, not {schema!r}")
 
@@ -64,7 +66,9 @@ def _arrow_type(annotation: Any, where: str) -> tuple[pa.DataType, bool]:
         item = _arrow_type(args[0], where)[0] if args else pa.string()
         return pa.list_(item), False
     if origin is dict:
-        key, value = (_arrow_type(a, where)[0] for a in args) if args else (pa.string(), pa.string())
+        key, value = (
+            (_arrow_type(a, where)[0] for a in args) if args else (pa.string(), pa.string())
+        )
         return pa.map_(key, value), False
     if isinstance(annotation, type):
         if issubclass(annotation, BaseModel):
@@ -120,46 +124,51 @@ def outputs_to_table(
     return pa.Table.from_arrays(columns, schema=full), rejected
 
 
+_CONVERSION_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError)
+
+
 def _column(
     field: pa.Field, column: list[Any], outputs: Sequence[Output], rejected: dict[str, str]
 ) -> pa.Array:
     """One column as Arrow; values that do not convert are refused and stored as null."""
     try:
         array = _convert(column, field.type)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+    except _CONVERSION_ERRORS:
         array = None
     if array is None:
-        cleaned = []
+        cleaned: list[Any] = []
         for output, value in zip(outputs, column, strict=True):
             try:
                 _convert([value], field.type)
-            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError) as exc:
+            except _CONVERSION_ERRORS as exc:
                 rejected.setdefault(
                     output.output_id,
                     f"column {field.name}: {_short(value)} is not {field.type} ({_cause(exc)})",
                 )
-                value = None
-            cleaned.append(value)
+                cleaned.append(None)
+            else:
+                cleaned.append(value)
         array = _convert(cleaned, field.type)
     if not field.nullable and array.null_count:
         for output, value in zip(outputs, column, strict=True):
             if value is None:
                 rejected.setdefault(
-                    output.output_id, f"column {field.name}: missing, and the column is not nullable"
+                    output.output_id,
+                    f"column {field.name}: missing, and the column is not nullable",
                 )
     return array
 
 
 def _convert(column: list[Any], kind: pa.DataType) -> pa.Array:
-    if pa.types.is_timestamp(kind) or pa.types.is_date(kind):
-        if any(type(v) is str for v in column):
-            # Values reach sinks as plain data, so datetimes arrive as ISO 8601 text.
-            if not all(v is None or type(v) is str for v in column):
-                raise TypeError("a mix of text and other values")
-            text = pa.array(column, pa.string())
-            if pa.types.is_date(kind):
-                return pc.cast(pc.cast(text, pa.timestamp("s")), kind)
-            return pc.cast(text, kind)
+    temporal = pa.types.is_timestamp(kind) or pa.types.is_date(kind)
+    if temporal and any(type(v) is str for v in column):
+        # Values reach sinks as plain data, so datetimes arrive as ISO 8601 text.
+        if not all(v is None or type(v) is str for v in column):
+            raise TypeError("a mix of text and other values")
+        text = pa.array(column, pa.string())
+        if pa.types.is_date(kind):
+            return pc.cast(pc.cast(text, pa.timestamp("s")), kind)
+        return pc.cast(text, kind)
     return pa.array(column, kind)
 
 

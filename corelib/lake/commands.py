@@ -1,0 +1,226 @@
+"""`onceflow lake ...`: compact, vacuum, inspect and close Parquet datasets and Delta tables."""
+
+# Imports sit inside the handlers on purpose: `onceflow --help` must not load pyarrow,
+# deltalake, rich or a cloud SDK, and `import corelib.lake.commands` must stay free.
+# ruff: noqa: PLC0415
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+from datetime import timedelta
+from typing import Any
+
+import anyio
+
+from corelib.cli import CliError, load_object
+
+__all__ = ["open_store", "register"]
+
+_STORES = {
+    # scheme: (module, class) — looked up only when a user names that scheme.
+    "s3": ("adapters.aws", "S3ObjectStore"),
+    "az": ("adapters.azure", "BlobObjectStore"),
+}
+
+BATCH_ADVICE = """\
+Large files come from large batches: the sink flushes once per batch, at its end.
+  AWS Lambda (Kinesis/SQS): BatchSize 10000 and MaximumBatchingWindowInSeconds 300
+  Azure Functions (Event Hubs): maxEventBatchSize 1000-10000 and maxWaitTime 00:05:00
+Then run `onceflow lake compact PATH` hourly to merge what is still small."""
+
+
+def register(subparsers: Any) -> None:
+    """Add `onceflow lake` and its sub-commands."""
+    lake = subparsers.add_parser(
+        "lake",
+        help="compact and inspect Parquet datasets and Delta tables",
+        description=BATCH_ADVICE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = lake.add_subparsers(dest="lake_command", metavar="COMMAND")
+
+    compact = commands.add_parser("compact", help="merge small files of each partition")
+    _target(compact)
+    compact.add_argument("--target-mib", type=float, default=256.0, help="file size to aim for")
+    compact.add_argument("--delta", action="store_true", help="PATH is a Delta table URI")
+    compact.set_defaults(func=_compact)
+
+    vacuum = commands.add_parser("vacuum", help="delete files no manifest version needs")
+    _target(vacuum)
+    vacuum.add_argument("--retain-hours", type=float, default=1.0)
+    vacuum.add_argument("--delta", action="store_true", help="PATH is a Delta table URI")
+    vacuum.set_defaults(func=_vacuum)
+
+    info = commands.add_parser("info", help="partitions, files, rows and bytes of a dataset")
+    _target(info)
+    info.set_defaults(func=_info)
+
+    close = commands.add_parser("close", help="put _SUCCESS in hourly partitions that ended")
+    _target(close)
+    close.add_argument("--grace-minutes", type=float, default=60.0)
+    close.set_defaults(func=_close)
+    lake.set_defaults(func=lambda args: _help(lake))
+
+
+def _help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+def _target(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "path", metavar="PATH", help="a directory, s3://bucket/prefix or az://container/prefix"
+    )
+    parser.add_argument(
+        "--store",
+        metavar="MODULE:FACTORY",
+        help="a callable returning the ObjectStore that holds PATH (PATH is then inside it)",
+    )
+
+
+def open_store(path: str, factory: str | None = None) -> tuple[Any, str]:
+    """The object store holding `path` and the dataset's path inside it."""
+    if factory:
+        return load_object(factory)(), path
+    scheme, sep, rest = path.partition("://")
+    if not sep:
+        module, name = "adapters.local", "LocalObjectStore"
+        return _load(module, name, "local")(path), ""
+    if scheme not in _STORES:
+        raise CliError(f"{scheme}:// is not a known store; use a directory, s3:// or az://")
+    container, _, inner = rest.partition("/")
+    module, name = _STORES[scheme]
+    if scheme == "az":
+        connection = os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
+        if not connection:
+            raise CliError("set AZURE_STORAGE_CONNECTION_STRING to open az:// paths")
+        return _load(module, name, "azure")(container, connection_string=connection), inner
+    return _load(module, name, "aws")(container), inner
+
+
+def _load(module: str, name: str, extra: str) -> Any:
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ImportError as exc:
+        raise CliError(
+            f"{module} is not available ({exc}): pip install 'onceflow[{extra}]'"
+        ) from exc
+
+
+def _run(call: Any) -> Any:
+    return anyio.run(call)
+
+
+def _compact(args: argparse.Namespace) -> int:
+    if args.delta:
+        from corelib.lake.delta_sink import optimize_delta
+
+        metrics = optimize_delta(args.path, target_bytes=int(args.target_mib * 1024 * 1024))
+        print(f"optimized {args.path}: {metrics}")
+        return 0
+    from corelib.lake.compaction import compact_dataset, plan
+    from corelib.lake.manifest import ManifestLog
+
+    store, root = open_store(args.path, args.store)
+    target = int(args.target_mib * 1024 * 1024)
+
+    async def main() -> Any:
+        groups = plan(await ManifestLog(store, root).snapshot(), target)
+        with _Progress(groups) as progress:
+            return await compact_dataset(
+                store, root, target_bytes=target, progress=progress.advance
+            )
+
+    report = _run(main)
+    print(
+        f"compacted {report.partitions} partitions: {report.files_before} files "
+        f"({_size(report.bytes_read)}) -> {report.files_after} files "
+        f"({_size(report.bytes_written)})"
+    )
+    return 0
+
+
+def _vacuum(args: argparse.Namespace) -> int:
+    retain = timedelta(hours=args.retain_hours)
+    if args.delta:
+        from corelib.lake.delta_sink import vacuum_delta
+
+        deleted = vacuum_delta(args.path, retain=retain)
+    else:
+        from corelib.lake.compaction import vacuum_dataset
+
+        store, root = open_store(args.path, args.store)
+        deleted = _run(lambda: vacuum_dataset(store, root, retain=retain))
+    print(f"deleted {len(deleted)} files no longer in the manifest")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from corelib.lake.manifest import ManifestLog
+
+    store, root = open_store(args.path, args.store)
+    snapshot = _run(lambda: ManifestLog(store, root).snapshot())
+    print(f"manifest version {snapshot.version}")
+    for partition, files in sorted(snapshot.partitions().items()):
+        rows = sum(f.rows for f in files)
+        size = sum(f.bytes for f in files)
+        print(f"{partition or '(root)'}\t{len(files)} files\t{rows} rows\t{_size(size)}")
+    return 0
+
+
+def _close(args: argparse.Namespace) -> int:
+    from corelib.lake.dataset import close_partitions
+
+    store, root = open_store(args.path, args.store)
+    grace = timedelta(minutes=args.grace_minutes)
+    closed = _run(lambda: close_partitions(store, root, grace=grace))
+    for partition in closed:
+        print(f"closed {partition}")
+    return 0
+
+
+def _size(count: int) -> str:
+    size = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{count} B"
+        size /= 1024
+    return f"{count} B"
+
+
+class _Progress:
+    """A rich progress bar over partitions and bytes, or nothing when rich is missing."""
+
+    def __init__(self, groups: list[Any]) -> None:
+        self.groups = groups
+        self.bar: Any = None
+        self.partitions_done: set[str] = set()
+
+    def __enter__(self) -> _Progress:
+        try:
+            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+        except ImportError:
+            return self
+        self.bar = Progress(
+            TextColumn("{task.description}"), BarColumn(), DownloadColumn(), transient=False
+        )
+        self.bar.start()
+        partitions = {g.partition for g in self.groups}
+        self.partitions_task = self.bar.add_task("partitions", total=len(partitions))
+        self.bytes_task = self.bar.add_task("bytes", total=sum(g.bytes for g in self.groups))
+        return self
+
+    def advance(self, group: Any) -> None:
+        """One group merged."""
+        if self.bar is None:
+            return
+        self.bar.advance(self.bytes_task, group.bytes)
+        if group.partition not in self.partitions_done:
+            self.partitions_done.add(group.partition)
+            self.bar.advance(self.partitions_task, 1)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()

@@ -1,0 +1,22 @@
+"""Importing the core, or the lake package itself, never loads pyarrow or deltalake."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from corelib import lake
+
+
+def test_import_corelib_and_lake_loads_neither_pyarrow_nor_deltalake() -> None:
+    code = (
+        "import sys, corelib, corelib.lake, corelib.lake.manifest, corelib.lake.commands; "
+        "print(sorted(m for m in ('pyarrow', 'deltalake', 'duckdb') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_lake_names_load_on_first_use() -> None:
+    assert lake.ParquetSink.__name__ == "ParquetSink"
+    assert sorted(lake.__all__) == lake.__all__
