@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -24,3 +25,25 @@ def s3_bucket(moto: MotoServer) -> str:
 def s3_client(moto: MotoServer) -> Any:
     """A boto3 S3 client on the moto server."""
     return moto.client("s3")
+
+
+@pytest.fixture(scope="session")
+def dynamodb_client(moto: MotoServer) -> Any:
+    """A boto3 DynamoDB client on the moto server."""
+    return moto.client("dynamodb")
+
+
+@pytest.fixture(scope="session")
+def dynamodb_tables(dynamodb_client: Any) -> Callable[[str], str]:
+    """Makes (once per name, per session) a table with TTL, keyed by `pk`; returns its name."""
+    from adapters.aws.dynamodb_store import create_table  # noqa: PLC0415
+
+    made: dict[str, str] = {}
+
+    def table(name: str) -> str:
+        if name not in made:
+            made[name] = f"{name}-{uuid.uuid4().hex[:8]}"
+            create_table(dynamodb_client, made[name])
+        return made[name]
+
+    return table

@@ -18,7 +18,8 @@ from adapters.aws import (
     s3_object,
 )
 from adapters.memory import ManualClock, MemoryIdempotencyStore, MemorySink
-from corelib import Event, Pipeline
+from corelib.event import Event
+from corelib.pipeline import Pipeline
 from tests.aws import payloads as aws
 
 

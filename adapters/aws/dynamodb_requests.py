@@ -1,0 +1,131 @@
+"""Bulk DynamoDB requests with DynamoDB's own limits: chunking, unprocessed retries, cancellations.
+
+These run in a worker thread (boto3 is blocking) and wait with `time.sleep`: the
+store's clock is logical time for leases and TTL, which a backoff must not move.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from corelib.retry import Backoff
+
+__all__ = [
+    "BATCH_GET_LIMIT",
+    "BATCH_WRITE_LIMIT",
+    "TRANSACTION_LIMIT",
+    "DynamoDBUnavailable",
+    "batch_get",
+    "batch_write",
+    "chunks",
+    "error_code",
+    "transact",
+]
+
+BATCH_GET_LIMIT = 100
+BATCH_WRITE_LIMIT = 25
+TRANSACTION_LIMIT = 100
+MAX_ROUNDS = 8
+RETRYABLE_REASONS = frozenset(
+    {
+        "TransactionConflict",
+        "ThrottlingError",
+        "ProvisionedThroughputExceeded",
+        "RequestLimitExceeded",
+        "InternalServerError",
+    }
+)
+
+
+class DynamoDBUnavailable(RuntimeError):
+    """DynamoDB kept refusing part of a request (throttling, conflicts) after every retry."""
+
+
+def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    """`items` in consecutive slices of at most `size`."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def error_code(exc: BaseException) -> str:
+    """The AWS error code of a botocore `ClientError`, or ''."""
+    response = getattr(exc, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", ""))
+
+
+def batch_get(
+    client: Any,
+    table: str,
+    keys: Sequence[dict[str, Any]],
+    backoff: Backoff,
+    *,
+    key_attribute: str,
+) -> dict[str, dict[str, Any]]:
+    """Every existing item among `keys` (typed), by the key attribute's string value."""
+    found: dict[str, dict[str, Any]] = {}
+    for chunk in chunks(keys, BATCH_GET_LIMIT):
+        pending: list[dict[str, Any]] = list(chunk)
+        for attempt in range(1, MAX_ROUNDS + 1):
+            response = client.batch_get_item(
+                RequestItems={table: {"Keys": pending, "ConsistentRead": True}}
+            )
+            for item in response.get("Responses", {}).get(table, []):
+                found[item[key_attribute]["S"]] = item
+            pending = response.get("UnprocessedKeys", {}).get(table, {}).get("Keys", [])
+            if not pending:
+                break
+            time.sleep(backoff.delay(attempt))
+        else:
+            raise DynamoDBUnavailable(f"BatchGetItem on {table}: {len(pending)} keys unprocessed")
+    return found
+
+
+def batch_write(
+    client: Any, requests: Sequence[tuple[str, dict[str, Any]]], backoff: Backoff
+) -> None:
+    """`(table, PutRequest/DeleteRequest)` pairs in BatchWriteItem calls of 25, until all land."""
+    for chunk in chunks(requests, BATCH_WRITE_LIMIT):
+        pending: dict[str, list[dict[str, Any]]] = {}
+        for table, request in chunk:
+            pending.setdefault(table, []).append(request)
+        for attempt in range(1, MAX_ROUNDS + 1):
+            response = client.batch_write_item(RequestItems=pending)
+            pending = response.get("UnprocessedItems") or {}
+            if not pending:
+                break
+            time.sleep(backoff.delay(attempt))
+        else:
+            left = sum(len(v) for v in pending.values())
+            raise DynamoDBUnavailable(f"BatchWriteItem: {left} items unprocessed")
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """Why one action of a cancelled transaction did not apply."""
+
+    code: str
+    """`None` (it was fine, another action failed), `ConditionalCheckFailed`, ..."""
+    item: dict[str, Any] | None = None
+    """The item as it was, for a failed condition asked to return it."""
+    message: str = ""
+
+
+def transact(client: Any, actions: Sequence[dict[str, Any]]) -> list[Reason] | None:
+    """One TransactWriteItems call; None when it committed, else one reason per action."""
+    try:
+        client.transact_write_items(TransactItems=list(actions))
+    except Exception as exc:
+        if error_code(exc) != "TransactionCanceledException":
+            raise
+        raw = getattr(exc, "response", {}).get("CancellationReasons") or []
+        if len(raw) != len(actions):
+            # Without per-action reasons nothing can be settled: treat all as retryable.
+            return [Reason("TransactionConflict") for _ in actions]
+        return [
+            Reason(str(r.get("Code", "None")), r.get("Item"), str(r.get("Message", "")))
+            for r in raw
+        ]
+    return None
