@@ -25,7 +25,9 @@ def load_object(spec: str) -> Any:
     """The object named by `module:attribute` (the module may be a dotted path)."""
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
-        raise CliError(f"{spec!r} is not MODULE:NAME (for example examples.orders.processor:Orders)")
+        raise CliError(
+            f"{spec!r} is not MODULE:NAME (for example examples.orders.processor:Orders)"
+        )
     if "" not in sys.path and "." not in sys.path:
         # Like `python -m`, let users name modules in the directory they run from.
         sys.path.insert(0, "")

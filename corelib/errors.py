@@ -42,7 +42,7 @@ class LeaseLostError(OnceflowError):
     """A worker's claim on a key was taken over, so its commit was refused."""
 
 
-class SimulatedCrash(BaseException):  # noqa: N818 - it models a process death, not an error
+class SimulatedCrash(BaseException):
     """A fault injected at a pipeline step; it escapes every handler, as a process death would."""
 
     def __init__(self, step: str) -> None:

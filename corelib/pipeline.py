@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import anyio
@@ -74,7 +75,7 @@ class BatchResult:
     processed: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
-    """Ids to deliver again (another worker's lease, time budget, lost lease, no dead-letter sink)."""
+    """Ids to deliver again: leased elsewhere, out of time, lease lost, or no dead-letter sink."""
     dead_lettered: list[str] = field(default_factory=list)
     reasons: dict[str, str] = field(default_factory=dict)
     """Why each failed or dead-lettered id ended that way."""
@@ -255,7 +256,9 @@ class Pipeline:
     async def _claim(self, items: list[_Item]) -> bool:
         keys = [item.key for item in items]
         try:
-            claims = await self._retrying("claim", lambda: self.store.claim(keys, self.lease_seconds))
+            claims = await self._retrying(
+                "claim", lambda: self.store.claim(keys, self.lease_seconds)
+            )
         except Exception as exc:
             reason = f"idempotency store unavailable: {type(exc).__name__}: {exc}"
             log.error("claim failed for %d keys: %s", len(keys), reason)
@@ -295,10 +298,11 @@ class Pipeline:
         if not self.ordered and not self._is_async and pending:
             # Fast path: every first attempt in one plain loop; only retries need lanes.
             now = self.clock.now()
-            if deadline is None or now < deadline:
-                for item in pending:
-                    self._attempt_sync(item, now)
-                pending = [item for item in pending if item.state is _State.PENDING]
+            for item in pending:
+                if deadline is not None and self.clock.now() >= deadline:
+                    break  # the rest are failed below, with the reason
+                self._attempt_sync(item, now)
+            pending = [item for item in pending if item.state is _State.PENDING]
         # Ordered lanes keep settled items too: a failed one must hold back its successors.
         lanes = self._lanes(items if self.ordered else pending)
         while lanes:
@@ -319,10 +323,10 @@ class Pipeline:
             if self._is_async and len(ready) > 1:
                 async with anyio.create_task_group() as group:
                     for lane in ready:
-                        group.start_soon(self._advance_limited, lane, now)
+                        group.start_soon(self._advance_limited, lane, now, deadline)
             else:
                 for lane in ready:
-                    await self._advance(lane, now)
+                    await self._advance(lane, now, deadline)
             lanes = [lane for lane in lanes if lane]
 
     def _lanes(self, items: list[_Item]) -> list[deque[_Item]]:
@@ -335,17 +339,21 @@ class Pipeline:
             lanes.setdefault(lane_key if lane_key is not None else item, []).append(item)
         return [deque(_in_sequence(lane)) for lane in lanes.values()]
 
-    async def _advance_limited(self, lane: deque[_Item], now: float) -> None:
+    async def _advance_limited(
+        self, lane: deque[_Item], now: float, deadline: float | None
+    ) -> None:
         async with self._limiter:
-            await self._advance(lane, now)
+            await self._advance(lane, now, deadline)
 
-    async def _advance(self, lane: deque[_Item], now: float) -> None:
-        """Run the lane from its head until it empties or its head must wait for a retry."""
+    async def _advance(self, lane: deque[_Item], now: float, deadline: float | None) -> None:
+        """Run the lane from its head until it empties, its head must wait, or time runs out."""
         while lane:
             item = lane[0]
             if item.state is _State.PENDING:
                 if item.ready_at > now:
                     return
+                if deadline is not None and self.clock.now() >= deadline:
+                    return  # the caller fails what is left once it sees the deadline
                 if self._is_async:
                     await self._attempt(item, now)
                 else:
@@ -388,7 +396,7 @@ class Pipeline:
                 raise DecodeError(record.reason)
             produced = self._process(record)
             if type(produced) is not dict and inspect.isawaitable(produced):
-                raise ConfigurationError(
+                raise PermanentError(
                     "process() returned an awaitable but is not declared `async def`; "
                     "declare it async so the pipeline awaits it"
                 )
@@ -410,10 +418,7 @@ class Pipeline:
                 raise UnstorableValue(f"output 0 cannot be stored: {exc}") from None
             key = item.key
             return [Output(key + "#0", key, record.id, 0, plain, record.partition_key)]
-        if isinstance(produced, list | tuple | Iterator):
-            values = list(produced)
-        else:
-            values = [produced]
+        values = list(produced) if isinstance(produced, list | tuple | Iterator) else [produced]
         outputs = []
         for index, value in enumerate(values):
             try:
@@ -440,9 +445,7 @@ class Pipeline:
         if permanent or item.attempts >= self.max_attempts:
             why = "permanent error" if permanent else f"failed {item.attempts} attempts"
             item.reason = f"{_describe(item)}: {summary} ({why})"
-            log.warning(
-                "%s; dead-lettering", item.reason, extra=_log_extra(item)
-            )
+            log.warning("%s; dead-lettering", item.reason, extra=_log_extra(item))
             item.state = _State.DEAD
             return
         self.metrics.count("retries")
@@ -485,7 +488,9 @@ class Pipeline:
         if plain:
             completions = [self._completion(item) for item in plain]
             try:
-                accepted = await self._retrying("complete", lambda: self.store.complete(completions))
+                accepted = await self._retrying(
+                    "complete", lambda: self.store.complete(completions)
+                )
             except Exception as exc:
                 for item in plain:
                     self._fail(item, f"completion failed: {type(exc).__name__}: {exc}")
@@ -529,26 +534,29 @@ class Pipeline:
                     assert isinstance(sink, AtomicSink)
                     completions = [self._completion(item) for item in live]
                     accepted = await self._retrying(
-                        "commit", lambda: sink.write_and_complete(self.store, outputs, completions)
+                        "commit", partial(sink.write_and_complete, self.store, outputs, completions)
                     )
                     self._settle(live, accepted)
                 elif outputs:
-                    await self._retrying("sink write", lambda: sink.write(outputs))
+                    await self._retrying("sink write", partial(sink.write, outputs))
                 return
             except OutputRejected as exc:
                 live = self._reject(live, exc, letters=sink is self.dead_letter)
             except Exception as exc:
                 for item in live:
-                    self._fail(item, f"{'commit' if atomic else 'sink write'} failed: "
-                               f"{type(exc).__name__}: {exc}")
+                    self._fail(
+                        item,
+                        f"{'commit' if atomic else 'sink write'} failed: "
+                        f"{type(exc).__name__}: {exc}",
+                    )
                 return
 
     def _reject(self, items: list[_Item], exc: OutputRejected, *, letters: bool) -> list[_Item]:
         """Settle the items whose outputs a sink refused; the others are written again."""
         refused: dict[str, str] = {}
-        for output_id, reason in exc.rejected.items():
-            refused.setdefault(output_id.rsplit("#", 1)[0], reason)
-        keep = []
+        for output_id, why in exc.rejected.items():
+            refused.setdefault(output_id.rsplit("#", 1)[0], why)
+        keep: list[_Item] = []
         for item in items:
             reason = refused.get(item.key)
             if reason is None:
@@ -588,9 +596,7 @@ class Pipeline:
                 return Completion(item.claim, _SUCCEEDED[count])
             outcome = Outcome(OutcomeStatus.SUCCEEDED, count, fingerprint)
         else:
-            outcome = Outcome(
-                OutcomeStatus.DEAD_LETTERED, 0, fingerprint, detail=item.reason[:500]
-            )
+            outcome = Outcome(OutcomeStatus.DEAD_LETTERED, 0, fingerprint, detail=item.reason[:500])
         return Completion(item.claim, outcome)
 
     def _dead_letter_output(self, item: _Item) -> list[Output]:
@@ -740,5 +746,3 @@ def _log_extra(item: _Item) -> dict[str, Any]:
 
 def _iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).isoformat()
-
-

@@ -83,7 +83,7 @@ class Output(NamedTuple):
     """Derived from the event key and the output's position: a rewrite is an overwrite."""
     event_key: str
     event_id: str
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index on purpose: the position
     value: Any
     """JSON-compatible (dicts, lists, str, int, float, bool, None)."""
     partition_key: str | None = None

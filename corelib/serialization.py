@@ -46,7 +46,8 @@ def to_plain(value: Any, _path: str = "$") -> Any:
             # Already plain (string keys, scalar values): no copy, the common case.
             return value
         out: dict[str, Any] = {}
-        for k, v in value.items():
+        for raw_key, v in value.items():
+            k = raw_key
             if type(k) is not str:
                 if isinstance(k, int | float | enum.Enum | uuid.UUID):
                     k = str(k.value if isinstance(k, enum.Enum) else k)
@@ -64,9 +65,7 @@ def _to_plain_slow(value: Any, path: str) -> Any:
     if isinstance(value, BaseModel):
         return to_plain(value.model_dump(mode="python"), path)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return to_plain(
-            {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}, path
-        )
+        return to_plain({f.name: getattr(value, f.name) for f in dataclasses.fields(value)}, path)
     if isinstance(value, Decimal):
         if not value.is_finite():
             raise UnstorableValue(f"{path} is {value}, which no sink can store")
@@ -86,7 +85,7 @@ def _to_plain_slow(value: Any, path: str) -> Any:
         for base in (bool, int, float, str):
             if isinstance(value, base):
                 return to_plain(base(value), path)
-        return to_plain(dict(value) if isinstance(value, dict) else list(value), path)
+        return to_plain(dict(value) if isinstance(value, dict) else list(value), path)  # type: ignore[arg-type]
     raise UnstorableValue(
         f"{path} is a {type(value).__name__}; return dicts, lists, scalars, "
         "dataclasses or pydantic models"

@@ -1,6 +1,6 @@
 """The in-memory backend: for users' unit tests, with fault injection and a manual clock.
 
-    from adapters.memory import MemoryIdempotencyStore, MemorySink, ManualClock, Faults
+from adapters.memory import MemoryIdempotencyStore, MemorySink, ManualClock, Faults
 """
 
 from adapters.memory.faults import Faults

@@ -56,8 +56,9 @@ class MemoryObjectStore:
     async def list(self, prefix: str = "") -> list[ObjectInfo]:
         """Objects under `prefix`, sorted by path."""
         with self._lock:
-            return [info for path, (_, info) in sorted(self._objects.items())
-                    if path.startswith(prefix)]
+            return [
+                info for path, (_, info) in sorted(self._objects.items()) if path.startswith(prefix)
+            ]
 
     async def delete(self, path: str) -> None:
         """Remove the object if present."""

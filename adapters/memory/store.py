@@ -89,7 +89,7 @@ class MemoryIdempotencyStore:
             # A repeated completion by the same holder is accepted: a retried call whose
             # first answer was lost must not look like a lost lease.
             ok = row is not None and row.token == claim.token
-            if ok:
+            if ok and row is not None:
                 row.status = ClaimStatus.COMPLETED
                 row.outcome = outcome
                 row.expires_at = expires_at

@@ -236,9 +236,9 @@ class StoreContract:
         claims = await store.claim(keys, LEASE)
         assert [c.status for c in claims] == [ClaimStatus.NEW] * len(keys)
         assert await store.complete([succeeded(c) for c in claims]) == [True] * len(keys)
-        assert [c.status for c in await store.claim(keys, LEASE)] == [
-            ClaimStatus.COMPLETED
-        ] * len(keys)
+        assert [c.status for c in await store.claim(keys, LEASE)] == [ClaimStatus.COMPLETED] * len(
+            keys
+        )
 
     @pytest.mark.anyio
     async def test_concurrent_claimers_have_exactly_one_winner(
@@ -351,9 +351,7 @@ class AtomicSinkContract:
         [taken] = await other_store.claim([stale_key], LEASE)
         [fresh] = await store.claim([fresh_key], LEASE)
         outs = [output(stale_key, 0, {"who": "stale"}), output(fresh_key, 0, {"who": "fresh"})]
-        accepted = await sink.write_and_complete(
-            store, outs, [succeeded(stale), succeeded(fresh)]
-        )
+        accepted = await sink.write_and_complete(store, outs, [succeeded(stale), succeeded(fresh)])
         assert accepted == [False, True]
         stored = await read_sink(sink)
         assert f"{stale_key}#0" not in stored

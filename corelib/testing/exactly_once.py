@@ -8,6 +8,7 @@ nothing is lost, and ordered partitions are processed in sequence.
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
@@ -175,9 +176,7 @@ class ExactlyOnceContract:
             if result.ok:
                 break
             clock.advance(LEASE + 1)
-            result = await pipeline.process_batch(
-                [e for e in events if e.id in set(result.failed)]
-            )
+            result = await pipeline.process_batch([e for e in events if e.id in set(result.failed)])
         return result
 
     async def _check(
@@ -371,7 +370,7 @@ class ExactlyOnceContract:
             anyio.run(main)
             if ordered:
                 # Within one delivery, each lane ran in sequence order however it arrived.
-                for start, end in zip(marks, marks[1:], strict=False):
+                for start, end in itertools.pairwise(marks):
                     lanes: defaultdict[str | None, list[int]] = defaultdict(list)
                     for lane, n in processor.calls[start:end]:
                         lanes[lane].append(n)

@@ -27,7 +27,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait_for_port(port: int, proc: subprocess.Popen[bytes], name: str, timeout: float = 30) -> None:
+def _wait_for_port(
+    port: int, proc: subprocess.Popen[bytes], name: str, timeout: float = 30
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -41,9 +43,14 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes], name: str, timeout:
 
 
 @contextmanager
-def _process(cmd: list[str], ports: list[int], name: str, env: dict[str, str] | None = None,
-             cwd: str | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    log = tempfile.TemporaryFile()
+def _process(
+    cmd: list[str],
+    ports: list[int],
+    name: str,
+    env: dict[str, str] | None = None,
+    cwd: str | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
     try:
         for port in ports:
@@ -158,11 +165,24 @@ def azurite() -> Iterator[Azurite]:
     ports = [free_port(), free_port(), free_port()]
     with tempfile.TemporaryDirectory() as workdir:
         cmd = [
-            str(tool), "--silent", "--disableTelemetry", "--inMemoryPersistence",
-            "--skipApiVersionCheck", "--loose",
-            "--blobHost", "127.0.0.1", "--blobPort", str(ports[0]),
-            "--queueHost", "127.0.0.1", "--queuePort", str(ports[1]),
-            "--tableHost", "127.0.0.1", "--tablePort", str(ports[2]),
+            str(tool),
+            "--silent",
+            "--disableTelemetry",
+            "--inMemoryPersistence",
+            "--skipApiVersionCheck",
+            "--loose",
+            "--blobHost",
+            "127.0.0.1",
+            "--blobPort",
+            str(ports[0]),
+            "--queueHost",
+            "127.0.0.1",
+            "--queuePort",
+            str(ports[1]),
+            "--tableHost",
+            "127.0.0.1",
+            "--tablePort",
+            str(ports[2]),
         ]
         with _process(cmd, ports, "azurite", cwd=workdir):
             yield Azurite(*ports)
@@ -173,7 +193,9 @@ class CosmosServer:
     """A running Cosmos DB NoSQL-protocol server over plain HTTP."""
 
     endpoint: str
-    key: str = "C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPMbIZnqyMsEcaGQy67XIw/Jw=="
+    key: str = (
+        "C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPMbIZnqyMsEcaGQy67XIw/Jw=="
+    )
 
 
 @contextmanager

@@ -1,0 +1,47 @@
+"""Structured JSON log lines carrying the event key, for CloudWatch, App Insights or a file."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+__all__ = ["JsonFormatter", "configure_json_logging"]
+
+# Attributes every LogRecord has; anything else was passed through `extra=`.
+_STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time, level, logger, message and every `extra` field."""
+
+    def __init__(self, **static: Any) -> None:
+        super().__init__()
+        self.static = static
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as a JSON line."""
+        line: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            **self.static,
+        }
+        for name, value in vars(record).items():
+            if name not in _STANDARD and not name.startswith("_"):
+                line[name] = value
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str, ensure_ascii=False)
+
+
+def configure_json_logging(level: int = logging.INFO, **static: Any) -> logging.Handler:
+    """Send the `onceflow` logger's records to stderr as JSON lines; the handler added."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter(**static))
+    logger = logging.getLogger("onceflow")
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    return handler

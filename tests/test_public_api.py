@@ -1,0 +1,47 @@
+"""The public API is what `__all__` exports, and importing the core stays light."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import adapters.memory
+import corelib
+
+CORE_API = {
+    "AtomicSink", "Backoff", "BatchResult", "Claim", "ClaimStatus", "Clock", "Completion",
+    "ConfigurationError", "CountingMetrics", "DecodeError", "Event", "IdempotencyStore",
+    "InvalidRecord", "JsonFormatter", "ManualClock", "Metrics", "NoopMetrics", "ObjectInfo",
+    "ObjectStore", "OnceflowError", "Outcome", "OutcomeStatus", "Output", "OutputRejected",
+    "PermanentError", "Pipeline", "Processor", "SimulatedCrash", "Sink", "Source", "Step",
+    "SystemClock", "run_source",
+}  # fmt: skip
+
+
+def test_core_exports_exactly_its_api() -> None:
+    assert set(corelib.__all__) == CORE_API
+    for name in corelib.__all__:
+        assert getattr(corelib, name) is not None
+    assert set(dir(corelib)) >= CORE_API
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        corelib.Nope  # noqa: B018
+
+
+def test_memory_backend_exports() -> None:
+    assert set(adapters.memory.__all__) == {
+        "Faults", "ManualClock", "MemoryIdempotencyStore", "MemoryObjectStore", "MemorySink",
+        "MemorySource",
+    }  # fmt: skip
+
+
+def test_core_imports_no_cloud_sdk_and_no_pyarrow() -> None:
+    code = (
+        "import sys, corelib; from corelib import Event, Pipeline; import corelib.testing;"
+        "import corelib.cli; import adapters.memory;"
+        "heavy = {'boto3', 'botocore', 'azure', 'pyarrow', 'deltalake', 'duckdb'};"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
