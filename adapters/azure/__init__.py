@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from adapters.azure.blob_store import BlobObjectStore
+    from adapters.azure.cosmos_store import CosmosIdempotencyStore, CosmosSink
     from adapters.azure.function_app import (
         BatchFailed,
         BlobTrigger,
@@ -31,6 +32,8 @@ __all__ = [
     "BatchFailed",
     "BlobObjectStore",
     "BlobTrigger",
+    "CosmosIdempotencyStore",
+    "CosmosSink",
     "EventHubTrigger",
     "FunctionHandler",
     "QueueTrigger",
@@ -46,6 +49,8 @@ _HOMES = {
     "BatchFailed": "adapters.azure.function_app",
     "BlobObjectStore": "adapters.azure.blob_store",
     "BlobTrigger": "adapters.azure.function_app",
+    "CosmosIdempotencyStore": "adapters.azure.cosmos_store",
+    "CosmosSink": "adapters.azure.cosmos_store",
     "EventHubTrigger": "adapters.azure.function_app",
     "FunctionHandler": "adapters.azure.function_app",
     "QueueTrigger": "adapters.azure.function_app",

@@ -14,18 +14,17 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
+from adapters.azure.lease_rows import COMPLETED, IN_PROGRESS, completed_fields, held_answer
 from adapters.azure.table_keys import key_address, marker_row, numeric_row
 from adapters.azure.table_transactions import Group, Operation, submit
 from corelib.clock import SystemClock
 from corelib.interfaces import Clock
-from corelib.records import Claim, ClaimStatus, Completion, Outcome, OutcomeStatus
+from corelib.records import Claim, ClaimStatus, Completion
 
 __all__ = ["TableIdempotencyStore"]
 
 T = TypeVar("T")
 
-IN_PROGRESS = "in_progress"
-COMPLETED = "completed"
 OR_LIMIT = 14  # Azure Table filters allow 15 comparisons; one is the PartitionKey
 DENSE = 2.0  # read a numeric RowKey range when it holds at most this many rows per key
 SINGLE_TRIES = 5
@@ -124,12 +123,9 @@ class TableIdempotencyStore:
         lease_seconds: float,
     ) -> tuple[Claim, Operation | None]:
         """The answer for one key given its stored row, and the write a NEW answer needs."""
-        if row is not None:
-            if row.get("status") == COMPLETED and float(row.get("expires_at", 0)) > now:
-                return Claim(key, ClaimStatus.COMPLETED, outcome=_outcome(row)), None
-            lease_end = float(row.get("lease_expires_at", 0))
-            if row.get("status") == IN_PROGRESS and lease_end > now:
-                return Claim(key, ClaimStatus.IN_PROGRESS, lease_expires_at=lease_end), None
+        held = held_answer(key, row, now)
+        if held is not None:
+            return held, None
         token = uuid.uuid4().hex
         expires = now + lease_seconds
         entity: Entity = {
@@ -173,22 +169,11 @@ class TableIdempotencyStore:
     def completion_entity(self, completion: Completion, now: float) -> Entity:
         """The marker row of a completed key."""
         partition, row_key = key_address(completion.key)
-        outcome = completion.outcome
-        entity: Entity = {
+        return {
             "PartitionKey": partition,
             "RowKey": row_key,
-            "key": completion.key,
-            "status": COMPLETED,
-            "token": completion.claim.token or "",
-            "expires_at": now + self.ttl_seconds,
-            "outcome_status": outcome.status.value,
-            "outcome_outputs": outcome.outputs,
+            **completed_fields(completion, now, self.ttl_seconds),
         }
-        if outcome.fingerprint is not None:
-            entity["outcome_fingerprint"] = outcome.fingerprint
-        if outcome.detail is not None:
-            entity["outcome_detail"] = outcome.detail
-        return entity
 
     def commit(
         self, completions: list[Completion], extra: dict[str, list[Operation]]
@@ -382,12 +367,3 @@ def _queries(partition: str, row_keys: list[str]) -> list[tuple[str, dict[str, A
 
 def _etag(row: Entity) -> str:
     return str(row["__etag"])
-
-
-def _outcome(row: Entity) -> Outcome:
-    return Outcome(
-        OutcomeStatus(row.get("outcome_status", OutcomeStatus.SUCCEEDED.value)),
-        int(row.get("outcome_outputs", 0)),
-        row.get("outcome_fingerprint"),
-        row.get("outcome_detail"),
-    )
