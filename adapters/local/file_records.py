@@ -93,12 +93,12 @@ class RecordReader:
             reason=f"{self.name} line {line}: {why}",
             raw=raw,
             locator=self._locator(line),
-            sequence=self._sequence(line),
             attributes={"file": self.name, "line": str(line)},
         )
 
     def _sequence(self, line: int) -> str:
-        return f"{self.ordinal:05d}{line:012d}"
+        # Numeric, so the runner orders a lane by it; a later file's records come after.
+        return str(self.ordinal * 1_000_000_000_000 + line)
 
     def _event(
         self, line: int, data: bytes, fields: Any, raw: bytes, now: datetime
@@ -218,7 +218,7 @@ class RecordReader:
 
     def _parquet(self, offset: int) -> Iterator[Positioned]:
         try:
-            import pyarrow.parquet as pq  # noqa: PLC0415 - the parquet extra is optional
+            import pyarrow.parquet as pq
         except ImportError:  # pragma: no cover - depends on the install
             raise ImportError(
                 "reading Parquet needs pyarrow: pip install 'onceflow[parquet]'"

@@ -63,6 +63,8 @@ class _FilesSource:
         self._open: dict[str, _File] = {}
         self._batch: tuple[Sequence[Record], list[tuple[_File, Positioned]]] | None = None
         self.stopped = False
+        self.bytes_read = 0
+        """Bytes (rows, for Parquet) read so far this run, for progress bars."""
 
     # -- subclasses say which files there are -----------------------------------------------
 
@@ -97,6 +99,7 @@ class _FilesSource:
     async def _pass(self, max_size: int) -> AsyncIterator[Sequence[Record]]:
         records: list[Record] = []
         where: list[tuple[_File, Positioned]] = []
+        done_bytes = self.bytes_read
         for key, reader in self._next_files():
             if self.stopped:
                 return
@@ -108,11 +111,14 @@ class _FilesSource:
                 where.append((file, item))
                 if len(records) >= max_size:
                     self._batch = (records, where)
+                    self.bytes_read = done_bytes + item.end
                     yield records
                     records, where = [], []
                     if self.stopped:
                         return
             file.drained = True
+            done_bytes += reader.path.stat().st_size if reader.path.exists() else 0
+            self.bytes_read = done_bytes
             if not records:
                 self._settle_files([file])
         if records:

@@ -241,10 +241,33 @@ class SqliteIdempotencyStore:
             return ClaimStatus.COMPLETED if row[1] is None or row[1] > self.clock.now() else None
         return ClaimStatus.IN_PROGRESS
 
-    def forget(self, keys: Sequence[str]) -> None:
-        """Delete the keys' records so they can be processed again (dead-letter replay)."""
+    def reopen_dead_lettered(self, keys: Sequence[str]) -> dict[str, bool]:
+        """Free dead-lettered keys so a replay can process them; per key, whether it may run.
+
+        A key that is dead-lettered or unknown may run (its record is deleted); a key that
+        succeeded since, or that someone holds a live lease on, may not: replaying it would
+        apply its effect twice or race the holder.
+        """
+        now = self.clock.now()
+        verdict: dict[str, bool] = {}
         with self.database.transaction() as conn:
-            conn.executemany(f"DELETE FROM {KEYS_TABLE} WHERE key=?", [(k,) for k in keys])
+            rows = _select(conn, keys)
+            reopen = []
+            for key in keys:
+                row = rows.get(key)
+                if row is None:
+                    verdict[key] = True
+                    continue
+                status, _token, owner, lease_end, ttl_end, outcome = row[:6]
+                if status == _COMPLETED:
+                    expired = ttl_end is not None and ttl_end <= now
+                    verdict[key] = outcome == OutcomeStatus.DEAD_LETTERED.value or expired
+                else:
+                    verdict[key] = lease_end <= now or self._owners.is_dead(owner)
+                if verdict[key]:
+                    reopen.append((key,))
+            conn.executemany(f"DELETE FROM {KEYS_TABLE} WHERE key=?", reopen)
+        return verdict
 
     def purge_expired(self) -> int:
         """Delete completed records older than the TTL; how many went."""

@@ -1,0 +1,609 @@
+"""`onceflow run`, `onceflow dead-letters` and `onceflow state`: the local backend's commands."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from adapters.local.database import StateError
+from adapters.local.file_records import FORMATS, format_of
+from adapters.local.file_source import DirectorySource, FileSource
+from adapters.local.state import LocalState
+from corelib.cli import CliError, load_object
+from corelib.event import Event
+from corelib.pipeline import BatchResult, Pipeline
+from corelib.runner import run_source
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+__all__ = ["Tally", "register"]
+
+DEFAULT_STATE = ".onceflow"
+
+
+def register(subparsers: Any) -> None:
+    """Add `run`, `dead-letters` and `state` to the `onceflow` command line."""
+    run = subparsers.add_parser(
+        "run",
+        help="run a processor over local files, each event's effect applied exactly once",
+        description="Run MODULE:CLASS over JSON Lines, CSV or Parquet files (or a landing "
+        "folder) with SQLite state in --state. Exit status 0 when every event was processed "
+        "or was a duplicate, 1 when something was dead-lettered or left failed.",
+    )
+    run.add_argument("processor", metavar="MODULE:CLASS", help="the processor to run")
+    run.add_argument(
+        "--input",
+        "-i",
+        action="append",
+        required=True,
+        metavar="PATH_OR_GLOB",
+        help="a file, a glob (quote it), or a landing folder; repeat for more",
+    )
+    _state_option(run)
+    run.add_argument("--out", metavar="FILE.jsonl", help="also export every output to this file")
+    run.add_argument("--ordered", action="store_true", help="keep order within --partition-field")
+    run.add_argument("--batch-size", type=_positive, default=500, metavar="N")
+    run.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="events processed at once (async processors; order still holds per partition)",
+    )
+    run.add_argument("--format", choices=sorted(set(FORMATS.values())), help="override suffix")
+    run.add_argument("--id-field", metavar="FIELD", help="take event ids from this field")
+    run.add_argument("--partition-field", metavar="FIELD", help="ordering lane per this field")
+    run.add_argument("--max-attempts", type=_positive, default=3, metavar="N")
+    run.add_argument("--lease-seconds", type=float, default=300.0, metavar="S")
+    run.add_argument(
+        "--from-start",
+        action="store_true",
+        help="read the input from the beginning, ignoring checkpoints (done events are duplicates)",
+    )
+    run.add_argument("--watch", action="store_true", help="keep polling a landing folder")
+    run.add_argument(
+        "--keep-files",
+        action="store_true",
+        help="leave landing-folder files in place instead of moving them to processed/",
+    )
+    run.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    run.set_defaults(func=run_command)
+
+    letters = subparsers.add_parser(
+        "dead-letters", help="list, show or replay dead letters of a local state folder"
+    )
+    actions = letters.add_subparsers(dest="action", metavar="ACTION", required=True)
+    listing = actions.add_parser("list", help="one line per dead letter")
+    _state_option(listing)
+    listing.add_argument("--limit", type=_positive, default=50)
+    listing.set_defaults(func=dead_letters_list)
+    show = actions.add_parser("show", help="one dead letter in full, with its traceback")
+    _state_option(show)
+    show.add_argument("key", help="the letter's key (or a unique part of it)")
+    show.set_defaults(func=dead_letters_show)
+    replay = actions.add_parser(
+        "replay",
+        help="run dead letters through the processor again, in order, each applied once",
+    )
+    _state_option(replay)
+    replay.add_argument(
+        "processor",
+        nargs="?",
+        metavar="MODULE:CLASS",
+        help="the fixed processor (default: the one of the last run)",
+    )
+    replay.add_argument("--key", action="append", help="replay only these keys (repeatable)")
+    replay.add_argument("--max-attempts", type=_positive, default=3, metavar="N")
+    replay.set_defaults(func=dead_letters_replay)
+
+    state = subparsers.add_parser(
+        "state", help="counts by status, oldest lease and checkpoints of a state folder"
+    )
+    _state_option(state)
+    state.set_defaults(func=state_command)
+
+
+def _state_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--state",
+        "-s",
+        default=DEFAULT_STATE,
+        metavar="DIR",
+        help=f"the state folder (default {DEFAULT_STATE})",
+    )
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive whole number")
+    return value
+
+
+# -- shared pieces -----------------------------------------------------------------------------
+
+
+def _console(stderr: bool = False) -> Console:
+    try:
+        from rich.console import Console
+    except ImportError:
+        raise CliError("the onceflow commands need rich: pip install 'onceflow[cli]'") from None
+    return Console(stderr=stderr, highlight=False)
+
+
+def _open_state(folder: str, *, create: bool) -> LocalState:
+    try:
+        return LocalState(folder, create=create)
+    except StateError:
+        raise
+    except FileNotFoundError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _processor(spec: str) -> Any:
+    """The processor named by `spec`: a class is instantiated without arguments."""
+    try:
+        target = load_object(spec)
+    except CliError:
+        raise
+    except Exception as exc:  # the user's module failed while importing
+        raise CliError(f"cannot load {spec}: {type(exc).__name__}: {exc}") from exc
+    if inspect.isclass(target):
+        try:
+            target = target()
+        except Exception as exc:
+            raise CliError(f"cannot create {spec}(): {type(exc).__name__}: {exc}") from exc
+    if not callable(getattr(target, "process", None)) and not callable(target):
+        raise CliError(f"{spec} has no process(event) method and is not a function")
+    return target
+
+
+class Tally:
+    """Totals over a run's batches; an event that failed and later settled counts once."""
+
+    def __init__(self) -> None:
+        self.processed = 0
+        self.duplicates = 0
+        self.dead_lettered = 0
+        self.failed: dict[str, str] = {}
+        self.reasons: dict[str, str] = {}
+
+    def add(self, result: BatchResult) -> None:
+        """Count one batch."""
+        self.processed += len(result.processed)
+        self.duplicates += len(result.duplicates)
+        self.dead_lettered += len(result.dead_lettered)
+        for event_id in (*result.processed, *result.duplicates, *result.dead_lettered):
+            self.failed.pop(event_id, None)
+        for event_id in result.failed:
+            self.failed[event_id] = result.reasons.get(event_id, "not processed")
+        for event_id in result.dead_lettered:
+            self.reasons[event_id] = result.reasons.get(event_id, "")
+
+    @property
+    def events(self) -> int:
+        """Events settled so far."""
+        return self.processed + self.duplicates + self.dead_lettered
+
+    def counts(self) -> dict[str, int]:
+        """The totals by name."""
+        return {
+            "processed": self.processed,
+            "duplicates": self.duplicates,
+            "failed": len(self.failed),
+            "dead_lettered": self.dead_lettered,
+        }
+
+
+# -- onceflow run ------------------------------------------------------------------------------
+
+
+def _quiet_logs(verbose: bool) -> None:
+    # The summary reports every dead letter; per-event log lines only with --verbose.
+    logging.getLogger("onceflow").setLevel(logging.INFO if verbose else logging.ERROR)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """`onceflow run`: the exit status."""
+    _quiet_logs(args.verbose)
+    processor = _processor(args.processor)
+    console = _console()
+    state = _open_state(args.state, create=True)
+    try:
+        source = _source(args, state)
+        if args.from_start:
+            source.checkpoints = None
+        pipeline = Pipeline(
+            processor,
+            state.sink,
+            state.store,
+            state.dead_letters,
+            ordered=args.ordered,
+            max_attempts=args.max_attempts,
+            lease_seconds=args.lease_seconds,
+            concurrency=args.workers,
+            name=args.processor,
+        )
+        options = {k: v for k, v in vars(args).items() if k not in {"func", "input", "processor"}}
+        run_id = state.start_run(args.processor, list(args.input), options)
+        tally = Tally()
+        started = time.perf_counter()
+        with _progress(console, quiet=args.quiet, total=_total_bytes(source)) as show:
+
+            def on_batch(result: BatchResult) -> None:
+                tally.add(result)
+                show(tally, source.bytes_read)
+
+            anyio.run(_drive, pipeline, source, args.batch_size, on_batch)
+        wall = time.perf_counter() - started
+        state.finish_run(run_id, tally.counts())
+        state.dead_letters.flush()
+        if args.out:
+            exported = state.sink.export_jsonl(args.out)
+            console.print(f"wrote {exported} outputs to {args.out}")
+        _summary(console, tally, wall, state)
+    finally:
+        state.close()
+    return 0 if not tally.failed and not tally.dead_lettered else 1
+
+
+async def _drive(
+    pipeline: Pipeline,
+    source: FileSource | DirectorySource,
+    batch_size: int,
+    on_batch: Callable[[BatchResult], None],
+) -> None:
+    await run_source(pipeline, source, batch_size=batch_size, on_batch=on_batch)
+
+
+def _source(args: argparse.Namespace, state: LocalState) -> FileSource | DirectorySource:
+    inputs: list[str] = args.input
+    folders = [i for i in inputs if Path(i).is_dir()]
+    if folders:
+        if len(inputs) > 1:
+            raise CliError("give one landing folder, or files and globs, not both")
+        return DirectorySource(
+            folders[0],
+            state=state.database,
+            fmt=args.format,
+            id_field=args.id_field,
+            partition_field=args.partition_field,
+            move_to=None if args.keep_files else "processed",
+            watch=args.watch,
+        )
+    if args.watch:
+        raise CliError("--watch needs a landing folder as --input")
+    try:
+        return FileSource(
+            inputs,
+            state=state.database,
+            fmt=args.format,
+            id_field=args.id_field,
+            partition_field=args.partition_field,
+        )
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _total_bytes(source: FileSource | DirectorySource) -> int | None:
+    if isinstance(source, FileSource) and all(
+        format_of(path, source.fmt) != "parquet" for path, _ in source.files
+    ):
+        return sum(path.stat().st_size for path, _ in source.files) or None
+    return None
+
+
+class _progress:
+    """A rich progress line (events, events/s, failures), or nothing when quiet."""
+
+    def __init__(self, console: Console, *, quiet: bool, total: int | None) -> None:
+        self.console = console
+        self.quiet = quiet
+        self.total = total
+        self.started = time.perf_counter()
+        self.progress: Any = None
+
+    def __enter__(self) -> Callable[[Tally, int], None]:
+        if self.quiet:
+            return lambda tally, done: None
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[events]:>10,} events"),
+            TextColumn("{task.fields[rate]:>9,.0f} events/s"),
+            TextColumn("{task.fields[failures]}"),
+            TimeElapsedColumn(),
+            console=_console(stderr=True),
+            transient=False,
+        )
+        self.progress.start()
+        task = self.progress.add_task(
+            "running", total=self.total, events=0, rate=0.0, failures="no failures"
+        )
+
+        def show(tally: Tally, done: int) -> None:
+            elapsed = max(1e-9, time.perf_counter() - self.started)
+            bad = tally.dead_lettered + len(tally.failed)
+            self.progress.update(
+                task,
+                completed=done if self.total else None,
+                events=tally.events,
+                rate=tally.events / elapsed,
+                failures=f"[red]{bad:,} failures[/]" if bad else "no failures",
+            )
+
+        return show
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def _summary(console: Console, tally: Tally, wall: float, state: LocalState) -> None:
+    from rich.table import Table
+
+    table = Table(title="onceflow run", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    table.add_row("processed", f"{tally.processed:,}")
+    table.add_row("duplicates", f"{tally.duplicates:,}")
+    table.add_row("failed", _red(len(tally.failed)))
+    table.add_row("dead-lettered", _red(tally.dead_lettered))
+    table.add_row("wall time", f"{wall:.2f} s")
+    rate = tally.events / wall if wall > 0 else 0.0
+    table.add_row("events/s", f"{rate:,.0f}")
+    console.print(table)
+    if tally.dead_lettered:
+        console.print(f"[bold]dead letters[/] ({tally.dead_lettered} this run):")
+        for event_id, reason in list(tally.reasons.items())[:10]:
+            console.print(f"  {event_id}: {_short(_cause(reason))}", markup=False)
+        if tally.dead_lettered > 10:
+            console.print(f"  ... and {tally.dead_lettered - 10} more")
+        console.print(
+            f"  all letters: {state.dead_letters.jsonl_path}  "
+            f"(onceflow dead-letters list --state {state.folder})"
+        )
+    if tally.failed:
+        console.print(
+            f"[red]{len(tally.failed)} events were left failed[/] and will be read again by the "
+            "next run; first: " + "; ".join(f"{k}: {v}" for k, v in list(tally.failed.items())[:3])
+        )
+
+
+def _cause(reason: str) -> str:
+    """A dead-letter reason without the runner's "event X from Y at Z: " preamble."""
+    if reason.startswith("event ") and ": " in reason:
+        return reason.partition(": ")[2]
+    return reason
+
+
+def _red(n: int) -> str:
+    return f"[red]{n:,}[/]" if n else "0"
+
+
+def _short(reason: str, limit: int = 160) -> str:
+    return reason if len(reason) <= limit else reason[: limit - 1] + "…"
+
+
+# -- onceflow dead-letters ---------------------------------------------------------------------
+
+
+def dead_letters_list(args: argparse.Namespace) -> int:
+    """`onceflow dead-letters list`."""
+    from rich.table import Table
+
+    console = _console()
+    state = _open_state(args.state, create=False)
+    try:
+        letters = state.dead_letters.letters()
+    finally:
+        state.close()
+    if not letters:
+        console.print(f"no dead letters in {args.state}")
+        return 0
+    table = Table(title=f"{len(letters)} dead letters in {args.state}", title_justify="left")
+    table.add_column("key", overflow="fold", max_width=32)
+    table.add_column("where", overflow="fold", max_width=24)
+    table.add_column("cause", overflow="fold")
+    for letter in letters[: args.limit]:
+        table.add_row(
+            str(letter.get("key", "?")),
+            _where(letter),
+            _short(_cause(str(letter.get("message", ""))), 200),
+        )
+    console.print(table)
+    if len(letters) > args.limit:
+        console.print(f"... {len(letters) - args.limit} more (--limit)")
+    return 0
+
+
+def _where(letter: dict[str, Any]) -> str:
+    event = letter.get("event") or {}
+    if event.get("locator"):
+        return str(event["locator"])
+    if "file" in event and "line" in event:
+        return f"{event['file']}:{event['line']}"
+    return str(event.get("sequence") or "")
+
+
+def dead_letters_show(args: argparse.Namespace) -> int:
+    """`onceflow dead-letters show KEY`."""
+    console = _console()
+    state = _open_state(args.state, create=False)
+    try:
+        letters = state.dead_letters.letters()
+    finally:
+        state.close()
+    exact = [letter for letter in letters if letter.get("key") == args.key]
+    found = exact or [letter for letter in letters if args.key in str(letter.get("key", ""))]
+    if not found:
+        raise CliError(f"no dead letter with key {args.key!r} in {args.state}")
+    if len(found) > 1:
+        keys = ", ".join(str(letter.get("key")) for letter in found[:5])
+        raise CliError(f"{args.key!r} matches {len(found)} dead letters ({keys}); give more of it")
+    letter = dict(found[0])
+    trace = letter.pop("traceback", "")
+    console.print_json(json.dumps(letter, ensure_ascii=False))
+    if trace:
+        console.print("[bold]traceback[/]")
+        console.print(trace, markup=False)
+    return 0
+
+
+def dead_letters_replay(args: argparse.Namespace) -> int:
+    """`onceflow dead-letters replay`: the exit status."""
+    _quiet_logs(args.verbose)
+    console = _console()
+    state = _open_state(args.state, create=False)
+    try:
+        spec = args.processor or _last_processor(state)
+        processor = _processor(spec)
+        letters = state.dead_letters.letters()
+        if args.key:
+            wanted = set(args.key)
+            letters = [letter for letter in letters if letter.get("key") in wanted]
+        if not letters:
+            console.print("no dead letters to replay")
+            return 0
+        verdict = state.store.reopen_dead_lettered([str(letter["key"]) for letter in letters])
+        settled = [str(letter["key"]) for letter in letters if not verdict[str(letter["key"])]]
+        runnable = [letter for letter in letters if verdict[str(letter["key"])]]
+        events = [_replayed_event(letter) for letter in runnable]
+        pipeline = Pipeline(
+            processor,
+            state.sink,
+            state.store,
+            state.dead_letters,
+            ordered=True,  # per-key order: a lane per partition key, in sequence order
+            max_attempts=args.max_attempts,
+            name=spec,
+        )
+        tally = Tally()
+        by_id = {
+            event.id: str(letter["key"]) for event, letter in zip(events, runnable, strict=True)
+        }
+        for start in range(0, len(events), 500):
+            result = anyio.run(pipeline.process_batch, events[start : start + 500])
+            tally.add(result)
+            settled += [by_id[i] for i in result.processed if i in by_id]
+        # A replayed key that succeeded now (or had before) no longer needs its letter.
+        state.dead_letters.delete([f"{key}#dead-letter" for key in settled])
+        state.dead_letters.export()
+        console.print(
+            f"replayed {len(events)} dead letters: {tally.processed} processed, "
+            f"{tally.dead_lettered} dead-lettered again, {len(tally.failed)} failed"
+            + (
+                f"; {len(letters) - len(runnable)} had already succeeded"
+                if len(runnable) < len(letters)
+                else ""
+            )
+        )
+    finally:
+        state.close()
+    return 0 if not tally.failed and not tally.dead_lettered else 1
+
+
+def _last_processor(state: LocalState) -> str:
+    runs = state.runs(limit=1)
+    if not runs:
+        raise CliError(
+            f"no run recorded in {state.folder}; name the processor: replay MODULE:CLASS"
+        )
+    return runs[0].processor
+
+
+def _replayed_event(letter: dict[str, Any]) -> Event:
+    """The dead-lettered event, rebuilt with the same id and source (so the same key)."""
+    doc = letter.get("event") or {}
+    try:
+        if "specversion" in doc:
+            event = Event.from_cloudevent(doc)
+            return event.model_copy(update={"delivery_count": event.delivery_count + 1})
+        # An input record that could not be decoded: the processor gets its raw bytes.
+        raw = doc.get("raw") or b""
+        data = raw if isinstance(raw, bytes) else _b64(str(raw))
+        return Event(
+            id=str(doc["id"]),
+            source=str(doc["source"]),
+            data=data,
+            partition_key=doc.get("partition_key"),
+            sequence=doc.get("sequence"),
+            attributes=doc.get("attributes") or {},
+        )
+    except (KeyError, ValueError) as exc:
+        raise CliError(f"dead letter {letter.get('key')!r} holds no usable event: {exc}") from exc
+
+
+def _b64(text: str) -> bytes:
+    import base64
+
+    return base64.b64decode(text)
+
+
+# -- onceflow state ----------------------------------------------------------------------------
+
+
+def state_command(args: argparse.Namespace) -> int:
+    """`onceflow state`."""
+    from rich.table import Table
+
+    console = _console()
+    state = _open_state(args.state, create=False)
+    try:
+        counts = state.store.counts()
+        oldest = state.store.oldest_lease()
+        marks = state.checkpoints.latest(5)
+        outputs = state.sink.count()
+        letters = state.dead_letters.count()
+        runs = state.runs(limit=1)
+    finally:
+        state.close()
+    table = Table(title=f"onceflow state in {args.state}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("succeeded", f"{counts['succeeded']:,}")
+    table.add_row("dead-lettered", f"{counts['dead_lettered']:,}")
+    table.add_row("in progress", f"{counts['in_progress']:,}")
+    table.add_row("outputs stored", f"{outputs:,}")
+    table.add_row("dead letters stored", f"{letters:,}")
+    if oldest is not None:
+        key, leased_at, expires = oldest
+        now = time.time()
+        table.add_row(
+            "oldest lease",
+            f"{key} (taken {now - leased_at:,.0f} s ago, "
+            + (f"expires in {expires - now:,.0f} s)" if expires > now else "expired)"),
+        )
+    else:
+        table.add_row("oldest lease", "none")
+    for mark in marks:
+        where = "finished" if mark.finished else f"line {mark.line:,} (byte {mark.offset:,})"
+        table.add_row("checkpoint", f"{mark.name}: {where} at {_when(mark.updated_at)}")
+    if not marks:
+        table.add_row("checkpoint", "none")
+    if runs:
+        run = runs[0]
+        done = _when(run.finished_at) if run.finished_at else "did not finish"
+        table.add_row(
+            "last run",
+            f"#{run.id} {run.processor} started {_when(run.started_at)}, ended {done}: "
+            + ", ".join(f"{k} {v:,}" for k, v in run.counts.items()),
+        )
+    console.print(table)
+    return 0
+
+
+def _when(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
