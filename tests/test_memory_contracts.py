@@ -70,3 +70,11 @@ class TestMemoryExactlyOnce(MemoryFixtures, ExactlyOnceContract):
     @pytest.fixture
     def dead_letter_sink(self, atomic: bool) -> MemorySink:
         return MemorySink(atomic=atomic)
+
+    def assert_each_write_once(self, sink: Sink, ns: str) -> None:
+        # With atomic commits a crash or a lost lease writes nothing, so no output is ever
+        # written twice; the write-then-complete path may rewrite (an idempotent overwrite).
+        assert isinstance(sink, MemorySink)
+        if sink.atomic:
+            repeated = {k: n for k, n in sink.write_counts().items() if k.startswith(ns) and n > 1}
+            assert repeated == {}

@@ -179,6 +179,9 @@ class ExactlyOnceContract:
             result = await pipeline.process_batch([e for e in events if e.id in set(result.failed)])
         return result
 
+    def assert_each_write_once(self, sink: Sink, ns: str) -> None:
+        """Backends that can see every write (not just the final state) check none repeated."""
+
     async def _check(
         self,
         ns: str,
@@ -190,6 +193,8 @@ class ExactlyOnceContract:
     ) -> None:
         stored = {k: v for k, v in (await read_sink(sink)).items() if k.startswith(ns)}
         assert stored == expected_outputs(events, bad)
+        self.assert_each_write_once(sink, ns)
+        self.assert_each_write_once(dead_letter_sink, ns)
         letters = {k: v for k, v in (await read_sink(dead_letter_sink)).items() if k.startswith(ns)}
         assert sorted(letters) == sorted(f"{events[n].key}#dead-letter" for n in bad)
         for n in bad:
@@ -289,6 +294,42 @@ class ExactlyOnceContract:
         final = await self._settle(b, events, clock)
         assert final.ok
         await self._check(ns, events, set(), sink, dead_letter_sink, read_sink)
+
+    @pytest.mark.anyio
+    async def test_worker_that_outlives_its_lease_cannot_commit(
+        self,
+        clock: ManualClock,
+        store: IdempotencyStore,
+        other_store: IdempotencyStore,
+        sink: Sink,
+        dead_letter_sink: Sink,
+        read_sink: ReadSink,
+    ) -> None:
+        ns = f"stale-{uuid.uuid4().hex[:10]}"
+        events = make_events(ns, 6, 2, {3})
+        _, fresh = self._pipelines(
+            RecordingProcessor(), (store, other_store), sink, dead_letter_sink, clock, False
+        )
+        taken_over: list[BatchResult] = []
+        stalled: list[str] = []
+
+        class Stalls(RecordingProcessor):
+            async def process(self, event: Event) -> Any:
+                if not stalled:
+                    # This worker stalls past its lease; the other one claims and commits all.
+                    stalled.append(event.id)
+                    clock.advance(LEASE + 1)
+                    taken_over.append(await fresh.process_batch(events))
+                return await super().process(event)
+
+        stale, _ = self._pipelines(
+            Stalls(), (store, other_store), sink, dead_letter_sink, clock, False
+        )
+        result = await stale.process_batch(events)
+        assert len(taken_over[0].processed) == 5 and taken_over[0].dead_lettered == ["e3"]
+        assert sorted(result.failed) == sorted(e.id for e in events)
+        assert all("lease lost" in why for why in result.reasons.values())
+        await self._check(ns, events, {3}, sink, dead_letter_sink, read_sink)
 
     @pytest.mark.anyio
     async def test_invalid_record_is_dead_lettered_once(
