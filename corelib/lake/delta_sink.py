@@ -1,0 +1,192 @@
+"""A Delta Lake sink whose commits carry per-partition transaction ids, and Delta helpers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import Any
+
+import anyio.to_thread
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake.exceptions import TableNotFoundError
+from pydantic import BaseModel
+
+from corelib.errors import ConfigurationError, OutputRejected
+from corelib.lake.schema import OUTPUT_ID, arrow_schema, outputs_to_table
+from corelib.records import Output
+
+__all__ = ["DeltaSink", "optimize_delta", "read_delta", "vacuum_delta"]
+
+log = logging.getLogger("onceflow.lake")
+
+INT64_MAX = 2**63 - 1
+SequenceOf = Callable[[Output], int | None]
+
+
+def output_sequence(output: Output) -> int | None:
+    """The output's source sequence number when the runner supplies one that fits in 64 bits."""
+    raw = getattr(output, "sequence", None)
+    if raw is None or not str(raw).isdigit():
+        return None
+    number = int(raw)
+    return number if number <= INT64_MAX else None
+
+
+class DeltaSink:
+    """Appends each batch's outputs to a Delta table in one transaction, exactly once.
+
+    `ordered=True` (for ordered pipelines only): each commit records, per source partition,
+    an application transaction `<app_id>/<partition>` whose version is the highest sequence
+    number written, so rows at or below it are recognised from the table's own log and
+    skipped, atomically with the commit. `ordered=False`: rows are merged on `_output_id`,
+    so a rewrite replaces and never duplicates; the pipeline's idempotency store does the rest.
+    """
+
+    def __init__(
+        self,
+        table_uri: str,
+        *,
+        schema: pa.Schema | type[BaseModel],
+        partition_by: Sequence[str] = (),
+        storage_options: dict[str, str] | None = None,
+        ordered: bool = True,
+        app_id: str = "onceflow",
+        sequence_of: SequenceOf = output_sequence,
+    ) -> None:
+        self.table_uri = table_uri
+        self.schema = arrow_schema(schema)
+        missing = [c for c in partition_by if c not in self.schema.names]
+        if missing:
+            raise ConfigurationError(f"partition column {missing[0]!r} is not in the schema")
+        self.partition_by = list(partition_by)
+        self.storage_options = storage_options
+        self.ordered = ordered
+        self.app_id = app_id
+        self.sequence_of = sequence_of
+
+    async def write(self, outputs: Sequence[Output]) -> None:
+        """Commit the outputs not yet in the table, in one Delta transaction."""
+        if not outputs:
+            return
+        table, rejected = outputs_to_table(outputs, self.schema)
+        if rejected:
+            raise OutputRejected(rejected)
+        kept = [o for o in outputs if o.output_id not in rejected]
+        await anyio.to_thread.run_sync(self._commit, table, kept)
+
+    def transaction_id(self, partition: str | None) -> str:
+        """The application transaction id for one source partition."""
+        return f"{self.app_id}/{partition or ''}"
+
+    def _table(self) -> DeltaTable | None:
+        try:
+            return DeltaTable(self.table_uri, storage_options=self.storage_options)
+        except TableNotFoundError:
+            return None
+
+    def _commit(self, table: pa.Table, outputs: list[Output]) -> None:
+        existing = self._table()
+        if self.ordered:
+            self._append_new(existing, table, outputs)
+        elif existing is None:
+            self._append(table, None)
+        else:
+            (
+                existing.merge(
+                    table,
+                    predicate=f"t.{OUTPUT_ID} = s.{OUTPUT_ID}",
+                    source_alias="s",
+                    target_alias="t",
+                    merge_schema=True,
+                )
+                .when_matched_update_all()
+                .when_not_matched_insert_all()
+                .execute()
+            )
+
+    def _append_new(
+        self, existing: DeltaTable | None, table: pa.Table, outputs: list[Output]
+    ) -> None:
+        sequences = [self.sequence_of(o) for o in outputs]
+        if any(s is None for s in sequences):
+            raise ConfigurationError(
+                "DeltaSink(ordered=True) needs every output's source sequence number as a "
+                "64-bit integer; pass sequence_of=, or ordered=False to merge on output ids"
+            )
+        done: dict[str | None, int] = {}
+        highest: dict[str | None, int] = {}
+        keep = []
+        for output, sequence in zip(outputs, sequences, strict=True):
+            assert sequence is not None
+            lane = output.partition_key
+            if lane not in done:
+                version = (
+                    existing.transaction_version(self.transaction_id(lane)) if existing else None
+                )
+                done[lane] = -1 if version is None else version
+            fresh = sequence > done[lane]
+            keep.append(fresh)
+            if fresh:
+                highest[lane] = max(highest.get(lane, -1), sequence)
+        if not any(keep):
+            log.info("every row of this batch is already in %s; skipped", self.table_uri)
+            return
+        if not all(keep):
+            table = table.filter(pa.array(keep))
+        transactions = [Transaction(self.transaction_id(lane), v) for lane, v in highest.items()]
+        self._append(table, transactions)
+
+    def _append(self, table: pa.Table, transactions: list[Transaction] | None) -> None:
+        write_deltalake(
+            self.table_uri,
+            table,
+            mode="append",
+            partition_by=self.partition_by or None,
+            storage_options=self.storage_options,
+            schema_mode="merge",
+            commit_properties=CommitProperties(app_transactions=transactions),
+        )
+
+
+def read_delta(
+    table_uri: str,
+    *,
+    storage_options: dict[str, str] | None = None,
+    version: int | None = None,
+    columns: Sequence[str] | None = None,
+) -> pa.Table:
+    """A Delta table (at `version`, default the latest) as one Arrow table."""
+    table = DeltaTable(table_uri, version=version, storage_options=storage_options)
+    dataset = table.to_pyarrow_dataset()
+    return dataset.to_table(columns=list(columns) if columns else None)
+
+
+def optimize_delta(
+    table_uri: str,
+    *,
+    storage_options: dict[str, str] | None = None,
+    target_bytes: int | None = None,
+) -> dict[str, Any]:
+    """Compact the table's small files with Delta's own optimize; its metrics."""
+    table = DeltaTable(table_uri, storage_options=storage_options)
+    return dict(table.optimize.compact(target_size=target_bytes))
+
+
+def vacuum_delta(
+    table_uri: str,
+    *,
+    storage_options: dict[str, str] | None = None,
+    retain: timedelta = timedelta(days=7),
+) -> list[str]:
+    """Delete files no table version within `retain` needs; the files deleted."""
+    table = DeltaTable(table_uri, storage_options=storage_options)
+    hours = int(retain.total_seconds() // 3600)
+    return table.vacuum(retention_hours=hours, dry_run=False, enforce_retention_duration=False)
+
+
+def row_count(table: pa.Table, column: str = OUTPUT_ID) -> tuple[int, int]:
+    """Rows and distinct values of `column` (for checks and reports)."""
+    return table.num_rows, pc.count_distinct(table.column(column)).as_py()
