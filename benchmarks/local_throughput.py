@@ -1,0 +1,163 @@
+"""Local backend throughput: JSONL file -> Event -> trivial processor -> SQLite, exactly once.
+
+Compared in the same run with a bare script that reads the same file and inserts the same
+output rows into SQLite in one transaction (and a second bare variant that also writes one
+completion-marker row per event, as onceflow does). Each measurement runs in its own
+process pinned to one CPU core; peak RSS is that process's high-water mark.
+
+Run: .venv/bin/python benchmarks/local_throughput.py [--events N] [--big] [--batch N]
+     --big adds a 1,000,000-event run to show memory stays flat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+class Trivial:
+    """Decodes the payload and emits one small record."""
+
+    def process(self, event: Any) -> dict[str, object]:
+        body = json.loads(event.data)
+        return {"n": body["n"], "user": body["user"]}
+
+
+def make_input(path: Path, count: int) -> None:
+    with path.open("w") as handle:
+        for n in range(count):
+            handle.write(json.dumps({"n": n, "user": f"u{n % 1000}", "amount": n * 0.25}) + "\n")
+
+
+def run_onceflow(path: Path, work: Path, batch: int) -> dict[str, float]:
+    import anyio
+
+    from adapters.local import FileSource
+    from adapters.local.state import LocalState
+    from corelib import Pipeline, run_source
+
+    state = LocalState(work / "state")
+    source = FileSource(path, state=state.database)
+    pipeline = Pipeline(Trivial(), state.sink, state.store, state.dead_letters)
+    started = time.perf_counter()
+    total = anyio.run(lambda: run_source(pipeline, source, batch_size=batch))
+    wall = time.perf_counter() - started
+    stored = state.sink.count()
+    state.close()
+    assert not total.failed and not total.dead_lettered
+    return {"events": len(total.processed), "seconds": wall, "rows": stored}
+
+
+def run_bare(path: Path, work: Path, markers: bool) -> dict[str, float]:
+    db = sqlite3.connect(work / "bare.db", isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("CREATE TABLE outputs (output_id TEXT NOT NULL UNIQUE, value TEXT NOT NULL)")
+    db.execute("CREATE TABLE keys (key TEXT PRIMARY KEY, status TEXT) WITHOUT ROWID")
+    started = time.perf_counter()
+    db.execute("BEGIN")
+    count = 0
+    with path.open("rb") as handle:
+        rows: list[tuple[str, str]] = []
+        done: list[tuple[str, str]] = []
+        for line_no, line in enumerate(handle, 1):
+            body = json.loads(line)
+            key = f"file:input.jsonl#input.jsonl:{line_no}"
+            value = json.dumps({"n": body["n"], "user": body["user"]}, separators=(",", ":"))
+            rows.append((f"{key}#0", value))
+            if markers:
+                done.append((key, "completed"))
+            if len(rows) >= 10_000:  # executemany in chunks keeps the bare script's memory flat
+                db.executemany("INSERT INTO outputs VALUES (?,?)", rows)
+                if markers:
+                    db.executemany("INSERT INTO keys VALUES (?,?)", done)
+                count += len(rows)
+                rows, done = [], []
+        db.executemany("INSERT INTO outputs VALUES (?,?)", rows)
+        if markers:
+            db.executemany("INSERT INTO keys VALUES (?,?)", done)
+        count += len(rows)
+    db.execute("COMMIT")
+    wall = time.perf_counter() - started
+    db.close()
+    return {"events": count, "seconds": wall, "rows": count}
+
+
+def child(mode: str, path: Path, batch: int) -> None:
+    """One measurement, in this process, printed as JSON."""
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        if mode == "onceflow":
+            result = run_onceflow(path, work, batch)
+        else:
+            result = run_bare(path, work, markers=mode == "bare+markers")
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result))
+
+
+def measure(mode: str, path: Path, batch: int) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", mode, "--input", str(path), "--batch", str(batch)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--big", action="store_true", help="also run 1,000,000 events")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--input", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, Path(args.input), args.batch)
+        return
+    sizes = [args.events] + ([1_000_000] if args.big and args.events != 1_000_000 else [])
+    print(f"local throughput, one core each, batch {args.batch}, Python {sys.version.split()[0]}, "
+          f"SQLite {sqlite3.sqlite_version}")
+    print(f"{'events':>9}  {'runner':<34}{'events/s':>10}{'seconds':>9}{'peak RSS MB':>13}")
+    for size in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "input.jsonl"
+            make_input(path, size)
+            results = {
+                mode: measure(mode, path, args.batch)
+                for mode in ("bare", "bare+markers", "onceflow")
+            }
+        labels = {
+            "bare": "bare script (outputs, 1 txn)",
+            "bare+markers": "bare script (outputs+markers, 1 txn)",
+            "onceflow": "onceflow FileSource->Pipeline->SQLite",
+        }
+        for mode, result in results.items():
+            rate = result["events"] / result["seconds"]
+            print(
+                f"{size:>9,}  {labels[mode]:<34}{rate:>10,.0f}{result['seconds']:>9.2f}"
+                f"{result['peak_rss_mb']:>13.1f}"
+            )
+        ours = results["onceflow"]["events"] / results["onceflow"]["seconds"]
+        bare = results["bare"]["events"] / results["bare"]["seconds"]
+        print(f"{'':>11}onceflow is {bare / ours:.2f}x slower than the bare script "
+              f"(target: >= 50,000 events/s and within 3x)")
+
+
+if __name__ == "__main__":
+    main()
