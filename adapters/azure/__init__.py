@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         decode_event_hub,
         decode_queue_message,
     )
+    from adapters.azure.queue_sink import QueueSink
     from adapters.azure.table_sink import TableSink
     from adapters.azure.table_store import TableIdempotencyStore
 
@@ -36,6 +37,7 @@ __all__ = [
     "CosmosSink",
     "EventHubTrigger",
     "FunctionHandler",
+    "QueueSink",
     "QueueTrigger",
     "TableIdempotencyStore",
     "TableSink",
@@ -53,6 +55,7 @@ _HOMES = {
     "CosmosSink": "adapters.azure.cosmos_store",
     "EventHubTrigger": "adapters.azure.function_app",
     "FunctionHandler": "adapters.azure.function_app",
+    "QueueSink": "adapters.azure.queue_sink",
     "QueueTrigger": "adapters.azure.function_app",
     "TableIdempotencyStore": "adapters.azure.table_store",
     "TableSink": "adapters.azure.table_sink",
