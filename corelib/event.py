@@ -173,13 +173,18 @@ def _dump_compact(value: Any) -> bytes:
     return _json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
+def _refuse_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON: such payloads travel as data_base64.
+    raise ValueError(f"{name} is not JSON")
+
+
 def _embeddable_json(data: bytes) -> Any:
     """The parsed payload when embedding it as JSON gives back the very same bytes."""
     if not data or data[:1] not in b'{["':
         # Scalars are left out on purpose: "1" and "1.0" are different bytes.
         return _NOT_JSON
     try:
-        value = _json.loads(data)
+        value = _json.loads(data, parse_constant=_refuse_constant)
     except (ValueError, UnicodeDecodeError):
         return _NOT_JSON
     return value if _dump_compact(value) == data else _NOT_JSON

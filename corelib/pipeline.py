@@ -241,7 +241,9 @@ class Pipeline:
                         sequence=record.sequence,
                     )
                     item = _Item(invalid, invalid.key)
-                    by_key.setdefault(item.key, item)
+                    item.first = by_key.setdefault(item.key, item)
+                    if item.first is item:
+                        item.first = None
                     order.append(item)
                     continue
             item = _Item(record, key)

@@ -107,3 +107,10 @@ def test_payload_helpers_name_the_event_when_they_fail() -> None:
         event.text()
     assert Event(id="1", source="s", data=b'{"a": 1}').json() == {"a": 1}
     assert Event(id="1", source="s", data="ü".encode()).text() == "ü"
+
+
+def test_non_standard_json_constants_travel_as_base64() -> None:
+    event = Event(id="1", source="s", data=b'{"a":NaN}')
+    doc = event.to_cloudevent()
+    assert "data_base64" in doc
+    assert Event.from_cloudevent(doc) == event

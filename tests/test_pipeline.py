@@ -481,3 +481,15 @@ def test_run_source_redelivers_failures_until_done(
     assert sorted(total.processed) == [f"e{n}" for n in range(6)]
     assert source.redelivered.count("e3") >= 1
     assert len(sink) == 6
+
+
+def test_dead_letter_of_a_payload_with_nan_is_still_written(
+    store: MemoryIdempotencyStore, sink: MemorySink, dlq: MemorySink, clock: ManualClock
+) -> None:
+    class Refuse:
+        def process(self, event: Event) -> None:
+            raise PermanentError("no")
+
+    result = make(Refuse(), store, sink, dlq, clock).run_batch([ev(1, b'{"n":NaN}')])
+    assert result.dead_lettered == ["e1"]
+    assert dlq.values()[0]["event"]["data_base64"]
