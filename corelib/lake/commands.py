@@ -2,7 +2,6 @@
 
 # Imports sit inside the handlers on purpose: `onceflow --help` must not load pyarrow,
 # deltalake, rich or a cloud SDK, and `import corelib.lake.commands` must stay free.
-# ruff: noqa: PLC0415
 
 from __future__ import annotations
 
@@ -200,26 +199,42 @@ class _Progress:
 
     def __enter__(self) -> _Progress:
         try:
-            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+            from rich.progress import BarColumn, Progress, TextColumn
         except ImportError:
             return self
         self.bar = Progress(
-            TextColumn("{task.description}"), BarColumn(), DownloadColumn(), transient=False
+            TextColumn("{task.description:<10}"),
+            BarColumn(),
+            TextColumn("{task.fields[shown]}"),
         )
         self.bar.start()
-        partitions = {g.partition for g in self.groups}
-        self.partitions_task = self.bar.add_task("partitions", total=len(partitions))
-        self.bytes_task = self.bar.add_task("bytes", total=sum(g.bytes for g in self.groups))
+        partitions = len({g.partition for g in self.groups})
+        total = sum(g.bytes for g in self.groups)
+        self.total_bytes = total
+        self.partitions_total = partitions
+        self.partitions_task = self.bar.add_task(
+            "partitions", total=partitions, shown=f"0/{partitions}"
+        )
+        self.bytes_task = self.bar.add_task("bytes", total=total, shown=f"0 B/{_size(total)}")
+        self.bytes_done = 0
         return self
 
     def advance(self, group: Any) -> None:
         """One group merged."""
         if self.bar is None:
             return
-        self.bar.advance(self.bytes_task, group.bytes)
+        self.bytes_done += group.bytes
+        self.bar.update(
+            self.bytes_task,
+            advance=group.bytes,
+            shown=f"{_size(self.bytes_done)}/{_size(self.total_bytes)}",
+        )
         if group.partition not in self.partitions_done:
             self.partitions_done.add(group.partition)
-            self.bar.advance(self.partitions_task, 1)
+            done = len(self.partitions_done)
+            self.bar.update(
+                self.partitions_task, advance=1, shown=f"{done}/{self.partitions_total}"
+            )
 
     def __exit__(self, *exc: object) -> None:
         if self.bar is not None:
