@@ -55,10 +55,27 @@ def build_parser() -> argparse.ArgumentParser:
     for entry in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
         try:
             register: Callable[[Any], None] = entry.load()
-        except ImportError:
-            continue  # a backend whose extra is not installed offers no commands
+        except ImportError as exc:
+            if exc.name == entry.module:
+                continue  # this installation has no such backend at all
+            _unavailable(commands, entry.name, exc)
+            continue
         register(commands)
     return parser
+
+
+def _unavailable(commands: Any, name: str, exc: ImportError) -> None:
+    """A stand-in sub-command that says which extra to install."""
+    extra = {"local": "cli", "lake": "parquet"}.get(name, name)
+    missing = exc.name or "a missing package"
+    message = f"`onceflow {name}` needs {missing}: pip install 'onceflow[{extra}]'"
+    stub = commands.add_parser(name, help=f"(unavailable: {message})", add_help=False)
+    stub.add_argument("rest", nargs=argparse.REMAINDER)
+
+    def explain(args: argparse.Namespace) -> int:
+        raise CliError(message)
+
+    stub.set_defaults(func=explain)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
