@@ -11,6 +11,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from adapters.aws.dynamodb_sink import DynamoDBSink
+    from adapters.aws.dynamodb_store import DynamoDBIdempotencyStore, create_table
     from adapters.aws.lambda_entry import BatchFailed, LambdaHandler, lambda_handler
     from adapters.aws.lambda_events import (
         DynamoDBChange,
@@ -25,10 +27,13 @@ if TYPE_CHECKING:
 _EXPORTS: dict[str, str] = {
     "BatchFailed": "adapters.aws.lambda_entry",
     "DynamoDBChange": "adapters.aws.lambda_events",
+    "DynamoDBIdempotencyStore": "adapters.aws.dynamodb_store",
+    "DynamoDBSink": "adapters.aws.dynamodb_sink",
     "LambdaHandler": "adapters.aws.lambda_entry",
     "S3Object": "adapters.aws.lambda_events",
     "S3ObjectStore": "adapters.aws.s3_objects",
     "UnrecognisedEvent": "adapters.aws.lambda_events",
+    "create_table": "adapters.aws.dynamodb_store",
     "dynamodb_change": "adapters.aws.lambda_events",
     "lambda_handler": "adapters.aws.lambda_entry",
     "s3_object": "adapters.aws.lambda_events",
@@ -37,10 +42,13 @@ _EXPORTS: dict[str, str] = {
 __all__ = [
     "BatchFailed",
     "DynamoDBChange",
+    "DynamoDBIdempotencyStore",
+    "DynamoDBSink",
     "LambdaHandler",
     "S3Object",
     "S3ObjectStore",
     "UnrecognisedEvent",
+    "create_table",
     "dynamodb_change",
     "lambda_handler",
     "s3_object",

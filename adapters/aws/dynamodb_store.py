@@ -14,6 +14,7 @@ Two ways to claim, both exactly-once with `DynamoDBSink`:
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -265,8 +266,6 @@ class DynamoDBIdempotencyStore:
                         )
             pending = retry
             if busy:
-                import time  # noqa: PLC0415 - only on contention
-
                 time.sleep(self.backoff.delay(attempt))
         raise DynamoDBUnavailable(f"could not settle claims on {self.table}: {len(pending)} left")
 
@@ -344,8 +343,6 @@ class DynamoDBIdempotencyStore:
                         )
             pending = retry
             if busy:
-                import time  # noqa: PLC0415 - only on contention
-
                 time.sleep(self.backoff.delay(attempt))
         if pending:
             raise DynamoDBUnavailable(f"could not commit {len(pending)} groups to {self.table}")

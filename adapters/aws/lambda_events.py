@@ -155,7 +155,7 @@ class DynamoDBChange:
 
 def dynamodb_change(event: Event) -> DynamoDBChange:
     """The change a DynamoDB Streams event carries, decoded exactly."""
-    from adapters.aws.dynamodb_types import from_stream_image  # noqa: PLC0415 - needs boto3
+    from adapters.aws.dynamodb_types import from_stream_image
 
     doc = json.loads(event.data)
     body = doc["dynamodb"]

@@ -16,7 +16,7 @@ def boto3_client(service: str) -> Any:
     """A boto3 client for `service` configured from the environment (region, credentials)."""
     # Imported here so a handler pays for boto3 only when it builds a client.
     try:
-        import boto3  # noqa: PLC0415
+        import boto3
     except ImportError as exc:  # pragma: no cover - the dev environment has boto3
         raise ImportError(MISSING) from exc
     make: Any = boto3.client  # the stubs only accept literal service names

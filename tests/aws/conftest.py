@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from tests.aws.moto_clients import SerializedClient
 from tests.support.servers import MotoServer
 
 pytestmark = pytest.mark.emulator
@@ -29,14 +30,14 @@ def s3_client(moto: MotoServer) -> Any:
 
 @pytest.fixture(scope="session")
 def dynamodb_client(moto: MotoServer) -> Any:
-    """A boto3 DynamoDB client on the moto server."""
-    return moto.client("dynamodb")
+    """A boto3 DynamoDB client on the moto server (requests serialised, see below)."""
+    return SerializedClient(moto.client("dynamodb"))
 
 
 @pytest.fixture(scope="session")
 def dynamodb_tables(dynamodb_client: Any) -> Callable[[str], str]:
     """Makes (once per name, per session) a table with TTL, keyed by `pk`; returns its name."""
-    from adapters.aws.dynamodb_store import create_table  # noqa: PLC0415
+    from adapters.aws.dynamodb_store import create_table
 
     made: dict[str, str] = {}
 

@@ -22,6 +22,7 @@ from corelib.testing import (
     SinkContract,
     StoreContract,
 )
+from tests.aws.moto_clients import dynamodb_worker_client
 from tests.support.servers import MotoServer
 
 pytestmark = pytest.mark.emulator
@@ -61,7 +62,7 @@ class Fenced:
         # Another worker: its own client (own connection pool) on the same table.
         return DynamoDBIdempotencyStore(
             dynamodb_tables(self.state_table),
-            client=moto.client("dynamodb"),
+            client=dynamodb_worker_client(moto),
             clock=clock,
             ttl_seconds=3600.0,
             leases=self.leases,
@@ -137,7 +138,40 @@ class TestUpsertExactlyOnce(Upsert, ExactlyOnceContract):
         )
 
     @pytest.mark.anyio
+    async def test_worker_that_outlives_its_lease_cannot_commit(
+        self, *args: Any, **kwargs: Any
+    ) -> None:
+        pytest.skip(
+            f"{NO_LEASE} and upserts its markers unconditionally: the slow worker's "
+            "commit lands too, as an identical overwrite"
+        )
+
+    @pytest.mark.anyio
     async def test_ordered_partition_stops_at_its_first_failure(
         self, *args: Any, **kwargs: Any
     ) -> None:
         pytest.skip(f"{NO_LEASE}: another worker's claim holds nothing back")
+
+
+class Optimistic(Upsert):
+    """No claim write: the commit transaction is conditional on the row read at claim time."""
+
+    atomic = True
+    state_table = "opt-state"
+    output_table = "opt-outputs"
+
+
+class TestOptimisticAtomicSink(Optimistic, AtomicSinkContract):
+    @pytest.mark.anyio
+    async def test_stale_token_writes_nothing_for_its_key(self, *args: Any, **kwargs: Any) -> None:
+        pytest.skip(
+            f"{NO_LEASE}; the conditional commit refuses the second writer instead "
+            "(see test_dynamodb_counts.py)"
+        )
+
+
+class TestOptimisticExactlyOnce(Optimistic, TestUpsertExactlyOnce):
+    # The conditional commit refuses a worker whose read went stale: this one holds.
+    test_worker_that_outlives_its_lease_cannot_commit = (
+        ExactlyOnceContract.test_worker_that_outlives_its_lease_cannot_commit
+    )

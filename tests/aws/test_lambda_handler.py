@@ -60,7 +60,7 @@ class World:
 
     def hold(self, event: Any) -> None:
         """Another worker leases these records' keys, so they fail for redelivery."""
-        from adapters.aws.lambda_events import decode  # noqa: PLC0415
+        from adapters.aws.lambda_events import decode
 
         keys = [r.key for r in decode(event).records]
         anyio_run(self.store.handle().claim(keys, 300))
@@ -70,7 +70,7 @@ class World:
 
 
 def anyio_run(coro: Any) -> Any:
-    import anyio  # noqa: PLC0415
+    import anyio
 
     async def main() -> Any:
         return await coro
@@ -296,7 +296,7 @@ def test_dynamodb_failures_by_sequence_number_and_bad_images_dead_lettered() -> 
 
 
 def test_stream_image_matches_what_boto3_serializes() -> None:
-    from adapters.aws.dynamodb_types import from_wire, to_wire  # noqa: PLC0415
+    from adapters.aws.dynamodb_types import from_wire, to_wire
 
     value = {"a": Decimal("1.5"), "b": b"\x01", "s": {"x"}, "l": [1, None, True], "f": 0.1}
     wire = {k: to_wire(v) for k, v in value.items()}
@@ -337,11 +337,6 @@ def test_nothing_starts_when_the_time_left_is_under_the_margin() -> None:
     assert world.processor.seen == [] and world.store.calls["claim"] == 0
 
 
-@pytest.mark.xfail(
-    reason="core: Pipeline checks the deadline only between retry rounds, not before each "
-    "first attempt (see the AWS report); remove this mark when it does",
-    strict=True,
-)
 def test_work_stops_at_the_deadline_and_the_rest_comes_back() -> None:
     world = World(tick=4.0)  # each event takes 4 s of the manual clock
     event = aws.sqs_event(*[aws.sqs_record(f"m{i}", "{}") for i in range(5)])
