@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 ONCEFLOW=${ONCEFLOW:-.venv/bin/onceflow}
-STATE=.demo
+STATE=${DEMO_STATE:-.demo}
 INPUT=examples/orders/orders.jsonl
 PROCESSOR=examples.orders.processor:OrderProcessor
 EXPECTED_LETTERS=4
