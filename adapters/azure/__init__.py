@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from adapters.azure.blob_store import BlobObjectStore
     from adapters.azure.cosmos_store import CosmosIdempotencyStore, CosmosSink
-    from adapters.azure.function_app import (
+    from adapters.azure.functions_entry import (
         BatchFailed,
         BlobTrigger,
         EventHubTrigger,
@@ -48,21 +48,21 @@ __all__ = [
 ]
 
 _HOMES = {
-    "BatchFailed": "adapters.azure.function_app",
+    "BatchFailed": "adapters.azure.functions_entry",
     "BlobObjectStore": "adapters.azure.blob_store",
-    "BlobTrigger": "adapters.azure.function_app",
+    "BlobTrigger": "adapters.azure.functions_entry",
     "CosmosIdempotencyStore": "adapters.azure.cosmos_store",
     "CosmosSink": "adapters.azure.cosmos_store",
-    "EventHubTrigger": "adapters.azure.function_app",
-    "FunctionHandler": "adapters.azure.function_app",
+    "EventHubTrigger": "adapters.azure.functions_entry",
+    "FunctionHandler": "adapters.azure.functions_entry",
     "QueueSink": "adapters.azure.queue_sink",
-    "QueueTrigger": "adapters.azure.function_app",
+    "QueueTrigger": "adapters.azure.functions_entry",
     "TableIdempotencyStore": "adapters.azure.table_store",
     "TableSink": "adapters.azure.table_sink",
     "decode_blob": "adapters.azure.function_events",
     "decode_event_hub": "adapters.azure.function_events",
     "decode_queue_message": "adapters.azure.function_events",
-    "function_app": "adapters.azure.function_app",
+    "function_app": "adapters.azure.functions_entry",
 }
 
 

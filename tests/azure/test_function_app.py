@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adapters.azure.function_app import (
+from adapters.azure.functions_entry import (
     BatchFailed,
     BlobTrigger,
     EventHubTrigger,
@@ -24,7 +24,7 @@ from adapters.memory import Faults, ManualClock, MemoryIdempotencyStore, MemoryS
 from corelib.errors import ConfigurationError, PermanentError
 from corelib.event import Event
 from corelib.pipeline import Pipeline
-from tests.azure.payloads import HUB, NAMESPACE, blob_stream, event_hub_batch, queue_message
+from adapters.azure.trigger_payloads import HUB, NAMESPACE, blob_stream, event_hub_batch, queue_message
 
 
 class Doubler:

@@ -20,3 +20,12 @@ def test_importing_the_package_imports_no_azure_sdk() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_function_app_is_the_function_whatever_was_imported_first() -> None:
+    code = (
+        "from adapters.azure import EventHubTrigger; from adapters.azure import function_app; "
+        "print(callable(function_app) and function_app.__name__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "function_app"

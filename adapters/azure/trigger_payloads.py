@@ -1,4 +1,9 @@
-"""Trigger payloads as the Functions worker builds them, through azure-functions' converters."""
+"""Trigger payloads as the Functions worker builds them, for unit tests of function apps.
+
+Each helper goes through azure-functions' own converters, so a test invokes the
+function with the same `EventHubEvent`, `InputStream` and `QueueMessage` objects the
+Python worker would pass, metadata included.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,8 @@ from azure.functions.blob import BlobConverter
 from azure.functions.eventhub import EventHubTriggerConverter
 from azure.functions.meta import Datum
 from azure.functions.queue import QueueMessageInConverter
+
+__all__ = ["HUB", "NAMESPACE", "blob_stream", "event_hub_batch", "queue_message"]
 
 NAMESPACE = "shop.servicebus.windows.net"
 HUB = "orders"
