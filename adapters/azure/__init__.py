@@ -12,6 +12,11 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from adapters.azure.blob_store import BlobObjectStore
     from adapters.azure.cosmos_store import CosmosIdempotencyStore, CosmosSink
+    from adapters.azure.function_events import (
+        decode_blob,
+        decode_event_hub,
+        decode_queue_message,
+    )
     from adapters.azure.functions_entry import (
         BatchFailed,
         BlobTrigger,
@@ -19,11 +24,6 @@ if TYPE_CHECKING:
         FunctionHandler,
         QueueTrigger,
         function_app,
-    )
-    from adapters.azure.function_events import (
-        decode_blob,
-        decode_event_hub,
-        decode_queue_message,
     )
     from adapters.azure.queue_sink import QueueSink
     from adapters.azure.table_sink import TableSink

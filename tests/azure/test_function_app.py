@@ -20,11 +20,17 @@ from adapters.azure.functions_entry import (
     QueueTrigger,
     function_app,
 )
+from adapters.azure.trigger_payloads import (
+    HUB,
+    NAMESPACE,
+    blob_stream,
+    event_hub_batch,
+    queue_message,
+)
 from adapters.memory import Faults, ManualClock, MemoryIdempotencyStore, MemorySink
 from corelib.errors import ConfigurationError, PermanentError
 from corelib.event import Event
 from corelib.pipeline import Pipeline
-from adapters.azure.trigger_payloads import HUB, NAMESPACE, blob_stream, event_hub_batch, queue_message
 
 
 class Doubler:
