@@ -160,37 +160,37 @@ class SqliteIdempotencyStore:
     ) -> list[bool]:
         """`complete` inside a transaction the caller holds (the atomic sink's)."""
         now = self.clock.now()
+        expires = now + self.ttl_seconds
+        # The fence is in the WHERE clause: a row whose token changed is not touched. A
+        # repeated completion by the same holder matches again and is accepted.
+        updates = [
+            (
+                _COMPLETED,
+                expires,
+                c.outcome.status.value,
+                c.outcome.outputs,
+                c.outcome.fingerprint,
+                c.outcome.detail,
+                now,
+                c.claim.key,
+                c.claim.token,
+            )
+            for c in completions
+            if c.claim.token is not None
+        ]
+        changed = conn.executemany(
+            f"UPDATE {KEYS_TABLE} SET status=?, expires_at=?, outcome=?, outputs=?, "
+            "fingerprint=?, detail=?, updated_at=? WHERE key=? AND token=?",
+            updates,
+        ).rowcount
+        if changed == len(completions):
+            return [True] * len(completions)
+        # Some fence did not hold: tokens do not change on completion, so reading them now
+        # tells which rows the update matched.
         tokens = _tokens(conn, [c.key for c in completions])
-        accepted: list[bool] = []
-        updates: list[tuple[Any, ...]] = []
-        for completion in completions:
-            # A repeated completion by the same holder is accepted: its token still stands.
-            ok = (
-                completion.claim.token is not None
-                and tokens.get(completion.key) == completion.claim.token
-            )
-            accepted.append(ok)
-            if ok:
-                outcome = completion.outcome
-                updates.append(
-                    (
-                        _COMPLETED,
-                        now + self.ttl_seconds,
-                        outcome.status.value,
-                        outcome.outputs,
-                        outcome.fingerprint,
-                        outcome.detail,
-                        now,
-                        completion.key,
-                    )
-                )
-        if updates:
-            conn.executemany(
-                f"UPDATE {KEYS_TABLE} SET status=?, expires_at=?, outcome=?, outputs=?, "
-                "fingerprint=?, detail=?, updated_at=? WHERE key=?",
-                updates,
-            )
-        return accepted
+        return [
+            c.claim.token is not None and tokens.get(c.key) == c.claim.token for c in completions
+        ]
 
     async def release(self, claims: Sequence[Claim]) -> None:
         """Drop leases still held by these claims."""
