@@ -21,7 +21,9 @@ if TYPE_CHECKING:
         dynamodb_change,
         s3_object,
     )
+    from adapters.aws.messaging import EventBridgeSink, KinesisSink, SendFailed, SQSSink
     from adapters.aws.s3_objects import S3ObjectStore
+    from adapters.aws.sqs_source import SQSSource
 
 # Public name -> module that defines it; the module is imported when the name is first used.
 _EXPORTS: dict[str, str] = {
@@ -29,9 +31,14 @@ _EXPORTS: dict[str, str] = {
     "DynamoDBChange": "adapters.aws.lambda_events",
     "DynamoDBIdempotencyStore": "adapters.aws.dynamodb_store",
     "DynamoDBSink": "adapters.aws.dynamodb_sink",
+    "EventBridgeSink": "adapters.aws.messaging",
+    "KinesisSink": "adapters.aws.messaging",
     "LambdaHandler": "adapters.aws.lambda_entry",
     "S3Object": "adapters.aws.lambda_events",
     "S3ObjectStore": "adapters.aws.s3_objects",
+    "SQSSink": "adapters.aws.messaging",
+    "SQSSource": "adapters.aws.sqs_source",
+    "SendFailed": "adapters.aws.messaging",
     "UnrecognisedEvent": "adapters.aws.lambda_events",
     "create_table": "adapters.aws.dynamodb_store",
     "dynamodb_change": "adapters.aws.lambda_events",
@@ -44,9 +51,14 @@ __all__ = [
     "DynamoDBChange",
     "DynamoDBIdempotencyStore",
     "DynamoDBSink",
+    "EventBridgeSink",
+    "KinesisSink",
     "LambdaHandler",
     "S3Object",
     "S3ObjectStore",
+    "SQSSink",
+    "SQSSource",
+    "SendFailed",
     "UnrecognisedEvent",
     "create_table",
     "dynamodb_change",

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from adapters.aws.lambda_events import Delivery, Item, decode
 from corelib.errors import OnceflowError
 from corelib.pipeline import BatchResult, Pipeline
 
-__all__ = ["BatchFailed", "LambdaHandler", "lambda_handler"]
+__all__ = ["BatchFailed", "LambdaHandler", "answer", "failed_items", "lambda_handler"]
 
 log = logging.getLogger("onceflow.aws")
 
@@ -73,13 +73,7 @@ def lambda_handler(
 
 def answer(delivery: Delivery, result: BatchResult) -> dict[str, Any]:
     """The platform's answer for a processed delivery; raises `BatchFailed` for async triggers."""
-    failed_ids = set(result.failed)
-    failed = [item for item in delivery.items if failed_ids.intersection(item.record_ids)]
-    if delivery.kind == "sqs-fifo":
-        failed = _fifo_failures(delivery.items, failed)
-    elif delivery.kind in {"kinesis", "dynamodb"}:
-        # Lambda checkpoints before the lowest reported sequence number.
-        failed.sort(key=lambda item: _as_number(item.identifier))
+    failed = failed_items(delivery, result.failed)
     summary = {
         "processed": len(result.processed),
         "duplicates": len(result.duplicates),
@@ -99,6 +93,18 @@ def answer(delivery: Delivery, result: BatchResult) -> dict[str, Any]:
             raise BatchFailed(f"{len(failed)} {delivery.kind} record(s) must be retried: {reasons}")
         return summary
     return {"batchItemFailures": [{"itemIdentifier": item.identifier} for item in failed]}
+
+
+def failed_items(delivery: Delivery, failed_ids: Collection[str]) -> list[Item]:
+    """The platform records to deliver again, in the order the platform wants them."""
+    failed_set = set(failed_ids)
+    failed = [item for item in delivery.items if failed_set.intersection(item.record_ids)]
+    if delivery.kind == "sqs-fifo":
+        failed = _fifo_failures(delivery.items, failed)
+    elif delivery.kind in {"kinesis", "dynamodb"}:
+        # Lambda checkpoints before the lowest reported sequence number.
+        failed.sort(key=lambda item: _as_number(item.identifier))
+    return failed
 
 
 def _fifo_failures(items: Sequence[Item], failed: Sequence[Item]) -> list[Item]:

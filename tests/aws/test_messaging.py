@@ -1,0 +1,253 @@
+"""SQS, Kinesis and EventBridge sinks and the SQS pull source, on the moto server."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from adapters.aws import EventBridgeSink, KinesisSink, SQSSink, SQSSource
+from adapters.memory import ManualClock, MemoryIdempotencyStore, MemorySink
+from corelib.errors import OutputRejected
+from corelib.event import Event
+from corelib.pipeline import Pipeline
+from corelib.records import Output
+from corelib.retry import Backoff
+from corelib.runner import run_source
+from tests.support.servers import MotoServer
+
+pytestmark = pytest.mark.emulator
+
+
+def outputs(n: int, ns: str = "") -> list[Output]:
+    ns = ns or uuid.uuid4().hex[:8]
+    return [
+        Output(f"{ns}#e{i}#0", f"{ns}#e{i}", f"e{i}", 0, {"i": i}, f"p{i % 3}") for i in range(n)
+    ]
+
+
+class RefuseOnce:
+    """A client proxy whose first call of `method` reports the last entry as refused."""
+
+    def __init__(self, client: Any, method: str, refuse: Callable[[Any, dict[str, Any]], Any]):
+        self._client, self._method, self._refuse = client, method, refuse
+        self.calls: list[int] = []
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if name != self._method:
+            return attr
+
+        def call(**kwargs: Any) -> Any:
+            entries = kwargs.get("Entries") or kwargs.get("Records") or []
+            self.calls.append(len(entries))
+            if len(self.calls) == 1:
+                return self._refuse(attr, kwargs)
+            return attr(**kwargs)
+
+        return call
+
+
+def drain(sqs: Any, url: str) -> list[dict[str, Any]]:
+    got: list[dict[str, Any]] = []
+    while True:
+        batch = sqs.receive_message(
+            QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"]
+        ).get("Messages", [])
+        if not batch:
+            return got
+        got.extend(batch)
+        sqs.delete_message_batch(
+            QueueUrl=url,
+            Entries=[
+                {"Id": str(n), "ReceiptHandle": m["ReceiptHandle"]} for n, m in enumerate(batch)
+            ],
+        )
+
+
+@pytest.fixture(scope="module")
+def sqs(moto: MotoServer) -> Any:
+    return moto.client("sqs")
+
+
+def queue(sqs: Any, fifo: bool = False) -> str:
+    name = f"q-{uuid.uuid4().hex[:8]}" + (".fifo" if fifo else "")
+    attributes = {"FifoQueue": "true"} if fifo else {}
+    return str(sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"])
+
+
+# -- SQSSink --------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_sqs_sink_sends_every_output_once_resending_only_refused_entries(sqs: Any) -> None:
+    url = queue(sqs)
+
+    def refuse_last(send: Any, kwargs: dict[str, Any]) -> Any:
+        *sent, last = kwargs["Entries"]
+        response = send(**{**kwargs, "Entries": sent})
+        response["Failed"] = [{"Id": last["Id"], "SenderFault": False, "Code": "Throttled"}]
+        return response
+
+    proxy = RefuseOnce(sqs, "send_message_batch", refuse_last)
+    outs = outputs(23)
+    await SQSSink(url, client=proxy, backoff=Backoff(base=0.001)).write(outs)
+    assert proxy.calls == [10, 1, 10, 3]
+    got = drain(sqs, url)
+    assert sorted(json.loads(m["Body"])["i"] for m in got) == list(range(23))
+    ids = {m["MessageAttributes"]["output_id"]["StringValue"] for m in got}
+    assert ids == {o.output_id for o in outs}
+
+
+@pytest.mark.anyio
+async def test_sqs_sink_on_fifo_drops_a_rewrite(sqs: Any) -> None:
+    url = queue(sqs, fifo=True)
+    sink = SQSSink(url, client=sqs)
+    outs = outputs(4)
+    await sink.write(outs)
+    await sink.write(outs)
+    assert len(drain(sqs, url)) == 4
+
+
+@pytest.mark.anyio
+async def test_sqs_sink_rejects_oversized_outputs_before_sending(sqs: Any) -> None:
+    url = queue(sqs)
+    big = Output("k#0", "k", "k", 0, {"blob": "x" * 300_000})
+    with pytest.raises(OutputRejected) as raised:
+        await SQSSink(url, client=sqs).write([*outputs(2), big])
+    assert list(raised.value.rejected) == ["k#0"]
+    assert drain(sqs, url) == []
+
+
+# -- KinesisSink ----------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_kinesis_sink_resends_only_failed_records(moto: MotoServer) -> None:
+    kinesis = moto.client("kinesis")
+    stream = f"s-{uuid.uuid4().hex[:8]}"
+    kinesis.create_stream(StreamName=stream, ShardCount=1)
+    kinesis.get_waiter("stream_exists").wait(StreamName=stream, WaiterConfig={"Delay": 1})
+
+    def fail_two(put: Any, kwargs: dict[str, Any]) -> Any:
+        records = kwargs["Records"]
+        response = put(**{**kwargs, "Records": records[:-2]})
+        response["Records"] += [
+            {"ErrorCode": "ProvisionedThroughputExceededException", "ErrorMessage": "slow down"}
+        ] * 2
+        response["FailedRecordCount"] = 2
+        return response
+
+    proxy = RefuseOnce(kinesis, "put_records", fail_two)
+    await KinesisSink(stream, client=proxy, backoff=Backoff(base=0.001)).write(outputs(600))
+    assert proxy.calls == [500, 2, 100]
+    shard = kinesis.describe_stream(StreamName=stream)["StreamDescription"]["Shards"][0]
+    iterator = kinesis.get_shard_iterator(
+        StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+    )["ShardIterator"]
+    records = kinesis.get_records(ShardIterator=iterator, Limit=10_000)["Records"]
+    assert sorted(json.loads(r["Data"])["i"] for r in records) == list(range(600))
+
+
+# -- EventBridgeSink ------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_eventbridge_sink_puts_events_resending_only_failed(
+    moto: MotoServer, sqs: Any
+) -> None:
+    events = moto.client("events")
+    bus = f"bus-{uuid.uuid4().hex[:8]}"
+    events.create_event_bus(Name=bus)
+    url = queue(sqs)
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    events.put_rule(Name="all", EventBusName=bus, EventPattern=json.dumps({"source": ["orders"]}))
+    events.put_targets(Rule="all", EventBusName=bus, Targets=[{"Id": "q", "Arn": arn}])
+
+    def fail_first(put: Any, kwargs: dict[str, Any]) -> Any:
+        _, *rest = kwargs["Entries"]
+        response = put(**{**kwargs, "Entries": rest})
+        response["Entries"].insert(0, {"ErrorCode": "ThrottlingException", "ErrorMessage": "x"})
+        response["FailedEntryCount"] = 1
+        return response
+
+    proxy = RefuseOnce(events, "put_events", fail_first)
+    sink = EventBridgeSink(
+        bus, source="orders", detail_type="OrderTotal", client=proxy, backoff=Backoff(base=0.001)
+    )
+    await sink.write(outputs(12))
+    assert proxy.calls == [10, 1, 2]
+    delivered = [json.loads(m["Body"]) for m in drain(sqs, url)]
+    assert sorted(d["detail"]["i"] for d in delivered) == list(range(12))
+    assert {d["detail-type"] for d in delivered} == {"OrderTotal"}
+
+
+# -- SQSSource ------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_sqs_source_deletes_successes_and_returns_failures(sqs: Any) -> None:
+    url = queue(sqs)
+    for n in range(5):
+        sqs.send_message(
+            QueueUrl=url,
+            MessageBody=json.dumps({"n": n}),
+            MessageAttributes={"tenant": {"DataType": "String", "StringValue": "acme"}},
+        )
+    sqs.send_message(QueueUrl=url, MessageBody="not json")
+    clock = ManualClock()
+    store, sink, letters = MemoryIdempotencyStore(clock=clock), MemorySink(), MemorySink()
+    source = SQSSource(
+        url,
+        client=sqs,
+        wait_seconds=0,
+        stop_when_empty=True,
+        retry_backoff=Backoff(base=600, jitter=False),
+    )
+    seen: list[Event] = []
+
+    def process(event: Event) -> Any:
+        seen.append(event)
+        if event.json()["n"] == 3:
+            raise RuntimeError("downstream is down")
+        return event.json()
+
+    pipeline = Pipeline(process, sink, store, letters, clock=clock, max_attempts=2)
+    total = await run_source(pipeline, source, batch_size=50)
+    assert sorted(v["n"] for v in sink.values()) == [0, 1, 2, 4]
+    assert len(total.dead_lettered) == 2  # "not json", and n=3 after two attempts
+    assert seen[0].attributes["tenant"] == "acme" and seen[0].source.startswith("arn:aws:sqs:")
+    left = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    assert left["ApproximateNumberOfMessages"] == "0"
+    assert left["ApproximateNumberOfMessagesNotVisible"] == "0"
+
+
+@pytest.mark.anyio
+async def test_sqs_source_hides_failed_messages_for_a_backoff(sqs: Any) -> None:
+    url = queue(sqs)
+    for n in range(3):
+        sqs.send_message(QueueUrl=url, MessageBody=json.dumps({"n": n}))
+    clock = ManualClock()
+    store = MemoryIdempotencyStore(clock=clock)
+    source = SQSSource(
+        url,
+        client=sqs,
+        wait_seconds=0,
+        stop_when_empty=True,
+        retry_backoff=Backoff(base=600, jitter=False),
+    )
+    pipeline = Pipeline(lambda e: e.json(), MemorySink(), store, MemorySink(), clock=clock)
+    first = await anext(source.batches(10))
+    held = first[1]
+    await store.handle().claim([held.key], 300)  # another worker holds this one
+    result = await pipeline.process_batch(first)
+    assert result.failed == [held.id]
+    await source.ack(first, set(result.failed))
+    left = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    assert left["ApproximateNumberOfMessages"] == "0"
+    assert left["ApproximateNumberOfMessagesNotVisible"] == "1"
