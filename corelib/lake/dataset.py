@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
 import anyio
@@ -85,16 +85,21 @@ async def read_dataset(
     *,
     columns: Sequence[str] | None = None,
     version: int | None = None,
+    partitions: Mapping[str, str] | None = None,
     verify: bool = False,
 ) -> pa.Table:
     """The dataset's committed rows as one Arrow table (manifest-aware; orphans ignored).
 
-    Partition values come back as string columns (`dt`, `hr`, ...). An output written
-    twice (a redelivered batch regrouped differently) appears once.
+    Partition values come back as string columns (`dt`, `hr`, ...); `partitions` keeps
+    only the files whose partition has those values (`{"dt": "2024-05-01"}`). An output
+    written twice (a redelivered batch regrouped differently) appears once.
     """
     log = ManifestLog(store, path)
     snapshot = await log.snapshot(version)
     files = list(snapshot.files.values())
+    if partitions:
+        wanted = dict(partitions)
+        files = [f for f in files if wanted.items() <= parse_partition(f.partition).items()]
     bodies = await fetch_files(store, log.root, files, verify=verify)
     table = await anyio.to_thread.run_sync(read_files, files, bodies, columns)
     if table is None:

@@ -106,12 +106,14 @@ def outputs_to_table(
         keep = [i for i, o in enumerate(outputs) if o.output_id not in rejected]
         outputs = [outputs[i] for i in keep]
         values = [values[i] for i in keep]
-    columns = []
-    for field in schema:
-        column = [v.get(field.name) for v in values]
-        array = _column(field, column, outputs, rejected)
-        columns.append(array)
-    if rejected:
+    refused_before = len(rejected)
+    columns = _fast_columns(values, schema)
+    if columns is None:
+        columns = [
+            _column(field, [v.get(field.name) for v in values], outputs, rejected)
+            for field in schema
+        ]
+    if len(rejected) > refused_before:
         # A later column refused rows an earlier column already converted: drop them all.
         mask = pa.array([o.output_id not in rejected for o in outputs])
         columns = [pc.filter(c, mask) for c in columns]
@@ -125,6 +127,34 @@ def outputs_to_table(
 
 
 _CONVERSION_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError)
+
+
+def _fast_columns(values: list[dict[str, Any]], schema: pa.Schema) -> list[Any] | None:
+    """Every column converted by Arrow in one pass, or None when any value needs a closer look.
+
+    Times arrive as ISO 8601 text (values are plain data), so temporal columns are read as
+    text and cast; anything Arrow refuses, or a null in a non-nullable column, sends the
+    batch to the per-value path that names the row and the column.
+    """
+    text = pa.string()
+    reading = pa.schema(
+        [pa.field(f.name, text) if _temporal(f.type) else f.with_nullable(True) for f in schema]
+    )
+    try:
+        table = pa.Table.from_pylist(values, schema=reading)
+        columns = []
+        for field, read in zip(schema, table.columns, strict=True):
+            column = pc.cast(read, field.type) if _temporal(field.type) else read
+            if not field.nullable and column.null_count:
+                return None
+            columns.append(column.combine_chunks())
+    except _CONVERSION_ERRORS:
+        return None
+    return columns
+
+
+def _temporal(kind: pa.DataType) -> bool:
+    return bool(pa.types.is_timestamp(kind) or pa.types.is_date(kind))
 
 
 def _column(
@@ -160,8 +190,7 @@ def _column(
 
 
 def _convert(column: list[Any], kind: pa.DataType) -> pa.Array:
-    temporal = pa.types.is_timestamp(kind) or pa.types.is_date(kind)
-    if temporal and any(type(v) is str for v in column):
+    if _temporal(kind) and any(type(v) is str for v in column):
         # Values reach sinks as plain data, so datetimes arrive as ISO 8601 text.
         if not all(v is None or type(v) is str for v in column):
             raise TypeError("a mix of text and other values")

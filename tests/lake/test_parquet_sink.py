@@ -66,6 +66,8 @@ async def test_rows_land_in_hive_partitions_and_read_back(lake_store: ObjectStor
         "select hr, country, count(*) from clicks group by all order by all", clicks=clicks
     )
     assert counts == [("10", "DE", 10), ("10", "FR", 10), ("11", "DE", 10), ("11", "FR", 10)]
+    only = await read_dataset(lake_store, "lake/clicks", partitions={"hr": "11", "country": "DE"})
+    assert only.num_rows == 10 and set(only.column("country").to_pylist()) == {"DE"}
     first_file = pq.read_schema(pa.BufferReader(await lake_store.get(data_files(paths)[0])))
     assert "country" not in first_file.names
 
