@@ -6,6 +6,9 @@ import argparse
 import inspect
 import json
 import logging
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -58,8 +61,11 @@ def register(subparsers: Any) -> None:
         type=_positive,
         default=1,
         metavar="N",
-        help="events processed at once (async processors; order still holds per partition)",
+        help="worker processes; records are split by partition key (else event key), so "
+        "per-partition order holds",
     )
+    run.add_argument("--shard", type=_shard, help=argparse.SUPPRESS)
+    run.add_argument("--report", help=argparse.SUPPRESS)
     run.add_argument("--format", choices=sorted(set(FORMATS.values())), help="override suffix")
     run.add_argument("--id-field", metavar="FIELD", help="take event ids from this field")
     run.add_argument("--partition-field", metavar="FIELD", help="ordering lane per this field")
@@ -121,6 +127,13 @@ def _state_option(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help=f"the state folder (default {DEFAULT_STATE})",
     )
+
+
+def _shard(text: str) -> tuple[int, int]:
+    index, _, count = text.partition("/")
+    if not (index.isdigit() and count.isdigit()) or not 0 <= int(index) < int(count):
+        raise argparse.ArgumentTypeError(f"{text} is not INDEX/COUNT")
+    return int(index), int(count)
 
 
 def _positive(text: str) -> int:
@@ -195,6 +208,22 @@ class Tally:
         """Events settled so far."""
         return self.processed + self.duplicates + self.dead_lettered
 
+    def as_plain(self) -> dict[str, Any]:
+        """The tally as JSON-ready data (a worker's report to its parent)."""
+        return {
+            **self.counts(),
+            "failed": self.failed,
+            "reasons": dict(list(self.reasons.items())[:20]),
+        }
+
+    def add_plain(self, plain: dict[str, Any]) -> None:
+        """Add a worker's report."""
+        self.processed += int(plain["processed"])
+        self.duplicates += int(plain["duplicates"])
+        self.dead_lettered += int(plain["dead_lettered"])
+        self.failed.update(plain["failed"])
+        self.reasons.update(plain["reasons"])
+
     def counts(self) -> dict[str, int]:
         """The totals by name."""
         return {
@@ -218,6 +247,8 @@ def run_command(args: argparse.Namespace) -> int:
     _quiet_logs(args.verbose)
     processor = _processor(args.processor)
     console = _console()
+    if args.workers > 1 and args.shard is None:
+        return _run_workers(args, console)
     state = _open_state(args.state, create=True)
     try:
         source = _source(args, state)
@@ -231,11 +262,10 @@ def run_command(args: argparse.Namespace) -> int:
             ordered=args.ordered,
             max_attempts=args.max_attempts,
             lease_seconds=args.lease_seconds,
-            concurrency=args.workers,
             name=args.processor,
         )
         options = {k: v for k, v in vars(args).items() if k not in {"func", "input", "processor"}}
-        run_id = state.start_run(args.processor, list(args.input), options)
+        run_id = 0 if args.report else state.start_run(args.processor, list(args.input), options)
         tally = Tally()
         started = time.perf_counter()
         with _progress(console, quiet=args.quiet, total=_total_bytes(source)) as show:
@@ -246,6 +276,9 @@ def run_command(args: argparse.Namespace) -> int:
 
             anyio.run(_drive, pipeline, source, args.batch_size, on_batch)
         wall = time.perf_counter() - started
+        if args.report:  # a worker of `--workers N`: the parent sums and reports
+            Path(args.report).write_text(json.dumps(tally.as_plain()))
+            return 0
         state.finish_run(run_id, tally.counts())
         state.dead_letters.flush()
         if args.out:
@@ -255,6 +288,64 @@ def run_command(args: argparse.Namespace) -> int:
     finally:
         state.close()
     return 0 if not tally.failed and not tally.dead_lettered else 1
+
+
+def _run_workers(args: argparse.Namespace, console: Console) -> int:
+    """`--workers N`: N processes on the same state, each owning a shard of the records."""
+    state = _open_state(args.state, create=True)
+    try:
+        _source(args, state)  # one-line errors for bad input before any worker starts
+        options = {k: v for k, v in vars(args).items() if k not in {"func", "input", "processor"}}
+        run_id = state.start_run(args.processor, list(args.input), options)
+        tally = Tally()
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="onceflow-workers-") as tmp:
+            reports = [Path(tmp) / f"worker{i}.json" for i in range(args.workers)]
+            workers = [
+                subprocess.Popen(_worker_argv(args, i, report)) for i, report in enumerate(reports)
+            ]
+            codes = _wait(workers, console, quiet=args.quiet)
+            for code, report in zip(codes, reports, strict=True):
+                if code != 0 or not report.exists():
+                    raise CliError(f"a worker process failed (exit status {code}); see above")
+                tally.add_plain(json.loads(report.read_text()))
+        wall = time.perf_counter() - started
+        state.finish_run(run_id, tally.counts())
+        state.dead_letters.export()
+        if args.out:
+            exported = state.sink.export_jsonl(args.out)
+            console.print(f"wrote {exported} outputs to {args.out}")
+        _summary(console, tally, wall, state)
+    finally:
+        state.close()
+    return 0 if not tally.failed and not tally.dead_lettered else 1
+
+
+def _worker_argv(args: argparse.Namespace, index: int, report: Path) -> list[str]:
+    argv = [sys.executable, "-m", "corelib.cli"] + (["--verbose"] if args.verbose else [])
+    argv += ["run", args.processor, "--state", args.state, "--quiet"]
+    for item in args.input:
+        argv += ["--input", item]
+    for flag in ("format", "id_field", "partition_field"):
+        if getattr(args, flag):
+            argv += [f"--{flag.replace('_', '-')}", getattr(args, flag)]
+    argv += ["--batch-size", str(args.batch_size), "--max-attempts", str(args.max_attempts)]
+    argv += ["--lease-seconds", str(args.lease_seconds)]
+    for flag in ("ordered", "from_start", "keep_files"):
+        if getattr(args, flag):
+            argv.append(f"--{flag.replace('_', '-')}")
+    return [*argv, "--shard", f"{index}/{args.workers}", "--report", str(report)]
+
+
+def _wait(workers: list[subprocess.Popen[bytes]], console: Console, *, quiet: bool) -> list[int]:
+    if quiet:
+        return [worker.wait() for worker in workers]
+    with console.status(f"{len(workers)} workers running") as status:
+        while any(worker.poll() is None for worker in workers):
+            running = sum(worker.poll() is None for worker in workers)
+            status.update(f"{running} of {len(workers)} workers running")
+            time.sleep(0.1)
+    return [int(worker.returncode) for worker in workers]
 
 
 async def _drive(
@@ -272,9 +363,15 @@ def _source(args: argparse.Namespace, state: LocalState) -> FileSource | Directo
     if folders:
         if len(inputs) > 1:
             raise CliError("give one landing folder, or files and globs, not both")
+        if args.workers > 1 and not args.keep_files:
+            raise CliError(
+                "--workers with a landing folder needs --keep-files (a worker must not move a "
+                "file another worker still reads)"
+            )
         return DirectorySource(
             folders[0],
             state=state.database,
+            shard=args.shard,
             fmt=args.format,
             id_field=args.id_field,
             partition_field=args.partition_field,
@@ -287,6 +384,7 @@ def _source(args: argparse.Namespace, state: LocalState) -> FileSource | Directo
         return FileSource(
             inputs,
             state=state.database,
+            shard=args.shard,
             fmt=args.format,
             id_field=args.id_field,
             partition_field=args.partition_field,

@@ -7,6 +7,7 @@ import hashlib
 import os
 import shutil
 import time
+import zlib
 from collections.abc import AsyncIterator, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +56,12 @@ class _FilesSource:
         state: Database | str | os.PathLike[str] | None,
         redeliveries: int = 5,
         backoff: Backoff | None = None,
+        shard: tuple[int, int] | None = None,
     ) -> None:
+        if shard is not None and not 0 <= shard[0] < shard[1]:
+            raise ValueError(f"shard {shard[0]}/{shard[1]} is not one of 0..{shard[1] - 1}")
+        self.shard = shard
+        """(index, count): read only the records of worker `index` of `count`."""
         database = state if state is None or isinstance(state, Database) else Database.shared(state)
         self.checkpoints = Checkpoints(database) if database is not None else None
         self.redeliveries = redeliveries
@@ -107,6 +113,11 @@ class _FilesSource:
             if file is None:
                 continue
             for item in reader.read(*file.settled):
+                if (
+                    self.shard is not None
+                    and _shard_of(item.record, self.shard[1]) != self.shard[0]
+                ):
+                    continue  # another worker's record
                 records.append(item.record)
                 where.append((file, item))
                 if len(records) >= max_size:
@@ -163,6 +174,8 @@ class _FilesSource:
     # -- bookkeeping -------------------------------------------------------------------------
 
     def _start(self, key: str, reader: RecordReader) -> _File | None:
+        if self.shard is not None:
+            key = f"{key}#shard{self.shard[0]}of{self.shard[1]}"
         saved = self.checkpoints.get(key) if self.checkpoints else None
         file = _File(key, reader, _head(reader.path))
         if saved is not None and _same_head(reader.path, saved.head):
@@ -214,8 +227,9 @@ class FileSource(_FilesSource):
         source: str | None = None,
         redeliveries: int = 5,
         backoff: Backoff | None = None,
+        shard: tuple[int, int] | None = None,
     ) -> None:
-        super().__init__(state=state, redeliveries=redeliveries, backoff=backoff)
+        super().__init__(state=state, redeliveries=redeliveries, backoff=backoff, shard=shard)
         patterns = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
         self.files = _expand([os.fspath(p) for p in patterns])
         self.fmt = fmt
@@ -263,8 +277,9 @@ class DirectorySource(_FilesSource):
         poll_seconds: float = 1.0,
         settle_seconds: float = 1.0,
         redeliveries: int = 5,
+        shard: tuple[int, int] | None = None,
     ) -> None:
-        super().__init__(state=state, redeliveries=redeliveries)
+        super().__init__(state=state, redeliveries=redeliveries, shard=shard)
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise NotADirectoryError(f"landing folder {self.folder} does not exist")
@@ -336,6 +351,13 @@ class DirectorySource(_FilesSource):
         target.parent.mkdir(parents=True, exist_ok=True)
         if file.reader.path.exists():
             shutil.move(file.reader.path, target)
+
+
+def _shard_of(record: Record, count: int) -> int:
+    """Which of `count` workers owns the record: by partition key (keeping each lane's order
+    in one worker), else by event key."""
+    lane = record.partition_key if record.partition_key is not None else record.key
+    return zlib.crc32(lane.encode("utf-8", "surrogatepass")) % count
 
 
 def _again(record: Record, round_: int) -> Record:

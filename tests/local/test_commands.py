@@ -163,3 +163,23 @@ def test_landing_folder_and_csv_through_run(
     assert run(DOUBLER, "-i", str(landing), "--state", str(state), "--id-field", "id") == 1
     assert "expected 2 columns, found 1 (missing n)" in capsys.readouterr().out
     assert (landing / "processed" / "a.csv").exists()
+
+
+def test_workers_split_the_input_and_apply_each_event_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows: list[object] = [{"id": f"e{n}", "n": n, "u": f"u{n % 7}"} for n in range(400)]
+    data = lines(tmp_path / "in.jsonl", rows + rows[:50], raw=b"{broken\n")
+    state = tmp_path / "st"
+    code = run(DOUBLER, "-i", str(data), "-s", str(state), "--id-field", "id",
+               "--partition-field", "u", "--ordered", "--workers", "2")  # fmt: skip
+    shown = capsys.readouterr().out
+    assert code == 1
+    assert "processed     │    400" in shown and "duplicates    │     50" in shown
+    assert "dead-lettered │      1" in shown
+    assert len(outputs(state)) == 400
+    assert len((state / "dead-letters.jsonl").read_text().splitlines()) == 1
+    code = run(DOUBLER, "-i", str(data), "-s", str(state), "--id-field", "id",
+               "--partition-field", "u", "--workers", "2", "--from-start")  # fmt: skip
+    assert code == 0
+    assert "duplicates    │    451" in capsys.readouterr().out
