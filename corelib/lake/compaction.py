@@ -133,10 +133,11 @@ async def vacuum_dataset(
     retain: timedelta = timedelta(hours=1),
     now: float | None = None,
 ) -> list[str]:
-    """Delete Parquet objects no manifest version needs any more; the paths deleted.
+    """Delete Parquet objects the latest manifest version does not need; the paths deleted.
 
     Only objects older than `retain` go: a writer that has put its files but not yet
     committed them must not lose them, so keep `retain` above the longest invocation.
+    Manifest entries before the last checkpoint older than `retain` are pruned too.
     """
     log = ManifestLog(store, path)
     snapshot = await log.snapshot()
@@ -153,4 +154,5 @@ async def vacuum_dataset(
             continue
         await store.delete(info.path)
         deleted.append(info.path)
+    await log.prune(keep_after=cutoff if retain.total_seconds() > 0 else float("inf"))
     return deleted

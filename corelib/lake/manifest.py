@@ -151,6 +151,25 @@ class ManifestLog:
         body = {"version": version, "files": [asdict(f) for f in snapshot.files.values()]}
         await self.store.put(self._checkpoint(version), json.dumps(body).encode())
 
+    async def prune(self, *, keep_after: float) -> list[str]:
+        """Delete entries and checkpoints older than the last checkpoint made before `keep_after`.
+
+        Readers then start from that checkpoint; versions before it can no longer be read.
+        The latest entries are never touched, so writers keep numbering from them.
+        """
+        versions, checkpoints = await self._listing()
+        infos = {i.path: i for i in await self.store.list(self.prefix)}
+        floor = 0
+        for checkpoint in checkpoints:
+            info = infos.get(self._checkpoint(checkpoint))
+            if info is not None and info.modified is not None and info.modified < keep_after:
+                floor = checkpoint
+        doomed = [self._entry(v) for v in versions if v < floor]
+        doomed += [self._checkpoint(c) for c in checkpoints if c < floor]
+        for path in doomed:
+            await self.store.delete(path)
+        return doomed
+
     async def snapshot(self, version: int | None = None) -> Snapshot:
         """The committed files as of `version` (default: the latest)."""
         versions, checkpoints = await self._listing()

@@ -173,6 +173,19 @@ async def test_manifest_checkpoints_keep_the_same_snapshot() -> None:
     assert sum(p.endswith(".checkpoint.json") for p in paths) == 2
     assert sorted((await read_dataset(store, "ds")).column("n").to_pylist()) == list(range(8))
     assert (await read_dataset(store, "ds", version=4)).num_rows == 4
+    pruned = await ManifestLog(store, "ds").prune(keep_after=float("inf"))
+    assert len(pruned) == 5 + 1  # versions 1-5 and checkpoint 3 go; checkpoint 6 stays
+    assert sorted((await read_dataset(store, "ds")).column("n").to_pylist()) == list(range(8))
+    await sink.write([click(8)])  # the writer numbers on from the entries that remain
+    assert (await ManifestLog(store, "ds").snapshot()).version == 9
+
+
+@pytest.mark.anyio
+async def test_extra_fields_can_be_refused() -> None:
+    sink = ParquetSink(MemoryObjectStore(), "ds", schema=SCHEMA, extra="reject")
+    with pytest.raises(OutputRejected) as refused:
+        await sink.write([click(1), click(2, referrer="x")])
+    assert refused.value.rejected == {"clicks#e2#0": "column referrer: not in the schema"}
 
 
 @pytest.mark.anyio
