@@ -12,6 +12,7 @@ from adapters.azure import TableIdempotencyStore, TableSink
 from adapters.azure.table_keys import decode_part, encode_part, key_address
 from corelib.clock import ManualClock
 from corelib.interfaces import Sink
+from corelib.records import ClaimStatus, Completion, Outcome, OutcomeStatus
 from corelib.testing import (
     AtomicSinkContract,
     ExactlyOnceContract,
@@ -118,3 +119,28 @@ def test_sequence_numbers_sort_as_numbers() -> None:
     rows = [key_address(f"ns/hub/0#{n}")[1] for n in (9, 10, 100, 99999)]
     assert rows == sorted(rows)
     assert key_address("src#00000000000000000123") != key_address("src#123")
+
+
+@pytest.mark.anyio
+async def test_purge_deletes_only_what_has_expired(
+    azurite_server: Azurite, tables: dict[str, str]
+) -> None:
+    clock = ManualClock()
+    store = TableIdempotencyStore(
+        tables["state"],
+        connection_string=azurite_server.connection_string,
+        clock=clock,
+        ttl_seconds=100.0,
+    )
+    source = f"purge-{uuid.uuid4().hex[:8]}"
+    done, leased = f"{source}#1", f"{source}#2"
+    claims = await store.claim([done, leased], 30)
+    await store.complete([Completion(claims[0], Outcome(OutcomeStatus.SUCCEEDED))])
+    partition = key_address(done)[0]
+    assert await store.purge(partition=partition) == 0
+    clock.advance(50)  # the lease has run out, the completion has not
+    assert await store.purge(partition=partition) == 1
+    assert [c.status for c in await store.claim([done], 30)] == [ClaimStatus.COMPLETED]
+    clock.advance(100)
+    assert await store.purge(partition=partition) == 1
+    assert store.read([key_address(done), key_address(leased)]) == {}
