@@ -114,17 +114,28 @@ class ParquetSink:
             raise OutputRejected(rejected)
         if labels is None:
             return self._files(table, "")
-        encoded: list[EncodedFile] = []
         dictionary = labels.dictionary_encode()
-        for code, label in enumerate(dictionary.dictionary.to_pylist()):
-            if len(dictionary.dictionary) == 1:
-                part = table
-            else:
-                part = table.filter(pc.equal(dictionary.indices, code))
-            if self._dropped:
-                part = part.drop_columns(self._dropped)
-            encoded.extend(self._files(part, label))
+        names = dictionary.dictionary.to_pylist()
+        if len(names) == 1:
+            return self._files(self._without_partition_columns(table), names[0])
+        # One stable sort by partition, then a slice per partition: O(n log n), not O(n x p).
+        codes = dictionary.indices
+        order = pc.sort_indices(codes)
+        table = table.take(order)
+        counts = pc.value_counts(codes).to_pylist()
+        encoded: list[EncodedFile] = []
+        start = 0
+        for entry in sorted(counts, key=lambda e: e["values"]):
+            part = table.slice(start, entry["counts"])
+            start += entry["counts"]
+            encoded.extend(
+                self._files(self._without_partition_columns(part), names[entry["values"]])
+            )
         return encoded
+
+    def _without_partition_columns(self, table: pa.Table) -> pa.Table:
+        # Hive layout: a partition column's value is in the path, not in the file.
+        return table.drop_columns(self._dropped) if self._dropped else table
 
     def _files(self, table: pa.Table, partition: str) -> list[EncodedFile]:
         pieces = max(-(-table.num_rows // self.max_rows), -(-table.nbytes // self.max_bytes), 1)

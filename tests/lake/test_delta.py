@@ -75,7 +75,7 @@ def delta_target(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, d
             "AWS_SECRET_ACCESS_KEY": moto.secret_key,
             "AWS_REGION": moto.region,
             "AWS_ALLOW_HTTP": "true",
-            "AWS_S3_ALLOW_UNSAFE_RENAME": "true",
+            "AWS_CONDITIONAL_PUT": "etag",  # commits by If-None-Match, not an unsafe rename
         }
     azurite: Azurite = request.getfixturevalue("azurite_server")
     container = request.getfixturevalue("lake_container")

@@ -73,6 +73,33 @@ async def test_rows_land_in_hive_partitions_and_read_back(lake_store: ObjectStor
 
 
 @pytest.mark.anyio
+async def test_many_partitions_in_one_batch_keep_every_row_in_its_own() -> None:
+    store = MemoryObjectStore()
+    sink = ParquetSink(store, "ds", schema=SCHEMA, partition_by=[Hourly(), "user"])
+    await sink.write([click(i, hour=i % 24) for i in range(480)])
+    snapshot = await ManifestLog(store, "ds").snapshot()
+    assert len(snapshot.files) == 480  # every user once per hour: one row per partition
+    rows = await read_dataset(store, "ds")
+    assert query("select count(*) from t where hr::int = n % 24", t=rows) == [(480,)]
+    assert query("select count(*) from t where user = 'u' || n", t=rows) == [(480,)]
+
+
+@pytest.mark.anyio
+async def test_concurrent_writers_commit_distinct_manifest_versions() -> None:
+    import anyio
+
+    store = MemoryObjectStore()
+    writers = [ParquetSink(store, "ds", schema=SCHEMA) for _ in range(4)]
+    async with anyio.create_task_group() as group:
+        for w, sink in enumerate(writers):
+            for b in range(5):
+                group.start_soon(sink.write, [click(w * 100 + b * 10 + i) for i in range(10)])
+    snapshot = await ManifestLog(store, "ds").snapshot()
+    assert snapshot.version == 20 and len(snapshot.files) == 20
+    assert (await read_dataset(store, "ds")).num_rows == 200
+
+
+@pytest.mark.anyio
 async def test_a_retried_batch_rewrites_the_same_objects_in_any_order() -> None:
     store = MemoryObjectStore()
     sink = ParquetSink(store, "ds", schema=SCHEMA, partition_by=Hourly())
