@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from adapters.azure.blob_store import BlobObjectStore
     from adapters.azure.cosmos_store import CosmosIdempotencyStore, CosmosSink
+    from adapters.azure.eventhub_sink import EventHubSink
     from adapters.azure.function_events import (
         decode_blob,
         decode_event_hub,
@@ -35,6 +36,7 @@ __all__ = [
     "BlobTrigger",
     "CosmosIdempotencyStore",
     "CosmosSink",
+    "EventHubSink",
     "EventHubTrigger",
     "FunctionHandler",
     "QueueSink",
@@ -53,6 +55,7 @@ _HOMES = {
     "BlobTrigger": "adapters.azure.functions_entry",
     "CosmosIdempotencyStore": "adapters.azure.cosmos_store",
     "CosmosSink": "adapters.azure.cosmos_store",
+    "EventHubSink": "adapters.azure.eventhub_sink",
     "EventHubTrigger": "adapters.azure.functions_entry",
     "FunctionHandler": "adapters.azure.functions_entry",
     "QueueSink": "adapters.azure.queue_sink",
