@@ -28,7 +28,8 @@ class RecordingProducer:
         return EventDataBatch(**kwargs)
 
     def send_batch(self, event_data_batch: EventDataBatch, **kwargs: Any) -> None:
-        bodies = [json.loads(b"".join(e.body)) for e in event_data_batch._internal_events]
+        events: list[Any] = list(event_data_batch._internal_events)
+        bodies = [json.loads(e.body_as_str()) for e in events]
         self.sent.append((event_data_batch._partition_key, bodies))
 
 
