@@ -112,39 +112,49 @@ class SqliteIdempotencyStore:
     ) -> list[Claim]:
         """`claim` inside a transaction the caller holds."""
         now = self.clock.now()
-        rows = _select(conn, keys)
         expires = now + lease_seconds
         owner = self._owners.me if self._owners.enabled else None
+        offers = [(key, _IN_PROGRESS, self._token(), owner, expires, now) for key in keys]
+        # Most keys of a batch are new: insert them all, and only when some already had a
+        # row read those rows back to decide (the ones inserted carry our fresh token).
+        inserted = conn.executemany(
+            f"INSERT OR IGNORE INTO {KEYS_TABLE} "
+            "(key, status, token, owner, lease_expires_at, updated_at) VALUES (?,?,?,?,?,?)",
+            offers,
+        ).rowcount
+        if inserted == len(keys):
+            return [
+                Claim(key, ClaimStatus.NEW, token=token, lease_expires_at=expires)
+                for key, _, token, _, _, _ in offers
+            ]
+        rows = _select(conn, keys)
         claims: list[Claim] = []
-        fresh: list[tuple[Any, ...]] = []
-        for key in keys:
-            row = rows.get(key)
-            if row is not None:
-                status, _token, row_owner, lease_end, ttl_end, outcome, outputs, fp, detail = row
-                if status == _COMPLETED and (ttl_end is None or ttl_end > now):
-                    claims.append(
-                        Claim(
-                            key,
-                            ClaimStatus.COMPLETED,
-                            outcome=_outcome(outcome, outputs, fp, detail),
-                        )
+        takeovers: list[tuple[Any, ...]] = []
+        for offer in offers:
+            key, token = offer[0], offer[2]
+            status, row_token, row_owner, lease_end, ttl_end, outcome, outputs, fp, detail = rows[
+                key
+            ]
+            if row_token == token:
+                pass  # inserted just now
+            elif status == _COMPLETED and (ttl_end is None or ttl_end > now):
+                claims.append(
+                    Claim(
+                        key, ClaimStatus.COMPLETED, outcome=_outcome(outcome, outputs, fp, detail)
                     )
-                    continue
-                if (
-                    status == _IN_PROGRESS
-                    and lease_end > now
-                    and not self._owners.is_dead(row_owner)
-                ):
-                    claims.append(Claim(key, ClaimStatus.IN_PROGRESS, lease_expires_at=lease_end))
-                    continue
-            token = self._token()
-            fresh.append((key, _IN_PROGRESS, token, owner, expires, now))
+                )
+                continue
+            elif status == _IN_PROGRESS and lease_end > now and not self._owners.is_dead(row_owner):
+                claims.append(Claim(key, ClaimStatus.IN_PROGRESS, lease_expires_at=lease_end))
+                continue
+            else:
+                takeovers.append(offer)  # lease ran out, owner died, or the record expired
             claims.append(Claim(key, ClaimStatus.NEW, token=token, lease_expires_at=expires))
-        if fresh:
+        if takeovers:
             conn.executemany(
                 f"INSERT OR REPLACE INTO {KEYS_TABLE} "
                 "(key, status, token, owner, lease_expires_at, updated_at) VALUES (?,?,?,?,?,?)",
-                fresh,
+                takeovers,
             )
         return claims
 
