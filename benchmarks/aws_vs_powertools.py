@@ -1,0 +1,379 @@
+"""onceflow's Lambda entry against AWS Lambda Powertools on one moto server, in one run.
+
+The same 1,000-record Kinesis batch and the same work (one DynamoDB item written per
+event) go through Powertools (`BatchProcessor` + `idempotent_function` with
+`DynamoDBPersistenceLayer`) and through onceflow (`lambda_handler` + the DynamoDB
+store and sink, in upsert, optimistic and atomic modes); then the batch is
+delivered again. DynamoDB requests are counted with a botocore event hook and write
+units as DynamoDB bills them (1 per KB written, 2 per KB in a transaction). Cold
+start is the import of each handler's modules in a fresh interpreter.
+
+Run: .venv/bin/python benchmarks/aws_vs_powertools.py [--records N] [--imports N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import functools
+import json
+import math
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from adapters.aws import (  # noqa: E402
+    DynamoDBIdempotencyStore,
+    DynamoDBSink,
+    create_table,
+    lambda_handler,
+)
+from corelib.event import Event  # noqa: E402
+from corelib.pipeline import Pipeline  # noqa: E402
+from tests.support.servers import MotoServer, moto_server  # noqa: E402
+
+STREAM_ARN = "arn:aws:kinesis:us-east-1:123456789012:stream/orders"
+
+
+# -- the workload ---------------------------------------------------------------------------
+
+
+def kinesis_batch(count: int) -> dict[str, Any]:
+    """A Kinesis trigger payload of `count` order records."""
+    records = []
+    for n in range(count):
+        body = {"order_id": f"o{n}", "user_id": f"u{n % 50}", "total": f"{n % 97}.50"}
+        seq = f"4959{n:052d}"
+        records.append(
+            {
+                "kinesis": {
+                    "kinesisSchemaVersion": "1.0",
+                    "partitionKey": body["user_id"],
+                    "sequenceNumber": seq,
+                    "data": base64.b64encode(json.dumps(body).encode()).decode(),
+                    "approximateArrivalTimestamp": 1700000000.0,
+                },
+                "eventSource": "aws:kinesis",
+                "eventVersion": "1.0",
+                "eventID": f"shardId-000000000000:{seq}",
+                "eventName": "aws:kinesis:record",
+                "awsRegion": "us-east-1",
+                "eventSourceARN": STREAM_ARN,
+            }
+        )
+    return {"Records": records}
+
+
+class Context:
+    """The Lambda context attributes both handlers read."""
+
+    function_name = "orders"
+    memory_limit_in_mb = 1024
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:orders"
+    aws_request_id = "bench"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 900_000
+
+
+# -- counting DynamoDB requests and write units ----------------------------------------------
+
+
+def _item_wcu(item: dict[str, Any], factor: int = 1) -> int:
+    size = len(json.dumps(item, separators=(",", ":"), default=str).encode())
+    return factor * max(1, math.ceil(size / 1024))
+
+
+@dataclass
+class Meter:
+    """DynamoDB requests by operation, and write units as billed."""
+
+    requests: Counter[str]
+    write_units: int = 0
+
+    @classmethod
+    def new(cls) -> Meter:
+        return cls(Counter())
+
+    def hook(self, params: dict[str, Any], model: Any, **_: Any) -> None:
+        name = model.name
+        self.requests[name] += 1
+        if name in {"PutItem", "UpdateItem", "DeleteItem"}:
+            self.write_units += _item_wcu(params.get("Item") or params.get("Key") or {})
+        elif name == "BatchWriteItem":
+            for requests in params["RequestItems"].values():
+                for request in requests:
+                    body = request.get("PutRequest", {}).get("Item") or request.get(
+                        "DeleteRequest", {}
+                    ).get("Key", {})
+                    self.write_units += _item_wcu(body)
+        elif name == "TransactWriteItems":
+            for action in params["TransactItems"]:
+                [(kind, body)] = action.items()
+                if kind != "ConditionCheck":
+                    self.write_units += _item_wcu(body.get("Item") or body.get("Key") or {}, 2)
+
+    def total(self) -> int:
+        return sum(self.requests.values())
+
+
+def metered_client(server: MotoServer, meter: Meter) -> Any:
+    client = server.client("dynamodb")
+    # Counted before the request is sent; failed conditional writes are billed too.
+    client.meta.events.register(
+        "before-parameter-build.dynamodb.*", lambda params, model, **kw: meter.hook(params, model)
+    )
+    return client
+
+
+# -- the two contenders ---------------------------------------------------------------------
+
+
+def powertools_handler(server: MotoServer, meter: Meter) -> Callable[[Any, Any], Any]:
+    """Powertools' documented batch + idempotency pattern, writing one item per record."""
+    from aws_lambda_powertools.utilities.batch import (
+        BatchProcessor,
+        EventType,
+        process_partial_response,
+    )
+    from aws_lambda_powertools.utilities.data_classes.kinesis_stream_event import (
+        KinesisStreamRecord,
+    )
+    from aws_lambda_powertools.utilities.idempotency import (
+        DynamoDBPersistenceLayer,
+        IdempotencyConfig,
+        idempotent_function,
+    )
+
+    client = metered_client(server, meter)
+    state, orders = f"pt-state-{uuid.uuid4().hex[:6]}", f"pt-orders-{uuid.uuid4().hex[:6]}"
+    client.create_table(
+        TableName=state,
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    create_table(client, orders, ttl_attribute=None)
+    meter.requests.clear()
+    meter.write_units = 0
+    persistence = DynamoDBPersistenceLayer(table_name=state, boto3_client=client)
+    config = IdempotencyConfig(event_key_jmespath="kinesis.sequenceNumber")
+    processor = BatchProcessor(event_type=EventType.KinesisDataStreams)
+
+    @idempotent_function(  # type: ignore[untyped-decorator]
+        data_keyword_argument="record", config=config, persistence_store=persistence
+    )
+    def record_handler(record: KinesisStreamRecord) -> dict[str, Any]:
+        order = json.loads(record.kinesis.data_as_bytes())
+        client.put_item(
+            TableName=orders,
+            Item={
+                "pk": {"S": order["order_id"]},
+                "user_id": {"S": order["user_id"]},
+                "total": {"N": str(Decimal(order["total"]))},
+            },
+        )
+        return {"order_id": order["order_id"]}
+
+    def handler(event: Any, context: Any) -> Any:
+        config.register_lambda_context(context)
+        return process_partial_response(
+            event=event, record_handler=record_handler, processor=processor, context=context
+        )
+
+    return handler
+
+
+class OrderItem:
+    """One item per order, as the Powertools handler writes it."""
+
+    def process(self, event: Event) -> dict[str, Any]:
+        order = json.loads(event.data)
+        return {
+            "order_id": order["order_id"],
+            "user_id": order["user_id"],
+            "total": Decimal(order["total"]),
+        }
+
+
+def onceflow_handler(
+    server: MotoServer, meter: Meter, mode: str
+) -> tuple[Callable[..., Any], list[str]]:
+    """onceflow's handler in `mode`: upsert, optimistic or atomic; and its table names."""
+    client = metered_client(server, meter)
+    state, orders = f"of-state-{uuid.uuid4().hex[:6]}", f"of-orders-{uuid.uuid4().hex[:6]}"
+    create_table(client, state)
+    create_table(client, orders, ttl_attribute=None)
+    meter.requests.clear()
+    meter.write_units = 0
+    store = DynamoDBIdempotencyStore(state, client=client, leases=mode == "atomic")
+    sink = DynamoDBSink(orders, client=client, atomic=mode != "upsert")
+    return lambda_handler(Pipeline(OrderItem(), sink, store)), [state, orders]
+
+
+# -- runs ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    name: str
+    delivery: str
+    seconds: float
+    requests: int
+    write_units: int
+    events: int
+    failures: int
+    note: str = ""
+
+    def cells(self) -> list[str]:
+        per = self.events or 1
+        return [
+            self.name,
+            self.delivery,
+            f"{self.seconds:.2f}",
+            f"{self.requests / per:.3f}",
+            f"{self.write_units / per:.2f}",
+            str(self.failures),
+            self.note,
+        ]
+
+
+def run(
+    name: str,
+    handler: Callable[[Any, Any], Any],
+    meter: Meter,
+    event: dict[str, Any],
+    events: int,
+    note: Callable[[], str] = lambda: "",
+) -> list[Row]:
+    rows = []
+    for delivery in ("first", "again"):
+        meter.requests.clear()
+        meter.write_units = 0
+        started = time.perf_counter()
+        answer = handler(event, Context())
+        seconds = time.perf_counter() - started
+        failures = len((answer or {}).get("batchItemFailures", []))
+        rows.append(
+            Row(
+                name,
+                delivery,
+                seconds,
+                meter.total(),
+                meter.write_units,
+                events,
+                failures,
+                note() if delivery == "first" else "",
+            )
+        )
+    return rows
+
+
+def item_counts(server: MotoServer, tables: list[str]) -> str:
+    client = server.client("dynamodb")
+    sizes = [client.scan(TableName=t, Select="COUNT")["Count"] for t in tables]
+    return "table items after: " + " + ".join(str(s) for s in sizes)
+
+
+def import_seconds(code: str, repeats: int) -> float:
+    """Median wall time of `code` (imports) in a fresh interpreter, best of `repeats`."""
+    probe = f"import time; t = time.perf_counter(); {code}; print(time.perf_counter() - t)"
+    times = []
+    for _ in range(repeats):
+        out = subprocess.run(
+            [sys.executable, "-c", probe],
+            check=True,
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env={"PATH": "", "AWS_DEFAULT_REGION": "us-east-1", "PYTHONPATH": str(ROOT)},
+        )
+        times.append(float(out.stdout.strip()))
+    return statistics.median(times)
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    line = "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |"
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    body = [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows
+    ]
+    return "\n".join([line, rule, *body])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=1000)
+    parser.add_argument("--imports", type=int, default=5)
+    parser.add_argument(
+        "--modes",
+        default="upsert,optimistic,atomic",
+        help="onceflow modes to run (atomic is slow on moto: see the note)",
+    )
+    args = parser.parse_args()
+    event = kinesis_batch(args.records)
+    rows: list[Row] = []
+    with moto_server() as server:
+        meter = Meter.new()
+        rows += run("powertools", powertools_handler(server, meter), meter, event, args.records)
+        for mode in args.modes.split(","):
+            meter = Meter.new()
+            handler, tables = onceflow_handler(server, meter, mode)
+            rows += run(
+                f"onceflow {mode}",
+                handler,
+                meter,
+                event,
+                args.records,
+                functools.partial(item_counts, server, tables),
+            )
+    print(
+        f"Kinesis batch of {args.records} records, one DynamoDB item written per event, "
+        "moto server on loopback\n"
+    )
+    print(
+        table(
+            ["handler", "delivery", "wall s", "DDB req/event", "WCU/event", "failures", "note"],
+            [r.cells() for r in rows],
+        )
+    )
+    pt = {r.delivery: r for r in rows if r.name == "powertools"}
+    print()
+    for r in rows:
+        if r.name != "powertools" and r.delivery == "first":
+            print(
+                f"{r.name}: {pt['first'].seconds / r.seconds:.1f}x faster than Powertools "
+                "on first delivery"
+            )
+
+    ours = import_seconds("import examples.orders.lambda_function", args.imports)
+    theirs = import_seconds(
+        "import aws_lambda_powertools.utilities.batch, aws_lambda_powertools.utilities.idempotency",
+        args.imports,
+    )
+    print()
+    print(
+        table(
+            ["cold start: import of", "median ms"],
+            [
+                ["examples.orders.lambda_function (onceflow handler)", f"{ours * 1000:.0f}"],
+                ["powertools batch + idempotency modules", f"{theirs * 1000:.0f}"],
+            ],
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""The orders example as an AWS Lambda function, configured by environment variables only.
+
+    ONCEFLOW_STATE_TABLE     DynamoDB table for idempotency records (required)
+    ONCEFLOW_OUTPUT_TABLE    DynamoDB table for order totals (required)
+    ONCEFLOW_DEAD_LETTERS    SQS queue URL for dead letters (optional; without it a bad
+                             order is reported failed and delivered again)
+    ONCEFLOW_MODE            upsert (default), optimistic or atomic
+    ONCEFLOW_ORDERED         "true" to process each partition key strictly in sequence
+    ONCEFLOW_TTL_SECONDS     how long completed keys are remembered (default 7 days)
+
+Handler: examples.orders.lambda_function.handler. Importing this module touches no AWS
+API and no boto3; the pipeline is built on the first invocation.
+"""
+
+from __future__ import annotations
+
+import os
+
+from adapters.aws import lambda_handler
+from corelib.errors import ConfigurationError
+from corelib.pipeline import Pipeline
+from examples.orders.processor import OrderProcessor
+
+MODES = ("upsert", "optimistic", "atomic")
+
+
+def _setting(name: str, default: str | None = None) -> str:
+    value = os.environ.get(name, default)
+    if value is None or value == "":
+        raise ConfigurationError(f"environment variable {name} is not set; see {__name__}")
+    return value
+
+
+def build_pipeline() -> Pipeline:
+    """The orders pipeline from the environment."""
+    from adapters.aws import (
+        DynamoDBIdempotencyStore,
+        DynamoDBSink,
+        SQSSink,
+    )
+
+    mode = _setting("ONCEFLOW_MODE", "upsert")
+    if mode not in MODES:
+        raise ConfigurationError(f"ONCEFLOW_MODE is {mode!r}; use one of {', '.join(MODES)}")
+    store = DynamoDBIdempotencyStore(
+        _setting("ONCEFLOW_STATE_TABLE"),
+        leases=mode == "atomic",
+        ttl_seconds=float(_setting("ONCEFLOW_TTL_SECONDS", str(7 * 86_400))),
+    )
+    sink = DynamoDBSink(_setting("ONCEFLOW_OUTPUT_TABLE"), atomic=mode != "upsert")
+    letters = os.environ.get("ONCEFLOW_DEAD_LETTERS")
+    return Pipeline(
+        OrderProcessor(),
+        sink,
+        store,
+        SQSSink(letters) if letters else None,
+        ordered=_setting("ONCEFLOW_ORDERED", "false").lower() == "true",
+        name="orders",
+    )
+
+
+handler = lambda_handler(build_pipeline)
