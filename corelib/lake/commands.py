@@ -56,6 +56,26 @@ def register(subparsers: Any) -> None:
     _target(info)
     info.set_defaults(func=_info)
 
+    sizing = commands.add_parser(
+        "sizing", help="the file sizes a batch size and batch window give, before compaction"
+    )
+    sizing.add_argument("--events-per-second", type=float, required=True)
+    sizing.add_argument(
+        "--bytes-per-event",
+        type=float,
+        default=25.0,
+        help="compressed Parquet bytes per row (23 for the benchmark's 10-column clicks)",
+    )
+    sizing.add_argument("--batch-size", type=int, default=10_000)
+    sizing.add_argument("--window-seconds", type=float, default=300.0)
+    sizing.add_argument(
+        "--partitions",
+        type=int,
+        default=1,
+        help="partitions one batch spreads over (1 for hourly by event time)",
+    )
+    sizing.set_defaults(func=_sizing)
+
     close = commands.add_parser("close", help="put _SUCCESS in hourly partitions that ended")
     _target(close)
     close.add_argument("--grace-minutes", type=float, default=60.0)
@@ -177,6 +197,41 @@ def _close(args: argparse.Namespace) -> int:
     closed = _run(lambda: close_partitions(store, root, grace=grace))
     for partition in closed:
         print(f"closed {partition}")
+    return 0
+
+
+def sizing(
+    events_per_second: float,
+    bytes_per_event: float,
+    batch_size: int,
+    window_seconds: float,
+    partitions: int = 1,
+) -> dict[str, float]:
+    """Rows and bytes per file, and files per partition-hour, for one source shard."""
+    per_batch = min(batch_size, events_per_second * window_seconds)
+    seconds = per_batch / events_per_second if events_per_second else window_seconds
+    rows = per_batch / max(partitions, 1)
+    return {
+        "rows_per_file": rows,
+        "bytes_per_file": rows * bytes_per_event,
+        "files_per_partition_hour": 3600 / max(seconds, 1e-9),
+    }
+
+
+def _sizing(args: argparse.Namespace) -> int:
+    numbers = sizing(
+        args.events_per_second,
+        args.bytes_per_event,
+        args.batch_size,
+        args.window_seconds,
+        args.partitions,
+    )
+    print(
+        f"each flush: {numbers['rows_per_file']:,.0f} rows, "
+        f"~{_size(int(numbers['bytes_per_file']))} per file; "
+        f"{numbers['files_per_partition_hour']:,.1f} files per partition-hour per shard"
+    )
+    print("the sink flushes once per batch: raise the batch size or the window for larger files")
     return 0
 
 

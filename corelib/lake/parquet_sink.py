@@ -83,6 +83,8 @@ class ParquetSink:
                     f"{part.field} is {self.schema.field(part.field).type}"
                 )
         self._dropped = [p for p in self.parts if isinstance(p, str)]
+        if compression != "none" and not pa.Codec.is_available(compression):
+            raise ConfigurationError(f"compression {compression!r} is not available in pyarrow")
         self.max_rows = max_rows
         self.max_bytes = max_bytes
         self.compression = compression

@@ -108,3 +108,13 @@ def test_compact_info_vacuum_and_close_from_the_command_line(
     assert "closed dt=2024-05-01/hr=10" in capsys.readouterr().out
     assert main(["lake", "compact", "nope://x"]) == 2
     assert "nope:// is not a known store" in capsys.readouterr().err
+
+
+def test_sizing_and_help_give_the_numbers(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["lake", "sizing", "--events-per-second", "100", "--window-seconds", "300"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "each flush: 10,000 rows, ~244.1 KiB per file; 36.0 files per partition-hour" in out
+    with pytest.raises(SystemExit):
+        main(["lake", "--help"])
+    assert "MaximumBatchingWindowInSeconds" in capsys.readouterr().out
