@@ -9,6 +9,7 @@ from typing import Any
 import anyio
 import azure.functions as func
 import pytest
+from azure.functions.blob import InputStream
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -424,3 +425,23 @@ async def test_pipeline_factory_is_built_on_first_invocation() -> None:
     await run(queue_message("a", b'{"n": 1}'))
     await run(queue_message("b", b'{"n": 2}'))
     assert len(built) == 1
+
+
+class BrokenStream(InputStream):
+    """A blob stream whose read fails, as when the blob vanished under the trigger."""
+
+    def read(self, size: int | None = -1) -> bytes:
+        raise OSError("the blob was deleted before it could be read")
+
+
+@pytest.mark.anyio
+async def test_unreadable_blob_is_dead_lettered_naming_it() -> None:
+    letters = MemorySink()
+    pipe = pipeline(letters=letters)
+    stream = BrokenStream(
+        data=b"", name="in/gone.json", uri="https://shop.blob.core.windows.net/in/gone.json"
+    )
+    result = await FunctionHandler(pipe, BlobTrigger("in/{name}")).blob(stream)
+    assert result.dead_lettered == ["gone.json"]
+    [letter] = letters.values()
+    assert "blob in/gone.json" in letter["message"] and "deleted" in letter["message"]

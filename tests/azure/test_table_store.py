@@ -6,7 +6,11 @@ import uuid
 from typing import Any
 
 import pytest
-from azure.data.tables import TableServiceClient
+import requests
+from azure.core.pipeline import PipelineRequest, PipelineResponse
+from azure.core.pipeline.policies import HTTPPolicy
+from azure.core.pipeline.transport import RequestsTransportResponse
+from azure.data.tables import TableClient, TableServiceClient
 
 from adapters.azure import TableIdempotencyStore, TableSink
 from adapters.azure.table_keys import decode_part, encode_part, key_address
@@ -144,3 +148,40 @@ async def test_purge_deletes_only_what_has_expired(
     clock.advance(100)
     assert await store.purge(partition=partition) == 1
     assert store.read([key_address(done), key_address(leased)]) == {}
+
+
+class Throttle(HTTPPolicy):  # type: ignore[type-arg]
+    """Answers the next `times` requests with 429 Too Many Requests, as a busy partition does."""
+
+    def __init__(self, times: int) -> None:
+        super().__init__()
+        self.remaining = times
+        self.answered = 0
+
+    def send(self, request: PipelineRequest) -> PipelineResponse:  # type: ignore[type-arg]
+        if self.remaining <= 0:
+            return self.next.send(request)
+        self.remaining -= 1
+        self.answered += 1
+        raw = requests.Response()
+        raw.status_code, raw.reason, raw._content = 429, "Too Many Requests", b""
+        raw.headers["Retry-After"] = "0"
+        response = RequestsTransportResponse(request.http_request, raw)
+        return PipelineResponse(request.http_request, response, request.context)
+
+
+@pytest.mark.anyio
+async def test_throttled_requests_are_retried(
+    azurite_server: Azurite, tables: dict[str, str]
+) -> None:
+    throttle = Throttle(2)
+    client = TableClient.from_connection_string(
+        azurite_server.connection_string,
+        tables["state"],
+        per_retry_policies=[throttle],
+        retry_backoff_factor=0.01,
+    )
+    store = TableIdempotencyStore(client)
+    keys = [f"throttled-{uuid.uuid4().hex[:8]}#{n}" for n in range(3)]
+    claims = await store.claim(keys, 30)
+    assert [c.status for c in claims] == [ClaimStatus.NEW] * 3 and throttle.answered == 2
