@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -276,8 +277,9 @@ def function_app(
     app = app or func.FunctionApp()
     handler = FunctionHandler(pipeline, trigger)
     if isinstance(trigger, EventHubTrigger):
-
-        async def on_events(events: list[func.EventHubEvent]) -> None:
+        # typing.List, not list[...]: the Python worker's annotation check only knows the
+        # typing generics, and refuses to load a function annotated `list[EventHubEvent]`.
+        async def on_events(events: typing.List[func.EventHubEvent]) -> None:  # noqa: UP006
             await handler.event_hub(events)
 
         app.function_name(name)(

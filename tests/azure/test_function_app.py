@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import typing
 from collections import defaultdict
 from typing import Any
 
 import anyio
 import azure.functions as func
 import pytest
-from azure.functions.blob import InputStream
+from azure.functions.blob import BlobConverter, InputStream
+from azure.functions.eventhub import EventHubTriggerConverter
+from azure.functions.queue import QueueMessageInConverter
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -445,3 +448,19 @@ async def test_unreadable_blob_is_dead_lettered_naming_it() -> None:
     assert result.dead_lettered == ["gone.json"]
     [letter] = letters.values()
     assert "blob in/gone.json" in letter["message"] and "deleted" in letter["message"]
+
+
+@pytest.mark.parametrize(
+    ("trigger", "converter"),
+    [
+        (EventHubTrigger("orders"), EventHubTriggerConverter),
+        (BlobTrigger("in/{name}"), BlobConverter),
+        (QueueTrigger("orders"), QueueMessageInConverter),
+    ],
+)
+def test_the_worker_accepts_the_functions_annotations(trigger: Any, converter: Any) -> None:
+    """The Python worker checks each binding's annotation against its converter at load."""
+    function = only_function(function_app(pipeline(), trigger)).get_user_function()
+    hints = typing.get_type_hints(function)
+    [name] = [n for n in hints if n != "return"]
+    assert converter.check_input_type_annotation(hints[name])
