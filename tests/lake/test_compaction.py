@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
 
+from adapters.aws import S3ObjectStore
 from adapters.local import LocalObjectStore
 from adapters.memory import MemoryObjectStore
 from corelib.cli import main
@@ -16,6 +18,7 @@ from corelib.lake import Hourly, ManifestConflict, ManifestLog, ParquetSink, rea
 from corelib.lake.compaction import compact_dataset, plan, vacuum_dataset
 from corelib.records import Output
 from tests.lake.conftest import query
+from tests.support.servers import MotoServer
 
 SCHEMA = pa.schema([("n", pa.int64()), ("time", pa.timestamp("us", "UTC"))])
 
@@ -118,3 +121,27 @@ def test_sizing_and_help_give_the_numbers(capsys: pytest.CaptureFixture[str]) ->
     with pytest.raises(SystemExit):
         main(["lake", "--help"])
     assert "MaximumBatchingWindowInSeconds" in capsys.readouterr().out
+
+
+@pytest.mark.emulator
+def test_compact_an_s3_dataset_by_url(
+    moto: MotoServer,
+    lake_bucket: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import anyio
+
+    for name, value in {
+        "AWS_ENDPOINT_URL": moto.endpoint,
+        "AWS_ACCESS_KEY_ID": moto.access_key,
+        "AWS_SECRET_ACCESS_KEY": moto.secret_key,
+        "AWS_DEFAULT_REGION": moto.region,
+    }.items():
+        monkeypatch.setenv(name, value)
+    prefix = f"cli-{uuid.uuid4().hex[:8]}"
+    store = S3ObjectStore(lake_bucket, prefix, client=moto.client("s3"))
+    anyio.run(small_files, store, 6)
+    assert main(["lake", "compact", f"s3://{lake_bucket}/{prefix}/ds"]) == 0
+    assert "12 files" in capsys.readouterr().out
+    assert anyio.run(read_dataset, store, "ds").num_rows == 60
