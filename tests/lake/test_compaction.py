@@ -10,6 +10,7 @@ import pyarrow as pa
 import pytest
 
 from adapters.aws import S3ObjectStore
+from adapters.azure import BlobObjectStore
 from adapters.local import LocalObjectStore
 from adapters.memory import MemoryObjectStore
 from corelib.cli import main
@@ -18,7 +19,7 @@ from corelib.lake import Hourly, ManifestConflict, ManifestLog, ParquetSink, rea
 from corelib.lake.compaction import compact_dataset, plan, vacuum_dataset
 from corelib.records import Output
 from tests.lake.conftest import query
-from tests.support.servers import MotoServer
+from tests.support.servers import Azurite, MotoServer
 
 SCHEMA = pa.schema([("n", pa.int64()), ("time", pa.timestamp("us", "UTC"))])
 
@@ -145,3 +146,22 @@ def test_compact_an_s3_dataset_by_url(
     assert main(["lake", "compact", f"s3://{lake_bucket}/{prefix}/ds"]) == 0
     assert "12 files" in capsys.readouterr().out
     assert anyio.run(read_dataset, store, "ds").num_rows == 60
+
+
+@pytest.mark.emulator
+def test_info_on_an_azure_dataset_by_url(
+    azurite_server: Azurite,
+    lake_container: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import anyio
+
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite_server.connection_string)
+    prefix = f"cli-{uuid.uuid4().hex[:8]}"
+    store = BlobObjectStore(
+        lake_container, f"{prefix}/", connection_string=azurite_server.connection_string
+    )
+    anyio.run(small_files, store, 3)
+    assert main(["lake", "info", f"az://{lake_container}/{prefix}/ds"]) == 0
+    assert "dt=2024-05-01/hr=10\t3 files\t15 rows" in capsys.readouterr().out

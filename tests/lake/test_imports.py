@@ -20,3 +20,4 @@ def test_import_corelib_and_lake_loads_neither_pyarrow_nor_deltalake() -> None:
 def test_lake_names_load_on_first_use() -> None:
     assert lake.ParquetSink.__name__ == "ParquetSink"
     assert sorted(lake.__all__) == lake.__all__
+    assert all(getattr(lake, name).__name__ == name for name in lake.__all__)
