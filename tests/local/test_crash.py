@@ -18,9 +18,9 @@ EVENTS = 30_000
 INVALID = set(range(7, EVENTS, 1000))  # line numbers (1-based) holding broken JSON
 
 
-def make_input(path: Path) -> None:
+def make_input(path: Path, events: int = EVENTS) -> None:
     with path.open("w") as handle:
-        for line in range(1, EVENTS + 1):
+        for line in range(1, events + 1):
             handle.write("{oops\n" if line in INVALID else json.dumps({"n": line}) + "\n")
 
 
@@ -78,3 +78,44 @@ def test_sigkill_mid_run_then_rerun_equals_one_clean_run(tmp_path: Path) -> None
     assert sorted(letter["key"] for letter in letters) == sorted(
         f"file:in.jsonl#in.jsonl:{line}" for line in INVALID
     )
+
+
+@pytest.mark.slow
+def test_two_runs_on_the_same_input_apply_each_event_once(tmp_path: Path) -> None:
+    events = 8_000
+    invalid = [line for line in INVALID if line <= events]
+    source = tmp_path / "in.jsonl"
+    make_input(source, events)
+    state = tmp_path / "state"
+    reports = [tmp_path / "a.json", tmp_path / "b.json"]
+    command = [
+        str(Path(sys.executable).with_name("onceflow")),
+        "run",
+        "tests.local.processors:Doubler",
+        "--input",
+        str(source),
+        "--state",
+        str(state),
+        "--batch-size",
+        "100",
+        "--quiet",
+    ]
+    runs = [
+        subprocess.Popen(
+            [*command, "--report", str(report)],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for report in reports
+    ]
+    for run in runs:
+        _, err = run.communicate(timeout=120)
+        assert run.returncode == 0, err.decode()
+    tallies = [json.loads(report.read_text()) for report in reports]
+    valid = events - len(invalid)
+    assert sum(t["processed"] for t in tallies) == valid  # each event applied by one run
+    assert sum(t["dead_lettered"] for t in tallies) == len(invalid)
+    assert all(not t["failed"] for t in tallies)
+    assert stored(state, "outputs") == valid
+    assert stored(state, "dead_letters") == len(invalid)
