@@ -44,20 +44,22 @@ def make_input(path: Path, count: int) -> None:
 
 
 def run_onceflow(path: Path, work: Path, batch: int) -> dict[str, float]:
-    from adapters.local import FileSource
-    from adapters.local.state import LocalState
-    from corelib import Pipeline, run_source
+    """What `onceflow run` does: FileSource -> Pipeline -> SQLite sink and markers, one file."""
+    from adapters.local import FileSource, LocalState
+    from adapters.local.totals import TallyingPipeline
+    from corelib import run_source
 
     state = LocalState(work / "state")
     source = FileSource(path, state=state.database)
-    pipeline = Pipeline(Trivial(), state.sink, state.store, state.dead_letters)
+    pipeline = TallyingPipeline(Trivial(), state.sink, state.store, state.dead_letters)
     started = time.perf_counter()
-    total = anyio.run(lambda: run_source(pipeline, source, batch_size=batch))
+    anyio.run(lambda: run_source(pipeline, source, batch_size=batch))
     wall = time.perf_counter() - started
     stored = state.sink.count()
     state.close()
-    assert not total.failed and not total.dead_lettered
-    return {"events": len(total.processed), "seconds": wall, "rows": stored}
+    tally = pipeline.tally
+    assert not tally.failed and not tally.dead_lettered and stored == tally.processed
+    return {"events": tally.processed, "seconds": wall, "rows": stored}
 
 
 def run_bare(path: Path, work: Path, markers: bool) -> dict[str, float]:

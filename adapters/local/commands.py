@@ -21,6 +21,7 @@ from adapters.local.database import StateError
 from adapters.local.file_records import FORMATS, format_of
 from adapters.local.file_source import DirectorySource, FileSource
 from adapters.local.state import LocalState
+from adapters.local.totals import Tally, TallyingPipeline
 from corelib.cli import CliError, load_object
 from corelib.event import Event
 from corelib.pipeline import BatchResult, Pipeline
@@ -29,7 +30,7 @@ from corelib.runner import run_source
 if TYPE_CHECKING:
     from rich.console import Console
 
-__all__ = ["Tally", "register"]
+__all__ = ["register"]
 
 DEFAULT_STATE = ".onceflow"
 
@@ -181,59 +182,6 @@ def _processor(spec: str) -> Any:
     return target
 
 
-class Tally:
-    """Totals over a run's batches; an event that failed and later settled counts once."""
-
-    def __init__(self) -> None:
-        self.processed = 0
-        self.duplicates = 0
-        self.dead_lettered = 0
-        self.failed: dict[str, str] = {}
-        self.reasons: dict[str, str] = {}
-
-    def add(self, result: BatchResult) -> None:
-        """Count one batch."""
-        self.processed += len(result.processed)
-        self.duplicates += len(result.duplicates)
-        self.dead_lettered += len(result.dead_lettered)
-        for event_id in (*result.processed, *result.duplicates, *result.dead_lettered):
-            self.failed.pop(event_id, None)
-        for event_id in result.failed:
-            self.failed[event_id] = result.reasons.get(event_id, "not processed")
-        for event_id in result.dead_lettered:
-            self.reasons[event_id] = result.reasons.get(event_id, "")
-
-    @property
-    def events(self) -> int:
-        """Events settled so far."""
-        return self.processed + self.duplicates + self.dead_lettered
-
-    def as_plain(self) -> dict[str, Any]:
-        """The tally as JSON-ready data (a worker's report to its parent)."""
-        return {
-            **self.counts(),
-            "failed": self.failed,
-            "reasons": dict(list(self.reasons.items())[:20]),
-        }
-
-    def add_plain(self, plain: dict[str, Any]) -> None:
-        """Add a worker's report."""
-        self.processed += int(plain["processed"])
-        self.duplicates += int(plain["duplicates"])
-        self.dead_lettered += int(plain["dead_lettered"])
-        self.failed.update(plain["failed"])
-        self.reasons.update(plain["reasons"])
-
-    def counts(self) -> dict[str, int]:
-        """The totals by name."""
-        return {
-            "processed": self.processed,
-            "duplicates": self.duplicates,
-            "failed": len(self.failed),
-            "dead_lettered": self.dead_lettered,
-        }
-
-
 # -- onceflow run ------------------------------------------------------------------------------
 
 
@@ -254,7 +202,8 @@ def run_command(args: argparse.Namespace) -> int:
         source = _source(args, state)
         if args.from_start:
             source.checkpoints = None
-        pipeline = Pipeline(
+        tally = Tally()
+        pipeline = TallyingPipeline(
             processor,
             state.sink,
             state.store,
@@ -263,15 +212,14 @@ def run_command(args: argparse.Namespace) -> int:
             max_attempts=args.max_attempts,
             lease_seconds=args.lease_seconds,
             name=args.processor,
+            tally=tally,
         )
         options = {k: v for k, v in vars(args).items() if k not in {"func", "input", "processor"}}
         run_id = 0 if args.report else state.start_run(args.processor, list(args.input), options)
-        tally = Tally()
         started = time.perf_counter()
         with _progress(console, quiet=args.quiet, total=_total_bytes(source)) as show:
 
             def on_batch(result: BatchResult) -> None:
-                tally.add(result)
                 show(tally, source.bytes_read)
 
             anyio.run(_drive, pipeline, source, args.batch_size, on_batch)

@@ -1,0 +1,94 @@
+"""Run totals that stay small however long the run: counts, not lists of event ids."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from corelib.event import Event
+from corelib.pipeline import BatchResult, Pipeline
+from corelib.records import InvalidRecord
+
+__all__ = ["Tally", "TallyingPipeline"]
+
+_KEPT_REASONS = 20
+
+
+class Tally:
+    """Totals over a run's batches; an event that failed and later settled counts once."""
+
+    def __init__(self) -> None:
+        self.processed = 0
+        self.duplicates = 0
+        self.dead_lettered = 0
+        self.failed: dict[str, str] = {}
+        """Events failed and not settled since, with why (few: they are redelivered)."""
+        self.reasons: dict[str, str] = {}
+        """Why the first dead-lettered events were dead-lettered (the rest are in the file)."""
+
+    def add(self, result: BatchResult) -> None:
+        """Count one batch."""
+        self.processed += len(result.processed)
+        self.duplicates += len(result.duplicates)
+        self.dead_lettered += len(result.dead_lettered)
+        if self.failed:
+            for event_id in (*result.processed, *result.duplicates, *result.dead_lettered):
+                self.failed.pop(event_id, None)
+        for event_id in result.failed:
+            self.failed[event_id] = result.reasons.get(event_id, "not processed")
+        for event_id in result.dead_lettered:
+            if len(self.reasons) >= _KEPT_REASONS:
+                break
+            self.reasons[event_id] = result.reasons.get(event_id, "")
+
+    @property
+    def events(self) -> int:
+        """Events settled so far."""
+        return self.processed + self.duplicates + self.dead_lettered
+
+    def counts(self) -> dict[str, int]:
+        """The totals by name."""
+        return {
+            "processed": self.processed,
+            "duplicates": self.duplicates,
+            "failed": len(self.failed),
+            "dead_lettered": self.dead_lettered,
+        }
+
+    def as_plain(self) -> dict[str, Any]:
+        """The tally as JSON-ready data (a worker's report to its parent)."""
+        return {**self.counts(), "failed": self.failed, "reasons": self.reasons}
+
+    def add_plain(self, plain: dict[str, Any]) -> None:
+        """Add a worker's report."""
+        self.processed += int(plain["processed"])
+        self.duplicates += int(plain["duplicates"])
+        self.dead_lettered += int(plain["dead_lettered"])
+        self.failed.update(plain["failed"])
+        for event_id, reason in plain["reasons"].items():
+            if len(self.reasons) < _KEPT_REASONS:
+                self.reasons[event_id] = reason
+
+
+class TallyingPipeline(Pipeline):
+    """A `Pipeline` that counts each batch into `tally` and returns only its failed ids.
+
+    `corelib.run_source` merges every batch's result into one whose id lists grow with
+    the input (and are copied at each merge); a run over millions of local records needs
+    the counts, and the failed ids for `ack`, not every id it ever saw.
+    """
+
+    def __init__(self, *args: Any, tally: Tally | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tally = tally or Tally()
+
+    async def process_batch(
+        self, records: Iterable[Event | InvalidRecord], *, deadline: float | None = None
+    ) -> BatchResult:
+        """Process the batch, count it, and return only what `ack` needs."""
+        result = await super().process_batch(records, deadline=deadline)
+        self.tally.add(result)
+        return BatchResult(
+            failed=result.failed,
+            reasons={i: result.reasons[i] for i in result.failed if i in result.reasons},
+        )
