@@ -34,9 +34,12 @@ def dynamodb_client(moto: MotoServer) -> Any:
     return SerializedClient(moto.client("dynamodb"))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def dynamodb_tables(dynamodb_client: Any) -> Callable[[str], str]:
-    """Makes (once per name, per session) a table with TTL, keyed by `pk`; returns its name."""
+    """Makes (once per name, per test) a table with TTL, keyed by `pk`; returns its name.
+
+    Fresh small tables keep moto fast: it copies every table a transaction touches.
+    """
     from adapters.aws.dynamodb_store import create_table
 
     made: dict[str, str] = {}

@@ -100,7 +100,7 @@ class TestFencedAtomicSink(Fenced, AtomicSinkContract):
 
 
 class TestFencedExactlyOnce(Fenced, ExactlyOnceContract):
-    max_examples = 10
+    max_examples = 8
     state_table = "eo-state"
     output_table = "eo-outputs"
 
@@ -122,7 +122,7 @@ class TestUpsertSink(Upsert, SinkContract):
 
 
 class TestUpsertExactlyOnce(Upsert, ExactlyOnceContract):
-    max_examples = 10
+    max_examples = 8
 
     @pytest.mark.anyio
     async def test_crash_at_each_step_then_redelivery(self, *args: Any, **kwargs: Any) -> None:
