@@ -109,9 +109,14 @@ class CosmosIdempotencyStore:
     def _take(self, key: str, row: Item | None, lease_seconds: float) -> Claim:
         """Lease one free key, reading it again after each lost race."""
         partition, item_id = cosmos_address(key)
+        tried: Claim | None = None
         for attempt in range(TRIES):
             if attempt:
                 row = self._read_one(key)
+                if tried is not None and row is not None and row.get("token") == tried.token:
+                    # Our write landed but its answer was lost and the SDK's retry met it.
+                    self._remember(key, tried.token or "", str(row["_etag"]))
+                    return tried
             now = self.clock.now()
             held = held_answer(key, row, now)
             if held is not None:
@@ -136,6 +141,9 @@ class CosmosIdempotencyStore:
                         match_condition=MatchConditions.IfNotModified,
                     )
             except (CosmosResourceExistsError, CosmosAccessConditionFailedError):
+                tried = Claim(
+                    key, ClaimStatus.NEW, token=token, lease_expires_at=now + lease_seconds
+                )
                 continue
             except CosmosResourceNotFoundError:
                 continue  # released or purged meanwhile: create it next round

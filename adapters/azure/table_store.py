@@ -111,7 +111,9 @@ class TableIdempotencyStore:
                 self._remember(addresses[claim.key], claim.token, group.etags[0])
                 answers[claim.key] = claim
             else:
-                answers[claim.key] = self._claim_one(claim.key, addresses[claim.key], lease_seconds)
+                answers[claim.key] = self._claim_one(
+                    claim.key, addresses[claim.key], lease_seconds, attempted=claim
+                )
         return [answers[key] for key in keys]
 
     def _decide(
@@ -141,10 +143,20 @@ class TableIdempotencyStore:
             return claim, ("create", entity)
         return claim, ("update", entity, {"mode": UpdateMode.REPLACE, **_if_match(_etag(row))})
 
-    def _claim_one(self, key: str, address: tuple[str, str], lease_seconds: float) -> Claim:
+    def _claim_one(
+        self,
+        key: str,
+        address: tuple[str, str],
+        lease_seconds: float,
+        attempted: Claim | None = None,
+    ) -> Claim:
         """Decide one contended key alone, reading it again after each lost race."""
         for _ in range(SINGLE_TRIES):
             row = self._get(address)
+            if attempted is not None and row is not None and row.get("token") == attempted.token:
+                # Our write landed but its answer was lost and the SDK's retry met it.
+                self._remember(address, attempted.token, _etag(row))
+                return attempted
             claim, operation = self._decide(key, address, row, self.clock.now(), lease_seconds)
             if operation is None:
                 return claim
@@ -154,6 +166,7 @@ class TableIdempotencyStore:
                 else:
                     written = self.table.update_entity(operation[1], **operation[2])
             except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
+                attempted = claim
                 continue
             self._remember(address, claim.token, written["etag"])
             return claim

@@ -185,3 +185,40 @@ async def test_throttled_requests_are_retried(
     keys = [f"throttled-{uuid.uuid4().hex[:8]}#{n}" for n in range(3)]
     claims = await store.claim(keys, 30)
     assert [c.status for c in claims] == [ClaimStatus.NEW] * 3 and throttle.answered == 2
+
+
+class LoseFirstAnswer(HTTPPolicy):  # type: ignore[type-arg]
+    """Lets the first write land, then answers 503 as if the reply was lost on the way."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lost = 0
+
+    def send(self, request: PipelineRequest) -> PipelineResponse:  # type: ignore[type-arg]
+        response = self.next.send(request)
+        if self.lost or request.http_request.method != "POST":
+            return response
+        self.lost += 1
+        raw = requests.Response()
+        raw.status_code, raw.reason, raw._content = 503, "Server Busy", b""
+        lost = RequestsTransportResponse(request.http_request, raw)
+        return PipelineResponse(request.http_request, lost, request.context)
+
+
+@pytest.mark.anyio
+async def test_a_claim_whose_answer_was_lost_is_still_ours(
+    azurite_server: Azurite, tables: dict[str, str]
+) -> None:
+    policy = LoseFirstAnswer()
+    client = TableClient.from_connection_string(
+        azurite_server.connection_string,
+        tables["state"],
+        per_retry_policies=[policy],
+        retry_backoff_factor=0.01,
+    )
+    store = TableIdempotencyStore(client)
+    key = f"lost-{uuid.uuid4().hex[:8]}#1"
+    [claim] = await store.claim([key], 30)
+    assert policy.lost == 1
+    assert claim.status is ClaimStatus.NEW
+    assert await store.complete([Completion(claim, Outcome(OutcomeStatus.SUCCEEDED))]) == [True]
