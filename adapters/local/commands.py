@@ -23,6 +23,7 @@ from adapters.local.file_source import DirectorySource, FileSource
 from adapters.local.state import LocalState
 from adapters.local.totals import Tally, TallyingPipeline
 from corelib.cli import CliError, load_object
+from corelib.errors import OnceflowError
 from corelib.event import Event
 from corelib.pipeline import BatchResult, Pipeline
 from corelib.runner import run_source
@@ -222,7 +223,12 @@ def run_command(args: argparse.Namespace) -> int:
             def on_batch(result: BatchResult) -> None:
                 show(tally, source.bytes_read)
 
-            anyio.run(_drive, pipeline, source, args.batch_size, on_batch)
+            try:
+                anyio.run(_drive, pipeline, source, args.batch_size, on_batch)
+            except (OnceflowError, OSError, KeyboardInterrupt):
+                raise
+            except Exception as exc:  # e.g. the processor's setup() failed
+                raise CliError(f"the run stopped: {type(exc).__name__}: {exc}") from exc
         wall = time.perf_counter() - started
         if args.report:  # a worker of `--workers N`: the parent sums and reports
             Path(args.report).write_text(json.dumps(tally.as_plain()))

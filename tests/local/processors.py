@@ -29,4 +29,12 @@ class Broken:
         raise RuntimeError("no configuration found")
 
 
+class NoSetup(Doubler):
+    """Its setup fails, as with a database that cannot be reached."""
+
+    def setup(self) -> None:
+        """Fail."""
+        raise RuntimeError("cannot reach the pricing service")
+
+
 NOT_A_PROCESSOR = 42

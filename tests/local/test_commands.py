@@ -76,6 +76,7 @@ def test_run_counts_exit_status_and_a_second_run(
         ("tests.local.processors", "is not MODULE:NAME"),
         ("tests.local.processors:Broken", "cannot create tests.local.processors:Broken()"),
         ("tests.local.processors:NOT_A_PROCESSOR", "has no process(event) method"),
+        ("tests.local.processors:NoSetup", "the run stopped: RuntimeError: cannot reach"),
     ],
 )
 def test_bad_processor_is_one_line(
