@@ -105,6 +105,13 @@ class TestFencedExactlyOnce(Fenced, ExactlyOnceContract):
     output_table = "eo-outputs"
 
 
+class TestFencedPlainSinkExactlyOnce(Fenced, ExactlyOnceContract):
+    """Leases with a sink that cannot join the transaction: write, then fenced complete."""
+
+    atomic = False
+    max_examples = 5
+
+
 NO_LEASE = "upsert mode takes no lease at claim time: a second worker is not held off"
 
 
