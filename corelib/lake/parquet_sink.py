@@ -22,7 +22,13 @@ from corelib.lake.partitions import (
     partition_labels,
     source_columns,
 )
-from corelib.lake.schema import EVENT_KEY, OUTPUT_ID, arrow_schema, outputs_to_table
+from corelib.lake.schema import (
+    EVENT_KEY,
+    META_COLUMNS,
+    OUTPUT_ID,
+    arrow_schema,
+    outputs_to_table,
+)
 from corelib.lake.transfers import put_all
 from corelib.records import Output
 
@@ -158,7 +164,9 @@ def encode_file(table: pa.Table, partition: str, compression: str) -> EncodedFil
     """The table as Parquet bytes, named by the output ids it holds, with its manifest record."""
     digest = _ids_digest(table.column(OUTPUT_ID).combine_chunks())
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression=compression)
+    # Ids are unique per row: a dictionary for them would be built only to be thrown away.
+    plain = [name for name in table.column_names if name not in META_COLUMNS]
+    pq.write_table(table, sink, compression=compression, use_dictionary=plain)
     body = sink.getvalue().to_pybytes()
     bounds = pc.min_max(table.column(EVENT_KEY))
     data_file = DataFile(

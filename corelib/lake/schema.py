@@ -92,9 +92,12 @@ def outputs_to_table(
     """
     values = [o.value for o in outputs]
     rejected: dict[str, str] = {}
-    for output, value in zip(outputs, values, strict=True):
-        if type(value) is not dict:
-            rejected[output.output_id] = f"value: expected an object, got {type(value).__name__}"
+    if not all(type(v) is dict for v in values):
+        for output, value in zip(outputs, values, strict=True):
+            if type(value) is not dict:
+                rejected[output.output_id] = (
+                    f"value: expected an object, got {type(value).__name__}"
+                )
     if extra == "reject":
         names = set(schema.names)
         for output, value in zip(outputs, values, strict=True):
