@@ -57,11 +57,15 @@ class _FilesSource:
         redeliveries: int = 5,
         backoff: Backoff | None = None,
         shard: tuple[int, int] | None = None,
+        ordered: bool = False,
     ) -> None:
         if shard is not None and not 0 <= shard[0] < shard[1]:
             raise ValueError(f"shard {shard[0]}/{shard[1]} is not one of 0..{shard[1] - 1}")
         self.shard = shard
         """(index, count): read only the records of worker `index` of `count`."""
+        self.ordered = ordered
+        """Once a record fails, later records of its partition wait behind it."""
+        self._blocked: set[str] = set()
         database = state if state is None or isinstance(state, Database) else Database.shared(state)
         self.checkpoints = Checkpoints(database) if database is not None else None
         self.redeliveries = redeliveries
@@ -118,6 +122,11 @@ class _FilesSource:
                     and _shard_of(item.record, self.shard[1]) != self.shard[0]
                 ):
                     continue  # another worker's record
+                lane = item.record.partition_key
+                if self.ordered and lane is not None and lane in self._blocked:
+                    # An earlier record of this lane failed: this one waits behind it.
+                    file.pending[item.start] = item
+                    continue
                 records.append(item.record)
                 where.append((file, item))
                 if len(records) >= max_size:
@@ -141,10 +150,20 @@ class _FilesSource:
                 return
             await anyio.sleep(self.backoff.delay(round_))
             waiting.sort(key=lambda fp: (fp[0].reader.ordinal, fp[1].start))
-            for start in range(0, len(waiting), max_size):
-                chunk = waiting[start : start + max_size]
+            self._blocked.clear()
+            position = 0
+            while position < len(waiting):
+                chunk: list[tuple[_File, Positioned]] = []
+                while position < len(waiting) and len(chunk) < max_size:
+                    file, item = waiting[position]
+                    position += 1
+                    lane = item.record.partition_key
+                    if not (self.ordered and lane is not None and lane in self._blocked):
+                        chunk.append((file, item))
+                if not chunk:
+                    break
                 batch = [_again(p.record, round_) for _, p in chunk]
-                self._batch = (batch, list(chunk))
+                self._batch = (batch, chunk)
                 yield batch
                 if self.stopped:
                     return
@@ -160,6 +179,8 @@ class _FilesSource:
             touched[file.key] = file
             if item.record.id in failed_ids:
                 file.pending[item.start] = item
+                if self.ordered and item.record.partition_key is not None:
+                    self._blocked.add(item.record.partition_key)
             else:
                 file.pending.pop(item.start, None)
                 if item.end > file.settled[0]:
@@ -228,8 +249,11 @@ class FileSource(_FilesSource):
         redeliveries: int = 5,
         backoff: Backoff | None = None,
         shard: tuple[int, int] | None = None,
+        ordered: bool = False,
     ) -> None:
-        super().__init__(state=state, redeliveries=redeliveries, backoff=backoff, shard=shard)
+        super().__init__(
+            state=state, redeliveries=redeliveries, backoff=backoff, shard=shard, ordered=ordered
+        )
         patterns = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
         self.files = _expand([os.fspath(p) for p in patterns])
         self.fmt = fmt
@@ -278,8 +302,9 @@ class DirectorySource(_FilesSource):
         settle_seconds: float = 1.0,
         redeliveries: int = 5,
         shard: tuple[int, int] | None = None,
+        ordered: bool = False,
     ) -> None:
-        super().__init__(state=state, redeliveries=redeliveries, shard=shard)
+        super().__init__(state=state, redeliveries=redeliveries, shard=shard, ordered=ordered)
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise NotADirectoryError(f"landing folder {self.folder} does not exist")

@@ -222,3 +222,27 @@ async def test_watch_mode_picks_up_files_that_land_later(tmp_path: Path) -> None
         await anyio.sleep(0.1)
         write(landing / "late.jsonl", '{"a":1}\n')
     assert [r.id for batch in seen for r in batch] == ["late.jsonl:1"]
+
+
+@pytest.mark.anyio
+async def test_ordered_source_holds_a_lane_behind_its_failed_record(tmp_path: Path) -> None:
+    rows = "".join(json.dumps({"n": n, "lane": f"p{n % 2}"}) + "\n" for n in range(1, 11))
+    path = write(tmp_path / "in.jsonl", rows)
+    source = FileSource(path, partition_field="lane", ordered=True)
+    source.backoff.base = source.backoff.cap = 0.0
+    done: list[int] = []
+    failures = {"in.jsonl:3": 2}  # fails on its first two deliveries
+    async for batch in source.batches(2):
+        failed = set()
+        for record in batch:
+            if failures.get(record.id, 0) > 0:
+                failures[record.id] -= 1
+                failed.add(record.id)
+            elif failed and record.partition_key == "p1":
+                failed.add(record.id)  # an ordered pipeline leaves the lane's rest unprocessed
+            else:
+                done.append(json.loads(record.data)["n"])  # type: ignore[union-attr]
+        await source.ack(batch, failed)
+    lanes = {lane: [n for n in done if f"p{n % 2}" == lane] for lane in ("p0", "p1")}
+    assert lanes["p0"] == [2, 4, 6, 8, 10]
+    assert lanes["p1"] == [1, 3, 5, 7, 9]  # 5, 7 and 9 waited for 3
