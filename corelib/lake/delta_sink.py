@@ -41,8 +41,8 @@ class DeltaSink:
     `ordered=True` (for ordered pipelines only): each commit records, per source partition,
     an application transaction `<app_id>/<partition>` whose version is the highest sequence
     number written, so rows at or below it are recognised from the table's own log and
-    skipped, atomically with the commit. `ordered=False`: rows are merged on `_output_id`,
-    so a rewrite replaces and never duplicates; the pipeline's idempotency store does the rest.
+    skipped, atomically with the commit. `ordered=False`, and outputs of events without a
+    partition key: rows are merged on `_output_id`, so a rewrite replaces, never duplicates.
     """
 
     def __init__(
@@ -89,9 +89,23 @@ class DeltaSink:
 
     def _commit(self, table: pa.Table, outputs: list[Output]) -> None:
         existing = self._table()
-        if self.ordered:
+        if not self.ordered:
+            self._merge(existing, table)
+            return
+        keyed = [o.partition_key is not None for o in outputs]
+        if not all(keyed):
+            # Events without a partition key promise no order, so no version can vouch
+            # for them: they are merged on their output ids instead.
+            mask = pa.array(keyed)
+            self._merge(existing, table.filter(pc.invert(mask)))
+            table = table.filter(mask)
+            outputs = [o for o, k in zip(outputs, keyed, strict=True) if k]
+            existing = self._table()
+        if outputs:
             self._append_new(existing, table, outputs)
-        elif existing is None:
+
+    def _merge(self, existing: DeltaTable | None, table: pa.Table) -> None:
+        if existing is None:
             self._append(table, None)
         else:
             (

@@ -135,8 +135,9 @@ async def test_unordered_pipelines_merge_on_output_id_instead(tmp_path: Path) ->
     clock = ManualClock()
     # Unordered, later sequence numbers may commit first: a skip-by-version would lose rows.
     unsound = DeltaSink(str(tmp_path / "unsound"), schema=SCHEMA, sequence_of=by_seq)
-    await unsound.write([Output("c#e9#0", "c#e9", "e9", 0, to_row(events(range(10))[9]))])
-    await unsound.write([Output("c#e1#0", "c#e1", "e1", 0, to_row(events(range(10))[1]))])
+    e1, e9 = events(range(10))[1], events(range(10))[9]
+    await unsound.write([Output("c#e9#0", "c#e9", "e9", 0, to_row(e9), partition_key="p1")])
+    await unsound.write([Output("c#e1#0", "c#e1", "e1", 0, to_row(e1), partition_key="p1")])
     assert read_delta(str(tmp_path / "unsound")).num_rows == 1  # e1 lost: why ordered=False
     sink = DeltaSink(uri, schema=SCHEMA, ordered=False)
     first = pipeline(sink, ordered=False, clock=clock)
@@ -149,6 +150,32 @@ async def test_unordered_pipelines_merge_on_output_id_instead(tmp_path: Path) ->
         assert (await second.process_batch(batch)).ok
     rows = read_delta(uri)
     assert query("select count(*), count(distinct _output_id) from t", t=rows) == [(10, 10)]
+
+
+@pytest.mark.anyio
+async def test_outputs_without_a_partition_key_are_merged_in_ordered_mode(tmp_path: Path) -> None:
+    uri = str(tmp_path / "t")
+    sink = DeltaSink(uri, schema=SCHEMA, sequence_of=by_seq)
+    keyed = [
+        Output(
+            f"c#e{n}#0",
+            f"c#e{n}",
+            f"e{n}",
+            0,
+            {"n": n, "seq": 100 + n, "lane": "p0"},
+            partition_key="p0",
+        )
+        for n in range(3)
+    ]
+    loose = [
+        Output(f"c#x{n}#0", f"c#x{n}", f"x{n}", 0, {"n": 50 + n, "seq": 1, "lane": None})
+        for n in range(3)
+    ]
+    await sink.write(keyed + loose)
+    await sink.write(loose[::-1] + keyed)  # redelivered: skipped by version, merged by id
+    rows = read_delta(uri)
+    assert sorted(rows.column("n").to_pylist()) == [0, 1, 2, 50, 51, 52]
+    assert DeltaTable(uri).transaction_version("onceflow/p0") == 102
 
 
 @pytest.mark.anyio
