@@ -602,8 +602,38 @@ class Pipeline:
         return Completion(item.claim, outcome)
 
     def _dead_letter_output(self, item: _Item) -> list[Output]:
-        record = item.record
         exc = item.error
+        letter = self.dead_letter_for(
+            item.record,
+            item.reason,
+            error_type=type(exc).__name__ if exc else "Error",
+            traceback=item.error_tb,
+            attempts=item.attempts,
+            first_attempt_at=item.first_attempt_at,
+            key=item.key,
+        )
+        return [letter]
+
+    def key_of(self, record: Record) -> str:
+        """The idempotency key this pipeline uses for `record`."""
+        if isinstance(record, InvalidRecord) or self.key is None:
+            return record.key
+        return self.key(record)
+
+    def dead_letter_for(
+        self,
+        record: Record,
+        message: str,
+        *,
+        error_type: str = "Error",
+        traceback: str = "",
+        attempts: int = 0,
+        first_attempt_at: float | None = None,
+        key: str | None = None,
+    ) -> Output:
+        """A dead-letter output in the runner's own shape, for adapters that settle records."""
+        if key is None:
+            key = self.key_of(record)
         if isinstance(record, InvalidRecord):
             original: dict[str, Any] = {
                 "id": record.id,
@@ -616,27 +646,26 @@ class Pipeline:
             }
         else:
             original = record.to_cloudevent()
+        now = self.clock.now()
         letter = {
-            "key": item.key,
+            "key": key,
             "event": original,
-            "error_type": type(exc).__name__ if exc else "Error",
-            "message": item.reason,
-            "traceback": item.error_tb,
-            "attempts": item.attempts,
-            "first_attempt_at": _iso(item.first_attempt_at or self.clock.now()),
-            "failed_at": _iso(self.clock.now()),
+            "error_type": error_type,
+            "message": message,
+            "traceback": traceback,
+            "attempts": attempts,
+            "first_attempt_at": _iso(first_attempt_at or now),
+            "failed_at": _iso(now),
             "pipeline": self.name,
         }
-        return [
-            Output(
-                output_id=f"{item.key}#dead-letter",
-                event_key=item.key,
-                event_id=record.id,
-                index=0,
-                value=to_plain(letter),
-                partition_key=record.partition_key,
-            )
-        ]
+        return Output(
+            output_id=f"{key}#dead-letter",
+            event_key=key,
+            event_id=record.id,
+            index=0,
+            value=to_plain(letter),
+            partition_key=record.partition_key,
+        )
 
     # -- 4. release and result -------------------------------------------------------------
 

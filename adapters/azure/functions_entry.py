@@ -6,8 +6,6 @@ import logging
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
 
 import azure.functions as func
 
@@ -21,7 +19,6 @@ from corelib.errors import ConfigurationError, OnceflowError
 from corelib.event import Event
 from corelib.pipeline import BatchResult, Pipeline
 from corelib.records import InvalidRecord, Output
-from corelib.serialization import to_plain
 
 __all__ = [
     "BatchFailed",
@@ -186,44 +183,12 @@ class FunctionHandler:
 
     def _undelivered(self, record: Record, reason: str) -> Output:
         """A dead letter, in the runner's shape, for an event the platform will not redeliver."""
-        pipeline = self.pipeline
-        if isinstance(record, Event):
-            key = pipeline.key(record) if pipeline.key else record.key
-            original: dict[str, Any] = record.to_cloudevent()
-        else:
-            key = record.key
-            original = {
-                "id": record.id,
-                "source": record.source,
-                "raw": record.raw,
-                "locator": record.locator,
-                "partition_key": record.partition_key,
-                "sequence": record.sequence,
-                "attributes": dict(record.attributes),
-            }
         where = record.locator if isinstance(record, InvalidRecord) else _describe(record)
-        now = datetime.fromtimestamp(pipeline.clock.now(), UTC).isoformat()
-        letter = {
-            "key": key,
-            "event": original,
-            "error_type": "Undelivered",
-            "message": (
-                f"{where}: still failing when the retry budget ran out, and the Event Hubs "
-                f"checkpoint moves past it: {reason}"
-            ),
-            "traceback": "",
-            "attempts": 0,
-            "first_attempt_at": now,
-            "failed_at": now,
-            "pipeline": pipeline.name,
-        }
-        return Output(
-            output_id=f"{key}#dead-letter",
-            event_key=key,
-            event_id=record.id,
-            index=0,
-            value=to_plain(letter),
-            partition_key=record.partition_key,
+        return self.pipeline.dead_letter_for(
+            record,
+            f"{where}: still failing when the retry budget ran out, and the Event Hubs "
+            f"checkpoint moves past it: {reason}",
+            error_type="Undelivered",
         )
 
     # -- Blob and Queue ----------------------------------------------------------------------
