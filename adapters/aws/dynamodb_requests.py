@@ -7,9 +7,10 @@ store's clock is logical time for leases and TTL, which a backoff must not move.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from corelib.retry import Backoff
 
@@ -29,6 +30,9 @@ BATCH_GET_LIMIT = 100
 BATCH_WRITE_LIMIT = 25
 TRANSACTION_LIMIT = 100
 MAX_ROUNDS = 8
+PARALLEL_REQUESTS = 4
+"""Independent batch requests in flight at once (boto3 clients are thread-safe)."""
+T = TypeVar("T")
 RETRYABLE_REASONS = frozenset(
     {
         "TransactionConflict",
@@ -65,21 +69,25 @@ def batch_get(
     key_attribute: str,
 ) -> dict[str, dict[str, Any]]:
     """Every existing item among `keys` (typed), by the key attribute's string value."""
-    found: dict[str, dict[str, Any]] = {}
-    for chunk in chunks(keys, BATCH_GET_LIMIT):
+
+    def fetch(chunk: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        got: list[dict[str, Any]] = []
         pending: list[dict[str, Any]] = list(chunk)
         for attempt in range(1, MAX_ROUNDS + 1):
             response = client.batch_get_item(
                 RequestItems={table: {"Keys": pending, "ConsistentRead": True}}
             )
-            for item in response.get("Responses", {}).get(table, []):
-                found[item[key_attribute]["S"]] = item
+            got.extend(response.get("Responses", {}).get(table, []))
             pending = response.get("UnprocessedKeys", {}).get(table, {}).get("Keys", [])
             if not pending:
-                break
+                return got
             time.sleep(backoff.delay(attempt))
-        else:
-            raise DynamoDBUnavailable(f"BatchGetItem on {table}: {len(pending)} keys unprocessed")
+        raise DynamoDBUnavailable(f"BatchGetItem on {table}: {len(pending)} keys unprocessed")
+
+    found: dict[str, dict[str, Any]] = {}
+    for items in _each(fetch, list(chunks(keys, BATCH_GET_LIMIT))):
+        for item in items:
+            found[item[key_attribute]["S"]] = item
     return found
 
 
@@ -87,7 +95,8 @@ def batch_write(
     client: Any, requests: Sequence[tuple[str, dict[str, Any]]], backoff: Backoff
 ) -> None:
     """`(table, PutRequest/DeleteRequest)` pairs in BatchWriteItem calls of 25, until all land."""
-    for chunk in chunks(requests, BATCH_WRITE_LIMIT):
+
+    def write(chunk: Sequence[tuple[str, dict[str, Any]]]) -> None:
         pending: dict[str, list[dict[str, Any]]] = {}
         for table, request in chunk:
             pending.setdefault(table, []).append(request)
@@ -95,11 +104,20 @@ def batch_write(
             response = client.batch_write_item(RequestItems=pending)
             pending = response.get("UnprocessedItems") or {}
             if not pending:
-                break
+                return
             time.sleep(backoff.delay(attempt))
-        else:
-            left = sum(len(v) for v in pending.values())
-            raise DynamoDBUnavailable(f"BatchWriteItem: {left} items unprocessed")
+        left = sum(len(v) for v in pending.values())
+        raise DynamoDBUnavailable(f"BatchWriteItem: {left} items unprocessed")
+
+    _each(write, list(chunks(requests, BATCH_WRITE_LIMIT)))
+
+
+def _each(call: Callable[[Any], T], chunks_: list[Any]) -> list[T]:
+    """`call` on every chunk, a few at a time: latency, not throughput, bounds a batch."""
+    if len(chunks_) <= 1:
+        return [call(chunk) for chunk in chunks_]
+    with ThreadPoolExecutor(max_workers=min(PARALLEL_REQUESTS, len(chunks_))) as pool:
+        return list(pool.map(call, chunks_))
 
 
 @dataclass(frozen=True, slots=True)
