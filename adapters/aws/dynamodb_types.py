@@ -7,7 +7,12 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any, cast
 
-from boto3.dynamodb.types import Binary, TypeDeserializer, TypeSerializer
+try:
+    from boto3.dynamodb.types import Binary, TypeDeserializer, TypeSerializer
+except ImportError as exc:  # pragma: no cover - the dev environment has boto3
+    from adapters.aws.sdk import MISSING
+
+    raise ImportError(MISSING) from exc
 
 __all__ = ["from_stream_image", "from_wire", "to_wire"]
 

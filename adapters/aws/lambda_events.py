@@ -194,7 +194,12 @@ def _dynamodb(records: Sequence[Mapping[str, Any]]) -> Delivery:
                 sequence=seq,
                 data=data,
                 attributes=_clean(
-                    {"aws.event_name": raw.get("eventName"), "aws.region": raw.get("awsRegion")}
+                    {
+                        "aws.event_name": raw.get("eventName"),
+                        "aws.region": raw.get("awsRegion"),
+                        # DynamoDB's own TTL deletes a REMOVE with this principal.
+                        "aws.ttl_delete": "true" if _ttl_delete(raw) else None,
+                    }
                 ),
             )
             dynamodb_change(event)  # every image must decode, or the record is invalid
@@ -206,6 +211,14 @@ def _dynamodb(records: Sequence[Mapping[str, Any]]) -> Delivery:
         delivery.records.append(record)
         delivery.items.append(Item(seq or record_id, [record_id]))
     return delivery
+
+
+def _ttl_delete(raw: Mapping[str, Any]) -> bool:
+    identity = raw.get("userIdentity") or {}
+    return bool(
+        identity.get("type") == "Service"
+        and identity.get("principalId") == "dynamodb.amazonaws.com"
+    )
 
 
 # -- SQS (and S3 notifications through it) ------------------------------------------------

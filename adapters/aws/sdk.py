@@ -1,4 +1,4 @@
-"""The one place the AWS backend imports boto3, with a clear error when the extra is missing."""
+"""Where the AWS backend makes boto3 clients, with a clear error when the extra is missing."""
 
 from __future__ import annotations
 

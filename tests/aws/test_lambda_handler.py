@@ -360,3 +360,21 @@ def test_factory_builds_the_pipeline_once() -> None:
     handler(aws.eventbridge_event("e1", {}), None)
     handler(aws.eventbridge_event("e2", {}), None)
     assert len(built) == 1 and handler.pipeline is built[0]
+
+
+def test_dynamodb_ttl_deletes_are_marked() -> None:
+    world = World()
+    removed = aws.dynamodb_record(5, "REMOVE", {"id": {"S": "u9"}}, old_image={"id": {"S": "u9"}})
+    removed["userIdentity"] = {"type": "Service", "principalId": "dynamodb.amazonaws.com"}
+    world.handler(aws.dynamodb_event(removed), None)
+    assert world.processor.seen[0].attributes["aws.ttl_delete"] == "true"
+
+
+def test_s3_key_with_a_broken_escape_is_dead_lettered_naming_the_object() -> None:
+    world = World()
+    answer = world.handler(
+        aws.s3_event(aws.s3_record("bkt", "bad%FF%FEkey", version_id="v1")), None
+    )
+    assert answer["dead_lettered"] == 1
+    [letter] = world.letter_messages()
+    assert "s3://bkt/bad%FF%FEkey" in letter and "undecodable key" in letter
