@@ -258,7 +258,13 @@ def _run_workers(args: argparse.Namespace, console: Console) -> int:
             workers = [
                 subprocess.Popen(_worker_argv(args, i, report)) for i, report in enumerate(reports)
             ]
-            codes = _wait(workers, console, quiet=args.quiet)
+            try:
+                codes = _wait(workers, console, quiet=args.quiet)
+            finally:
+                for worker in workers:  # on an error or Ctrl-C here, no worker runs on alone
+                    if worker.poll() is None:
+                        worker.terminate()
+                        worker.wait()
             for code, report in zip(codes, reports, strict=True):
                 if code != 0 or not report.exists():
                     raise CliError(f"a worker process failed (exit status {code}); see above")
@@ -285,7 +291,7 @@ def _worker_argv(args: argparse.Namespace, index: int, report: Path) -> list[str
             argv += [f"--{flag.replace('_', '-')}", getattr(args, flag)]
     argv += ["--batch-size", str(args.batch_size), "--max-attempts", str(args.max_attempts)]
     argv += ["--lease-seconds", str(args.lease_seconds)]
-    for flag in ("ordered", "from_start", "keep_files"):
+    for flag in ("ordered", "from_start", "keep_files", "watch"):
         if getattr(args, flag):
             argv.append(f"--{flag.replace('_', '-')}")
     return [*argv, "--shard", f"{index}/{args.workers}", "--report", str(report)]
