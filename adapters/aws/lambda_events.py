@@ -18,6 +18,7 @@ from urllib.parse import unquote_plus
 
 from pydantic import ValidationError
 
+from adapters.aws.kinesis_aggregation import deaggregate
 from corelib.event import Event
 from corelib.records import InvalidRecord
 
@@ -104,37 +105,51 @@ def _kinesis(records: Sequence[Mapping[str, Any]]) -> Delivery:
         # eventID is shard + sequence number: unique across the shards of a stream.
         record_id = str(raw.get("eventID") or seq or f"record-{index}")
         where = f"{arn} sequence {seq or '?'}"
-        record: Record
+        item = Item(seq or record_id, [])
+        delivery.items.append(item)
         try:
             if not seq:
                 raise ValueError("the record has no kinesis.sequenceNumber")
             data = base64.b64decode(body.get("data", ""), validate=True)
-            record = Event(
-                id=record_id,
-                source=arn,
-                type="aws.kinesis.record",
-                time=_epoch(body.get("approximateArrivalTimestamp")),
-                partition_key=body.get("partitionKey"),
-                sequence=seq,
-                data=data,
-                attributes=_clean(
-                    {
-                        "aws.shard": record_id.split(":", 1)[0] if ":" in record_id else None,
-                        "aws.region": raw.get("awsRegion"),
-                    }
-                ),
-            )
+            user_records = deaggregate(data)
+            parts: list[tuple[str | None, bytes]]
+            if user_records is None:
+                parts, ids = [(body.get("partitionKey"), data)], [record_id]
+            else:
+                parts = list(user_records)
+                # KPL user records share their carrier's sequence number: a failure
+                # reports the carrier, and the ones already done come back as duplicates.
+                ids = [f"{record_id}:{n}" for n in range(len(parts))]
+            for (partition_key, payload), event_id in zip(parts, ids, strict=True):
+                event = Event(
+                    id=event_id,
+                    source=arn,
+                    type="aws.kinesis.record",
+                    time=_epoch(body.get("approximateArrivalTimestamp")),
+                    partition_key=partition_key,
+                    sequence=seq,
+                    data=payload,
+                    attributes=_clean(
+                        {
+                            "aws.shard": record_id.split(":", 1)[0] if ":" in record_id else None,
+                            "aws.region": raw.get("awsRegion"),
+                        }
+                    ),
+                )
+                delivery.records.append(event)
+                item.record_ids.append(event.id)
         except (binascii.Error, ValueError, TypeError, ValidationError) as exc:
             reason = "data is not valid base64" if isinstance(exc, binascii.Error) else "bad record"
-            record = _invalid(
+            bad = _invalid(
                 (record_id, arn),
                 where,
                 f"{reason}: {_short(exc)}",
                 str(body.get("data", "")).encode(),
                 (body.get("partitionKey"), seq),
             )
-        delivery.records.append(record)
-        delivery.items.append(Item(seq or record_id, [record_id]))
+            # A record that fails half-way through its user records counts as one bad record.
+            delivery.records[len(delivery.records) - len(item.record_ids) :] = [bad]
+            item.record_ids[:] = [bad.id]
     return delivery
 
 

@@ -378,3 +378,60 @@ def test_s3_key_with_a_broken_escape_is_dead_lettered_naming_the_object() -> Non
     assert answer["dead_lettered"] == 1
     [letter] = world.letter_messages()
     assert "s3://bkt/bad%FF%FEkey" in letter and "undecodable key" in letter
+
+
+def _kpl(*records: tuple[str, bytes]) -> bytes:
+    """A KPL aggregated record, encoded by hand from the published .proto."""
+    import hashlib
+
+    def varint(n: int) -> bytes:
+        out = b""
+        while True:
+            byte, n = n & 0x7F, n >> 7
+            out += bytes([byte | (0x80 if n else 0)])
+            if not n:
+                return out
+
+    def field(number: int, payload: bytes) -> bytes:
+        return varint(number << 3 | 2) + varint(len(payload)) + payload
+
+    keys = sorted({k for k, _ in records})
+    message = b"".join(field(1, k.encode()) for k in keys)
+    for key, data in records:
+        inner = varint(1 << 3) + varint(keys.index(key)) + field(3, data)
+        message += field(3, inner)
+    return b"\xf3\x89\x9a\xc2" + message + hashlib.md5(message).digest()
+
+
+def test_kpl_aggregated_records_are_split_and_reported_by_their_carrier() -> None:
+    from adapters.aws.lambda_events import decode
+
+    world = World()
+    carrier = aws.kinesis_record(
+        1, _kpl(("a", b'{"n": 1}'), ("b", b'{"n": 2}'), ("a", b'{"n": 3}'))
+    )
+    plain = aws.kinesis_record(2, b'{"n": 4}')
+    event = aws.kinesis_event(carrier, plain)
+    user_records = decode(event).records[:3]
+    assert [(r.partition_key, r.json()["n"]) for r in user_records] == [  # type: ignore[union-attr]
+        ("a", 1),
+        ("b", 2),
+        ("a", 3),
+    ]
+    anyio_run(world.store.handle().claim([user_records[1].key], 300))  # one is busy elsewhere
+    assert failures(world.handler(event, None)) == [carrier["kinesis"]["sequenceNumber"]]
+    assert sorted(v["n"] for v in world.sink.values()) == [1, 3, 4]
+    world.clock.advance(301)
+    again = world.handler(event, None)
+    assert failures(again) == []
+    assert sorted(v["n"] for v in world.sink.values()) == [1, 2, 3, 4]
+    assert [e.json()["n"] for e in world.processor.seen].count(1) == 1
+
+
+def test_corrupt_kpl_record_is_dead_lettered_once() -> None:
+    world = World()
+    broken = _kpl(("a", b"{}"))[:-1] + b"\x00"
+    answer = world.handler(aws.kinesis_event(aws.kinesis_record(1, broken)), None)
+    assert failures(answer) == []
+    [letter] = world.letter_messages()
+    assert "MD5" in letter
