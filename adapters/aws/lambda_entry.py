@@ -34,6 +34,7 @@ class LambdaHandler:
         self._pipeline = pipeline if isinstance(pipeline, Pipeline) else None
         self._factory = None if isinstance(pipeline, Pipeline) else pipeline
         self.safety_margin = safety_margin
+        self._warned = False
 
     @property
     def pipeline(self) -> Pipeline:
@@ -52,6 +53,12 @@ class LambdaHandler:
         """Process one invocation; a partial batch response for stream and queue triggers."""
         delivery = decode(event)
         pipeline = self.pipeline
+        if delivery.kind == "sqs-fifo" and not pipeline.ordered and not self._warned:
+            self._warned = True
+            log.warning(
+                "a FIFO queue feeds an unordered pipeline: messages of one group may be "
+                "processed out of order; build the Pipeline with ordered=True"
+            )
         remaining = _remaining_seconds(context)
         if remaining is not None and remaining <= self.safety_margin:
             # Too late to start anything: every record comes back, nothing half-applied.
