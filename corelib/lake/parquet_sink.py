@@ -76,6 +76,9 @@ class ParquetSink:
         self.store = store
         self.root = path.strip("/")
         self.schema = arrow_schema(schema)
+        clash = [name for name in META_COLUMNS if name in self.schema.names]
+        if clash:
+            raise ConfigurationError(f"column {clash[0]!r} is reserved for the sink's own use")
         self.parts = normalise(partition_by)
         missing = [c for c in source_columns(self.parts) if c not in self.schema.names]
         if missing:

@@ -42,28 +42,20 @@ def partition_labels(table: pa.Table, parts: Sequence[str | Hourly]) -> pa.Array
     pieces: list[pa.Array] = []
     for part in parts:
         if isinstance(part, Hourly):
-            column = table.column(part.field)
+            column = table.column(part.field).combine_chunks()
             if not pa.types.is_timestamp(column.type):
                 raise TypeError(f"column {part.field} must be a timestamp to partition by hour")
             if column.type.tz is None:
                 column = pc.assume_timezone(column, "UTC")
             pieces.append(pc.strftime(column, format="dt=%Y-%m-%d/hr=%H", locale="C"))
         else:
-            values = pc.cast(table.column(part), pa.string())
-            encoded = pa.array(
-                [None if v is None else quote(v, safe="") for v in values.to_pylist()], pa.string()
-            )
+            values = pc.cast(table.column(part).combine_chunks(), pa.string()).to_pylist()
+            # Percent-encode so a value holding `/` or `=` cannot change the path's shape.
+            encoded = pa.array([None if v is None else quote(v, safe="") for v in values])
             pieces.append(pc.binary_join_element_wise(f"{part}=", encoded, ""))
-    if not pieces:
-        return pa.nulls(table.num_rows, pa.string()).fill_null("")
     if len(pieces) == 1:
-        return (
-            pa.chunked_array([pieces[0]]).combine_chunks()
-            if isinstance(pieces[0], pa.ChunkedArray)
-            else pieces[0]
-        )
-    joined = pc.binary_join_element_wise(*pieces, "/")
-    return joined.combine_chunks() if isinstance(joined, pa.ChunkedArray) else joined
+        return pieces[0]
+    return pc.binary_join_element_wise(*pieces, "/")
 
 
 def parse_partition(label: str) -> dict[str, str]:

@@ -250,8 +250,22 @@ async def test_schema_from_a_pydantic_model() -> None:
     assert row["tags"] == ["a"] and row["dt"] == "2024-05-01" and row["hr"] == "10"
 
 
+@pytest.mark.anyio
+async def test_partition_values_with_slashes_stay_one_level() -> None:
+    store = MemoryObjectStore()
+    sink = ParquetSink(store, "ds", schema=SCHEMA, partition_by="country")
+    await sink.write([click(1, country="a/b=c"), click(2, country="ü")])
+    paths = sorted(i.path for i in await store.list("ds/country="))
+    assert [p.split("/")[1] for p in paths] == ["country=%C3%BC", "country=a%2Fb%3Dc"]
+    rows = await read_dataset(store, "ds")
+    assert sorted(rows.column("country").to_pylist()) == ["a/b=c", "ü"]
+
+
 def test_bad_configuration_is_named() -> None:
     with pytest.raises(ConfigurationError, match="'missing' is not in the schema"):
         ParquetSink(MemoryObjectStore(), "ds", schema=SCHEMA, partition_by="missing")
+    reserved = SCHEMA.append(pa.field("_output_id", pa.string()))
+    with pytest.raises(ConfigurationError, match="'_output_id' is reserved"):
+        ParquetSink(MemoryObjectStore(), "ds", schema=reserved)
     with pytest.raises(ConfigurationError, match="needs a timestamp column"):
         ParquetSink(MemoryObjectStore(), "ds", schema=SCHEMA, partition_by=Hourly("user"))
