@@ -118,6 +118,11 @@ def register(subparsers: Any) -> None:
         "state", help="counts by status, oldest lease and checkpoints of a state folder"
     )
     _state_option(state)
+    state.add_argument(
+        "--purge-expired",
+        action="store_true",
+        help="first delete completed records older than the TTL (they count as absent anyway)",
+    )
     state.set_defaults(func=state_command)
 
 
@@ -622,6 +627,8 @@ def state_command(args: argparse.Namespace) -> int:
     console = _console()
     state = _open_state(args.state, create=False)
     try:
+        if args.purge_expired:
+            console.print(f"purged {state.store.purge_expired():,} expired records")
         counts = state.store.counts()
         oldest = state.store.oldest_lease()
         marks = state.checkpoints.latest(5)

@@ -152,6 +152,8 @@ def test_state_shows_counts_lease_and_checkpoint(
     assert "succeeded" in shown and "│ 5 " in shown.replace("5  ", "5 ")
     assert "file:in.jsonl: line 8" in shown
     assert "#1 tests.local.processors:Doubler" in shown
+    assert main(["state", "--state", str(state), "--purge-expired"]) == 0
+    assert "purged 0 expired records" in capsys.readouterr().out
 
 
 def test_landing_folder_and_csv_through_run(

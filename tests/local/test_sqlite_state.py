@@ -16,6 +16,7 @@ import anyio
 import pytest
 
 from adapters.local import Database, SqliteIdempotencyStore, SqliteSink, StateError
+from corelib.clock import ManualClock
 from corelib.records import ClaimStatus, Completion, Outcome, OutcomeStatus
 
 
@@ -112,3 +113,19 @@ async def test_sink_on_another_file_does_not_commit_with_the_store(tmp_path: Pat
     assert not SqliteSink(tmp_path / "b.db").commits_with(store)
     with pytest.raises(Exception, match="table name"):
         SqliteSink(tmp_path / "a.db", table="x; drop")
+
+
+@pytest.mark.anyio
+async def test_counts_oldest_lease_and_purge(tmp_path: Path) -> None:
+    clock = ManualClock()
+    store = SqliteIdempotencyStore(tmp_path / "s.db", clock=clock, ttl_seconds=100)
+    claims = await store.claim(["a", "b", "c"], 30)
+    await store.complete([Completion(claims[0], Outcome(OutcomeStatus.SUCCEEDED, 1))])
+    await store.complete([Completion(claims[1], Outcome(OutcomeStatus.DEAD_LETTERED))])
+    assert store.counts() == {"in_progress": 1, "succeeded": 1, "dead_lettered": 1}
+    oldest = store.oldest_lease()
+    assert oldest is not None and oldest[0] == "c"
+    clock.advance(101)
+    assert store.counts()["succeeded"] == 0  # expired: counts as absent
+    assert store.purge_expired() == 2
+    assert store.status("a") is None and store.status("c") is ClaimStatus.IN_PROGRESS
