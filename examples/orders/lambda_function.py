@@ -55,6 +55,7 @@ def build_pipeline() -> Pipeline:
         store,
         SQSSink(letters) if letters else None,
         ordered=_setting("ONCEFLOW_ORDERED", "false").lower() == "true",
+        check_payload=True,  # report a key redelivered with a different payload
         name="orders",
     )
 
