@@ -397,7 +397,10 @@ def _s3_record(raw: Mapping[str, Any], where: str) -> Record:
 def _s3_event(obj: S3Object, time: Any, region: Any, where: str) -> Record:
     # The same object version (or, unversioned, the same write) is one event however
     # often and by whichever route it is announced.
-    version = f"v={obj.version_id}" if obj.version_id else f"seq={obj.sequencer}"
+    # Sequencers are hex, zero-padded and upper-case in notifications but not always in
+    # EventBridge: compare them normalised.
+    sequencer = (obj.sequencer or "").lstrip("0").upper()
+    version = f"v={obj.version_id}" if obj.version_id else f"seq={sequencer}"
     verb = "" if obj.event_name.startswith("ObjectCreated") else f"#{obj.event_name}"
     record_id = f"{obj.bucket}/{obj.key}#{version}{verb}"
     source = f"arn:aws:s3:::{obj.bucket}"

@@ -203,6 +203,14 @@ def test_same_object_version_by_any_route_is_processed_once() -> None:
     assert len(world.processor.seen) == 1
 
 
+def test_unversioned_object_by_notification_and_eventbridge_is_one_event() -> None:
+    world = World()
+    world.handler(aws.s3_event(aws.s3_record("bkt", "a", sequencer="00617F08299329D189")), None)
+    bridge = aws.eventbridge_s3_event("eb-9", "bkt", "a")
+    bridge["detail"]["object"]["sequencer"] = "617f08299329d189"
+    assert world.handler(bridge, None)["duplicates"] == 1
+
+
 def test_unversioned_writes_are_told_apart_by_sequencer() -> None:
     world = World()
     first = aws.s3_record("bkt", "k", sequencer="0055AED6DCD90281E5")
