@@ -392,11 +392,18 @@ def _again(record: Record, round_: int) -> Record:
 
 
 def _expand(patterns: list[str]) -> list[tuple[Path, str]]:
-    """(path, stable name) for every file the patterns match, sorted; names are relative."""
-    found: dict[Path, str] = {}
+    """(path, stable name) for every file the patterns match, sorted by name.
+
+    Names are relative to the inputs' common folder (the folder part of a glob before its
+    first wildcard, or a file's folder), so `a/x.jsonl` and `b/x.jsonl` given together
+    are `a/x.jsonl` and `b/x.jsonl`, never the same name (which would make their events
+    the same events).
+    """
+    bases: list[Path] = []
+    found: dict[Path, None] = {}
     for pattern in patterns:
         if glob.has_magic(pattern):
-            base = Path(_static_prefix(pattern))
+            bases.append(Path(_static_prefix(pattern)).resolve())
             matches = [Path(p) for p in sorted(glob.glob(pattern, recursive=True))]
             matches = [p for p in matches if p.is_file()]
             if not matches:
@@ -409,12 +416,15 @@ def _expand(patterns: list[str]) -> list[tuple[Path, str]]:
                 )
             if not path.exists():
                 raise FileNotFoundError(f"input file {pattern} does not exist")
-            base, matches = path.parent, [path]
+            bases.append(path.parent.resolve())
+            matches = [path]
         for match in matches:
             if not os.access(match, os.R_OK):
                 raise PermissionError(f"input file {match} is not readable")
-            found.setdefault(match, match.resolve().relative_to(base.resolve()).as_posix())
-    return sorted(found.items(), key=lambda pair: pair[1])
+            found.setdefault(match.resolve(), None)
+    common = Path(os.path.commonpath(bases))
+    named = [(path, path.relative_to(common).as_posix()) for path in found]
+    return sorted(named, key=lambda pair: pair[1])
 
 
 def _static_prefix(pattern: str) -> str:

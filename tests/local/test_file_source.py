@@ -120,6 +120,10 @@ async def test_glob_names_are_relative_to_its_base_and_sorted(tmp_path: Path) ->
     write(tmp_path / "in" / "day=1" / "x.jsonl", "{}\n")
     source = FileSource(str(tmp_path / "in" / "**" / "*.jsonl"))
     assert [name for _, name in source.files] == ["day=1/x.jsonl", "day=2/x.jsonl"]
+    both = FileSource(
+        [tmp_path / "in" / "day=1" / "x.jsonl", tmp_path / "in" / "day=2" / "x.jsonl"]
+    )
+    assert [name for _, name in both.files] == ["day=1/x.jsonl", "day=2/x.jsonl"]
     with pytest.raises(FileNotFoundError, match="no file matches"):
         FileSource(str(tmp_path / "nothing*.jsonl"))
     with pytest.raises(FileNotFoundError, match="does not exist"):
