@@ -374,6 +374,10 @@ class DirectorySource(_FilesSource):
             return
         target = self.folder / self.move_to / file.reader.name
         target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            # The same name landed before: keep both, this one tagged with its identity.
+            ident = file.key.rsplit("@", 1)[-1]
+            target = target.with_name(f"{target.stem}.{ident}{target.suffix}")
         if file.reader.path.exists():
             shutil.move(file.reader.path, target)
 

@@ -194,6 +194,7 @@ async def test_landing_folder_reads_each_file_once_and_moves_it(tmp_path: Path) 
     write(landing / "a.jsonl", '{"a":3}\n')  # a new file under the old name is new
     [again] = await drain(DirectorySource(landing, state=state))
     assert again.source != first[0].source
+    assert len(list((landing / "processed").iterdir())) == 2  # the earlier copy is kept
 
 
 @pytest.mark.anyio
