@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -9,12 +10,15 @@ from datetime import timedelta
 
 import anyio.to_thread
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from corelib.interfaces import ObjectStore
 from corelib.lake.dataset import fetch_files, read_files
 from corelib.lake.manifest import MANIFEST_DIR, DataFile, ManifestLog, Snapshot, join
-from corelib.lake.parquet_sink import EncodedFile, encode_file
+from corelib.lake.parquet_sink import EncodedFile, encode_file, ids_digest
 from corelib.lake.partitions import parse_partition
+from corelib.lake.schema import META_COLUMNS, OUTPUT_ID
 from corelib.lake.transfers import put_all
 
 __all__ = ["CompactionGroup", "CompactionReport", "compact_dataset", "plan", "vacuum_dataset"]
@@ -115,15 +119,62 @@ async def compact_dataset(
     return report
 
 
+ROW_GROUP_ROWS = 1 << 20
+
+
 def _merge(group: CompactionGroup, bodies: list[bytes], compression: str) -> EncodedFile:
-    table = read_files(group.files, bodies)
-    assert table is not None
-    # The partition is in the path, not in the rows: drop the columns the reader added back.
-    table = table.drop_columns(
-        [name for name in parse_partition(group.partition) if name in table.column_names]
+    """The group's files as one, streamed row group by row group to bound memory.
+
+    Outputs present in two files (a redelivered batch regrouped) are rare; only then is the
+    group read whole to keep each output's latest row.
+    """
+    files = [pq.ParquetFile(pa.BufferReader(body)) for body in bodies]
+    ids = pa.chunked_array(
+        [f.read(columns=[OUTPUT_ID]).column(0).combine_chunks() for f in files], pa.string()
+    ).combine_chunks()
+    if pc.count_distinct(ids).as_py() != len(ids):
+        table = read_files(group.files, bodies)
+        assert table is not None
+        # The partition is in the path, not in the rows: drop the columns the reader added.
+        table = table.drop_columns(
+            [name for name in parse_partition(group.partition) if name in table.column_names]
+        )
+        return encode_file(table, group.partition, compression)
+    schema = pa.unify_schemas([f.schema_arrow for f in files], promote_options="default")
+    sink = pa.BufferOutputStream()
+    plain = [name for name in schema.names if name not in META_COLUMNS]
+    pending: list[pa.Table] = []
+    rows = 0
+    with pq.ParquetWriter(sink, schema, compression=compression, use_dictionary=plain) as out:
+        for parquet_file in files:
+            for index in range(parquet_file.num_row_groups):
+                pending.append(_conform(parquet_file.read_row_group(index), schema))
+                rows += pending[-1].num_rows
+                if rows >= ROW_GROUP_ROWS:
+                    out.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP_ROWS)
+                    pending, rows = [], 0
+        if pending:
+            out.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP_ROWS)
+    body = sink.getvalue().to_pybytes()
+    data_file = DataFile(
+        path=join(group.partition, f"part-{ids_digest(ids)}.parquet"),
+        partition=group.partition,
+        rows=len(ids),
+        bytes=len(body),
+        checksum="sha256:" + hashlib.sha256(body).hexdigest(),
+        min_key=min(f.min_key for f in group.files),
+        max_key=max(f.max_key for f in group.files),
     )
-    table = pa.Table.from_batches(table.to_batches(max_chunksize=1 << 20))
-    return encode_file(table, group.partition, compression)
+    return EncodedFile(data_file, body)
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` with `schema`'s columns in its order; columns it lacks are null."""
+    columns = [
+        table.column(f.name) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+        for f in schema
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 async def vacuum_dataset(

@@ -32,7 +32,7 @@ from corelib.lake.schema import (
 from corelib.lake.transfers import put_all
 from corelib.records import Output
 
-__all__ = ["EncodedFile", "ParquetSink", "encode_file"]
+__all__ = ["EncodedFile", "ParquetSink", "encode_file", "ids_digest"]
 
 MiB = 1024 * 1024
 
@@ -165,7 +165,7 @@ class ParquetSink:
 
 def encode_file(table: pa.Table, partition: str, compression: str) -> EncodedFile:
     """The table as Parquet bytes, named by the output ids it holds, with its manifest record."""
-    digest = _ids_digest(table.column(OUTPUT_ID).combine_chunks())
+    digest = ids_digest(table.column(OUTPUT_ID).combine_chunks())
     sink = pa.BufferOutputStream()
     # Ids are unique per row: a dictionary for them would be built only to be thrown away.
     plain = [name for name in table.column_names if name not in META_COLUMNS]
@@ -184,7 +184,7 @@ def encode_file(table: pa.Table, partition: str, compression: str) -> EncodedFil
     return EncodedFile(data_file, body)
 
 
-def _ids_digest(ids: pa.Array) -> str:
+def ids_digest(ids: pa.Array) -> str:
     """A name for a set of output ids, whatever order they arrive in."""
     ordered = ids.take(pc.sort_indices(ids))
     length = len(ordered)

@@ -7,6 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from adapters.aws import S3ObjectStore
@@ -165,3 +166,31 @@ def test_info_on_an_azure_dataset_by_url(
     anyio.run(small_files, store, 3)
     assert main(["lake", "info", f"az://{lake_container}/{prefix}/ds"]) == 0
     assert "dt=2024-05-01/hr=10\t3 files\t15 rows" in capsys.readouterr().out
+
+
+@pytest.mark.anyio
+async def test_compaction_streams_files_of_two_schema_versions_into_one() -> None:
+    store = MemoryObjectStore()
+    await small_files(store, batches=3)
+    wider = SCHEMA.append(pa.field("country", pa.string()))
+    later = ParquetSink(store, "ds", schema=wider, partition_by=Hourly())
+    await later.write(
+        [
+            Output(
+                f"s#w{n}#0",
+                f"s#w{n}",
+                f"w{n}",
+                0,
+                {"n": 100 + n, "time": "2024-05-01T10:00:00Z", "country": "DE"},
+            )
+            for n in range(4)
+        ]
+    )
+    await compact_dataset(store, "ds")
+    snapshot = await ManifestLog(store, "ds").snapshot()
+    merged = snapshot.partitions()["dt=2024-05-01/hr=10"]
+    assert len(merged) == 1 and merged[0].rows == 19
+    body = await store.get(f"ds/{merged[0].path}")
+    assert pq.ParquetFile(pa.BufferReader(body)).num_row_groups == 1
+    rows = await read_dataset(store, "ds", partitions={"hr": "10"})
+    assert query("select count(*), count(country) from t", t=rows) == [(19, 4)]
