@@ -105,6 +105,8 @@ def open_store(path: str, factory: str | None = None) -> tuple[Any, str]:
         return load_object(factory)(), path
     scheme, sep, rest = path.partition("://")
     if not sep:
+        if not os.path.isdir(path):
+            raise CliError(f"{path} is not a directory")
         module, name = "adapters.local", "LocalObjectStore"
         return _load(module, name, "local")(path), ""
     if scheme not in _STORES:
@@ -146,7 +148,10 @@ def _compact(args: argparse.Namespace) -> int:
     target = int(args.target_mib * 1024 * 1024)
 
     async def main() -> Any:
-        groups = plan(await ManifestLog(store, root).snapshot(), target)
+        snapshot = await ManifestLog(store, root).snapshot()
+        if not snapshot.version:
+            raise CliError(f"{args.path} holds no committed dataset (no _manifest entries)")
+        groups = plan(snapshot, target)
         with _Progress(groups) as progress:
             return await compact_dataset(
                 store, root, target_bytes=target, progress=progress.advance
@@ -181,6 +186,8 @@ def _info(args: argparse.Namespace) -> int:
 
     store, root = open_store(args.path, args.store)
     snapshot = _run(lambda: ManifestLog(store, root).snapshot())
+    if not snapshot.version:
+        raise CliError(f"{args.path} holds no committed dataset (no _manifest entries)")
     print(f"manifest version {snapshot.version}")
     for partition, files in sorted(snapshot.partitions().items()):
         rows = sum(f.rows for f in files)

@@ -113,6 +113,10 @@ def test_compact_info_vacuum_and_close_from_the_command_line(
     assert "closed dt=2024-05-01/hr=10" in capsys.readouterr().out
     assert main(["lake", "compact", "nope://x"]) == 2
     assert "nope:// is not a known store" in capsys.readouterr().err
+    assert main(["lake", "compact", str(tmp_path / "missing")]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+    assert main(["lake", "info", str(tmp_path)]) == 2
+    assert "holds no committed dataset" in capsys.readouterr().err
 
 
 def test_sizing_and_help_give_the_numbers(capsys: pytest.CaptureFixture[str]) -> None:
