@@ -130,16 +130,20 @@ async def test_a_batch_resuming_mid_partition_writes_only_its_new_rows(tmp_path:
 
 
 @pytest.mark.anyio
-async def test_unordered_pipelines_merge_on_output_id_instead(tmp_path: Path) -> None:
-    uri = str(tmp_path / "t")
+async def test_unordered_pipelines_merge_on_output_id_instead(
+    delta_target: tuple[str, dict[str, str]],
+) -> None:
+    uri, options = delta_target
     clock = ManualClock()
     # Unordered, later sequence numbers may commit first: a skip-by-version would lose rows.
-    unsound = DeltaSink(str(tmp_path / "unsound"), schema=SCHEMA, sequence_of=by_seq)
+    unsound_uri = uri + "-unsound"
+    unsound = DeltaSink(unsound_uri, schema=SCHEMA, storage_options=options, sequence_of=by_seq)
     e1, e9 = events(range(10))[1], events(range(10))[9]
     await unsound.write([Output("c#e9#0", "c#e9", "e9", 0, to_row(e9), partition_key="p1")])
     await unsound.write([Output("c#e1#0", "c#e1", "e1", 0, to_row(e1), partition_key="p1")])
-    assert read_delta(str(tmp_path / "unsound")).num_rows == 1  # e1 lost: why ordered=False
-    sink = DeltaSink(uri, schema=SCHEMA, ordered=False)
+    lost = read_delta(unsound_uri, storage_options=options)
+    assert lost.num_rows == 1  # e1 lost: why unordered pipelines need ordered=False
+    sink = DeltaSink(uri, schema=SCHEMA, storage_options=options, ordered=False)
     first = pipeline(sink, ordered=False, clock=clock)
     first.on_step = CrashAt(Step.AFTER_SINK_WRITE)
     assert await deliver(first, events(range(10))) is None
@@ -148,7 +152,7 @@ async def test_unordered_pipelines_merge_on_output_id_instead(tmp_path: Path) ->
     second = pipeline(sink, ordered=False, clock=clock)
     for batch in (events(range(5, 10))[::-1], events(range(0, 5)), events(range(0, 10))):
         assert (await second.process_batch(batch)).ok
-    rows = read_delta(uri)
+    rows = read_delta(uri, storage_options=options)
     assert query("select count(*), count(distinct _output_id) from t", t=rows) == [(10, 10)]
 
 
