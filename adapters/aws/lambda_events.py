@@ -258,7 +258,7 @@ def _sqs(records: Sequence[Mapping[str, Any]]) -> Delivery:
                 where,
                 "the message has no body",
                 b"",
-                (group, attrs.get("SequenceNumber")),
+                (group, message_id),
             )
             delivery.records.append(bad)
             item.record_ids.append(bad.id)
@@ -277,13 +277,16 @@ def _sqs(records: Sequence[Mapping[str, Any]]) -> Delivery:
                 type="aws.sqs.message",
                 time=_epoch_ms(attrs.get("SentTimestamp")),
                 partition_key=group,
-                sequence=attrs.get("SequenceNumber"),
+                # Lambda hands a FIFO group over in order already; a message id as the
+                # sequence keeps that order (the runner sorts numeric sequences only).
+                sequence=message_id,
                 data=body.encode("utf-8"),
                 attributes=_clean(
                     {
                         **_message_attributes(raw.get("messageAttributes")),
                         "aws.region": raw.get("awsRegion"),
                         "aws.deduplication_id": attrs.get("MessageDeduplicationId"),
+                        "aws.sequence_number": attrs.get("SequenceNumber"),
                     }
                 ),
                 delivery_count=max(1, int(attrs.get("ApproximateReceiveCount", 1))),
@@ -294,7 +297,7 @@ def _sqs(records: Sequence[Mapping[str, Any]]) -> Delivery:
                 where,
                 f"bad message: {_short(exc)}",
                 body.encode("utf-8", "replace"),
-                (group, attrs.get("SequenceNumber")),
+                (group, message_id),
             )
         delivery.records.append(record)
         item.record_ids.append(record.id)
@@ -303,7 +306,8 @@ def _sqs(records: Sequence[Mapping[str, Any]]) -> Delivery:
 
 def _s3_inside(body: str) -> list[Mapping[str, Any]] | None:
     """The S3 notification records in an SQS body (also wrapped by SNS); None if it is not one."""
-    if not body.startswith("{") or ('"aws:s3"' not in body and "s3:TestEvent" not in body):
+    # A cheap look before parsing: SNS wraps the notification as an escaped string.
+    if not body.startswith("{") or ("aws:s3" not in body and "s3:TestEvent" not in body):
         return None
     try:
         doc = json.loads(body)

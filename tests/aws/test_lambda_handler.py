@@ -443,3 +443,18 @@ def test_corrupt_kpl_record_is_dead_lettered_once() -> None:
     assert failures(answer) == []
     [letter] = world.letter_messages()
     assert "MD5" in letter
+
+
+def test_s3_notification_through_sns_then_sqs() -> None:
+    world = World()
+    notice = json.dumps({"Records": [aws.s3_record("bkt", "x%2By.txt", version_id="v3")]})
+    envelope = json.dumps(
+        {
+            "Type": "Notification",
+            "MessageId": "sns-1",
+            "TopicArn": "arn:aws:sns:us-east-1:123456789012:uploads",
+            "Message": notice,
+        }
+    )
+    assert failures(world.handler(aws.sqs_event(aws.sqs_record("m1", envelope)), None)) == []
+    assert s3_object(world.processor.seen[0]).key == "x+y.txt"

@@ -251,3 +251,34 @@ async def test_sqs_source_hides_failed_messages_for_a_backoff(sqs: Any) -> None:
     left = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
     assert left["ApproximateNumberOfMessages"] == "0"
     assert left["ApproximateNumberOfMessagesNotVisible"] == "1"
+
+
+@pytest.mark.anyio
+async def test_sqs_source_on_fifo_keeps_a_failed_group_back(sqs: Any) -> None:
+    url = queue(sqs, fifo=True)
+    for n, group in enumerate(["A", "B", "A", "B", "A"]):
+        sqs.send_message(
+            QueueUrl=url,
+            MessageBody=json.dumps({"n": n}),
+            MessageGroupId=group,
+            MessageDeduplicationId=f"d{n}",
+        )
+    clock = ManualClock()
+    store = MemoryIdempotencyStore(clock=clock)
+    source = SQSSource(
+        url,
+        client=sqs,
+        wait_seconds=0,
+        stop_when_empty=True,
+        retry_backoff=Backoff(base=600, jitter=False),
+    )
+    sink = MemorySink()
+    pipeline = Pipeline(lambda e: e.json(), sink, store, MemorySink(), clock=clock, ordered=True)
+    batch = await anext(source.batches(10))
+    [second_of_a] = [r for r in batch if isinstance(r, Event) and r.json()["n"] == 2]
+    await store.handle().claim([second_of_a.key], 300)  # A's second message is busy elsewhere
+    result = await pipeline.process_batch(batch)
+    await source.ack(batch, set(result.failed))
+    assert sorted(v["n"] for v in sink.values()) == [0, 1, 3]
+    left = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    assert left["ApproximateNumberOfMessagesNotVisible"] == "2"  # A's second and third
