@@ -85,6 +85,14 @@ class BatchResult:
         """True when nothing needs delivering again."""
         return not self.failed
 
+    def absorb(self, other: BatchResult) -> None:
+        """Add another result's ids and reasons to this one, in place."""
+        self.processed.extend(other.processed)
+        self.duplicates.extend(other.duplicates)
+        self.failed.extend(other.failed)
+        self.dead_lettered.extend(other.dead_lettered)
+        self.reasons.update(other.reasons)
+
     def merge(self, other: BatchResult) -> BatchResult:
         """The two results together (for totals over many batches)."""
         return BatchResult(

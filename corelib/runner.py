@@ -28,7 +28,7 @@ async def run_source(
     async for batch in source.batches(batch_size):
         result = await pipeline.process_batch(batch)
         await source.ack(batch, set(result.failed))
-        total = total.merge(result)
+        total.absorb(result)  # in place: a long source must not copy every id per batch
         if on_batch is not None:
             on_batch(result)
         done += 1

@@ -101,6 +101,10 @@ def _json_default(value: Any) -> Any:
     raise UnstorableValue(f"{type(value).__name__} is not JSON serialisable")
 
 
+# One encoder for every call: json.dumps with options builds a new one each time.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=_json_default)
+
+
 def dumps(value: Any) -> str:
     """Plain data (see `to_plain`) as compact JSON; bytes become base64 strings."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=_json_default)
+    return _ENCODER.encode(value)
