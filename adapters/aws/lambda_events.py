@@ -398,6 +398,10 @@ def _s3_record(raw: Mapping[str, Any], where: str) -> Record:
     )
 
 
+# Event kinds named alike by both routes ("ObjectRemoved:Delete" / "Object Deleted").
+_VERBS = {"ObjectCreated": "", "ObjectRemoved": "#removed", "ObjectDeleted": "#removed"}
+
+
 def _s3_event(obj: S3Object, time: Any, region: Any, where: str) -> Record:
     # The same object version (or, unversioned, the same write) is one event however
     # often and by whichever route it is announced.
@@ -405,7 +409,7 @@ def _s3_event(obj: S3Object, time: Any, region: Any, where: str) -> Record:
     # EventBridge: compare them normalised.
     sequencer = (obj.sequencer or "").lstrip("0").upper()
     version = f"v={obj.version_id}" if obj.version_id else f"seq={sequencer}"
-    verb = "" if obj.event_name.startswith("ObjectCreated") else f"#{obj.event_name}"
+    verb = _VERBS.get(obj.event_name.split(":", 1)[0], f"#{obj.event_name}")
     record_id = f"{obj.bucket}/{obj.key}#{version}{verb}"
     source = f"arn:aws:s3:::{obj.bucket}"
     if not obj.bucket or not obj.key or (not obj.version_id and not obj.sequencer):
