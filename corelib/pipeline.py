@@ -427,7 +427,18 @@ class Pipeline:
             except UnstorableValue as exc:
                 raise UnstorableValue(f"output 0 cannot be stored: {exc}") from None
             key = item.key
-            return [Output(key + "#0", key, record.id, 0, plain, record.partition_key)]
+            return [
+                Output(
+                    key + "#0",
+                    key,
+                    record.id,
+                    0,
+                    plain,
+                    record.partition_key,
+                    getattr(record, "time", None),
+                    record.sequence,
+                )
+            ]
         values = list(produced) if isinstance(produced, list | tuple | Iterator) else [produced]
         outputs = []
         for index, value in enumerate(values):
@@ -443,6 +454,8 @@ class Pipeline:
                     index=index,
                     value=plain,
                     partition_key=record.partition_key,
+                    time=getattr(record, "time", None),
+                    sequence=record.sequence,
                 )
             )
         return outputs

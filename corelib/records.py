@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, NamedTuple
 
 __all__ = [
@@ -85,8 +86,12 @@ class Output(NamedTuple):
     event_id: str
     index: int  # type: ignore[assignment]  # shadows tuple.index on purpose: the position
     value: Any
-    """JSON-compatible (dicts, lists, str, int, float, bool, None)."""
+    """Plain data: dicts, lists, str, int, float, bool, None, Decimal, bytes."""
     partition_key: str | None = None
+    time: datetime | None = None
+    """The time of the event that produced it (for time partitioning)."""
+    sequence: str | None = None
+    """The event's position in its partition (for sinks that track progress per lane)."""
 
 
 @dataclass(frozen=True, slots=True)
