@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import from_json
 
 from corelib.errors import DecodeError
 
@@ -73,8 +74,9 @@ class Event(BaseModel):
     def json(self) -> Any:  # type: ignore[override]
         """The payload parsed as JSON; raises `DecodeError` naming the event when it is not."""
         try:
-            return _json.loads(self.data)
-        except (ValueError, UnicodeDecodeError) as exc:
+            # pydantic-core's parser: the same results as json.loads, several times faster.
+            return from_json(self.data)
+        except ValueError as exc:
             raise DecodeError(f"event {self.key}: data is not valid JSON ({exc})") from exc
 
     def text(self, encoding: str = "utf-8") -> str:
