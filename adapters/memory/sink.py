@@ -35,7 +35,12 @@ class MemorySink:
         self.faults = faults or Faults()
         self.max_value_bytes = max_value_bytes
         self.lock = threading.RLock()
-        self.outputs: dict[str, Output] = {}
+        # Plain tuples, not Output named tuples: the garbage collector stops tracking
+        # them, so holding millions of outputs costs nothing in later collections. The
+        # values live in a dict of their own for the same reason: a tuple holding a dict
+        # is always tracked.
+        self.values_by_id: dict[str, Any] = {}
+        self.meta: dict[str, tuple[Any, ...]] = {}
         self.writes: list[str] = []
         """Every output_id written, in the order written (rewrites included)."""
 
@@ -70,9 +75,12 @@ class MemorySink:
             return accepted
 
     def _put(self, outputs: Sequence[Output]) -> None:
+        values, meta, writes = self.values_by_id, self.meta, self.writes
         for output in outputs:
-            self.outputs[output.output_id] = output
-            self.writes.append(output.output_id)
+            oid = output.output_id
+            values[oid] = output.value
+            meta[oid] = (output.event_key, output.event_id, output.index, output.partition_key)
+            writes.append(oid)
 
     def _check_size(self, outputs: Sequence[Output]) -> None:
         if self.max_value_bytes is None:
@@ -90,12 +98,12 @@ class MemorySink:
     def values(self) -> list[Any]:
         """Stored values, in the order their output_id was first written."""
         with self.lock:
-            return [o.value for o in self.outputs.values()]
+            return list(self.values_by_id.values())
 
     def contents(self) -> dict[str, Any]:
         """Stored values by output_id."""
         with self.lock:
-            return {oid: o.value for oid, o in self.outputs.items()}
+            return dict(self.values_by_id)
 
     def write_counts(self) -> dict[str, int]:
         """How many times each output_id was written."""
@@ -105,4 +113,4 @@ class MemorySink:
         return counts
 
     def __len__(self) -> int:
-        return len(self.outputs)
+        return len(self.values_by_id)

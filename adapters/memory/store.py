@@ -5,24 +5,26 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Sequence
-from typing import NamedTuple
 
 from adapters.memory.faults import Faults
 from corelib.clock import SystemClock
 from corelib.interfaces import Clock
-from corelib.records import Claim, ClaimStatus, Completion, Outcome
+from corelib.records import Claim, ClaimStatus, Completion, Outcome, OutcomeStatus
 
 __all__ = ["MemoryIdempotencyStore"]
 
 
-class _Row(NamedTuple):
-    # An immutable tuple of atoms: the garbage collector stops tracking it, so a store
-    # holding millions of keys adds nothing to every collection. Updates replace it.
-    status: ClaimStatus
-    token: str
-    lease_expires_at: float
-    outcome: Outcome | None = None
-    expires_at: float = float("inf")
+# A row is a plain tuple of strings and numbers, no enums or named tuples: the garbage
+# collector then stops tracking it, so a store holding millions of keys adds nothing to
+# every full collection. (status, token, lease_expires_at, expires_at, outcome fields...)
+_Row = tuple[str, str, float, float, str | None, int, str | None, str | None]
+_IN_PROGRESS = ClaimStatus.IN_PROGRESS.value
+_COMPLETED = ClaimStatus.COMPLETED.value
+_NEVER = float("inf")
+
+
+def _outcome(row: _Row) -> Outcome:
+    return Outcome(OutcomeStatus(row[4]), row[5], row[6], row[7])
 
 
 class MemoryIdempotencyStore:
@@ -64,13 +66,13 @@ class MemoryIdempotencyStore:
     def _claim_one(self, key: str, now: float, lease_seconds: float) -> Claim:
         row = self.rows.get(key)
         if row is not None:
-            if row.status is ClaimStatus.COMPLETED and row.expires_at > now:
-                return Claim(key, ClaimStatus.COMPLETED, outcome=row.outcome)
-            if row.status is ClaimStatus.IN_PROGRESS and row.lease_expires_at > now:
-                return Claim(key, ClaimStatus.IN_PROGRESS, lease_expires_at=row.lease_expires_at)
+            if row[0] == _COMPLETED and row[3] > now:
+                return Claim(key, ClaimStatus.COMPLETED, outcome=_outcome(row))
+            if row[0] == _IN_PROGRESS and row[2] > now:
+                return Claim(key, ClaimStatus.IN_PROGRESS, lease_expires_at=row[2])
         token = str(next(self._tokens))
         expires = now + lease_seconds
-        self.rows[key] = _Row(ClaimStatus.IN_PROGRESS, token, expires)
+        self.rows[key] = (_IN_PROGRESS, token, expires, _NEVER, None, 0, None, None)
         return Claim(key, ClaimStatus.NEW, token, None, expires)
 
     async def complete(self, completions: Sequence[Completion]) -> list[bool]:
@@ -89,10 +91,17 @@ class MemoryIdempotencyStore:
             row = rows.get(claim.key)
             # A repeated completion by the same holder is accepted: a retried call whose
             # first answer was lost must not look like a lost lease.
-            ok = row is not None and row.token == claim.token
+            ok = row is not None and row[1] == claim.token
             if ok and row is not None:
-                rows[claim.key] = _Row(
-                    ClaimStatus.COMPLETED, row.token, row.lease_expires_at, outcome, expires_at
+                rows[claim.key] = (
+                    _COMPLETED,
+                    row[1],
+                    row[2],
+                    expires_at,
+                    outcome.status.value,
+                    outcome.outputs,
+                    outcome.fingerprint,
+                    outcome.detail,
                 )
             accepted.append(ok)
         return accepted
@@ -102,7 +111,7 @@ class MemoryIdempotencyStore:
         row = self.rows.get(completion.key)
         # A repeated completion by the same holder is accepted: a retried call whose
         # first answer was lost must not look like a lost lease.
-        return row is not None and row.token == completion.claim.token
+        return row is not None and row[1] == completion.claim.token
 
     async def release(self, claims: Sequence[Claim]) -> None:
         """Drop leases still held by these claims."""
@@ -111,7 +120,7 @@ class MemoryIdempotencyStore:
         with self.lock:
             for claim in claims:
                 row = self.rows.get(claim.key)
-                if row and row.status is ClaimStatus.IN_PROGRESS and row.token == claim.token:
+                if row and row[0] == _IN_PROGRESS and row[1] == claim.token:
                     del self.rows[claim.key]
 
     def status(self, key: str) -> ClaimStatus | None:
@@ -119,6 +128,6 @@ class MemoryIdempotencyStore:
         with self.lock:
             row = self.rows.get(key)
             now = self.clock.now()
-            if row is None or (row.status is ClaimStatus.COMPLETED and row.expires_at <= now):
+            if row is None or (row[0] == _COMPLETED and row[3] <= now):
                 return None
-            return row.status
+            return ClaimStatus(row[0])
