@@ -61,7 +61,8 @@ class MemoryIdempotencyStore:
         self.calls["claim"] += 1
         with self.lock:
             now = self.clock.now()
-            return [self._claim_one(key, now, lease_seconds) for key in keys]
+            claim_one = self._claim_one
+            return [claim_one(key, now, lease_seconds) for key in keys]
 
     def _claim_one(self, key: str, now: float, lease_seconds: float) -> Claim:
         row = self.rows.get(key)
