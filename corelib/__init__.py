@@ -6,8 +6,9 @@ Functions cold start pays only for the parts of the core its handler touches.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from corelib.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from corelib.clock import ManualClock, SystemClock
@@ -47,39 +48,39 @@ if TYPE_CHECKING:
     from corelib.runner import run_source
 
 _HOMES = {
-    "ManualClock": "clock",
-    "SystemClock": "clock",
-    "ConfigurationError": "errors",
-    "DecodeError": "errors",
-    "OnceflowError": "errors",
-    "OutputRejected": "errors",
-    "PermanentError": "errors",
-    "SimulatedCrash": "errors",
-    "Event": "event",
-    "AtomicSink": "interfaces",
-    "Clock": "interfaces",
-    "IdempotencyStore": "interfaces",
-    "Metrics": "interfaces",
-    "ObjectStore": "interfaces",
-    "Processor": "interfaces",
-    "Sink": "interfaces",
-    "Source": "interfaces",
-    "JsonFormatter": "logs",
-    "CountingMetrics": "metrics",
-    "NoopMetrics": "metrics",
-    "BatchResult": "pipeline",
-    "Pipeline": "pipeline",
-    "Step": "pipeline",
-    "Claim": "records",
-    "ClaimStatus": "records",
-    "Completion": "records",
-    "InvalidRecord": "records",
-    "ObjectInfo": "records",
-    "Outcome": "records",
-    "OutcomeStatus": "records",
-    "Output": "records",
-    "Backoff": "retry",
-    "run_source": "runner",
+    "ManualClock": ".clock",
+    "SystemClock": ".clock",
+    "ConfigurationError": ".errors",
+    "DecodeError": ".errors",
+    "OnceflowError": ".errors",
+    "OutputRejected": ".errors",
+    "PermanentError": ".errors",
+    "SimulatedCrash": ".errors",
+    "Event": ".event",
+    "AtomicSink": ".interfaces",
+    "Clock": ".interfaces",
+    "IdempotencyStore": ".interfaces",
+    "Metrics": ".interfaces",
+    "ObjectStore": ".interfaces",
+    "Processor": ".interfaces",
+    "Sink": ".interfaces",
+    "Source": ".interfaces",
+    "JsonFormatter": ".logs",
+    "CountingMetrics": ".metrics",
+    "NoopMetrics": ".metrics",
+    "BatchResult": ".pipeline",
+    "Pipeline": ".pipeline",
+    "Step": ".pipeline",
+    "Claim": ".records",
+    "ClaimStatus": ".records",
+    "Completion": ".records",
+    "InvalidRecord": ".records",
+    "ObjectInfo": ".records",
+    "Outcome": ".records",
+    "OutcomeStatus": ".records",
+    "Output": ".records",
+    "Backoff": ".retry",
+    "run_source": ".runner",
 }
 
 __all__ = [
@@ -119,14 +120,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module 'corelib' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"corelib.{home}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_HOMES])
+__getattr__, __dir__ = lazy_exports(__name__, _HOMES)

@@ -36,7 +36,14 @@ from corelib.records import (
 from corelib.retry import Backoff
 from corelib.serialization import UnstorableValue, to_plain
 
-__all__ = ["DEFAULT_PERMANENT", "BatchResult", "Pipeline", "Step", "StepHook"]
+__all__ = [
+    "DEFAULT_PERMANENT",
+    "BatchResult",
+    "Pipeline",
+    "Step",
+    "StepHook",
+    "built_once",
+]
 
 log = logging.getLogger("onceflow")
 
@@ -798,3 +805,34 @@ def _log_extra(item: _Item) -> dict[str, Any]:
 
 def _iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).isoformat()
+
+
+def built_once(
+    pipeline: Pipeline | Callable[[], Pipeline],
+    check: Callable[[Pipeline], None] | None = None,
+) -> Callable[[], Pipeline]:
+    """A getter for a pipeline given as is, or made by a factory on first use (a cold start).
+
+    Platform entry points take either; `check` vets the pipeline as soon as it exists.
+    """
+    if isinstance(pipeline, Pipeline):
+        if check is not None:
+            check(pipeline)
+        ready = pipeline
+        return lambda: ready
+    factory = pipeline
+    built: list[Pipeline] = []
+
+    def get() -> Pipeline:
+        if not built:
+            made = factory()
+            if not isinstance(made, Pipeline):
+                raise TypeError(
+                    f"the pipeline factory returned {type(made).__name__}, not a Pipeline"
+                )
+            if check is not None:
+                check(made)
+            built.append(made)
+        return built[0]
+
+    return get

@@ -8,7 +8,7 @@ from typing import Any
 
 from adapters.aws.lambda_events import Delivery, Item, decode
 from corelib.errors import OnceflowError
-from corelib.pipeline import BatchResult, Pipeline
+from corelib.pipeline import BatchResult, Pipeline, built_once
 
 __all__ = ["BatchFailed", "LambdaHandler", "answer", "failed_items", "lambda_handler"]
 
@@ -31,23 +31,14 @@ class LambdaHandler:
         *,
         safety_margin: float = DEFAULT_SAFETY_MARGIN,
     ) -> None:
-        self._pipeline = pipeline if isinstance(pipeline, Pipeline) else None
-        self._factory = None if isinstance(pipeline, Pipeline) else pipeline
+        self._pipeline = built_once(pipeline)
         self.safety_margin = safety_margin
         self._warned = False
 
     @property
     def pipeline(self) -> Pipeline:
         """The pipeline, built by the factory on first use (the container's cold start)."""
-        if self._pipeline is None:
-            assert self._factory is not None
-            built = self._factory()
-            if not isinstance(built, Pipeline):
-                raise TypeError(
-                    f"the pipeline factory returned {type(built).__name__}, not a Pipeline"
-                )
-            self._pipeline = built
-        return self._pipeline
+        return self._pipeline()
 
     def __call__(self, event: Any, context: Any = None) -> dict[str, Any]:
         """Process one invocation; a partial batch response for stream and queue triggers."""

@@ -6,8 +6,9 @@ missing extra is reported as `pip install 'onceflow[azure]'`.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from corelib.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from adapters.azure.blob_store import BlobObjectStore
@@ -69,23 +70,4 @@ _HOMES = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module 'adapters.azure' has no attribute {name!r}")
-    try:
-        module = importlib.import_module(home)
-    except ImportError as exc:
-        if exc.name and exc.name.startswith("azure"):
-            raise ImportError(
-                f"adapters.azure.{name} needs the Azure SDK ({exc.name}): "
-                "pip install 'onceflow[azure]'"
-            ) from exc
-        raise
-    value = getattr(module, name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _HOMES, extra="azure")

@@ -17,7 +17,7 @@ from adapters.azure.function_events import (
 )
 from corelib.errors import ConfigurationError, OnceflowError
 from corelib.event import Event
-from corelib.pipeline import BatchResult, Pipeline
+from corelib.pipeline import BatchResult, Pipeline, built_once
 from corelib.records import InvalidRecord, Output
 
 __all__ = [
@@ -86,25 +86,13 @@ class FunctionHandler:
     """Runs one pipeline (built once per worker) over what the trigger delivers."""
 
     def __init__(self, pipeline: Pipeline | Callable[[], Pipeline], trigger: Trigger) -> None:
-        self._pipeline = pipeline if isinstance(pipeline, Pipeline) else None
-        self._factory = None if isinstance(pipeline, Pipeline) else pipeline
         self.trigger = trigger
-        if self._pipeline is not None:
-            self._check(self._pipeline)
+        self._pipeline = built_once(pipeline, self._check)
 
     @property
     def pipeline(self) -> Pipeline:
         """The pipeline, built by the factory on first use (the worker's cold start)."""
-        if self._pipeline is None:
-            assert self._factory is not None
-            built = self._factory()
-            if not isinstance(built, Pipeline):
-                raise TypeError(
-                    f"the pipeline factory returned {type(built).__name__}, not a Pipeline"
-                )
-            self._check(built)
-            self._pipeline = built
-        return self._pipeline
+        return self._pipeline()
 
     def _check(self, pipeline: Pipeline) -> None:
         if isinstance(self.trigger, EventHubTrigger) and pipeline.dead_letter is None:

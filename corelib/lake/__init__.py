@@ -5,8 +5,9 @@ Importing this package costs nothing: pyarrow and deltalake load when a name is 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from corelib.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from corelib.lake.compaction import compact_dataset
@@ -33,30 +34,23 @@ __all__ = [
 ]
 
 _HOMES = {
-    "DataFile": "manifest",
-    "ManifestConflict": "manifest",
-    "ManifestLog": "manifest",
-    "Snapshot": "manifest",
-    "ParquetSink": "parquet_sink",
-    "Hourly": "partitions",
-    "arrow_schema": "schema",
-    "read_dataset": "dataset",
-    "close_partitions": "dataset",
-    "compact_dataset": "compaction",
-    "DeltaSink": "delta_sink",
-    "read_delta": "delta_sink",
+    "DataFile": ".manifest",
+    "ManifestConflict": ".manifest",
+    "ManifestLog": ".manifest",
+    "Snapshot": ".manifest",
+    "ParquetSink": ".parquet_sink",
+    "Hourly": ".partitions",
+    "arrow_schema": ".schema",
+    "read_dataset": ".dataset",
+    "close_partitions": ".dataset",
+    "compact_dataset": ".compaction",
+    "DeltaSink": ".delta_sink",
+    "read_delta": ".delta_sink",
 }
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module 'corelib.lake' has no attribute {name!r}")
-    try:
-        module = importlib.import_module(f"corelib.lake.{home}")
-    except ImportError as exc:
-        extra = "delta" if home == "delta_sink" else "parquet"
-        raise ImportError(
-            f"corelib.lake.{name} needs {exc.name}: pip install 'onceflow[{extra}]'"
-        ) from exc
-    return getattr(module, name)
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    _HOMES,
+    extra=lambda home: "delta" if home.endswith("delta_sink") else "parquet",
+)
