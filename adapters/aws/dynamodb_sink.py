@@ -8,7 +8,7 @@ from typing import Any
 from adapters.aws.dynamodb_requests import TRANSACTION_LIMIT, batch_write
 from adapters.aws.dynamodb_store import DynamoDBIdempotencyStore
 from adapters.aws.dynamodb_types import from_wire, to_wire
-from adapters.aws.sdk import boto3_client, run_blocking
+from adapters.aws.sdk import ClientOnFirstUse, run_blocking
 from corelib.errors import ConfigurationError, OutputRejected
 from corelib.interfaces import IdempotencyStore
 from corelib.records import Completion, Output
@@ -35,6 +35,8 @@ class DynamoDBSink:
     With `atomic=False`, outputs go in BatchWriteItem calls of 25 (keyed overwrites).
     """
 
+    client = ClientOnFirstUse("dynamodb")
+
     def __init__(
         self,
         table: str,
@@ -51,13 +53,6 @@ class DynamoDBSink:
         self.key_attribute = key_attribute
         self.backoff = backoff or Backoff(base=0.02, cap=1.0)
         self._client = client
-
-    @property
-    def client(self) -> Any:
-        """The boto3 DynamoDB client, created from the environment on first use."""
-        if self._client is None:
-            self._client = boto3_client("dynamodb")
-        return self._client
 
     def commits_with(self, store: IdempotencyStore) -> bool:
         """True for a DynamoDB store on the same endpoint and region, when this sink is atomic."""

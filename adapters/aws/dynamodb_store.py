@@ -30,7 +30,7 @@ from adapters.aws.dynamodb_requests import (
     error_code,
     transact,
 )
-from adapters.aws.sdk import boto3_client, run_blocking
+from adapters.aws.sdk import ClientOnFirstUse, run_blocking
 from corelib.clock import SystemClock
 from corelib.interfaces import Clock
 from corelib.records import Claim, ClaimStatus, Completion, Outcome, OutcomeStatus
@@ -65,6 +65,8 @@ def create_table(
 class DynamoDBIdempotencyStore:
     """Keys, leases and outcomes as items of one DynamoDB table; bulk requests only."""
 
+    client = ClientOnFirstUse("dynamodb")
+
     def __init__(
         self,
         table: str,
@@ -85,13 +87,6 @@ class DynamoDBIdempotencyStore:
         self.ttl_attribute = ttl_attribute
         self.backoff = backoff or Backoff(base=0.02, cap=1.0)
         self._client = client
-
-    @property
-    def client(self) -> Any:
-        """The boto3 DynamoDB client, created from the environment on first use."""
-        if self._client is None:
-            self._client = boto3_client("dynamodb")
-        return self._client
 
     # -- the IdempotencyStore protocol -----------------------------------------------------
 

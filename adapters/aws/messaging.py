@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from adapters.aws.dynamodb_requests import error_code
-from adapters.aws.sdk import boto3_client, run_blocking
+from adapters.aws.sdk import ClientOnFirstUse, run_blocking
 from corelib.errors import OutputRejected
 from corelib.records import Output
 from corelib.retry import Backoff
@@ -85,17 +85,11 @@ def _send_all(
 
 class _Client:
     service = ""
+    client = ClientOnFirstUse()  # made for `service` on first use
 
     def __init__(self, client: Any, backoff: Backoff | None) -> None:
         self._client = client
         self.backoff = backoff or Backoff(base=0.05, cap=2.0)
-
-    @property
-    def client(self) -> Any:
-        """The boto3 client, created from the environment on first use."""
-        if self._client is None:
-            self._client = boto3_client(self.service)
-        return self._client
 
 
 class SQSSink(_Client):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from adapters.aws.sdk import boto3_client, run_blocking
+from adapters.aws.sdk import ClientOnFirstUse, run_blocking
 from corelib.records import ObjectInfo
 
 __all__ = ["S3ObjectStore"]
@@ -21,18 +21,13 @@ def _code(exc: Exception) -> str:
 class S3ObjectStore:
     """Objects in `bucket` under `prefix`; put-if-absent uses S3's `If-None-Match: *`."""
 
+    client = ClientOnFirstUse("s3")
+
     def __init__(self, bucket: str, prefix: str = "", client: Any = None) -> None:
         self.bucket = bucket
         # A prefix names a folder: "lake" and "lake/" mean the same place.
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self._client = client
-
-    @property
-    def client(self) -> Any:
-        """The boto3 S3 client, created from the environment on first use."""
-        if self._client is None:
-            self._client = boto3_client("s3")
-        return self._client
 
     def _key(self, path: str) -> str:
         return self.prefix + path.lstrip("/")

@@ -7,7 +7,7 @@ from typing import Any
 
 import anyio.to_thread
 
-__all__ = ["boto3_client", "run_blocking"]
+__all__ = ["ClientOnFirstUse", "boto3_client", "run_blocking"]
 
 MISSING = "the AWS backend needs boto3: pip install 'onceflow[aws]'"
 
@@ -26,3 +26,23 @@ def boto3_client(service: str) -> Any:
 async def run_blocking(call: Any, /, *args: Any, **kwargs: Any) -> Any:
     """Run a blocking boto3 call in a worker thread so the event loop keeps serving."""
     return await anyio.to_thread.run_sync(functools.partial(call, *args, **kwargs))
+
+
+class ClientOnFirstUse:
+    """A `client` attribute: the client given to the constructor, else one made on first use.
+
+    The owner's constructor stores the given client (or None) as `_client`; a client is
+    made only when first needed, so building a store or sink at cold start costs nothing.
+    """
+
+    def __init__(self, service: str | None = None) -> None:
+        self.service = service
+
+    def __get__(self, owner: Any, owner_type: type | None = None) -> Any:
+        if owner is None:
+            return self
+        client = owner.__dict__.get("_client")
+        if client is None:
+            client = boto3_client(self.service or owner.service)
+            owner.__dict__["_client"] = client
+        return client

@@ -7,7 +7,7 @@ from typing import Any
 
 from adapters.aws.lambda_entry import failed_items
 from adapters.aws.lambda_events import Delivery, decode
-from adapters.aws.sdk import boto3_client, run_blocking
+from adapters.aws.sdk import ClientOnFirstUse, run_blocking
 from corelib.event import Event
 from corelib.records import InvalidRecord
 from corelib.retry import Backoff
@@ -23,6 +23,8 @@ class SQSSource:
     Records that succeed are deleted; failed ones are made visible again after a
     backoff that grows with their receive count (FIFO: with the rest of their group).
     """
+
+    client = ClientOnFirstUse("sqs")
 
     def __init__(
         self,
@@ -43,13 +45,6 @@ class SQSSource:
         self._arn: str | None = None
         self._stopped = False
         self._deliveries: dict[int, tuple[Delivery, dict[str, dict[str, Any]]]] = {}
-
-    @property
-    def client(self) -> Any:
-        """The boto3 SQS client, created from the environment on first use."""
-        if self._client is None:
-            self._client = boto3_client("sqs")
-        return self._client
 
     def stop(self) -> None:
         """End `batches` after the batch being processed."""
