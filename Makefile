@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 
-.PHONY: demo test lint typecheck bench clean
+.PHONY: demo test lint typecheck bench clean constraints
 
 $(BIN)/activate:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "onceflow needs Python 3.11+"'
@@ -14,13 +14,15 @@ $(BIN)/activate:
 	$(PY) -m pip install --quiet --upgrade pip
 
 # Runtime install for the demo: the core, the CLI's extras and parquet.
-$(VENV)/.demo-installed: pyproject.toml | $(BIN)/activate
-	$(PY) -m pip install --quiet -e '.[cli,parquet]'
+# constraints.txt pins every dependency to the versions the suite last passed with, so a
+# fresh machine (and CI) installs exactly what was tested; `make constraints` refreshes it.
+$(VENV)/.demo-installed: pyproject.toml constraints.txt | $(BIN)/activate
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[cli,parquet]'
 	touch $@
 
 # Everything the tests need: every extra plus the npm emulators (Azurite, Cosmos DB server).
-$(VENV)/.test-installed: pyproject.toml | $(BIN)/activate
-	$(PY) -m pip install --quiet -e '.[dev,cli,aws,azure,parquet,delta]'
+$(VENV)/.test-installed: pyproject.toml constraints.txt | $(BIN)/activate
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,cli,aws,azure,parquet,delta]'
 	touch $@
 
 node_modules/.installed: package.json package-lock.json
@@ -42,6 +44,9 @@ typecheck: $(VENV)/.test-installed
 
 bench: $(VENV)/.test-installed
 	$(PY) benchmarks/core_overhead.py
+
+constraints: $(VENV)/.test-installed
+	$(PY) -m pip freeze --exclude-editable > constraints.txt
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis .demo
