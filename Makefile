@@ -32,7 +32,11 @@ node_modules/.installed: package.json package-lock.json
 demo: $(VENV)/.demo-installed
 	bash examples/orders/demo.sh
 
+# Lint and types first, then the suite, whose summary stays the last line printed.
 test: $(VENV)/.test-installed node_modules/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(PY) -m pytest
 
 lint: $(VENV)/.test-installed
