@@ -71,7 +71,8 @@ class _FilesSource:
         self.redeliveries = redeliveries
         self.backoff = backoff or Backoff(base=0.5, cap=8.0)
         self._open: dict[str, _File] = {}
-        self._batch: tuple[Sequence[Record], list[tuple[_File, Positioned]]] | None = None
+        self._batch: tuple[Sequence[Record], list[tuple[_File, list[Positioned]]]] | None = None
+        """The batch handed out and not acked yet, with its records' positions file by file."""
         self.stopped = False
         self.bytes_read = 0
         """Bytes (rows, for Parquet) read so far this run, for progress bars."""
@@ -107,33 +108,36 @@ class _FilesSource:
             await anyio.sleep(self.poll_seconds)
 
     async def _pass(self, max_size: int) -> AsyncIterator[Sequence[Record]]:
+        # A batch remembers its records' positions as one list per file it spans (not a
+        # tuple per record), so settling a batch without failures only looks at its end.
         records: list[Record] = []
-        where: list[tuple[_File, Positioned]] = []
+        where: list[tuple[_File, list[Positioned]]] = []
         done_bytes = self.bytes_read
+        shard = self.shard
         for key, reader in self._next_files():
             if self.stopped:
                 return
             file = self._start(key, reader)
             if file is None:
                 continue
+            items: list[Positioned] = []
+            where.append((file, items))
             for item in reader.read(*file.settled):
-                if (
-                    self.shard is not None
-                    and _shard_of(item.record, self.shard[1]) != self.shard[0]
-                ):
+                record = item.record
+                if shard is not None and _shard_of(record, shard[1]) != shard[0]:
                     continue  # another worker's record
-                lane = item.record.partition_key
-                if self.ordered and lane is not None and lane in self._blocked:
+                if self.ordered and record.partition_key in self._blocked:
                     # An earlier record of this lane failed: this one waits behind it.
                     file.pending[item.start] = item
                     continue
-                records.append(item.record)
-                where.append((file, item))
+                records.append(record)
+                items.append(item)
                 if len(records) >= max_size:
                     self._batch = (records, where)
                     self.bytes_read = done_bytes + item.end
                     yield records
-                    records, where = [], []
+                    records, items = [], []
+                    where = [(file, items)]
                     if self.stopped:
                         return
             file.drained = True
@@ -153,17 +157,17 @@ class _FilesSource:
             self._blocked.clear()
             position = 0
             while position < len(waiting):
-                chunk: list[tuple[_File, Positioned]] = []
-                while position < len(waiting) and len(chunk) < max_size:
+                chunk: dict[str, tuple[_File, list[Positioned]]] = {}
+                batch: list[Record] = []
+                while position < len(waiting) and len(batch) < max_size:
                     file, item = waiting[position]
                     position += 1
-                    lane = item.record.partition_key
-                    if not (self.ordered and lane is not None and lane in self._blocked):
-                        chunk.append((file, item))
-                if not chunk:
+                    if not (self.ordered and item.record.partition_key in self._blocked):
+                        chunk.setdefault(file.key, (file, []))[1].append(item)
+                        batch.append(_again(item.record, round_))
+                if not batch:
                     break
-                batch = [_again(p.record, round_) for _, p in chunk]
-                self._batch = (batch, chunk)
+                self._batch = (batch, list(chunk.values()))
                 yield batch
                 if self.stopped:
                     return
@@ -174,18 +178,32 @@ class _FilesSource:
             raise RuntimeError("ack() for a batch this source did not just hand out")
         _, where = self._batch
         self._batch = None
-        touched: dict[str, _File] = {}
-        for file, item in where:
-            touched[file.key] = file
-            if item.record.id in failed_ids:
-                file.pending[item.start] = item
-                if self.ordered and item.record.partition_key is not None:
-                    self._blocked.add(item.record.partition_key)
-            else:
-                file.pending.pop(item.start, None)
-                if item.end > file.settled[0]:
-                    file.settled = (item.end, item.line)
-        self._settle_files(list(touched.values()))
+        touched: list[_File] = []
+        for file, items in where:
+            if not items:
+                continue
+            touched.append(file)
+            if failed_ids:
+                for item in items:
+                    record = item.record
+                    if record.id in failed_ids:
+                        file.pending[item.start] = item
+                        if self.ordered and record.partition_key is not None:
+                            self._blocked.add(record.partition_key)
+                    else:
+                        file.pending.pop(item.start, None)
+                        if item.end > file.settled[0]:
+                            file.settled = (item.end, item.line)
+                continue
+            # Nothing failed: every record is done, and a file's records come in offset
+            # order, so its settled position is its last record's end.
+            if file.pending:
+                for item in items:
+                    file.pending.pop(item.start, None)
+            last = items[-1]
+            if last.end > file.settled[0]:
+                file.settled = (last.end, last.line)
+        self._settle_files(touched)
 
     @property
     def pending(self) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import secrets
 import sqlite3
@@ -29,6 +30,8 @@ __all__ = ["SqliteIdempotencyStore"]
 KEYS_TABLE = "onceflow_keys"
 # SQLite's default limit on bound parameters is 32766; stay far below it per statement.
 CHUNK = 900
+# Completions sharing a token and an outcome go in one statement from this many on.
+_GROUPED = 8
 
 _IN_PROGRESS = "in_progress"
 _COMPLETED = "completed"
@@ -79,6 +82,7 @@ class SqliteIdempotencyStore:
         self.ttl_seconds = ttl_seconds
         self.clock: Clock = clock or SystemClock()
         self.database.ensure(_SCHEMA)
+        self._json_each = _has_json_each(self.database)
         self._token_prefix = secrets.token_hex(6)
         self._tokens = itertools.count(1)
         self._owners = _Owners(self.path, enabled=detect_dead_owners)
@@ -114,27 +118,43 @@ class SqliteIdempotencyStore:
         now = self.clock.now()
         expires = now + lease_seconds
         owner = self._owners.me if self._owners.enabled else None
-        offers = [(key, _IN_PROGRESS, self._token(), owner, expires, now) for key in keys]
+        # One token for the keys leased together: the fence compares key and token, so
+        # sharing it loses nothing, and then every row of the batch differs only in its key.
+        token = self._token()
         # Most keys of a batch are new: insert them all, and only when some already had a
         # row read those rows back to decide (the ones inserted carry our fresh token).
-        inserted = conn.executemany(
-            f"INSERT OR IGNORE INTO {KEYS_TABLE} "
-            "(key, status, token, owner, lease_expires_at, updated_at) VALUES (?,?,?,?,?,?)",
-            offers,
-        ).rowcount
+        if self._json_each:
+            # The keys as one JSON array in one statement: several times cheaper than
+            # executemany, which binds six parameters per row.
+            inserted = conn.execute(
+                f"INSERT OR IGNORE INTO {KEYS_TABLE} "
+                "(key, status, token, owner, lease_expires_at, updated_at) "
+                f"SELECT value, '{_IN_PROGRESS}', ?, ?, ?, ? FROM json_each(?)",
+                (token, owner, expires, now, _json_array(keys)),
+            ).rowcount
+        else:
+            inserted = conn.executemany(
+                f"INSERT OR IGNORE INTO {KEYS_TABLE} "
+                "(key, status, token, owner, lease_expires_at, updated_at) VALUES (?,?,?,?,?,?)",
+                [(key, _IN_PROGRESS, token, owner, expires, now) for key in keys],
+            ).rowcount
         if inserted == len(keys):
-            return [
-                Claim(key, ClaimStatus.NEW, token=token, lease_expires_at=expires)
-                for key, _, token, _, _, _ in offers
-            ]
+            new = ClaimStatus.NEW
+            # Positional: building a thousand named tuples by keyword costs twice as much.
+            return [Claim(key, new, token, None, expires) for key in keys]
         rows = _select(conn, keys)
         claims: list[Claim] = []
         takeovers: list[tuple[Any, ...]] = []
-        for offer in offers:
-            key, token = offer[0], offer[2]
+        seen: set[str] = set()
+        for key in keys:
             status, row_token, row_owner, lease_end, ttl_end, outcome, outputs, fp, detail = rows[
                 key
             ]
+            if key in seen:
+                # Asked twice in one call: the first ask holds the lease, this one waits.
+                claims.append(Claim(key, ClaimStatus.IN_PROGRESS, lease_expires_at=expires))
+                continue
+            seen.add(key)
             if row_token == token:
                 pass  # inserted just now
             elif status == _COMPLETED and (ttl_end is None or ttl_end > now):
@@ -148,7 +168,8 @@ class SqliteIdempotencyStore:
                 claims.append(Claim(key, ClaimStatus.IN_PROGRESS, lease_expires_at=lease_end))
                 continue
             else:
-                takeovers.append(offer)  # lease ran out, owner died, or the record expired
+                # The lease ran out, its owner died, or the record expired.
+                takeovers.append((key, _IN_PROGRESS, token, owner, expires, now))
             claims.append(Claim(key, ClaimStatus.NEW, token=token, lease_expires_at=expires))
         if takeovers:
             conn.executemany(
@@ -173,30 +194,61 @@ class SqliteIdempotencyStore:
         expires = now + self.ttl_seconds
         # The fence is in the WHERE clause: a row whose token changed is not touched. A
         # repeated completion by the same holder matches again and is accepted.
-        updates = [
-            (
-                _COMPLETED,
-                expires,
-                c.outcome.status.value,
-                c.outcome.outputs,
-                c.outcome.fingerprint,
-                c.outcome.detail,
-                now,
-                c.claim.key,
-                c.claim.token,
-            )
-            for c in completions
-            if c.claim.token is not None
-        ]
-        changed = conn.executemany(
-            f"UPDATE {KEYS_TABLE} SET status=?, expires_at=?, outcome=?, outputs=?, "
-            "fingerprint=?, detail=?, updated_at=? WHERE key=? AND token=?",
-            updates,
-        ).rowcount
+        changed = 0
+        singles: list[Completion] = []
+        if self._json_each:
+            # A batch's keys share their claim's token and mostly one outcome: each such
+            # group is one statement over the keys as a JSON array, instead of a row of
+            # nine parameters per key.
+            groups: dict[tuple[str, Outcome], list[str]] = {}
+            for c in completions:
+                if c.claim.token is not None:
+                    groups.setdefault((c.claim.token, c.outcome), []).append(c.claim.key)
+            for (token, outcome), keys in groups.items():
+                if len(keys) < _GROUPED:
+                    singles.extend(
+                        Completion(Claim(k, ClaimStatus.NEW, token), outcome) for k in keys
+                    )
+                    continue
+                changed += conn.execute(
+                    f"UPDATE {KEYS_TABLE} SET status='{_COMPLETED}', expires_at=?, outcome=?, "
+                    "outputs=?, fingerprint=?, detail=?, updated_at=? "
+                    "WHERE key IN (SELECT value FROM json_each(?)) AND token=?",
+                    (
+                        expires,
+                        outcome.status.value,
+                        outcome.outputs,
+                        outcome.fingerprint,
+                        outcome.detail,
+                        now,
+                        _json_array(keys),
+                        token,
+                    ),
+                ).rowcount
+        else:
+            singles = [c for c in completions if c.claim.token is not None]
+        if singles:
+            changed += conn.executemany(
+                f"UPDATE {KEYS_TABLE} SET status='{_COMPLETED}', expires_at=?, outcome=?, "
+                "outputs=?, fingerprint=?, detail=?, updated_at=? WHERE key=? AND token=?",
+                [
+                    (
+                        expires,
+                        c.outcome.status.value,
+                        c.outcome.outputs,
+                        c.outcome.fingerprint,
+                        c.outcome.detail,
+                        now,
+                        c.claim.key,
+                        c.claim.token,
+                    )
+                    for c in singles
+                ],
+            ).rowcount
         if changed == len(completions):
             return [True] * len(completions)
-        # Some fence did not hold: tokens do not change on completion, so reading them now
-        # tells which rows the update matched.
+        # Some fence did not hold (or a key came twice): tokens do not change on
+        # completion, so reading them now tells which rows the update matched.
         tokens = _tokens(conn, [c.key for c in completions])
         return [
             c.claim.token is not None and tokens.get(c.key) == c.claim.token for c in completions
@@ -287,6 +339,22 @@ class SqliteIdempotencyStore:
                 (_COMPLETED, self.clock.now()),
             )
             return cursor.rowcount
+
+
+def _has_json_each(database: Database) -> bool:
+    """Whether this SQLite has the JSON functions (built in since 3.38, and in most before)."""
+    try:
+        with database.reading() as conn:
+            conn.execute("SELECT count(*) FROM json_each('[1]')").fetchone()
+    except sqlite3.Error:
+        return False
+    return True
+
+
+def _json_array(keys: Sequence[str]) -> str:
+    # ensure_ascii=False: text goes in as it is, and a key SQLite cannot store (a lone
+    # surrogate) fails when the statement is bound, as it does one key at a time.
+    return json.dumps(keys if isinstance(keys, list | tuple) else list(keys), ensure_ascii=False)
 
 
 def _chunks(keys: Sequence[str]) -> Iterator[Sequence[str]]:

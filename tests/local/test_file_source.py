@@ -251,3 +251,34 @@ async def test_ordered_source_holds_a_lane_behind_its_failed_record(tmp_path: Pa
     lanes = {lane: [n for n in done if f"p{n % 2}" == lane] for lane in ("p0", "p1")}
     assert lanes["p0"] == [2, 4, 6, 8, 10]
     assert lanes["p1"] == [1, 3, 5, 7, 9]  # 5, 7 and 9 waited for 3
+
+
+@pytest.mark.anyio
+async def test_records_are_the_events_validation_would_build(tmp_path: Path) -> None:
+    # The reader copies one validated event per read instead of validating each record.
+    from adapters.local import file_records
+
+    assert file_records._COPYABLE, (
+        "pydantic's model layout changed: reading falls back to the slow copy"
+    )
+    write(tmp_path / "a.jsonl", '{"k":"x","p":7}\n"\\ud800"\n')
+    write(tmp_path / "b.jsonl", '{"k":"y","p":null}\n')
+    plain, keyed = (
+        await drain(FileSource(tmp_path / "*.jsonl")),
+        await drain(FileSource(tmp_path / "*.jsonl", id_field="k", partition_field="p")),
+    )
+    # A lone surrogate escape is valid JSON (json.loads takes it) but not an object.
+    assert len(plain) == 3 and isinstance(keyed.pop(1), InvalidRecord)
+    for event in plain + keyed:
+        assert isinstance(event, Event)
+        built = Event(**{name: getattr(event, name) for name in event.model_fields_set})
+        assert event == built and event.model_dump() == built.model_dump()
+        assert event.model_fields_set == built.model_fields_set
+        assert event.model_dump_json() == built.model_dump_json()
+        again = event.model_copy(update={"delivery_count": 2})
+        assert again.delivery_count == 2 and event.delivery_count == 1
+        with pytest.raises(ValueError):
+            event.id = "changed"  # type: ignore[misc]
+    assert [e.id for e in keyed] == ["x", "y"] and keyed[0].partition_key == "7"
+    assert plain[2].sequence == str(1_000_000_000_000 + 1)  # b.jsonl comes second
+    assert plain[0].attributes == {"file": "a.jsonl", "line": "1"}

@@ -129,3 +129,34 @@ async def test_counts_oldest_lease_and_purge(tmp_path: Path) -> None:
     assert store.counts()["succeeded"] == 0  # expired: counts as absent
     assert store.purge_expired() == 2
     assert store.status("a") is None and store.status("c") is ClaimStatus.IN_PROGRESS
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("json_each", [True, False])
+async def test_batch_claims_and_completions_keep_their_fences(
+    tmp_path: Path, json_each: bool
+) -> None:
+    # Keys leased together share a token and complete in one statement per outcome; the
+    # fence still holds key by key, and a key asked twice in one call is leased once.
+    clock = ManualClock()
+    store = SqliteIdempotencyStore(tmp_path / "s.db", clock=clock)
+    other = SqliteIdempotencyStore(
+        tmp_path / "s.db", clock=clock, database=Database(tmp_path / "s.db")
+    )
+    store._json_each = other._json_each = json_each
+    keys = [f"k'\"{n}é" for n in range(20)]
+    claims = await store.claim([*keys, keys[0]], 30)
+    assert [c.status for c in claims] == [ClaimStatus.NEW] * 20 + [ClaimStatus.IN_PROGRESS]
+    clock.advance(31)
+    stolen = await other.claim(keys[5:7], 30)  # the lease ran out: another worker takes two
+    assert all(c.status is ClaimStatus.NEW for c in stolen)
+    done = Outcome(OutcomeStatus.SUCCEEDED, 1)
+    dead = Outcome(OutcomeStatus.DEAD_LETTERED, 0, detail="bad")
+    completions = [Completion(c, dead if n == 3 else done) for n, c in enumerate(claims[:20])]
+    accepted = await store.complete(completions)
+    assert accepted == [n not in (5, 6) for n in range(20)]
+    assert await other.complete([Completion(c, done) for c in stolen]) == [True, True]
+    assert store.counts() == {"in_progress": 0, "succeeded": 19, "dead_lettered": 1}
+    again = await store.claim(keys, 30)
+    assert all(c.status is ClaimStatus.COMPLETED for c in again)
+    assert again[3].outcome == dead and again[0].outcome == done
