@@ -299,7 +299,8 @@ class _Copies:
         attributes: dict[str, str],
     ) -> Event:
         """The template with these fields."""
-        update = {
+        values = {
+            **self.values,
             "id": event_id,
             "partition_key": partition,
             "sequence": sequence,
@@ -307,9 +308,9 @@ class _Copies:
             "attributes": attributes,
         }
         if not _COPYABLE:
-            return self.template.model_copy(update=update)
+            return self.template.model_copy(update=values)
         event = _new_event(Event)
-        _set(event, "__dict__", {**self.values, **update})
+        _set(event, "__dict__", values)
         _set(event, "__pydantic_fields_set__", self.fields_set.copy())
         _set(event, "__pydantic_extra__", None)
         _set(event, "__pydantic_private__", None)
