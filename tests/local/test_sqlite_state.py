@@ -17,7 +17,7 @@ import pytest
 
 from adapters.local import Database, SqliteIdempotencyStore, SqliteSink, StateError
 from corelib.clock import ManualClock
-from corelib.records import ClaimStatus, Completion, Outcome, OutcomeStatus
+from corelib.records import ClaimStatus, Completion, Outcome, OutcomeStatus, Output
 
 
 @pytest.mark.anyio
@@ -160,3 +160,21 @@ async def test_batch_claims_and_completions_keep_their_fences(
     again = await store.claim(keys, 30)
     assert all(c.status is ClaimStatus.COMPLETED for c in again)
     assert again[3].outcome == dead and again[0].outcome == done
+
+
+@pytest.mark.anyio
+async def test_many_outputs_keep_first_write_order_and_last_value(tmp_path: Path) -> None:
+    # Outputs go in a hundred rows per statement, the rest one by one; a repeated id
+    # inside one statement or across them overwrites the value and keeps its place.
+    sink = SqliteSink(tmp_path / "s.db")
+
+    def output(n: int, value: object) -> Output:
+        return Output(f"k{n}#0", f"k{n}", str(n), 0, value)
+
+    first = [output(n, {"n": n}) for n in range(250)]
+    again = [output(n, {"n": n, "again": True}) for n in (5, 150, 249)]
+    await sink.write([*first[:120], output(7, [1.5]), *first[120:], *again])
+    assert [output_id for output_id, _, _ in sink.rows()] == [o.output_id for o in first]
+    contents = sink.contents()
+    assert contents["k7#0"] == [1.5] and contents["k8#0"] == {"n": 8}
+    assert all(contents[f"k{n}#0"] == {"n": n, "again": True} for n in (5, 150, 249))
