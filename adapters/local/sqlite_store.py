@@ -123,14 +123,15 @@ class SqliteIdempotencyStore:
         token = self._token()
         # Most keys of a batch are new: insert them all, and only when some already had a
         # row read those rows back to decide (the ones inserted carry our fresh token).
-        if self._json_each:
+        array = _json_array(keys) if self._json_each else None
+        if array is not None:
             # The keys as one JSON array in one statement: several times cheaper than
             # executemany, which binds six parameters per row.
             inserted = conn.execute(
                 f"INSERT OR IGNORE INTO {KEYS_TABLE} "
                 "(key, status, token, owner, lease_expires_at, updated_at) "
                 f"SELECT value, '{_IN_PROGRESS}', ?, ?, ?, ? FROM json_each(?)",
-                (token, owner, expires, now, _json_array(keys)),
+                (token, owner, expires, now, array),
             ).rowcount
         else:
             inserted = conn.executemany(
@@ -205,7 +206,8 @@ class SqliteIdempotencyStore:
                 if c.claim.token is not None:
                     groups.setdefault((c.claim.token, c.outcome), []).append(c.claim.key)
             for (token, outcome), keys in groups.items():
-                if len(keys) < _GROUPED:
+                array = _json_array(keys) if len(keys) >= _GROUPED else None
+                if array is None:
                     singles.extend(
                         Completion(Claim(k, ClaimStatus.NEW, token), outcome) for k in keys
                     )
@@ -221,7 +223,7 @@ class SqliteIdempotencyStore:
                         outcome.fingerprint,
                         outcome.detail,
                         now,
-                        _json_array(keys),
+                        array,
                         token,
                     ),
                 ).rowcount
@@ -351,10 +353,13 @@ def _has_json_each(database: Database) -> bool:
     return True
 
 
-def _json_array(keys: Sequence[str]) -> str:
+def _json_array(keys: Sequence[str]) -> str | None:
+    """The keys as a JSON array for `json_each`, or None when it would not give them back."""
     # ensure_ascii=False: text goes in as it is, and a key SQLite cannot store (a lone
     # surrogate) fails when the statement is bound, as it does one key at a time.
-    return json.dumps(keys if isinstance(keys, list | tuple) else list(keys), ensure_ascii=False)
+    text = json.dumps(keys if isinstance(keys, list | tuple) else list(keys), ensure_ascii=False)
+    # SQLite's JSON functions cut a string at an escaped NUL; such keys go one by one.
+    return None if "\\u0000" in text else text
 
 
 def _chunks(keys: Sequence[str]) -> Iterator[Sequence[str]]:

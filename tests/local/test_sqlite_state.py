@@ -160,6 +160,12 @@ async def test_batch_claims_and_completions_keep_their_fences(
     again = await store.claim(keys, 30)
     assert all(c.status is ClaimStatus.COMPLETED for c in again)
     assert again[3].outcome == dead and again[0].outcome == done
+    # SQLite's JSON functions cut strings at NUL: such keys still come back whole.
+    odd = ["nul\x00key", "nul\x00"] + [f"m{n}" for n in range(10)]
+    odd_claims = await store.claim(odd, 30)
+    assert all(c.status is ClaimStatus.NEW for c in odd_claims)
+    assert await store.complete([Completion(c, done) for c in odd_claims]) == [True] * 12
+    assert store.status("nul\x00key") is ClaimStatus.COMPLETED and store.status("nul") is None
 
 
 @pytest.mark.anyio
