@@ -283,6 +283,10 @@ class _Copies:
     (`copy.copy` of each part) costs three times this one, which mirrors `BaseModel.__copy__`.
     Should pydantic lay out its models differently, `_COPYABLE` is false and `model_copy`
     is used; tests/local/test_file_source.py checks the copies against validated events.
+
+    The copies of one read share one fields-set: events are frozen, so pydantic never
+    changes it in place (`model_copy` copies it first), and one object fewer per record
+    spares the garbage collector a few percent of the run.
     """
 
     def __init__(self, template: Event) -> None:
@@ -311,7 +315,7 @@ class _Copies:
             return self.template.model_copy(update=values)
         event = _new_event(Event)
         _set(event, "__dict__", values)
-        _set(event, "__pydantic_fields_set__", self.fields_set.copy())
+        _set(event, "__pydantic_fields_set__", self.fields_set)
         _set(event, "__pydantic_extra__", None)
         _set(event, "__pydantic_private__", None)
         return event

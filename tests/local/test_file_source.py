@@ -269,16 +269,20 @@ async def test_records_are_the_events_validation_would_build(tmp_path: Path) -> 
     )
     # A lone surrogate escape is valid JSON (json.loads takes it) but not an object.
     assert len(plain) == 3 and isinstance(keyed.pop(1), InvalidRecord)
-    for event in plain + keyed:
-        assert isinstance(event, Event)
+    events = [e for e in plain + keyed if isinstance(e, Event)]
+    assert len(events) == 5
+    for event in events:
         built = Event(**{name: getattr(event, name) for name in event.model_fields_set})
         assert event == built and event.model_dump() == built.model_dump()
         assert event.model_fields_set == built.model_fields_set
         assert event.model_dump_json() == built.model_dump_json()
         again = event.model_copy(update={"delivery_count": 2})
         assert again.delivery_count == 2 and event.delivery_count == 1
+        assert "delivery_count" in again.model_fields_set  # the copy's own fields set...
         with pytest.raises(ValueError):
-            event.id = "changed"  # type: ignore[misc]
+            event.delivery_count = 3  # type: ignore[misc]
+    # ...and the read's events, which share one, are untouched.
+    assert all("delivery_count" not in e.model_fields_set for e in events)
     assert [e.id for e in keyed] == ["x", "y"] and keyed[0].partition_key == "7"
     assert plain[2].sequence == str(1_000_000_000_000 + 1)  # b.jsonl comes second
     assert plain[0].attributes == {"file": "a.jsonl", "line": "1"}
