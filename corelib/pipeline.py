@@ -240,7 +240,7 @@ class Pipeline:
         order: list[_Item] = []
         custom_key = self.key
         for record in records:
-            if isinstance(record, InvalidRecord) or custom_key is None:
+            if custom_key is None or isinstance(record, InvalidRecord):
                 key = record.key
             else:
                 try:
@@ -287,12 +287,16 @@ class Pipeline:
                 f"{type(self.store).__name__}.claim returned {len(claims)} claims for "
                 f"{len(items)} keys"
             )
+        new, completed = ClaimStatus.NEW, ClaimStatus.COMPLETED
         for item, claim in zip(items, claims, strict=True):
             item.claim = claim
-            if claim.status is ClaimStatus.COMPLETED:
+            status = claim.status
+            if status is new:
+                continue
+            if status is completed:
                 item.state = _State.DUPLICATE
                 self._check_reuse(item)
-            elif claim.status is ClaimStatus.IN_PROGRESS:
+            else:
                 self._fail(item, "another worker holds this key's lease")
         return True
 
@@ -501,7 +505,8 @@ class Pipeline:
         if not letters_atomic:
             await self._write(self.dead_letter, self._dead(items), self._dead_letter_output)
         done = self._in_state(items, _State.DONE)
-        self._hook(Step.BEFORE_COMPLETE, done + self._in_state(items, _State.DEAD))
+        if self.on_step is not None:
+            self._hook(Step.BEFORE_COMPLETE, done + self._in_state(items, _State.DEAD))
         if main_atomic:
             written = set(self._in_state(items, _State.DEAD))
             await self._write(self.sink, done, self._success, atomic=True)
@@ -526,7 +531,8 @@ class Pipeline:
                     self._fail(item, f"completion failed: {type(exc).__name__}: {exc}")
             else:
                 self._settle(plain, accepted)
-        self._hook(Step.AFTER_COMPLETE, self._in_state(items, _State.DONE, _State.DEAD))
+        if self.on_step is not None:
+            self._hook(Step.AFTER_COMPLETE, self._in_state(items, _State.DONE, _State.DEAD))
 
     def _atomic(self, sink: Sink | None) -> bool:
         return isinstance(sink, AtomicSink) and sink.commits_with(self.store)
