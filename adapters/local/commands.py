@@ -496,11 +496,7 @@ def dead_letters_list(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     console = _console()
-    state = _open_state(args.state, create=False)
-    try:
-        letters = state.dead_letters.letters()
-    finally:
-        state.close()
+    letters = _letters(args.state)
     if not letters:
         console.print(f"no dead letters in {args.state}")
         return 0
@@ -520,6 +516,15 @@ def dead_letters_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _letters(state_dir: str) -> list[dict[str, Any]]:
+    """The dead letters kept in a state folder."""
+    state = _open_state(state_dir, create=False)
+    try:
+        return state.dead_letters.letters()
+    finally:
+        state.close()
+
+
 def _where(letter: dict[str, Any]) -> str:
     event = letter.get("event") or {}
     if event.get("locator"):
@@ -532,11 +537,7 @@ def _where(letter: dict[str, Any]) -> str:
 def dead_letters_show(args: argparse.Namespace) -> int:
     """`onceflow dead-letters show KEY`."""
     console = _console()
-    state = _open_state(args.state, create=False)
-    try:
-        letters = state.dead_letters.letters()
-    finally:
-        state.close()
+    letters = _letters(args.state)
     exact = [letter for letter in letters if letter.get("key") == args.key]
     found = exact or [letter for letter in letters if args.key in str(letter.get("key", ""))]
     if not found:
