@@ -15,10 +15,11 @@ if TYPE_CHECKING:
     from corelib.lake.delta_sink import DeltaSink, read_delta
     from corelib.lake.manifest import DataFile, ManifestConflict, ManifestLog, Snapshot
     from corelib.lake.parquet_sink import ParquetSink
-    from corelib.lake.partitions import Hourly
+    from corelib.lake.partitions import EVENT_TIME, Hourly
     from corelib.lake.schema import arrow_schema
 
 __all__ = [
+    "EVENT_TIME",
     "DataFile",
     "DeltaSink",
     "Hourly",
@@ -39,6 +40,7 @@ _HOMES = {
     "ManifestLog": ".manifest",
     "Snapshot": ".manifest",
     "ParquetSink": ".parquet_sink",
+    "EVENT_TIME": ".partitions",
     "Hourly": ".partitions",
     "arrow_schema": ".schema",
     "read_dataset": ".dataset",

@@ -16,6 +16,7 @@ from corelib.errors import ConfigurationError, OutputRejected
 from corelib.interfaces import ObjectStore
 from corelib.lake.manifest import DataFile, ManifestLog, join
 from corelib.lake.partitions import (
+    EVENT_TIME,
     Hourly,
     PartitionSpec,
     normalise,
@@ -80,18 +81,25 @@ class ParquetSink:
         if clash:
             raise ConfigurationError(f"column {clash[0]!r} is reserved for the sink's own use")
         self.parts = normalise(partition_by)
-        missing = [c for c in source_columns(self.parts) if c not in self.schema.names]
+        missing = [
+            c for c in source_columns(self.parts) if c not in self.schema.names and c != EVENT_TIME
+        ]
         if missing:
             raise ConfigurationError(f"partition column {missing[0]!r} is not in the schema")
         for part in self.parts:
-            if isinstance(part, Hourly) and not pa.types.is_timestamp(
-                self.schema.field(part.field).type
+            if (
+                isinstance(part, Hourly)
+                and part.field != EVENT_TIME
+                and not pa.types.is_timestamp(self.schema.field(part.field).type)
             ):
                 raise ConfigurationError(
                     f"Hourly({part.field!r}) needs a timestamp column; "
                     f"{part.field} is {self.schema.field(part.field).type}"
                 )
+        self._by_event_time = EVENT_TIME in source_columns(self.parts)
         self._dropped = [p for p in self.parts if isinstance(p, str)]
+        if self._by_event_time:
+            self._dropped.append(EVENT_TIME)  # in the path already, like any partition column
         if compression != "none" and not pa.Codec.is_available(compression):
             raise ConfigurationError(f"compression {compression!r} is not available in pyarrow")
         self.max_rows = max_rows
@@ -112,6 +120,11 @@ class ParquetSink:
 
     def _encode(self, outputs: list[Output]) -> list[EncodedFile]:
         table, rejected = outputs_to_table(outputs, self.schema, extra=self.extra)
+        if self._by_event_time:
+            times = {o.output_id: o.time for o in outputs}
+            ids = table.column(OUTPUT_ID).to_pylist()
+            when = pa.array([times.get(i) for i in ids], pa.timestamp("us", tz="UTC"))
+            table = table.append_column(EVENT_TIME, when)
         labels = partition_labels(table, self.parts) if self.parts else None
         if labels is not None and labels.null_count:
             columns = source_columns(self.parts)

@@ -9,12 +9,15 @@ from urllib.parse import quote, unquote
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["Hourly", "PartitionSpec", "parse_partition", "partition_labels"]
+__all__ = ["EVENT_TIME", "Hourly", "PartitionSpec", "parse_partition", "partition_labels"]
+
+EVENT_TIME = "_event_time"
+"""`Hourly(EVENT_TIME)` partitions by the time of the event that produced each row."""
 
 
 @dataclass(frozen=True, slots=True)
 class Hourly:
-    """Partition by the hour of a timestamp column: `dt=YYYY-MM-DD/hr=HH` (UTC)."""
+    """Partition by the hour of a timestamp column, or of the event (`EVENT_TIME`), in UTC."""
 
     field: str = "time"
 

@@ -21,7 +21,7 @@ from adapters.memory import (
 from corelib.errors import ConfigurationError, OutputRejected
 from corelib.event import Event
 from corelib.interfaces import ObjectStore
-from corelib.lake import Hourly, ManifestLog, ParquetSink, arrow_schema, read_dataset
+from corelib.lake import EVENT_TIME, Hourly, ManifestLog, ParquetSink, arrow_schema, read_dataset
 from corelib.lake.dataset import close_partitions
 from corelib.pipeline import Pipeline
 from corelib.records import Output
@@ -269,3 +269,42 @@ def test_bad_configuration_is_named() -> None:
         ParquetSink(MemoryObjectStore(), "ds", schema=reserved)
     with pytest.raises(ConfigurationError, match="needs a timestamp column"):
         ParquetSink(MemoryObjectStore(), "ds", schema=SCHEMA, partition_by=Hourly("user"))
+
+
+@pytest.mark.anyio
+async def test_event_time_partitions_through_the_pipeline() -> None:
+    store = MemoryObjectStore()
+    schema = pa.schema([("user", pa.string()), ("n", pa.int64())])
+    sink = ParquetSink(store, "lake/by_event", schema=schema, partition_by=Hourly(EVENT_TIME))
+
+    class Rows:
+        def process(self, event: Event) -> dict[str, Any]:
+            return {"user": f"u{event.id}", "n": int(event.id)}
+
+    start = datetime(2024, 5, 1, 22, 30, tzinfo=UTC)
+    events = [
+        Event(id=str(i), source="clicks", time=start + timedelta(minutes=20 * i), data=b"{}")
+        for i in range(6)
+    ]
+    clock = ManualClock()
+    pipeline = Pipeline(
+        Rows(), sink, MemoryIdempotencyStore(clock=clock), MemorySink(), clock=clock
+    )
+    result = await pipeline.process_batch(events)
+    assert sorted(result.processed) == [str(i) for i in range(6)]
+    folders = sorted(
+        {
+            i.path.rsplit("/", 1)[0]
+            for i in await store.list("lake/by_event/")
+            if i.path.endswith(".parquet")
+        }
+    )
+    assert folders == [
+        "lake/by_event/dt=2024-05-01/hr=22",
+        "lake/by_event/dt=2024-05-01/hr=23",
+        "lake/by_event/dt=2024-05-02/hr=00",
+    ]
+    rows = await read_dataset(store, "lake/by_event")
+    assert rows.num_rows == 6 and EVENT_TIME not in rows.column_names
+    hours = query("select dt, hr, count(*) from rows group by all order by all", rows=rows)
+    assert hours == [("2024-05-01", "22", 2), ("2024-05-01", "23", 3), ("2024-05-02", "00", 1)]
