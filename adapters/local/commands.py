@@ -264,15 +264,9 @@ def run_command(args: argparse.Namespace) -> int:
         if args.report:  # a worker of `--workers N`: the parent sums and reports
             Path(args.report).write_text(json.dumps(tally.as_plain()))
             return 0
-        state.finish_run(run_id, tally.counts())
-        state.dead_letters.flush()
-        if args.out:
-            exported = state.sink.export_jsonl(args.out)
-            console.print(f"wrote {exported} outputs to {args.out}")
-        _summary(console, tally, wall, state)
+        return _finish(args, console, state, run_id, tally, wall, workers_wrote_letters=False)
     finally:
         state.close()
-    return 0 if not tally.failed and not tally.dead_lettered else 1
 
 
 def _run_workers(args: argparse.Namespace, console: Console) -> int:
@@ -301,14 +295,31 @@ def _run_workers(args: argparse.Namespace, console: Console) -> int:
                     raise CliError(f"a worker process failed (exit status {code}); see above")
                 tally.add_plain(json.loads(report.read_text()))
         wall = time.perf_counter() - started
-        state.finish_run(run_id, tally.counts())
-        state.dead_letters.export()
-        if args.out:
-            exported = state.sink.export_jsonl(args.out)
-            console.print(f"wrote {exported} outputs to {args.out}")
-        _summary(console, tally, wall, state)
+        return _finish(args, console, state, run_id, tally, wall, workers_wrote_letters=True)
     finally:
         state.close()
+
+
+def _finish(
+    args: argparse.Namespace,
+    console: Console,
+    state: LocalState,
+    run_id: int,
+    tally: Tally,
+    wall: float,
+    *,
+    workers_wrote_letters: bool,
+) -> int:
+    """Record the run, publish dead letters and outputs, print the summary; the exit status."""
+    state.finish_run(run_id, tally.counts())
+    if workers_wrote_letters:
+        state.dead_letters.export()  # written by other processes: this one saw none arrive
+    else:
+        state.dead_letters.flush()
+    if args.out:
+        exported = state.sink.export_jsonl(args.out)
+        console.print(f"wrote {exported} outputs to {args.out}")
+    _summary(console, tally, wall, state)
     return 0 if not tally.failed and not tally.dead_lettered else 1
 
 
