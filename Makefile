@@ -13,44 +13,59 @@ $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
+# corelib/ and adapters/ install as `onceflow` and `onceflow.adapters` (pyproject.toml maps
+# them). A strict editable install links that layout into build/__editable__.*, a plain
+# folder on the path, which mypy can read (it cannot follow setuptools' import hooks); a
+# link tree does not see new modules, so the install is redone whenever the set of package
+# files changes (LAYOUT names that set).
+LAYOUT := $(shell find corelib adapters -name '*.py' -o -name py.typed | sort | cksum | cut -d' ' -f1)
+EDITABLE := $(PY) -m pip install --quiet --config-settings editable_mode=strict
+STAMP_LAYOUT := rm -f $(VENV)/.layout-* && touch $(VENV)/.layout-$(LAYOUT)
+
+$(VENV)/.layout-$(LAYOUT): | $(BIN)/activate
+	$(EDITABLE) --no-deps -e .
+	$(STAMP_LAYOUT)
+
 # Runtime install for the demo: the core, the CLI's extras and parquet.
 # constraints.txt pins every dependency to the versions the suite last passed with, so a
 # fresh machine (and CI) installs exactly what was tested; `make constraints` refreshes it.
 $(VENV)/.demo-installed: pyproject.toml constraints.txt | $(BIN)/activate
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[cli,parquet]'
+	$(EDITABLE) -c constraints.txt -e '.[cli,parquet]'
+	$(STAMP_LAYOUT)
 	touch $@
 
 # Everything the tests need: every extra plus the npm emulators (Azurite, Cosmos DB server).
 $(VENV)/.test-installed: pyproject.toml constraints.txt | $(BIN)/activate
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,cli,aws,azure,parquet,delta]'
+	$(EDITABLE) -c constraints.txt -e '.[dev,cli,aws,azure,parquet,delta]'
+	$(STAMP_LAYOUT)
 	touch $@
 
 node_modules/.installed: package.json package-lock.json
 	bash scripts/install-emulators.sh
 	touch $@
 
-demo: $(VENV)/.demo-installed
+demo: $(VENV)/.demo-installed $(VENV)/.layout-$(LAYOUT)
 	bash examples/orders/demo.sh
 
 # Lint and types first, then the suite, whose summary stays the last line printed.
-test: $(VENV)/.test-installed node_modules/.installed
+test: $(VENV)/.test-installed $(VENV)/.layout-$(LAYOUT) node_modules/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(PY) -m pytest
 
-lint: $(VENV)/.test-installed
+lint: $(VENV)/.test-installed $(VENV)/.layout-$(LAYOUT)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-typecheck: $(VENV)/.test-installed
+typecheck: $(VENV)/.test-installed $(VENV)/.layout-$(LAYOUT)
 	$(BIN)/mypy
 
-bench: $(VENV)/.test-installed
+bench: $(VENV)/.test-installed $(VENV)/.layout-$(LAYOUT)
 	$(PY) benchmarks/core_overhead.py
 
 constraints: $(VENV)/.test-installed
-	$(PY) -m pip freeze --exclude-editable > constraints.txt
+	$(PY) -m pip freeze --all --exclude-editable | grep -v "^pip==" > constraints.txt
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis .demo
+	rm -rf $(VENV) build node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis .demo

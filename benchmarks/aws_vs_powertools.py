@@ -33,14 +33,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from adapters.aws import (  # noqa: E402
+from onceflow.adapters.aws import (  # noqa: E402
     DynamoDBIdempotencyStore,
     DynamoDBSink,
     create_table,
     lambda_handler,
 )
-from corelib.event import Event  # noqa: E402
-from corelib.pipeline import Pipeline  # noqa: E402
+from onceflow.event import Event  # noqa: E402
+from onceflow.pipeline import Pipeline  # noqa: E402
+
 from tests.support.servers import MotoServer, moto_server  # noqa: E402
 
 STREAM_ARN = "arn:aws:kinesis:us-east-1:123456789012:stream/orders"
@@ -361,8 +362,8 @@ def main() -> None:
     ours = import_seconds("import examples.orders.lambda_function", args.imports)
     # What the first invocation adds when it builds the pipeline: the DynamoDB/SQS modules.
     ours_built = import_seconds(
-        "import examples.orders.lambda_function, adapters.aws.dynamodb_sink, "
-        "adapters.aws.messaging, boto3; boto3.client('dynamodb')",
+        "import examples.orders.lambda_function, onceflow.adapters.aws.dynamodb_sink, "
+        "onceflow.adapters.aws.messaging, boto3; boto3.client('dynamodb')",
         args.imports,
     )
     theirs = import_seconds(

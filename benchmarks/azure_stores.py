@@ -1,7 +1,7 @@
 """Storage requests per event for exactly-once bookkeeping, on Azurite, through the function app.
 
 An Event Hubs batch of 1,000 events from one partition goes through
-`adapters.azure.functions_entry` twice (first delivery, then the host redelivering the
+`onceflow.adapters.azure.functions_entry` twice (first delivery, then the host redelivering the
 same batch), once with `TableIdempotencyStore` and once with the peer: a naive store
 doing one conditional create per event to claim and one ETag-guarded update per event
 to complete (2 requests per event). Requests are counted on the wire by an azure-core
@@ -30,12 +30,13 @@ from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adapters.azure import EventHubTrigger, TableIdempotencyStore, TableSink, function_app
-from adapters.azure.lease_rows import completed_fields, held_answer
-from adapters.azure.table_keys import key_address
-from adapters.azure.trigger_payloads import event_hub_batch
-from adapters.memory import MemorySink
-from corelib import Claim, ClaimStatus, Completion, Event, IdempotencyStore, Pipeline
+from onceflow import Claim, ClaimStatus, Completion, Event, IdempotencyStore, Pipeline
+from onceflow.adapters.azure import EventHubTrigger, TableIdempotencyStore, TableSink, function_app
+from onceflow.adapters.azure.lease_rows import completed_fields, held_answer
+from onceflow.adapters.azure.table_keys import key_address
+from onceflow.adapters.azure.trigger_payloads import event_hub_batch
+from onceflow.adapters.memory import MemorySink
+
 from tests.support.servers import azurite
 
 
@@ -187,7 +188,7 @@ def main() -> None:
         print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
     print(
         "\nTargets: <= 0.1 store requests/event on first delivery, <= 0.02 on redelivery "
-        "(Azurite, one Event Hubs partition, through adapters.azure.function_app).\n"
+        "(Azurite, one Event Hubs partition, through onceflow.adapters.azure.function_app).\n"
         "The atomic row commits outputs and completion markers in the same transactions, "
         "so its store requests include the sink's."
     )

@@ -1,6 +1,6 @@
 """Events/s through `Pipeline` on the memory backend versus a bare decode-and-store loop.
 
-Also measures the cold-start import cost of `corelib` against `pydantic` + `anyio` alone.
+Also measures the cold-start import cost of `onceflow` against `pydantic` + `anyio` alone.
 Run: .venv/bin/python benchmarks/core_overhead.py [--events N] [--batch N]
 """
 
@@ -18,8 +18,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from adapters.memory import MemoryIdempotencyStore, MemorySink  # noqa: E402
-from corelib import Event, Pipeline  # noqa: E402
+from onceflow import Event, Pipeline  # noqa: E402
+from onceflow.adapters.memory import MemoryIdempotencyStore, MemorySink  # noqa: E402
 
 
 class Trivial:
@@ -117,19 +117,19 @@ def main() -> None:
         )
 
     base = import_cost("import pydantic, anyio")
-    core = import_cost("import pydantic, anyio, corelib")
+    core = import_cost("import pydantic, anyio, onceflow")
     # pydantic and anyio load lazily too: compare also what a handler really touches.
     uses = (
         "import anyio, anyio.abc, pydantic; from pydantic import BaseModel, Field, ValidationError;"
         " exec('class M(BaseModel):\\n    a: int = Field(default=1)')"
     )
     base_used = import_cost(uses)
-    core_used = import_cost(uses + "; from corelib import Event, Pipeline")
+    core_used = import_cost(uses + "; from onceflow import Event, Pipeline")
     leaked = subprocess.run(
         [
             sys.executable,
             "-c",
-            "import sys; from corelib import Event, Pipeline; "
+            "import sys; from onceflow import Event, Pipeline; "
             "print(sorted(m for m in sys.modules "
             "if m.split('.')[0] in {'boto3','botocore','azure','pyarrow','deltalake'}) or 'none')",
         ],
@@ -140,11 +140,11 @@ def main() -> None:
     ).stdout.strip()
     print(f"\n{'cold start (median of 7 fresh interpreters)':<58} {'ms':>8}")
     print(f"{'import pydantic, anyio':<58} {base:>8.1f}")
-    print(f"{'import pydantic, anyio, corelib':<58} {core:>8.1f}")
-    print(f"{'  corelib costs extra (target <= 15 ms)':<58} {core - base:>8.1f}")
+    print(f"{'import pydantic, anyio, onceflow':<58} {core:>8.1f}")
+    print(f"{'  onceflow costs extra (target <= 15 ms)':<58} {core - base:>8.1f}")
     print(f"{'pydantic (one model defined) + anyio loaded':<58} {base_used:>8.1f}")
-    print(f"{'  + from corelib import Event, Pipeline':<58} {core_used:>8.1f}")
-    print(f"{'  corelib in use costs extra':<58} {core_used - base_used:>8.1f}")
+    print(f"{'  + from onceflow import Event, Pipeline':<58} {core_used:>8.1f}")
+    print(f"{'  onceflow in use costs extra':<58} {core_used - base_used:>8.1f}")
     print(f"{'cloud SDK / pyarrow modules imported by the core':<58} {leaked:>8}")
 
 

@@ -27,14 +27,13 @@ import anyio
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-from adapters.local import LocalObjectStore
-from adapters.memory import ManualClock, MemoryIdempotencyStore, MemorySink
-from corelib.event import Event
-from corelib.lake import Hourly, ManifestLog, ParquetSink, read_dataset
-from corelib.lake.compaction import compact_dataset, vacuum_dataset
-from corelib.pipeline import Pipeline
-from corelib.records import Output
+from onceflow.adapters.local import LocalObjectStore
+from onceflow.adapters.memory import ManualClock, MemoryIdempotencyStore, MemorySink
+from onceflow.event import Event
+from onceflow.lake import Hourly, ManifestLog, ParquetSink, read_dataset
+from onceflow.lake.compaction import compact_dataset, vacuum_dataset
+from onceflow.pipeline import Pipeline
+from onceflow.records import Output
 
 SCHEMA = pa.schema(
     [

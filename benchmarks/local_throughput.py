@@ -45,9 +45,9 @@ def make_input(path: Path, count: int) -> None:
 
 def run_onceflow(path: Path, work: Path, batch: int) -> dict[str, float]:
     """What `onceflow run` does: FileSource -> Pipeline -> SQLite sink and markers, one file."""
-    from adapters.local import FileSource, LocalState
-    from adapters.local.totals import TallyingPipeline
-    from corelib import run_source
+    from onceflow import run_source
+    from onceflow.adapters.local import FileSource, LocalState
+    from onceflow.adapters.local.totals import TallyingPipeline
 
     state = LocalState(work / "state")
     source = FileSource(path, state=state.database)
@@ -102,8 +102,8 @@ def child(mode: str, path: Path, batch: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if mode == "onceflow":
-            import adapters.local.state  # noqa: F401 - imports are not part of the measurement
-            import corelib  # noqa: F401
+            import onceflow
+            import onceflow.adapters.local.state  # noqa: F401 - imports are not part of the measurement
         before = resource.getrusage(resource.RUSAGE_SELF)
         if mode == "onceflow":
             result = run_onceflow(path, work, batch)

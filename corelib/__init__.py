@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from corelib.lazy import lazy_exports
+from onceflow.lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from corelib.clock import ManualClock, SystemClock
-    from corelib.errors import (
+    from onceflow.clock import ManualClock, SystemClock
+    from onceflow.errors import (
         ConfigurationError,
         DecodeError,
         OnceflowError,
@@ -20,8 +20,8 @@ if TYPE_CHECKING:
         PermanentError,
         SimulatedCrash,
     )
-    from corelib.event import Event
-    from corelib.interfaces import (
+    from onceflow.event import Event
+    from onceflow.interfaces import (
         AtomicSink,
         Clock,
         IdempotencyStore,
@@ -31,10 +31,10 @@ if TYPE_CHECKING:
         Sink,
         Source,
     )
-    from corelib.logs import JsonFormatter
-    from corelib.metrics import CountingMetrics, NoopMetrics
-    from corelib.pipeline import BatchResult, Pipeline, Step
-    from corelib.records import (
+    from onceflow.logs import JsonFormatter
+    from onceflow.metrics import CountingMetrics, NoopMetrics
+    from onceflow.pipeline import BatchResult, Pipeline, Step
+    from onceflow.records import (
         Claim,
         ClaimStatus,
         Completion,
@@ -44,8 +44,8 @@ if TYPE_CHECKING:
         OutcomeStatus,
         Output,
     )
-    from corelib.retry import Backoff
-    from corelib.runner import run_source
+    from onceflow.retry import Backoff
+    from onceflow.runner import run_source
 
 _HOMES = {
     "ManualClock": ".clock",

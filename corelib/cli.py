@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from typing import Any
 
-from corelib.errors import OnceflowError
+from onceflow.errors import OnceflowError
 
 __all__ = ["CliError", "load_object", "main"]
 

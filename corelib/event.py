@@ -9,10 +9,9 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from onceflow.errors import DecodeError
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import from_json
-
-from corelib.errors import DecodeError
 
 __all__ = ["Event"]
 

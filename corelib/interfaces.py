@@ -1,7 +1,7 @@
 """The contracts between the runner and everything pluggable: sources, processors, sinks, stores.
 
 Every backend implements these protocols; none needs a base class. The contract test
-suites in `corelib.testing` hold each implementation to the behaviour written here.
+suites in `onceflow.testing` hold each implementation to the behaviour written here.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Collection, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from corelib.event import Event
-from corelib.records import Claim, Completion, InvalidRecord, ObjectInfo, Output
+from onceflow.event import Event
+from onceflow.records import Claim, Completion, InvalidRecord, ObjectInfo, Output
 
 __all__ = [
     "AtomicSink",

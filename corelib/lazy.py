@@ -9,7 +9,7 @@ from typing import Any
 
 __all__ = ["lazy_exports"]
 
-_OWN = ("corelib", "adapters", "examples")
+_OWN = ("onceflow", "examples")
 
 
 def lazy_exports(

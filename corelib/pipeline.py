@@ -17,14 +17,12 @@ from functools import partial
 from typing import Any
 
 import anyio
-from pydantic import ValidationError
-
-from corelib.clock import SystemClock
-from corelib.errors import ConfigurationError, DecodeError, OutputRejected, PermanentError
-from corelib.event import Event
-from corelib.interfaces import AtomicSink, Clock, IdempotencyStore, Metrics, Processor, Sink
-from corelib.metrics import NoopMetrics
-from corelib.records import (
+from onceflow.clock import SystemClock
+from onceflow.errors import ConfigurationError, DecodeError, OutputRejected, PermanentError
+from onceflow.event import Event
+from onceflow.interfaces import AtomicSink, Clock, IdempotencyStore, Metrics, Processor, Sink
+from onceflow.metrics import NoopMetrics
+from onceflow.records import (
     Claim,
     ClaimStatus,
     Completion,
@@ -33,8 +31,9 @@ from corelib.records import (
     OutcomeStatus,
     Output,
 )
-from corelib.retry import Backoff
-from corelib.serialization import UnstorableValue, to_plain
+from onceflow.retry import Backoff
+from onceflow.serialization import UnstorableValue, to_plain
+from pydantic import ValidationError
 
 __all__ = [
     "DEFAULT_PERMANENT",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from corelib.interfaces import Source
-from corelib.pipeline import BatchResult, Pipeline
+from onceflow.interfaces import Source
+from onceflow.pipeline import BatchResult, Pipeline
 
 __all__ = ["run_source"]
 

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from corelib.cli import CliError, load_object, main
+from onceflow.cli import CliError, load_object, main
 
 
 def test_load_object_finds_a_class() -> None:

@@ -8,9 +8,8 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from onceflow import DecodeError, Event, PermanentError
 from pydantic import ValidationError
-
-from corelib import DecodeError, Event, PermanentError
 
 names = st.text(min_size=1, max_size=30)
 json_values = st.recursive(

@@ -5,10 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
-from adapters.memory import ManualClock, MemoryIdempotencyStore, MemoryObjectStore, MemorySink
-from corelib.interfaces import Sink
-from corelib.testing import (
+from onceflow.adapters.memory import (
+    ManualClock,
+    MemoryIdempotencyStore,
+    MemoryObjectStore,
+    MemorySink,
+)
+from onceflow.interfaces import Sink
+from onceflow.testing import (
     AtomicSinkContract,
     ExactlyOnceContract,
     ObjectStoreContract,

@@ -8,16 +8,7 @@ from typing import Any
 
 import anyio
 import pytest
-from pydantic import BaseModel
-
-from adapters.memory import (
-    Faults,
-    ManualClock,
-    MemoryIdempotencyStore,
-    MemorySink,
-    MemorySource,
-)
-from corelib import (
+from onceflow import (
     Backoff,
     ConfigurationError,
     CountingMetrics,
@@ -27,7 +18,15 @@ from corelib import (
     Pipeline,
     run_source,
 )
-from corelib.records import ClaimStatus
+from onceflow.adapters.memory import (
+    Faults,
+    ManualClock,
+    MemoryIdempotencyStore,
+    MemorySink,
+    MemorySource,
+)
+from onceflow.records import ClaimStatus
+from pydantic import BaseModel
 
 
 def ev(n: int, data: bytes | None = None, **fields: Any) -> Event:
@@ -431,7 +430,7 @@ def test_metrics_and_structured_logs_without_payload(
 
 
 def test_json_log_formatter_carries_the_extra_fields() -> None:
-    from corelib import JsonFormatter
+    from onceflow import JsonFormatter
 
     record = logging.makeLogRecord(
         {

@@ -23,11 +23,11 @@ from typing import Any
 
 import anyio
 import pytest
+from onceflow.adapters.memory import MemoryIdempotencyStore, MemorySink
+from onceflow.event import Event
+from onceflow.pipeline import Pipeline
+from onceflow.serialization import dumps
 
-from adapters.memory import MemoryIdempotencyStore, MemorySink
-from corelib.event import Event
-from corelib.pipeline import Pipeline
-from corelib.serialization import dumps
 from examples.orders.processor import OrderProcessor
 
 ORDERS = Path(__file__).resolve().parents[1] / "examples" / "orders" / "orders.jsonl"
@@ -73,7 +73,9 @@ def run_memory(_: pytest.FixtureRequest, __: Path) -> Result:
 
 
 def run_local(_: pytest.FixtureRequest, tmp: Path) -> Result:
-    local = pytest.importorskip("adapters.local", reason="the local backend is not built yet")
+    local = pytest.importorskip(
+        "onceflow.adapters.local", reason="the local backend is not built yet"
+    )
     state = tmp / "state.db"
     sink = local.SqliteSink(state)
     letters = local.SqliteSink(state, "dead_letters")
@@ -84,10 +86,10 @@ def run_local(_: pytest.FixtureRequest, tmp: Path) -> Result:
 
 
 def run_aws(request: pytest.FixtureRequest, _: Path) -> Result:
-    aws = pytest.importorskip("adapters.aws", reason="the AWS backend is not built yet")
+    aws = pytest.importorskip("onceflow.adapters.aws", reason="the AWS backend is not built yet")
     for name in ("lambda_handler", "DynamoDBIdempotencyStore", "DynamoDBSink", "create_table"):
         if not hasattr(aws, name):
-            pytest.skip(f"adapters.aws has no {name} yet")
+            pytest.skip(f"onceflow.adapters.aws has no {name} yet")
     import base64
 
     moto = request.getfixturevalue("moto")
@@ -126,11 +128,10 @@ def run_aws(request: pytest.FixtureRequest, _: Path) -> Result:
 
 
 def run_azure(request: pytest.FixtureRequest, _: Path) -> Result:
-    azure = pytest.importorskip("adapters.azure.functions_entry", reason="no Azure SDK")
+    azure = pytest.importorskip("onceflow.adapters.azure.functions_entry", reason="no Azure SDK")
     from azure.data.tables import TableServiceClient
-
-    from adapters.azure import TableIdempotencyStore, TableSink
-    from adapters.azure.trigger_payloads import event_hub_batch
+    from onceflow.adapters.azure import TableIdempotencyStore, TableSink
+    from onceflow.adapters.azure.trigger_payloads import event_hub_batch
 
     conn = request.getfixturevalue("azurite_server").connection_string
     service = TableServiceClient.from_connection_string(conn)

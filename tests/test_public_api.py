@@ -5,10 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import onceflow
+import onceflow.adapters.memory
 import pytest
-
-import adapters.memory
-import corelib
 
 CORE_API = {
     "AtomicSink", "Backoff", "BatchResult", "Claim", "ClaimStatus", "Clock", "Completion",
@@ -21,16 +20,16 @@ CORE_API = {
 
 
 def test_core_exports_exactly_its_api() -> None:
-    assert set(corelib.__all__) == CORE_API
-    for name in corelib.__all__:
-        assert getattr(corelib, name) is not None
-    assert set(dir(corelib)) >= CORE_API
+    assert set(onceflow.__all__) == CORE_API
+    for name in onceflow.__all__:
+        assert getattr(onceflow, name) is not None
+    assert set(dir(onceflow)) >= CORE_API
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
-        corelib.Nope  # noqa: B018
+        onceflow.Nope  # noqa: B018
 
 
 def test_memory_backend_exports() -> None:
-    assert set(adapters.memory.__all__) == {
+    assert set(onceflow.adapters.memory.__all__) == {
         "Faults", "ManualClock", "MemoryIdempotencyStore", "MemoryObjectStore", "MemorySink",
         "MemorySource",
     }  # fmt: skip
@@ -38,8 +37,8 @@ def test_memory_backend_exports() -> None:
 
 def test_core_imports_no_cloud_sdk_and_no_pyarrow() -> None:
     code = (
-        "import sys, corelib; from corelib import Event, Pipeline; import corelib.testing;"
-        "import corelib.cli; import adapters.memory;"
+        "import sys, onceflow; from onceflow import Event, Pipeline; import onceflow.testing;"
+        "import onceflow.cli; import onceflow.adapters.memory;"
         "heavy = {'boto3', 'botocore', 'azure', 'pyarrow', 'deltalake', 'duckdb'};"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))"
     )

@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Any
 
-from corelib.cli import CliError
+from onceflow.cli import CliError
 
 __all__ = ["SOURCES", "register", "template"]
 
@@ -30,7 +30,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "module",
         metavar="PIPELINE_MODULE",
-        help="module whose `handler` is an adapters.aws.lambda_handler "
+        help="module whose `handler` is an onceflow.adapters.aws.lambda_handler "
         "(e.g. examples.orders.lambda_function)",
     )
     parser.add_argument("--source", choices=SOURCES, default="kinesis", help="the trigger")
@@ -62,11 +62,11 @@ def _run(args: argparse.Namespace) -> int:
         module = importlib.import_module(args.module)
     except ModuleNotFoundError as exc:
         raise CliError(f"cannot import module {args.module!r}: {exc}") from exc
-    from adapters.aws.lambda_entry import LambdaHandler
+    from onceflow.adapters.aws.lambda_entry import LambdaHandler
 
     if not isinstance(getattr(module, "handler", None), LambdaHandler):
         raise CliError(
-            f"module {args.module!r} has no `handler = adapters.aws.lambda_handler(...)`"
+            f"module {args.module!r} has no `handler = onceflow.adapters.aws.lambda_handler(...)`"
         )
     doc = template(
         f"{args.module}.handler",

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from corelib.retry import Backoff
+from onceflow.retry import Backoff
 
 __all__ = [
     "BATCH_GET_LIMIT",

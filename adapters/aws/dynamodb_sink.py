@@ -5,15 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from adapters.aws.dynamodb_requests import TRANSACTION_LIMIT, batch_write
-from adapters.aws.dynamodb_store import DynamoDBIdempotencyStore
-from adapters.aws.dynamodb_types import from_wire, to_wire
-from adapters.aws.sdk import ClientOnFirstUse, run_blocking
-from corelib.errors import ConfigurationError, OutputRejected
-from corelib.interfaces import IdempotencyStore
-from corelib.records import Completion, Output
-from corelib.retry import Backoff
-from corelib.serialization import dumps
+from onceflow.adapters.aws.dynamodb_requests import TRANSACTION_LIMIT, batch_write
+from onceflow.adapters.aws.dynamodb_store import DynamoDBIdempotencyStore
+from onceflow.adapters.aws.dynamodb_types import from_wire, to_wire
+from onceflow.adapters.aws.sdk import ClientOnFirstUse, run_blocking
+from onceflow.errors import ConfigurationError, OutputRejected
+from onceflow.interfaces import IdempotencyStore
+from onceflow.records import Completion, Output
+from onceflow.retry import Backoff
+from onceflow.serialization import dumps
 
 __all__ = ["Action", "DynamoDBSink"]
 

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from adapters.aws.dynamodb_requests import (
+from onceflow.adapters.aws.dynamodb_requests import (
     MAX_ROUNDS,
     RETRYABLE_REASONS,
     TRANSACTION_LIMIT,
@@ -30,11 +30,11 @@ from adapters.aws.dynamodb_requests import (
     error_code,
     transact,
 )
-from adapters.aws.sdk import ClientOnFirstUse, run_blocking
-from corelib.clock import SystemClock
-from corelib.interfaces import Clock
-from corelib.records import Claim, ClaimStatus, Completion, Outcome, OutcomeStatus
-from corelib.retry import Backoff
+from onceflow.adapters.aws.sdk import ClientOnFirstUse, run_blocking
+from onceflow.clock import SystemClock
+from onceflow.interfaces import Clock
+from onceflow.records import Claim, ClaimStatus, Completion, Outcome, OutcomeStatus
+from onceflow.retry import Backoff
 
 __all__ = ["DynamoDBIdempotencyStore", "create_table"]
 
@@ -91,7 +91,7 @@ class DynamoDBIdempotencyStore:
     # -- the IdempotencyStore protocol -----------------------------------------------------
 
     async def claim(self, keys: Sequence[str], lease_seconds: float) -> list[Claim]:
-        """Lease every free key; see `corelib.IdempotencyStore.claim`."""
+        """Lease every free key; see `onceflow.IdempotencyStore.claim`."""
         if not keys:
             return []
         result: list[Claim] = await run_blocking(

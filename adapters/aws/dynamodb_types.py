@@ -10,7 +10,7 @@ from typing import Any, cast
 try:
     from boto3.dynamodb.types import Binary, TypeDeserializer, TypeSerializer
 except ImportError as exc:  # pragma: no cover - the dev environment has boto3
-    from adapters.aws.sdk import MISSING
+    from onceflow.adapters.aws.sdk import MISSING
 
     raise ImportError(MISSING) from exc
 

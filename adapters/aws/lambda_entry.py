@@ -6,9 +6,9 @@ import logging
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
-from adapters.aws.lambda_events import Delivery, Item, decode
-from corelib.errors import OnceflowError
-from corelib.pipeline import BatchResult, Pipeline, built_once
+from onceflow.adapters.aws.lambda_events import Delivery, Item, decode
+from onceflow.errors import OnceflowError
+from onceflow.pipeline import BatchResult, Pipeline, built_once
 
 __all__ = ["BatchFailed", "LambdaHandler", "answer", "failed_items", "lambda_handler"]
 

@@ -16,11 +16,10 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote_plus
 
+from onceflow.adapters.aws.kinesis_aggregation import deaggregate
+from onceflow.event import Event
+from onceflow.records import InvalidRecord
 from pydantic import ValidationError
-
-from adapters.aws.kinesis_aggregation import deaggregate
-from corelib.event import Event
-from corelib.records import InvalidRecord
 
 __all__ = [
     "SUPPORTED_SOURCES",
@@ -170,7 +169,7 @@ class DynamoDBChange:
 
 def dynamodb_change(event: Event) -> DynamoDBChange:
     """The change a DynamoDB Streams event carries, decoded exactly."""
-    from adapters.aws.dynamodb_types import from_stream_image
+    from onceflow.adapters.aws.dynamodb_types import from_stream_image
 
     doc = json.loads(event.data)
     body = doc["dynamodb"]

@@ -13,12 +13,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from adapters.aws.dynamodb_requests import error_code
-from adapters.aws.sdk import ClientOnFirstUse, run_blocking
-from corelib.errors import OutputRejected
-from corelib.records import Output
-from corelib.retry import Backoff
-from corelib.serialization import dumps
+from onceflow.adapters.aws.dynamodb_requests import error_code
+from onceflow.adapters.aws.sdk import ClientOnFirstUse, run_blocking
+from onceflow.errors import OutputRejected
+from onceflow.records import Output
+from onceflow.retry import Backoff
+from onceflow.serialization import dumps
 
 __all__ = ["EventBridgeSink", "KinesisSink", "SQSSink", "SendFailed"]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from adapters.aws.sdk import ClientOnFirstUse, run_blocking
-from corelib.records import ObjectInfo
+from onceflow.adapters.aws.sdk import ClientOnFirstUse, run_blocking
+from onceflow.records import ObjectInfo
 
 __all__ = ["S3ObjectStore"]
 

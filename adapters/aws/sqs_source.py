@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Collection, Sequence
 from typing import Any
 
-from adapters.aws.lambda_entry import failed_items
-from adapters.aws.lambda_events import Delivery, decode
-from adapters.aws.sdk import ClientOnFirstUse, run_blocking
-from corelib.event import Event
-from corelib.records import InvalidRecord
-from corelib.retry import Backoff
+from onceflow.adapters.aws.lambda_entry import failed_items
+from onceflow.adapters.aws.lambda_events import Delivery, decode
+from onceflow.adapters.aws.sdk import ClientOnFirstUse, run_blocking
+from onceflow.event import Event
+from onceflow.records import InvalidRecord
+from onceflow.retry import Backoff
 
 __all__ = ["SQSSource"]
 

@@ -1,6 +1,6 @@
 """The Azure backend: Functions entry, Blob/Table/Cosmos/Queue stores and sinks.
 
-Each name is imported on first use, so `import adapters.azure` costs nothing and a
+Each name is imported on first use, so `import onceflow.adapters.azure` costs nothing and a
 missing extra is reported as `pip install 'onceflow[azure]'`.
 """
 
@@ -8,18 +8,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from corelib.lazy import lazy_exports
+from onceflow.lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from adapters.azure.blob_store import BlobObjectStore
-    from adapters.azure.cosmos_store import CosmosIdempotencyStore, CosmosSink
-    from adapters.azure.eventhub_sink import EventHubSink
-    from adapters.azure.function_events import (
+    from onceflow.adapters.azure.blob_store import BlobObjectStore
+    from onceflow.adapters.azure.cosmos_store import CosmosIdempotencyStore, CosmosSink
+    from onceflow.adapters.azure.eventhub_sink import EventHubSink
+    from onceflow.adapters.azure.function_events import (
         decode_blob,
         decode_event_hub,
         decode_queue_message,
     )
-    from adapters.azure.functions_entry import (
+    from onceflow.adapters.azure.functions_entry import (
         BatchFailed,
         BlobTrigger,
         EventHubTrigger,
@@ -27,9 +27,9 @@ if TYPE_CHECKING:
         QueueTrigger,
         function_app,
     )
-    from adapters.azure.queue_sink import QueueSink
-    from adapters.azure.table_sink import TableSink
-    from adapters.azure.table_store import TableIdempotencyStore
+    from onceflow.adapters.azure.queue_sink import QueueSink
+    from onceflow.adapters.azure.table_sink import TableSink
+    from onceflow.adapters.azure.table_store import TableIdempotencyStore
 
 __all__ = [
     "BatchFailed",
@@ -51,22 +51,22 @@ __all__ = [
 ]
 
 _HOMES = {
-    "BatchFailed": "adapters.azure.functions_entry",
-    "BlobObjectStore": "adapters.azure.blob_store",
-    "BlobTrigger": "adapters.azure.functions_entry",
-    "CosmosIdempotencyStore": "adapters.azure.cosmos_store",
-    "CosmosSink": "adapters.azure.cosmos_store",
-    "EventHubSink": "adapters.azure.eventhub_sink",
-    "EventHubTrigger": "adapters.azure.functions_entry",
-    "FunctionHandler": "adapters.azure.functions_entry",
-    "QueueSink": "adapters.azure.queue_sink",
-    "QueueTrigger": "adapters.azure.functions_entry",
-    "TableIdempotencyStore": "adapters.azure.table_store",
-    "TableSink": "adapters.azure.table_sink",
-    "decode_blob": "adapters.azure.function_events",
-    "decode_event_hub": "adapters.azure.function_events",
-    "decode_queue_message": "adapters.azure.function_events",
-    "function_app": "adapters.azure.functions_entry",
+    "BatchFailed": "onceflow.adapters.azure.functions_entry",
+    "BlobObjectStore": "onceflow.adapters.azure.blob_store",
+    "BlobTrigger": "onceflow.adapters.azure.functions_entry",
+    "CosmosIdempotencyStore": "onceflow.adapters.azure.cosmos_store",
+    "CosmosSink": "onceflow.adapters.azure.cosmos_store",
+    "EventHubSink": "onceflow.adapters.azure.eventhub_sink",
+    "EventHubTrigger": "onceflow.adapters.azure.functions_entry",
+    "FunctionHandler": "onceflow.adapters.azure.functions_entry",
+    "QueueSink": "onceflow.adapters.azure.queue_sink",
+    "QueueTrigger": "onceflow.adapters.azure.functions_entry",
+    "TableIdempotencyStore": "onceflow.adapters.azure.table_store",
+    "TableSink": "onceflow.adapters.azure.table_sink",
+    "decode_blob": "onceflow.adapters.azure.function_events",
+    "decode_event_hub": "onceflow.adapters.azure.function_events",
+    "decode_queue_message": "onceflow.adapters.azure.function_events",
+    "function_app": "onceflow.adapters.azure.functions_entry",
 }
 
 

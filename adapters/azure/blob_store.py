@@ -14,8 +14,7 @@ from azure.core.exceptions import (
     ResourceNotFoundError,
 )
 from azure.storage.blob import BlobServiceClient, ContainerClient
-
-from corelib.records import ObjectInfo
+from onceflow.records import ObjectInfo
 
 __all__ = ["BlobObjectStore"]
 
@@ -23,7 +22,7 @@ T = TypeVar("T")
 
 
 class BlobObjectStore:
-    """`corelib.interfaces.ObjectStore` on one Blob container, every path under `prefix`.
+    """`onceflow.interfaces.ObjectStore` on one Blob container, every path under `prefix`.
 
     Writes are single-shot block-blob uploads, so a reader sees the whole old or the whole
     new blob; `put_if_absent` is an upload with `If-None-Match: *`. The SDK is synchronous

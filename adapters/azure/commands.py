@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from corelib.cli import CliError, load_object
-from corelib.pipeline import Pipeline
+from onceflow.cli import CliError, load_object
+from onceflow.pipeline import Pipeline
 
 __all__ = ["HOST_JSON", "register", "scaffold"]
 
@@ -182,10 +182,10 @@ def _function_app(
         imports = [
             "import os",
             "",
-            "from adapters.azure import (",
+            "from onceflow.adapters.azure import (",
             *[f"    {n}," for n in [*names, "function_app"]],
             ")",
-            "from corelib import Pipeline",
+            "from onceflow import Pipeline",
             f"from {module} import {local}",
         ]
         factory = f'''
@@ -206,7 +206,7 @@ def build_pipeline() -> Pipeline:
         pipeline_ref = "build_pipeline"
     elif isinstance(target, Pipeline) or callable(target):
         imports = [
-            f"from adapters.azure import {_trigger_class(trigger)}, function_app",
+            f"from onceflow.adapters.azure import {_trigger_class(trigger)}, function_app",
             f"from {module} import {local}",
         ]
         factory = ""

@@ -20,13 +20,12 @@ from azure.cosmos.exceptions import (
     CosmosResourceExistsError,
     CosmosResourceNotFoundError,
 )
-
-from adapters.azure.lease_rows import IN_PROGRESS, completed_fields, held_answer
-from adapters.azure.table_keys import encode_part
-from corelib.clock import SystemClock
-from corelib.interfaces import Clock
-from corelib.records import Claim, ClaimStatus, Completion, Output
-from corelib.serialization import dumps
+from onceflow.adapters.azure.lease_rows import IN_PROGRESS, completed_fields, held_answer
+from onceflow.adapters.azure.table_keys import encode_part
+from onceflow.clock import SystemClock
+from onceflow.interfaces import Clock
+from onceflow.records import Claim, ClaimStatus, Completion, Output
+from onceflow.serialization import dumps
 
 __all__ = ["CosmosIdempotencyStore", "CosmosSink", "cosmos_address"]
 
@@ -53,7 +52,7 @@ def cosmos_address(key: str) -> tuple[str, str]:
 
 
 class CosmosIdempotencyStore:
-    """`corelib.interfaces.IdempotencyStore` on a Cosmos DB container partitioned by `/pk`.
+    """`onceflow.interfaces.IdempotencyStore` on a Cosmos DB container partitioned by `/pk`.
 
     A claim reads the batch's items in one query per partition (up to 100 ids each),
     then creates the absent ones (a 409 conflict means someone else won) and takes over
@@ -86,7 +85,7 @@ class CosmosIdempotencyStore:
     # -- claim -----------------------------------------------------------------------------
 
     async def claim(self, keys: Sequence[str], lease_seconds: float) -> list[Claim]:
-        """Lease every free key; see `corelib.interfaces.IdempotencyStore.claim`."""
+        """Lease every free key; see `onceflow.interfaces.IdempotencyStore.claim`."""
         return await self._call(lambda: self._claim(list(keys), lease_seconds))
 
     def _claim(self, keys: list[str], lease_seconds: float) -> list[Claim]:
@@ -259,7 +258,7 @@ class CosmosIdempotencyStore:
 
 
 class CosmosSink:
-    """`corelib.interfaces.Sink` upserting one item per output (id: escaped output_id).
+    """`onceflow.interfaces.Sink` upserting one item per output (id: escaped output_id).
 
     Items are partitioned by the output's event source, like the store's. The sink does
     not commit atomically with the store (that needs transactional batches, which the

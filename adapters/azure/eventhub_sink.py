@@ -6,10 +6,9 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 import anyio.to_thread
-
-from corelib.errors import OutputRejected
-from corelib.records import Output
-from corelib.serialization import dumps
+from onceflow.errors import OutputRejected
+from onceflow.records import Output
+from onceflow.serialization import dumps
 
 __all__ = ["EventHubSink"]
 
@@ -27,7 +26,7 @@ class Producer(Protocol):
 
 
 class EventHubSink:
-    """`corelib.interfaces.Sink` publishing one event per output through an Event Hubs producer.
+    """`onceflow.interfaces.Sink` publishing one event per output through an Event Hubs producer.
 
     Each event's body is `{"output_id", "event_key", "event_id", "index", "value"}` as
     JSON, with `output_id` also in its application properties; outputs with the same

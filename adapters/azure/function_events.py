@@ -10,9 +10,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import azure.functions as func
-
-from corelib.event import Event
-from corelib.records import InvalidRecord
+from onceflow.event import Event
+from onceflow.records import InvalidRecord
 
 __all__ = ["decode_blob", "decode_event_hub", "decode_queue_message", "event_hub_context"]
 

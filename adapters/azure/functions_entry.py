@@ -8,17 +8,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import azure.functions as func
-
-from adapters.azure.function_events import (
+from onceflow.adapters.azure.function_events import (
     Record,
     decode_blob,
     decode_event_hub,
     decode_queue_message,
 )
-from corelib.errors import ConfigurationError, OnceflowError
-from corelib.event import Event
-from corelib.pipeline import BatchResult, Pipeline, built_once
-from corelib.records import InvalidRecord, Output
+from onceflow.errors import ConfigurationError, OnceflowError
+from onceflow.event import Event
+from onceflow.pipeline import BatchResult, Pipeline, built_once
+from onceflow.records import InvalidRecord, Output
 
 __all__ = [
     "BatchFailed",

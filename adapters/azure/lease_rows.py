@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from corelib.records import Claim, ClaimStatus, Completion, Outcome, OutcomeStatus
+from onceflow.records import Claim, ClaimStatus, Completion, Outcome, OutcomeStatus
 
 __all__ = ["COMPLETED", "IN_PROGRESS", "completed_fields", "held_answer", "stored_outcome"]
 

@@ -13,11 +13,10 @@ from typing import Any
 import anyio.to_thread
 from azure.core.exceptions import ResourceExistsError
 from azure.storage.queue import QueueClient
-
-from adapters.azure.blob_store import BlobObjectStore
-from corelib.errors import OutputRejected
-from corelib.records import Output
-from corelib.serialization import dumps
+from onceflow.adapters.azure.blob_store import BlobObjectStore
+from onceflow.errors import OutputRejected
+from onceflow.records import Output
+from onceflow.serialization import dumps
 
 __all__ = ["QueueSink", "decode_queue_output"]
 
@@ -27,7 +26,7 @@ WORKERS = 16
 
 
 class QueueSink:
-    """`corelib.interfaces.Sink` sending one base64 JSON message per output.
+    """`onceflow.interfaces.Sink` sending one base64 JSON message per output.
 
     A message is `{"output_id", "event_key", "event_id", "index", "value"}`; when its
     encoding would pass the 64 KiB limit, the JSON is written to `spill` (a

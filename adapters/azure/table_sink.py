@@ -10,14 +10,13 @@ from typing import Any, TypeVar
 import anyio.to_thread
 from azure.core.exceptions import ResourceExistsError
 from azure.data.tables import TableClient, TableServiceClient, UpdateMode
-
-from adapters.azure.table_keys import OUTPUT, output_address
-from adapters.azure.table_store import TableIdempotencyStore
-from adapters.azure.table_transactions import Group, Operation, submit
-from corelib.errors import OutputRejected
-from corelib.interfaces import IdempotencyStore
-from corelib.records import Completion, Output
-from corelib.serialization import dumps
+from onceflow.adapters.azure.table_keys import OUTPUT, output_address
+from onceflow.adapters.azure.table_store import TableIdempotencyStore
+from onceflow.adapters.azure.table_transactions import Group, Operation, submit
+from onceflow.errors import OutputRejected
+from onceflow.interfaces import IdempotencyStore
+from onceflow.records import Completion, Output
+from onceflow.serialization import dumps
 
 __all__ = ["TableSink"]
 
@@ -28,9 +27,9 @@ MAX_CHUNKS = 15  # entities hold at most 1 MiB; leave room for the other propert
 
 
 class TableSink:
-    """`corelib.interfaces.AtomicSink` writing each output as one entity, upserted by output_id.
+    """`onceflow.interfaces.AtomicSink` writing each output as one entity, upserted by output_id.
 
-    An output lives in its event's marker partition (see `adapters.azure.table_keys`), so
+    An output lives in its event's marker partition (see `onceflow.adapters.azure.table_keys`), so
     when this sink shares its table with a `TableIdempotencyStore` the outputs and the
     completion marker of a key commit in one entity transaction, fenced by the marker's
     ETag. On another table it is a plain idempotent sink and the runner writes, then

@@ -13,13 +13,12 @@ import anyio.to_thread
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableServiceClient, UpdateMode
-
-from adapters.azure.lease_rows import COMPLETED, IN_PROGRESS, completed_fields, held_answer
-from adapters.azure.table_keys import key_address, marker_row, numeric_row
-from adapters.azure.table_transactions import Group, Operation, submit
-from corelib.clock import SystemClock
-from corelib.interfaces import Clock
-from corelib.records import Claim, ClaimStatus, Completion
+from onceflow.adapters.azure.lease_rows import COMPLETED, IN_PROGRESS, completed_fields, held_answer
+from onceflow.adapters.azure.table_keys import key_address, marker_row, numeric_row
+from onceflow.adapters.azure.table_transactions import Group, Operation, submit
+from onceflow.clock import SystemClock
+from onceflow.interfaces import Clock
+from onceflow.records import Claim, ClaimStatus, Completion
 
 __all__ = ["TableIdempotencyStore"]
 
@@ -38,9 +37,9 @@ def _if_match(etag: str) -> dict[str, Any]:
 
 
 class TableIdempotencyStore:
-    """`corelib.interfaces.IdempotencyStore` on one Azure Table, in bulk entity transactions.
+    """`onceflow.interfaces.IdempotencyStore` on one Azure Table, in bulk entity transactions.
 
-    One marker entity per key (see `adapters.azure.table_keys` for its address). A claim
+    One marker entity per key (see `onceflow.adapters.azure.table_keys` for its address). A claim
     reads the batch's markers (one RowKey range query when the ids are contiguous
     sequence numbers, else OR-queries of 14 keys), then creates or ETag-guarded updates
     the free ones in entity transactions of up to 100 operations per partition. The
@@ -89,7 +88,7 @@ class TableIdempotencyStore:
     # -- claim -----------------------------------------------------------------------------
 
     async def claim(self, keys: Sequence[str], lease_seconds: float) -> list[Claim]:
-        """Lease every free key; see `corelib.interfaces.IdempotencyStore.claim`."""
+        """Lease every free key; see `onceflow.interfaces.IdempotencyStore.claim`."""
         return await self._call(lambda: self._claim(list(keys), lease_seconds))
 
     def _claim(self, keys: list[str], lease_seconds: float) -> list[Claim]:

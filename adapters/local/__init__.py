@@ -2,20 +2,21 @@
 
 Nothing here needs a server or a cloud account; pyarrow is imported only to read Parquet.
 
-    from adapters.local import SqliteIdempotencyStore, SqliteSink, FileSource, LocalObjectStore
+    from onceflow.adapters.local import FileSource, LocalObjectStore
+    from onceflow.adapters.local import SqliteIdempotencyStore, SqliteSink
 
 `LocalState(folder)` wires them the way `onceflow run` does: one `state.db` holding keys,
 outputs, dead letters and checkpoints, so outputs and markers commit in one transaction.
 """
 
-from adapters.local.checkpoints import Checkpoint, Checkpoints
-from adapters.local.database import Database, StateError
-from adapters.local.dead_letters import JsonlDeadLetterSink
-from adapters.local.file_source import DirectorySource, FileSource
-from adapters.local.objects import LocalObjectStore
-from adapters.local.sqlite_sink import SqliteSink
-from adapters.local.sqlite_store import SqliteIdempotencyStore
-from adapters.local.state import LocalState
+from onceflow.adapters.local.checkpoints import Checkpoint, Checkpoints
+from onceflow.adapters.local.database import Database, StateError
+from onceflow.adapters.local.dead_letters import JsonlDeadLetterSink
+from onceflow.adapters.local.file_source import DirectorySource, FileSource
+from onceflow.adapters.local.objects import LocalObjectStore
+from onceflow.adapters.local.sqlite_sink import SqliteSink
+from onceflow.adapters.local.sqlite_store import SqliteIdempotencyStore
+from onceflow.adapters.local.state import LocalState
 
 __all__ = [
     "Checkpoint",

@@ -6,7 +6,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from adapters.local.database import Database
+from onceflow.adapters.local.database import Database
 
 __all__ = ["Checkpoint", "Checkpoints"]
 

@@ -18,17 +18,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
-
-from adapters.local.database import StateError
-from adapters.local.file_records import FORMATS, format_of
-from adapters.local.file_source import DirectorySource, FileSource
-from adapters.local.state import LocalState
-from adapters.local.totals import Tally, TallyingPipeline
-from corelib.cli import CliError, load_object
-from corelib.errors import OnceflowError
-from corelib.event import Event
-from corelib.pipeline import BatchResult, Pipeline
-from corelib.runner import run_source
+from onceflow.adapters.local.database import StateError
+from onceflow.adapters.local.file_records import FORMATS, format_of
+from onceflow.adapters.local.file_source import DirectorySource, FileSource
+from onceflow.adapters.local.state import LocalState
+from onceflow.adapters.local.totals import Tally, TallyingPipeline
+from onceflow.cli import CliError, load_object
+from onceflow.errors import OnceflowError
+from onceflow.event import Event
+from onceflow.pipeline import BatchResult, Pipeline
+from onceflow.runner import run_source
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -324,7 +323,7 @@ def _finish(
 
 
 def _worker_argv(args: argparse.Namespace, index: int, report: Path) -> list[str]:
-    argv = [sys.executable, "-m", "corelib.cli"] + (["--verbose"] if args.verbose else [])
+    argv = [sys.executable, "-m", "onceflow.cli"] + (["--verbose"] if args.verbose else [])
     argv += ["run", args.processor, "--state", args.state, "--quiet"]
     for item in args.input:
         argv += ["--input", item]

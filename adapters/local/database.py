@@ -10,7 +10,7 @@ import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
-from corelib.errors import OnceflowError
+from onceflow.errors import OnceflowError
 
 __all__ = ["Database", "StateError"]
 

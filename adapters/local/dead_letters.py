@@ -8,10 +8,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from adapters.local.database import Database
-from adapters.local.sqlite_sink import SqliteSink
-from corelib.interfaces import Clock, IdempotencyStore
-from corelib.records import Completion, Output
+from onceflow.adapters.local.database import Database
+from onceflow.adapters.local.sqlite_sink import SqliteSink
+from onceflow.interfaces import Clock, IdempotencyStore
+from onceflow.records import Completion, Output
 
 __all__ = ["JsonlDeadLetterSink"]
 

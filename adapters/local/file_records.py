@@ -15,12 +15,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Literal, NamedTuple
 
+from onceflow.event import Event
+from onceflow.records import InvalidRecord
+from onceflow.serialization import UnstorableValue, dumps, to_plain
 from pydantic import BaseModel
 from pydantic_core import from_json
-
-from corelib.event import Event
-from corelib.records import InvalidRecord
-from corelib.serialization import UnstorableValue, dumps, to_plain
 
 __all__ = ["FORMATS", "FileFormat", "Positioned", "RecordReader", "format_of"]
 

@@ -13,13 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
-
-from adapters.local.checkpoints import Checkpoint, Checkpoints
-from adapters.local.database import Database
-from adapters.local.file_records import FileFormat, Positioned, RecordReader, format_of
-from corelib.event import Event
-from corelib.records import InvalidRecord
-from corelib.retry import Backoff
+from onceflow.adapters.local.checkpoints import Checkpoint, Checkpoints
+from onceflow.adapters.local.database import Database
+from onceflow.adapters.local.file_records import FileFormat, Positioned, RecordReader, format_of
+from onceflow.event import Event
+from onceflow.records import InvalidRecord
+from onceflow.retry import Backoff
 
 __all__ = ["DirectorySource", "FileSource"]
 

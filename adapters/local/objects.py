@@ -9,8 +9,7 @@ import tempfile
 from pathlib import Path, PurePosixPath
 
 import anyio.to_thread
-
-from corelib.records import ObjectInfo
+from onceflow.records import ObjectInfo
 
 __all__ = ["LocalObjectStore"]
 

@@ -13,15 +13,14 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from onceflow.adapters.local.database import Database
+from onceflow.adapters.local.sqlite_store import SqliteIdempotencyStore
+from onceflow.clock import SystemClock
+from onceflow.errors import ConfigurationError
+from onceflow.interfaces import Clock, IdempotencyStore
+from onceflow.records import Completion, Output
+from onceflow.serialization import dumps
 from pydantic_core import PydanticSerializationError, to_json
-
-from adapters.local.database import Database
-from adapters.local.sqlite_store import SqliteIdempotencyStore
-from corelib.clock import SystemClock
-from corelib.errors import ConfigurationError
-from corelib.interfaces import Clock, IdempotencyStore
-from corelib.records import Completion, Output
-from corelib.serialization import dumps
 
 __all__ = ["SqliteSink"]
 
@@ -36,7 +35,7 @@ class SqliteSink:
 
     When it shares its file with a `SqliteIdempotencyStore`, `write_and_complete` checks the
     fences, marks the keys completed and writes the outputs in one transaction, so a crash
-    leaves either both or neither. Values are stored as JSON text (`corelib.serialization`);
+    leaves either both or neither. Values are stored as JSON text (`onceflow.serialization`);
     rows keep the order their `output_id` was first written.
     """
 
@@ -176,7 +175,7 @@ class SqliteSink:
 
 
 def _json(value: Any) -> str:
-    """`value` as `corelib.serialization.dumps` writes it, a flat object several times faster."""
+    """`value` as `onceflow.serialization.dumps` writes it, a flat object several times faster."""
     if type(value) is dict:
         for key, item in value.items():
             if type(key) is not str or type(item) not in _FLAT:

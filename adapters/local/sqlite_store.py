@@ -13,10 +13,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from adapters.local.database import Database, StateError
-from corelib.clock import SystemClock
-from corelib.interfaces import Clock
-from corelib.records import Claim, ClaimStatus, Completion, Outcome, OutcomeStatus
+from onceflow.adapters.local.database import Database, StateError
+from onceflow.clock import SystemClock
+from onceflow.interfaces import Clock
+from onceflow.records import Claim, ClaimStatus, Completion, Outcome, OutcomeStatus
 
 try:
     import fcntl
@@ -105,7 +105,7 @@ class SqliteIdempotencyStore:
     # -- the IdempotencyStore protocol -------------------------------------------------------
 
     async def claim(self, keys: Sequence[str], lease_seconds: float) -> list[Claim]:
-        """Lease every free key; see `corelib.IdempotencyStore.claim`."""
+        """Lease every free key; see `onceflow.IdempotencyStore.claim`."""
         if not keys:
             return []
         with self.database.transaction() as conn:

@@ -10,11 +10,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from adapters.local.checkpoints import Checkpoints
-from adapters.local.database import Database
-from adapters.local.dead_letters import JsonlDeadLetterSink
-from adapters.local.sqlite_sink import SqliteSink
-from adapters.local.sqlite_store import SqliteIdempotencyStore
+from onceflow.adapters.local.checkpoints import Checkpoints
+from onceflow.adapters.local.database import Database
+from onceflow.adapters.local.dead_letters import JsonlDeadLetterSink
+from onceflow.adapters.local.sqlite_sink import SqliteSink
+from onceflow.adapters.local.sqlite_store import SqliteIdempotencyStore
 
 __all__ = ["LocalState", "RunRecord"]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from corelib.event import Event
-from corelib.pipeline import BatchResult, Pipeline
-from corelib.records import InvalidRecord
+from onceflow.event import Event
+from onceflow.pipeline import BatchResult, Pipeline
+from onceflow.records import InvalidRecord
 
 __all__ = ["Tally", "TallyingPipeline"]
 
@@ -73,7 +73,7 @@ class Tally:
 class TallyingPipeline(Pipeline):
     """A `Pipeline` that counts each batch into `tally` and returns only its failed ids.
 
-    `corelib.run_source` merges every batch's result into one whose id lists grow with
+    `onceflow.run_source` merges every batch's result into one whose id lists grow with
     the input (and are copied at each merge); a run over millions of local records needs
     the counts, and the failed ids for `ack`, not every id it ever saw.
     """

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from corelib.errors import SimulatedCrash
-from corelib.pipeline import Step
+from onceflow.errors import SimulatedCrash
+from onceflow.pipeline import Step
 
 __all__ = ["Faults"]
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 import threading
 
-from adapters.memory.faults import Faults
-from corelib.clock import SystemClock
-from corelib.interfaces import Clock
-from corelib.records import ObjectInfo
+from onceflow.adapters.memory.faults import Faults
+from onceflow.clock import SystemClock
+from onceflow.interfaces import Clock
+from onceflow.records import ObjectInfo
 
 __all__ = ["MemoryObjectStore"]
 

@@ -6,12 +6,12 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from adapters.memory.faults import Faults
-from adapters.memory.store import MemoryIdempotencyStore
-from corelib.errors import OutputRejected
-from corelib.interfaces import IdempotencyStore
-from corelib.records import Completion, Output
-from corelib.serialization import dumps
+from onceflow.adapters.memory.faults import Faults
+from onceflow.adapters.memory.store import MemoryIdempotencyStore
+from onceflow.errors import OutputRejected
+from onceflow.interfaces import IdempotencyStore
+from onceflow.records import Completion, Output
+from onceflow.serialization import dumps
 
 __all__ = ["MemorySink"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 
-from corelib.event import Event
-from corelib.records import InvalidRecord
+from onceflow.event import Event
+from onceflow.records import InvalidRecord
 
 __all__ = ["MemorySource"]
 

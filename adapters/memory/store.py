@@ -6,10 +6,10 @@ import itertools
 import threading
 from collections.abc import Sequence
 
-from adapters.memory.faults import Faults
-from corelib.clock import SystemClock
-from corelib.interfaces import Clock
-from corelib.records import Claim, ClaimStatus, Completion, Outcome, OutcomeStatus
+from onceflow.adapters.memory.faults import Faults
+from onceflow.clock import SystemClock
+from onceflow.interfaces import Clock
+from onceflow.records import Claim, ClaimStatus, Completion, Outcome, OutcomeStatus
 
 __all__ = ["MemoryIdempotencyStore"]
 
@@ -56,7 +56,7 @@ class MemoryIdempotencyStore:
         return other
 
     async def claim(self, keys: Sequence[str], lease_seconds: float) -> list[Claim]:
-        """Lease every free key; see `corelib.IdempotencyStore.claim`."""
+        """Lease every free key; see `onceflow.IdempotencyStore.claim`."""
         self.faults.check("store.claim")
         self.calls["claim"] += 1
         with self.lock:

@@ -7,16 +7,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from corelib.lazy import lazy_exports
+from onceflow.lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from corelib.lake.compaction import compact_dataset
-    from corelib.lake.dataset import close_partitions, read_dataset
-    from corelib.lake.delta_sink import DeltaSink, read_delta
-    from corelib.lake.manifest import DataFile, ManifestConflict, ManifestLog, Snapshot
-    from corelib.lake.parquet_sink import ParquetSink
-    from corelib.lake.partitions import EVENT_TIME, Hourly
-    from corelib.lake.schema import arrow_schema
+    from onceflow.lake.compaction import compact_dataset
+    from onceflow.lake.dataset import close_partitions, read_dataset
+    from onceflow.lake.delta_sink import DeltaSink, read_delta
+    from onceflow.lake.manifest import DataFile, ManifestConflict, ManifestLog, Snapshot
+    from onceflow.lake.parquet_sink import ParquetSink
+    from onceflow.lake.partitions import EVENT_TIME, Hourly
+    from onceflow.lake.schema import arrow_schema
 
 __all__ = [
     "EVENT_TIME",

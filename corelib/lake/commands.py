@@ -1,7 +1,7 @@
 """`onceflow lake ...`: compact, vacuum, inspect and close Parquet datasets and Delta tables."""
 
 # Imports sit inside the handlers on purpose: `onceflow --help` must not load pyarrow,
-# deltalake, rich or a cloud SDK, and `import corelib.lake.commands` must stay free.
+# deltalake, rich or a cloud SDK, and `import onceflow.lake.commands` must stay free.
 
 from __future__ import annotations
 
@@ -12,15 +12,14 @@ from datetime import timedelta
 from typing import Any
 
 import anyio
-
-from corelib.cli import CliError, load_object
+from onceflow.cli import CliError, load_object
 
 __all__ = ["open_store", "register"]
 
 _STORES = {
     # scheme: (module, class) — looked up only when a user names that scheme.
-    "s3": ("adapters.aws", "S3ObjectStore"),
-    "az": ("adapters.azure", "BlobObjectStore"),
+    "s3": ("onceflow.adapters.aws", "S3ObjectStore"),
+    "az": ("onceflow.adapters.azure", "BlobObjectStore"),
 }
 
 BATCH_ADVICE = """\
@@ -107,7 +106,7 @@ def open_store(path: str, factory: str | None = None) -> tuple[Any, str]:
     if not sep:
         if not os.path.isdir(path):
             raise CliError(f"{path} is not a directory")
-        module, name = "adapters.local", "LocalObjectStore"
+        module, name = "onceflow.adapters.local", "LocalObjectStore"
         return _load(module, name, "local")(path), ""
     if scheme not in _STORES:
         raise CliError(f"{scheme}:// is not a known store; use a directory, s3:// or az://")
@@ -136,13 +135,13 @@ def _run(call: Any) -> Any:
 
 def _compact(args: argparse.Namespace) -> int:
     if args.delta:
-        from corelib.lake.delta_sink import optimize_delta
+        from onceflow.lake.delta_sink import optimize_delta
 
         metrics = optimize_delta(args.path, target_bytes=int(args.target_mib * 1024 * 1024))
         print(f"optimized {args.path}: {metrics}")
         return 0
-    from corelib.lake.compaction import compact_dataset, plan
-    from corelib.lake.manifest import ManifestLog
+    from onceflow.lake.compaction import compact_dataset, plan
+    from onceflow.lake.manifest import ManifestLog
 
     store, root = open_store(args.path, args.store)
     target = int(args.target_mib * 1024 * 1024)
@@ -169,11 +168,11 @@ def _compact(args: argparse.Namespace) -> int:
 def _vacuum(args: argparse.Namespace) -> int:
     retain = timedelta(hours=args.retain_hours)
     if args.delta:
-        from corelib.lake.delta_sink import vacuum_delta
+        from onceflow.lake.delta_sink import vacuum_delta
 
         deleted = vacuum_delta(args.path, retain=retain)
     else:
-        from corelib.lake.compaction import vacuum_dataset
+        from onceflow.lake.compaction import vacuum_dataset
 
         store, root = open_store(args.path, args.store)
         deleted = _run(lambda: vacuum_dataset(store, root, retain=retain))
@@ -182,7 +181,7 @@ def _vacuum(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from corelib.lake.manifest import ManifestLog
+    from onceflow.lake.manifest import ManifestLog
 
     store, root = open_store(args.path, args.store)
     snapshot = _run(lambda: ManifestLog(store, root).snapshot())
@@ -197,7 +196,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _close(args: argparse.Namespace) -> int:
-    from corelib.lake.dataset import close_partitions
+    from onceflow.lake.dataset import close_partitions
 
     store, root = open_store(args.path, args.store)
     grace = timedelta(minutes=args.grace_minutes)

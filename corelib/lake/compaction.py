@@ -12,14 +12,13 @@ import anyio.to_thread
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-
-from corelib.interfaces import ObjectStore
-from corelib.lake.dataset import fetch_files, read_files
-from corelib.lake.manifest import MANIFEST_DIR, DataFile, ManifestLog, Snapshot, join
-from corelib.lake.parquet_sink import EncodedFile, encode_file, ids_digest
-from corelib.lake.partitions import parse_partition
-from corelib.lake.schema import META_COLUMNS, OUTPUT_ID
-from corelib.lake.transfers import put_all
+from onceflow.interfaces import ObjectStore
+from onceflow.lake.dataset import fetch_files, read_files
+from onceflow.lake.manifest import MANIFEST_DIR, DataFile, ManifestLog, Snapshot, join
+from onceflow.lake.parquet_sink import EncodedFile, encode_file, ids_digest
+from onceflow.lake.partitions import parse_partition
+from onceflow.lake.schema import META_COLUMNS, OUTPUT_ID
+from onceflow.lake.transfers import put_all
 
 __all__ = ["CompactionGroup", "CompactionReport", "compact_dataset", "plan", "vacuum_dataset"]
 

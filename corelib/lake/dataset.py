@@ -11,13 +11,12 @@ import anyio
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-
-from corelib.errors import OnceflowError
-from corelib.interfaces import ObjectStore
-from corelib.lake.manifest import DataFile, ManifestLog, Snapshot, join
-from corelib.lake.partitions import parse_partition
-from corelib.lake.schema import OUTPUT_ID
-from corelib.lake.transfers import get_all
+from onceflow.errors import OnceflowError
+from onceflow.interfaces import ObjectStore
+from onceflow.lake.manifest import DataFile, ManifestLog, Snapshot, join
+from onceflow.lake.partitions import parse_partition
+from onceflow.lake.schema import OUTPUT_ID
+from onceflow.lake.transfers import get_all
 
 __all__ = ["ChecksumMismatch", "close_partitions", "fetch_files", "read_dataset", "read_files"]
 

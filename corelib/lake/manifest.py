@@ -13,9 +13,9 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
-from corelib.errors import OnceflowError
-from corelib.interfaces import ObjectStore
-from corelib.lake.transfers import get_all
+from onceflow.errors import OnceflowError
+from onceflow.interfaces import ObjectStore
+from onceflow.lake.transfers import get_all
 
 __all__ = ["DataFile", "ManifestConflict", "ManifestLog", "Snapshot", "join"]
 

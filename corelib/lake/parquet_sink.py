@@ -10,12 +10,10 @@ import anyio.to_thread
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pydantic import BaseModel
-
-from corelib.errors import ConfigurationError, OutputRejected
-from corelib.interfaces import ObjectStore
-from corelib.lake.manifest import DataFile, ManifestLog, join
-from corelib.lake.partitions import (
+from onceflow.errors import ConfigurationError, OutputRejected
+from onceflow.interfaces import ObjectStore
+from onceflow.lake.manifest import DataFile, ManifestLog, join
+from onceflow.lake.partitions import (
     EVENT_TIME,
     Hourly,
     PartitionSpec,
@@ -23,15 +21,16 @@ from corelib.lake.partitions import (
     partition_labels,
     source_columns,
 )
-from corelib.lake.schema import (
+from onceflow.lake.schema import (
     EVENT_KEY,
     META_COLUMNS,
     OUTPUT_ID,
     arrow_schema,
     outputs_to_table,
 )
-from corelib.lake.transfers import put_all
-from corelib.records import Output
+from onceflow.lake.transfers import put_all
+from onceflow.records import Output
+from pydantic import BaseModel
 
 __all__ = ["EncodedFile", "ParquetSink", "encode_file", "ids_digest"]
 

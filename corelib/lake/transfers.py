@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
-
-from corelib.interfaces import ObjectStore
+from onceflow.interfaces import ObjectStore
 
 __all__ = ["get_all", "put_all"]
 

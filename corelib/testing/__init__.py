@@ -3,14 +3,14 @@
 Needs pytest, anyio's pytest plugin and hypothesis (`pip install 'onceflow[dev]'`).
 """
 
-from corelib.testing.contracts import (
+from onceflow.testing.contracts import (
     AtomicSinkContract,
     ObjectStoreContract,
     ReadSink,
     SinkContract,
     StoreContract,
 )
-from corelib.testing.exactly_once import ExactlyOnceContract, RecordingProcessor
+from onceflow.testing.exactly_once import ExactlyOnceContract, RecordingProcessor
 
 __all__ = [
     "AtomicSinkContract",

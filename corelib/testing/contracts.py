@@ -20,10 +20,9 @@ from typing import Any
 
 import anyio
 import pytest
-
-from corelib.clock import ManualClock
-from corelib.interfaces import AtomicSink, IdempotencyStore, ObjectStore, Sink
-from corelib.records import (
+from onceflow.clock import ManualClock
+from onceflow.interfaces import AtomicSink, IdempotencyStore, ObjectStore, Sink
+from onceflow.records import (
     Claim,
     ClaimStatus,
     Completion,

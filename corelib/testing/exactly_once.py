@@ -19,14 +19,13 @@ import anyio
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from corelib.clock import ManualClock
-from corelib.errors import PermanentError, SimulatedCrash
-from corelib.event import Event
-from corelib.interfaces import IdempotencyStore, Sink
-from corelib.pipeline import BatchResult, Pipeline, Step
-from corelib.records import InvalidRecord
-from corelib.testing.contracts import ReadSink
+from onceflow.clock import ManualClock
+from onceflow.errors import PermanentError, SimulatedCrash
+from onceflow.event import Event
+from onceflow.interfaces import IdempotencyStore, Sink
+from onceflow.pipeline import BatchResult, Pipeline, Step
+from onceflow.records import InvalidRecord
+from onceflow.testing.contracts import ReadSink
 
 __all__ = ["CrashAt", "ExactlyOnceContract", "RecordingProcessor", "expected_outputs"]
 

@@ -22,18 +22,18 @@ from typing import Any
 
 import anyio
 import duckdb
+from onceflow.adapters.local import FileSource, LocalObjectStore
+from onceflow.adapters.local.state import LocalState
+from onceflow.event import Event
+from onceflow.interfaces import ObjectStore
+from onceflow.lake import DeltaSink, Hourly, ParquetSink, read_dataset, read_delta
+from onceflow.lake.dataset import close_partitions
+from onceflow.lake.partitions import parse_partition
+from onceflow.pipeline import Pipeline
+from onceflow.records import Output
+from onceflow.runner import run_source
 from pydantic import BaseModel
 
-from adapters.local import FileSource, LocalObjectStore
-from adapters.local.state import LocalState
-from corelib.event import Event
-from corelib.interfaces import ObjectStore
-from corelib.lake import DeltaSink, Hourly, ParquetSink, read_dataset, read_delta
-from corelib.lake.dataset import close_partitions
-from corelib.lake.partitions import parse_partition
-from corelib.pipeline import Pipeline
-from corelib.records import Output
-from corelib.runner import run_source
 from examples.clickstream.processor import Click, ClickProcessor
 
 __all__ = ["HourlyTotals", "UserHour", "run"]

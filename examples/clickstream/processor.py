@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from onceflow import Event
 from pydantic import BaseModel, Field
-
-from corelib import Event
 
 
 class Click(BaseModel):

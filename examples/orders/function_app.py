@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import os
 
-from adapters.azure import (
+from onceflow import Pipeline
+from onceflow.adapters.azure import (
     BlobObjectStore,
     EventHubTrigger,
     QueueSink,
@@ -23,7 +24,7 @@ from adapters.azure import (
     TableSink,
     function_app,
 )
-from corelib import Pipeline
+
 from examples.orders.processor import OrderProcessor
 
 TABLE = "orders"

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import os
 
-from adapters.aws import lambda_handler
-from corelib.errors import ConfigurationError
-from corelib.pipeline import Pipeline
+from onceflow.adapters.aws import lambda_handler
+from onceflow.errors import ConfigurationError
+from onceflow.pipeline import Pipeline
+
 from examples.orders.processor import OrderProcessor
 
 MODES = ("upsert", "optimistic", "atomic")
@@ -33,7 +34,7 @@ def _setting(name: str, default: str | None = None) -> str:
 
 def build_pipeline() -> Pipeline:
     """The orders pipeline from the environment."""
-    from adapters.aws import (
+    from onceflow.adapters.aws import (
         DynamoDBIdempotencyStore,
         DynamoDBSink,
         SQSSink,

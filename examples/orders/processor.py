@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from onceflow import Event
 from pydantic import BaseModel, Field
-
-from corelib import Event
 
 
 class Item(BaseModel):

@@ -40,7 +40,7 @@ def dynamodb_tables(dynamodb_client: Any) -> Callable[[str], str]:
 
     Fresh small tables keep moto fast: it copies every table a transaction touches.
     """
-    from adapters.aws.dynamodb_store import create_table
+    from onceflow.adapters.aws.dynamodb_store import create_table
 
     made: dict[str, str] = {}
 

@@ -11,17 +11,17 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-
-from adapters.aws.dynamodb_sink import DynamoDBSink
-from adapters.aws.dynamodb_store import DynamoDBIdempotencyStore
-from corelib.clock import ManualClock
-from corelib.interfaces import Sink
-from corelib.testing import (
+from onceflow.adapters.aws.dynamodb_sink import DynamoDBSink
+from onceflow.adapters.aws.dynamodb_store import DynamoDBIdempotencyStore
+from onceflow.clock import ManualClock
+from onceflow.interfaces import Sink
+from onceflow.testing import (
     AtomicSinkContract,
     ExactlyOnceContract,
     SinkContract,
     StoreContract,
 )
+
 from tests.aws.moto_clients import dynamodb_worker_client
 from tests.support.servers import MotoServer
 

@@ -11,14 +11,14 @@ from typing import Any
 
 import anyio
 import pytest
+from onceflow.adapters.aws import DynamoDBIdempotencyStore, DynamoDBSink
+from onceflow.adapters.aws.dynamodb_types import from_wire
+from onceflow.clock import ManualClock
+from onceflow.event import Event
+from onceflow.metrics import CountingMetrics
+from onceflow.pipeline import BatchResult, Pipeline
+from onceflow.records import Output
 
-from adapters.aws import DynamoDBIdempotencyStore, DynamoDBSink
-from adapters.aws.dynamodb_types import from_wire
-from corelib.clock import ManualClock
-from corelib.event import Event
-from corelib.metrics import CountingMetrics
-from corelib.pipeline import BatchResult, Pipeline
-from corelib.records import Output
 from tests.aws.moto_clients import dynamodb_worker_client
 from tests.support.servers import MotoServer
 

@@ -9,14 +9,14 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from onceflow.adapters.aws import DynamoDBIdempotencyStore, DynamoDBSink, lambda_handler
+from onceflow.adapters.memory import MemorySink
+from onceflow.clock import ManualClock
+from onceflow.pipeline import Pipeline
+from onceflow.records import ClaimStatus
+from onceflow.retry import Backoff
+from onceflow.testing.contracts import output, succeeded, unique
 
-from adapters.aws import DynamoDBIdempotencyStore, DynamoDBSink, lambda_handler
-from adapters.memory import MemorySink
-from corelib.clock import ManualClock
-from corelib.pipeline import Pipeline
-from corelib.records import ClaimStatus
-from corelib.retry import Backoff
-from corelib.testing.contracts import output, succeeded, unique
 from tests.aws import payloads as aws
 
 pytestmark = pytest.mark.emulator
@@ -159,7 +159,7 @@ def test_throttled_store_fails_the_batch_for_redelivery(
 async def test_event_with_too_many_outputs_for_one_transaction_is_rejected(
     dynamodb_client: Any, dynamodb_tables: Tables
 ) -> None:
-    from corelib.errors import OutputRejected
+    from onceflow.errors import OutputRejected
 
     store = DynamoDBIdempotencyStore(dynamodb_tables("state"), client=dynamodb_client)
     sink = DynamoDBSink(dynamodb_tables("outputs"), client=dynamodb_client)

@@ -9,17 +9,17 @@ from typing import Any
 
 import pytest
 from boto3.dynamodb.types import TypeSerializer
-
-from adapters.aws import (
+from onceflow.adapters.aws import (
     BatchFailed,
     UnrecognisedEvent,
     dynamodb_change,
     lambda_handler,
     s3_object,
 )
-from adapters.memory import ManualClock, MemoryIdempotencyStore, MemorySink
-from corelib.event import Event
-from corelib.pipeline import Pipeline
+from onceflow.adapters.memory import ManualClock, MemoryIdempotencyStore, MemorySink
+from onceflow.event import Event
+from onceflow.pipeline import Pipeline
+
 from tests.aws import payloads as aws
 
 
@@ -60,7 +60,7 @@ class World:
 
     def hold(self, event: Any) -> None:
         """Another worker leases these records' keys, so they fail for redelivery."""
-        from adapters.aws.lambda_events import decode
+        from onceflow.adapters.aws.lambda_events import decode
 
         keys = [r.key for r in decode(event).records]
         anyio_run(self.store.handle().claim(keys, 300))
@@ -304,7 +304,7 @@ def test_dynamodb_failures_by_sequence_number_and_bad_images_dead_lettered() -> 
 
 
 def test_stream_image_matches_what_boto3_serializes() -> None:
-    from adapters.aws.dynamodb_types import from_wire, to_wire
+    from onceflow.adapters.aws.dynamodb_types import from_wire, to_wire
 
     value = {"a": Decimal("1.5"), "b": b"\x01", "s": {"x"}, "l": [1, None, True], "f": 0.1}
     wire = {k: to_wire(v) for k, v in value.items()}
@@ -412,7 +412,7 @@ def _kpl(*records: tuple[str, bytes]) -> bytes:
 
 
 def test_kpl_aggregated_records_are_split_and_reported_by_their_carrier() -> None:
-    from adapters.aws.lambda_events import decode
+    from onceflow.adapters.aws.lambda_events import decode
 
     world = World()
     carrier = aws.kinesis_record(

@@ -8,15 +8,15 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from onceflow.adapters.aws import EventBridgeSink, KinesisSink, SQSSink, SQSSource
+from onceflow.adapters.memory import ManualClock, MemoryIdempotencyStore, MemorySink
+from onceflow.errors import OutputRejected
+from onceflow.event import Event
+from onceflow.pipeline import Pipeline
+from onceflow.records import Output
+from onceflow.retry import Backoff
+from onceflow.runner import run_source
 
-from adapters.aws import EventBridgeSink, KinesisSink, SQSSink, SQSSource
-from adapters.memory import ManualClock, MemoryIdempotencyStore, MemorySink
-from corelib.errors import OutputRejected
-from corelib.event import Event
-from corelib.pipeline import Pipeline
-from corelib.records import Output
-from corelib.retry import Backoff
-from corelib.runner import run_source
 from tests.support.servers import MotoServer
 
 pytestmark = pytest.mark.emulator

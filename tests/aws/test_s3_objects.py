@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
-from adapters.aws import S3ObjectStore
-from corelib.testing import ObjectStoreContract
+from onceflow.adapters.aws import S3ObjectStore
+from onceflow.testing import ObjectStoreContract
 
 pytestmark = pytest.mark.emulator
 

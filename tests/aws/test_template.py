@@ -9,9 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from adapters.aws.commands import SOURCES
-from corelib.cli import main
+from onceflow.adapters.aws.commands import SOURCES
+from onceflow.cli import main
 
 CFN_LINT = next(
     (str(p) for p in [Path(sys.executable).with_name("cfn-lint")] if p.exists()),
@@ -69,4 +68,4 @@ def test_policy_names_only_its_own_resources(capsys: pytest.CaptureFixture[str])
 
 def test_module_without_a_handler_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["aws", "template", "examples.orders.processor"]) == 2
-    assert "has no `handler = adapters.aws.lambda_handler(...)`" in capsys.readouterr().err
+    assert "has no `handler = onceflow.adapters.aws.lambda_handler(...)`" in capsys.readouterr().err

@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from corelib.cli import main
+from onceflow.cli import main
 
 
 def index(path: Path, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:

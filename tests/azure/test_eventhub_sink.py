@@ -10,10 +10,9 @@ from typing import Any
 
 import pytest
 from azure.eventhub import EventDataBatch
-
-from adapters.azure.eventhub_sink import EventHubSink
-from corelib.errors import OutputRejected
-from corelib.records import Output
+from onceflow.adapters.azure.eventhub_sink import EventHubSink
+from onceflow.errors import OutputRejected
+from onceflow.records import Output
 
 
 class RecordingProducer:

@@ -15,8 +15,7 @@ from azure.functions.eventhub import EventHubTriggerConverter
 from azure.functions.queue import QueueMessageInConverter
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from adapters.azure.functions_entry import (
+from onceflow.adapters.azure.functions_entry import (
     BatchFailed,
     BlobTrigger,
     EventHubTrigger,
@@ -24,17 +23,17 @@ from adapters.azure.functions_entry import (
     QueueTrigger,
     function_app,
 )
-from adapters.azure.trigger_payloads import (
+from onceflow.adapters.azure.trigger_payloads import (
     HUB,
     NAMESPACE,
     blob_stream,
     event_hub_batch,
     queue_message,
 )
-from adapters.memory import Faults, ManualClock, MemoryIdempotencyStore, MemorySink
-from corelib.errors import ConfigurationError, PermanentError
-from corelib.event import Event
-from corelib.pipeline import Pipeline
+from onceflow.adapters.memory import Faults, ManualClock, MemoryIdempotencyStore, MemorySink
+from onceflow.errors import ConfigurationError, PermanentError
+from onceflow.event import Event
+from onceflow.pipeline import Pipeline
 
 
 class Doubler:

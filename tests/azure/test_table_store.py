@@ -11,18 +11,18 @@ from azure.core.pipeline import PipelineRequest, PipelineResponse
 from azure.core.pipeline.policies import HTTPPolicy
 from azure.core.pipeline.transport import RequestsTransportResponse
 from azure.data.tables import TableClient, TableServiceClient
-
-from adapters.azure import TableIdempotencyStore, TableSink
-from adapters.azure.table_keys import decode_part, encode_part, key_address
-from corelib.clock import ManualClock
-from corelib.interfaces import Sink
-from corelib.records import ClaimStatus, Completion, Outcome, OutcomeStatus
-from corelib.testing import (
+from onceflow.adapters.azure import TableIdempotencyStore, TableSink
+from onceflow.adapters.azure.table_keys import decode_part, encode_part, key_address
+from onceflow.clock import ManualClock
+from onceflow.interfaces import Sink
+from onceflow.records import ClaimStatus, Completion, Outcome, OutcomeStatus
+from onceflow.testing import (
     AtomicSinkContract,
     ExactlyOnceContract,
     SinkContract,
     StoreContract,
 )
+
 from tests.support.servers import Azurite
 
 pytestmark = pytest.mark.emulator

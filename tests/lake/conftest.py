@@ -10,14 +10,14 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 import pytest
+from onceflow.adapters.aws import S3ObjectStore
+from onceflow.adapters.azure import BlobObjectStore
+from onceflow.adapters.local import LocalObjectStore
+from onceflow.adapters.memory import MemoryObjectStore
+from onceflow.errors import SimulatedCrash
+from onceflow.interfaces import ObjectStore
+from onceflow.records import ObjectInfo
 
-from adapters.aws import S3ObjectStore
-from adapters.azure import BlobObjectStore
-from adapters.local import LocalObjectStore
-from adapters.memory import MemoryObjectStore
-from corelib.errors import SimulatedCrash
-from corelib.interfaces import ObjectStore
-from corelib.records import ObjectInfo
 from tests.support.servers import Azurite, MotoServer
 
 BACKENDS = [

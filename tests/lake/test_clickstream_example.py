@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from onceflow.adapters.local import LocalObjectStore
+from onceflow.lake import read_dataset, read_delta
 
-from adapters.local import LocalObjectStore
-from corelib.lake import read_dataset, read_delta
 from examples.clickstream.lake import QUERY, run
 from tests.lake.conftest import query
 

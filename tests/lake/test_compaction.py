@@ -9,16 +9,16 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from onceflow.adapters.aws import S3ObjectStore
+from onceflow.adapters.azure import BlobObjectStore
+from onceflow.adapters.local import LocalObjectStore
+from onceflow.adapters.memory import MemoryObjectStore
+from onceflow.cli import main
+from onceflow.interfaces import ObjectStore
+from onceflow.lake import Hourly, ManifestConflict, ManifestLog, ParquetSink, read_dataset
+from onceflow.lake.compaction import compact_dataset, plan, vacuum_dataset
+from onceflow.records import Output
 
-from adapters.aws import S3ObjectStore
-from adapters.azure import BlobObjectStore
-from adapters.local import LocalObjectStore
-from adapters.memory import MemoryObjectStore
-from corelib.cli import main
-from corelib.interfaces import ObjectStore
-from corelib.lake import Hourly, ManifestConflict, ManifestLog, ParquetSink, read_dataset
-from corelib.lake.compaction import compact_dataset, plan, vacuum_dataset
-from corelib.records import Output
 from tests.lake.conftest import query
 from tests.support.servers import Azurite, MotoServer
 

@@ -11,16 +11,16 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
+from onceflow.adapters.memory import ManualClock, MemoryIdempotencyStore, MemorySink
+from onceflow.cli import main
+from onceflow.errors import OutputRejected
+from onceflow.event import Event
+from onceflow.lake import DeltaSink, read_delta
+from onceflow.pipeline import Pipeline, Step
+from onceflow.records import Output
+from onceflow.testing import ExactlyOnceContract
+from onceflow.testing.exactly_once import CrashAt, deliver
 
-from adapters.memory import ManualClock, MemoryIdempotencyStore, MemorySink
-from corelib.cli import main
-from corelib.errors import OutputRejected
-from corelib.event import Event
-from corelib.lake import DeltaSink, read_delta
-from corelib.pipeline import Pipeline, Step
-from corelib.records import Output
-from corelib.testing import ExactlyOnceContract
-from corelib.testing.exactly_once import CrashAt, deliver
 from tests.lake.conftest import query
 from tests.support.servers import AZURITE_ACCOUNT, AZURITE_KEY, Azurite, MotoServer
 

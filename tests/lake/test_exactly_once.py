@@ -11,14 +11,19 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from onceflow.adapters.memory import (
+    ManualClock,
+    MemoryIdempotencyStore,
+    MemoryObjectStore,
+    MemorySink,
+)
+from onceflow.event import Event
+from onceflow.interfaces import ObjectStore, Sink
+from onceflow.lake import Hourly, ParquetSink, read_dataset
+from onceflow.pipeline import Pipeline, Step
+from onceflow.testing import ExactlyOnceContract
+from onceflow.testing.exactly_once import CrashAt, deliver
 
-from adapters.memory import ManualClock, MemoryIdempotencyStore, MemoryObjectStore, MemorySink
-from corelib.event import Event
-from corelib.interfaces import ObjectStore, Sink
-from corelib.lake import Hourly, ParquetSink, read_dataset
-from corelib.pipeline import Pipeline, Step
-from corelib.testing import ExactlyOnceContract
-from corelib.testing.exactly_once import CrashAt, deliver
 from tests.lake.conftest import CrashingStore, as_any, query
 
 LEASE = 30.0

@@ -5,12 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from corelib import lake
+from onceflow import lake
 
 
 def test_import_corelib_and_lake_loads_neither_pyarrow_nor_deltalake() -> None:
     code = (
-        "import sys, corelib, corelib.lake, corelib.lake.manifest, corelib.lake.commands; "
+        "import sys, onceflow, onceflow.lake, onceflow.lake.manifest, onceflow.lake.commands; "
         "print(sorted(m for m in ('pyarrow', 'deltalake', 'duckdb') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

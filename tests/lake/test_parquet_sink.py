@@ -9,22 +9,22 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from pydantic import BaseModel
-
-from adapters.memory import (
+from onceflow.adapters.memory import (
     Faults,
     ManualClock,
     MemoryIdempotencyStore,
     MemoryObjectStore,
     MemorySink,
 )
-from corelib.errors import ConfigurationError, OutputRejected
-from corelib.event import Event
-from corelib.interfaces import ObjectStore
-from corelib.lake import EVENT_TIME, Hourly, ManifestLog, ParquetSink, arrow_schema, read_dataset
-from corelib.lake.dataset import close_partitions
-from corelib.pipeline import Pipeline
-from corelib.records import Output
+from onceflow.errors import ConfigurationError, OutputRejected
+from onceflow.event import Event
+from onceflow.interfaces import ObjectStore
+from onceflow.lake import EVENT_TIME, Hourly, ManifestLog, ParquetSink, arrow_schema, read_dataset
+from onceflow.lake.dataset import close_partitions
+from onceflow.pipeline import Pipeline
+from onceflow.records import Output
+from pydantic import BaseModel
+
 from tests.lake.conftest import query
 
 SCHEMA = pa.schema(

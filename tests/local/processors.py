@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from corelib import Event, PermanentError
+from onceflow import Event, PermanentError
 
 CALLS: list[str] = []
 

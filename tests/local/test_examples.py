@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from onceflow.cli import main
 
-from corelib.cli import main
 from examples.clickstream.aggregates import UserStats, per_user
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import anyio
 import pytest
-
-from adapters.local import Database, DirectorySource, FileSource
-from corelib.event import Event
-from corelib.records import InvalidRecord
+from onceflow.adapters.local import Database, DirectorySource, FileSource
+from onceflow.event import Event
+from onceflow.records import InvalidRecord
 
 Record = Event | InvalidRecord
 
@@ -256,7 +255,7 @@ async def test_ordered_source_holds_a_lane_behind_its_failed_record(tmp_path: Pa
 @pytest.mark.anyio
 async def test_records_are_the_events_validation_would_build(tmp_path: Path) -> None:
     # The reader copies one validated event per read instead of validating each record.
-    from adapters.local import file_records
+    from onceflow.adapters.local import file_records
 
     assert file_records._COPYABLE, (
         "pydantic's model layout changed: reading falls back to the slow copy"

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import anyio
 import pytest
-
-from adapters.local import LocalObjectStore
-from corelib.testing import ObjectStoreContract
+from onceflow.adapters.local import LocalObjectStore
+from onceflow.testing import ObjectStoreContract
 
 
 class TestLocalObjectStore(ObjectStoreContract):

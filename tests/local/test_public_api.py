@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import adapters.local
+import onceflow.adapters.local
 
 EXPECTED = [
     "Checkpoint",
@@ -23,14 +23,14 @@ EXPECTED = [
 
 
 def test_all_lists_the_public_names() -> None:
-    assert adapters.local.__all__ == EXPECTED
+    assert onceflow.adapters.local.__all__ == EXPECTED
     for name in EXPECTED:
-        assert getattr(adapters.local, name).__doc__
+        assert getattr(onceflow.adapters.local, name).__doc__
 
 
 def test_import_pulls_in_neither_pyarrow_nor_rich_nor_cloud_sdks() -> None:
     code = (
-        "import sys, adapters.local, adapters.local.commands; "
+        "import sys, onceflow.adapters.local, onceflow.adapters.local.commands; "
         "print(sorted(m for m in ('pyarrow', 'rich', 'boto3', 'azure') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

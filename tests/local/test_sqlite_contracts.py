@@ -6,11 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from adapters.local import Database, SqliteIdempotencyStore, SqliteSink
-from corelib.clock import ManualClock
-from corelib.interfaces import Sink
-from corelib.testing import (
+from onceflow.adapters.local import Database, SqliteIdempotencyStore, SqliteSink
+from onceflow.clock import ManualClock
+from onceflow.interfaces import Sink
+from onceflow.testing import (
     AtomicSinkContract,
     ExactlyOnceContract,
     SinkContract,

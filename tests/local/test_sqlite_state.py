@@ -14,10 +14,9 @@ from pathlib import Path
 
 import anyio
 import pytest
-
-from adapters.local import Database, SqliteIdempotencyStore, SqliteSink, StateError
-from corelib.clock import ManualClock
-from corelib.records import ClaimStatus, Completion, Outcome, OutcomeStatus, Output
+from onceflow.adapters.local import Database, SqliteIdempotencyStore, SqliteSink, StateError
+from onceflow.clock import ManualClock
+from onceflow.records import ClaimStatus, Completion, Outcome, OutcomeStatus, Output
 
 
 @pytest.mark.anyio
@@ -46,7 +45,7 @@ def test_corrupt_database_is_a_clear_error(tmp_path: Path) -> None:
 _HOLDER = textwrap.dedent(
     """
     import sys, anyio
-    from adapters.local import SqliteIdempotencyStore
+    from onceflow.adapters.local import SqliteIdempotencyStore
     store = SqliteIdempotencyStore(sys.argv[1])
     anyio.run(store.claim, ["held"], 3600.0)
     print("claimed", flush=True)
