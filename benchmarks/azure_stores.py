@@ -1,7 +1,7 @@
 """Storage requests per event for exactly-once bookkeeping, on Azurite, through the function app.
 
 An Event Hubs batch of 1,000 events from one partition goes through
-`onceflow.adapters.azure.functions_entry` twice (first delivery, then the host redelivering the
+`onceflow.adapters.azure.entry` twice (first delivery, then the host redelivering the
 same batch), once with `TableIdempotencyStore` and once with the peer: a naive store
 doing one conditional create per event to claim and one ETag-guarded update per event
 to complete (2 requests per event). Requests are counted on the wire by an azure-core
@@ -34,7 +34,7 @@ from onceflow import Claim, ClaimStatus, Completion, Event, IdempotencyStore, Pi
 from onceflow.adapters.azure import EventHubTrigger, TableIdempotencyStore, TableSink, function_app
 from onceflow.adapters.azure.lease_rows import completed_fields, held_answer
 from onceflow.adapters.azure.table_keys import key_address
-from onceflow.adapters.azure.trigger_payloads import event_hub_batch
+from onceflow.adapters.azure.testing import event_hub_batch
 from onceflow.adapters.memory import MemorySink
 
 from tests.support.servers import azurite

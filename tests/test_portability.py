@@ -128,10 +128,10 @@ def run_aws(request: pytest.FixtureRequest, _: Path) -> Result:
 
 
 def run_azure(request: pytest.FixtureRequest, _: Path) -> Result:
-    azure = pytest.importorskip("onceflow.adapters.azure.functions_entry", reason="no Azure SDK")
+    azure = pytest.importorskip("onceflow.adapters.azure.entry", reason="no Azure SDK")
     from azure.data.tables import TableServiceClient
     from onceflow.adapters.azure import TableIdempotencyStore, TableSink
-    from onceflow.adapters.azure.trigger_payloads import event_hub_batch
+    from onceflow.adapters.azure.testing import event_hub_batch
 
     conn = request.getfixturevalue("azurite_server").connection_string
     service = TableServiceClient.from_connection_string(conn)

@@ -12,39 +12,39 @@ from typing import TYPE_CHECKING
 from onceflow.lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from onceflow.adapters.aws.dynamodb_sink import DynamoDBSink
-    from onceflow.adapters.aws.dynamodb_store import DynamoDBIdempotencyStore, create_table
-    from onceflow.adapters.aws.lambda_entry import BatchFailed, LambdaHandler, lambda_handler
-    from onceflow.adapters.aws.lambda_events import (
+    from onceflow.adapters.aws.decode import (
         DynamoDBChange,
         S3Object,
         UnrecognisedEvent,
         dynamodb_change,
         s3_object,
     )
+    from onceflow.adapters.aws.dynamodb_sink import DynamoDBSink
+    from onceflow.adapters.aws.dynamodb_store import DynamoDBIdempotencyStore, create_table
+    from onceflow.adapters.aws.entry import BatchFailed, LambdaHandler, lambda_handler
     from onceflow.adapters.aws.messaging import EventBridgeSink, KinesisSink, SendFailed, SQSSink
-    from onceflow.adapters.aws.s3_objects import S3ObjectStore
+    from onceflow.adapters.aws.objects import S3ObjectStore
     from onceflow.adapters.aws.sqs_source import SQSSource
 
 # Public name -> module that defines it; the module is imported when the name is first used.
 _EXPORTS: dict[str, str] = {
-    "BatchFailed": "onceflow.adapters.aws.lambda_entry",
-    "DynamoDBChange": "onceflow.adapters.aws.lambda_events",
+    "BatchFailed": "onceflow.adapters.aws.entry",
+    "DynamoDBChange": "onceflow.adapters.aws.decode",
     "DynamoDBIdempotencyStore": "onceflow.adapters.aws.dynamodb_store",
     "DynamoDBSink": "onceflow.adapters.aws.dynamodb_sink",
     "EventBridgeSink": "onceflow.adapters.aws.messaging",
     "KinesisSink": "onceflow.adapters.aws.messaging",
-    "LambdaHandler": "onceflow.adapters.aws.lambda_entry",
-    "S3Object": "onceflow.adapters.aws.lambda_events",
-    "S3ObjectStore": "onceflow.adapters.aws.s3_objects",
+    "LambdaHandler": "onceflow.adapters.aws.entry",
+    "S3Object": "onceflow.adapters.aws.decode",
+    "S3ObjectStore": "onceflow.adapters.aws.objects",
     "SQSSink": "onceflow.adapters.aws.messaging",
     "SQSSource": "onceflow.adapters.aws.sqs_source",
     "SendFailed": "onceflow.adapters.aws.messaging",
-    "UnrecognisedEvent": "onceflow.adapters.aws.lambda_events",
+    "UnrecognisedEvent": "onceflow.adapters.aws.decode",
     "create_table": "onceflow.adapters.aws.dynamodb_store",
-    "dynamodb_change": "onceflow.adapters.aws.lambda_events",
-    "lambda_handler": "onceflow.adapters.aws.lambda_entry",
-    "s3_object": "onceflow.adapters.aws.lambda_events",
+    "dynamodb_change": "onceflow.adapters.aws.decode",
+    "lambda_handler": "onceflow.adapters.aws.entry",
+    "s3_object": "onceflow.adapters.aws.decode",
 }
 
 __all__ = [

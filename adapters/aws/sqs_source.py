@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Collection, Sequence
 from typing import Any
 
-from onceflow.adapters.aws.lambda_entry import failed_items
-from onceflow.adapters.aws.lambda_events import Delivery, decode
+from onceflow.adapters.aws.decode import Delivery, decode
+from onceflow.adapters.aws.entry import failed_items
 from onceflow.adapters.aws.sdk import ClientOnFirstUse, run_blocking
 from onceflow.event import Event
 from onceflow.records import InvalidRecord

@@ -11,15 +11,13 @@ from typing import TYPE_CHECKING
 from onceflow.lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from onceflow.adapters.azure.blob_store import BlobObjectStore
     from onceflow.adapters.azure.cosmos_store import CosmosIdempotencyStore, CosmosSink
-    from onceflow.adapters.azure.eventhub_sink import EventHubSink
-    from onceflow.adapters.azure.function_events import (
+    from onceflow.adapters.azure.decode import (
         decode_blob,
         decode_event_hub,
         decode_queue_message,
     )
-    from onceflow.adapters.azure.functions_entry import (
+    from onceflow.adapters.azure.entry import (
         BatchFailed,
         BlobTrigger,
         EventHubTrigger,
@@ -27,6 +25,8 @@ if TYPE_CHECKING:
         QueueTrigger,
         function_app,
     )
+    from onceflow.adapters.azure.eventhub_sink import EventHubSink
+    from onceflow.adapters.azure.objects import BlobObjectStore
     from onceflow.adapters.azure.queue_sink import QueueSink
     from onceflow.adapters.azure.table_sink import TableSink
     from onceflow.adapters.azure.table_store import TableIdempotencyStore
@@ -51,22 +51,22 @@ __all__ = [
 ]
 
 _HOMES = {
-    "BatchFailed": "onceflow.adapters.azure.functions_entry",
-    "BlobObjectStore": "onceflow.adapters.azure.blob_store",
-    "BlobTrigger": "onceflow.adapters.azure.functions_entry",
+    "BatchFailed": "onceflow.adapters.azure.entry",
+    "BlobObjectStore": "onceflow.adapters.azure.objects",
+    "BlobTrigger": "onceflow.adapters.azure.entry",
     "CosmosIdempotencyStore": "onceflow.adapters.azure.cosmos_store",
     "CosmosSink": "onceflow.adapters.azure.cosmos_store",
     "EventHubSink": "onceflow.adapters.azure.eventhub_sink",
-    "EventHubTrigger": "onceflow.adapters.azure.functions_entry",
-    "FunctionHandler": "onceflow.adapters.azure.functions_entry",
+    "EventHubTrigger": "onceflow.adapters.azure.entry",
+    "FunctionHandler": "onceflow.adapters.azure.entry",
     "QueueSink": "onceflow.adapters.azure.queue_sink",
-    "QueueTrigger": "onceflow.adapters.azure.functions_entry",
+    "QueueTrigger": "onceflow.adapters.azure.entry",
     "TableIdempotencyStore": "onceflow.adapters.azure.table_store",
     "TableSink": "onceflow.adapters.azure.table_sink",
-    "decode_blob": "onceflow.adapters.azure.function_events",
-    "decode_event_hub": "onceflow.adapters.azure.function_events",
-    "decode_queue_message": "onceflow.adapters.azure.function_events",
-    "function_app": "onceflow.adapters.azure.functions_entry",
+    "decode_blob": "onceflow.adapters.azure.decode",
+    "decode_event_hub": "onceflow.adapters.azure.decode",
+    "decode_queue_message": "onceflow.adapters.azure.decode",
+    "function_app": "onceflow.adapters.azure.entry",
 }
 
 

@@ -60,7 +60,7 @@ class World:
 
     def hold(self, event: Any) -> None:
         """Another worker leases these records' keys, so they fail for redelivery."""
-        from onceflow.adapters.aws.lambda_events import decode
+        from onceflow.adapters.aws.decode import decode
 
         keys = [r.key for r in decode(event).records]
         anyio_run(self.store.handle().claim(keys, 300))
@@ -412,7 +412,7 @@ def _kpl(*records: tuple[str, bytes]) -> bytes:
 
 
 def test_kpl_aggregated_records_are_split_and_reported_by_their_carrier() -> None:
-    from onceflow.adapters.aws.lambda_events import decode
+    from onceflow.adapters.aws.decode import decode
 
     world = World()
     carrier = aws.kinesis_record(

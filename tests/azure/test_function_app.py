@@ -15,7 +15,7 @@ from azure.functions.eventhub import EventHubTriggerConverter
 from azure.functions.queue import QueueMessageInConverter
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from onceflow.adapters.azure.functions_entry import (
+from onceflow.adapters.azure.entry import (
     BatchFailed,
     BlobTrigger,
     EventHubTrigger,
@@ -23,7 +23,7 @@ from onceflow.adapters.azure.functions_entry import (
     QueueTrigger,
     function_app,
 )
-from onceflow.adapters.azure.trigger_payloads import (
+from onceflow.adapters.azure.testing import (
     HUB,
     NAMESPACE,
     blob_stream,

@@ -10,7 +10,7 @@ from onceflow import lake
 
 def test_import_corelib_and_lake_loads_neither_pyarrow_nor_deltalake() -> None:
     code = (
-        "import sys, onceflow, onceflow.lake, onceflow.lake.manifest, onceflow.lake.commands; "
+        "import sys, onceflow, onceflow.lake, onceflow.lake.manifest, onceflow.lake.cli; "
         "print(sorted(m for m in ('pyarrow', 'deltalake', 'duckdb') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

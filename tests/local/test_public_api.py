@@ -30,7 +30,7 @@ def test_all_lists_the_public_names() -> None:
 
 def test_import_pulls_in_neither_pyarrow_nor_rich_nor_cloud_sdks() -> None:
     code = (
-        "import sys, onceflow.adapters.local, onceflow.adapters.local.commands; "
+        "import sys, onceflow.adapters.local, onceflow.adapters.local.cli; "
         "print(sorted(m for m in ('pyarrow', 'rich', 'boto3', 'azure') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -62,7 +62,7 @@ def _run(args: argparse.Namespace) -> int:
         module = importlib.import_module(args.module)
     except ModuleNotFoundError as exc:
         raise CliError(f"cannot import module {args.module!r}: {exc}") from exc
-    from onceflow.adapters.aws.lambda_entry import LambdaHandler
+    from onceflow.adapters.aws.entry import LambdaHandler
 
     if not isinstance(getattr(module, "handler", None), LambdaHandler):
         raise CliError(

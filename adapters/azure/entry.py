@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import azure.functions as func
-from onceflow.adapters.azure.function_events import (
+from onceflow.adapters.azure.decode import (
     Record,
     decode_blob,
     decode_event_hub,

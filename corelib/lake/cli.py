@@ -1,7 +1,7 @@
 """`onceflow lake ...`: compact, vacuum, inspect and close Parquet datasets and Delta tables."""
 
 # Imports sit inside the handlers on purpose: `onceflow --help` must not load pyarrow,
-# deltalake, rich or a cloud SDK, and `import onceflow.lake.commands` must stay free.
+# deltalake, rich or a cloud SDK, and `import onceflow.lake.cli` must stay free.
 
 from __future__ import annotations
 

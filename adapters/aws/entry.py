@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
-from onceflow.adapters.aws.lambda_events import Delivery, Item, decode
+from onceflow.adapters.aws.decode import Delivery, Item, decode
 from onceflow.errors import OnceflowError
 from onceflow.pipeline import BatchResult, Pipeline, built_once
 
