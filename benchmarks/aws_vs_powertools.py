@@ -41,7 +41,6 @@ from onceflow.adapters.aws import (  # noqa: E402
 )
 from onceflow.event import Event  # noqa: E402
 from onceflow.pipeline import Pipeline  # noqa: E402
-
 from tests.support.servers import MotoServer, moto_server  # noqa: E402
 
 STREAM_ARN = "arn:aws:kinesis:us-east-1:123456789012:stream/orders"

@@ -36,7 +36,6 @@ from onceflow.adapters.azure.lease_rows import completed_fields, held_answer
 from onceflow.adapters.azure.table_keys import key_address
 from onceflow.adapters.azure.testing import event_hub_batch
 from onceflow.adapters.memory import MemorySink
-
 from tests.support.servers import azurite
 
 

@@ -27,6 +27,7 @@ import anyio
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from onceflow.adapters.local import LocalObjectStore
 from onceflow.adapters.memory import ManualClock, MemoryIdempotencyStore, MemorySink
 from onceflow.event import Event

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
         SimulatedCrash,
     )
     from onceflow.event import Event
+    from onceflow.failures import Failure, FailureKind
     from onceflow.interfaces import (
         AtomicSink,
         Clock,
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
         Processor,
         Sink,
         Source,
+        TransactionalStore,
     )
     from onceflow.logs import JsonFormatter
     from onceflow.metrics import CountingMetrics, NoopMetrics
@@ -44,7 +46,7 @@ if TYPE_CHECKING:
         OutcomeStatus,
         Output,
     )
-    from onceflow.retry import Backoff
+    from onceflow.retry import Backoff, RetryPolicy
     from onceflow.runner import run_source
 
 _HOMES = {
@@ -57,6 +59,8 @@ _HOMES = {
     "PermanentError": ".errors",
     "SimulatedCrash": ".errors",
     "Event": ".event",
+    "Failure": ".failures",
+    "FailureKind": ".failures",
     "AtomicSink": ".interfaces",
     "Clock": ".interfaces",
     "IdempotencyStore": ".interfaces",
@@ -65,6 +69,7 @@ _HOMES = {
     "Processor": ".interfaces",
     "Sink": ".interfaces",
     "Source": ".interfaces",
+    "TransactionalStore": ".interfaces",
     "JsonFormatter": ".logs",
     "CountingMetrics": ".metrics",
     "NoopMetrics": ".metrics",
@@ -80,6 +85,7 @@ _HOMES = {
     "OutcomeStatus": ".records",
     "Output": ".records",
     "Backoff": ".retry",
+    "RetryPolicy": ".retry",
     "run_source": ".runner",
 }
 
@@ -95,6 +101,8 @@ __all__ = [
     "CountingMetrics",
     "DecodeError",
     "Event",
+    "Failure",
+    "FailureKind",
     "IdempotencyStore",
     "InvalidRecord",
     "JsonFormatter",
@@ -111,11 +119,13 @@ __all__ = [
     "PermanentError",
     "Pipeline",
     "Processor",
+    "RetryPolicy",
     "SimulatedCrash",
     "Sink",
     "Source",
     "Step",
     "SystemClock",
+    "TransactionalStore",
     "run_source",
 ]
 

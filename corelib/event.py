@@ -9,9 +9,11 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from onceflow.errors import DecodeError
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import from_json
+
+from onceflow.errors import DecodeError
+from onceflow.identity import event_key
 
 __all__ = ["Event"]
 
@@ -68,7 +70,7 @@ class Event(BaseModel):
     @property
     def key(self) -> str:
         """The default idempotency key: `source` and `id`."""
-        return f"{self.source}#{self.id}"
+        return event_key(self.source, self.id)
 
     def json(self) -> Any:  # type: ignore[override]
         """The payload parsed as JSON; raises `DecodeError` naming the event when it is not."""

@@ -6,8 +6,8 @@ suites in `onceflow.testing` hold each implementation to the behaviour written h
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection, Sequence
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from onceflow.event import Event
 from onceflow.records import Claim, Completion, InvalidRecord, ObjectInfo, Output
@@ -21,7 +21,10 @@ __all__ = [
     "Processor",
     "Sink",
     "Source",
+    "TransactionalStore",
 ]
+
+W_contra = TypeVar("W_contra", contravariant=True)
 
 
 class Clock(Protocol):
@@ -112,6 +115,30 @@ class IdempotencyStore(Protocol):
 
     async def release(self, claims: Sequence[Claim]) -> None:
         """Give up leases (for keys that failed and will be redelivered); stale ones are ignored."""
+        ...
+
+
+@runtime_checkable
+class TransactionalStore(Protocol[W_contra]):
+    """An idempotency store whose completions can commit in one transaction with sink writes.
+
+    The one seam between an `AtomicSink` and its store: the sink turns its outputs into
+    writes in the store's own transaction vocabulary (DynamoDB transaction actions,
+    Azure Table entity operations, SQLite rows, memory puts) and hands them over, filed by
+    event key; the store commits each key's completion marker together with them.
+    """
+
+    async def complete_with(
+        self, completions: Sequence[Completion], writes: Mapping[str, Sequence[W_contra]]
+    ) -> list[bool]:
+        """Complete every key with the writes filed under it; per completion, its fence held.
+
+        A completion whose token no longer holds is refused (False) and none of the writes
+        filed under its key are applied; for every other key the marker and its writes
+        commit atomically (the whole batch in one transaction, or key by key where the
+        backend's transactions are smaller). A retried call with the same claims is
+        accepted, as `IdempotencyStore.complete` is.
+        """
         ...
 
 

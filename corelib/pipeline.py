@@ -17,9 +17,12 @@ from functools import partial
 from typing import Any
 
 import anyio
+from pydantic import ValidationError
+
 from onceflow.clock import SystemClock
 from onceflow.errors import ConfigurationError, DecodeError, OutputRejected, PermanentError
 from onceflow.event import Event
+from onceflow.failures import Failure, FailureKind
 from onceflow.interfaces import AtomicSink, Clock, IdempotencyStore, Metrics, Processor, Sink
 from onceflow.metrics import NoopMetrics
 from onceflow.records import (
@@ -31,9 +34,8 @@ from onceflow.records import (
     OutcomeStatus,
     Output,
 )
-from onceflow.retry import Backoff
+from onceflow.retry import RetryPolicy
 from onceflow.serialization import UnstorableValue, to_plain
-from pydantic import ValidationError
 
 __all__ = [
     "DEFAULT_PERMANENT",
@@ -56,6 +58,11 @@ DEFAULT_PERMANENT: tuple[type[BaseException], ...] = (
     UnstorableValue,
 )
 
+
+# Failures worth a log line even when an error was already logged for the event.
+_ALWAYS_LOGGED = frozenset(
+    {FailureKind.LEASE_LOST, FailureKind.LEASED_ELSEWHERE, FailureKind.OUT_OF_TIME}
+)
 
 _SUCCEEDED = tuple(Outcome(OutcomeStatus.SUCCEEDED, n) for n in range(8))
 
@@ -83,8 +90,13 @@ class BatchResult:
     failed: list[str] = field(default_factory=list)
     """Ids to deliver again: leased elsewhere, out of time, lease lost, or no dead-letter sink."""
     dead_lettered: list[str] = field(default_factory=list)
-    reasons: dict[str, str] = field(default_factory=dict)
-    """Why each failed or dead-lettered id ended that way."""
+    failures: dict[str, Failure] = field(default_factory=dict)
+    """Why each failed or dead-lettered id ended that way: a kind and a sentence."""
+
+    @property
+    def reasons(self) -> dict[str, str]:
+        """The sentence of each failure, by id (for people: logs, messages, reports)."""
+        return {event_id: failure.text for event_id, failure in self.failures.items()}
 
     @property
     def ok(self) -> bool:
@@ -97,7 +109,7 @@ class BatchResult:
         self.duplicates.extend(other.duplicates)
         self.failed.extend(other.failed)
         self.dead_lettered.extend(other.dead_lettered)
-        self.reasons.update(other.reasons)
+        self.failures.update(other.failures)
 
     def merge(self, other: BatchResult) -> BatchResult:
         """The two results together (for totals over many batches)."""
@@ -106,7 +118,7 @@ class BatchResult:
             duplicates=self.duplicates + other.duplicates,
             failed=self.failed + other.failed,
             dead_lettered=self.dead_lettered + other.dead_lettered,
-            reasons={**self.reasons, **other.reasons},
+            failures={**self.failures, **other.failures},
         )
 
 
@@ -130,6 +142,7 @@ class _Item:
     error: BaseException | None = None
     error_tb: str = ""
     reason: str = ""
+    kind: FailureKind = FailureKind.NOT_PROCESSED
     first_attempt_at: float | None = None
     first: _Item | None = None  # for an in-batch duplicate: the occurrence that counts
 
@@ -145,10 +158,10 @@ class Pipeline:
         dead_letter: Sink | None = None,
         *,
         ordered: bool = False,
-        max_attempts: int = 3,
+        retry: RetryPolicy | None = None,
+        backend_retry: RetryPolicy | None = None,
         key: Callable[[Event], str] | None = None,
         lease_seconds: float = 300.0,
-        backoff: Backoff | None = None,
         time_budget: float | None = None,
         concurrency: int = 64,
         permanent_errors: tuple[type[BaseException], ...] = DEFAULT_PERMANENT,
@@ -158,8 +171,6 @@ class Pipeline:
         on_step: StepHook | None = None,
         name: str = "onceflow",
     ) -> None:
-        if max_attempts < 1:
-            raise ConfigurationError("max_attempts must be at least 1")
         process = getattr(processor, "process", None)
         if process is None and callable(processor):
             process = processor
@@ -173,10 +184,12 @@ class Pipeline:
         self.store = store
         self.dead_letter = dead_letter
         self.ordered = ordered
-        self.max_attempts = max_attempts
+        self.retry = retry or RetryPolicy()
+        """Attempts and backoff for an event whose processing failed transiently."""
+        self.backend_retry = backend_retry or RetryPolicy()
+        """Attempts and backoff for a store or sink call that failed transiently."""
         self.key = key
         self.lease_seconds = lease_seconds
-        self.backoff = backoff or Backoff()
         self.time_budget = time_budget
         self.permanent_errors = permanent_errors
         self.check_payload = check_payload
@@ -219,6 +232,53 @@ class Pipeline:
         result = self._result(order)
         self.metrics.timing("batch_seconds", time.perf_counter() - started)
         return result
+
+    async def redeliver(
+        self,
+        records: Iterable[Record],
+        *,
+        rounds: int | None = None,
+        deadline: float | None = None,
+    ) -> BatchResult:
+        """Process a batch, then deliver its failed records again until they settle.
+
+        For adapters whose platform will not deliver a failure again soon (an Event Hubs
+        checkpoint, a file read once): after each round the failed records wait the event
+        retry policy's backoff and come again, counted as another delivery, up to `rounds`
+        more times or until `deadline` (in the pipeline's clock). The result holds every
+        record once, in its last state; what is still failed is the caller's to settle.
+        """
+        batch = list(records)
+        result = await self.process_batch(batch, deadline=deadline)
+        settled = BatchResult(
+            processed=result.processed,
+            duplicates=result.duplicates,
+            dead_lettered=result.dead_lettered,
+            failures={i: f for i, f in result.failures.items() if not f.kind.redelivers},
+        )
+        failed, failures = result.failed, result.failures
+        round_ = 0
+        clock = self.clock
+        while failed and (rounds is None or round_ < rounds):
+            round_ += 1
+            wait = self.retry.delay(round_)
+            if deadline is not None:
+                wait = min(wait, max(0.0, deadline - clock.now()))
+            await clock.sleep(wait)
+            if deadline is not None and clock.now() >= deadline:
+                break
+            wanted = set(failed)
+            again = await self.process_batch(
+                [_delivered_again(r, round_) for r in batch if r.id in wanted], deadline=deadline
+            )
+            settled.processed += again.processed
+            settled.duplicates += again.duplicates
+            settled.dead_lettered += again.dead_lettered
+            failed, failures = again.failed, again.failures
+            settled.failures.update({i: f for i, f in failures.items() if not f.kind.redelivers})
+        settled.failed = list(failed)
+        settled.failures.update({i: failures[i] for i in failed if i in failures})
+        return settled
 
     async def setup(self) -> None:
         """Run the processor's optional `setup()` once for this worker."""
@@ -279,7 +339,7 @@ class Pipeline:
             reason = f"idempotency store unavailable: {type(exc).__name__}: {exc}"
             log.error("claim failed for %d keys: %s", len(keys), reason)
             for item in items:
-                self._fail(item, reason)
+                self._fail(item, FailureKind.STORE_FAILED, reason)
             return False
         if len(claims) != len(items):
             raise ConfigurationError(
@@ -296,7 +356,9 @@ class Pipeline:
                 item.state = _State.DUPLICATE
                 self._check_reuse(item)
             else:
-                self._fail(item, "another worker holds this key's lease")
+                self._fail(
+                    item, FailureKind.LEASED_ELSEWHERE, "another worker holds this key's lease"
+                )
         return True
 
     def _check_reuse(self, item: _Item) -> None:
@@ -330,7 +392,11 @@ class Pipeline:
             if deadline is not None and now >= deadline:
                 for lane in lanes:
                     for item in lane:
-                        self._fail(item, "time budget ran out before this event was processed")
+                        self._fail(
+                            item,
+                            FailureKind.OUT_OF_TIME,
+                            "time budget ran out before this event was processed",
+                        )
                 return
             ready = [lane for lane in lanes if lane[0].ready_at <= now]
             if not ready:
@@ -385,6 +451,7 @@ class Pipeline:
                 for later in lane:
                     self._fail(
                         later,
+                        FailureKind.HELD_FOR_ORDER,
                         f"an earlier event of partition {item.record.partition_key!r} "
                         "failed, so this one waits to keep order",
                     )
@@ -475,14 +542,20 @@ class Pipeline:
         item.error_tb = traceback.format_exc()
         permanent = isinstance(exc, self.permanent_errors)
         summary = _summary(exc)
-        if permanent or item.attempts >= self.max_attempts:
+        if permanent or self.retry.exhausted(item.attempts):
             why = "permanent error" if permanent else f"failed {item.attempts} attempts"
             item.reason = f"{_describe(item)}: {summary} ({why})"
+            if isinstance(item.record, InvalidRecord):
+                item.kind = FailureKind.INVALID_RECORD
+            else:
+                item.kind = (
+                    FailureKind.PERMANENT_ERROR if permanent else FailureKind.ATTEMPTS_EXHAUSTED
+                )
             log.warning("%s; dead-lettering", item.reason, extra=_log_extra(item))
             item.state = _State.DEAD
             return
         self.metrics.count("retries")
-        item.ready_at = self.clock.now() + self.backoff.delay(item.attempts)
+        item.ready_at = self.clock.now() + self.retry.delay(item.attempts)
         log.info(
             "%s: attempt %d failed, retrying: %s",
             _describe(item),
@@ -527,7 +600,11 @@ class Pipeline:
                 )
             except Exception as exc:
                 for item in plain:
-                    self._fail(item, f"completion failed: {type(exc).__name__}: {exc}")
+                    self._fail(
+                        item,
+                        FailureKind.STORE_FAILED,
+                        f"completion failed: {type(exc).__name__}: {exc}",
+                    )
             else:
                 self._settle(plain, accepted)
         if self.on_step is not None:
@@ -545,7 +622,11 @@ class Pipeline:
         dead = self._in_state(items, _State.DEAD)
         if dead and self.dead_letter is None:
             for item in dead:
-                self._fail(item, f"{item.reason}; no dead-letter sink is configured")
+                self._fail(
+                    item,
+                    FailureKind.NO_DEAD_LETTER_SINK,
+                    f"{item.reason}; no dead-letter sink is configured",
+                )
             return []
         return dead
 
@@ -581,6 +662,9 @@ class Pipeline:
                 for item in live:
                     self._fail(
                         item,
+                        FailureKind.DEAD_LETTER_REFUSED
+                        if sink is self.dead_letter
+                        else FailureKind.SINK_FAILED,
                         f"{'commit' if atomic else 'sink write'} failed: "
                         f"{type(exc).__name__}: {exc}",
                     )
@@ -597,9 +681,14 @@ class Pipeline:
             if reason is None:
                 keep.append(item)
             elif letters:
-                self._fail(item, f"the dead-letter sink refused the record: {reason}")
+                self._fail(
+                    item,
+                    FailureKind.DEAD_LETTER_REFUSED,
+                    f"the dead-letter sink refused the record: {reason}",
+                )
             else:
                 item.state = _State.DEAD
+                item.kind = FailureKind.OUTPUT_REJECTED
                 item.error = exc
                 item.error_tb = ""
                 item.reason = f"{_describe(item)}: the sink cannot store its output: {reason}"
@@ -613,7 +702,11 @@ class Pipeline:
     def _settle(self, items: list[_Item], accepted: Sequence[bool]) -> None:
         for item, ok in zip(items, accepted, strict=True):
             if not ok:
-                self._fail(item, "lease lost to another worker before commit; it commits instead")
+                self._fail(
+                    item,
+                    FailureKind.LEASE_LOST,
+                    "lease lost to another worker before commit; it commits instead",
+                )
                 self.metrics.count("lease_lost")
 
     def _completion(self, item: _Item) -> Completion:
@@ -712,10 +805,11 @@ class Pipeline:
             # The leases run out on their own; redelivery only waits longer.
             log.warning("releasing %d leases failed: %r", len(held), exc)
 
-    def _fail(self, item: _Item, reason: str) -> None:
+    def _fail(self, item: _Item, kind: FailureKind, reason: str) -> None:
         item.state = _State.FAILED
+        item.kind = kind
         item.reason = reason
-        if item.error is None or "lease" in reason or "budget" in reason:
+        if item.error is None or kind in _ALWAYS_LOGGED:
             log.warning("%s: %s", _describe(item), reason, extra=_log_extra(item))
 
     def _result(self, order: list[_Item]) -> BatchResult:
@@ -727,6 +821,7 @@ class Pipeline:
                 # duplicate when that one is settled, failed when it must come again.
                 state = _State.FAILED if item.first.state is _State.FAILED else _State.DUPLICATE
                 item.reason = item.first.reason
+                item.kind = item.first.kind
             event_id = item.record.id
             if state is _State.DONE:
                 result.processed.append(event_id)
@@ -734,10 +829,10 @@ class Pipeline:
                 result.duplicates.append(event_id)
             elif state is _State.DEAD:
                 result.dead_lettered.append(event_id)
-                result.reasons[event_id] = item.reason
+                result.failures[event_id] = Failure(item.kind, item.reason)
             else:
                 result.failed.append(event_id)
-                result.reasons[event_id] = item.reason or "not processed"
+                result.failures[event_id] = Failure(item.kind, item.reason or "not processed")
         counts = self.metrics
         counts.count("processed", len(result.processed))
         counts.count("duplicates", len(result.duplicates))
@@ -761,11 +856,17 @@ class Pipeline:
             except OutputRejected:
                 raise
             except Exception as exc:
-                if attempt >= self.max_attempts or isinstance(exc, self.permanent_errors):
+                if self.backend_retry.exhausted(attempt) or isinstance(exc, self.permanent_errors):
                     raise
                 log.info("%s failed (attempt %d), retrying: %r", what, attempt, exc)
                 self.metrics.count("backend_retries")
-                await self.clock.sleep(self.backoff.delay(attempt))
+                await self.clock.sleep(self.backend_retry.delay(attempt))
+
+
+def _delivered_again(record: Record, round_: int) -> Record:
+    if isinstance(record, Event):
+        return record.model_copy(update={"delivery_count": record.delivery_count + round_})
+    return record
 
 
 def _in_sequence(lane: list[_Item]) -> list[_Item]:

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
+from onceflow.identity import event_key
+
 __all__ = [
     "Claim",
     "ClaimStatus",
@@ -63,6 +65,9 @@ class Claim(NamedTuple):
     """The stored outcome (COMPLETED only)."""
     lease_expires_at: float | None = None
     """When the lease runs out (NEW and IN_PROGRESS), in the store's clock."""
+    observed: str | None = None
+    """For a store that leases nothing at claim time (NEW only): the version of the key's
+    record it read then ("" for none), so its commit can be conditional on it."""
 
 
 class Completion(NamedTuple):
@@ -112,7 +117,7 @@ class InvalidRecord:
     @property
     def key(self) -> str:
         """The idempotency key, built the same way as `Event.key`."""
-        return f"{self.source}#{self.id}"
+        return event_key(self.source, self.id)
 
 
 class ObjectInfo(NamedTuple):

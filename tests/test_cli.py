@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from onceflow.cli import CliError, load_object, main
 
 

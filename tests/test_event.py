@@ -8,8 +8,9 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from onceflow import DecodeError, Event, PermanentError
 from pydantic import ValidationError
+
+from onceflow import DecodeError, Event, PermanentError
 
 names = st.text(min_size=1, max_size=30)
 json_values = st.recursive(

@@ -14,8 +14,9 @@ import tomllib
 import zipfile
 from pathlib import Path
 
-import onceflow
 import pytest
+
+import onceflow
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = {"onceflow": ROOT / "corelib", "onceflow.adapters": ROOT / "adapters"}

@@ -8,6 +8,8 @@ from typing import Any
 
 import anyio
 import pytest
+from pydantic import BaseModel
+
 from onceflow import (
     Backoff,
     ConfigurationError,
@@ -26,7 +28,7 @@ from onceflow.adapters.memory import (
     MemorySource,
 )
 from onceflow.records import ClaimStatus
-from pydantic import BaseModel
+from onceflow.retry import RetryPolicy
 
 
 def ev(n: int, data: bytes | None = None, **fields: Any) -> Event:
@@ -66,7 +68,8 @@ def make(
     clock: ManualClock,
     **options: Any,
 ) -> Pipeline:
-    return Pipeline(processor, sink, store, dlq, clock=clock, backoff=Backoff(seed=1), **options)
+    retry = RetryPolicy(attempts=options.pop("max_attempts", 3), backoff=Backoff(seed=1))
+    return Pipeline(processor, sink, store, dlq, clock=clock, retry=retry, **options)
 
 
 # -- processors -------------------------------------------------------------------------------

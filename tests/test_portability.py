@@ -23,12 +23,12 @@ from typing import Any
 
 import anyio
 import pytest
+
+from examples.orders.processor import OrderProcessor
 from onceflow.adapters.memory import MemoryIdempotencyStore, MemorySink
 from onceflow.event import Event
 from onceflow.pipeline import Pipeline
 from onceflow.serialization import dumps
-
-from examples.orders.processor import OrderProcessor
 
 ORDERS = Path(__file__).resolve().parents[1] / "examples" / "orders" / "orders.jsonl"
 BODIES = [line for line in ORDERS.read_bytes().splitlines() if line.strip()]
@@ -130,6 +130,7 @@ def run_aws(request: pytest.FixtureRequest, _: Path) -> Result:
 def run_azure(request: pytest.FixtureRequest, _: Path) -> Result:
     azure = pytest.importorskip("onceflow.adapters.azure.entry", reason="no Azure SDK")
     from azure.data.tables import TableServiceClient
+
     from onceflow.adapters.azure import TableIdempotencyStore, TableSink
     from onceflow.adapters.azure.testing import event_hub_batch
 

@@ -5,17 +5,19 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 import onceflow
 import onceflow.adapters.memory
-import pytest
 
 CORE_API = {
     "AtomicSink", "Backoff", "BatchResult", "Claim", "ClaimStatus", "Clock", "Completion",
-    "ConfigurationError", "CountingMetrics", "DecodeError", "Event", "IdempotencyStore",
+    "ConfigurationError", "CountingMetrics", "DecodeError", "Event", "Failure", "FailureKind",
+    "IdempotencyStore",
     "InvalidRecord", "JsonFormatter", "ManualClock", "Metrics", "NoopMetrics", "ObjectInfo",
     "ObjectStore", "OnceflowError", "Outcome", "OutcomeStatus", "Output", "OutputRejected",
-    "PermanentError", "Pipeline", "Processor", "SimulatedCrash", "Sink", "Source", "Step",
-    "SystemClock", "run_source",
+    "PermanentError", "Pipeline", "Processor", "RetryPolicy", "SimulatedCrash", "Sink", "Source",
+    "Step", "SystemClock", "TransactionalStore", "run_source",
 }  # fmt: skip
 
 

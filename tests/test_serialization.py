@@ -9,8 +9,9 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 
 import pytest
-from onceflow.serialization import UnstorableValue, dumps, to_plain
 from pydantic import BaseModel
+
+from onceflow.serialization import UnstorableValue, dumps, to_plain
 
 
 class Color(enum.Enum):

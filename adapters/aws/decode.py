@@ -16,10 +16,11 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote_plus
 
+from pydantic import ValidationError
+
 from onceflow.adapters.aws.kinesis_aggregation import deaggregate
 from onceflow.event import Event
 from onceflow.records import InvalidRecord
-from pydantic import ValidationError
 
 __all__ = [
     "SUPPORTED_SOURCES",

@@ -20,6 +20,7 @@ from azure.cosmos.exceptions import (
     CosmosResourceExistsError,
     CosmosResourceNotFoundError,
 )
+
 from onceflow.adapters.azure.lease_rows import IN_PROGRESS, completed_fields, held_answer
 from onceflow.adapters.azure.table_keys import encode_part
 from onceflow.clock import SystemClock

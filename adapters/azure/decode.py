@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import azure.functions as func
+
 from onceflow.event import Event
 from onceflow.records import InvalidRecord
 

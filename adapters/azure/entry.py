@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import azure.functions as func
+
 from onceflow.adapters.azure.decode import (
     Record,
     decode_blob,
@@ -121,31 +122,9 @@ class FunctionHandler:
         Raises `BatchFailed` only when the dead-letter write itself fails.
         """
         pipeline = self.pipeline
-        clock = pipeline.clock
-        stop = clock.now() + retry_seconds
-        result = await pipeline.process_batch(records, deadline=stop)
-        settled = BatchResult(
-            processed=list(result.processed),
-            duplicates=list(result.duplicates),
-            dead_lettered=list(result.dead_lettered),
-            reasons=dict(result.reasons),
-        )
-        failed = list(result.failed)
-        round_ = 0
-        while failed and clock.now() < stop:
-            round_ += 1
-            await clock.sleep(min(pipeline.backoff.delay(round_), max(0.0, stop - clock.now())))
-            if clock.now() >= stop:
-                break
-            wanted = set(failed)
-            again = await pipeline.process_batch(
-                [r for r in records if r.id in wanted], deadline=stop
-            )
-            settled.processed += again.processed
-            settled.duplicates += again.duplicates
-            settled.dead_lettered += again.dead_lettered
-            settled.reasons.update(again.reasons)
-            failed = list(again.failed)
+        stop = pipeline.clock.now() + retry_seconds
+        settled = await pipeline.redeliver(records, deadline=stop)
+        failed = settled.failed
         by_id = {r.id: r for r in records}
         if failed:
             letters = [
@@ -160,6 +139,7 @@ class FunctionHandler:
                     f"({type(exc).__name__}: {exc}); the host will run the batch again"
                 ) from exc
             settled.dead_lettered += failed
+            settled.failed = []
             log.error(
                 "%d event(s) still failed after %.0fs of retries and were dead-lettered: %s",
                 len(failed),

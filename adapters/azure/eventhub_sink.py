@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 import anyio.to_thread
+
 from onceflow.errors import OutputRejected
 from onceflow.records import Output
 from onceflow.serialization import dumps

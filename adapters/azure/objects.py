@@ -14,6 +14,7 @@ from azure.core.exceptions import (
     ResourceNotFoundError,
 )
 from azure.storage.blob import BlobServiceClient, ContainerClient
+
 from onceflow.records import ObjectInfo
 
 __all__ = ["BlobObjectStore"]

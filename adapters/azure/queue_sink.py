@@ -13,6 +13,7 @@ from typing import Any
 import anyio.to_thread
 from azure.core.exceptions import ResourceExistsError
 from azure.storage.queue import QueueClient
+
 from onceflow.adapters.azure.objects import BlobObjectStore
 from onceflow.errors import OutputRejected
 from onceflow.records import Output

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import anyio.to_thread
 from azure.core.exceptions import ResourceExistsError
 from azure.data.tables import TableClient, TableServiceClient, UpdateMode
+
 from onceflow.adapters.azure.table_keys import OUTPUT, output_address
 from onceflow.adapters.azure.table_store import TableIdempotencyStore
 from onceflow.adapters.azure.table_transactions import Group, Operation, submit

@@ -13,6 +13,7 @@ import anyio.to_thread
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableServiceClient, UpdateMode
+
 from onceflow.adapters.azure.lease_rows import COMPLETED, IN_PROGRESS, completed_fields, held_answer
 from onceflow.adapters.azure.table_keys import key_address, marker_row, numeric_row
 from onceflow.adapters.azure.table_transactions import Group, Operation, submit

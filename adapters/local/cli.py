@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
+
 from onceflow.adapters.local.database import StateError
 from onceflow.adapters.local.file_records import FORMATS, format_of
 from onceflow.adapters.local.file_source import DirectorySource, FileSource
@@ -27,6 +28,7 @@ from onceflow.cli import CliError, load_object
 from onceflow.errors import OnceflowError
 from onceflow.event import Event
 from onceflow.pipeline import BatchResult, Pipeline
+from onceflow.retry import RetryPolicy
 from onceflow.runner import run_source
 
 if TYPE_CHECKING:
@@ -237,7 +239,7 @@ def run_command(args: argparse.Namespace) -> int:
             state.store,
             state.dead_letters,
             ordered=args.ordered,
-            max_attempts=args.max_attempts,
+            retry=RetryPolicy(attempts=args.max_attempts),
             lease_seconds=args.lease_seconds,
             name=args.processor,
             tally=tally,
@@ -589,7 +591,7 @@ def dead_letters_replay(args: argparse.Namespace) -> int:
             state.store,
             state.dead_letters,
             ordered=True,  # per-key order: a lane per partition key, in sequence order
-            max_attempts=args.max_attempts,
+            retry=RetryPolicy(attempts=args.max_attempts),
             name=spec,
         )
         tally = Tally()

@@ -15,11 +15,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Literal, NamedTuple
 
+from pydantic import BaseModel
+from pydantic_core import from_json
+
 from onceflow.event import Event
 from onceflow.records import InvalidRecord
 from onceflow.serialization import UnstorableValue, dumps, to_plain
-from pydantic import BaseModel
-from pydantic_core import from_json
 
 __all__ = ["FORMATS", "FileFormat", "Positioned", "RecordReader", "format_of"]
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
+
 from onceflow.adapters.local.checkpoints import Checkpoint, Checkpoints
 from onceflow.adapters.local.database import Database
 from onceflow.adapters.local.file_records import FileFormat, Positioned, RecordReader, format_of

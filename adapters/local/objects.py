@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path, PurePosixPath
 
 import anyio.to_thread
+
 from onceflow.records import ObjectInfo
 
 __all__ = ["LocalObjectStore"]

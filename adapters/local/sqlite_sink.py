@@ -13,6 +13,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic_core import PydanticSerializationError, to_json
+
 from onceflow.adapters.local.database import Database
 from onceflow.adapters.local.sqlite_store import SqliteIdempotencyStore
 from onceflow.clock import SystemClock
@@ -20,7 +22,6 @@ from onceflow.errors import ConfigurationError
 from onceflow.interfaces import Clock, IdempotencyStore
 from onceflow.records import Completion, Output
 from onceflow.serialization import dumps
-from pydantic_core import PydanticSerializationError, to_json
 
 __all__ = ["SqliteSink"]
 

@@ -90,5 +90,5 @@ class TallyingPipeline(Pipeline):
         self.tally.add(result)
         return BatchResult(
             failed=result.failed,
-            reasons={i: result.reasons[i] for i in result.failed if i in result.reasons},
+            failures={i: result.failures[i] for i in result.failed if i in result.failures},
         )

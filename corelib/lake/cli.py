@@ -12,6 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 import anyio
+
 from onceflow.cli import CliError, load_object
 
 __all__ = ["open_store", "register"]

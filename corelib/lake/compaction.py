@@ -12,6 +12,7 @@ import anyio.to_thread
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
 from onceflow.interfaces import ObjectStore
 from onceflow.lake.dataset import fetch_files, read_files
 from onceflow.lake.manifest import MANIFEST_DIR, DataFile, ManifestLog, Snapshot, join

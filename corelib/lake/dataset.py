@@ -11,6 +11,7 @@ import anyio
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
 from onceflow.errors import OnceflowError
 from onceflow.interfaces import ObjectStore
 from onceflow.lake.manifest import DataFile, ManifestLog, Snapshot, join

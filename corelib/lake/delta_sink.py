@@ -12,10 +12,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import TableNotFoundError
+from pydantic import BaseModel
+
 from onceflow.errors import ConfigurationError, OutputRejected
 from onceflow.lake.schema import OUTPUT_ID, arrow_schema, outputs_to_table
 from onceflow.records import Output
-from pydantic import BaseModel
 
 __all__ = ["DeltaSink", "optimize_delta", "read_delta", "vacuum_delta"]
 

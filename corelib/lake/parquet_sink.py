@@ -10,6 +10,8 @@ import anyio.to_thread
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from pydantic import BaseModel
+
 from onceflow.errors import ConfigurationError, OutputRejected
 from onceflow.interfaces import ObjectStore
 from onceflow.lake.manifest import DataFile, ManifestLog, join
@@ -30,7 +32,6 @@ from onceflow.lake.schema import (
 )
 from onceflow.lake.transfers import put_all
 from onceflow.records import Output
-from pydantic import BaseModel
 
 __all__ = ["EncodedFile", "ParquetSink", "encode_file", "ids_digest"]
 

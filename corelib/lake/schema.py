@@ -12,8 +12,9 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from onceflow.records import Output
 from pydantic import BaseModel
+
+from onceflow.records import Output
 
 __all__ = ["EVENT_KEY", "META_COLUMNS", "OUTPUT_ID", "arrow_schema", "outputs_to_table"]
 

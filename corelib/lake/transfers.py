@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
+
 from onceflow.interfaces import ObjectStore
 
 __all__ = ["get_all", "put_all"]

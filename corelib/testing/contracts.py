@@ -20,6 +20,7 @@ from typing import Any
 
 import anyio
 import pytest
+
 from onceflow.clock import ManualClock
 from onceflow.interfaces import AtomicSink, IdempotencyStore, ObjectStore, Sink
 from onceflow.records import (

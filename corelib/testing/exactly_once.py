@@ -19,12 +19,14 @@ import anyio
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from onceflow.clock import ManualClock
 from onceflow.errors import PermanentError, SimulatedCrash
 from onceflow.event import Event
 from onceflow.interfaces import IdempotencyStore, Sink
 from onceflow.pipeline import BatchResult, Pipeline, Step
 from onceflow.records import InvalidRecord
+from onceflow.retry import RetryPolicy
 from onceflow.testing.contracts import ReadSink
 
 __all__ = ["CrashAt", "ExactlyOnceContract", "RecordingProcessor", "expected_outputs"]
@@ -158,7 +160,7 @@ class ExactlyOnceContract:
                 store,
                 dead_letter_sink,
                 ordered=ordered,
-                max_attempts=3,
+                retry=RetryPolicy(attempts=3),
                 lease_seconds=LEASE,
                 clock=clock,
             )

@@ -22,6 +22,9 @@ from typing import Any
 
 import anyio
 import duckdb
+from pydantic import BaseModel
+
+from examples.clickstream.processor import Click, ClickProcessor
 from onceflow.adapters.local import FileSource, LocalObjectStore
 from onceflow.adapters.local.state import LocalState
 from onceflow.event import Event
@@ -32,9 +35,6 @@ from onceflow.lake.partitions import parse_partition
 from onceflow.pipeline import Pipeline
 from onceflow.records import Output
 from onceflow.runner import run_source
-from pydantic import BaseModel
-
-from examples.clickstream.processor import Click, ClickProcessor
 
 __all__ = ["HourlyTotals", "UserHour", "run"]
 

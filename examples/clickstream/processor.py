@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from onceflow import Event
 from pydantic import BaseModel, Field
+
+from onceflow import Event
 
 
 class Click(BaseModel):

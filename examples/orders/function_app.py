@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 
+from examples.orders.processor import OrderProcessor
 from onceflow import Pipeline
 from onceflow.adapters.azure import (
     BlobObjectStore,
@@ -24,8 +25,6 @@ from onceflow.adapters.azure import (
     TableSink,
     function_app,
 )
-
-from examples.orders.processor import OrderProcessor
 
 TABLE = "orders"
 DEAD_LETTERS = "orders-dead-letters"

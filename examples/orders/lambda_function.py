@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import os
 
+from examples.orders.processor import OrderProcessor
 from onceflow.adapters.aws import lambda_handler
 from onceflow.errors import ConfigurationError
 from onceflow.pipeline import Pipeline
-
-from examples.orders.processor import OrderProcessor
 
 MODES = ("upsert", "optimistic", "atomic")
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from onceflow import Event
 from pydantic import BaseModel, Field
+
+from onceflow import Event
 
 
 class Item(BaseModel):

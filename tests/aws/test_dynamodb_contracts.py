@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+
 from onceflow.adapters.aws.dynamodb_sink import DynamoDBSink
 from onceflow.adapters.aws.dynamodb_store import DynamoDBIdempotencyStore
 from onceflow.clock import ManualClock
@@ -21,7 +22,6 @@ from onceflow.testing import (
     SinkContract,
     StoreContract,
 )
-
 from tests.aws.moto_clients import dynamodb_worker_client
 from tests.support.servers import MotoServer
 

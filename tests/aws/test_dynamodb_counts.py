@@ -11,6 +11,7 @@ from typing import Any
 
 import anyio
 import pytest
+
 from onceflow.adapters.aws import DynamoDBIdempotencyStore, DynamoDBSink
 from onceflow.adapters.aws.dynamodb_types import from_wire
 from onceflow.clock import ManualClock
@@ -18,7 +19,6 @@ from onceflow.event import Event
 from onceflow.metrics import CountingMetrics
 from onceflow.pipeline import BatchResult, Pipeline
 from onceflow.records import Output
-
 from tests.aws.moto_clients import dynamodb_worker_client
 from tests.support.servers import MotoServer
 

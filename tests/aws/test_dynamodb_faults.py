@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+
 from onceflow.adapters.aws import DynamoDBIdempotencyStore, DynamoDBSink, lambda_handler
 from onceflow.adapters.memory import MemorySink
 from onceflow.clock import ManualClock
@@ -16,7 +17,6 @@ from onceflow.pipeline import Pipeline
 from onceflow.records import ClaimStatus
 from onceflow.retry import Backoff
 from onceflow.testing.contracts import output, succeeded, unique
-
 from tests.aws import payloads as aws
 
 pytestmark = pytest.mark.emulator

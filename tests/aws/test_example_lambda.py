@@ -10,13 +10,13 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+
+from examples.orders.processor import OrderProcessor
 from onceflow.adapters.aws import create_table, lambda_handler
 from onceflow.adapters.aws.dynamodb_types import from_wire
 from onceflow.adapters.memory import MemoryIdempotencyStore, MemorySink
 from onceflow.errors import ConfigurationError
 from onceflow.pipeline import Pipeline
-
-from examples.orders.processor import OrderProcessor
 from tests.aws import payloads as aws
 from tests.support.servers import MotoServer
 

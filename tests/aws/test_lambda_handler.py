@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from boto3.dynamodb.types import TypeSerializer
+
 from onceflow.adapters.aws import (
     BatchFailed,
     UnrecognisedEvent,
@@ -19,7 +20,7 @@ from onceflow.adapters.aws import (
 from onceflow.adapters.memory import ManualClock, MemoryIdempotencyStore, MemorySink
 from onceflow.event import Event
 from onceflow.pipeline import Pipeline
-
+from onceflow.retry import RetryPolicy
 from tests.aws import payloads as aws
 
 
@@ -54,7 +55,7 @@ class World:
             self.letters,
             ordered=ordered,
             clock=self.clock,
-            max_attempts=1,
+            retry=RetryPolicy(attempts=1),
         )
         self.handler = lambda_handler(self.pipeline)
 

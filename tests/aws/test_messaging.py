@@ -8,15 +8,15 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+
 from onceflow.adapters.aws import EventBridgeSink, KinesisSink, SQSSink, SQSSource
 from onceflow.adapters.memory import ManualClock, MemoryIdempotencyStore, MemorySink
 from onceflow.errors import OutputRejected
 from onceflow.event import Event
 from onceflow.pipeline import Pipeline
 from onceflow.records import Output
-from onceflow.retry import Backoff
+from onceflow.retry import Backoff, RetryPolicy
 from onceflow.runner import run_source
-
 from tests.support.servers import MotoServer
 
 pytestmark = pytest.mark.emulator
@@ -217,7 +217,7 @@ async def test_sqs_source_deletes_successes_and_returns_failures(sqs: Any) -> No
             raise RuntimeError("downstream is down")
         return event.json()
 
-    pipeline = Pipeline(process, sink, store, letters, clock=clock, max_attempts=2)
+    pipeline = Pipeline(process, sink, store, letters, clock=clock, retry=RetryPolicy(attempts=2))
     total = await run_source(pipeline, source, batch_size=50)
     assert sorted(v["n"] for v in sink.values()) == [0, 1, 2, 4]
     assert len(total.dead_lettered) == 2  # "not json", and n=3 after two attempts

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from onceflow.adapters.aws import S3ObjectStore
 from onceflow.testing import ObjectStoreContract
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from onceflow.adapters.aws.cli import SOURCES
 from onceflow.cli import main
 

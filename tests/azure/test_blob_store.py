@@ -5,9 +5,9 @@ from __future__ import annotations
 import uuid
 
 import pytest
+
 from onceflow.adapters.azure import BlobObjectStore
 from onceflow.testing import ObjectStoreContract
-
 from tests.support.servers import Azurite
 
 pytestmark = pytest.mark.emulator

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from azure.eventhub import EventDataBatch
+
 from onceflow.adapters.azure.eventhub_sink import EventHubSink
 from onceflow.errors import OutputRejected
 from onceflow.records import Output

@@ -15,6 +15,7 @@ from azure.functions.eventhub import EventHubTriggerConverter
 from azure.functions.queue import QueueMessageInConverter
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from onceflow.adapters.azure.entry import (
     BatchFailed,
     BlobTrigger,
@@ -34,6 +35,7 @@ from onceflow.adapters.memory import Faults, ManualClock, MemoryIdempotencyStore
 from onceflow.errors import ConfigurationError, PermanentError
 from onceflow.event import Event
 from onceflow.pipeline import Pipeline
+from onceflow.retry import RetryPolicy
 
 
 class Doubler:
@@ -71,7 +73,7 @@ def pipeline(
         letters if letters is not None else MemorySink(),
         clock=clock,
         ordered=ordered,
-        max_attempts=3,
+        retry=RetryPolicy(attempts=3),
         lease_seconds=30,
     )
 
@@ -315,7 +317,15 @@ def test_every_event_of_every_batch_ends_in_the_sink_or_the_dead_letter_sink(
     sink = MemorySink(faults=sink_faults, atomic=False)
     letters = MemorySink()
     processor = Doubler(flaky={})
-    pipe = Pipeline(processor, sink, store, letters, clock=clock, max_attempts=3, lease_seconds=30)
+    pipe = Pipeline(
+        processor,
+        sink,
+        store,
+        letters,
+        clock=clock,
+        retry=RetryPolicy(attempts=3),
+        lease_seconds=30,
+    )
     handler = FunctionHandler(pipe, EventHubTrigger("orders", retry_seconds=30))
     other = store.handle()
 

@@ -7,13 +7,13 @@ from typing import Any
 
 import pytest
 from azure.storage.queue import QueueClient
+
 from onceflow.adapters.azure import BlobObjectStore
 from onceflow.adapters.azure.queue_sink import MESSAGE_LIMIT, QueueSink, decode_queue_output
 from onceflow.errors import OutputRejected
 from onceflow.interfaces import Sink
 from onceflow.records import Output
 from onceflow.testing import SinkContract
-
 from tests.support.servers import Azurite
 
 pytestmark = pytest.mark.emulator

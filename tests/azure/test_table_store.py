@@ -11,6 +11,7 @@ from azure.core.pipeline import PipelineRequest, PipelineResponse
 from azure.core.pipeline.policies import HTTPPolicy
 from azure.core.pipeline.transport import RequestsTransportResponse
 from azure.data.tables import TableClient, TableServiceClient
+
 from onceflow.adapters.azure import TableIdempotencyStore, TableSink
 from onceflow.adapters.azure.table_keys import decode_part, encode_part, key_address
 from onceflow.clock import ManualClock
@@ -22,7 +23,6 @@ from onceflow.testing import (
     SinkContract,
     StoreContract,
 )
-
 from tests.support.servers import Azurite
 
 pytestmark = pytest.mark.emulator

@@ -10,6 +10,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 import pytest
+
 from onceflow.adapters.aws import S3ObjectStore
 from onceflow.adapters.azure import BlobObjectStore
 from onceflow.adapters.local import LocalObjectStore
@@ -17,7 +18,6 @@ from onceflow.adapters.memory import MemoryObjectStore
 from onceflow.errors import SimulatedCrash
 from onceflow.interfaces import ObjectStore
 from onceflow.records import ObjectInfo
-
 from tests.support.servers import Azurite, MotoServer
 
 BACKENDS = [

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from onceflow.adapters.local import LocalObjectStore
-from onceflow.lake import read_dataset, read_delta
 
 from examples.clickstream.lake import QUERY, run
+from onceflow.adapters.local import LocalObjectStore
+from onceflow.lake import read_dataset, read_delta
 from tests.lake.conftest import query
 
 

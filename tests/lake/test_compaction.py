@@ -9,6 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 from onceflow.adapters.aws import S3ObjectStore
 from onceflow.adapters.azure import BlobObjectStore
 from onceflow.adapters.local import LocalObjectStore
@@ -18,7 +19,6 @@ from onceflow.interfaces import ObjectStore
 from onceflow.lake import Hourly, ManifestConflict, ManifestLog, ParquetSink, read_dataset
 from onceflow.lake.compaction import compact_dataset, plan, vacuum_dataset
 from onceflow.records import Output
-
 from tests.lake.conftest import query
 from tests.support.servers import Azurite, MotoServer
 

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
+
 from onceflow.adapters.memory import ManualClock, MemoryIdempotencyStore, MemorySink
 from onceflow.cli import main
 from onceflow.errors import OutputRejected
@@ -20,7 +21,6 @@ from onceflow.pipeline import Pipeline, Step
 from onceflow.records import Output
 from onceflow.testing import ExactlyOnceContract
 from onceflow.testing.exactly_once import CrashAt, deliver
-
 from tests.lake.conftest import query
 from tests.support.servers import AZURITE_ACCOUNT, AZURITE_KEY, Azurite, MotoServer
 

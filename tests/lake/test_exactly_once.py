@@ -11,6 +11,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 from onceflow.adapters.memory import (
     ManualClock,
     MemoryIdempotencyStore,
@@ -23,7 +24,6 @@ from onceflow.lake import Hourly, ParquetSink, read_dataset
 from onceflow.pipeline import Pipeline, Step
 from onceflow.testing import ExactlyOnceContract
 from onceflow.testing.exactly_once import CrashAt, deliver
-
 from tests.lake.conftest import CrashingStore, as_any, query
 
 LEASE = 30.0

@@ -9,6 +9,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from pydantic import BaseModel
+
 from onceflow.adapters.memory import (
     Faults,
     ManualClock,
@@ -23,8 +25,6 @@ from onceflow.lake import EVENT_TIME, Hourly, ManifestLog, ParquetSink, arrow_sc
 from onceflow.lake.dataset import close_partitions
 from onceflow.pipeline import Pipeline
 from onceflow.records import Output
-from pydantic import BaseModel
-
 from tests.lake.conftest import query
 
 SCHEMA = pa.schema(

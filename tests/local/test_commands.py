@@ -7,8 +7,8 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from onceflow.cli import main
 
+from onceflow.cli import main
 from tests.local import processors
 
 DOUBLER = "tests.local.processors:Doubler"

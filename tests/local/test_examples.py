@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from onceflow.cli import main
 
 from examples.clickstream.aggregates import UserStats, per_user
+from onceflow.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 

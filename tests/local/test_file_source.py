@@ -8,6 +8,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+
 from onceflow.adapters.local import Database, DirectorySource, FileSource
 from onceflow.event import Event
 from onceflow.records import InvalidRecord

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+
 from onceflow.adapters.local import LocalObjectStore
 from onceflow.testing import ObjectStoreContract
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from onceflow.adapters.local import Database, SqliteIdempotencyStore, SqliteSink
 from onceflow.clock import ManualClock
 from onceflow.interfaces import Sink

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+
 from onceflow.adapters.local import Database, SqliteIdempotencyStore, SqliteSink, StateError
 from onceflow.clock import ManualClock
 from onceflow.records import ClaimStatus, Completion, Outcome, OutcomeStatus, Output
