@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 
-.PHONY: demo test lint typecheck bench clean constraints
+.PHONY: demo test lint typecheck bench clean constraints layout
 
 $(BIN)/activate:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "onceflow needs Python 3.11+"'
@@ -25,6 +25,9 @@ STAMP_LAYOUT := rm -f $(VENV)/.layout-* && touch $(VENV)/.layout-$(LAYOUT)
 $(VENV)/.layout-$(LAYOUT): | $(BIN)/activate
 	$(EDITABLE) --no-deps -e .
 	$(STAMP_LAYOUT)
+
+# After adding or removing a module: relink the editable install (make test does it too).
+layout: $(VENV)/.layout-$(LAYOUT)
 
 # Runtime install for the demo: the core, the CLI's extras and parquet.
 # constraints.txt pins every dependency to the versions the suite last passed with, so a
