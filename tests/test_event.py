@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+import onceflow.event as event_module
 from onceflow import DecodeError, Event, PermanentError
+from onceflow.event import EventTemplate
 
 names = st.text(min_size=1, max_size=30)
 json_values = st.recursive(
@@ -114,3 +117,78 @@ def test_non_standard_json_constants_travel_as_base64() -> None:
     doc = event.to_cloudevent()
     assert "data_base64" in doc
     assert Event.from_cloudevent(doc) == event
+
+
+@given(
+    source=names,
+    type_=names,
+    time=st.datetimes(),  # naive ones too: the template takes them as UTC, as Event does
+    rows=st.lists(
+        st.tuples(
+            names,
+            payloads,
+            st.none() | names,
+            st.none() | st.text(alphabet="0123456789", min_size=1, max_size=20),
+            st.dictionaries(st.text(min_size=1, max_size=10), st.text(max_size=10), max_size=3),
+        ),
+        min_size=1,
+        max_size=5,
+    ),
+)
+def test_template_events_are_the_events_validation_builds(
+    source: str, type_: str, time: datetime, rows: list[tuple[str, bytes, Any, Any, Any]]
+) -> None:
+    assert event_module._LAID_OUT_AS_EXPECTED, (
+        "pydantic's model layout changed: EventTemplate falls back to the slow model_copy"
+    )
+    template = EventTemplate(source=source, type=type_, time=time)
+    assert (template.source, template.type) == (source, type_)
+    assert template.time.tzinfo is not None
+    made = [template.event(*row) for row in rows]
+    for event, (event_id, data, partition_key, sequence, attributes) in zip(
+        made, rows, strict=True
+    ):
+        built = Event(
+            id=event_id,
+            source=source,
+            type=type_,
+            time=time,
+            partition_key=partition_key,
+            sequence=sequence,
+            data=data,
+            attributes=attributes,
+        )
+        for name in Event.model_fields:
+            assert getattr(event, name) == getattr(built, name), name
+        assert event == built and event.key == built.key
+        assert event.model_fields_set == built.model_fields_set
+        assert event.model_dump_json() == built.model_dump_json()
+        assert Event.from_cloudevent(event.to_cloudevent()) == built
+        again = event.model_copy(update={"delivery_count": 2})
+        assert again.delivery_count == 2 and event.delivery_count == 1
+        assert "delivery_count" in again.model_fields_set  # the copy's own fields set...
+        with pytest.raises(ValidationError):
+            event.delivery_count = 3  # type: ignore[misc]
+    # ...and the template's events, which share one, are untouched.
+    assert all("delivery_count" not in e.model_fields_set for e in made)
+
+
+def test_template_defaults_and_the_slow_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    template = EventTemplate(source="s")
+    event = template.event("1", b"x")
+    assert event == Event(
+        id="1", source="s", time=template.time, partition_key=None, sequence=None, data=b"x"
+    )
+    assert event.type == "onceflow.event" and event.attributes == {}
+    # Should pydantic lay models out differently, the template copies through model_copy.
+    monkeypatch.setattr(event_module, "_LAID_OUT_AS_EXPECTED", False)
+    slow = template.event("2", b"y", "p", "7", {"a": "b"})
+    assert slow == Event(
+        id="2",
+        source="s",
+        time=template.time,
+        partition_key="p",
+        sequence="7",
+        data=b"y",
+        attributes={"a": "b"},
+    )

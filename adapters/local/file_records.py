@@ -15,10 +15,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Literal, NamedTuple
 
-from pydantic import BaseModel
 from pydantic_core import from_json
 
-from onceflow.event import Event
+from onceflow.event import Event, EventTemplate
 from onceflow.records import InvalidRecord
 from onceflow.serialization import UnstorableValue, dumps, to_plain
 
@@ -102,23 +101,12 @@ class RecordReader:
         # Numeric, so the runner orders a lane by it; a later file's records come after.
         return str(self.ordinal * 1_000_000_000_000 + line)
 
-    def _template(self) -> _Copies:
-        """The event every record of one read is a copy of: source, type and read time."""
-        return _Copies(
-            Event(
-                id="template",
-                source=self.source,
-                type=self.event_type,
-                time=datetime.now(UTC),
-                partition_key=None,
-                sequence="0",
-                data=b"",
-                attributes={},
-            )
-        )
+    def _template(self) -> EventTemplate:
+        """What every event of one read shares: source, type and the read's time."""
+        return EventTemplate(source=self.source, type=self.event_type, time=datetime.now(UTC))
 
     def _event(
-        self, line: int, data: bytes, fields: Any, raw: bytes, template: _Copies
+        self, line: int, data: bytes, fields: Any, raw: bytes, template: EventTemplate
     ) -> Event | InvalidRecord:
         number = str(line)
         event_id = f"{self.name}:{number}"
@@ -137,8 +125,8 @@ class RecordReader:
                 value = fields.get(self.partition_field)
                 partition = None if value is None else str(value)
         sequence = self._sequence(line) if self.ordinal else number
-        return template.copy(
-            event_id, partition, sequence, data, {"file": self.name, "line": number}
+        return template.event(
+            event_id, data, partition, sequence, {"file": self.name, "line": number}
         )
 
     # -- JSON Lines --------------------------------------------------------------------------
@@ -260,69 +248,6 @@ class RecordReader:
                         yield Positioned(
                             self._event(row, data, fields, data, template), row - 1, row, row
                         )
-
-
-# How pydantic's own `BaseModel.__copy__` makes a model without validating it: a new
-# instance given a field dict, the set of fields given, and no extra or private values.
-_COPYABLE = (
-    BaseModel.__slots__
-    == ("__dict__", "__pydantic_fields_set__", "__pydantic_extra__", "__pydantic_private__")
-    and not Event.__private_attributes__
-    and Event.model_config.get("extra") != "allow"
-)
-
-
-class _Copies:
-    """Events that are copies of one validated template with the per-record fields replaced.
-
-    Validating an `Event` costs twice the rest of reading a record (the aware `time` and
-    the `attributes` mapping most), and every field replaced here has its type by
-    construction (str id, partition key, sequence and attributes, bytes data; the id never
-    empty), so the copy equals the event `Event(...)` would build, fields set included.
-    `model_copy(update=...)` does the same without validation, but its generic path
-    (`copy.copy` of each part) costs three times this one, which mirrors `BaseModel.__copy__`.
-    Should pydantic lay out its models differently, `_COPYABLE` is false and `model_copy`
-    is used; tests/local/test_file_source.py checks the copies against validated events.
-
-    The copies of one read share one fields-set: events are frozen, so pydantic never
-    changes it in place (`model_copy` copies it first), and one object fewer per record
-    spares the garbage collector a few percent of the run.
-    """
-
-    def __init__(self, template: Event) -> None:
-        self.template = template
-        self.values = dict(template.__dict__)
-        self.fields_set = set(template.model_fields_set)
-
-    def copy(
-        self,
-        event_id: str,
-        partition: str | None,
-        sequence: str,
-        data: bytes,
-        attributes: dict[str, str],
-    ) -> Event:
-        """The template with these fields."""
-        values = {
-            **self.values,
-            "id": event_id,
-            "partition_key": partition,
-            "sequence": sequence,
-            "data": data,
-            "attributes": attributes,
-        }
-        if not _COPYABLE:
-            return self.template.model_copy(update=values)
-        event = _new_event(Event)
-        _set(event, "__dict__", values)
-        _set(event, "__pydantic_fields_set__", self.fields_set)
-        _set(event, "__pydantic_extra__", None)
-        _set(event, "__pydantic_private__", None)
-        return event
-
-
-_new_event = Event.__new__
-_set = object.__setattr__
 
 
 class _Lines:
