@@ -16,7 +16,7 @@ from typing import Any
 from pydantic_core import PydanticSerializationError, to_json
 
 from onceflow.adapters.local.database import Database
-from onceflow.adapters.local.sqlite_store import SqliteIdempotencyStore
+from onceflow.adapters.local.sqlite_store import Row, SqliteIdempotencyStore
 from onceflow.clock import SystemClock
 from onceflow.errors import ConfigurationError
 from onceflow.interfaces import Clock, IdempotencyStore
@@ -90,7 +90,8 @@ class SqliteSink:
             for o in outputs
         ]
 
-    def _store(self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    def write_rows(self, conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Upsert rows of this table through `conn` (a `RowTable` of the store's file)."""
         whole = len(rows) - len(rows) % _ROWS_PER_STATEMENT
         for start in range(0, whole, _ROWS_PER_STATEMENT):
             chunk = rows[start : start + _ROWS_PER_STATEMENT]
@@ -106,7 +107,7 @@ class SqliteSink:
             return
         rows = self._rows(outputs)
         with self.database.transaction() as conn:
-            self._store(conn, rows)
+            self.write_rows(conn, rows)
 
     def commits_with(self, store: IdempotencyStore) -> bool:
         """True for a `SqliteIdempotencyStore` on the same database file."""
@@ -118,18 +119,22 @@ class SqliteSink:
         outputs: Sequence[Output],
         completions: Sequence[Completion],
     ) -> list[bool]:
-        """Complete the keys whose fence holds and write their outputs, in one transaction."""
+        """Complete the keys whose fence holds and write their outputs, in one transaction.
+
+        The outputs go to the store as rows of this table filed by event key
+        (`SqliteIdempotencyStore.complete_with`), so a refused key's outputs are not written.
+        """
         if not isinstance(store, SqliteIdempotencyStore) or not self.commits_with(store):
             raise ConfigurationError(f"{self!r} cannot commit atomically with {store!r}")
-        rows = self._rows(outputs)
-        with self.database.transaction() as conn:
-            accepted = store.complete_within(conn, completions)
-            if not all(accepted):
-                refused = {c.key for c, ok in zip(completions, accepted, strict=True) if not ok}
-                rows = [row for row in rows if row[1] not in refused]
-            if rows:
-                self._store(conn, rows)
-        return accepted
+        writes: dict[str, list[Row]] = {}
+        get = writes.get
+        for row in self._rows(outputs):
+            filed = get(row[1])
+            if filed is None:
+                writes[row[1]] = [(self, row)]
+            else:
+                filed.append((self, row))
+        return await store.complete_with(completions, writes)
 
     # -- reading -----------------------------------------------------------------------------
 

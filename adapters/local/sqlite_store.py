@@ -9,9 +9,9 @@ import os
 import secrets
 import sqlite3
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from onceflow.adapters.local.database import Database, StateError
 from onceflow.clock import SystemClock
@@ -25,7 +25,7 @@ try:
 except ImportError:  # pragma: no cover - Windows
     _HAVE_FCNTL = False
 
-__all__ = ["SqliteIdempotencyStore"]
+__all__ = ["Row", "RowTable", "SqliteIdempotencyStore"]
 
 KEYS_TABLE = "onceflow_keys"
 # SQLite's default limit on bound parameters is 32766; stay far below it per statement.
@@ -51,6 +51,18 @@ CREATE TABLE IF NOT EXISTS {KEYS_TABLE} (
     updated_at REAL NOT NULL
 ) WITHOUT ROWID
 """
+
+
+class RowTable(Protocol):
+    """A table of the store's database file that writes rows inside the store's transaction."""
+
+    def write_rows(self, conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Write `rows` through `conn`, whose transaction the store holds."""
+        ...
+
+
+Row = tuple[RowTable, tuple[Any, ...]]
+"""The store's transaction vocabulary: one row's values and the table that writes them."""
 
 
 class SqliteIdempotencyStore:
@@ -109,12 +121,11 @@ class SqliteIdempotencyStore:
         if not keys:
             return []
         with self.database.transaction() as conn:
-            return self.claim_within(conn, keys, lease_seconds)
+            return self._claim(conn, keys, lease_seconds)
 
-    def claim_within(
+    def _claim(
         self, conn: sqlite3.Connection, keys: Sequence[str], lease_seconds: float
     ) -> list[Claim]:
-        """`claim` inside a transaction the caller holds."""
         now = self.clock.now()
         expires = now + lease_seconds
         owner = self._owners.me if self._owners.enabled else None
@@ -185,12 +196,43 @@ class SqliteIdempotencyStore:
         if not completions:
             return []
         with self.database.transaction() as conn:
-            return self.complete_within(conn, completions)
+            return self._complete(conn, completions)
 
-    def complete_within(
-        self, conn: sqlite3.Connection, completions: Sequence[Completion]
+    # -- the TransactionalStore protocol -----------------------------------------------------
+
+    async def complete_with(
+        self, completions: Sequence[Completion], writes: Mapping[str, Sequence[Row]]
     ) -> list[bool]:
-        """`complete` inside a transaction the caller holds (the atomic sink's)."""
+        """Complete keys and write the rows filed under them, in one transaction.
+
+        See `onceflow.TransactionalStore.complete_with`. Each `Row` names the table of
+        this store's file that writes it; a key whose fence no longer holds gets none of
+        its rows written. Every table writes its rows in one call, in the order given.
+        """
+        if not completions and not writes:
+            return []
+        with self.database.transaction() as conn:
+            accepted = self._complete(conn, completions)
+            refused = (
+                ()
+                if all(accepted)
+                else {c.key for c, ok in zip(completions, accepted, strict=True) if not ok}
+            )
+            tables: dict[RowTable, list[tuple[Any, ...]]] = {}
+            for key, rows in writes.items():
+                if refused and key in refused:
+                    continue
+                for table, values in rows:
+                    found = tables.get(table)
+                    if found is None:
+                        tables[table] = [values]
+                    else:
+                        found.append(values)
+            for table, values_list in tables.items():
+                table.write_rows(conn, values_list)
+        return accepted
+
+    def _complete(self, conn: sqlite3.Connection, completions: Sequence[Completion]) -> list[bool]:
         now = self.clock.now()
         expires = now + self.ttl_seconds
         # The fence is in the WHERE clause: a row whose token changed is not touched. A

@@ -17,6 +17,7 @@ import pytest
 
 from onceflow.adapters.local import Database, SqliteIdempotencyStore, SqliteSink, StateError
 from onceflow.clock import ManualClock
+from onceflow.interfaces import TransactionalStore
 from onceflow.records import ClaimStatus, Completion, Outcome, OutcomeStatus, Output
 
 
@@ -184,3 +185,31 @@ async def test_many_outputs_keep_first_write_order_and_last_value(tmp_path: Path
     contents = sink.contents()
     assert contents["k7#0"] == [1.5] and contents["k8#0"] == {"n": 8}
     assert all(contents[f"k{n}#0"] == {"n": n, "again": True} for n in (5, 150, 249))
+
+
+@pytest.mark.anyio
+async def test_complete_with_writes_only_the_rows_of_keys_whose_fence_held(
+    tmp_path: Path,
+) -> None:
+    # The one seam between the SQLite sinks and the store: rows filed by event key.
+    db = tmp_path / "state.db"
+    store = SqliteIdempotencyStore(db, clock=ManualClock())
+    outputs, letters = SqliteSink(db, "outputs"), SqliteSink(db, "letters")
+    assert isinstance(store, TransactionalStore)
+    mine, lost = await store.claim(["a", "b"], 30)
+    await store.release([lost])
+    [taken] = await SqliteIdempotencyStore(db, database=Database(db)).claim(["b"], 30)
+    assert taken.status is ClaimStatus.NEW
+    done = Outcome(OutcomeStatus.SUCCEEDED, 1)
+    rows = {
+        key: [
+            (outputs, (f"{key}#0", key, key, 0, None, '{"n":1}', 1.0)),
+            (letters, (f"{key}#x", key, key, 0, None, '"x"', 1.0)),
+        ]
+        for key in ("a", "b")
+    }
+    accepted = await store.complete_with([Completion(mine, done), Completion(lost, done)], rows)
+    assert accepted == [True, False]
+    assert outputs.contents() == {"a#0": {"n": 1}} and letters.contents() == {"a#x": "x"}
+    assert store.status("a") is ClaimStatus.COMPLETED
+    assert await store.complete_with([], {}) == []
