@@ -1,10 +1,8 @@
-"""An idempotency store and a sink on Azure Cosmos DB for NoSQL."""
+"""An idempotency store on Azure Cosmos DB for NoSQL."""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import threading
 import uuid
 from collections import OrderedDict
@@ -21,35 +19,39 @@ from azure.cosmos.exceptions import (
     CosmosResourceNotFoundError,
 )
 
-from onceflow.adapters.azure.lease_rows import IN_PROGRESS, completed_fields, held_answer
-from onceflow.adapters.azure.table_keys import encode_part
+from onceflow.adapters.azure.lease_rows import (
+    IN_PROGRESS,
+    completed_fields,
+    contention_policy,
+    held_answer,
+    rounds,
+)
+from onceflow.adapters.azure.table_keys import bounded, encode_part
 from onceflow.clock import SystemClock
+from onceflow.identity import key_parts
 from onceflow.interfaces import Clock
-from onceflow.records import Claim, ClaimStatus, Completion, Output
-from onceflow.serialization import dumps
+from onceflow.records import Claim, ClaimStatus, Completion
+from onceflow.retry import RetryPolicy
 
-__all__ = ["CosmosIdempotencyStore", "CosmosSink", "cosmos_address"]
+__all__ = ["CosmosIdempotencyStore", "cosmos_address", "item_id"]
 
 T = TypeVar("T")
 Item = dict[str, Any]
 
 QUERY_IDS = 100  # ids per ARRAY_CONTAINS query
 WORKERS = 16  # concurrent point writes per call
-TRIES = 5
 ETAG_CACHE = 200_000
 LONGEST_ID = 200  # Cosmos ids hold at most 255 characters
 
 
-def cosmos_address(key: str) -> tuple[str, str]:
-    """(partition key value, item id) of `key`: the source part, and the escaped key.
+def item_id(identity: str) -> str:
+    """The item id of a key or output id: escaped (no `/ \\ ? #`), hashed when long."""
+    return bounded(encode_part(identity), LONGEST_ID)
 
-    Item ids may not hold `/ \\ ? #`, so the key is escaped; a long one is hashed.
-    """
-    source = key.rpartition("#")[0]
-    item_id = encode_part(key)
-    if len(item_id) > LONGEST_ID:
-        item_id = "h" + hashlib.sha256(item_id.encode()).hexdigest()
-    return source, item_id
+
+def cosmos_address(key: str) -> tuple[str, str]:
+    """(partition key value, item id) of `key`: its group (the event source), and its item id."""
+    return key_parts(key)[0], item_id(key)
 
 
 class CosmosIdempotencyStore:
@@ -62,8 +64,11 @@ class CosmosIdempotencyStore:
     Point writes of one call run concurrently. Completed items carry `ttl` so a
     container with TTL enabled (`default_ttl=-1`) drops them; state is decided by the
     stored timestamps, never by the TTL sweep. Transactional batches are not used:
-    the local test server (@vercel/cosmosdb-server) does not implement them, so that
-    path could not be tested; every behaviour here was tested against that server.
+    the local test server (@vercel/cosmosdb-server) refuses them, so that path could
+    not be tested; every behaviour here was tested against that server. For the same
+    reason this store is no `onceflow.interfaces.TransactionalStore` (no `complete_with`):
+    its completions cannot commit in one transaction with a sink's writes. A write that
+    meets a concurrent one is decided again, up to `retry.attempts` rounds.
     """
 
     def __init__(
@@ -72,10 +77,13 @@ class CosmosIdempotencyStore:
         *,
         ttl_seconds: float = 86_400.0,
         clock: Clock | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.container = container
         self.ttl_seconds = ttl_seconds
         self.clock: Clock = clock or SystemClock()
+        self.retry = retry or contention_policy()
+        """Rounds for one contended key (conflicting writes), and the wait between them."""
         self._etags: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="onceflow-cosmos")
@@ -108,10 +116,10 @@ class CosmosIdempotencyStore:
 
     def _take(self, key: str, row: Item | None, lease_seconds: float) -> Claim:
         """Lease one free key, reading it again after each lost race."""
-        partition, item_id = cosmos_address(key)
+        partition, ident = cosmos_address(key)
         tried: Claim | None = None
-        for attempt in range(TRIES):
-            if attempt:
+        for attempt in rounds(self.retry):
+            if attempt > 1:
                 row = self._read_one(key)
                 if tried is not None and row is not None and row.get("token") == tried.token:
                     # Our write landed but its answer was lost and the SDK's retry met it.
@@ -122,8 +130,8 @@ class CosmosIdempotencyStore:
             if held is not None:
                 return held
             token = uuid.uuid4().hex
-            item = {
-                "id": item_id,
+            fields = {
+                "id": ident,
                 "pk": partition,
                 "key": key,
                 "status": IN_PROGRESS,
@@ -132,11 +140,11 @@ class CosmosIdempotencyStore:
             }
             try:
                 if row is None:
-                    written = self.container.create_item(item)
+                    written = self.container.create_item(fields)
                 else:
                     written = self.container.replace_item(
-                        item_id,
-                        item,
+                        ident,
+                        fields,
                         etag=row["_etag"],
                         match_condition=MatchConditions.IfNotModified,
                     )
@@ -161,24 +169,24 @@ class CosmosIdempotencyStore:
         key, token = completion.key, completion.claim.token
         if not token:
             return False
-        partition, item_id = cosmos_address(key)
+        partition, ident = cosmos_address(key)
         etag = self._cached(key, token)
-        for _ in range(TRIES):
+        for _ in rounds(self.retry):
             if etag is None:
                 row = self._read_one(key)
                 if row is None or row.get("token") != token:
                     return False
                 etag = str(row["_etag"])
             now = self.clock.now()
-            item = {
-                "id": item_id,
+            fields = {
+                "id": ident,
                 "pk": partition,
                 **completed_fields(completion, now, self.ttl_seconds),
                 "ttl": int(self.ttl_seconds) + 60,
             }
             try:
                 written = self.container.replace_item(
-                    item_id, item, etag=etag, match_condition=MatchConditions.IfNotModified
+                    ident, fields, etag=etag, match_condition=MatchConditions.IfNotModified
                 )
             except CosmosAccessConditionFailedError:
                 etag = None  # our own earlier completion, or a takeover: read and see
@@ -195,7 +203,7 @@ class CosmosIdempotencyStore:
         await self._call(lambda: list(self._pool.map(self._release, held)))
 
     def _release(self, claim: Claim) -> None:
-        partition, item_id = cosmos_address(claim.key)
+        partition, ident = cosmos_address(claim.key)
         etag = self._cached(claim.key, claim.token or "")
         if etag is None:
             row = self._read_one(claim.key)
@@ -205,7 +213,7 @@ class CosmosIdempotencyStore:
         # A refused delete means the lease moved on: nothing of ours to release.
         with contextlib.suppress(CosmosAccessConditionFailedError, CosmosResourceNotFoundError):
             self.container.delete_item(
-                item_id,
+                ident,
                 partition_key=partition,
                 etag=etag,
                 match_condition=MatchConditions.IfNotModified,
@@ -219,8 +227,8 @@ class CosmosIdempotencyStore:
         """The stored items of these keys, one query per partition and 100 ids."""
         by_partition: dict[str, dict[str, str]] = {}
         for key in dict.fromkeys(keys):
-            partition, item_id = cosmos_address(key)
-            by_partition.setdefault(partition, {})[item_id] = key
+            partition, ident = cosmos_address(key)
+            by_partition.setdefault(partition, {})[ident] = key
         found: dict[str, Item] = {}
         for partition, ids in by_partition.items():
             id_list = list(ids)
@@ -256,55 +264,3 @@ class CosmosIdempotencyStore:
             self._etags.move_to_end(key)
             while len(self._etags) > ETAG_CACHE:
                 self._etags.popitem(last=False)
-
-
-class CosmosSink:
-    """`onceflow.interfaces.Sink` upserting one item per output (id: escaped output_id).
-
-    Items are partitioned by the output's event source, like the store's. The sink does
-    not commit atomically with the store (that needs transactional batches, which the
-    local server cannot verify), so the runner writes, then completes with its fence.
-    """
-
-    def __init__(self, container: ContainerProxy) -> None:
-        self.container = container
-        self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="onceflow-cosmos-sink")
-
-    async def write(self, outputs: Sequence[Output]) -> None:
-        """Upsert every output by `output_id`."""
-        if not outputs:
-            return
-        items = [self._item(o) for o in outputs]
-        await anyio.to_thread.run_sync(
-            lambda: list(self._pool.map(self.container.upsert_item, items))
-        )
-
-    @staticmethod
-    def _item(output: Output) -> Item:
-        partition = output.event_key.rpartition("#")[0]
-        item_id = encode_part(output.output_id)
-        if len(item_id) > LONGEST_ID:
-            item_id = "h" + hashlib.sha256(item_id.encode()).hexdigest()
-        return {
-            "id": item_id,
-            "pk": partition,
-            "output_id": output.output_id,
-            "event_key": output.event_key,
-            "event_id": output.event_id,
-            "index": output.index,
-            "partition_key": output.partition_key,
-            "value": json.loads(dumps(output.value)),
-        }
-
-    async def contents(self) -> dict[str, Any]:
-        """Every stored output's value by output_id (a cross-partition query: for tests)."""
-
-        def read() -> dict[str, Any]:
-            return {
-                item["output_id"]: item["value"]
-                for item in self.container.query_items(
-                    "SELECT * FROM c", enable_cross_partition_query=True
-                )
-            }
-
-        return await anyio.to_thread.run_sync(read)

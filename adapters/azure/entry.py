@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import azure.functions as func
@@ -16,9 +16,9 @@ from onceflow.adapters.azure.decode import (
     decode_queue_message,
 )
 from onceflow.errors import ConfigurationError, OnceflowError
-from onceflow.event import Event
+from onceflow.failures import Failure, FailureKind
 from onceflow.pipeline import BatchResult, Pipeline, built_once
-from onceflow.records import InvalidRecord, Output
+from onceflow.records import InvalidRecord
 
 __all__ = [
     "BatchFailed",
@@ -119,44 +119,42 @@ class FunctionHandler:
     async def settle(self, records: Sequence[Record], retry_seconds: float) -> BatchResult:
         """Run `records` until none fails or `retry_seconds` pass; dead-letter the rest.
 
-        Raises `BatchFailed` only when the dead-letter write itself fails.
+        What still fails is dead-lettered as `Undelivered` and reported among the result's
+        `dead_lettered`, its failure of kind `FailureKind.UNDELIVERED`. Raises
+        `BatchFailed` only when the dead-letter write itself fails.
         """
         pipeline = self.pipeline
         stop = pipeline.clock.now() + retry_seconds
         settled = await pipeline.redeliver(records, deadline=stop)
-        failed = settled.failed
+        if not settled.failed:
+            return settled
         by_id = {r.id: r for r in records}
-        if failed:
-            letters = [
-                self._undelivered(by_id[rid], settled.reasons.get(rid, "unknown")) for rid in failed
-            ]
-            assert pipeline.dead_letter is not None
-            try:
-                await pipeline.dead_letter.write(letters)
-            except Exception as exc:
-                raise BatchFailed(
-                    f"{len(failed)} event(s) could not be processed or dead-lettered "
-                    f"({type(exc).__name__}: {exc}); the host will run the batch again"
-                ) from exc
-            settled.dead_lettered += failed
-            settled.failed = []
-            log.error(
-                "%d event(s) still failed after %.0fs of retries and were dead-lettered: %s",
-                len(failed),
-                retry_seconds,
-                "; ".join(f"{rid}: {settled.reasons.get(rid, '?')}" for rid in failed[:5]),
-            )
-        return settled
-
-    def _undelivered(self, record: Record, reason: str) -> Output:
-        """A dead letter, in the runner's shape, for an event the platform will not redeliver."""
-        where = record.locator if isinstance(record, InvalidRecord) else _describe(record)
-        return self.pipeline.dead_letter_for(
-            record,
-            f"{where}: still failing when the retry budget ran out, and the Event Hubs "
-            f"checkpoint moves past it: {reason}",
-            error_type="Undelivered",
+        undelivered = {
+            rid: Failure(FailureKind.UNDELIVERED, _undelivered_text(by_id[rid], settled.failures))
+            for rid in settled.failed
+        }
+        letters = [
+            pipeline.dead_letter_for(by_id[rid], failure.text, error_type="Undelivered")
+            for rid, failure in undelivered.items()
+        ]
+        assert pipeline.dead_letter is not None  # _check refuses a pipeline without one
+        try:
+            await pipeline.dead_letter.write(letters)
+        except Exception as exc:
+            raise BatchFailed(
+                f"{len(letters)} event(s) could not be processed or dead-lettered "
+                f"({type(exc).__name__}: {exc}); the host will run the batch again"
+            ) from exc
+        settled.dead_lettered += settled.failed
+        settled.failed = []
+        settled.failures.update(undelivered)
+        log.error(
+            "%d event(s) still failed after %.0fs of retries and were dead-lettered: %s",
+            len(undelivered),
+            retry_seconds,
+            "; ".join(failure.text for failure in list(undelivered.values())[:5]),
         )
+        return settled
 
     # -- Blob and Queue ----------------------------------------------------------------------
 
@@ -174,24 +172,33 @@ class FunctionHandler:
 
     async def _single(self, record: Record) -> BatchResult:
         result = await self.pipeline.process_batch([record])
-        if result.failed:
+        failure = result.failures.get(record.id)
+        if failure is not None and failure.kind.redelivers:
             # The host retries (the queue's maxDequeueCount, then its poison queue).
-            raise BatchFailed(f"{_name(record)}: {result.reasons.get(record.id, 'failed')}")
+            raise BatchFailed(f"{_name(record)}: {failure.text}")
         return result
 
 
-def _describe(event: Event) -> str:
-    if event.attributes.get("eventhub.name"):
-        a = event.attributes
+def _undelivered_text(record: Record, failures: Mapping[str, Failure]) -> str:
+    """The reason of a dead letter for an event the platform will not deliver again."""
+    last = failures.get(record.id)
+    return (
+        f"{_name(record)}: still failing when the retry budget ran out, and the Event Hubs "
+        f"checkpoint moves past it: {last.text if last is not None else 'unknown'}"
+    )
+
+
+def _name(record: Record) -> str:
+    """The record as people find it: hub, partition and sequence number, a blob, a key."""
+    if isinstance(record, InvalidRecord):
+        return record.locator
+    a = record.attributes
+    if a.get("eventhub.name"):
         return (
             f"event hub {a.get('eventhub.namespace')}/{a['eventhub.name']} partition "
             f"{a.get('eventhub.partition')} sequence number {a.get('eventhub.sequence_number')}"
         )
-    return f"event {event.key}"
-
-
-def _name(record: Record) -> str:
-    return record.locator if isinstance(record, InvalidRecord) else _describe(record)
+    return f"event {record.key}"
 
 
 def function_app(

@@ -1,13 +1,26 @@
-"""The stored shape of a key's lease or completion, shared by the Table and Cosmos stores."""
+"""A key's lease or completion as stored, and the rounds a contended write gets.
+
+Shared by the Table and Cosmos stores.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from onceflow.records import Claim, ClaimStatus, Completion, Outcome, OutcomeStatus
+from onceflow.retry import Backoff, RetryPolicy
 
-__all__ = ["COMPLETED", "IN_PROGRESS", "completed_fields", "held_answer", "stored_outcome"]
+__all__ = [
+    "COMPLETED",
+    "IN_PROGRESS",
+    "completed_fields",
+    "contention_policy",
+    "held_answer",
+    "rounds",
+    "stored_outcome",
+]
 
 IN_PROGRESS = "in_progress"
 COMPLETED = "completed"
@@ -51,3 +64,20 @@ def stored_outcome(row: Mapping[str, Any]) -> Outcome:
         row.get("outcome_fingerprint"),
         row.get("outcome_detail"),
     )
+
+
+def contention_policy() -> RetryPolicy:
+    """The stores' default for one contended key: 5 rounds in all, a few milliseconds apart."""
+    return RetryPolicy(attempts=5, backoff=Backoff(base=0.005, cap=0.1))
+
+
+def rounds(policy: RetryPolicy) -> Iterator[int]:
+    """Round numbers 1 to `policy.attempts`, for blocking loops that stop early.
+
+    The policy's delay is slept when the loop asks for the next round, so a loop that
+    breaks (or returns) after a round that settled everything does not wait.
+    """
+    yield 1
+    for attempt, wait in enumerate(policy.delays(), start=2):
+        time.sleep(wait)
+        yield attempt

@@ -1,19 +1,31 @@
 """Where an idempotency key and its outputs live in an Azure Table: PartitionKey and RowKey.
 
-A key `source#id` is split at its last `#`: the source becomes the PartitionKey, so the
-events of one source (one Event Hubs partition, one queue) share a partition and commit
-in entity transactions; the id becomes the RowKey. A numeric id (a sequence number) is
-zero-padded, so a batch of contiguous sequence numbers is one RowKey range, read with
-one query. Table keys may not hold `/ \\ # ?` or control characters, so both parts are
-escaped reversibly; parts too long for a key are replaced by their SHA-256.
+A key's group (`onceflow.identity.key_parts`: for a default key, its source) becomes the
+PartitionKey, so the events of one source (one Event Hubs partition, one queue) share a
+partition and commit in entity transactions; the rest (the event id) becomes the RowKey.
+A numeric id (a sequence number) is zero-padded, so a batch of contiguous sequence
+numbers is one RowKey range, read with one query. Table keys may not hold `/ \\ # ?` or
+control characters, so both parts are escaped reversibly; parts too long for a key are
+replaced by their SHA-256.
 """
 
 from __future__ import annotations
 
 import hashlib
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
-__all__ = ["MARKER", "OUTPUT", "decode_part", "encode_part", "key_address", "output_address"]
+from onceflow.identity import key_parts, output_suffix
+
+__all__ = [
+    "MARKER",
+    "OUTPUT",
+    "bounded",
+    "encode_part",
+    "key_address",
+    "marker_row",
+    "numeric_row",
+    "output_address",
+]
 
 MARKER = "k"
 """RowKey prefix of a key's marker row."""
@@ -31,18 +43,14 @@ def encode_part(text: str) -> str:
     return quote(text, safe="").replace("~", "%7E").replace("%", "~")
 
 
-def decode_part(encoded: str) -> str:
-    """The text `encode_part` escaped."""
-    return unquote(encoded.replace("~", "%"))
-
-
-def _bounded(encoded: str) -> str:
-    if len(encoded) <= LONGEST:
+def bounded(encoded: str, longest: int = LONGEST) -> str:
+    """`encoded` itself when it has at most `longest` characters, else its SHA-256 (`h...`)."""
+    if len(encoded) <= longest:
         return encoded
     return "h" + hashlib.sha256(encoded.encode()).hexdigest()
 
 
-def row_id(event_id: str) -> str:
+def _row_id(event_id: str) -> str:
     """The RowKey body for an event id: padded when numeric, escaped otherwise."""
     # Only canonical numbers: "007" padded would collide with "7".
     if (
@@ -52,23 +60,24 @@ def row_id(event_id: str) -> str:
         and (event_id == "0" or not event_id.startswith("0"))
     ):
         return NUMERIC + event_id.zfill(PAD)
-    return TEXT + _bounded(encode_part(event_id))
+    return TEXT + bounded(encode_part(event_id))
 
 
 def key_address(key: str) -> tuple[str, str]:
     """(PartitionKey, RowKey) of the marker row for idempotency key `key`."""
-    source, _, event_id = key.rpartition("#")
-    return _bounded(encode_part(source)), MARKER + row_id(event_id)
+    group, rest = key_parts(key)
+    return bounded(encode_part(group)), MARKER + _row_id(rest)
 
 
 def output_address(event_key: str, output_id: str) -> tuple[str, str]:
     """(PartitionKey, RowKey) of an output row: in its event's marker partition."""
     partition, marker = key_address(event_key)
-    suffix = output_id[len(event_key) + 1 :] if output_id.startswith(event_key + "#") else ""
-    body = marker[len(MARKER) :]
+    # Next to its marker's body when the id extends the key (a position, `dead-letter`).
+    suffix = output_suffix(output_id, event_key)
     if suffix:
-        return partition, OUTPUT + _bounded(f"{body}|{encode_part(suffix)}")
-    return partition, OUTPUT + _bounded(encode_part(output_id))
+        body = marker[len(MARKER) :]
+        return partition, OUTPUT + bounded(f"{body}|{encode_part(suffix)}")
+    return partition, OUTPUT + bounded(encode_part(output_id))
 
 
 def numeric_row(row_key: str) -> int | None:

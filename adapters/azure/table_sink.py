@@ -33,7 +33,8 @@ class TableSink:
     An output lives in its event's marker partition (see `onceflow.adapters.azure.table_keys`), so
     when this sink shares its table with a `TableIdempotencyStore` the outputs and the
     completion marker of a key commit in one entity transaction, fenced by the marker's
-    ETag. On another table it is a plain idempotent sink and the runner writes, then
+    ETag (the store's `complete_with`, `onceflow.interfaces.TransactionalStore`). On
+    another table it is a plain idempotent sink and the runner writes, then
     completes. The value is stored as JSON text, split over properties `value0..`;
     outputs over ~900 KB are refused with `OutputRejected` (dead-lettered).
     """
@@ -81,18 +82,18 @@ class TableSink:
         completions: Sequence[Completion],
     ) -> list[bool]:
         """Commit each key's outputs with its completion marker; refused keys write nothing."""
-        assert isinstance(store, TableIdempotencyStore)
+        assert isinstance(store, TableIdempotencyStore), "only when commits_with(store)"
         entities = self._entities(outputs)
-        extra: dict[str, list[Operation]] = {}
+        writes: dict[str, list[Operation]] = {}
         for output in outputs:
-            entity = entities[output.output_id]
-            extra.setdefault(output.event_key, []).append(
-                ("upsert", entity, {"mode": UpdateMode.REPLACE})
+            writes.setdefault(output.event_key, []).append(
+                ("upsert", entities[output.output_id], {"mode": UpdateMode.REPLACE})
             )
-        orphans = [o for o in outputs if o.event_key not in {c.key for c in completions}]
+        completed = {c.key for c in completions}
+        orphans = [o.output_id for o in outputs if o.event_key not in completed]
         if orphans:
-            raise ValueError(f"outputs without a completion: {[o.output_id for o in orphans[:3]]}")
-        return await self._call(lambda: store.commit(list(completions), extra))
+            raise ValueError(f"outputs without a completion: {orphans[:3]}")
+        return await store.complete_with(completions, writes)
 
     def _entities(self, outputs: Sequence[Output]) -> dict[str, dict[str, Any]]:
         entities: dict[str, dict[str, Any]] = {}

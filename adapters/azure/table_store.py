@@ -6,7 +6,7 @@ import contextlib
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import anyio.to_thread
@@ -14,12 +14,20 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
-from onceflow.adapters.azure.lease_rows import COMPLETED, IN_PROGRESS, completed_fields, held_answer
-from onceflow.adapters.azure.table_keys import key_address, marker_row, numeric_row
-from onceflow.adapters.azure.table_transactions import Group, Operation, submit
+from onceflow.adapters.azure.lease_rows import (
+    COMPLETED,
+    IN_PROGRESS,
+    completed_fields,
+    contention_policy,
+    held_answer,
+    rounds,
+)
+from onceflow.adapters.azure.table_keys import MARKER, key_address, marker_row, numeric_row
+from onceflow.adapters.azure.table_transactions import MAX_OPERATIONS, Group, Operation, submit
 from onceflow.clock import SystemClock
 from onceflow.interfaces import Clock
 from onceflow.records import Claim, ClaimStatus, Completion
+from onceflow.retry import RetryPolicy
 
 __all__ = ["TableIdempotencyStore"]
 
@@ -27,7 +35,6 @@ T = TypeVar("T")
 
 OR_LIMIT = 14  # Azure Table filters allow 15 comparisons; one is the PartitionKey
 DENSE = 2.0  # read a numeric RowKey range when it holds at most this many rows per key
-SINGLE_TRIES = 5
 ETAG_CACHE = 200_000
 
 Entity = dict[str, Any]
@@ -38,7 +45,7 @@ def _if_match(etag: str) -> dict[str, Any]:
 
 
 class TableIdempotencyStore:
-    """`onceflow.interfaces.IdempotencyStore` on one Azure Table, in bulk entity transactions.
+    """`onceflow.interfaces.TransactionalStore` on one Azure Table, in bulk entity transactions.
 
     One marker entity per key (see `onceflow.adapters.azure.table_keys` for its address). A claim
     reads the batch's markers (one RowKey range query when the ids are contiguous
@@ -46,8 +53,13 @@ class TableIdempotencyStore:
     the free ones in entity transactions of up to 100 operations per partition. The
     ETag each write left is kept in this handle, so `complete` and `release` are
     conditional writes with no read first; a 409/412 isolates that one key and decides
-    it again. Expiry follows the stored timestamps in the store's clock; Table storage
-    has no TTL, so `purge` deletes expired rows on demand.
+    it again, up to `retry.attempts` rounds (then the key is answered IN_PROGRESS, or its
+    completion refused). Expiry follows the stored timestamps in the store's clock; Table
+    storage has no TTL, so `purge` deletes expired rows on demand.
+
+    `complete_with` commits each key's marker with writes filed under it (entity
+    operations: `("upsert", entity, {"mode": UpdateMode.REPLACE})`, as `TableSink` files
+    its outputs) in one entity transaction of the marker's partition.
     """
 
     def __init__(
@@ -57,6 +69,7 @@ class TableIdempotencyStore:
         connection_string: str | None = None,
         ttl_seconds: float = 86_400.0,
         clock: Clock | None = None,
+        retry: RetryPolicy | None = None,
         create: bool = False,
     ) -> None:
         if isinstance(table, str):
@@ -70,6 +83,8 @@ class TableIdempotencyStore:
         self.table = table
         self.ttl_seconds = ttl_seconds
         self.clock: Clock = clock or SystemClock()
+        self.retry = retry or contention_policy()
+        """Rounds for one contended key (conflicting writes), and the wait between them."""
         self._etags: OrderedDict[tuple[str, str], tuple[str, str]] = OrderedDict()
         self._etag_lock = threading.Lock()
         if create:
@@ -151,7 +166,7 @@ class TableIdempotencyStore:
         attempted: Claim | None = None,
     ) -> Claim:
         """Decide one contended key alone, reading it again after each lost race."""
-        for _ in range(SINGLE_TRIES):
+        for _ in rounds(self.retry):
             row = self._get(address)
             if attempted is not None and row is not None and row.get("token") == attempted.token:
                 # Our write landed but its answer was lost and the SDK's retry met it.
@@ -177,10 +192,21 @@ class TableIdempotencyStore:
 
     async def complete(self, completions: Sequence[Completion]) -> list[bool]:
         """Mark keys completed where the fence holds; see the protocol."""
-        return await self._call(lambda: self.commit(list(completions), {}))
+        return await self._call(lambda: self._complete_with(list(completions), {}))
 
-    def completion_entity(self, completion: Completion, now: float) -> Entity:
-        """The marker row of a completed key."""
+    async def complete_with(
+        self, completions: Sequence[Completion], writes: Mapping[str, Sequence[Operation]]
+    ) -> list[bool]:
+        """Complete keys whose fence holds, each in one transaction with `writes[key]`.
+
+        See `onceflow.interfaces.TransactionalStore`. A key whose fence does not hold
+        writes nothing. A key with 100 writes or more cannot fit one entity transaction:
+        its writes go first, in pieces, and the marker last, so the marker never says done
+        before they are all written (not atomic: a refused marker leaves those upserts).
+        """
+        return await self._call(lambda: self._complete_with(list(completions), writes))
+
+    def _completion_entity(self, completion: Completion, now: float) -> Entity:
         partition, row_key = key_address(completion.key)
         return {
             "PartitionKey": partition,
@@ -188,14 +214,9 @@ class TableIdempotencyStore:
             **completed_fields(completion, now, self.ttl_seconds),
         }
 
-    def commit(
-        self, completions: list[Completion], extra: dict[str, list[Operation]]
+    def _complete_with(
+        self, completions: list[Completion], writes: Mapping[str, Sequence[Operation]]
     ) -> list[bool]:
-        """Complete keys whose fence holds, each with `extra[key]` in its transaction.
-
-        Used by `complete` (no extra) and by `TableSink.write_and_complete` (the key's
-        outputs as extra). A key whose fence does not hold writes nothing.
-        """
         now = self.clock.now()
         accepted = [False] * len(completions)
         etags: list[str | None] = [self._known(c) for c in completions]
@@ -207,7 +228,7 @@ class TableIdempotencyStore:
                     completions[i], rows.get(key_address(completions[i].key))
                 )
         pending = [i for i, etag in enumerate(etags) if etag is not None]
-        for _ in range(SINGLE_TRIES):
+        for _ in rounds(self.retry):
             groups = []
             for i in pending:
                 completion = completions[i]
@@ -215,13 +236,13 @@ class TableIdempotencyStore:
                 assert etag is not None
                 marker = (
                     "update",
-                    self.completion_entity(completion, now),
+                    self._completion_entity(completion, now),
                     {"mode": UpdateMode.REPLACE, **_if_match(etag)},
                 )
-                outputs = extra.get(completion.key, [])
-                # Too big for one transaction: outputs first, so the marker never says
+                filed = writes.get(completion.key, ())
+                # Too big for one transaction: writes first, so the marker never says
                 # done before they are all written (the runner's write-then-complete).
-                ops = [marker, *outputs] if len(outputs) < 100 else [*outputs, marker]
+                ops = [marker, *filed] if len(filed) < MAX_OPERATIONS else [*filed, marker]
                 groups.append(Group(key_address(completion.key)[0], ops, tag=i))
             submit(self.table, groups)
             pending = []
@@ -229,7 +250,8 @@ class TableIdempotencyStore:
                 i = group.tag
                 if group.conflict is None:
                     accepted[i] = True
-                    marker_at = 0 if len(group.operations) <= 100 else len(group.operations) - 1
+                    count = len(group.operations)
+                    marker_at = 0 if count <= MAX_OPERATIONS else count - 1
                     self._remember(
                         key_address(completions[i].key),
                         completions[i].claim.token or "",
@@ -329,7 +351,7 @@ class TableIdempotencyStore:
 
     def _purge(self, partition: str | None) -> int:
         now = self.clock.now()
-        query = "RowKey ge 'k' and RowKey lt 'l'"
+        query = f"RowKey ge '{MARKER}' and RowKey lt '{chr(ord(MARKER) + 1)}'"
         parameters: dict[str, Any] = {}
         if partition is not None:
             query = "PartitionKey eq @p and " + query

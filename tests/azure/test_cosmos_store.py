@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from azure.cosmos import ContainerProxy, CosmosClient, PartitionKey
 
-from onceflow.adapters.azure.cosmos_store import CosmosIdempotencyStore, CosmosSink, cosmos_address
+from onceflow.adapters.azure.cosmos_sink import CosmosSink
+from onceflow.adapters.azure.cosmos_store import CosmosIdempotencyStore, cosmos_address
 from onceflow.clock import ManualClock
 from onceflow.interfaces import Sink
 from onceflow.testing import ExactlyOnceContract, SinkContract, StoreContract

@@ -34,6 +34,8 @@ from onceflow.adapters.azure.testing import (
 from onceflow.adapters.memory import Faults, ManualClock, MemoryIdempotencyStore, MemorySink
 from onceflow.errors import ConfigurationError, PermanentError
 from onceflow.event import Event
+from onceflow.failures import FailureKind
+from onceflow.identity import dead_letter_id, output_id
 from onceflow.pipeline import Pipeline
 from onceflow.retry import RetryPolicy
 
@@ -161,10 +163,8 @@ async def test_event_hub_batch_is_processed_once_across_redelivery() -> None:
 
 @pytest.mark.anyio
 async def test_event_hub_decoding_keeps_metadata() -> None:
-    pipe = pipeline()
-    handler = FunctionHandler(pipe, EventHubTrigger("orders"))
     seen: list[Event] = []
-    pipe._process = seen.append
+    handler = FunctionHandler(pipeline(seen.append), EventHubTrigger("orders"))
     batch = event_hub_batch(
         bodies(7), partition="1", partition_keys=["user-9"], properties=[{"kind": "order"}]
     )
@@ -232,8 +232,10 @@ async def test_held_leases_are_waited_for_then_dead_lettered() -> None:
     handler = FunctionHandler(pipe, EventHubTrigger("orders", retry_seconds=20))
     result = await handler.event_hub(batch)
     assert result.processed == ["100"] and result.dead_lettered == ["101"]
+    assert result.failed == [] and result.failures["101"].kind is FailureKind.UNDELIVERED
     [letter] = letters.values()
     assert letter["error_type"] == "Undelivered"
+    assert letter["message"] == result.failures["101"].text
     assert "partition 0 sequence number 101" in letter["message"]
     assert "lease" in letter["message"]
     assert letter["event"]["id"] == "101"
@@ -351,10 +353,11 @@ def test_every_event_of_every_batch_ends_in_the_sink_or_the_dead_letter_sink(
             await handler.event_hub(events)
             if redeliver and number % 2:
                 await handler.event_hub(event_hub_batch(raw, first_sequence=sequence))
-            # Output ids are `key#index` and `key#dead-letter`; Doubler always has an output.
-            accounted = {o.rsplit("#", 1)[0] for o in sink.contents()}
-            accounted |= {o.rsplit("#", 1)[0] for o in letters.contents()}
-            missing = [k for k in keys if k not in accounted]
+            # Doubler always has one output; a dead letter has its own id.
+            outputs, dead = sink.contents(), letters.contents()
+            missing = [
+                k for k in keys if output_id(k, 0) not in outputs and dead_letter_id(k) not in dead
+            ]
             assert not missing, missing
             sequence += len(raw)
 
@@ -397,6 +400,16 @@ async def test_blob_that_must_come_again_raises() -> None:
         await FunctionHandler(pipe, BlobTrigger("in/{name}")).blob(
             blob_stream("in/x.json", b'{"n": 1}')
         )
+
+
+@pytest.mark.anyio
+async def test_a_dead_lettered_blob_does_not_raise() -> None:
+    letters = MemorySink()
+    result = await FunctionHandler(pipeline(letters=letters), BlobTrigger("in/{name}")).blob(
+        blob_stream("in/x.json", b'{"no": "n"}')
+    )
+    assert result.dead_lettered == ["x.json@0x8DC"]
+    assert result.failures["x.json@0x8DC"].kind is FailureKind.PERMANENT_ERROR
 
 
 @pytest.mark.anyio

@@ -7,10 +7,23 @@ import sys
 
 import onceflow.adapters.azure
 
+AZURE_API = [
+    "BatchFailed", "BlobObjectStore", "BlobTrigger", "CosmosIdempotencyStore", "CosmosSink",
+    "EventHubSink", "EventHubTrigger", "FunctionHandler", "QueueSink", "QueueTrigger",
+    "TableIdempotencyStore", "TableSink", "blob_stream", "decode_blob", "decode_event_hub",
+    "decode_queue_message", "event_hub_batch", "function_app", "queue_message",
+]  # fmt: skip
+
+
+def test_the_package_exports_exactly_its_api_sorted() -> None:
+    assert onceflow.adapters.azure.__all__ == AZURE_API == sorted(AZURE_API)
+    assert sorted(dir(onceflow.adapters.azure)) == AZURE_API
+
 
 def test_every_exported_name_resolves() -> None:
     for name in onceflow.adapters.azure.__all__:
-        assert getattr(onceflow.adapters.azure, name) is not None
+        value = getattr(onceflow.adapters.azure, name)
+        assert value is not None and getattr(value, "__name__", name) == name
 
 
 def test_importing_the_package_imports_no_azure_sdk() -> None:
