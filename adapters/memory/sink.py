@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from onceflow.adapters.memory.faults import Faults
-from onceflow.adapters.memory.store import MemoryIdempotencyStore
+from onceflow.adapters.memory.store import MemoryIdempotencyStore, MemoryWrites
 from onceflow.errors import OutputRejected
 from onceflow.interfaces import IdempotencyStore
 from onceflow.records import Completion, Output
@@ -52,8 +52,7 @@ class MemorySink:
         """Store outputs, overwriting by `output_id`."""
         self.faults.check("sink.write")
         self._check_size(outputs)
-        with self.lock:
-            self._put(outputs)
+        self._put(outputs)
 
     async def write_and_complete(
         self,
@@ -65,22 +64,16 @@ class MemorySink:
         self.faults.check("sink.write_and_complete")
         assert isinstance(store, MemoryIdempotencyStore)
         self._check_size(outputs)
-        with store.lock, self.lock:
-            accepted = store.complete_locked(completions)
-            if all(accepted):
-                self._put(outputs)
-            else:
-                held = {c.key for c, ok in zip(completions, accepted, strict=True) if ok}
-                self._put([o for o in outputs if o.event_key in held])
-            return accepted
+        return await store.complete_with(completions, MemoryWrites(self._put, outputs))
 
     def _put(self, outputs: Sequence[Output]) -> None:
         values, meta, writes = self.values_by_id, self.meta, self.writes
-        for output in outputs:
-            oid = output.output_id
-            values[oid] = output.value
-            meta[oid] = (output.event_key, output.event_id, output.index, output.partition_key)
-            writes.append(oid)
+        with self.lock:
+            for output in outputs:
+                oid = output.output_id
+                values[oid] = output.value
+                meta[oid] = (output.event_key, output.event_id, output.index, output.partition_key)
+                writes.append(oid)
 
     def _check_size(self, outputs: Sequence[Output]) -> None:
         if self.max_value_bytes is None:

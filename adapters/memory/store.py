@@ -4,14 +4,51 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 
 from onceflow.adapters.memory.faults import Faults
 from onceflow.clock import SystemClock
+from onceflow.errors import ConfigurationError
 from onceflow.interfaces import Clock
-from onceflow.records import Claim, ClaimStatus, Completion, Outcome, OutcomeStatus
+from onceflow.records import Claim, ClaimStatus, Completion, Outcome, OutcomeStatus, Output
 
-__all__ = ["MemoryIdempotencyStore"]
+__all__ = ["MemoryIdempotencyStore", "MemoryWrites"]
+
+
+class MemoryWrites(Mapping[str, Sequence[Output]]):
+    """A memory sink's outputs filed by event key, and how to put them: a memory transaction.
+
+    The grouping by key is built only if someone reads it: the store's common case (every
+    fence held) puts the whole batch in one call.
+    """
+
+    def __init__(self, put: Callable[[Sequence[Output]], object], outputs: Sequence[Output]):
+        self.put = put
+        self.outputs = outputs
+        self._by_key: dict[str, list[Output]] | None = None
+
+    def _index(self) -> dict[str, list[Output]]:
+        if self._by_key is None:
+            self._by_key = {}
+            for output in self.outputs:
+                self._by_key.setdefault(output.event_key, []).append(output)
+        return self._by_key
+
+    def __getitem__(self, key: str) -> Sequence[Output]:
+        return self._index()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._index())
+
+    def __len__(self) -> int:
+        return len(self._index())
+
+    def apply(self, keys: Collection[str] | None = None) -> None:
+        """Put the outputs of `keys` (of every key when None)."""
+        if keys is None:
+            self.put(self.outputs)
+        else:
+            self.put([o for o in self.outputs if o.event_key in keys])
 
 
 # A row is a plain tuple of strings and numbers, no enums or named tuples: the garbage
@@ -29,6 +66,9 @@ def _outcome(row: _Row) -> Outcome:
 
 class MemoryIdempotencyStore:
     """Keys, leases and outcomes in a dict; thread-safe, and atomic with `MemorySink`.
+
+    A `TransactionalStore` whose writes come as `MemoryWrites`: under one lock it checks
+    each key's fence, records its completion, and puts the outputs filed under it.
 
     Two handles made with `handle()` share state, as two workers sharing one table.
     """
@@ -81,10 +121,27 @@ class MemoryIdempotencyStore:
         self.faults.check("store.complete")
         self.calls["complete"] += 1
         with self.lock:
-            return self.complete_locked(completions)
+            return self._complete(completions)
 
-    def complete_locked(self, completions: Sequence[Completion]) -> list[bool]:
-        """`complete` for a caller that already holds `lock` (the atomic sink)."""
+    async def complete_with(
+        self, completions: Sequence[Completion], writes: Mapping[str, Sequence[Output]]
+    ) -> list[bool]:
+        """Complete keys and put their outputs in one step; refused keys write nothing."""
+        if not isinstance(writes, MemoryWrites):
+            raise ConfigurationError(
+                "a memory store commits MemoryWrites (what MemorySink.write_and_complete "
+                f"passes), not {type(writes).__name__}"
+            )
+        self.calls["complete"] += 1
+        with self.lock:
+            accepted = self._complete(completions)
+            if all(accepted):
+                writes.apply()
+            else:
+                writes.apply({c.key for c, ok in zip(completions, accepted, strict=True) if ok})
+            return accepted
+
+    def _complete(self, completions: Sequence[Completion]) -> list[bool]:
         expires_at = self.clock.now() + self.ttl_seconds
         rows = self.rows
         accepted = []
@@ -106,13 +163,6 @@ class MemoryIdempotencyStore:
                 )
             accepted.append(ok)
         return accepted
-
-    def holds(self, completion: Completion) -> bool:
-        """Whether the completion's fencing token is still the key's current one."""
-        row = self.rows.get(completion.key)
-        # A repeated completion by the same holder is accepted: a retried call whose
-        # first answer was lost must not look like a lost lease.
-        return row is not None and row[1] == completion.claim.token
 
     async def release(self, claims: Sequence[Claim]) -> None:
         """Drop leases still held by these claims."""

@@ -1,0 +1,154 @@
+"""One batch inside the runner: an item per record, its state, and what the batch came to."""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from onceflow.event import Event
+from onceflow.failures import Failure, FailureKind
+from onceflow.interfaces import Metrics
+from onceflow.records import Claim, InvalidRecord, Output
+from onceflow.results import BatchResult
+
+__all__ = ["Item", "Record", "State", "describe", "items_of", "log_extra", "result_of"]
+
+log = logging.getLogger("onceflow")
+
+Record = Event | InvalidRecord
+
+# Failures worth a log line even when an error was already logged for the event.
+_ALWAYS_LOGGED = frozenset(
+    {FailureKind.LEASE_LOST, FailureKind.LEASED_ELSEWHERE, FailureKind.OUT_OF_TIME}
+)
+
+
+class State(enum.Enum):
+    """Where one item of a batch stands."""
+
+    PENDING = 0
+    DONE = 1
+    DEAD = 2
+    FAILED = 3
+    DUPLICATE = 4
+
+
+@dataclass(slots=True, eq=False)
+class Item:
+    """One record of a batch and everything the runner learns about it."""
+
+    record: Record
+    key: str
+    claim: Claim | None = None
+    state: State = State.PENDING
+    attempts: int = 0
+    ready_at: float = 0.0
+    outputs: Sequence[Output] = ()
+    error: BaseException | None = None
+    error_tb: str = ""
+    reason: str = ""
+    kind: FailureKind = FailureKind.NOT_PROCESSED
+    first_attempt_at: float | None = None
+    first: Item | None = None  # for an in-batch duplicate: the occurrence that counts
+
+    def fail(self, kind: FailureKind, reason: str) -> None:
+        """Hand the item back for redelivery, with why."""
+        self.state = State.FAILED
+        self.kind = kind
+        self.reason = reason
+        if self.error is None or kind in _ALWAYS_LOGGED:
+            log.warning("%s: %s", describe(self), reason, extra=log_extra(self))
+
+    def dead(self, kind: FailureKind, reason: str) -> None:
+        """Settle the item as dead-lettered, with why."""
+        self.state = State.DEAD
+        self.kind = kind
+        self.reason = reason
+        log.warning("%s; dead-lettering", reason, extra=log_extra(self))
+
+
+def items_of(
+    records: Iterable[Record], key: Callable[[Event], str] | None
+) -> tuple[list[Item], list[Item]]:
+    """The distinct-key items of a batch, and every record as an item in delivery order."""
+    by_key: dict[str, Item] = {}
+    order: list[Item] = []
+    for record in records:
+        if key is None or isinstance(record, InvalidRecord):
+            item = Item(record, record.key)
+        else:
+            try:
+                item = Item(record, key(record))
+            except Exception as exc:
+                # The key function cannot read this event: it can never be processed.
+                invalid = InvalidRecord(
+                    id=record.id,
+                    source=record.source,
+                    reason=f"the pipeline's key function failed: {exc!r}",
+                    raw=record.data,
+                    partition_key=record.partition_key,
+                    sequence=record.sequence,
+                )
+                item = Item(invalid, invalid.key)
+        earlier = by_key.get(item.key)
+        if earlier is not None:
+            item.first = earlier
+        else:
+            by_key[item.key] = item
+        order.append(item)
+    return list(by_key.values()), order
+
+
+def in_state(items: list[Item], *states: State) -> list[Item]:
+    """The items in any of `states`, in batch order."""
+    return [i for i in items if i.state in states]
+
+
+def result_of(order: list[Item], metrics: Metrics) -> BatchResult:
+    """The batch's result, by event id in delivery order, counted into `metrics`."""
+    result = BatchResult()
+    for item in order:
+        state = item.state
+        if item.first is not None:
+            # A second delivery inside one batch shares the fate of the first: a
+            # duplicate when that one is settled, failed when it must come again.
+            state = State.FAILED if item.first.state is State.FAILED else State.DUPLICATE
+            item.reason = item.first.reason
+            item.kind = item.first.kind
+        event_id = item.record.id
+        if state is State.DONE:
+            result.processed.append(event_id)
+        elif state is State.DUPLICATE:
+            result.duplicates.append(event_id)
+        elif state is State.DEAD:
+            result.dead_lettered.append(event_id)
+            result.failures[event_id] = Failure(item.kind, item.reason)
+        else:
+            result.failed.append(event_id)
+            result.failures[event_id] = Failure(item.kind, item.reason or "not processed")
+    metrics.count("processed", len(result.processed))
+    metrics.count("duplicates", len(result.duplicates))
+    metrics.count("failed", len(result.failed))
+    metrics.count("dead_lettered", len(result.dead_lettered))
+    return result
+
+
+def describe(item: Item) -> str:
+    """The item's event as people find it: id, source, sequence, where it was read."""
+    record = item.record
+    where = f" at {record.locator}" if isinstance(record, InvalidRecord) and record.locator else ""
+    seq = f" sequence {record.sequence}" if record.sequence else ""
+    return f"event {record.id} from {record.source}{seq}{where}"
+
+
+def log_extra(item: Item) -> dict[str, Any]:
+    """The structured fields of a log record about the item; never the payload."""
+    return {
+        "event_key": item.key,
+        "event_id": item.record.id,
+        "event_source": item.record.source,
+        "attempt": item.attempts,
+    }
