@@ -19,6 +19,7 @@ from onceflow.clock import ManualClock
 from onceflow.identity import event_key, output_id
 from onceflow.interfaces import Sink, TransactionalStore
 from onceflow.records import ClaimStatus, Completion, Outcome, OutcomeStatus
+from onceflow.retry import Backoff, RetryPolicy
 from onceflow.testing import (
     AtomicSinkContract,
     ExactlyOnceContract,
@@ -258,3 +259,43 @@ async def test_complete_with_commits_each_key_with_its_writes_and_refuses_stale_
         ClaimStatus.COMPLETED,
         ClaimStatus.IN_PROGRESS,
     ]
+
+
+class Intruder(HTTPPolicy):  # type: ignore[type-arg]
+    """Before each write, another worker rewrites `row` with a lapsed lease (a new ETag)."""
+
+    def __init__(self, other: TableClient, row: dict[str, Any]) -> None:
+        super().__init__()
+        self.other, self.row = other, row
+        self.writes = 0
+
+    def send(self, request: PipelineRequest) -> PipelineResponse:  # type: ignore[type-arg]
+        if request.http_request.method in ("POST", "PUT", "PATCH", "MERGE"):
+            self.writes += 1
+            self.other.upsert_entity(self.row, mode=UpdateMode.REPLACE)
+        return self.next.send(request)
+
+
+@pytest.mark.anyio
+async def test_a_contended_key_gets_the_retry_policys_rounds(
+    azurite_server: Azurite, tables: dict[str, str]
+) -> None:
+    conn = azurite_server.connection_string
+    key = event_key(f"contended-{uuid.uuid4().hex[:8]}", "1")
+    partition, row_key = key_address(key)
+    lapsed = {
+        "PartitionKey": partition,
+        "RowKey": row_key,
+        "key": key,
+        "status": "in_progress",
+        "token": "intruder",
+        "lease_expires_at": 0.0,
+    }
+    intruder = Intruder(TableClient.from_connection_string(conn, tables["state"]), lapsed)
+    client = TableClient.from_connection_string(
+        conn, tables["state"], per_retry_policies=[intruder]
+    )
+    store = TableIdempotencyStore(client, retry=RetryPolicy(attempts=3, backoff=Backoff(base=0)))
+    [claim] = await store.claim([key], 30)
+    # The batch's write, then one write per round: every one meets the intruder's.
+    assert claim.status is ClaimStatus.IN_PROGRESS and intruder.writes == 1 + 3
