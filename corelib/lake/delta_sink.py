@@ -199,8 +199,3 @@ def vacuum_delta(
     table = DeltaTable(table_uri, storage_options=storage_options)
     hours = int(retain.total_seconds() // 3600)
     return table.vacuum(retention_hours=hours, dry_run=False, enforce_retention_duration=False)
-
-
-def row_count(table: pa.Table, column: str = OUTPUT_ID) -> tuple[int, int]:
-    """Rows and distinct values of `column` (for checks and reports)."""
-    return table.num_rows, pc.count_distinct(table.column(column)).as_py()
