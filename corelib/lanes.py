@@ -17,114 +17,100 @@ from onceflow.batch import Item, State
 from onceflow.failures import FailureKind
 from onceflow.interfaces import Clock
 
-__all__ = ["run_lanes"]
+__all__ = ["Lanes"]
 
 
-async def run_lanes(
-    items: list[Item],
-    *,
-    attempts: Attempts,
-    ordered: bool,
-    clock: Clock,
-    limiter: anyio.CapacityLimiter,
-    deadline: float | None,
-) -> None:
-    """Attempt every pending item until each is done, dead, failed, or out of time."""
-    pending = [item for item in items if item.state is State.PENDING]
-    if not ordered and not attempts.is_async and pending:
-        # Fast path: every first attempt in one plain loop; only retries need lanes.
-        now = clock.now()
-        attempt = attempts.attempt
-        for item in pending:
-            if deadline is not None and clock.now() >= deadline:
-                break  # the rest are failed below, with the reason
-            attempt(item, now)
-        pending = [item for item in pending if item.state is State.PENDING]
-    # Ordered lanes keep settled items too: a failed one must hold back its successors.
-    lanes = _lanes(items, ordered) if ordered else [deque([item]) for item in pending]
-    while lanes:
-        now = clock.now()
-        if deadline is not None and now >= deadline:
-            for lane in lanes:
-                for item in lane:
-                    item.fail(
-                        FailureKind.OUT_OF_TIME,
-                        "time budget ran out before this event was processed",
-                    )
-            return
-        ready = [lane for lane in lanes if lane[0].ready_at <= now]
-        if not ready:
-            wake = min(lane[0].ready_at for lane in lanes)
-            if deadline is not None and wake >= deadline:
-                await clock.sleep(max(0.0, deadline - now))
+class Lanes:
+    """Runs attempts over a batch's items, lane by lane, until each settles or time is up."""
+
+    def __init__(
+        self, attempts: Attempts, *, ordered: bool, clock: Clock, concurrency: int
+    ) -> None:
+        self.attempts = attempts
+        self.ordered = ordered
+        self.clock = clock
+        self.limiter = anyio.CapacityLimiter(max(1, concurrency))
+
+    async def run(self, items: list[Item], deadline: float | None) -> None:
+        """Attempt every pending item until each is done, dead, failed, or out of time."""
+        attempts, clock, ordered = self.attempts, self.clock, self.ordered
+        pending = [item for item in items if item.state is State.PENDING]
+        if not ordered and not attempts.is_async and pending:
+            # Fast path: every first attempt in one plain loop; only retries need lanes.
+            now = clock.now()
+            attempt = attempts.attempt
+            for item in pending:
+                if deadline is not None and clock.now() >= deadline:
+                    break  # the rest are failed below, with the reason
+                attempt(item, now)
+            pending = [item for item in pending if item.state is State.PENDING]
+        # Ordered lanes keep settled items too: a failed one must hold back its successors.
+        lanes = _lanes(items) if ordered else [deque([item]) for item in pending]
+        while lanes:
+            now = clock.now()
+            if deadline is not None and now >= deadline:
+                for lane in lanes:
+                    for item in lane:
+                        item.fail(
+                            FailureKind.OUT_OF_TIME,
+                            "time budget ran out before this event was processed",
+                        )
+                return
+            ready = [lane for lane in lanes if lane[0].ready_at <= now]
+            if not ready:
+                wake = min(lane[0].ready_at for lane in lanes)
+                if deadline is not None and wake >= deadline:
+                    await clock.sleep(max(0.0, deadline - now))
+                else:
+                    await clock.sleep(wake - now)
+                continue
+            if attempts.is_async and len(ready) > 1:
+                async with anyio.create_task_group() as group:
+                    for lane in ready:
+                        group.start_soon(self._advance_limited, lane, now, deadline)
             else:
-                await clock.sleep(wake - now)
-            continue
-        if attempts.is_async and len(ready) > 1:
-            async with anyio.create_task_group() as group:
                 for lane in ready:
-                    group.start_soon(_advance_limited, lane, now, deadline, attempts, ordered,
-                                     clock, limiter)  # fmt: skip
-        else:
-            for lane in ready:
-                await _advance(lane, now, deadline, attempts, ordered, clock)
-        lanes = [lane for lane in lanes if lane]
+                    await self._advance(lane, now, deadline)
+            lanes = [lane for lane in lanes if lane]
+
+    async def _advance_limited(self, lane: deque[Item], now: float, deadline: float | None) -> None:
+        async with self.limiter:
+            await self._advance(lane, now, deadline)
+
+    async def _advance(self, lane: deque[Item], now: float, deadline: float | None) -> None:
+        """Run the lane from its head until it empties, its head must wait, or time runs out."""
+        while lane:
+            item = lane[0]
+            if item.state is State.PENDING:
+                if item.ready_at > now:
+                    return
+                if deadline is not None and self.clock.now() >= deadline:
+                    return  # the caller fails what is left once it sees the deadline
+                finishing = self.attempts.attempt(item, now)
+                if finishing is not None:
+                    await finishing
+                if item.state is State.PENDING:
+                    return  # waiting for a retry; in ordered mode the lane waits with it
+            if item.state is State.FAILED and self.ordered:
+                lane.popleft()
+                for later in lane:
+                    later.fail(
+                        FailureKind.HELD_FOR_ORDER,
+                        f"an earlier event of partition {item.record.partition_key!r} "
+                        "failed, so this one waits to keep order",
+                    )
+                lane.clear()
+                return
+            lane.popleft()
 
 
-def _lanes(items: list[Item], ordered: bool) -> list[deque[Item]]:
+def _lanes(items: list[Item]) -> list[deque[Item]]:
     lanes: dict[object, list[Item]] = {}
     for item in items:
         lane_key = item.record.partition_key
         # Events without a partition key promise no order: each is a lane of its own.
         lanes.setdefault(lane_key if lane_key is not None else item, []).append(item)
     return [deque(_in_sequence(lane)) for lane in lanes.values()]
-
-
-async def _advance_limited(
-    lane: deque[Item],
-    now: float,
-    deadline: float | None,
-    attempts: Attempts,
-    ordered: bool,
-    clock: Clock,
-    limiter: anyio.CapacityLimiter,
-) -> None:
-    async with limiter:
-        await _advance(lane, now, deadline, attempts, ordered, clock)
-
-
-async def _advance(
-    lane: deque[Item],
-    now: float,
-    deadline: float | None,
-    attempts: Attempts,
-    ordered: bool,
-    clock: Clock,
-) -> None:
-    """Run the lane from its head until it empties, its head must wait, or time runs out."""
-    while lane:
-        item = lane[0]
-        if item.state is State.PENDING:
-            if item.ready_at > now:
-                return
-            if deadline is not None and clock.now() >= deadline:
-                return  # the caller fails what is left once it sees the deadline
-            finishing = attempts.attempt(item, now)
-            if finishing is not None:
-                await finishing
-            if item.state is State.PENDING:
-                return  # waiting for a retry; in ordered mode the lane waits with it
-        if item.state is State.FAILED and ordered:
-            lane.popleft()
-            for later in lane:
-                later.fail(
-                    FailureKind.HELD_FOR_ORDER,
-                    f"an earlier event of partition {item.record.partition_key!r} "
-                    "failed, so this one waits to keep order",
-                )
-            lane.clear()
-            return
-        lane.popleft()
 
 
 def _in_sequence(lane: list[Item]) -> list[Item]:

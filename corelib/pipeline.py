@@ -26,7 +26,7 @@ from onceflow.errors import ConfigurationError, OutputRejected, PermanentError
 from onceflow.event import Event
 from onceflow.failures import FailureKind
 from onceflow.interfaces import Clock, IdempotencyStore, Metrics, Processor, Sink
-from onceflow.lanes import run_lanes
+from onceflow.lanes import Lanes
 from onceflow.metrics import NoopMetrics
 from onceflow.records import ClaimStatus, InvalidRecord, Output
 from onceflow.results import BatchResult
@@ -112,7 +112,9 @@ class Pipeline:
             clock=self.clock,
             metrics=self.metrics,
         )
-        self._limiter = anyio.CapacityLimiter(max(1, concurrency))
+        self._lanes = Lanes(
+            self._attempts, ordered=ordered, clock=self.clock, concurrency=concurrency
+        )
         self._setup_done = False
         # The commit strategy is chosen here, once: atomic where a sink commits with the
         # store, write-then-complete elsewhere, redelivery when there is no dead-letter sink.
@@ -151,14 +153,7 @@ class Pipeline:
         self.metrics.count("received", len(order))
         if fresh and await self._claim(fresh):
             self._step(Step.AFTER_CLAIM, fresh)
-            await run_lanes(
-                fresh,
-                attempts=self._attempts,
-                ordered=self.ordered,
-                clock=self.clock,
-                limiter=self._limiter,
-                deadline=deadline,
-            )
+            await self._lanes.run(fresh, deadline)
             self._step(Step.AFTER_PROCESS, fresh)
             await self._committer.commit(fresh)
             await self._release([i for i in fresh if i.state is State.FAILED])
@@ -311,18 +306,17 @@ class Pipeline:
 
     def _letters(self, item: Item) -> list[Output]:
         exc = item.error
-        letter = dead_letter(
-            item.record,
-            item.reason,
-            key=item.key,
-            now=self.clock.now(),
-            pipeline=self.name,
-            error_type=type(exc).__name__ if exc else "Error",
-            traceback=item.error_tb,
-            attempts=item.attempts,
-            first_attempt_at=item.first_attempt_at,
-        )
-        return [letter]
+        return [
+            self.dead_letter_for(
+                item.record,
+                item.reason,
+                error_type=type(exc).__name__ if exc else "Error",
+                traceback=item.error_tb,
+                attempts=item.attempts,
+                first_attempt_at=item.first_attempt_at,
+                key=item.key,
+            )
+        ]
 
     def _step(self, step: Step, items: list[Item]) -> None:
         if self.on_step is not None:
