@@ -1,35 +1,39 @@
 """Bulk DynamoDB requests with DynamoDB's own limits: chunking, unprocessed retries, cancellations.
 
 These run in a worker thread (boto3 is blocking) and wait with `time.sleep`: the
-store's clock is logical time for leases and TTL, which a backoff must not move.
+store's clock is logical time for leases and TTL, which a backoff must not move. Each
+retry loop follows the `RetryPolicy` it is given: `attempts` requests in all, its
+backoff between them.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
-from onceflow.retry import Backoff
+from onceflow.retry import Backoff, RetryPolicy
 
 __all__ = [
     "BATCH_GET_LIMIT",
     "BATCH_WRITE_LIMIT",
     "TRANSACTION_LIMIT",
     "DynamoDBUnavailable",
+    "TransactAction",
     "batch_get",
     "batch_write",
     "chunks",
+    "default_retry",
     "error_code",
     "transact",
+    "transact_action",
 ]
 
 BATCH_GET_LIMIT = 100
 BATCH_WRITE_LIMIT = 25
 TRANSACTION_LIMIT = 100
-MAX_ROUNDS = 8
 PARALLEL_REQUESTS = 4
 """Independent batch requests in flight at once (boto3 clients are thread-safe)."""
 T = TypeVar("T")
@@ -42,6 +46,11 @@ RETRYABLE_REASONS = frozenset(
         "InternalServerError",
     }
 )
+
+
+def default_retry() -> RetryPolicy:
+    """Request-level retries of unprocessed items and throttled or conflicting transactions."""
+    return RetryPolicy(attempts=8, backoff=Backoff(base=0.02, cap=1.0))
 
 
 class DynamoDBUnavailable(RuntimeError):
@@ -64,7 +73,7 @@ def batch_get(
     client: Any,
     table: str,
     keys: Sequence[dict[str, Any]],
-    backoff: Backoff,
+    retry: RetryPolicy,
     *,
     key_attribute: str,
 ) -> dict[str, dict[str, Any]]:
@@ -73,7 +82,9 @@ def batch_get(
     def fetch(chunk: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         got: list[dict[str, Any]] = []
         pending: list[dict[str, Any]] = list(chunk)
-        for attempt in range(1, MAX_ROUNDS + 1):
+        attempt = 0
+        while True:
+            attempt += 1
             response = client.batch_get_item(
                 RequestItems={table: {"Keys": pending, "ConsistentRead": True}}
             )
@@ -81,7 +92,9 @@ def batch_get(
             pending = response.get("UnprocessedKeys", {}).get(table, {}).get("Keys", [])
             if not pending:
                 return got
-            time.sleep(backoff.delay(attempt))
+            if retry.exhausted(attempt):
+                break
+            time.sleep(retry.delay(attempt))
         raise DynamoDBUnavailable(f"BatchGetItem on {table}: {len(pending)} keys unprocessed")
 
     found: dict[str, dict[str, Any]] = {}
@@ -92,7 +105,7 @@ def batch_get(
 
 
 def batch_write(
-    client: Any, requests: Sequence[tuple[str, dict[str, Any]]], backoff: Backoff
+    client: Any, requests: Sequence[tuple[str, dict[str, Any]]], retry: RetryPolicy
 ) -> None:
     """`(table, PutRequest/DeleteRequest)` pairs in BatchWriteItem calls of 25, until all land."""
 
@@ -100,12 +113,16 @@ def batch_write(
         pending: dict[str, list[dict[str, Any]]] = {}
         for table, request in chunk:
             pending.setdefault(table, []).append(request)
-        for attempt in range(1, MAX_ROUNDS + 1):
+        attempt = 0
+        while True:
+            attempt += 1
             response = client.batch_write_item(RequestItems=pending)
             pending = response.get("UnprocessedItems") or {}
             if not pending:
                 return
-            time.sleep(backoff.delay(attempt))
+            if retry.exhausted(attempt):
+                break
+            time.sleep(retry.delay(attempt))
         left = sum(len(v) for v in pending.values())
         raise DynamoDBUnavailable(f"BatchWriteItem: {left} items unprocessed")
 
@@ -129,6 +146,30 @@ class Reason:
     item: dict[str, Any] | None = None
     """The item as it was, for a failed condition asked to return it."""
     message: str = ""
+
+
+class TransactAction(NamedTuple):
+    """One TransactWriteItems action (typed), with the item it writes.
+
+    The DynamoDB store's transaction vocabulary: an atomic sink hands these to
+    `DynamoDBIdempotencyStore.complete_with`, filed by event key.
+    """
+
+    request: dict[str, Any]
+    """`{"Put": {...}}`, `{"Update": {...}}`, `{"Delete": {...}}` or `{"ConditionCheck": ...}`."""
+    target: str
+    """The table and key written: two actions on one item may not share a transaction."""
+
+
+def transact_action(request: dict[str, Any], key_attributes: Collection[str]) -> TransactAction:
+    """`request` with its target, found by its `Key` or, for a Put, its key attributes."""
+    [body] = request.values()
+    key = body.get("Key")
+    if key is None:
+        item = body.get("Item", {})
+        key = {name: item[name] for name in key_attributes if name in item}
+    target = f"{body.get('TableName')}|{sorted((k, str(v)) for k, v in key.items())}"
+    return TransactAction(request, target)
 
 
 def transact(client: Any, actions: Sequence[dict[str, Any]]) -> list[Reason] | None:

@@ -5,22 +5,33 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from onceflow.adapters.aws.dynamodb_requests import TRANSACTION_LIMIT, batch_write
+from onceflow.adapters.aws.dynamodb_mode import DynamoDBMode
+from onceflow.adapters.aws.dynamodb_requests import (
+    TRANSACTION_LIMIT,
+    TransactAction,
+    batch_write,
+    default_retry,
+    transact_action,
+)
 from onceflow.adapters.aws.dynamodb_store import DynamoDBIdempotencyStore
 from onceflow.adapters.aws.dynamodb_types import from_wire, to_wire
 from onceflow.adapters.aws.sdk import ClientOnFirstUse, run_blocking
 from onceflow.errors import ConfigurationError, OutputRejected
 from onceflow.interfaces import IdempotencyStore
 from onceflow.records import Completion, Output
-from onceflow.retry import Backoff
+from onceflow.retry import RetryPolicy
 from onceflow.serialization import dumps
 
-__all__ = ["Action", "DynamoDBSink"]
+__all__ = ["Action", "DynamoDBSink", "ItemOf"]
 
 Action = Callable[[Output], dict[str, Any]]
 """Maps an output to one write, in TransactWriteItems form with plain Python values:
 `{"Put": {"Item": {...}}}` or `{"Update": {"Key": {...}, "UpdateExpression": ...,
-"ExpressionAttributeValues": {...}}}` (TableName defaults to the sink's table)."""
+"ExpressionAttributeValues": {...}}}` (TableName defaults to the sink's table).
+Only an atomic mode (`FENCED`, `OPTIMISTIC`) applies it once per event."""
+
+ItemOf = Callable[[Output], dict[str, Any]]
+"""Maps an output to the item that stores it (plain Python values), in any mode."""
 
 MAX_ITEM_BYTES = 390_000
 """DynamoDB's item limit is 400 KB; keep room for the attribute names."""
@@ -29,10 +40,11 @@ MAX_ITEM_BYTES = 390_000
 class DynamoDBSink:
     """Outputs upserted by `output_id` into a table; atomic with `DynamoDBIdempotencyStore`.
 
-    With `atomic=True` (the default) and a store in the same account and region, the
-    runner commits outputs and completion markers in one TransactWriteItems: that is
-    what non-idempotent writes (counters: `action=` returning an `ADD` update) need.
-    With `atomic=False`, outputs go in BatchWriteItem calls of 25 (keyed overwrites).
+    In an atomic mode (`FENCED`, the default, or `OPTIMISTIC`) and with a store of the
+    same mode on the same endpoint and region, the runner commits outputs and completion
+    markers in one TransactWriteItems: what non-idempotent writes (counters: `action=`
+    returning an `ADD` update) need. In `UPSERT` mode, outputs go in BatchWriteItem calls
+    of 25 (keyed overwrites). Build a matching pair with `dynamodb_pipeline_parts`.
     """
 
     client = ClientOnFirstUse("dynamodb")
@@ -41,23 +53,47 @@ class DynamoDBSink:
         self,
         table: str,
         *,
+        mode: DynamoDBMode = DynamoDBMode.FENCED,
         client: Any = None,
-        atomic: bool = True,
         action: Action | None = None,
+        item: ItemOf | None = None,
         key_attribute: str = "pk",
-        backoff: Backoff | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
+        if action is not None and not mode.atomic:
+            raise ConfigurationError(
+                f"DynamoDBSink({table!r}, action=...) applies its action once per event only "
+                "in an atomic mode: use mode=DynamoDBMode.FENCED or OPTIMISTIC, or item= for "
+                "a custom item in UPSERT mode"
+            )
+        if action is not None and item is not None:
+            raise ConfigurationError(
+                f"DynamoDBSink({table!r}) takes action= or item=, not both: an action "
+                "builds its own item"
+            )
         self.table = table
-        self.atomic = atomic
+        self.mode = mode
         self.action = action
+        self.item_of = item
         self.key_attribute = key_attribute
-        self.backoff = backoff or Backoff(base=0.02, cap=1.0)
+        self.retry = retry or default_retry()
+        """Request-level retries of unprocessed items."""
         self._client = client
 
     def commits_with(self, store: IdempotencyStore) -> bool:
-        """True for a DynamoDB store on the same endpoint and region, when this sink is atomic."""
-        if not self.atomic or not isinstance(store, DynamoDBIdempotencyStore):
+        """True for a DynamoDB store of this mode on the same endpoint and region.
+
+        Raises `ConfigurationError` for a DynamoDB store of another mode, which this sink
+        cannot commit with and must not silently write around.
+        """
+        if not self.mode.atomic or not isinstance(store, DynamoDBIdempotencyStore):
             return False
+        if store.mode is not self.mode:
+            raise ConfigurationError(
+                f"DynamoDBSink({self.table!r}) in {self.mode.name} mode cannot commit with a "
+                f"{store.mode.name} DynamoDBIdempotencyStore: build both with "
+                "dynamodb_pipeline_parts(..., mode=...)"
+            )
         mine, theirs = self.client.meta, store.client.meta
         return bool(
             mine.region_name == theirs.region_name and mine.endpoint_url == theirs.endpoint_url
@@ -74,10 +110,10 @@ class DynamoDBSink:
             if kind != "Put":
                 raise ConfigurationError(
                     f"output {output.output_id}: a {kind} is not an idempotent overwrite; "
-                    "use DynamoDBSink(atomic=True) with a DynamoDBIdempotencyStore"
+                    "commit it with a DynamoDBIdempotencyStore of this sink's mode"
                 )
             requests.append((body["TableName"], {"PutRequest": {"Item": body["Item"]}}))
-        await run_blocking(batch_write, self.client, requests, self.backoff)
+        await run_blocking(batch_write, self.client, requests, self.retry)
 
     async def write_and_complete(
         self,
@@ -90,10 +126,10 @@ class DynamoDBSink:
             raise ConfigurationError("DynamoDBSink commits atomically only with DynamoDB stores")
         if not completions:
             return []
-        actions = self._actions(outputs)
-        by_event: dict[str, list[dict[str, Any]]] = {}
-        for output, action in zip(outputs, actions, strict=True):
-            by_event.setdefault(output.event_key, []).append(action)
+        by_event: dict[str, list[TransactAction]] = {}
+        keys = {self.key_attribute}
+        for output, action in zip(outputs, self._actions(outputs), strict=True):
+            by_event.setdefault(output.event_key, []).append(transact_action(action, keys))
         too_many = {
             o.output_id: f"its event has {len(by_event[o.event_key])} outputs; one transaction "
             f"holds {TRANSACTION_LIMIT - 1} besides the marker"
@@ -102,15 +138,12 @@ class DynamoDBSink:
         }
         if too_many:
             raise OutputRejected(too_many)
-        now = store.clock.now()
-        groups = [[store.marker_action(c, now), *by_event.get(c.key, [])] for c in completions]
-        accepted: list[bool] = await run_blocking(
-            store.commit_groups, groups, frozenset({self.key_attribute})
-        )
-        return accepted
+        return await store.complete_with(completions, by_event)
 
     def item(self, output: Output) -> dict[str, Any]:
-        """The default item for an output: its id, value and provenance."""
+        """The item for an output: `item=`'s, else its id, value and provenance."""
+        if self.item_of is not None:
+            return self.item_of(output)
         item: dict[str, Any] = {
             self.key_attribute: output.output_id,
             "value": output.value,

@@ -1,14 +1,17 @@
 """The idempotency store on one DynamoDB table: status, lease, fencing token, TTL, payload hash.
 
-Two ways to claim, both exactly-once with `DynamoDBSink`:
+How it claims and completes follows its `DynamoDBMode` (see `dynamodb_mode`):
 
-- `leases=True` (fenced): one BatchGetItem per 100 keys finds known keys, then
-  conditional TransactWriteItems (100 actions each) lease the free ones. A worker
-  that loses its lease cannot commit. Passes every store contract.
-- `leases=False` (upsert and optimistic): the BatchGetItem alone. Nothing is written
-  at claim time; with a non-atomic sink, markers are upserted after the outputs
-  (keyed overwrites make a repeat harmless); with an atomic sink, the commit
-  transaction is conditional on the row being unchanged since it was read.
+- `FENCED`: one BatchGetItem per 100 keys finds known keys, then conditional
+  TransactWriteItems (100 actions each) lease the free ones. A worker that loses its
+  lease cannot commit. Passes every store contract.
+- `OPTIMISTIC` and `UPSERT`: the BatchGetItem alone; each NEW claim carries the token it
+  read (`Claim.observed`, "" for no record). `OPTIMISTIC` completes only if the record
+  is still the one read; `UPSERT` upserts its markers after the outputs (keyed
+  overwrites make a repeat harmless).
+
+Atomic sinks commit through `complete_with` (the `TransactionalStore` protocol): each
+key's marker and the sink's actions for it in one transaction.
 """
 
 from __future__ import annotations
@@ -16,25 +19,28 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from onceflow.adapters.aws.dynamodb_mode import DynamoDBMode
 from onceflow.adapters.aws.dynamodb_requests import (
-    MAX_ROUNDS,
     RETRYABLE_REASONS,
     TRANSACTION_LIMIT,
     DynamoDBUnavailable,
+    TransactAction,
     batch_get,
     batch_write,
     chunks,
+    default_retry,
     error_code,
     transact,
+    transact_action,
 )
 from onceflow.adapters.aws.sdk import ClientOnFirstUse, run_blocking
 from onceflow.clock import SystemClock
 from onceflow.interfaces import Clock
 from onceflow.records import Claim, ClaimStatus, Completion, Outcome, OutcomeStatus
-from onceflow.retry import Backoff
+from onceflow.retry import RetryPolicy
 
 __all__ = ["DynamoDBIdempotencyStore", "create_table"]
 
@@ -42,6 +48,8 @@ IN_PROGRESS = "IN_PROGRESS"
 COMPLETED = "COMPLETED"
 MAX_KEY_BYTES = 1024
 """Longer keys are stored by hash (DynamoDB allows 2048 bytes for a partition key)."""
+MAX_REREADS = 32
+"""Rounds of leasing a key whose record changed under the claim, before giving up."""
 
 
 def create_table(
@@ -73,19 +81,20 @@ class DynamoDBIdempotencyStore:
         *,
         client: Any = None,
         clock: Clock | None = None,
+        mode: DynamoDBMode = DynamoDBMode.FENCED,
         ttl_seconds: float = 86_400.0,
-        leases: bool = True,
         key_attribute: str = "pk",
         ttl_attribute: str = "expires_at",
-        backoff: Backoff | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.table = table
+        self.mode = mode
         self.clock: Clock = clock or SystemClock()
         self.ttl_seconds = ttl_seconds
-        self.leases = leases
         self.key_attribute = key_attribute
         self.ttl_attribute = ttl_attribute
-        self.backoff = backoff or Backoff(base=0.02, cap=1.0)
+        self.retry = retry or default_retry()
+        """Request-level retries: unprocessed items, throttled or conflicting transactions."""
         self._client = client
 
     # -- the IdempotencyStore protocol -----------------------------------------------------
@@ -100,24 +109,42 @@ class DynamoDBIdempotencyStore:
         return result
 
     async def complete(self, completions: Sequence[Completion]) -> list[bool]:
-        """Mark keys completed where the fence holds (upsert mode: always)."""
+        """Mark keys completed where the fence holds (`UPSERT` mode: always)."""
+        if self.mode is not DynamoDBMode.UPSERT:
+            return await self.complete_with(completions, {})
         if not completions:
             return []
         now = self.clock.now()
-        if not self.leases:
-            requests = [
-                (self.table, {"PutRequest": {"Item": self.marker(c, now)}}) for c in completions
-            ]
-            await run_blocking(batch_write, self.client, requests, self.backoff)
-            return [True] * len(completions)
-        groups = [[self.marker_action(c, now)] for c in completions]
-        accepted: list[bool] = await run_blocking(self.commit_groups, groups)
-        return accepted
+        requests = [
+            (self.table, {"PutRequest": {"Item": self._marker(c, now)}}) for c in completions
+        ]
+        await run_blocking(batch_write, self.client, requests, self.retry)
+        return [True] * len(completions)
 
     async def release(self, claims: Sequence[Claim]) -> None:
         """Delete leases these claims still hold; stale ones are left alone."""
-        if self.leases and claims:
+        if self.mode.leases and claims:
             await run_blocking(self._release, list(claims))
+
+    # -- the TransactionalStore protocol ----------------------------------------------------
+
+    async def complete_with(
+        self,
+        completions: Sequence[Completion],
+        writes: Mapping[str, Sequence[TransactAction]],
+    ) -> list[bool]:
+        """Each key's marker and the writes filed under it in one transaction, if its fence holds.
+
+        The fence is the claim's token, or for a claim that leased nothing the record it
+        observed. A key's marker and writes never span two transactions (at most 99
+        writes per key); keys whose fence failed write nothing, the others commit.
+        """
+        if not completions:
+            return []
+        now = self.clock.now()
+        groups = [[self._marker_action(c, now), *writes.get(c.key, ())] for c in completions]
+        accepted: list[bool] = await run_blocking(self._commit, groups)
+        return accepted
 
     # -- items ------------------------------------------------------------------------------
 
@@ -130,13 +157,13 @@ class DynamoDBIdempotencyStore:
     def _key(self, key: str) -> dict[str, Any]:
         return {self.key_attribute: {"S": self.pk(key)}}
 
-    def marker(self, completion: Completion, now: float) -> dict[str, Any]:
+    def _marker(self, completion: Completion, now: float) -> dict[str, Any]:
         """The completed record for `completion`, as a typed item."""
         outcome = completion.outcome
         item: dict[str, Any] = {
             **self._key(completion.key),
             "status": {"S": COMPLETED},
-            "token": {"S": _mine(completion.claim.token)},
+            "token": {"S": completion.claim.token or ""},
             "completed_at": {"N": _num(now)},
             self.ttl_attribute: {"N": str(int(now + self.ttl_seconds))},
             "expires": {"N": _num(now + self.ttl_seconds)},
@@ -149,28 +176,28 @@ class DynamoDBIdempotencyStore:
             item["detail"] = {"S": outcome.detail}
         return item
 
-    def marker_action(self, completion: Completion, now: float) -> dict[str, Any]:
-        """A transaction action writing the marker only if this claim's fence still holds."""
-        token = completion.claim.token
+    def _marker_action(self, completion: Completion, now: float) -> TransactAction:
+        """The marker's Put, conditional on the claim's fence: its token, or what it observed."""
+        claim = completion.claim
         condition = "#t = :mine"
-        values: dict[str, Any] = {":mine": {"S": _mine(token)}}
-        seen = _seen(token)
-        if seen == "":
+        names = {"#t": "token"}
+        values: dict[str, Any] = {":mine": {"S": claim.token or ""}}
+        if claim.observed == "":
             condition += " OR attribute_not_exists(#k)"
-        elif seen is not None:
+            names["#k"] = self.key_attribute
+        elif claim.observed is not None:
             condition += " OR #t = :seen"
-            values[":seen"] = {"S": seen}
-        return {
+            values[":seen"] = {"S": claim.observed}
+        put = {
             "Put": {
                 "TableName": self.table,
-                "Item": self.marker(completion, now),
+                "Item": self._marker(completion, now),
                 "ConditionExpression": condition,
-                "ExpressionAttributeNames": {"#t": "token", "#k": self.key_attribute}
-                if "#k" in condition
-                else {"#t": "token"},
+                "ExpressionAttributeNames": names,
                 "ExpressionAttributeValues": values,
             }
         }
+        return transact_action(put, {self.key_attribute})
 
     def _claim_of(self, key: str, item: dict[str, Any] | None, now: float) -> Claim | None:
         """The answer an existing item gives without writing; None when the key is free."""
@@ -198,11 +225,11 @@ class DynamoDBIdempotencyStore:
             self.client,
             self.table,
             [self._key(k) for k in keys],
-            self.backoff,
+            self.retry,
             key_attribute=self.key_attribute,
         )
         answers: dict[str, Claim] = {}
-        free: dict[str, str] = {}  # key -> token seen on its item ("" when absent)
+        free: dict[str, str] = {}  # key -> token observed on its item ("" when absent)
         for key in keys:
             item = found.get(self.pk(key))
             known = self._claim_of(key, item, now)
@@ -211,14 +238,15 @@ class DynamoDBIdempotencyStore:
             else:
                 free[key] = item["token"]["S"] if item is not None else ""
         expires = now + lease_seconds
-        if not self.leases:
+        if not self.mode.leases:
             for key, seen in free.items():
-                # Nothing is leased: the token remembers what was read, for a conditional commit.
+                # Nothing is leased: the claim remembers what was read, for a conditional commit.
                 answers[key] = Claim(
                     key,
                     ClaimStatus.NEW,
-                    token=f"{uuid.uuid4().hex}|{seen}",
+                    token=uuid.uuid4().hex,
                     lease_expires_at=expires,
+                    observed=seen,
                 )
         else:
             answers.update(self._lease(free, now, expires))
@@ -227,7 +255,8 @@ class DynamoDBIdempotencyStore:
     def _lease(self, free: dict[str, str], now: float, expires: float) -> dict[str, Claim]:
         answers: dict[str, Claim] = {}
         pending = dict(free)
-        for attempt in range(1, MAX_ROUNDS * 4 + 1):
+        busy_rounds = 0
+        for _ in range(MAX_REREADS):
             if not pending:
                 return answers
             retry: dict[str, str] = {}
@@ -261,7 +290,12 @@ class DynamoDBIdempotencyStore:
                         )
             pending = retry
             if busy:
-                time.sleep(self.backoff.delay(attempt))
+                busy_rounds += 1
+                if self.retry.exhausted(busy_rounds):
+                    break
+                time.sleep(self.retry.delay(busy_rounds))
+        if not pending:
+            return answers
         raise DynamoDBUnavailable(f"could not settle claims on {self.table}: {len(pending)} left")
 
     def _lease_action(
@@ -292,30 +326,24 @@ class DynamoDBIdempotencyStore:
             put["ExpressionAttributeValues"] = values
         return {"Put": put}
 
-    # -- commit (shared with the atomic sink) -------------------------------------------------
+    # -- commit ---------------------------------------------------------------------------
 
-    def commit_groups(
-        self,
-        groups: Sequence[Sequence[dict[str, Any]]],
-        key_attributes: frozenset[str] = frozenset(),
-    ) -> list[bool]:
+    def _commit(self, groups: Sequence[Sequence[TransactAction]]) -> list[bool]:
         """Commit action groups (marker first) in transactions; per group, whether its fence held.
 
         A group is all-or-nothing and never split across transactions. When a marker's
-        condition fails its group is refused; the other groups commit. `key_attributes`
-        names the key attributes of other tables the groups write, to keep two actions
-        on one item out of one transaction.
+        condition fails its group is refused; the other groups commit. A round that
+        cancels only because of a refused group always settles that group, so only
+        throttled or conflicting rounds count against the retry policy.
         """
-        keys = {self.key_attribute, *key_attributes}
         accepted: list[bool | None] = [None] * len(groups)
         pending = list(range(len(groups)))
-        for attempt in range(1, MAX_ROUNDS * 4 + 1):
-            if not pending:
-                break
+        busy_rounds = 0
+        while pending:
             retry: list[int] = []
             busy = False
-            for batch in _pack(groups, pending, keys):
-                actions = [action for g in batch for action in groups[g]]
+            for batch in _pack(groups, pending):
+                actions = [action.request for g in batch for action in groups[g]]
                 reasons = transact(self.client, actions)
                 if reasons is None:
                     for g in batch:
@@ -336,11 +364,16 @@ class DynamoDBIdempotencyStore:
                         raise DynamoDBUnavailable(
                             f"commit to {self.table} refused: {failed.code} {failed.message}"
                         )
-            pending = retry
             if busy:
-                time.sleep(self.backoff.delay(attempt))
-        if pending:
-            raise DynamoDBUnavailable(f"could not commit {len(pending)} groups to {self.table}")
+                busy_rounds += 1
+                if self.retry.exhausted(busy_rounds):
+                    raise DynamoDBUnavailable(
+                        f"could not commit {len(retry)} groups to {self.table}"
+                    )
+                time.sleep(self.retry.delay(busy_rounds))
+            elif len(retry) == len(pending):
+                raise DynamoDBUnavailable(f"commit to {self.table} cancelled without a reason")
+            pending = retry
         return [bool(a) for a in accepted]
 
     # -- release --------------------------------------------------------------------------------
@@ -365,16 +398,14 @@ class DynamoDBIdempotencyStore:
                     raise
 
 
-def _pack(
-    groups: Sequence[Sequence[dict[str, Any]]], indexes: list[int], key_attributes: set[str]
-) -> list[list[int]]:
+def _pack(groups: Sequence[Sequence[TransactAction]], indexes: list[int]) -> list[list[int]]:
     """Groups into transactions of at most 100 actions, never two actions on one item."""
     batches: list[list[int]] = []
     current: list[int] = []
     size = 0
     targets: set[str] = set()
     for g in indexes:
-        keys = {target(action, key_attributes) for action in groups[g]}
+        keys = {action.target for action in groups[g]}
         if current and (size + len(groups[g]) > TRANSACTION_LIMIT or keys & targets):
             batches.append(current)
             current, size, targets = [], 0, set()
@@ -384,27 +415,6 @@ def _pack(
     if current:
         batches.append(current)
     return batches
-
-
-def target(action: dict[str, Any], key_attributes: set[str]) -> str:
-    """The table and key a transaction action writes (two actions may not share one)."""
-    [body] = action.values()
-    key = body.get("Key")
-    if key is None:
-        item = body.get("Item", {})
-        key = {name: item[name] for name in key_attributes if name in item}
-    return f"{body.get('TableName')}|{sorted((k, str(v)) for k, v in key.items())}"
-
-
-def _mine(token: str | None) -> str:
-    return (token or "").split("|", 1)[0]
-
-
-def _seen(token: str | None) -> str | None:
-    """For an optimistic claim, the token read at claim time ('' for no row); else None."""
-    if token is None or "|" not in token:
-        return None
-    return token.split("|", 1)[1]
 
 
 def _num(value: float) -> str:

@@ -10,7 +10,7 @@ from onceflow.adapters.aws.entry import failed_items
 from onceflow.adapters.aws.sdk import ClientOnFirstUse, run_blocking
 from onceflow.event import Event
 from onceflow.records import InvalidRecord
-from onceflow.retry import Backoff
+from onceflow.retry import Backoff, RetryPolicy
 
 __all__ = ["SQSSource"]
 
@@ -20,8 +20,9 @@ Record = Event | InvalidRecord
 class SQSSource:
     """Batches from an SQS queue, decoded exactly as the Lambda SQS trigger decodes them.
 
-    Records that succeed are deleted; failed ones are made visible again after a
-    backoff that grows with their receive count (FIFO: with the rest of their group).
+    Records that succeed are deleted; failed ones are made visible again after
+    `retry.delay(receive count)` (FIFO: with the rest of their group). Only the policy's
+    backoff is used: the queue's redrive policy decides when a message stops coming back.
     """
 
     client = ClientOnFirstUse("sqs")
@@ -34,13 +35,13 @@ class SQSSource:
         wait_seconds: int = 20,
         visibility_timeout: int | None = None,
         stop_when_empty: bool = False,
-        retry_backoff: Backoff | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.queue_url = queue_url
         self.wait_seconds = wait_seconds
         self.visibility_timeout = visibility_timeout
         self.stop_when_empty = stop_when_empty
-        self.retry_backoff = retry_backoff or Backoff(base=1.0, cap=300.0)
+        self.retry = retry or RetryPolicy(backoff=Backoff(base=1.0, cap=300.0))
         self._client = client
         self._arn: str | None = None
         self._stopped = False
@@ -131,7 +132,7 @@ class SQSSource:
             entries = []
             for n, message in enumerate(chunk):
                 count = int((message.get("Attributes") or {}).get("ApproximateReceiveCount", 1))
-                delay = int(self.retry_backoff.delay(count))
+                delay = int(self.retry.delay(count))
                 entries.append(
                     {
                         "Id": str(n),

@@ -8,8 +8,10 @@ A backend's test module subclasses a contract and defines the fixtures it names:
         @pytest.fixture
         def other_store(self, clock): return MyStore(table, clock=clock, ttl_seconds=3600)
 
-Capability fixtures (`ttl_seconds`, `batch_size`, `concurrent_claimers`) have defaults
-here that a backend overrides to state what it can do.
+Capability fixtures have defaults here that a backend overrides to state honestly what
+it can do: `ttl_seconds`, `batch_size`, `concurrent_claimers`, and the guarantees in
+`Capabilities` (`leases_at_claim`, `fences_completions`). Where a capability is off the
+tests assert the weaker behaviour the backend promises instead, never skip.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import anyio
 import pytest
 
 from onceflow.clock import ManualClock
+from onceflow.identity import output_id
 from onceflow.interfaces import AtomicSink, IdempotencyStore, ObjectStore, Sink
 from onceflow.records import (
     Claim,
@@ -34,6 +37,7 @@ from onceflow.records import (
 
 __all__ = [
     "AtomicSinkContract",
+    "Capabilities",
     "ObjectStoreContract",
     "ReadSink",
     "SinkContract",
@@ -56,12 +60,35 @@ def succeeded(claim: Claim, outputs: int = 1, fingerprint: str | None = "fp") ->
     return Completion(claim, Outcome(OutcomeStatus.SUCCEEDED, outputs, fingerprint))
 
 
-def output(key: str, index: int, value: Any) -> Output:
-    """An output of event `key` at position `index`, as the runner makes them."""
-    return Output(f"{key}#{index}", key, key.rsplit("#", 1)[-1], index, value)
+def output(key: str, index: int, value: Any, event_id: str | None = None) -> Output:
+    """An output of the event with key `key` (and id `event_id`, default the key) at `index`."""
+    return Output(output_id(key, index), key, key if event_id is None else event_id, index, value)
 
 
-class StoreContract:
+class Capabilities:
+    """The guarantees a store gives, as fixtures; a backend overrides those it lacks."""
+
+    @pytest.fixture
+    def leases_at_claim(self) -> bool:
+        """Whether `claim` leases a NEW key, so that another worker gets IN_PROGRESS.
+
+        Off for a store that only reads at claim time (DynamoDB `UPSERT` and
+        `OPTIMISTIC`): every live claim is NEW, racing workers may both process an
+        event, and exactly-once rests on the commit.
+        """
+        return True
+
+    @pytest.fixture
+    def fences_completions(self) -> bool:
+        """Whether `complete` refuses a claim whose fence no longer holds.
+
+        Off for a store that upserts its markers (DynamoDB `UPSERT`): every completion
+        is accepted and the last one wins, which keyed overwrites make harmless.
+        """
+        return True
+
+
+class StoreContract(Capabilities):
     """Claim, complete and release semantics, leases, fencing and TTL."""
 
     @pytest.fixture
@@ -97,14 +124,18 @@ class StoreContract:
 
     @pytest.mark.anyio
     async def test_live_lease_is_in_progress_for_another_worker(
-        self, store: IdempotencyStore, other_store: IdempotencyStore
+        self, store: IdempotencyStore, other_store: IdempotencyStore, leases_at_claim: bool
     ) -> None:
         key = unique()
         [mine] = await store.claim([key], LEASE)
         [theirs] = await other_store.claim([key], LEASE)
         assert mine.status is ClaimStatus.NEW
-        assert theirs.status is ClaimStatus.IN_PROGRESS
-        assert theirs.token is None
+        if leases_at_claim:
+            assert theirs.status is ClaimStatus.IN_PROGRESS
+            assert theirs.token is None
+        else:  # nothing held the key: the other worker's claim is NEW too, with its own token
+            assert theirs.status is ClaimStatus.NEW
+            assert theirs.token and theirs.token != mine.token
 
     @pytest.mark.anyio
     async def test_completed_key_returns_its_outcome(
@@ -128,11 +159,16 @@ class StoreContract:
         assert await store.complete([succeeded(claim)]) == [True]
 
     @pytest.mark.anyio
-    async def test_completion_without_a_claim_is_refused(self, store: IdempotencyStore) -> None:
+    async def test_completion_without_a_claim_is_refused(
+        self, store: IdempotencyStore, fences_completions: bool
+    ) -> None:
         ghost = Claim(unique(), ClaimStatus.NEW, token="not-a-real-token")
-        assert await store.complete([succeeded(ghost)]) == [False]
+        assert await store.complete([succeeded(ghost)]) == [not fences_completions]
         [claim] = await store.claim([ghost.key], LEASE)
-        assert claim.status is ClaimStatus.NEW
+        if fences_completions:
+            assert claim.status is ClaimStatus.NEW
+        else:  # an upserted marker: the key is completed all the same
+            assert claim.status is ClaimStatus.COMPLETED
 
     @pytest.mark.anyio
     async def test_expired_lease_is_taken_over_with_a_new_token(
@@ -147,13 +183,18 @@ class StoreContract:
 
     @pytest.mark.anyio
     async def test_stale_worker_cannot_complete_after_takeover(
-        self, store: IdempotencyStore, other_store: IdempotencyStore, clock: ManualClock
+        self,
+        store: IdempotencyStore,
+        other_store: IdempotencyStore,
+        clock: ManualClock,
+        fences_completions: bool,
     ) -> None:
         key = unique()
         [stale] = await store.claim([key], LEASE)
         clock.advance(LEASE + 1)
         [fresh] = await other_store.claim([key], LEASE)
-        assert await store.complete([succeeded(stale, outputs=7)]) == [False]
+        # Without a fence the stale completion lands too, and the last one wins.
+        assert await store.complete([succeeded(stale, outputs=7)]) == [not fences_completions]
         assert await other_store.complete([succeeded(fresh, outputs=2)]) == [True]
         [seen] = await store.claim([key], LEASE)
         assert seen.status is ClaimStatus.COMPLETED
@@ -170,18 +211,22 @@ class StoreContract:
 
     @pytest.mark.anyio
     async def test_release_frees_the_key_at_once(
-        self, store: IdempotencyStore, other_store: IdempotencyStore
+        self, store: IdempotencyStore, other_store: IdempotencyStore, fences_completions: bool
     ) -> None:
         key = unique()
         [claim] = await store.claim([key], LEASE)
         await store.release([claim])
         [again] = await other_store.claim([key], LEASE)
         assert again.status is ClaimStatus.NEW
-        assert await store.complete([succeeded(claim)]) == [False]
+        assert await store.complete([succeeded(claim)]) == [not fences_completions]
 
     @pytest.mark.anyio
     async def test_stale_release_leaves_the_new_lease(
-        self, store: IdempotencyStore, other_store: IdempotencyStore, clock: ManualClock
+        self,
+        store: IdempotencyStore,
+        other_store: IdempotencyStore,
+        clock: ManualClock,
+        leases_at_claim: bool,
     ) -> None:
         key = unique()
         [stale] = await store.claim([key], LEASE)
@@ -189,7 +234,8 @@ class StoreContract:
         [fresh] = await other_store.claim([key], LEASE)
         await store.release([stale])
         [third] = await store.claim([key], LEASE)
-        assert third.status is ClaimStatus.IN_PROGRESS
+        # Without leases there is no lease to leave: the key stays free for anyone.
+        assert third.status is (ClaimStatus.IN_PROGRESS if leases_at_claim else ClaimStatus.NEW)
         assert await other_store.complete([succeeded(fresh)]) == [True]
 
     @pytest.mark.anyio
@@ -208,7 +254,11 @@ class StoreContract:
 
     @pytest.mark.anyio
     async def test_large_mixed_batch_in_one_call(
-        self, store: IdempotencyStore, other_store: IdempotencyStore, batch_size: int
+        self,
+        store: IdempotencyStore,
+        other_store: IdempotencyStore,
+        batch_size: int,
+        leases_at_claim: bool,
     ) -> None:
         keys = [unique(f"b{i}") for i in range(batch_size)]
         done, busy = keys[:3], keys[3:6]
@@ -217,9 +267,8 @@ class StoreContract:
         await other_store.claim(busy, LEASE)
         result = await store.claim(keys, LEASE)
         assert [c.key for c in result] == keys
-        assert [c.status for c in result[:6]] == [ClaimStatus.COMPLETED] * 3 + [
-            ClaimStatus.IN_PROGRESS
-        ] * 3
+        busy_status = ClaimStatus.IN_PROGRESS if leases_at_claim else ClaimStatus.NEW
+        assert [c.status for c in result[:6]] == [ClaimStatus.COMPLETED] * 3 + [busy_status] * 3
         assert all(c.status is ClaimStatus.NEW for c in result[6:])
         accepted = await store.complete([succeeded(c) for c in result[6:]])
         assert accepted == [True] * (batch_size - 6)
@@ -246,6 +295,7 @@ class StoreContract:
         store: IdempotencyStore,
         other_store: IdempotencyStore,
         concurrent_claimers: int,
+        leases_at_claim: bool,
     ) -> None:
         key = unique()
         results: list[Claim] = []
@@ -257,7 +307,9 @@ class StoreContract:
             for n in range(concurrent_claimers):
                 group.start_soon(race, store if n % 2 else other_store)
         winners = [c for c in results if c.status is ClaimStatus.NEW]
-        assert len(winners) == 1
+        # Without leases nobody is held off: every claimer gets the key, each its own token.
+        assert len(winners) == (1 if leases_at_claim else concurrent_claimers)
+        assert len({c.token for c in winners}) == len(winners)
         assert len(results) == concurrent_claimers
 
 
@@ -270,8 +322,8 @@ class SinkContract:
         outs = [output(key, 0, {"a": 1}), output(key, 1, {"b": "two"})]
         await sink.write(outs)
         stored = await read_sink(sink)
-        assert stored[f"{key}#0"] == {"a": 1}
-        assert stored[f"{key}#1"] == {"b": "two"}
+        assert stored[output_id(key, 0)] == {"a": 1}
+        assert stored[output_id(key, 1)] == {"b": "two"}
 
     @pytest.mark.anyio
     async def test_rewrite_overwrites_by_output_id(self, sink: Sink, read_sink: ReadSink) -> None:
@@ -279,8 +331,8 @@ class SinkContract:
         await sink.write([output(key, 0, {"v": 1})])
         await sink.write([output(key, 0, {"v": 2})])
         stored = await read_sink(sink)
-        assert [oid for oid in stored if oid.startswith(key)] == [f"{key}#0"]
-        assert stored[f"{key}#0"] == {"v": 2}
+        assert [oid for oid in stored if oid.startswith(key)] == [output_id(key, 0)]
+        assert stored[output_id(key, 0)] == {"v": 2}
 
     @pytest.mark.anyio
     async def test_json_values_round_trip(self, sink: Sink, read_sink: ReadSink) -> None:
@@ -296,7 +348,7 @@ class SinkContract:
             "m": {"nested": {"deep": [True, False]}},
         }
         await sink.write([output(key, 0, value)])
-        assert (await read_sink(sink))[f"{key}#0"] == value
+        assert (await read_sink(sink))[output_id(key, 0)] == value
 
     @pytest.mark.anyio
     async def test_empty_write_is_a_no_op(self, sink: Sink) -> None:
@@ -311,7 +363,7 @@ class SinkContract:
         assert all(stored[o.output_id] == {"i": i} for i, o in enumerate(outs))
 
 
-class AtomicSinkContract:
+class AtomicSinkContract(Capabilities):
     """Outputs and completion markers commit together, fenced by the claim's token."""
 
     @pytest.fixture
@@ -332,7 +384,7 @@ class AtomicSinkContract:
         outs = [output(key, 0, {"x": 1}), output(key, 1, {"x": 2})]
         assert await sink.write_and_complete(store, outs, [succeeded(claim, 2)]) == [True]
         stored = await read_sink(sink)
-        assert stored[f"{key}#0"] == {"x": 1} and stored[f"{key}#1"] == {"x": 2}
+        assert stored[output_id(key, 0)] == {"x": 1} and stored[output_id(key, 1)] == {"x": 2}
         [after] = await store.claim([key], LEASE)
         assert after.status is ClaimStatus.COMPLETED
 
@@ -344,6 +396,8 @@ class AtomicSinkContract:
         other_store: IdempotencyStore,
         read_sink: ReadSink,
         clock: ManualClock,
+        leases_at_claim: bool,
+        fences_completions: bool,
     ) -> None:
         stale_key, fresh_key = unique("src#s"), unique("src#f")
         [stale] = await store.claim([stale_key], LEASE)
@@ -352,11 +406,18 @@ class AtomicSinkContract:
         [fresh] = await store.claim([fresh_key], LEASE)
         outs = [output(stale_key, 0, {"who": "stale"}), output(fresh_key, 0, {"who": "fresh"})]
         accepted = await sink.write_and_complete(store, outs, [succeeded(stale), succeeded(fresh)])
-        assert accepted == [False, True]
         stored = await read_sink(sink)
-        assert f"{stale_key}#0" not in stored
-        assert stored[f"{fresh_key}#0"] == {"who": "fresh"}
-        assert await other_store.complete([succeeded(taken)]) == [True]
+        assert stored[output_id(fresh_key, 0)] == {"who": "fresh"}
+        if leases_at_claim:
+            assert accepted == [False, True]
+            assert output_id(stale_key, 0) not in stored
+            assert await other_store.complete([succeeded(taken)]) == [True]
+        else:
+            # The takeover wrote nothing, so the first commit wins and the later one is
+            # refused (or, without fenced completions, lands as a repeat).
+            assert accepted == [True, True]
+            assert stored[output_id(stale_key, 0)] == {"who": "stale"}
+            assert await other_store.complete([succeeded(taken)]) == [not fences_completions]
 
     @pytest.mark.anyio
     async def test_completion_without_outputs(

@@ -1,8 +1,8 @@
-"""The DynamoDB store and sink against the core contracts, on the moto server.
+"""The DynamoDB store and sink against the core contracts, on the moto server, in every mode.
 
-Fenced (leases + atomic sink) passes every contract. Upsert (no leases, BatchWriteItem)
-passes the sink and exactly-once contracts; the tests that assume a lease it does not
-take are skipped with the reason.
+`FENCED` passes every contract as written. `UPSERT` and `OPTIMISTIC` lease nothing at
+claim time, and `UPSERT` upserts its markers: they declare it with the capability
+fixtures, and the contracts assert the weaker behaviour they promise instead.
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 
-from onceflow.adapters.aws.dynamodb_sink import DynamoDBSink
-from onceflow.adapters.aws.dynamodb_store import DynamoDBIdempotencyStore
+from onceflow.adapters.aws import DynamoDBIdempotencyStore, DynamoDBMode, DynamoDBSink
 from onceflow.clock import ManualClock
 from onceflow.interfaces import Sink
 from onceflow.testing import (
@@ -38,8 +37,8 @@ async def read_dynamodb(sink: Sink) -> dict[str, Any]:
 class Fenced:
     """Leases and fencing tokens; outputs and markers in one transaction."""
 
-    leases = True
-    atomic = True
+    mode = DynamoDBMode.FENCED
+    sink_mode = DynamoDBMode.FENCED
     state_table = "state"
     output_table = "outputs"
 
@@ -49,10 +48,10 @@ class Fenced:
     ) -> DynamoDBIdempotencyStore:
         return DynamoDBIdempotencyStore(
             dynamodb_tables(self.state_table),
+            mode=self.mode,
             client=dynamodb_client,
             clock=clock,
             ttl_seconds=3600.0,
-            leases=self.leases,
         )
 
     @pytest.fixture
@@ -62,24 +61,24 @@ class Fenced:
         # Another worker: its own client (own connection pool) on the same table.
         return DynamoDBIdempotencyStore(
             dynamodb_tables(self.state_table),
+            mode=self.mode,
             client=dynamodb_worker_client(moto),
             clock=clock,
             ttl_seconds=3600.0,
-            leases=self.leases,
         )
 
     @pytest.fixture
     def sink(self, dynamodb_client: Any, dynamodb_tables: Tables) -> DynamoDBSink:
         return DynamoDBSink(
-            dynamodb_tables(self.output_table), client=dynamodb_client, atomic=self.atomic
+            dynamodb_tables(self.output_table), mode=self.sink_mode, client=dynamodb_client
         )
 
     @pytest.fixture
     def dead_letter_sink(self, dynamodb_client: Any, dynamodb_tables: Tables) -> DynamoDBSink:
         return DynamoDBSink(
             dynamodb_tables(f"{self.output_table}-letters"),
+            mode=self.sink_mode,
             client=dynamodb_client,
-            atomic=self.atomic,
         )
 
     @pytest.fixture
@@ -108,20 +107,28 @@ class TestFencedExactlyOnce(Fenced, ExactlyOnceContract):
 class TestFencedPlainSinkExactlyOnce(Fenced, ExactlyOnceContract):
     """Leases with a sink that cannot join the transaction: write, then fenced complete."""
 
-    atomic = False
+    sink_mode = DynamoDBMode.UPSERT
     max_examples = 5
-
-
-NO_LEASE = "upsert mode takes no lease at claim time: a second worker is not held off"
 
 
 class Upsert(Fenced):
     """No leases; outputs then markers in BatchWriteItem calls."""
 
-    leases = False
-    atomic = False
+    mode = sink_mode = DynamoDBMode.UPSERT
     state_table = "upsert-state"
     output_table = "upsert-outputs"
+
+    @pytest.fixture
+    def leases_at_claim(self) -> bool:
+        return False
+
+    @pytest.fixture
+    def fences_completions(self) -> bool:
+        return False
+
+
+class TestUpsertStore(Upsert, StoreContract):
+    pass
 
 
 class TestUpsertSink(Upsert, SinkContract):
@@ -131,54 +138,22 @@ class TestUpsertSink(Upsert, SinkContract):
 class TestUpsertExactlyOnce(Upsert, ExactlyOnceContract):
     max_examples = 8
 
-    @pytest.mark.anyio
-    async def test_crash_at_each_step_then_redelivery(self, *args: Any, **kwargs: Any) -> None:
-        pytest.skip(f"{NO_LEASE}, so the early redelivery this test expects to fail succeeds")
-
-    @pytest.mark.anyio
-    async def test_two_workers_racing_apply_each_event_once(
-        self, *args: Any, **kwargs: Any
-    ) -> None:
-        pytest.skip(
-            f"{NO_LEASE}: racing workers may both run the processor (the outputs "
-            "still land once, as keyed overwrites)"
-        )
-
-    @pytest.mark.anyio
-    async def test_worker_that_outlives_its_lease_cannot_commit(
-        self, *args: Any, **kwargs: Any
-    ) -> None:
-        pytest.skip(
-            f"{NO_LEASE} and upserts its markers unconditionally: the slow worker's "
-            "commit lands too, as an identical overwrite"
-        )
-
-    @pytest.mark.anyio
-    async def test_ordered_partition_stops_at_its_first_failure(
-        self, *args: Any, **kwargs: Any
-    ) -> None:
-        pytest.skip(f"{NO_LEASE}: another worker's claim holds nothing back")
-
 
 class Optimistic(Upsert):
-    """No claim write: the commit transaction is conditional on the row read at claim time."""
+    """No claim write: the commit transaction is conditional on the record read at claim time."""
 
-    atomic = True
+    mode = sink_mode = DynamoDBMode.OPTIMISTIC
     state_table = "opt-state"
     output_table = "opt-outputs"
 
+    @pytest.fixture
+    def fences_completions(self) -> bool:
+        return True
+
 
 class TestOptimisticAtomicSink(Optimistic, AtomicSinkContract):
-    @pytest.mark.anyio
-    async def test_stale_token_writes_nothing_for_its_key(self, *args: Any, **kwargs: Any) -> None:
-        pytest.skip(
-            f"{NO_LEASE}; the conditional commit refuses the second writer instead "
-            "(see test_dynamodb_counts.py)"
-        )
+    pass
 
 
-class TestOptimisticExactlyOnce(Optimistic, TestUpsertExactlyOnce):
-    # The conditional commit refuses a worker whose read went stale: this one holds.
-    test_worker_that_outlives_its_lease_cannot_commit = (
-        ExactlyOnceContract.test_worker_that_outlives_its_lease_cannot_commit
-    )
+class TestOptimisticExactlyOnce(Optimistic, ExactlyOnceContract):
+    max_examples = 8

@@ -12,7 +12,12 @@ from typing import Any
 import anyio
 import pytest
 
-from onceflow.adapters.aws import DynamoDBIdempotencyStore, DynamoDBSink
+from onceflow.adapters.aws import (
+    DynamoDBIdempotencyStore,
+    DynamoDBMode,
+    DynamoDBSink,
+    dynamodb_pipeline_parts,
+)
 from onceflow.adapters.aws.dynamodb_types import from_wire
 from onceflow.clock import ManualClock
 from onceflow.event import Event
@@ -48,10 +53,12 @@ def increment(ns: str) -> Callable[[Output], dict[str, Any]]:
     return action
 
 
-@pytest.mark.parametrize("leases", [True, False], ids=["fenced", "optimistic"])
+@pytest.mark.parametrize(
+    "mode", [DynamoDBMode.FENCED, DynamoDBMode.OPTIMISTIC], ids=["fenced", "optimistic"]
+)
 @pytest.mark.anyio
 async def test_counts_are_exact_under_duplicate_and_concurrent_delivery(
-    leases: bool, moto: MotoServer, dynamodb_tables: Callable[[str], str]
+    mode: DynamoDBMode, moto: MotoServer, dynamodb_tables: Callable[[str], str]
 ) -> None:
     ns = f"count-{uuid.uuid4().hex[:8]}"
     clock = ManualClock()
@@ -62,9 +69,14 @@ async def test_counts_are_exact_under_duplicate_and_concurrent_delivery(
     ]
 
     def worker() -> Pipeline:
-        client = dynamodb_worker_client(moto)
-        store = DynamoDBIdempotencyStore(state, client=client, clock=clock, leases=leases)
-        sink = DynamoDBSink(totals, client=client, action=increment(ns))
+        store, sink = dynamodb_pipeline_parts(
+            state,
+            totals,
+            mode=mode,
+            client=dynamodb_worker_client(moto),
+            clock=clock,
+            action=increment(ns),
+        )
         return Pipeline(CountPerUser(), sink, store, lease_seconds=30, clock=clock)
 
     workers = [worker() for _ in range(3)]

@@ -1,4 +1,5 @@
-"""The DynamoDB store and sink when DynamoDB pushes back: unprocessed items, throttles."""
+"""The DynamoDB store and sink when DynamoDB pushes back (unprocessed items, throttles), and
+the mode combinations they refuse."""
 
 from __future__ import annotations
 
@@ -10,19 +11,27 @@ from typing import Any
 
 import pytest
 
-from onceflow.adapters.aws import DynamoDBIdempotencyStore, DynamoDBSink, lambda_handler
+from onceflow.adapters.aws import (
+    DynamoDBIdempotencyStore,
+    DynamoDBMode,
+    DynamoDBSink,
+    dynamodb_pipeline_parts,
+    lambda_handler,
+)
+from onceflow.adapters.aws import testing as aws
+from onceflow.adapters.aws.dynamodb_requests import DynamoDBUnavailable
 from onceflow.adapters.memory import MemorySink
 from onceflow.clock import ManualClock
+from onceflow.errors import ConfigurationError
 from onceflow.pipeline import Pipeline
 from onceflow.records import ClaimStatus
-from onceflow.retry import Backoff
+from onceflow.retry import Backoff, RetryPolicy
 from onceflow.testing.contracts import output, succeeded, unique
-from tests.aws import payloads as aws
 
 pytestmark = pytest.mark.emulator
 
 Tables = Callable[[str], str]
-FAST = Backoff(base=0.001, cap=0.01)
+FAST = RetryPolicy(attempts=8, backoff=Backoff(base=0.001, cap=0.01))
 
 
 class Meddling:
@@ -82,10 +91,27 @@ async def test_unprocessed_keys_are_fetched_again(
         return response
 
     proxy = Meddling(dynamodb_client, "batch_get_item", half_unprocessed)
-    store = DynamoDBIdempotencyStore(table, client=proxy, backoff=FAST)
+    store = DynamoDBIdempotencyStore(table, client=proxy, retry=FAST)
     claims = await store.claim(keys, 30)
     assert [c.status for c in claims] == [ClaimStatus.COMPLETED] * 5
     assert proxy.calls["batch_get_item"] == 2
+
+
+@pytest.mark.anyio
+async def test_unprocessed_keys_give_up_after_the_retry_policy(
+    dynamodb_client: Any, dynamodb_tables: Tables
+) -> None:
+    table = dynamodb_tables("state")
+
+    def none_processed(get: Any, kwargs: dict[str, Any]) -> Any:
+        return {"Responses": {table: []}, "UnprocessedKeys": {table: kwargs["RequestItems"][table]}}
+
+    proxy = Meddling(dynamodb_client, "batch_get_item", none_processed, times=99)
+    policy = RetryPolicy(attempts=3, backoff=Backoff(base=0.001))
+    store = DynamoDBIdempotencyStore(table, client=proxy, retry=policy)
+    with pytest.raises(DynamoDBUnavailable, match="unprocessed"):
+        await store.claim([unique()], 30)
+    assert proxy.calls["batch_get_item"] == 3
 
 
 @pytest.mark.anyio
@@ -101,7 +127,7 @@ async def test_unprocessed_items_are_written_again(
         return response
 
     proxy = Meddling(dynamodb_client, "batch_write_item", last_unprocessed)
-    sink = DynamoDBSink(table, client=proxy, atomic=False, backoff=FAST)
+    sink = DynamoDBSink(table, client=proxy, mode=DynamoDBMode.UPSERT, retry=FAST)
     key = unique("src#e")
     outs = [output(f"{key}{i}", 0, {"i": i}) for i in range(30)]
     await sink.write(outs)
@@ -130,7 +156,7 @@ async def test_transaction_conflicts_are_retried_per_item(
         )
 
     proxy = Meddling(dynamodb_client, "transact_write_items", conflict_on_first)
-    store = DynamoDBIdempotencyStore(table, client=proxy, backoff=FAST)
+    store = DynamoDBIdempotencyStore(table, client=proxy, retry=FAST)
     claims = await store.claim([unique() for _ in range(3)], 30)
     assert [c.status for c in claims] == [ClaimStatus.NEW] * 3
     assert proxy.calls["transact_write_items"] == 2
@@ -148,7 +174,7 @@ def test_throttled_store_fails_the_batch_for_redelivery(
     sink = DynamoDBSink(dynamodb_tables("outputs"), client=proxy)
     handler = lambda_handler(Pipeline(lambda e: e.json(), sink, store, MemorySink(), clock=clock))
     records = [aws.kinesis_record(i, json.dumps({"n": i}).encode()) for i in range(3)]
-    answer = handler(aws.kinesis_event(*records), aws.FakeContext())
+    answer = handler(aws.kinesis_event(*records), aws.LambdaContext())
     assert [f["itemIdentifier"] for f in answer["batchItemFailures"]] == [
         r["kinesis"]["sequenceNumber"] for r in records
     ]
@@ -169,3 +195,71 @@ async def test_event_with_too_many_outputs_for_one_transaction_is_rejected(
         await sink.write_and_complete(
             store, [output(key, i, i) for i in range(100)], [succeeded(claim)]
         )
+
+
+# -- modes ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", list(DynamoDBMode), ids=[m.value for m in DynamoDBMode])
+@pytest.mark.anyio
+async def test_claims_carry_the_token_and_what_they_observed_apart(
+    mode: DynamoDBMode, dynamodb_client: Any, dynamodb_tables: Tables
+) -> None:
+    store, _ = dynamodb_pipeline_parts(dynamodb_tables("state"), mode=mode, client=dynamodb_client)
+    fresh, done = unique(), unique()
+    [first] = await store.claim([done], 30)
+    await store.complete([succeeded(first)])
+    store.clock = ManualClock(store.clock.now() + store.ttl_seconds + 1)  # the record expired
+    [new, again] = await store.claim([fresh, done], 30)
+    assert new.token and again.token and "|" not in new.token
+    if mode.leases:
+        assert new.observed is None and again.observed is None
+    else:
+        assert new.observed == "" and again.observed == first.token
+
+
+def test_a_counter_action_needs_an_atomic_mode() -> None:
+    with pytest.raises(ConfigurationError, match="atomic mode"):
+        DynamoDBSink("t", mode=DynamoDBMode.UPSERT, action=lambda o: {"Update": {}})
+    with pytest.raises(ConfigurationError, match="atomic mode"):
+        dynamodb_pipeline_parts("t", mode=DynamoDBMode.UPSERT, action=lambda o: {"Update": {}})
+
+
+@pytest.mark.parametrize(
+    ("sink_mode", "store_mode"),
+    [
+        (DynamoDBMode.FENCED, DynamoDBMode.UPSERT),
+        (DynamoDBMode.OPTIMISTIC, DynamoDBMode.FENCED),
+        (DynamoDBMode.FENCED, DynamoDBMode.OPTIMISTIC),
+    ],
+)
+def test_an_atomic_sink_refuses_a_store_of_another_mode(
+    sink_mode: DynamoDBMode, store_mode: DynamoDBMode, dynamodb_client: Any
+) -> None:
+    sink = DynamoDBSink("out", mode=sink_mode, client=dynamodb_client)
+    store = DynamoDBIdempotencyStore("state", mode=store_mode, client=dynamodb_client)
+    with pytest.raises(ConfigurationError, match="dynamodb_pipeline_parts"):
+        Pipeline(lambda e: e.json(), sink, store)
+
+
+@pytest.mark.parametrize("mode", list(DynamoDBMode), ids=[m.value for m in DynamoDBMode])
+def test_the_factory_builds_a_matching_pair(mode: DynamoDBMode, dynamodb_client: Any) -> None:
+    store, sink = dynamodb_pipeline_parts("state", "out", mode=mode, client=dynamodb_client)
+    assert (store.table, sink.table, store.mode, sink.mode) == ("state", "out", mode, mode)
+    assert sink.commits_with(store) is mode.atomic
+    Pipeline(lambda e: e.json(), sink, store)  # accepted
+
+
+@pytest.mark.anyio
+async def test_upsert_sink_writes_a_custom_item(
+    dynamodb_client: Any, dynamodb_tables: Tables
+) -> None:
+    def item(o: Any) -> dict[str, Any]:
+        return {"pk": o.output_id, "value": o.value, "custom": True}
+
+    sink = DynamoDBSink(
+        dynamodb_tables("outputs"), mode=DynamoDBMode.UPSERT, client=dynamodb_client, item=item
+    )
+    key = unique("src#e")
+    await sink.write([output(key, 0, {"v": 1})])
+    assert sink.read_all()[output(key, 0, None).output_id] == {"v": 1}

@@ -13,11 +13,11 @@ import pytest
 
 from examples.orders.processor import OrderProcessor
 from onceflow.adapters.aws import create_table, lambda_handler
+from onceflow.adapters.aws import testing as aws
 from onceflow.adapters.aws.dynamodb_types import from_wire
 from onceflow.adapters.memory import MemoryIdempotencyStore, MemorySink
 from onceflow.errors import ConfigurationError
 from onceflow.pipeline import Pipeline
-from tests.aws import payloads as aws
 from tests.support.servers import MotoServer
 
 ORDER = {"order_id": "o1", "user_id": "u1", "items": [{"sku": "a", "price": "2.50", "quantity": 2}]}
@@ -31,7 +31,7 @@ def test_a_lambda_entry_unit_tested_with_the_memory_backend() -> None:
         aws.sqs_record("m1", json.dumps(ORDER)),
         aws.sqs_record("m2", json.dumps({"order_id": "o2"})),  # fails validation
     )
-    assert handler(event, aws.FakeContext()) == {"batchItemFailures": []}
+    assert handler(event, aws.LambdaContext()) == {"batchItemFailures": []}
     assert sink.values() == [
         {"order_id": "o1", "user_id": "u1", "items": 2, "total": Decimal("5.00")}
     ]
@@ -70,7 +70,7 @@ def test_example_handler_on_moto(lambda_module: ModuleType, moto: MotoServer) ->
         aws.kinesis_record(1, json.dumps(ORDER).encode()),
         aws.kinesis_record(2, b"{not json"),
     ]
-    answer = lambda_module.handler(aws.kinesis_event(*records), aws.FakeContext())
+    answer = lambda_module.handler(aws.kinesis_event(*records), aws.LambdaContext())
     assert answer == {"batchItemFailures": []}
     ddb = moto.client("dynamodb")
     items = [from_wire(i) for i in ddb.scan(TableName=os.environ["ONCEFLOW_OUTPUT_TABLE"])["Items"]]
@@ -79,7 +79,7 @@ def test_example_handler_on_moto(lambda_module: ModuleType, moto: MotoServer) ->
     [message] = sqs.receive_message(QueueUrl=os.environ["ONCEFLOW_DEAD_LETTERS"])["Messages"]
     letter: dict[str, Any] = json.loads(message["Body"])
     assert records[1]["kinesis"]["sequenceNumber"] in letter["message"]
-    again = lambda_module.handler(aws.kinesis_event(*records), aws.FakeContext())
+    again = lambda_module.handler(aws.kinesis_event(*records), aws.LambdaContext())
     assert again == {"batchItemFailures": []}
     assert len(ddb.scan(TableName=os.environ["ONCEFLOW_OUTPUT_TABLE"])["Items"]) == 1
 

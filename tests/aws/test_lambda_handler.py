@@ -17,11 +17,11 @@ from onceflow.adapters.aws import (
     lambda_handler,
     s3_object,
 )
+from onceflow.adapters.aws import testing as aws
 from onceflow.adapters.memory import ManualClock, MemoryIdempotencyStore, MemorySink
 from onceflow.event import Event
 from onceflow.pipeline import Pipeline
 from onceflow.retry import RetryPolicy
-from tests.aws import payloads as aws
 
 
 class Recorder:
@@ -91,7 +91,7 @@ def test_kinesis_decodes_and_answers_lowest_failure_first() -> None:
     records = [aws.kinesis_record(i, json.dumps({"n": i}).encode()) for i in range(6)]
     held = aws.kinesis_event(records[4], records[2])
     world.hold(held)
-    answer = world.handler(aws.kinesis_event(*reversed(records)), aws.FakeContext())
+    answer = world.handler(aws.kinesis_event(*reversed(records)), aws.LambdaContext())
     seqs = [r["kinesis"]["sequenceNumber"] for r in records]
     assert failures(answer) == [seqs[2], seqs[4]]
     assert sorted(v["n"] for v in world.sink.values()) == [0, 1, 3, 5]
@@ -103,8 +103,8 @@ def test_kinesis_decodes_and_answers_lowest_failure_first() -> None:
 def test_kinesis_redelivery_is_all_duplicates() -> None:
     world = World()
     event = aws.kinesis_event(*[aws.kinesis_record(i, b'{"n": 1}') for i in range(3)])
-    assert failures(world.handler(event, aws.FakeContext())) == []
-    assert failures(world.handler(event, aws.FakeContext())) == []
+    assert failures(world.handler(event, aws.LambdaContext())) == []
+    assert failures(world.handler(event, aws.LambdaContext())) == []
     assert len(world.processor.seen) == 3
 
 
@@ -142,7 +142,7 @@ def test_sqs_failures_are_message_ids() -> None:
     world = World()
     messages = [aws.sqs_record(f"m{i}", json.dumps({"n": i}), receive_count=2) for i in range(4)]
     world.hold(aws.sqs_event(messages[1]))
-    answer = world.handler(aws.sqs_event(*messages), aws.FakeContext())
+    answer = world.handler(aws.sqs_event(*messages), aws.LambdaContext())
     assert failures(answer) == ["m1"]
     event = world.processor.seen[0]
     assert event.attributes["tenant"] == "acme" and event.delivery_count == 2
@@ -341,7 +341,7 @@ def test_unrecognised_event_lists_the_supported_sources() -> None:
 def test_nothing_starts_when_the_time_left_is_under_the_margin() -> None:
     world = World()
     event = aws.sqs_event(*[aws.sqs_record(f"m{i}", "{}") for i in range(3)])
-    answer = world.handler(event, aws.FakeContext(remaining_ms=1_000))
+    answer = world.handler(event, aws.LambdaContext(remaining_ms=1_000))
     assert failures(answer) == ["m0", "m1", "m2"]
     assert world.processor.seen == [] and world.store.calls["claim"] == 0
 
@@ -349,10 +349,10 @@ def test_nothing_starts_when_the_time_left_is_under_the_margin() -> None:
 def test_work_stops_at_the_deadline_and_the_rest_comes_back() -> None:
     world = World(tick=4.0)  # each event takes 4 s of the manual clock
     event = aws.sqs_event(*[aws.sqs_record(f"m{i}", "{}") for i in range(5)])
-    answer = world.handler(event, aws.FakeContext(remaining_ms=12_000))  # 9 s usable
+    answer = world.handler(event, aws.LambdaContext(remaining_ms=12_000))  # 9 s usable
     assert failures(answer) == ["m3", "m4"]
     assert len(world.sink.values()) == 3
-    assert failures(world.handler(event, aws.FakeContext())) == []
+    assert failures(world.handler(event, aws.LambdaContext())) == []
     assert len(world.processor.seen) == 5
 
 
@@ -448,14 +448,6 @@ def test_corrupt_kpl_record_is_dead_lettered_once() -> None:
 
 def test_s3_notification_through_sns_then_sqs() -> None:
     world = World()
-    notice = json.dumps({"Records": [aws.s3_record("bkt", "x%2By.txt", version_id="v3")]})
-    envelope = json.dumps(
-        {
-            "Type": "Notification",
-            "MessageId": "sns-1",
-            "TopicArn": "arn:aws:sns:us-east-1:123456789012:uploads",
-            "Message": notice,
-        }
-    )
-    assert failures(world.handler(aws.sqs_event(aws.sqs_record("m1", envelope)), None)) == []
+    message = aws.s3_via_sns("m1", aws.s3_record("bkt", "x%2By.txt", version_id="v3"))
+    assert failures(world.handler(aws.sqs_event(message), None)) == []
     assert s3_object(world.processor.seen[0]).key == "x+y.txt"

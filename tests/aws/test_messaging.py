@@ -1,4 +1,5 @@
-"""SQS, Kinesis and EventBridge sinks and the SQS pull source, on the moto server."""
+"""SQS, Kinesis and EventBridge sinks (sqs_sink, kinesis_sink, eventbridge_sink, send_loop) and
+the SQS pull source, on the moto server."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from typing import Any
 
 import pytest
 
-from onceflow.adapters.aws import EventBridgeSink, KinesisSink, SQSSink, SQSSource
+from onceflow.adapters.aws import EventBridgeSink, KinesisSink, SendFailed, SQSSink, SQSSource
 from onceflow.adapters.memory import ManualClock, MemoryIdempotencyStore, MemorySink
 from onceflow.errors import OutputRejected
 from onceflow.event import Event
+from onceflow.identity import event_key, output_id
 from onceflow.pipeline import Pipeline
 from onceflow.records import Output
 from onceflow.retry import Backoff, RetryPolicy
@@ -21,11 +23,15 @@ from tests.support.servers import MotoServer
 
 pytestmark = pytest.mark.emulator
 
+FAST = RetryPolicy(attempts=8, backoff=Backoff(base=0.001))
+
 
 def outputs(n: int, ns: str = "") -> list[Output]:
     ns = ns or uuid.uuid4().hex[:8]
+    keys = [event_key(ns, f"e{i}") for i in range(n)]
     return [
-        Output(f"{ns}#e{i}#0", f"{ns}#e{i}", f"e{i}", 0, {"i": i}, f"p{i % 3}") for i in range(n)
+        Output(output_id(key, 0), key, f"e{i}", 0, {"i": i}, f"p{i % 3}")
+        for i, key in enumerate(keys)
     ]
 
 
@@ -94,7 +100,7 @@ async def test_sqs_sink_sends_every_output_once_resending_only_refused_entries(s
 
     proxy = RefuseOnce(sqs, "send_message_batch", refuse_last)
     outs = outputs(23)
-    await SQSSink(url, client=proxy, backoff=Backoff(base=0.001)).write(outs)
+    await SQSSink(url, client=proxy, retry=FAST).write(outs)
     assert proxy.calls == [10, 1, 10, 3]
     got = drain(sqs, url)
     assert sorted(json.loads(m["Body"])["i"] for m in got) == list(range(23))
@@ -115,11 +121,27 @@ async def test_sqs_sink_on_fifo_drops_a_rewrite(sqs: Any) -> None:
 @pytest.mark.anyio
 async def test_sqs_sink_rejects_oversized_outputs_before_sending(sqs: Any) -> None:
     url = queue(sqs)
-    big = Output("k#0", "k", "k", 0, {"blob": "x" * 300_000})
+    big = Output(output_id("k", 0), "k", "k", 0, {"blob": "x" * 300_000})
     with pytest.raises(OutputRejected) as raised:
         await SQSSink(url, client=sqs).write([*outputs(2), big])
-    assert list(raised.value.rejected) == ["k#0"]
+    assert list(raised.value.rejected) == [big.output_id]
     assert drain(sqs, url) == []
+
+
+@pytest.mark.anyio
+async def test_sqs_sink_gives_up_after_its_retry_policy(sqs: Any) -> None:
+    url = queue(sqs)
+    calls: list[int] = []
+
+    class Refusing:
+        def send_message_batch(self, **kwargs: Any) -> Any:
+            calls.append(len(kwargs["Entries"]))
+            return {"Failed": [{"Id": e["Id"], "SenderFault": False} for e in kwargs["Entries"]]}
+
+    policy = RetryPolicy(attempts=3, backoff=Backoff(base=0.001))
+    with pytest.raises(SendFailed, match="after 3 tries"):
+        await SQSSink(url, client=Refusing(), retry=policy).write(outputs(2))
+    assert calls == [2, 2, 2]
 
 
 # -- KinesisSink ----------------------------------------------------------------------------
@@ -142,7 +164,7 @@ async def test_kinesis_sink_resends_only_failed_records(moto: MotoServer) -> Non
         return response
 
     proxy = RefuseOnce(kinesis, "put_records", fail_two)
-    await KinesisSink(stream, client=proxy, backoff=Backoff(base=0.001)).write(outputs(600))
+    await KinesisSink(stream, client=proxy, retry=FAST).write(outputs(600))
     assert proxy.calls == [500, 2, 100]
     shard = kinesis.describe_stream(StreamName=stream)["StreamDescription"]["Shards"][0]
     iterator = kinesis.get_shard_iterator(
@@ -177,9 +199,7 @@ async def test_eventbridge_sink_puts_events_resending_only_failed(
         return response
 
     proxy = RefuseOnce(events, "put_events", fail_first)
-    sink = EventBridgeSink(
-        bus, source="orders", detail_type="OrderTotal", client=proxy, backoff=Backoff(base=0.001)
-    )
+    sink = EventBridgeSink(bus, source="orders", detail_type="OrderTotal", client=proxy, retry=FAST)
     await sink.write(outputs(12))
     assert proxy.calls == [10, 1, 2]
     delivered = [json.loads(m["Body"]) for m in drain(sqs, url)]
@@ -207,7 +227,7 @@ async def test_sqs_source_deletes_successes_and_returns_failures(sqs: Any) -> No
         client=sqs,
         wait_seconds=0,
         stop_when_empty=True,
-        retry_backoff=Backoff(base=600, jitter=False),
+        retry=RetryPolicy(backoff=Backoff(base=600, jitter=False)),
     )
     seen: list[Event] = []
 
@@ -239,7 +259,7 @@ async def test_sqs_source_hides_failed_messages_for_a_backoff(sqs: Any) -> None:
         client=sqs,
         wait_seconds=0,
         stop_when_empty=True,
-        retry_backoff=Backoff(base=600, jitter=False),
+        retry=RetryPolicy(backoff=Backoff(base=600, jitter=False)),
     )
     pipeline = Pipeline(lambda e: e.json(), MemorySink(), store, MemorySink(), clock=clock)
     first = await anext(source.batches(10))
@@ -270,7 +290,7 @@ async def test_sqs_source_on_fifo_keeps_a_failed_group_back(sqs: Any) -> None:
         client=sqs,
         wait_seconds=0,
         stop_when_empty=True,
-        retry_backoff=Backoff(base=600, jitter=False),
+        retry=RetryPolicy(backoff=Backoff(base=600, jitter=False)),
     )
     sink = MemorySink()
     pipeline = Pipeline(lambda e: e.json(), sink, store, MemorySink(), clock=clock, ordered=True)

@@ -1,10 +1,47 @@
-"""Lambda payloads in the documented AWS shapes, built for tests."""
+"""Lambda trigger events in the documented AWS shapes, for unit tests of Lambda entry points.
+
+Build the event a trigger would deliver and call the handler with it; with a pipeline on
+`onceflow.adapters.memory` no AWS account, emulator or boto3 is needed:
+
+    from onceflow.adapters.aws import lambda_handler
+    from onceflow.adapters.aws.testing import LambdaContext, sqs_event, sqs_record
+    from onceflow.adapters.memory import MemoryIdempotencyStore, MemorySink
+
+    handler = lambda_handler(Pipeline(MyProcessor(), MemorySink(), MemoryIdempotencyStore()))
+    answer = handler(sqs_event(sqs_record("m1", '{"order_id": "o1"}')), LambdaContext())
+    assert answer == {"batchItemFailures": []}
+
+Only the standard library is imported here. Records name the fixed account, region and
+ARNs below unless told otherwise.
+"""
 
 from __future__ import annotations
 
 import base64
 import json
 from typing import Any
+
+__all__ = [
+    "FIFO_ARN",
+    "QUEUE_ARN",
+    "REGION",
+    "STREAM_ARN",
+    "TABLE_STREAM_ARN",
+    "TOPIC_ARN",
+    "LambdaContext",
+    "dynamodb_event",
+    "dynamodb_record",
+    "eventbridge_event",
+    "eventbridge_s3_event",
+    "kinesis_event",
+    "kinesis_record",
+    "s3_event",
+    "s3_record",
+    "s3_via_sns",
+    "s3_via_sqs",
+    "sqs_event",
+    "sqs_record",
+]
 
 REGION = "us-east-1"
 STREAM_ARN = "arn:aws:kinesis:us-east-1:123456789012:stream/orders"
@@ -13,12 +50,18 @@ TABLE_STREAM_ARN = (
 )
 QUEUE_ARN = "arn:aws:sqs:us-east-1:123456789012:orders"
 FIFO_ARN = "arn:aws:sqs:us-east-1:123456789012:orders.fifo"
+TOPIC_ARN = "arn:aws:sns:us-east-1:123456789012:uploads"
 
 
 def kinesis_record(
-    seq: int, data: bytes | str, partition_key: str = "p0", shard: str = "shardId-000000000000"
+    seq: int,
+    data: bytes | str,
+    partition_key: str = "p0",
+    shard: str = "shardId-000000000000",
+    *,
+    stream_arn: str = STREAM_ARN,
 ) -> dict[str, Any]:
-    """One Kinesis record; `data` bytes are base64-encoded, a str is used as is."""
+    """One Kinesis record numbered `seq`; `data` bytes are base64-encoded, a str is used as is."""
     encoded = base64.b64encode(data).decode() if isinstance(data, bytes) else data
     sequence = f"4959{seq:052d}"
     return {
@@ -35,7 +78,7 @@ def kinesis_record(
         "eventName": "aws:kinesis:record",
         "invokeIdentityArn": "arn:aws:iam::123456789012:role/lambda-role",
         "awsRegion": REGION,
-        "eventSourceARN": STREAM_ARN,
+        "eventSourceARN": stream_arn,
     }
 
 
@@ -47,7 +90,7 @@ def kinesis_event(*records: dict[str, Any]) -> dict[str, Any]:
 def sqs_record(
     message_id: str, body: str, *, group: str | None = None, seq: int = 0, receive_count: int = 1
 ) -> dict[str, Any]:
-    """One SQS message; with `group`, a FIFO message with that MessageGroupId."""
+    """One SQS message; with `group`, a FIFO message with that MessageGroupId and number `seq`."""
     attributes = {
         "ApproximateReceiveCount": str(receive_count),
         "SentTimestamp": "1545082649183",
@@ -219,17 +262,43 @@ def dynamodb_event(*records: dict[str, Any]) -> dict[str, Any]:
 
 
 def s3_via_sqs(message_id: str, *records: dict[str, Any]) -> dict[str, Any]:
-    """An SQS message whose body is an S3 notification."""
+    """An SQS message (a record for `sqs_event`) whose body is an S3 notification."""
     return sqs_record(message_id, json.dumps({"Records": list(records)}))
 
 
-class FakeContext:
-    """The parts of a Lambda context object the handler reads."""
+def s3_via_sns(
+    message_id: str, *records: dict[str, Any], topic_arn: str = TOPIC_ARN
+) -> dict[str, Any]:
+    """An SQS message whose body is an SNS notification wrapping an S3 notification."""
+    envelope = {
+        "Type": "Notification",
+        "MessageId": f"sns-{message_id}",
+        "TopicArn": topic_arn,
+        "Subject": "Amazon S3 Notification",
+        "Message": json.dumps({"Records": list(records)}),
+        "Timestamp": "2024-01-01T12:00:00.000Z",
+    }
+    return sqs_record(message_id, json.dumps(envelope))
 
-    def __init__(self, remaining_ms: int = 60_000) -> None:
+
+class LambdaContext:
+    """A Lambda context object: what the handler reads, with a fixed time left."""
+
+    def __init__(
+        self,
+        remaining_ms: int = 60_000,
+        *,
+        function_name: str = "onceflow-test",
+        aws_request_id: str = "req-1",
+    ) -> None:
         self.remaining_ms = remaining_ms
-        self.function_name = "onceflow-test"
-        self.aws_request_id = "req-1"
+        self.function_name = function_name
+        self.function_version = "$LATEST"
+        self.invoked_function_arn = f"arn:aws:lambda:{REGION}:123456789012:function:{function_name}"
+        self.memory_limit_in_mb = 512
+        self.aws_request_id = aws_request_id
+        self.log_group_name = f"/aws/lambda/{function_name}"
+        self.log_stream_name = "2024/01/01/[$LATEST]0123456789abcdef"
 
     def get_remaining_time_in_millis(self) -> int:
         """Milliseconds left before the function times out."""

@@ -1,0 +1,58 @@
+"""Outputs as Kinesis records."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from onceflow.adapters.aws.sdk import run_blocking
+from onceflow.adapters.aws.send_loop import Entry, MessageSink, batches, encode, send_all
+from onceflow.records import Output
+from onceflow.retry import RetryPolicy
+
+__all__ = ["KinesisSink"]
+
+
+class KinesisSink(MessageSink):
+    """Outputs as Kinesis records (JSON), in PutRecords calls of 500 records / 5 MiB."""
+
+    service = "kinesis"
+
+    def __init__(
+        self,
+        stream: str,
+        *,
+        client: Any = None,
+        retry: RetryPolicy | None = None,
+        partition_key: Callable[[Output], str] | None = None,
+    ) -> None:
+        super().__init__(client, retry)
+        self.stream = stream
+        self.partition_key = partition_key or (lambda o: o.partition_key or o.event_key)
+
+    async def write(self, outputs: Sequence[Output]) -> None:
+        """Put every output; only the records Kinesis refused are put again."""
+        if outputs:
+            entries = encode(outputs, 1024 * 1024 - 256, "Kinesis record")
+            await run_blocking(self._write, entries)
+
+    def _write(self, entries: list[Entry]) -> None:
+        for batch in batches(entries, 500, 5 * 1024 * 1024):
+            send_all(batch, self._send, self.retry, f"Kinesis {self.stream}")
+
+    def _send(self, batch: list[Entry]) -> tuple[list[Entry], dict[str, str]]:
+        target = (
+            {"StreamARN": self.stream}
+            if self.stream.startswith("arn:")
+            else {"StreamName": self.stream}
+        )
+        records = [
+            {"Data": e.body, "PartitionKey": self.partition_key(e.output)[:256]} for e in batch
+        ]
+        response = self.client.put_records(Records=records, **target)
+        if not response.get("FailedRecordCount"):
+            return [], {}
+        # Refusals are throughput or internal errors: all worth another try.
+        return [
+            e for e, r in zip(batch, response["Records"], strict=True) if r.get("ErrorCode")
+        ], {}
