@@ -45,19 +45,17 @@ def make_input(path: Path, count: int) -> None:
 
 def run_onceflow(path: Path, work: Path, batch: int) -> dict[str, float]:
     """What `onceflow run` does: FileSource -> Pipeline -> SQLite sink and markers, one file."""
-    from onceflow import run_source
-    from onceflow.adapters.local import FileSource, LocalState
-    from onceflow.adapters.local.totals import TallyingPipeline
+    from onceflow import Pipeline
+    from onceflow.adapters.local import FileSource, LocalState, run_files
 
     state = LocalState(work / "state")
     source = FileSource(path, state=state.database)
-    pipeline = TallyingPipeline(Trivial(), state.sink, state.store, state.dead_letters)
+    pipeline = Pipeline(Trivial(), state.sink, state.store, state.dead_letters)
     started = time.perf_counter()
-    anyio.run(lambda: run_source(pipeline, source, batch_size=batch))
+    tally = anyio.run(lambda: run_files(pipeline, source, batch_size=batch))
     wall = time.perf_counter() - started
     stored = state.sink.count()
     state.close()
-    tally = pipeline.tally
     assert not tally.failed and not tally.dead_lettered and stored == tally.processed
     return {"events": tally.processed, "seconds": wall, "rows": stored}
 

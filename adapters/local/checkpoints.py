@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from onceflow.adapters.local.database import Database
 
-__all__ = ["Checkpoint", "Checkpoints"]
+__all__ = ["Checkpoint", "Checkpoints", "shard_checkpoint"]
 
 TABLE = "onceflow_checkpoints"
 
@@ -26,6 +26,15 @@ class Checkpoint:
     finished: bool = False
     """The whole file is settled (a landing-folder file is then never read again)."""
     updated_at: float = 0.0
+
+
+def shard_checkpoint(name: str, index: int, count: int) -> str:
+    """The checkpoint name of worker `index` of `count` reading the file named `name`.
+
+    Each worker of `onceflow run --workers` reads only its own records of a file, so each
+    keeps its own read position in it.
+    """
+    return f"{name}#shard{index}of{count}"
 
 
 class Checkpoints:

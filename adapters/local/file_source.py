@@ -14,14 +14,13 @@ from pathlib import Path
 
 import anyio
 
-from onceflow.adapters.local.checkpoints import Checkpoint, Checkpoints
+from onceflow.adapters.local.checkpoints import Checkpoint, Checkpoints, shard_checkpoint
 from onceflow.adapters.local.database import Database
 from onceflow.adapters.local.file_records import FileFormat, Positioned, RecordReader, format_of
 from onceflow.event import Event
 from onceflow.records import InvalidRecord
-from onceflow.retry import Backoff
 
-__all__ = ["DirectorySource", "FileSource"]
+__all__ = ["DirectorySource", "FileSource", "Redelivery"]
 
 Record = Event | InvalidRecord
 _HEAD_BYTES = 4096
@@ -42,20 +41,29 @@ class _File:
     drained: bool = False
 
 
-class _FilesSource:
-    """What both file sources share: reading, batching, acking, checkpoints and redelivery.
+class Redelivery(list[Record]):
+    """A batch of records that failed earlier in the run, delivered again after a pass.
 
-    Records that failed (another worker's live lease, a lost lease) come back after the
-    files are drained, a few times with backoff; the checkpoint never moves past the first
-    record still unsettled, so whatever is left is read again by the next run.
+    The runner of a file source (`run_files`) gives such a batch to
+    `Pipeline.redeliver`, which runs its failures again a few more times; any other
+    consumer may treat it as an ordinary batch.
+    """
+
+
+class _FilesSource:
+    """What both file sources share: reading, batching, acking, checkpoints, handing back.
+
+    A record that fails (another worker's live lease, a lost lease) waits until the pass
+    over the files is done and is then handed back once, in input order, as a
+    `Redelivery`; the checkpoint never moves past the first record still unsettled, so
+    whatever is left is read again by the next run. With `ordered`, a failed record holds
+    back the later records of its partition until it settles.
     """
 
     def __init__(
         self,
         *,
         state: Database | str | os.PathLike[str] | None,
-        redeliveries: int = 5,
-        backoff: Backoff | None = None,
         shard: tuple[int, int] | None = None,
         ordered: bool = False,
     ) -> None:
@@ -68,8 +76,6 @@ class _FilesSource:
         self._blocked: set[str] = set()
         database = state if state is None or isinstance(state, Database) else Database.shared(state)
         self.checkpoints = Checkpoints(database) if database is not None else None
-        self.redeliveries = redeliveries
-        self.backoff = backoff or Backoff(base=0.5, cap=8.0)
         self._open: dict[str, _File] = {}
         self._batch: tuple[Sequence[Record], list[tuple[_File, list[Positioned]]]] | None = None
         """The batch handed out and not acked yet, with its records' positions file by file."""
@@ -99,10 +105,14 @@ class _FilesSource:
         self.stopped = True
 
     async def batches(self, max_size: int) -> AsyncIterator[Sequence[Record]]:
-        """Batches of at most `max_size` records, every file in turn, then redeliveries."""
+        """Batches of at most `max_size` records, every file in turn, then what failed."""
         while not self.stopped:
             async for batch in self._pass(max_size):
                 yield batch
+            for redelivery in self._hand_back(max_size):
+                if self.stopped:
+                    return
+                yield redelivery
             if not self.watch:
                 return
             await anyio.sleep(self.poll_seconds)
@@ -148,29 +158,30 @@ class _FilesSource:
         if records:
             self._batch = (records, where)
             yield records
-        for round_ in range(1, self.redeliveries + 1):
-            waiting = [(f, p) for f in self._open.values() for p in f.pending.values()]
-            if not waiting or self.stopped:
+
+    def _hand_back(self, max_size: int) -> Iterator[Redelivery]:
+        """The records waiting after a pass, in input order, each delivered once more.
+
+        With `ordered`, a lane whose record is still failed after its redelivery (the ack
+        blocks it again) keeps its later records waiting: they are not handed out.
+        """
+        waiting = [(f, p) for f in self._open.values() for p in f.pending.values()]
+        waiting.sort(key=lambda fp: (fp[0].reader.ordinal, fp[1].start))
+        self._blocked.clear()
+        position = 0
+        while position < len(waiting):
+            chunk: dict[str, tuple[_File, list[Positioned]]] = {}
+            batch = Redelivery()
+            while position < len(waiting) and len(batch) < max_size:
+                file, item = waiting[position]
+                position += 1
+                if not (self.ordered and item.record.partition_key in self._blocked):
+                    chunk.setdefault(file.key, (file, []))[1].append(item)
+                    batch.append(_again(item.record))
+            if not batch:
                 return
-            await anyio.sleep(self.backoff.delay(round_))
-            waiting.sort(key=lambda fp: (fp[0].reader.ordinal, fp[1].start))
-            self._blocked.clear()
-            position = 0
-            while position < len(waiting):
-                chunk: dict[str, tuple[_File, list[Positioned]]] = {}
-                batch: list[Record] = []
-                while position < len(waiting) and len(batch) < max_size:
-                    file, item = waiting[position]
-                    position += 1
-                    if not (self.ordered and item.record.partition_key in self._blocked):
-                        chunk.setdefault(file.key, (file, []))[1].append(item)
-                        batch.append(_again(item.record, round_))
-                if not batch:
-                    break
-                self._batch = (batch, list(chunk.values()))
-                yield batch
-                if self.stopped:
-                    return
+            self._batch = (batch, list(chunk.values()))
+            yield batch
 
     async def ack(self, batch: Sequence[Record], failed_ids: Collection[str]) -> None:
         """Settle the batch: its records are done except `failed_ids`, which come again later."""
@@ -214,7 +225,7 @@ class _FilesSource:
 
     def _start(self, key: str, reader: RecordReader) -> _File | None:
         if self.shard is not None:
-            key = f"{key}#shard{self.shard[0]}of{self.shard[1]}"
+            key = shard_checkpoint(key, *self.shard)
         saved = self.checkpoints.get(key) if self.checkpoints else None
         file = _File(key, reader, _head(reader.path))
         if saved is not None and _same_head(reader.path, saved.head):
@@ -264,14 +275,10 @@ class FileSource(_FilesSource):
         id_field: str | None = None,
         partition_field: str | None = None,
         source: str | None = None,
-        redeliveries: int = 5,
-        backoff: Backoff | None = None,
         shard: tuple[int, int] | None = None,
         ordered: bool = False,
     ) -> None:
-        super().__init__(
-            state=state, redeliveries=redeliveries, backoff=backoff, shard=shard, ordered=ordered
-        )
+        super().__init__(state=state, shard=shard, ordered=ordered)
         patterns = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
         self.files = _expand([os.fspath(p) for p in patterns])
         self.fmt = fmt
@@ -318,11 +325,10 @@ class DirectorySource(_FilesSource):
         watch: bool = False,
         poll_seconds: float = 1.0,
         settle_seconds: float = 1.0,
-        redeliveries: int = 5,
         shard: tuple[int, int] | None = None,
         ordered: bool = False,
     ) -> None:
-        super().__init__(state=state, redeliveries=redeliveries, shard=shard, ordered=ordered)
+        super().__init__(state=state, shard=shard, ordered=ordered)
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise NotADirectoryError(f"landing folder {self.folder} does not exist")
@@ -407,9 +413,9 @@ def _shard_of(record: Record, count: int) -> int:
     return zlib.crc32(lane.encode("utf-8", "surrogatepass")) % count
 
 
-def _again(record: Record, round_: int) -> Record:
+def _again(record: Record) -> Record:
     if isinstance(record, Event):
-        return record.model_copy(update={"delivery_count": record.delivery_count + round_})
+        return record.model_copy(update={"delivery_count": record.delivery_count + 1})
     return record
 
 

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
-from onceflow.event import Event
-from onceflow.pipeline import BatchResult, Pipeline
-from onceflow.records import InvalidRecord
+from onceflow.pipeline import BatchResult
 
-__all__ = ["Tally", "TallyingPipeline"]
+__all__ = ["Tally"]
 
 _KEPT_REASONS = 20
 
@@ -34,12 +31,15 @@ class Tally:
         if self.failed:
             for event_id in (*result.processed, *result.duplicates, *result.dead_lettered):
                 self.failed.pop(event_id, None)
+        failures = result.failures
         for event_id in result.failed:
-            self.failed[event_id] = result.reasons.get(event_id, "not processed")
+            failure = failures.get(event_id)
+            self.failed[event_id] = failure.text if failure else "not processed"
         for event_id in result.dead_lettered:
             if len(self.reasons) >= _KEPT_REASONS:
                 break
-            self.reasons[event_id] = result.reasons.get(event_id, "")
+            failure = failures.get(event_id)
+            self.reasons[event_id] = failure.text if failure else ""
 
     @property
     def events(self) -> int:
@@ -68,27 +68,3 @@ class Tally:
         for event_id, reason in plain["reasons"].items():
             if len(self.reasons) < _KEPT_REASONS:
                 self.reasons[event_id] = reason
-
-
-class TallyingPipeline(Pipeline):
-    """A `Pipeline` that counts each batch into `tally` and returns only its failed ids.
-
-    `onceflow.run_source` merges every batch's result into one whose id lists grow with
-    the input (and are copied at each merge); a run over millions of local records needs
-    the counts, and the failed ids for `ack`, not every id it ever saw.
-    """
-
-    def __init__(self, *args: Any, tally: Tally | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.tally = tally or Tally()
-
-    async def process_batch(
-        self, records: Iterable[Event | InvalidRecord], *, deadline: float | None = None
-    ) -> BatchResult:
-        """Process the batch, count it, and return only what `ack` needs."""
-        result = await super().process_batch(records, deadline=deadline)
-        self.tally.add(result)
-        return BatchResult(
-            failed=result.failed,
-            failures={i: result.failures[i] for i in result.failed if i in result.failures},
-        )

@@ -9,9 +9,13 @@ from pathlib import Path
 import anyio
 import pytest
 
-from onceflow.adapters.local import Database, DirectorySource, FileSource
+from onceflow.adapters.local import Database, DirectorySource, FileSource, run_files
+from onceflow.adapters.local.file_source import Redelivery
+from onceflow.adapters.memory import MemoryIdempotencyStore, MemorySink
 from onceflow.event import Event
-from onceflow.records import InvalidRecord
+from onceflow.pipeline import Pipeline
+from onceflow.records import Claim, ClaimStatus, Completion, InvalidRecord
+from onceflow.retry import Backoff, RetryPolicy
 
 Record = Event | InvalidRecord
 
@@ -145,13 +149,72 @@ async def test_checkpoint_resumes_and_never_passes_a_failed_record(tmp_path: Pat
 
     # A record that keeps failing holds the checkpoint; the next run reads from it again.
     other = write(tmp_path / "other.jsonl", lines)
-    source = FileSource(other, state=state, redeliveries=2)
-    source.backoff.base = source.backoff.cap = 0.0
-    seen = await drain(source, size=4, fail={"other.jsonl:3"})
-    assert [r.id for r in seen].count("other.jsonl:3") == 3  # first delivery + 2 redeliveries
+    seen = await drain(FileSource(other, state=state), size=4, fail={"other.jsonl:3"})
+    again_seen = [r for r in seen if r.id == "other.jsonl:3"]
+    assert len(again_seen) == 2  # first delivery, then handed back once after the pass
+    assert [r.delivery_count for r in again_seen if isinstance(r, Event)] == [1, 2]
     again = await drain(FileSource(other, state=state), size=20)
     assert again[0].id == "other.jsonl:3"
     assert len(again) == 8
+
+
+class LeasedElsewhere:
+    """A memory store in which another worker holds some keys' leases for their first claims."""
+
+    def __init__(self, held: dict[str, int]) -> None:
+        self.store = MemoryIdempotencyStore()
+        self.held = held
+        self.claims: list[str] = []
+
+    async def claim(self, keys: Sequence[str], lease_seconds: float) -> list[Claim]:
+        self.claims.extend(keys)
+        free = [k for k in keys if self.held.get(k, 0) <= 0]
+        for key in keys:
+            self.held[key] = self.held.get(key, 0) - 1
+        granted = dict(zip(free, await self.store.claim(free, lease_seconds), strict=True))
+        return [granted.get(k) or Claim(k, ClaimStatus.IN_PROGRESS) for k in keys]
+
+    async def complete(self, completions: Sequence[Completion]) -> list[bool]:
+        return await self.store.complete(completions)
+
+    async def release(self, claims: Sequence[Claim]) -> None:
+        await self.store.release(claims)
+
+
+def pipeline_for(store: LeasedElsewhere, seen: list[Event], *, ordered: bool = False) -> Pipeline:
+    def process(event: Event) -> dict[str, object]:
+        seen.append(event)
+        return {"n": event.json()["n"]}
+
+    no_wait = Backoff(base=0.0, jitter=False)
+    return Pipeline(
+        process, MemorySink(), store, MemorySink(), ordered=ordered,
+        retry=RetryPolicy(attempts=1, backoff=no_wait),
+    )  # fmt: skip
+
+
+@pytest.mark.anyio
+async def test_run_files_redelivers_through_the_pipeline_and_keeps_the_rest(
+    tmp_path: Path,
+) -> None:
+    lines = "".join(json.dumps({"n": n}) + "\n" for n in range(10))
+    path = write(tmp_path / "in.jsonl", lines)
+    state = Database(tmp_path / "state.db")
+    stuck = "file:in.jsonl#in.jsonl:3"
+    store = LeasedElsewhere({stuck: 99, "file:in.jsonl#in.jsonl:5": 2})
+    seen: list[Event] = []
+    tally = await run_files(
+        pipeline_for(store, seen), FileSource(path, state=state), batch_size=4, redeliveries=3
+    )
+    assert store.claims.count(stuck) == 4  # the pass, the hand-back, 2 more rounds
+    assert len(seen) == 9 and tally.processed == 9
+    assert list(tally.failed) == ["in.jsonl:3"]
+    assert "another worker holds" in tally.failed["in.jsonl:3"]
+    # The checkpoint waits before the record left failed; the next run starts there.
+    again = await drain(FileSource(path, state=state), size=20)
+    assert [r.id for r in again][:2] == ["in.jsonl:3", "in.jsonl:4"]
+    with pytest.raises(ValueError, match="at least 1"):
+        await run_files(pipeline_for(store, []), FileSource(path), redeliveries=0)
 
 
 @pytest.mark.anyio
@@ -159,10 +222,10 @@ async def test_redelivered_record_that_succeeds_releases_the_checkpoint(tmp_path
     path = write(tmp_path / "in.jsonl", '{"a":1}\n{"a":2}\n')
     state = Database(tmp_path / "state.db")
     source = FileSource(path, state=state)
-    source.backoff.base = source.backoff.cap = 0.0
     calls = 0
     async for batch in source.batches(10):
         calls += 1
+        assert isinstance(batch, Redelivery) == (calls == 2)
         failed = {"in.jsonl:1"} if calls == 1 else set()
         await source.ack(batch, failed)
     assert calls == 2
@@ -234,23 +297,33 @@ async def test_ordered_source_holds_a_lane_behind_its_failed_record(tmp_path: Pa
     rows = "".join(json.dumps({"n": n, "lane": f"p{n % 2}"}) + "\n" for n in range(1, 11))
     path = write(tmp_path / "in.jsonl", rows)
     source = FileSource(path, partition_field="lane", ordered=True)
-    source.backoff.base = source.backoff.cap = 0.0
-    done: list[int] = []
-    failures = {"in.jsonl:3": 2}  # fails on its first two deliveries
-    async for batch in source.batches(2):
-        failed = set()
-        for record in batch:
-            if failures.get(record.id, 0) > 0:
-                failures[record.id] -= 1
-                failed.add(record.id)
-            elif failed and record.partition_key == "p1":
-                failed.add(record.id)  # an ordered pipeline leaves the lane's rest unprocessed
-            else:
-                done.append(json.loads(record.data)["n"])  # type: ignore[union-attr]
-        await source.ack(batch, failed)
+    # 3 is leased elsewhere on its first two deliveries: the pass and the hand-back.
+    store = LeasedElsewhere({"file:in.jsonl#in.jsonl:3": 2})
+    seen: list[Event] = []
+    tally = await run_files(pipeline_for(store, seen, ordered=True), source, batch_size=2)
+    done = [event.json()["n"] for event in seen]
     lanes = {lane: [n for n in done if f"p{n % 2}" == lane] for lane in ("p0", "p1")}
     assert lanes["p0"] == [2, 4, 6, 8, 10]
     assert lanes["p1"] == [1, 3, 5, 7, 9]  # 5, 7 and 9 waited for 3
+    assert tally.processed == 10 and not tally.failed
+
+
+@pytest.mark.anyio
+async def test_ordered_lane_stays_held_while_its_record_fails(tmp_path: Path) -> None:
+    rows = "".join(json.dumps({"n": n, "lane": f"p{n % 2}"}) + "\n" for n in range(1, 11))
+    path = write(tmp_path / "in.jsonl", rows)
+    state = Database(tmp_path / "state.db")
+    source = FileSource(path, state=state, partition_field="lane", ordered=True)
+    store = LeasedElsewhere({"file:in.jsonl#in.jsonl:3": 99})
+    seen: list[Event] = []
+    tally = await run_files(pipeline_for(store, seen, ordered=True), source, batch_size=3)
+    assert sorted(event.json()["n"] for event in seen) == [1, 2, 4, 6, 8, 10]
+    # 5 and 7, handed back with 3, waited behind it (the pipeline held them); 9 was not
+    # handed out at all, as its lane was still held when its chunk was built.
+    assert list(tally.failed) == ["in.jsonl:3", "in.jsonl:5", "in.jsonl:7"]
+    # The next run reads again from 3 (4, 6, ... done already come back as duplicates).
+    again = await drain(FileSource(path, state=state), size=20)
+    assert [r.id for r in again] == [f"in.jsonl:{n}" for n in range(3, 11)]
 
 
 @pytest.mark.anyio

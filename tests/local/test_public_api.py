@@ -19,6 +19,7 @@ EXPECTED = [
     "SqliteIdempotencyStore",
     "SqliteSink",
     "StateError",
+    "run_files",
 ]
 
 

@@ -1,0 +1,121 @@
+"""What the local commands show: the console, the progress line, the run's summary."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from onceflow.adapters.local.state import LocalState
+from onceflow.adapters.local.totals import Tally
+from onceflow.cli import CliError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+__all__ = ["Progress", "console", "quiet_logs", "red", "run_summary", "short"]
+
+
+def console(stderr: bool = False) -> Console:
+    """A rich console (rich is imported only when a command prints)."""
+    try:
+        from rich.console import Console
+    except ImportError:
+        raise CliError("the onceflow commands need rich: pip install 'onceflow[cli]'") from None
+    return Console(stderr=stderr, highlight=False)
+
+
+def quiet_logs(verbose: bool) -> None:
+    """Per-event log lines only with --verbose: the summary reports every dead letter."""
+    logging.getLogger("onceflow").setLevel(logging.INFO if verbose else logging.ERROR)
+
+
+class Progress:
+    """A rich progress line (events, events/s, failures), or nothing when quiet."""
+
+    def __init__(self, *, quiet: bool, total: int | None) -> None:
+        self.quiet = quiet
+        self.total = total
+        self.started = time.perf_counter()
+        self.progress: Any = None
+
+    def __enter__(self) -> Callable[[Tally, int], None]:
+        if self.quiet:
+            return lambda tally, done: None
+        from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import Progress as RichProgress
+
+        self.progress = RichProgress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[events]:>10,} events"),
+            TextColumn("{task.fields[rate]:>9,.0f} events/s"),
+            TextColumn("{task.fields[failures]}"),
+            TimeElapsedColumn(),
+            console=console(stderr=True),
+            transient=False,
+        )
+        self.progress.start()
+        task = self.progress.add_task(
+            "running", total=self.total, events=0, rate=0.0, failures="no failures"
+        )
+
+        def show(tally: Tally, done: int) -> None:
+            elapsed = max(1e-9, time.perf_counter() - self.started)
+            bad = tally.dead_lettered + len(tally.failed)
+            self.progress.update(
+                task,
+                completed=done if self.total else None,
+                events=tally.events,
+                rate=tally.events / elapsed,
+                failures=f"[red]{bad:,} failures[/]" if bad else "no failures",
+            )
+
+        return show
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def run_summary(out: Console, tally: Tally, wall: float, state: LocalState) -> None:
+    """The table at the end of `onceflow run`, the first dead letters and what is left failed."""
+    from rich.table import Table
+
+    table = Table(title="onceflow run", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    table.add_row("processed", f"{tally.processed:,}")
+    table.add_row("duplicates", f"{tally.duplicates:,}")
+    table.add_row("failed", red(len(tally.failed)))
+    table.add_row("dead-lettered", red(tally.dead_lettered))
+    table.add_row("wall time", f"{wall:.2f} s")
+    rate = tally.events / wall if wall > 0 else 0.0
+    table.add_row("events/s", f"{rate:,.0f}")
+    out.print(table)
+    if tally.dead_lettered:
+        out.print(f"[bold]dead letters[/] ({tally.dead_lettered} this run):")
+        for reason in list(tally.reasons.values())[:10]:
+            out.print(f"  {short(reason)}", markup=False)  # each reason names its event
+        if tally.dead_lettered > 10:
+            out.print(f"  ... and {tally.dead_lettered - 10} more")
+        out.print(
+            f"  all letters: {state.dead_letters.jsonl_path}  "
+            f"(onceflow dead-letters list --state {state.folder})"
+        )
+    if tally.failed:
+        out.print(
+            f"[red]{len(tally.failed)} events were left failed[/] and will be read again by the "
+            "next run; first: " + "; ".join(f"{k}: {v}" for k, v in list(tally.failed.items())[:3])
+        )
+
+
+def red(n: int) -> str:
+    """`n` in red when it is not 0."""
+    return f"[red]{n:,}[/]" if n else "0"
+
+
+def short(text: str, limit: int = 160) -> str:
+    """`text` cut to `limit` characters."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
