@@ -34,9 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from onceflow.adapters.aws import (  # noqa: E402
-    DynamoDBIdempotencyStore,
-    DynamoDBSink,
+    DynamoDBMode,
     create_table,
+    dynamodb_pipeline_parts,
     lambda_handler,
 )
 from onceflow.event import Event  # noqa: E402
@@ -44,6 +44,11 @@ from onceflow.pipeline import Pipeline  # noqa: E402
 from tests.support.servers import MotoServer, moto_server  # noqa: E402
 
 STREAM_ARN = "arn:aws:kinesis:us-east-1:123456789012:stream/orders"
+MODES = {
+    "upsert": DynamoDBMode.UPSERT,
+    "optimistic": DynamoDBMode.OPTIMISTIC,
+    "atomic": DynamoDBMode.FENCED,
+}
 
 
 # -- the workload ---------------------------------------------------------------------------
@@ -217,8 +222,7 @@ def onceflow_handler(
     create_table(client, orders, ttl_attribute=None)
     meter.requests.clear()
     meter.write_units = 0
-    store = DynamoDBIdempotencyStore(state, client=client, leases=mode == "atomic")
-    sink = DynamoDBSink(orders, client=client, atomic=mode != "upsert")
+    store, sink = dynamodb_pipeline_parts(state, orders, mode=MODES[mode], client=client)
     return lambda_handler(Pipeline(OrderItem(), sink, store)), [state, orders]
 
 
@@ -362,7 +366,7 @@ def main() -> None:
     # What the first invocation adds when it builds the pipeline: the DynamoDB/SQS modules.
     ours_built = import_seconds(
         "import examples.orders.lambda_function, onceflow.adapters.aws.dynamodb_sink, "
-        "onceflow.adapters.aws.messaging, boto3; boto3.client('dynamodb')",
+        "onceflow.adapters.aws.sqs_sink, boto3; boto3.client('dynamodb')",
         args.imports,
     )
     theirs = import_seconds(
