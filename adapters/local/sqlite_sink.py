@@ -16,7 +16,7 @@ from typing import Any
 from pydantic_core import PydanticSerializationError, to_json
 
 from onceflow.adapters.local.database import Database
-from onceflow.adapters.local.sqlite_store import Row, SqliteIdempotencyStore
+from onceflow.adapters.local.sqlite_store import SqliteIdempotencyStore, SqliteWrites
 from onceflow.clock import SystemClock
 from onceflow.errors import ConfigurationError
 from onceflow.interfaces import Clock, IdempotencyStore
@@ -29,6 +29,8 @@ _TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _FLAT = frozenset({str, int, float, bool, type(None)})
 # Rows per multi-row INSERT: 700 parameters, below the 999 older SQLite builds allow.
 _ROWS_PER_STATEMENT = 100
+_EVENT_KEY = 1
+"""The column of a row (as `_rows` builds it) holding its output's event key."""
 
 
 class SqliteSink:
@@ -126,14 +128,7 @@ class SqliteSink:
         """
         if not isinstance(store, SqliteIdempotencyStore) or not self.commits_with(store):
             raise ConfigurationError(f"{self!r} cannot commit atomically with {store!r}")
-        writes: dict[str, list[Row]] = {}
-        get = writes.get
-        for row in self._rows(outputs):
-            filed = get(row[1])
-            if filed is None:
-                writes[row[1]] = [(self, row)]
-            else:
-                filed.append((self, row))
+        writes = SqliteWrites(self, self._rows(outputs), key_column=_EVENT_KEY)
         return await store.complete_with(completions, writes)
 
     # -- reading -----------------------------------------------------------------------------

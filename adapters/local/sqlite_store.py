@@ -9,12 +9,13 @@ import os
 import secrets
 import sqlite3
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from onceflow.adapters.local.database import Database, StateError
 from onceflow.clock import SystemClock
+from onceflow.errors import ConfigurationError
 from onceflow.interfaces import Clock
 from onceflow.records import Claim, ClaimStatus, Completion, Outcome, OutcomeStatus
 
@@ -25,7 +26,7 @@ try:
 except ImportError:  # pragma: no cover - Windows
     _HAVE_FCNTL = False
 
-__all__ = ["Row", "RowTable", "SqliteIdempotencyStore"]
+__all__ = ["RowTable", "SqliteIdempotencyStore", "SqliteWrites"]
 
 KEYS_TABLE = "onceflow_keys"
 # SQLite's default limit on bound parameters is 32766; stay far below it per statement.
@@ -61,8 +62,45 @@ class RowTable(Protocol):
         ...
 
 
-Row = tuple[RowTable, tuple[Any, ...]]
-"""The store's transaction vocabulary: one row's values and the table that writes them."""
+class SqliteWrites(Mapping[str, Sequence[tuple[Any, ...]]]):
+    """Rows for one table of the store's file, filed by event key: a SQLite transaction.
+
+    What `SqliteIdempotencyStore.complete_with` commits. Each row carries its event key in
+    column `key_column`; the grouping by key is built only if someone reads it, since the
+    common case (every fence held) writes all the rows in one call of `table.write_rows`.
+    """
+
+    def __init__(
+        self, table: RowTable, rows: Sequence[tuple[Any, ...]], *, key_column: int
+    ) -> None:
+        self.table = table
+        self.rows = rows
+        self.key_column = key_column
+        self._by_key: dict[str, list[tuple[Any, ...]]] | None = None
+
+    def _index(self) -> dict[str, list[tuple[Any, ...]]]:
+        if self._by_key is None:
+            self._by_key = {}
+            column = self.key_column
+            for row in self.rows:
+                self._by_key.setdefault(row[column], []).append(row)
+        return self._by_key
+
+    def __getitem__(self, key: str) -> Sequence[tuple[Any, ...]]:
+        return self._index()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._index())
+
+    def __len__(self) -> int:
+        return len(self._index())
+
+    def without(self, keys: Collection[str]) -> Sequence[tuple[Any, ...]]:
+        """The rows not filed under `keys`, in order."""
+        if not keys:
+            return self.rows
+        column = self.key_column
+        return [row for row in self.rows if row[column] not in keys]
 
 
 class SqliteIdempotencyStore:
@@ -201,15 +239,20 @@ class SqliteIdempotencyStore:
     # -- the TransactionalStore protocol -----------------------------------------------------
 
     async def complete_with(
-        self, completions: Sequence[Completion], writes: Mapping[str, Sequence[Row]]
+        self, completions: Sequence[Completion], writes: Mapping[str, Sequence[tuple[Any, ...]]]
     ) -> list[bool]:
         """Complete keys and write the rows filed under them, in one transaction.
 
-        See `onceflow.TransactionalStore.complete_with`. Each `Row` names the table of
-        this store's file that writes it; a key whose fence no longer holds gets none of
-        its rows written. Every table writes its rows in one call, in the order given.
+        See `onceflow.TransactionalStore.complete_with`. `writes` are `SqliteWrites` (what
+        `SqliteSink.write_and_complete` passes): rows for a table of this store's file. A
+        key whose fence no longer holds gets none of its rows written.
         """
-        if not completions and not writes:
+        if not isinstance(writes, SqliteWrites):
+            raise ConfigurationError(
+                "a SQLite store commits SqliteWrites (what SqliteSink.write_and_complete "
+                f"passes), not {type(writes).__name__}"
+            )
+        if not completions and not writes.rows:
             return []
         with self.database.transaction() as conn:
             accepted = self._complete(conn, completions)
@@ -218,18 +261,9 @@ class SqliteIdempotencyStore:
                 if all(accepted)
                 else {c.key for c, ok in zip(completions, accepted, strict=True) if not ok}
             )
-            tables: dict[RowTable, list[tuple[Any, ...]]] = {}
-            for key, rows in writes.items():
-                if refused and key in refused:
-                    continue
-                for table, values in rows:
-                    found = tables.get(table)
-                    if found is None:
-                        tables[table] = [values]
-                    else:
-                        found.append(values)
-            for table, values_list in tables.items():
-                table.write_rows(conn, values_list)
+            rows = writes.without(refused)
+            if rows:
+                writes.table.write_rows(conn, rows)
         return accepted
 
     def _complete(self, conn: sqlite3.Connection, completions: Sequence[Completion]) -> list[bool]:

@@ -16,7 +16,9 @@ import anyio
 import pytest
 
 from onceflow.adapters.local import Database, SqliteIdempotencyStore, SqliteSink, StateError
+from onceflow.adapters.local.sqlite_store import SqliteWrites
 from onceflow.clock import ManualClock
+from onceflow.errors import ConfigurationError
 from onceflow.interfaces import TransactionalStore
 from onceflow.records import ClaimStatus, Completion, Outcome, OutcomeStatus, Output
 
@@ -191,25 +193,25 @@ async def test_many_outputs_keep_first_write_order_and_last_value(tmp_path: Path
 async def test_complete_with_writes_only_the_rows_of_keys_whose_fence_held(
     tmp_path: Path,
 ) -> None:
-    # The one seam between the SQLite sinks and the store: rows filed by event key.
+    # The one seam between the SQLite sinks and the store: a table's rows filed by event key.
     db = tmp_path / "state.db"
     store = SqliteIdempotencyStore(db, clock=ManualClock())
-    outputs, letters = SqliteSink(db, "outputs"), SqliteSink(db, "letters")
+    outputs = SqliteSink(db, "outputs")
     assert isinstance(store, TransactionalStore)
     mine, lost = await store.claim(["a", "b"], 30)
     await store.release([lost])
     [taken] = await SqliteIdempotencyStore(db, database=Database(db)).claim(["b"], 30)
     assert taken.status is ClaimStatus.NEW
-    done = Outcome(OutcomeStatus.SUCCEEDED, 1)
-    rows = {
-        key: [
-            (outputs, (f"{key}#0", key, key, 0, None, '{"n":1}', 1.0)),
-            (letters, (f"{key}#x", key, key, 0, None, '"x"', 1.0)),
-        ]
-        for key in ("a", "b")
-    }
-    accepted = await store.complete_with([Completion(mine, done), Completion(lost, done)], rows)
+    done = Outcome(OutcomeStatus.SUCCEEDED, 2)
+    rows = [
+        (f"{key}#{n}", key, key, n, None, f'{{"n":{n}}}', 1.0) for key in ("a", "b") for n in (0, 1)
+    ]
+    writes = SqliteWrites(outputs, rows, key_column=1)
+    assert dict(writes) == {"a": rows[:2], "b": rows[2:]}  # the Mapping view, by event key
+    accepted = await store.complete_with([Completion(mine, done), Completion(lost, done)], writes)
     assert accepted == [True, False]
-    assert outputs.contents() == {"a#0": {"n": 1}} and letters.contents() == {"a#x": "x"}
+    assert outputs.contents() == {"a#0": {"n": 0}, "a#1": {"n": 1}}
     assert store.status("a") is ClaimStatus.COMPLETED
-    assert await store.complete_with([], {}) == []
+    assert await store.complete_with([], SqliteWrites(outputs, [], key_column=1)) == []
+    with pytest.raises(ConfigurationError, match="commits SqliteWrites"):
+        await store.complete_with([], {"a": rows[:1]})
