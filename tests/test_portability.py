@@ -98,7 +98,7 @@ def run_aws(request: pytest.FixtureRequest, _: Path) -> Result:
     aws.create_table(client, state)
     aws.create_table(client, dead)
     sink = aws.DynamoDBSink(state, client=client)
-    letters = aws.DynamoDBSink(dead, client=client, atomic=False)
+    letters = aws.DynamoDBSink(dead, client=client, mode=aws.DynamoDBMode.UPSERT)
     handler = aws.lambda_handler(
         pipeline(sink, aws.DynamoDBIdempotencyStore(state, client=client), letters)
     )

@@ -5,6 +5,7 @@ Needs pytest, anyio's pytest plugin and hypothesis (`pip install 'onceflow[dev]'
 
 from onceflow.testing.contracts import (
     AtomicSinkContract,
+    Capabilities,
     ObjectStoreContract,
     ReadSink,
     SinkContract,
@@ -14,6 +15,7 @@ from onceflow.testing.exactly_once import ExactlyOnceContract, RecordingProcesso
 
 __all__ = [
     "AtomicSinkContract",
+    "Capabilities",
     "ExactlyOnceContract",
     "ObjectStoreContract",
     "ReadSink",

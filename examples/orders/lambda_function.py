@@ -22,6 +22,7 @@ from onceflow.errors import ConfigurationError
 from onceflow.pipeline import Pipeline
 
 MODES = ("upsert", "optimistic", "atomic")
+"""ONCEFLOW_MODE's values, the names of `DynamoDBMode`s (atomic is FENCED)."""
 
 
 def _setting(name: str, default: str | None = None) -> str:
@@ -33,21 +34,17 @@ def _setting(name: str, default: str | None = None) -> str:
 
 def build_pipeline() -> Pipeline:
     """The orders pipeline from the environment."""
-    from onceflow.adapters.aws import (
-        DynamoDBIdempotencyStore,
-        DynamoDBSink,
-        SQSSink,
-    )
+    from onceflow.adapters.aws import DynamoDBMode, SQSSink, dynamodb_pipeline_parts
 
     mode = _setting("ONCEFLOW_MODE", "upsert")
     if mode not in MODES:
         raise ConfigurationError(f"ONCEFLOW_MODE is {mode!r}; use one of {', '.join(MODES)}")
-    store = DynamoDBIdempotencyStore(
+    store, sink = dynamodb_pipeline_parts(
         _setting("ONCEFLOW_STATE_TABLE"),
-        leases=mode == "atomic",
+        _setting("ONCEFLOW_OUTPUT_TABLE"),
+        mode=DynamoDBMode.FENCED if mode == "atomic" else DynamoDBMode[mode.upper()],
         ttl_seconds=float(_setting("ONCEFLOW_TTL_SECONDS", str(7 * 86_400))),
     )
-    sink = DynamoDBSink(_setting("ONCEFLOW_OUTPUT_TABLE"), atomic=mode != "upsert")
     letters = os.environ.get("ONCEFLOW_DEAD_LETTERS")
     return Pipeline(
         OrderProcessor(),
