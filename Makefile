@@ -39,7 +39,7 @@ $(VENV)/.demo-installed: pyproject.toml constraints.txt | $(BIN)/activate
 
 # Everything the tests need: every extra plus the npm emulators (Azurite, Cosmos DB server).
 $(VENV)/.test-installed: pyproject.toml constraints.txt | $(BIN)/activate
-	$(EDITABLE) -c constraints.txt -e '.[dev,cli,aws,azure,parquet,delta]'
+	$(EDITABLE) -c constraints.txt -e '.[dev,cli,aws,azure,parquet,delta,iceberg]'
 	$(STAMP_LAYOUT)
 	touch $@
 

@@ -1,4 +1,4 @@
-"""`onceflow lake ...`: compact, vacuum, inspect and close Parquet datasets and Delta tables."""
+"""`onceflow lake ...`: compact, vacuum, inspect and close Parquet, Delta and Iceberg tables."""
 
 # Imports sit inside the handlers on purpose: `onceflow --help` must not load pyarrow,
 # deltalake, rich or a cloud SDK, and `import onceflow.lake.cli` must stay free.
@@ -9,6 +9,7 @@ import argparse
 import importlib
 import os
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -40,19 +41,31 @@ def register(subparsers: Any) -> None:
     )
     commands = lake.add_subparsers(dest="lake_command", metavar="COMMAND")
 
-    compact = commands.add_parser("compact", help="merge small files of each partition")
+    compact = commands.add_parser(
+        "compact",
+        help="merge small files of each partition and publish the symlink manifest",
+    )
     _target(compact)
     compact.add_argument("--target-mib", type=float, default=256.0, help="file size to aim for")
-    compact.add_argument("--delta", action="store_true", help="PATH is a Delta table URI")
+    compact.add_argument(
+        "--location",
+        help="the dataset's absolute URI for _symlink_format_manifest (default: from PATH)",
+    )
     compact.set_defaults(func=_compact)
 
-    vacuum = commands.add_parser("vacuum", help="delete files no manifest version needs")
+    vacuum = commands.add_parser(
+        "vacuum", help="delete files no version needs, and say what was kept and why"
+    )
     _target(vacuum)
-    vacuum.add_argument("--retain-hours", type=float, default=1.0)
-    vacuum.add_argument("--delta", action="store_true", help="PATH is a Delta table URI")
+    vacuum.add_argument(
+        "--retain-hours",
+        type=float,
+        default=None,
+        help="keep superseded files this young (default 1 for Parquet, 168 for Delta/Iceberg)",
+    )
     vacuum.set_defaults(func=_vacuum)
 
-    info = commands.add_parser("info", help="partitions, files, rows and bytes of a dataset")
+    info = commands.add_parser("info", help="partitions, files, rows and bytes of any format")
     _target(info)
     info.set_defaults(func=_info)
 
@@ -90,13 +103,59 @@ def _help(parser: argparse.ArgumentParser) -> int:
 
 def _target(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "path", metavar="PATH", help="a directory, s3://bucket/prefix or az://container/prefix"
+        "path",
+        metavar="PATH",
+        nargs="?",
+        help="a directory, s3://bucket/prefix or az://container/prefix (a Delta table is "
+        "recognised by its _delta_log/)",
     )
     parser.add_argument(
         "--store",
         metavar="MODULE:FACTORY",
         help="a callable returning the ObjectStore that holds PATH (PATH is then inside it)",
     )
+    parser.add_argument("--delta", action="store_true", help="PATH is a Delta table URI")
+    parser.add_argument("--iceberg", metavar="NAMESPACE.TABLE", help="an Iceberg table")
+    parser.add_argument(
+        "--catalog",
+        metavar="URI|NAME",
+        help="the Iceberg catalog: a SQL catalog URI (sqlite:///catalog.db) or a catalog "
+        "name from .pyiceberg.yaml / PYICEBERG_CATALOG__* variables",
+    )
+
+
+def table_format(args: argparse.Namespace) -> str:
+    """`parquet`, `delta` or `iceberg`: what PATH (or --iceberg) names."""
+    if args.iceberg:
+        return "iceberg"
+    if not args.path:
+        raise CliError("name PATH, or --iceberg NAMESPACE.TABLE with --catalog")
+    if args.delta:
+        return "delta"
+    if "://" not in args.path and not args.store:
+        return "delta" if os.path.isdir(os.path.join(args.path, "_delta_log")) else "parquet"
+    if args.store:
+        return "parquet"
+    store, root = open_store(args.path)
+    prefix = (root.strip("/") + "/" if root.strip("/") else "") + "_delta_log/"
+    return "delta" if _run(lambda: store.list(prefix)) else "parquet"
+
+
+def _iceberg_table(args: argparse.Namespace) -> Any:
+    try:
+        from pyiceberg.catalog import load_catalog
+        from pyiceberg.catalog.sql import SqlCatalog
+    except ImportError as exc:
+        raise CliError(
+            f"pyiceberg is not available ({exc}): pip install 'onceflow[iceberg]'"
+        ) from exc
+    if not args.catalog:
+        raise CliError("--iceberg needs --catalog: a SQL catalog URI or a configured name")
+    if "://" in args.catalog:
+        catalog = SqlCatalog("onceflow", uri=args.catalog)
+    else:
+        catalog = load_catalog(args.catalog)
+    return catalog.load_table(args.iceberg)
 
 
 def open_store(path: str, factory: str | None = None) -> tuple[Any, str]:
@@ -135,26 +194,46 @@ def _run(call: Any) -> Any:
 
 
 def _compact(args: argparse.Namespace) -> int:
-    if args.delta:
-        from onceflow.lake.delta_sink import optimize_delta
+    kind = table_format(args)
+    target = int(args.target_mib * 1024 * 1024)
+    if kind == "iceberg":
+        raise CliError(
+            "pyiceberg cannot rewrite data files yet; compact Iceberg tables with Spark's "
+            "rewrite_data_files procedure"
+        )
+    if kind == "delta":
+        from deltalake import DeltaTable
 
-        metrics = optimize_delta(args.path, target_bytes=int(args.target_mib * 1024 * 1024))
-        print(f"optimized {args.path}: {metrics}")
+        from onceflow.lake.delta_sink import delta_partitions, optimize_delta
+
+        partitions = delta_partitions(DeltaTable(args.path))
+        total = sum(size for files in partitions.values() for _, _, size in files)
+        with _Progress(len(partitions), total) as bar:
+            metrics = optimize_delta(args.path, target_bytes=target, progress=bar.advance)
+        print(
+            f"optimized {args.path}: {metrics['partitionsOptimized']} partitions, "
+            f"{metrics['numFilesRemoved']} files -> {metrics['numFilesAdded']}"
+        )
         return 0
     from onceflow.lake.compaction import compact_dataset, plan
     from onceflow.lake.manifest import ManifestLog
 
     store, root = open_store(args.path, args.store)
-    target = int(args.target_mib * 1024 * 1024)
+    location = args.location or _location(args.path, args.store)
 
     async def main() -> Any:
         snapshot = await ManifestLog(store, root).snapshot()
         if not snapshot.version:
             raise CliError(f"{args.path} holds no committed dataset (no _manifest entries)")
         groups = plan(snapshot, target)
-        with _Progress(groups) as progress:
+        partitions = len({g.partition for g in groups})
+        with _Progress(partitions, sum(g.bytes for g in groups)) as bar:
             return await compact_dataset(
-                store, root, target_bytes=target, progress=progress.advance
+                store,
+                root,
+                target_bytes=target,
+                progress=lambda g: bar.advance(g.partition, g.bytes),
+                location=location,
             )
 
     report = _run(main)
@@ -163,36 +242,110 @@ def _compact(args: argparse.Namespace) -> int:
         f"({_size(report.bytes_read)}) -> {report.files_after} files "
         f"({_size(report.bytes_written)})"
     )
+    published = report.published
+    print(
+        f"published _symlink_format_manifest/ and _live_files/ for {len(published.written)} "
+        f"partitions ({len(published.unchanged)} unchanged, {len(published.removed)} removed)"
+    )
     return 0
 
 
+def _location(path: str, factory: str | None) -> str | None:
+    """PATH as the absolute URI engines read (None: the store decides)."""
+    if factory:
+        return None
+    if "://" not in path:
+        return Path(path).resolve().as_uri()
+    return path if path.startswith("s3://") else None
+
+
 def _vacuum(args: argparse.Namespace) -> int:
-    retain = timedelta(hours=args.retain_hours)
-    if args.delta:
-        from onceflow.lake.delta_sink import vacuum_delta
+    kind = table_format(args)
+    if kind == "iceberg":
+        from onceflow.lake.iceberg_sink import expire_iceberg
 
-        deleted = vacuum_delta(args.path, retain=retain)
-    else:
-        from onceflow.lake.compaction import vacuum_dataset
+        hours = 168.0 if args.retain_hours is None else args.retain_hours
+        table = _iceberg_table(args)
+        before = len(table.snapshots())
+        expired = expire_iceberg(table, retain=timedelta(hours=hours))
+        print(f"expired {len(expired)} snapshots older than {hours:g} h")
+        print(
+            f"kept the current snapshot and {before - len(expired) - 1} younger ones "
+            "(time travel and running readers use them)"
+        )
+        print("data files of expired snapshots stay: pyiceberg deletes no files")
+        return 0
+    if kind == "delta":
+        from onceflow.lake.delta_sink import explain_vacuum_delta
 
-        store, root = open_store(args.path, args.store)
-        deleted = _run(lambda: vacuum_dataset(store, root, retain=retain))
-    print(f"deleted {len(deleted)} files no longer in the manifest")
+        hours = 168.0 if args.retain_hours is None else args.retain_hours
+        result = explain_vacuum_delta(args.path, retain=timedelta(hours=hours))
+        print(f"deleted {len(result['deleted'])} files no table version within {hours:g} h needs")
+        print(f"kept {result['in_use']} files in use by the latest version")
+        if result["retained"]:
+            print(
+                f"kept {len(result['retained'])} removed files younger than the retention of "
+                f"{hours:g} h (readers of older versions may need them); --retain-hours 0 "
+                "deletes them"
+            )
+        return 0
+    from onceflow.lake.compaction import vacuum_dataset
+
+    hours = 1.0 if args.retain_hours is None else args.retain_hours
+    store, root = open_store(args.path, args.store)
+    report = _run(lambda: vacuum_dataset(store, root, retain=timedelta(hours=hours)))
+    for line in report.explain():
+        print(line)
     return 0
 
 
 def _info(args: argparse.Namespace) -> int:
+    kind = table_format(args)
+    if kind == "iceberg":
+        from onceflow.lake.iceberg_sink import iceberg_summary
+
+        summary = iceberg_summary(_iceberg_table(args))
+        print(
+            f"iceberg {args.iceberg}: snapshot {summary['snapshot_id']} "
+            f"({summary['snapshots']} snapshots)"
+        )
+        for label, files, rows, size in summary["partitions"]:
+            print(f"{label}\t{files} files\t{rows} rows\t{_size(size)}")
+        for lane, sequence in sorted(summary["watermarks"].items()):
+            print(f"watermark {lane} = {sequence}")
+        return 0
+    if kind == "delta":
+        from deltalake import DeltaTable
+
+        from onceflow.lake.delta_sink import delta_partitions
+
+        table = DeltaTable(args.path)
+        print(f"delta table version {table.version()}")
+        for label, files in sorted(delta_partitions(table).items()):
+            rows = sum(r for _, r, _ in files)
+            size = sum(b for _, _, b in files)
+            print(f"{label or '(root)'}\t{len(files)} files\t{rows} rows\t{_size(size)}")
+        return 0
     from onceflow.lake.manifest import ManifestLog
+    from onceflow.lake.symlinks import published_files
 
     store, root = open_store(args.path, args.store)
     snapshot = _run(lambda: ManifestLog(store, root).snapshot())
     if not snapshot.version:
         raise CliError(f"{args.path} holds no committed dataset (no _manifest entries)")
+    published = _run(lambda: published_files(store, root))
     print(f"manifest version {snapshot.version}")
+    stale = 0
     for partition, files in sorted(snapshot.partitions().items()):
         rows = sum(f.rows for f in files)
         size = sum(f.bytes for f in files)
+        fresh = published.get(partition) == {f.path for f in files}
+        stale += not fresh
         print(f"{partition or '(root)'}\t{len(files)} files\t{rows} rows\t{_size(size)}")
+    print(
+        f"symlink manifest: {len(snapshot.partitions()) - stale} partitions current, "
+        f"{stale} behind the manifest (run `onceflow lake compact`)"
+    )
     return 0
 
 
@@ -254,45 +407,44 @@ def _size(count: int) -> str:
 class _Progress:
     """A rich progress bar over partitions and bytes, or nothing when rich is missing."""
 
-    def __init__(self, groups: list[Any]) -> None:
-        self.groups = groups
+    def __init__(self, partitions: int, total_bytes: int) -> None:
+        self.partitions_total = partitions
+        self.total_bytes = total_bytes
+        self.bytes_done = 0
         self.bar: Any = None
         self.partitions_done: set[str] = set()
 
     def __enter__(self) -> _Progress:
         try:
-            from rich.progress import BarColumn, Progress, TextColumn
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
         except ImportError:
             return self
         self.bar = Progress(
             TextColumn("{task.description:<10}"),
             BarColumn(),
             TextColumn("{task.fields[shown]}"),
+            TimeRemainingColumn(),
         )
         self.bar.start()
-        partitions = len({g.partition for g in self.groups})
-        total = sum(g.bytes for g in self.groups)
-        self.total_bytes = total
-        self.partitions_total = partitions
-        self.partitions_task = self.bar.add_task(
-            "partitions", total=partitions, shown=f"0/{partitions}"
+        total = self.partitions_total
+        self.partitions_task = self.bar.add_task("partitions", total=total, shown=f"0/{total}")
+        self.bytes_task = self.bar.add_task(
+            "bytes", total=self.total_bytes, shown=f"0 B/{_size(self.total_bytes)}"
         )
-        self.bytes_task = self.bar.add_task("bytes", total=total, shown=f"0 B/{_size(total)}")
-        self.bytes_done = 0
         return self
 
-    def advance(self, group: Any) -> None:
-        """One group merged."""
+    def advance(self, partition: str, size: int) -> None:
+        """`size` bytes of `partition` done."""
         if self.bar is None:
             return
-        self.bytes_done += group.bytes
+        self.bytes_done += size
         self.bar.update(
             self.bytes_task,
-            advance=group.bytes,
+            advance=size,
             shown=f"{_size(self.bytes_done)}/{_size(self.total_bytes)}",
         )
-        if group.partition not in self.partitions_done:
-            self.partitions_done.add(group.partition)
+        if partition not in self.partitions_done:
+            self.partitions_done.add(partition)
             done = len(self.partitions_done)
             self.bar.update(
                 self.partitions_task, advance=1, shown=f"{done}/{self.partitions_total}"

@@ -19,9 +19,17 @@ from onceflow.lake.manifest import MANIFEST_DIR, DataFile, ManifestLog, Snapshot
 from onceflow.lake.parquet_sink import EncodedFile, encode_file, ids_digest
 from onceflow.lake.partitions import parse_partition
 from onceflow.lake.schema import META_COLUMNS, OUTPUT_ID
+from onceflow.lake.symlinks import SymlinkReport, publish_symlink_manifest, published_files
 from onceflow.lake.transfers import put_all
 
-__all__ = ["CompactionGroup", "CompactionReport", "compact_dataset", "plan", "vacuum_dataset"]
+__all__ = [
+    "CompactionGroup",
+    "CompactionReport",
+    "VacuumReport",
+    "compact_dataset",
+    "plan",
+    "vacuum_dataset",
+]
 
 MiB = 1024 * 1024
 DEFAULT_TARGET = 256 * MiB
@@ -50,6 +58,7 @@ class CompactionReport:
     bytes_read: int = 0
     bytes_written: int = 0
     versions: list[int] = field(default_factory=list)
+    published: SymlinkReport = field(default_factory=SymlinkReport)
 
 
 def plan(snapshot: Snapshot, target_bytes: int = DEFAULT_TARGET) -> list[CompactionGroup]:
@@ -80,26 +89,36 @@ async def compact_dataset(
     target_bytes: int = DEFAULT_TARGET,
     compression: str = "zstd",
     progress: Callable[[CompactionGroup], None] | None = None,
+    location: str | None = None,
 ) -> CompactionReport:
-    """Merge each partition's small files and swap them in, one manifest entry per partition.
+    """Merge each partition's small files, drop outputs held twice, and publish live files.
 
-    A reader following the manifest sees a partition's old files or its merged ones, never
-    both: rows are neither doubled nor lost. Outputs written twice are merged into one row.
+    One manifest entry per partition swaps the merged files in, so a manifest reader sees a
+    partition's old files or its merged ones, never both. Files that share an output (a
+    redelivered batch regrouped) are merged whatever their size, keeping its latest row.
+    Then the symlink manifest and file list (`onceflow.lake.symlinks`) of every partition
+    are published from the verified files, so engines that list files see each row once.
     Old files stay in the store until `vacuum_dataset` removes them.
     """
     log = ManifestLog(store, path)
     snapshot = await log.snapshot()
-    groups = plan(snapshot, target_bytes)
+    published = await published_files(store, log.root)
     report = CompactionReport()
-    by_partition: dict[str, list[CompactionGroup]] = {}
-    for group in groups:
-        by_partition.setdefault(group.partition, []).append(group)
-    for partition_groups in by_partition.values():
+    live: dict[str, list[DataFile]] = {}
+    for partition, files in sorted(snapshot.partitions().items()):
+        live[partition] = list(files)
+        if published.get(partition) == {f.path for f in files}:
+            continue  # unchanged since it was last verified and published
+        groups, bodies = await _groups_for(store, log.root, partition, files, target_bytes)
+        if not groups:
+            continue
         merged: list[EncodedFile] = []
         removed: list[str] = []
-        for group in partition_groups:
-            bodies = await fetch_files(store, log.root, group.files)
-            merged.append(await anyio.to_thread.run_sync(_merge, group, bodies, compression))
+        for group in groups:
+            group_bodies = [bodies[f.path] for f in group.files if f.path in bodies]
+            if len(group_bodies) != len(group.files):
+                group_bodies = await fetch_files(store, log.root, group.files)
+            merged.append(await anyio.to_thread.run_sync(_merge, group, group_bodies, compression))
             removed.extend(f.path for f in group.files)
             report.files_before += len(group.files)
             report.bytes_read += group.bytes
@@ -112,11 +131,57 @@ async def compact_dataset(
             operation="compact",
             base_version=snapshot.version,
         )
+        gone = set(removed)
+        live[partition] = [f for f in files if f.path not in gone] + [e.data_file for e in merged]
         report.versions.append(version)
         report.partitions += 1
         report.files_after += len(merged)
         report.bytes_written += sum(e.data_file.bytes for e in merged)
+    report.published = await publish_symlink_manifest(store, log.root, live, location=location)
     return report
+
+
+async def _groups_for(
+    store: ObjectStore, root: str, partition: str, files: list[DataFile], target_bytes: int
+) -> tuple[list[CompactionGroup], dict[str, bytes]]:
+    """One partition's merge groups: small files by size, joined with files sharing outputs."""
+    by_size = plan(Snapshot(0, {f.path: f for f in files}), target_bytes)
+    owner = {f.path: f.path for f in files}
+
+    def find(path: str) -> str:
+        while owner[path] != path:
+            owner[path] = owner[owner[path]]
+            path = owner[path]
+        return path
+
+    def unite(a: str, b: str) -> None:
+        owner[find(a)] = find(b)
+
+    for group in by_size:
+        for data_file in group.files[1:]:
+            unite(data_file.path, group.files[0].path)
+    bodies: dict[str, bytes] = {}
+    if len({find(f.path) for f in files}) > 1:
+        # More than one file survives the size plan: read their ids to find shared outputs.
+        fetched = await fetch_files(store, root, files)
+        bodies = {f.path: body for f, body in zip(files, fetched, strict=True)}
+        holder: dict[str, str] = {}
+        for data_file in files:
+            for output_id in _ids(bodies[data_file.path]):
+                if output_id in holder:
+                    unite(data_file.path, holder[output_id])
+                else:
+                    holder[output_id] = data_file.path
+    components: dict[str, list[DataFile]] = {}
+    for data_file in files:  # commit order kept: the latest row of an output wins
+        components.setdefault(find(data_file.path), []).append(data_file)
+    groups = [CompactionGroup(partition, tuple(c)) for c in components.values() if len(c) > 1]
+    return groups, bodies
+
+
+def _ids(body: bytes) -> list[str]:
+    table = pq.read_table(pa.BufferReader(body), columns=[OUTPUT_ID])
+    return [str(i) for i in table.column(0).to_pylist()]
 
 
 ROW_GROUP_ROWS = 1 << 20
@@ -177,14 +242,45 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
+@dataclass
+class VacuumReport:
+    """What a vacuum deleted, and what it kept and why."""
+
+    deleted: list[str] = field(default_factory=list)
+    in_use: int = 0
+    """Files the latest manifest version or a published symlink manifest names."""
+    retained: list[str] = field(default_factory=list)
+    """Files no longer in use but younger than the retention (a reader or writer may need them)."""
+    retain: timedelta = timedelta(hours=1)
+    pruned_entries: int = 0
+
+    def explain(self) -> list[str]:
+        """The report as sentences for a person."""
+        hours = self.retain.total_seconds() / 3600
+        lines = [
+            f"deleted {len(self.deleted)} files no manifest version or symlink manifest needs",
+            f"kept {self.in_use} files in use (the latest manifest version, or named by "
+            "_symlink_format_manifest)",
+        ]
+        if self.retained:
+            lines.append(
+                f"kept {len(self.retained)} superseded files younger than the retention of "
+                f"{hours:g} h (readers of older versions, or a writer that has not committed "
+                "yet, may need them); --retain-hours 0 deletes them"
+            )
+        if self.pruned_entries:
+            lines.append(f"pruned {self.pruned_entries} manifest entries before a checkpoint")
+        return lines
+
+
 async def vacuum_dataset(
     store: ObjectStore,
     path: str,
     *,
     retain: timedelta = timedelta(hours=1),
     now: float | None = None,
-) -> list[str]:
-    """Delete Parquet objects the latest manifest version does not need; the paths deleted.
+) -> VacuumReport:
+    """Delete Parquet objects neither the latest manifest nor a symlink manifest names.
 
     Only objects older than `retain` go: a writer that has put its files but not yet
     committed them must not lose them, so keep `retain` above the longest invocation.
@@ -193,17 +289,22 @@ async def vacuum_dataset(
     log = ManifestLog(store, path)
     snapshot = await log.snapshot()
     live = {join(log.root, p) for p in snapshot.files}
+    for files in (await published_files(store, log.root)).values():
+        live.update(join(log.root, p) for p in files)
     cutoff = (now if now is not None else time.time()) - retain.total_seconds()
-    deleted = []
+    report = VacuumReport(retain=retain)
     for info in await store.list(log.root + "/" if log.root else ""):
         name = info.path[len(log.root) :].lstrip("/")
         if name.startswith(MANIFEST_DIR + "/") or not info.path.endswith(".parquet"):
             continue
         if info.path in live:
+            report.in_use += 1
             continue
         if retain.total_seconds() > 0 and (info.modified is None or info.modified > cutoff):
+            report.retained.append(info.path)
             continue
         await store.delete(info.path)
-        deleted.append(info.path)
-    await log.prune(keep_after=cutoff if retain.total_seconds() > 0 else float("inf"))
-    return deleted
+        report.deleted.append(info.path)
+    pruned = await log.prune(keep_after=cutoff if retain.total_seconds() > 0 else float("inf"))
+    report.pruned_entries = len(pruned)
+    return report

@@ -15,6 +15,15 @@ from deltalake.exceptions import TableNotFoundError
 from pydantic import BaseModel
 
 from onceflow.errors import ConfigurationError, OutputRejected
+from onceflow.lake.partitions import (
+    EVENT_TIME,
+    HOUR_COLUMNS,
+    Hourly,
+    PartitionSpec,
+    normalise,
+    with_event_time,
+    with_hour_columns,
+)
 from onceflow.lake.schema import OUTPUT_ID, arrow_schema, outputs_to_table
 from onceflow.records import Output
 
@@ -23,6 +32,7 @@ __all__ = ["DeltaSink", "optimize_delta", "read_delta", "vacuum_delta"]
 log = logging.getLogger("onceflow.lake")
 
 INT64_MAX = 2**63 - 1
+MiB = 1024 * 1024
 SequenceOf = Callable[[Output], int | None]
 
 
@@ -43,6 +53,11 @@ class DeltaSink:
     number written, so rows at or below it are recognised from the table's own log and
     skipped, atomically with the commit. `ordered=False`, and outputs of events without a
     partition key: rows are merged on `_output_id`, so a rewrite replaces, never duplicates.
+
+    `partition_by` takes the ParquetSink forms: `Hourly(EVENT_TIME)` (the event's own time,
+    kept as `_event_time`) or `Hourly("ts")` add string partition columns `dt` and `hr`, as
+    Spark and Athena users lay out Hive tables; plain names partition by the column.
+    `max_bytes` is Delta's target file size.
     """
 
     def __init__(
@@ -50,7 +65,8 @@ class DeltaSink:
         table_uri: str,
         *,
         schema: pa.Schema | type[BaseModel],
-        partition_by: Sequence[str] = (),
+        partition_by: PartitionSpec = None,
+        max_bytes: int = 256 * MiB,
         storage_options: dict[str, str] | None = None,
         ordered: bool = True,
         app_id: str = "onceflow",
@@ -58,10 +74,32 @@ class DeltaSink:
     ) -> None:
         self.table_uri = table_uri
         self.schema = arrow_schema(schema)
-        missing = [c for c in partition_by if c not in self.schema.names]
-        if missing:
-            raise ConfigurationError(f"partition column {missing[0]!r} is not in the schema")
-        self.partition_by = list(partition_by)
+        self.parts = normalise(partition_by)
+        self._hourly = next((p.field for p in self.parts if isinstance(p, Hourly)), None)
+        names: list[str] = []
+        for part in self.parts:
+            if isinstance(part, Hourly):
+                if part.field != self._hourly:
+                    raise ConfigurationError("DeltaSink takes one Hourly(...) partition")
+                clash = [c for c in HOUR_COLUMNS if c in self.schema.names]
+                if clash:
+                    raise ConfigurationError(
+                        f"column {clash[0]!r} is the hourly partition's; rename it"
+                    )
+                if part.field != EVENT_TIME and (
+                    part.field not in self.schema.names
+                    or not pa.types.is_timestamp(self.schema.field(part.field).type)
+                ):
+                    raise ConfigurationError(f"Hourly({part.field!r}) needs a timestamp column")
+                names.extend(HOUR_COLUMNS)
+            elif part not in self.schema.names:
+                raise ConfigurationError(f"partition column {part!r} is not in the schema")
+            else:
+                names.append(part)
+        if max_bytes < 1:
+            raise ConfigurationError("max_bytes must be positive")
+        self.partition_by = names
+        self.max_bytes = max_bytes
         self.storage_options = storage_options
         self.ordered = ordered
         self.app_id = app_id
@@ -72,8 +110,21 @@ class DeltaSink:
         if not outputs:
             return
         table, rejected = outputs_to_table(outputs, self.schema)
+        if self._hourly == EVENT_TIME:
+            table, late = with_event_time(table, outputs)
+            for output_id in late:
+                rejected[output_id] = f"column {EVENT_TIME}: missing, and it is a partition column"
         if rejected:
             raise OutputRejected(rejected)
+        if self._hourly is not None:
+            table = with_hour_columns(table, self._hourly)
+            if table.column("dt").null_count:
+                nulls = pc.is_null(table.column("dt"))
+                for output_id in table.filter(nulls).column(OUTPUT_ID).to_pylist():
+                    rejected[output_id] = (
+                        f"column {self._hourly}: missing, and it is a partition column"
+                    )
+                raise OutputRejected(rejected)
         kept = [o for o in outputs if o.output_id not in rejected]
         await anyio.to_thread.run_sync(self._commit, table, kept)
 
@@ -161,6 +212,7 @@ class DeltaSink:
             partition_by=self.partition_by or None,
             storage_options=self.storage_options,
             schema_mode="merge",
+            target_file_size=self.max_bytes,
             commit_properties=CommitProperties(app_transactions=transactions),
         )
 
@@ -178,15 +230,57 @@ def read_delta(
     return dataset.to_table(columns=list(columns) if columns else None)
 
 
+def delta_partitions(table: DeltaTable) -> dict[str, list[tuple[str, int, int]]]:
+    """The table's live files per partition label (`dt=.../hr=...`): (path, rows, bytes)."""
+    actions = pa.table(table.get_add_actions(flatten=True))
+    columns = [f"partition.{name}" for name in table.metadata().partition_columns]
+    paths = actions.column("path").to_pylist()
+    sizes = actions.column("size_bytes").to_pylist()
+    rows = (
+        actions.column("num_records").to_pylist()
+        if "num_records" in actions.column_names
+        else [0] * len(paths)
+    )
+    values = [actions.column(c).to_pylist() for c in columns]
+    groups: dict[str, list[tuple[str, int, int]]] = {}
+    for index, path in enumerate(paths):
+        label = "/".join(
+            f"{c.removeprefix('partition.')}={v[index]}"
+            for c, v in zip(columns, values, strict=True)
+        )
+        groups.setdefault(label, []).append((path, int(rows[index] or 0), int(sizes[index])))
+    return groups
+
+
 def optimize_delta(
     table_uri: str,
     *,
     storage_options: dict[str, str] | None = None,
     target_bytes: int | None = None,
+    progress: Callable[[str, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Compact the table's small files with Delta's own optimize; its metrics."""
+    """Compact small files with Delta's own optimize, one partition (one commit) at a time.
+
+    `progress(partition, bytes)` is called after each partition; the summed metrics return.
+    """
     table = DeltaTable(table_uri, storage_options=storage_options)
-    return dict(table.optimize.compact(target_size=target_bytes))
+    partitions = delta_partitions(table)
+    totals: dict[str, Any] = {"numFilesAdded": 0, "numFilesRemoved": 0, "partitionsOptimized": 0}
+    for label, files in sorted(partitions.items()):
+        if len(files) > 1:
+            filters = [
+                (name, "=", value)
+                for name, _, value in (piece.partition("=") for piece in label.split("/") if piece)
+            ]
+            metrics = table.optimize.compact(
+                partition_filters=filters or None, target_size=target_bytes
+            )
+            totals["numFilesAdded"] += metrics.get("numFilesAdded", 0)
+            totals["numFilesRemoved"] += metrics.get("numFilesRemoved", 0)
+            totals["partitionsOptimized"] += 1
+        if progress is not None:
+            progress(label, sum(size for _, _, size in files))
+    return totals
 
 
 def vacuum_delta(
@@ -196,6 +290,27 @@ def vacuum_delta(
     retain: timedelta = timedelta(days=7),
 ) -> list[str]:
     """Delete files no table version within `retain` needs; the files deleted."""
+    return explain_vacuum_delta(table_uri, storage_options=storage_options, retain=retain)[
+        "deleted"
+    ]
+
+
+def explain_vacuum_delta(
+    table_uri: str,
+    *,
+    storage_options: dict[str, str] | None = None,
+    retain: timedelta = timedelta(days=7),
+    dry_run: bool = False,
+) -> dict[str, Any]:
+    """Vacuum, and say what was kept and why: files in use, and files within retention."""
     table = DeltaTable(table_uri, storage_options=storage_options)
     hours = int(retain.total_seconds() // 3600)
-    return table.vacuum(retention_hours=hours, dry_run=False, enforce_retention_duration=False)
+    in_use = sum(len(files) for files in delta_partitions(table).values())
+    unreferenced = table.vacuum(retention_hours=0, dry_run=True, enforce_retention_duration=False)
+    deleted = table.vacuum(retention_hours=hours, dry_run=dry_run, enforce_retention_duration=False)
+    return {
+        "deleted": list(deleted),
+        "in_use": in_use,
+        "retained": sorted(set(unreferenced) - set(deleted)),
+        "retain_hours": hours,
+    }

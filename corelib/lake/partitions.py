@@ -9,7 +9,18 @@ from urllib.parse import quote, unquote
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["EVENT_TIME", "Hourly", "PartitionSpec", "parse_partition", "partition_labels"]
+from onceflow.records import Output
+
+__all__ = [
+    "EVENT_TIME",
+    "HOUR_COLUMNS",
+    "Hourly",
+    "PartitionSpec",
+    "parse_partition",
+    "partition_labels",
+    "with_event_time",
+    "with_hour_columns",
+]
 
 EVENT_TIME = "_event_time"
 """`Hourly(EVENT_TIME)` partitions by the time of the event that produced each row."""
@@ -69,3 +80,25 @@ def parse_partition(label: str) -> dict[str, str]:
             name, _, value = piece.partition("=")
             out[name] = unquote(value)
     return out
+
+
+def with_event_time(table: pa.Table, outputs: Sequence[Output]) -> tuple[pa.Table, list[str]]:
+    """`table` with an `_event_time` column from each output's event; ids whose time is unknown."""
+    times = {o.output_id: o.time for o in outputs}
+    ids = table.column("_output_id").to_pylist()
+    when = pa.array([times.get(i) for i in ids], pa.timestamp("us", tz="UTC"))
+    missing = [i for i in ids if times.get(i) is None]
+    return table.append_column(pa.field(EVENT_TIME, when.type, nullable=bool(missing)), when), missing
+
+
+HOUR_COLUMNS = ("dt", "hr")
+
+
+def with_hour_columns(table: pa.Table, field: str) -> pa.Table:
+    """`table` with string columns `dt` (`2024-05-01`) and `hr` (`12`) from a timestamp column."""
+    column = table.column(field).combine_chunks()
+    if column.type.tz is None:
+        column = pc.assume_timezone(column, "UTC")
+    day = pc.strftime(column, format="%Y-%m-%d", locale="C")
+    hour = pc.strftime(column, format="%H", locale="C")
+    return table.append_column("dt", day).append_column("hr", hour)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import random
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +17,13 @@ import pytest
 from onceflow.adapters.aws import S3ObjectStore
 from onceflow.adapters.azure import BlobObjectStore
 from onceflow.adapters.local import LocalObjectStore
-from onceflow.adapters.memory import MemoryObjectStore
+from onceflow.adapters.memory import ManualClock, MemoryObjectStore
 from onceflow.errors import SimulatedCrash
+from onceflow.event import Event
 from onceflow.interfaces import ObjectStore
+from onceflow.pipeline import Pipeline, Step
 from onceflow.records import ObjectInfo
+from onceflow.testing.exactly_once import CrashAt, deliver
 from tests.support.servers import Azurite, MotoServer
 
 BACKENDS = [
@@ -101,6 +107,57 @@ class CrashingStore:
 
     async def head(self, path: str) -> ObjectInfo | None:
         return await self.inner.head(path)
+
+
+START = datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
+
+
+def click_batches(count: int, size: int = 10) -> list[list[Event]]:
+    """`count` batches of `size` click events, seven minutes apart per batch."""
+    return [
+        [
+            Event(
+                id=f"e{b * size + i}",
+                source="clicks",
+                time=START + timedelta(minutes=7 * b + i),
+                data=json.dumps({"n": b * size + i}).encode(),
+            )
+            for i in range(size)
+        ]
+        for b in range(count)
+    ]
+
+
+async def crash_and_redeliver(
+    pipeline: Pipeline,
+    batches: list[list[Event]],
+    clock: ManualClock,
+    crash_commit: Callable[[], None],
+    lease: float = 30.0,
+) -> int:
+    """The lake tests' schedule: crashes, then every batch again, shuffled and regrouped.
+
+    Every fifth batch (from the second) dies between writing its files and committing them
+    (`crash_commit` arms that); every fifth from the fourth commits and dies before its
+    keys are completed. After the leases lapse, every batch is delivered again with its
+    events shuffled, in a shuffled order. Returns how many first deliveries crashed.
+    """
+    rng = random.Random(6)
+    crashed = 0
+    for number, batch in enumerate(batches):
+        if number % 5 == 1:
+            crash_commit()
+        elif number % 5 == 3:
+            pipeline.on_step = CrashAt(Step.AFTER_SINK_WRITE)
+        crashed += await deliver(pipeline, batch) is None
+        pipeline.on_step = None
+    clock.advance(lease + 1)
+    second = [rng.sample(batch, len(batch)) for batch in batches]
+    rng.shuffle(second)
+    for batch in second:
+        result = await pipeline.process_batch(batch)
+        assert result.ok, result.reasons
+    return crashed
 
 
 def as_any(value: object) -> Any:

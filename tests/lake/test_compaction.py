@@ -64,7 +64,7 @@ async def test_small_files_merge_to_one_per_partition_with_every_row_once(
     assert query(sql, t=rows) == [(300, 300, 0, 299)]
     # Readers of the old version still find every file until the vacuum.
     assert (await read_dataset(lake_store, "ds", version=before.version)).num_rows == 300
-    deleted = await vacuum_dataset(lake_store, "ds", retain=timedelta(0))
+    deleted = (await vacuum_dataset(lake_store, "ds", retain=timedelta(0))).deleted
     assert len(deleted) == 62
     assert (await read_dataset(lake_store, "ds")).num_rows == 300
 

@@ -1,0 +1,300 @@
+"""An Apache Iceberg sink (pyiceberg) whose commits carry each lane's watermark, and helpers.
+
+Exactly once, in one catalog commit per batch:
+- `ordered=True`: the table property `onceflow.watermark.<app_id>/<lane>` holds the highest
+  source sequence written for that lane. It is set in the same transaction as the append,
+  so rows at or below it are recognised from the table's own metadata and skipped. The
+  snapshot summary also records `onceflow.lanes` (the lanes and sequences of that commit).
+  Table properties, unlike snapshot summaries, survive `expire_snapshots`.
+- `ordered=False`, and outputs of events without a partition key: before appending, the
+  table is scanned for the batch's `_output_id`s and only absent rows are appended.
+Either way a concurrent commit makes the catalog refuse ours (`CommitFailedException`); the
+sink reloads the table and decides again, so two workers never both add the same row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import anyio.to_thread
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import BaseModel
+from pyiceberg.catalog import Catalog
+from pyiceberg.catalog.sql import SqlCatalog
+from pyiceberg.exceptions import (
+    CommitFailedException,
+    NamespaceAlreadyExistsError,
+    NoSuchTableError,
+    TableAlreadyExistsError,
+)
+from pyiceberg.expressions import In
+from pyiceberg.table import Table
+from pyiceberg.transforms import HourTransform, IdentityTransform
+
+from onceflow.errors import ConfigurationError, OutputRejected
+from onceflow.lake.delta_sink import SequenceOf, output_sequence
+from onceflow.lake.partitions import EVENT_TIME, Hourly, PartitionSpec, normalise, with_event_time
+from onceflow.lake.schema import OUTPUT_ID, arrow_schema, outputs_to_table
+from onceflow.records import Output
+
+__all__ = ["IcebergSink", "expire_iceberg", "iceberg_catalog", "read_iceberg"]
+
+log = logging.getLogger("onceflow.lake")
+
+MiB = 1024 * 1024
+WATERMARK = "onceflow.watermark."
+COMMIT_ATTEMPTS = 8
+
+
+def iceberg_catalog(uri: str, warehouse: str, **properties: str) -> SqlCatalog:
+    """pyiceberg's SQL catalog at `uri` (`sqlite:///catalog.db`) with tables under `warehouse`.
+
+    `warehouse` is a directory (`file:///lake`), `s3://bucket/prefix` (FileIO properties
+    `s3.endpoint`, `s3.region`, ...) or `abfs://container/prefix` (`adls.account-name`,
+    `adls.account-key`, ...: pyiceberg's pyarrow FileIO takes the container from the URI
+    and the account from the properties).
+    """
+    if warehouse.split("://")[0] in ("abfs", "abfss", "wasb", "wasbs"):
+        # pyiceberg would pick its fsspec FileIO (adlfs) first; pyarrow's needs no extra.
+        properties.setdefault("py-io-impl", "pyiceberg.io.pyarrow.PyArrowFileIO")
+    return SqlCatalog("onceflow", uri=uri, warehouse=warehouse, **properties)
+
+
+class IcebergSink:
+    """Appends each batch's outputs to an Iceberg table in one catalog commit, exactly once.
+
+    `partition_by` takes the ParquetSink forms: `Hourly(EVENT_TIME)` adds an `_event_time`
+    column partitioned by `hours(...)`, `Hourly("ts")` partitions a timestamp column by
+    hour, a plain name by identity (hidden partitioning: engines prune on the column).
+    `max_bytes` becomes the table's `write.target-file-size-bytes`.
+    """
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        identifier: str,
+        *,
+        schema: pa.Schema | type[BaseModel],
+        partition_by: PartitionSpec = None,
+        max_bytes: int = 256 * MiB,
+        ordered: bool = True,
+        app_id: str = "onceflow",
+        sequence_of: SequenceOf = output_sequence,
+        properties: Mapping[str, str] | None = None,
+    ) -> None:
+        if "." not in identifier:
+            raise ConfigurationError(f"name the table as namespace.table, not {identifier!r}")
+        if max_bytes < 1:
+            raise ConfigurationError("max_bytes must be positive")
+        self.catalog = catalog
+        self.identifier = identifier
+        self.schema = arrow_schema(schema)
+        self.parts = normalise(partition_by)
+        self._by_event_time = any(
+            isinstance(p, Hourly) and p.field == EVENT_TIME for p in self.parts
+        )
+        for part in self.parts:
+            name = part.field if isinstance(part, Hourly) else part
+            if name != EVENT_TIME and name not in self.schema.names:
+                raise ConfigurationError(f"partition column {name!r} is not in the schema")
+            if (
+                isinstance(part, Hourly)
+                and name != EVENT_TIME
+                and not pa.types.is_timestamp(self.schema.field(name).type)
+            ):
+                raise ConfigurationError(f"Hourly({name!r}) needs a timestamp column")
+        self.ordered = ordered
+        self.app_id = app_id
+        self.sequence_of = sequence_of
+        self.properties = {"write.target-file-size-bytes": str(max_bytes), **(properties or {})}
+        self._table: Table | None = None
+
+    async def write(self, outputs: Sequence[Output]) -> None:
+        """Commit the outputs not yet in the table, in one Iceberg snapshot."""
+        if not outputs:
+            return
+        table, rejected = outputs_to_table(outputs, self.schema)
+        if self._by_event_time:
+            table, late = with_event_time(table, outputs)
+            for output_id in late:
+                rejected[output_id] = f"column {EVENT_TIME}: missing, and it is a partition column"
+        if rejected:
+            raise OutputRejected(rejected)
+        await anyio.to_thread.run_sync(self._commit, table, list(outputs))
+
+    def watermark_key(self, partition: str | None) -> str:
+        """The table property holding one lane's highest committed sequence."""
+        return f"{WATERMARK}{self.app_id}/{partition or ''}"
+
+    def table(self) -> Table:
+        """The Iceberg table, created (with its partition spec) on first use."""
+        if self._table is None:
+            self._table = self._load_or_create()
+        return self._table
+
+    def _load_or_create(self) -> Table:
+        namespace = self.identifier.rsplit(".", 1)[0]
+        try:
+            return self.catalog.load_table(self.identifier)
+        except NoSuchTableError:
+            pass
+        with contextlib.suppress(NamespaceAlreadyExistsError):
+            self.catalog.create_namespace(namespace)
+        full = self.schema.append(pa.field(OUTPUT_ID, pa.string(), nullable=False))
+        full = full.append(pa.field("_event_key", pa.string(), nullable=False))
+        if self._by_event_time:
+            full = full.append(pa.field(EVENT_TIME, pa.timestamp("us", tz="UTC"), nullable=False))
+        try:
+            creating = self.catalog.create_table_transaction(
+                self.identifier, schema=full, properties=self.properties
+            )
+            if self.parts:
+                with creating.update_spec() as spec:
+                    for part in self.parts:
+                        if isinstance(part, Hourly):
+                            spec.add_field(part.field, HourTransform(), f"{part.field}_hour")
+                        else:
+                            spec.add_field(part, IdentityTransform(), part)
+            creating.commit_transaction()
+        except TableAlreadyExistsError:
+            pass  # another worker created it first
+        return self.catalog.load_table(self.identifier)
+
+    def _commit(self, table: pa.Table, outputs: list[Output]) -> None:
+        for attempt in range(COMMIT_ATTEMPTS):
+            current = self.table() if attempt == 0 else self._reload()
+            try:
+                self._commit_once(current, table, outputs)
+                return
+            except CommitFailedException:
+                if attempt == COMMIT_ATTEMPTS - 1:
+                    raise
+                log.info("%s moved on under us; deciding again", self.identifier)
+
+    def _reload(self) -> Table:
+        self._table = self.catalog.load_table(self.identifier)
+        return self._table
+
+    def _commit_once(self, current: Table, table: pa.Table, outputs: list[Output]) -> None:
+        keyed = [self.ordered and o.partition_key is not None for o in outputs]
+        loose = pc.invert(pa.array(keyed, pa.bool_()))
+        parts: list[pa.Table] = []
+        if not all(keyed):
+            # No lane vouches for these rows: keep the ones whose output id is absent.
+            unordered = table.filter(loose)
+            parts.append(self._absent(current, unordered))
+        watermarks: dict[str, str] = {}
+        if any(keyed):
+            fresh, watermarks = self._past_watermark(
+                current,
+                table.filter(pa.array(keyed)),
+                [o for o, k in zip(outputs, keyed, strict=True) if k],
+            )
+            parts.append(fresh)
+        rows = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+        if not rows.num_rows:
+            log.info("every row of this batch is already in %s; skipped", self.identifier)
+            return
+        summary = {"onceflow.rows": str(rows.num_rows)}
+        if watermarks:
+            summary["onceflow.lanes"] = json.dumps(
+                {k[len(WATERMARK) :]: int(v) for k, v in watermarks.items()}, sort_keys=True
+            )
+        with current.transaction() as transaction:
+            transaction.append(rows, snapshot_properties=summary)
+            if watermarks:
+                transaction.set_properties(watermarks)
+
+    def _absent(self, current: Table, table: pa.Table) -> pa.Table:
+        if not table.num_rows or current.current_snapshot() is None:
+            return table
+        ids = table.column(OUTPUT_ID).to_pylist()
+        found = (
+            current.scan(row_filter=In(OUTPUT_ID, ids), selected_fields=(OUTPUT_ID,))
+            .to_arrow()
+            .column(OUTPUT_ID)
+        )
+        if not len(found):
+            return table
+        return table.filter(pc.invert(pc.is_in(table.column(OUTPUT_ID), value_set=found)))
+
+    def _past_watermark(
+        self, current: Table, table: pa.Table, outputs: list[Output]
+    ) -> tuple[pa.Table, dict[str, str]]:
+        sequences = [self.sequence_of(o) for o in outputs]
+        if any(s is None for s in sequences):
+            raise ConfigurationError(
+                "IcebergSink(ordered=True) needs every output's source sequence number as a "
+                "64-bit integer; pass sequence_of=, or ordered=False to dedupe by output id"
+            )
+        properties = current.properties
+        done: dict[str, int] = {}
+        highest: dict[str, int] = {}
+        keep = []
+        for output, sequence in zip(outputs, sequences, strict=True):
+            assert sequence is not None and output.partition_key is not None
+            key = self.watermark_key(output.partition_key)
+            if key not in done:
+                done[key] = int(properties.get(key, -1))
+            fresh = sequence > done[key]
+            keep.append(fresh)
+            if fresh:
+                highest[key] = max(highest.get(key, -1), sequence)
+        fresh_rows = table if all(keep) else table.filter(pa.array(keep, pa.bool_()))
+        return fresh_rows, {k: str(v) for k, v in highest.items()}
+
+
+def read_iceberg(catalog: Catalog, identifier: str, *, snapshot_id: int | None = None) -> pa.Table:
+    """An Iceberg table (at `snapshot_id`, default the current one) as one Arrow table."""
+    return catalog.load_table(identifier).scan(snapshot_id=snapshot_id).to_arrow()
+
+
+def expire_iceberg(
+    table: Table, *, retain: timedelta = timedelta(days=7), now: datetime | None = None
+) -> list[int]:
+    """Expire snapshots older than `retain` (never the current one); the ids expired."""
+    cutoff = (now or datetime.now(UTC)) - retain
+    current = table.current_snapshot()
+    doomed = [
+        s.snapshot_id
+        for s in table.snapshots()
+        if s.timestamp_ms < cutoff.timestamp() * 1000
+        and (current is None or s.snapshot_id != current.snapshot_id)
+    ]
+    if doomed:
+        table.maintenance.expire_snapshots().by_ids(doomed).commit()
+    return doomed
+
+
+def iceberg_summary(table: Table) -> dict[str, Any]:
+    """The table's snapshot, partitions (files, rows, bytes) and lane watermarks."""
+    snapshot = table.current_snapshot()
+    partitions = []
+    if snapshot is not None:
+        for row in table.inspect.partitions().to_pylist():
+            partition = row.get("partition") or {}
+            label = "/".join(f"{k}={v}" for k, v in partition.items()) or "(root)"
+            partitions.append(
+                (
+                    label,
+                    row["file_count"],
+                    row["record_count"],
+                    row["total_data_file_size_in_bytes"],
+                )
+            )
+    return {
+        "snapshot_id": snapshot.snapshot_id if snapshot else None,
+        "snapshots": len(table.snapshots()),
+        "partitions": sorted(partitions),
+        "watermarks": {
+            k[len(WATERMARK) :]: int(v)
+            for k, v in table.properties.items()
+            if k.startswith(WATERMARK)
+        },
+    }
