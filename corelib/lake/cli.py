@@ -151,6 +151,7 @@ def _iceberg_table(args: argparse.Namespace) -> Any:
         ) from exc
     if not args.catalog:
         raise CliError("--iceberg needs --catalog: a SQL catalog URI or a configured name")
+    catalog: Any
     if "://" in args.catalog:
         catalog = SqlCatalog("onceflow", uri=args.catalog)
     else:

@@ -290,9 +290,8 @@ def vacuum_delta(
     retain: timedelta = timedelta(days=7),
 ) -> list[str]:
     """Delete files no table version within `retain` needs; the files deleted."""
-    return explain_vacuum_delta(table_uri, storage_options=storage_options, retain=retain)[
-        "deleted"
-    ]
+    result = explain_vacuum_delta(table_uri, storage_options=storage_options, retain=retain)
+    return list(result["deleted"])
 
 
 def explain_vacuum_delta(

@@ -60,7 +60,7 @@ def iceberg_catalog(uri: str, warehouse: str, **properties: str) -> SqlCatalog:
     `adls.account-key`, ...: pyiceberg's pyarrow FileIO takes the container from the URI
     and the account from the properties).
     """
-    if warehouse.split("://")[0] in ("abfs", "abfss", "wasb", "wasbs"):
+    if warehouse.split("://", maxsplit=1)[0] in ("abfs", "abfss", "wasb", "wasbs"):
         # pyiceberg would pick its fsspec FileIO (adlfs) first; pyarrow's needs no extra.
         properties.setdefault("py-io-impl", "pyiceberg.io.pyarrow.PyArrowFileIO")
     return SqlCatalog("onceflow", uri=uri, warehouse=warehouse, **properties)
@@ -216,7 +216,7 @@ class IcebergSink:
             return table
         ids = table.column(OUTPUT_ID).to_pylist()
         found = (
-            current.scan(row_filter=In(OUTPUT_ID, ids), selected_fields=(OUTPUT_ID,))
+            current.scan(row_filter=In(term=OUTPUT_ID, literals=ids), selected_fields=(OUTPUT_ID,))
             .to_arrow()
             .column(OUTPUT_ID)
         )

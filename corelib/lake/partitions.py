@@ -88,7 +88,8 @@ def with_event_time(table: pa.Table, outputs: Sequence[Output]) -> tuple[pa.Tabl
     ids = table.column("_output_id").to_pylist()
     when = pa.array([times.get(i) for i in ids], pa.timestamp("us", tz="UTC"))
     missing = [i for i in ids if times.get(i) is None]
-    return table.append_column(pa.field(EVENT_TIME, when.type, nullable=bool(missing)), when), missing
+    column = pa.field(EVENT_TIME, when.type, nullable=bool(missing))
+    return table.append_column(column, when), missing
 
 
 HOUR_COLUMNS = ("dt", "hr")

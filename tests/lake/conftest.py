@@ -134,13 +134,16 @@ async def crash_and_redeliver(
     clock: ManualClock,
     crash_commit: Callable[[], None],
     lease: float = 30.0,
+    regroup: int = 0,
 ) -> int:
     """The lake tests' schedule: crashes, then every batch again, shuffled and regrouped.
 
     Every fifth batch (from the second) dies between writing its files and committing them
     (`crash_commit` arms that); every fifth from the fourth commits and dies before its
     keys are completed. After the leases lapse, every batch is delivered again with its
-    events shuffled, in a shuffled order. Returns how many first deliveries crashed.
+    events shuffled, in a shuffled order; with `regroup`, the shuffled events are cut into
+    batches of that size instead, so a crashed batch's outputs land in new groupings.
+    Returns how many first deliveries crashed.
     """
     rng = random.Random(6)
     crashed = 0
@@ -154,6 +157,9 @@ async def crash_and_redeliver(
     clock.advance(lease + 1)
     second = [rng.sample(batch, len(batch)) for batch in batches]
     rng.shuffle(second)
+    if regroup:
+        flat = [event for batch in second for event in batch]
+        second = [flat[i : i + regroup] for i in range(0, len(flat), regroup)]
     for batch in second:
         result = await pipeline.process_batch(batch)
         assert result.ok, result.reasons
