@@ -216,11 +216,6 @@ class _FilesSource:
                 file.settled = (last.end, last.line)
         self._settle_files(touched)
 
-    @property
-    def pending(self) -> int:
-        """Records that failed and are still waiting for redelivery."""
-        return sum(len(f.pending) for f in self._open.values())
-
     # -- bookkeeping -------------------------------------------------------------------------
 
     def _start(self, key: str, reader: RecordReader) -> _File | None:

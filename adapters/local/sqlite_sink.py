@@ -150,14 +150,6 @@ class SqliteSink:
         """Stored values by output_id."""
         return {output_id: value for output_id, _, value in self.rows()}
 
-    def get(self, output_id: str) -> Any | None:
-        """One stored value, or None."""
-        with self.database.reading() as conn:
-            row = conn.execute(
-                f'SELECT value FROM "{self.table}" WHERE output_id=?', (output_id,)
-            ).fetchone()
-        return None if row is None else json.loads(row[0])
-
     def count(self) -> int:
         """How many outputs are stored."""
         with self.database.reading() as conn:
@@ -172,7 +164,7 @@ class SqliteSink:
 
     def export_jsonl(self, path: str | os.PathLike[str]) -> int:
         """Write every stored value as one JSON line to `path`, atomically; how many."""
-        return write_jsonl_atomically(path, (value for _, _, value in self.rows()))
+        return _write_jsonl_atomically(path, (value for _, _, value in self.rows()))
 
 
 def _json(value: Any) -> str:
@@ -191,7 +183,7 @@ def _json(value: Any) -> str:
     return dumps(value)
 
 
-def write_jsonl_atomically(path: str | os.PathLike[str], values: Iterable[Any]) -> int:
+def _write_jsonl_atomically(path: str | os.PathLike[str], values: Iterable[Any]) -> int:
     """Write values as JSON lines to a temp file, then rename it over `path`; how many."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)

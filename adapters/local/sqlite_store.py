@@ -140,11 +140,6 @@ class SqliteIdempotencyStore:
     def __repr__(self) -> str:
         return f"SqliteIdempotencyStore({str(self.path)!r})"
 
-    @property
-    def owner(self) -> str:
-        """This store's owner id, written next to each lease it takes."""
-        return self._owners.me
-
     def close(self) -> None:
         """Stop being a live lease owner (leases still held become free to take over)."""
         self._owners.close()
