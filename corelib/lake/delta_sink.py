@@ -25,24 +25,14 @@ from onceflow.lake.partitions import (
     with_hour_columns,
 )
 from onceflow.lake.schema import OUTPUT_ID, arrow_schema, outputs_to_table
+from onceflow.lake.watermarks import SequenceOf, output_sequence, past_watermarks
 from onceflow.records import Output
 
 __all__ = ["DeltaSink", "optimize_delta", "read_delta", "vacuum_delta"]
 
 log = logging.getLogger("onceflow.lake")
 
-INT64_MAX = 2**63 - 1
 MiB = 1024 * 1024
-SequenceOf = Callable[[Output], int | None]
-
-
-def output_sequence(output: Output) -> int | None:
-    """The output's source sequence number when the runner supplies one that fits in 64 bits."""
-    raw = getattr(output, "sequence", None)
-    if raw is None or not str(raw).isdigit():
-        return None
-    number = int(raw)
-    return number if number <= INT64_MAX else None
 
 
 class DeltaSink:
@@ -175,32 +165,18 @@ class DeltaSink:
     def _append_new(
         self, existing: DeltaTable | None, table: pa.Table, outputs: list[Output]
     ) -> None:
-        sequences = [self.sequence_of(o) for o in outputs]
-        if any(s is None for s in sequences):
-            raise ConfigurationError(
-                "DeltaSink(ordered=True) needs every output's source sequence number as a "
-                "64-bit integer; pass sequence_of=, or ordered=False to merge on output ids"
-            )
-        done: dict[str | None, int] = {}
-        highest: dict[str | None, int] = {}
-        keep = []
-        for output, sequence in zip(outputs, sequences, strict=True):
-            assert sequence is not None
-            lane = output.partition_key
-            if lane not in done:
-                version = (
-                    existing.transaction_version(self.transaction_id(lane)) if existing else None
-                )
-                done[lane] = -1 if version is None else version
-            fresh = sequence > done[lane]
-            keep.append(fresh)
-            if fresh:
-                highest[lane] = max(highest.get(lane, -1), sequence)
-        if not any(keep):
+        def committed(lane: str) -> int | None:
+            if existing is None:
+                return None
+            version = existing.transaction_version(self.transaction_id(lane))
+            return None if version is None else int(version)
+
+        keep, highest = past_watermarks(outputs, self.sequence_of, committed, sink="DeltaSink")
+        if not highest:
             log.info("every row of this batch is already in %s; skipped", self.table_uri)
             return
-        if not all(keep):
-            table = table.filter(pa.array(keep))
+        if keep.false_count:
+            table = table.filter(keep)
         transactions = [Transaction(self.transaction_id(lane), v) for lane, v in highest.items()]
         self._append(table, transactions)
 

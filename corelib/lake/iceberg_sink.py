@@ -38,9 +38,9 @@ from pyiceberg.table import Table
 from pyiceberg.transforms import HourTransform, IdentityTransform
 
 from onceflow.errors import ConfigurationError, OutputRejected
-from onceflow.lake.delta_sink import SequenceOf, output_sequence
 from onceflow.lake.partitions import EVENT_TIME, Hourly, PartitionSpec, normalise, with_event_time
 from onceflow.lake.schema import OUTPUT_ID, arrow_schema, outputs_to_table
+from onceflow.lake.watermarks import SequenceOf, output_sequence, past_watermarks
 from onceflow.records import Output
 
 __all__ = ["IcebergSink", "expire_iceberg", "iceberg_catalog", "read_iceberg"]
@@ -227,27 +227,15 @@ class IcebergSink:
     def _past_watermark(
         self, current: Table, table: pa.Table, outputs: list[Output]
     ) -> tuple[pa.Table, dict[str, str]]:
-        sequences = [self.sequence_of(o) for o in outputs]
-        if any(s is None for s in sequences):
-            raise ConfigurationError(
-                "IcebergSink(ordered=True) needs every output's source sequence number as a "
-                "64-bit integer; pass sequence_of=, or ordered=False to dedupe by output id"
-            )
         properties = current.properties
-        done: dict[str, int] = {}
-        highest: dict[str, int] = {}
-        keep = []
-        for output, sequence in zip(outputs, sequences, strict=True):
-            assert sequence is not None and output.partition_key is not None
-            key = self.watermark_key(output.partition_key)
-            if key not in done:
-                done[key] = int(properties.get(key, -1))
-            fresh = sequence > done[key]
-            keep.append(fresh)
-            if fresh:
-                highest[key] = max(highest.get(key, -1), sequence)
-        fresh_rows = table if all(keep) else table.filter(pa.array(keep, pa.bool_()))
-        return fresh_rows, {k: str(v) for k, v in highest.items()}
+
+        def committed(lane: str) -> int | None:
+            value = properties.get(self.watermark_key(lane))
+            return None if value is None else int(value)
+
+        keep, highest = past_watermarks(outputs, self.sequence_of, committed, sink="IcebergSink")
+        fresh_rows = table.filter(keep) if keep.false_count else table
+        return fresh_rows, {self.watermark_key(k): str(v) for k, v in highest.items()}
 
 
 def read_iceberg(catalog: Catalog, identifier: str, *, snapshot_id: int | None = None) -> pa.Table:
