@@ -20,7 +20,7 @@ if TYPE_CHECKING:
         PermanentError,
         SimulatedCrash,
     )
-    from onceflow.event import Event
+    from onceflow.event import Event, EventTemplate
     from onceflow.failures import Failure, FailureKind
     from onceflow.interfaces import (
         AtomicSink,
@@ -59,6 +59,7 @@ _HOMES = {
     "PermanentError": ".errors",
     "SimulatedCrash": ".errors",
     "Event": ".event",
+    "EventTemplate": ".event",
     "Failure": ".failures",
     "FailureKind": ".failures",
     "AtomicSink": ".interfaces",
@@ -101,6 +102,7 @@ __all__ = [
     "CountingMetrics",
     "DecodeError",
     "Event",
+    "EventTemplate",
     "Failure",
     "FailureKind",
     "IdempotencyStore",

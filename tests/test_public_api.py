@@ -12,7 +12,8 @@ import onceflow.adapters.memory
 
 CORE_API = {
     "AtomicSink", "Backoff", "BatchResult", "Claim", "ClaimStatus", "Clock", "Completion",
-    "ConfigurationError", "CountingMetrics", "DecodeError", "Event", "Failure", "FailureKind",
+    "ConfigurationError", "CountingMetrics", "DecodeError", "Event", "EventTemplate", "Failure",
+    "FailureKind",
     "IdempotencyStore",
     "InvalidRecord", "JsonFormatter", "ManualClock", "Metrics", "NoopMetrics", "ObjectInfo",
     "ObjectStore", "OnceflowError", "Outcome", "OutcomeStatus", "Output", "OutputRejected",
