@@ -267,7 +267,7 @@ def iceberg_summary(table: Table) -> dict[str, Any]:
     if snapshot is not None:
         for row in table.inspect.partitions().to_pylist():
             partition = row.get("partition") or {}
-            label = "/".join(f"{k}={v}" for k, v in partition.items()) or "(root)"
+            label = "/".join(f"{k}={_shown(k, v)}" for k, v in partition.items()) or "(root)"
             partitions.append(
                 (
                     label,
@@ -286,3 +286,10 @@ def iceberg_summary(table: Table) -> dict[str, Any]:
             if k.startswith(WATERMARK)
         },
     }
+
+
+def _shown(name: str, value: Any) -> str:
+    """A partition value as a person reads it: hours as `2024-05-01-10`, not hours since 1970."""
+    if name.endswith("_hour") and isinstance(value, int):
+        return (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(hours=value)).strftime("%Y-%m-%d-%H")
+    return str(value)
