@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from onceflow.lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from onceflow.breaker import CircuitBreaker, CircuitState, RateLimit
     from onceflow.clock import ManualClock, SystemClock
     from onceflow.errors import (
         ConfigurationError,
@@ -50,6 +51,9 @@ if TYPE_CHECKING:
     from onceflow.runner import run_source
 
 _HOMES = {
+    "CircuitBreaker": ".breaker",
+    "CircuitState": ".breaker",
+    "RateLimit": ".breaker",
     "ManualClock": ".clock",
     "SystemClock": ".clock",
     "ConfigurationError": ".errors",
@@ -94,6 +98,8 @@ __all__ = [
     "AtomicSink",
     "Backoff",
     "BatchResult",
+    "CircuitBreaker",
+    "CircuitState",
     "Claim",
     "ClaimStatus",
     "Clock",
@@ -121,6 +127,7 @@ __all__ = [
     "PermanentError",
     "Pipeline",
     "Processor",
+    "RateLimit",
     "RetryPolicy",
     "SimulatedCrash",
     "Sink",

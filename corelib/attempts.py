@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from onceflow.batch import Item, State, describe, log_extra
+from onceflow.breaker import CircuitBreaker, RateLimit
 from onceflow.errors import DecodeError, PermanentError
 from onceflow.event import Event
 from onceflow.failures import FailureKind
@@ -37,20 +38,31 @@ class Attempts:
         process: Callable[[Event], Any],
         *,
         retry: RetryPolicy,
+        max_deliveries: int,
         permanent: tuple[type[BaseException], ...],
         clock: Clock,
         metrics: Metrics,
+        breaker: CircuitBreaker | None,
+        rate: RateLimit | None = None,
     ) -> None:
         self.process = process
         self.is_async = inspect.iscoroutinefunction(process)
         self.retry = retry
+        self.max_deliveries = max_deliveries
         self.permanent = permanent
         self.clock = clock
         self.metrics = metrics
+        self.breaker = breaker
+        self.rate = rate
+        """Paces processor calls (a token bucket), when set."""
 
     def attempt(self, item: Item, now: float) -> Awaitable[None] | None:
         """Run one attempt; for an async processor, the awaitable that completes it."""
         record = item.record
+        breaker = self.breaker
+        if breaker is not None and not breaker.allow(now):
+            self.hold_back(item)
+            return None
         item.attempts += 1
         if item.first_attempt_at is None:
             item.first_attempt_at = now
@@ -70,6 +82,8 @@ class Attempts:
             self.failed(item, exc)
         else:
             item.state = State.DONE
+            if breaker is not None:
+                breaker.succeeded()
         return None
 
     async def _finish(self, item: Item, pending: Awaitable[Any]) -> None:
@@ -79,22 +93,56 @@ class Attempts:
             self.failed(item, exc)
         else:
             item.state = State.DONE
+            if self.breaker is not None:
+                self.breaker.succeeded()
+
+    def hold_back(self, item: Item) -> None:
+        """Hand the item back unprocessed because the circuit is open."""
+        breaker = self.breaker
+        cause = f" ({breaker.cause})" if breaker is not None and breaker.cause else ""
+        item.fail(
+            FailureKind.CIRCUIT_OPEN,
+            f"{describe(item)}: held back while the circuit is open after an outage{cause}",
+        )
 
     def failed(self, item: Item, exc: Exception) -> None:
         """Dead-letter the item on a permanent error or its last attempt; else schedule a retry."""
         item.error = exc
         item.error_tb = traceback.format_exc()
-        permanent = isinstance(exc, self.permanent)
         text = summary(exc)
-        if permanent or self.retry.exhausted(item.attempts):
-            why = "permanent error" if permanent else f"failed {item.attempts} attempts"
-            if isinstance(item.record, InvalidRecord):
-                kind = FailureKind.INVALID_RECORD
-            elif permanent:
-                kind = FailureKind.PERMANENT_ERROR
+        if isinstance(exc, self.permanent):
+            if self.breaker is not None:
+                self.breaker.succeeded()  # a poison pill: the downstream did answer
+            kind = (
+                FailureKind.INVALID_RECORD
+                if isinstance(item.record, InvalidRecord)
+                else FailureKind.PERMANENT_ERROR
+            )
+            item.dead(kind, f"{describe(item)}: {text} (permanent error)")
+            return
+        breaker = self.breaker
+        if breaker is not None:
+            if breaker.probing:
+                # A failed probe says the outage goes on; it is no fault of this event.
+                item.probe_failed = True
+            if breaker.failed(item.key, text, self.clock.now()):
+                self.metrics.count("circuit_open")
+        if self.retry.exhausted(item.attempts):
+            deliveries = self.deliveries(item)
+            if deliveries >= self.max_deliveries:
+                item.dead(
+                    FailureKind.DELIVERIES_EXHAUSTED,
+                    f"{describe(item)}: {text} (failed {deliveries} deliveries of "
+                    f"{item.attempts} attempts each)",
+                )
             else:
-                kind = FailureKind.ATTEMPTS_EXHAUSTED
-            item.dead(kind, f"{describe(item)}: {text} ({why})")
+                # An outage, not a poison pill: the event comes again later.
+                item.fail(
+                    FailureKind.TRANSIENT,
+                    f"{describe(item)}: {text} (delivery {deliveries} of at most "
+                    f"{self.max_deliveries}; it comes again)",
+                )
+                log.warning("%s", item.reason, extra=log_extra(item))
             return
         self.metrics.count("retries")
         item.ready_at = self.clock.now() + self.retry.delay(item.attempts)
@@ -105,6 +153,13 @@ class Attempts:
             text,
             extra=log_extra(item),
         )
+
+    @staticmethod
+    def deliveries(item: Item) -> int:
+        """How many times the item's event has been delivered: the store's count or the
+        platform's (SQS receive count, Queue dequeue count), whichever is higher."""
+        counted = item.claim.deliveries if item.claim is not None else 1
+        return max(counted, getattr(item.record, "delivery_count", 1))
 
 
 def outputs_of(item: Item, produced: Any) -> list[Output]:

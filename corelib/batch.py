@@ -24,6 +24,12 @@ Record = Event | InvalidRecord
 _ALWAYS_LOGGED = frozenset(
     {FailureKind.LEASE_LOST, FailureKind.LEASED_ELSEWHERE, FailureKind.OUT_OF_TIME}
 )
+# Failures that are no fault of the event: handed back unprocessed, they cost no delivery.
+_UNCHARGED = frozenset(
+    {FailureKind.CIRCUIT_OPEN, FailureKind.OUT_OF_TIME, FailureKind.HELD_FOR_ORDER}
+)
+# Failures logged once per batch, not per event (an open circuit holds back thousands).
+_SUMMARISED = frozenset({FailureKind.CIRCUIT_OPEN, FailureKind.HELD_FOR_ORDER})
 
 
 class State(enum.Enum):
@@ -53,14 +59,24 @@ class Item:
     kind: FailureKind = FailureKind.NOT_PROCESSED
     first_attempt_at: float | None = None
     first: Item | None = None  # for an in-batch duplicate: the occurrence that counts
+    probe_failed: bool = False  # its attempt was the circuit's probe, and the outage went on
 
     def fail(self, kind: FailureKind, reason: str) -> None:
         """Hand the item back for redelivery, with why."""
         self.state = State.FAILED
         self.kind = kind
         self.reason = reason
+        if kind in _SUMMARISED:
+            return
         if self.error is None or kind in _ALWAYS_LOGGED:
             log.warning("%s: %s", describe(self), reason, extra=log_extra(self))
+
+    @property
+    def unprocessed(self) -> bool:
+        """Handed back through no fault of its own (it must not be charged a delivery)."""
+        if self.state is not State.FAILED:
+            return False
+        return self.probe_failed or (self.attempts == 0 and self.kind in _UNCHARGED)
 
     def dead(self, kind: FailureKind, reason: str) -> None:
         """Settle the item as dead-lettered, with why."""

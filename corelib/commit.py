@@ -101,11 +101,14 @@ class _Writer:
         call: BackendCall,
         *,
         letters: bool,
+        pace: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
         self.sink = sink
         self.to_outputs = to_outputs
         self.call = call
         self.letters = letters
+        self.pace = pace
+        """Waits for the write rate limit's tokens for a number of items, when one is set."""
 
     async def run(
         self, what: str, items: list[Item], send: Callable[[list[Item]], Awaitable[None]]
@@ -114,6 +117,8 @@ class _Writer:
         live = items
         while live:
             try:
+                if self.pace is not None:
+                    await self.pace(len(live))
                 await send(live)
                 return
             except OutputRejected as exc:
@@ -247,11 +252,12 @@ def strategy_for(
     completions: Completions,
     metrics: Metrics,
     letters: bool,
+    pace: Callable[[int], Awaitable[None]] | None = None,
 ) -> SinkStrategy:
     """The strategy for `sink` with `store`: atomic when the sink can commit with it."""
     if sink is None:
         return NoDeadLetters()
-    writer = _Writer(sink, to_outputs, call, letters=letters)
+    writer = _Writer(sink, to_outputs, call, letters=letters, pace=pace)
     if isinstance(sink, AtomicSink) and sink.commits_with(store):
         return AtomicCommit(writer, sink, store, completions, metrics)
     return WriteThenComplete(writer)

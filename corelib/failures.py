@@ -33,12 +33,16 @@ class FailureKind(enum.Enum):
     """The dead-letter sink refused or failed to store the letter."""
     NOT_PROCESSED = "not_processed"
     """The event was not reached (the batch stopped before it)."""
+    TRANSIENT = "transient"
+    """A transient error outlived the in-process retries: an outage, not a poison pill."""
+    CIRCUIT_OPEN = "circuit_open"
+    """The circuit breaker held the event back during an outage (no delivery charged)."""
 
     # Dead-lettered: the key is completed as dead-lettered.
     PERMANENT_ERROR = "permanent_error"
     """The processor raised a permanent error (PermanentError, a validation error, ...)."""
-    ATTEMPTS_EXHAUSTED = "attempts_exhausted"
-    """A transient error outlived every attempt."""
+    DELIVERIES_EXHAUSTED = "deliveries_exhausted"
+    """A transient error kept failing the event until its deliveries reached the limit."""
     INVALID_RECORD = "invalid_record"
     """The raw record could not be decoded into an event."""
     OUTPUT_REJECTED = "output_rejected"
@@ -63,6 +67,8 @@ _REDELIVER = frozenset(
         FailureKind.NO_DEAD_LETTER_SINK,
         FailureKind.DEAD_LETTER_REFUSED,
         FailureKind.NOT_PROCESSED,
+        FailureKind.TRANSIENT,
+        FailureKind.CIRCUIT_OPEN,
     }
 )
 

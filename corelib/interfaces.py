@@ -97,7 +97,9 @@ class IdempotencyStore(Protocol):
         """Try to lease every key; one `Claim` per key, in the order given.
 
         A key nobody holds, whose lease has expired, or whose completed record has
-        outlived the TTL comes back NEW with a fresh fencing token (a takeover gets a
+        outlived the TTL comes back NEW with a fresh fencing token and its delivery count
+        (`Claim.deliveries`: 1 the first time, one more for every later claim that was
+        not refunded; it starts again after a completed record expires) (a takeover gets a
         token different from every earlier one); a key under someone else's live lease
         comes back IN_PROGRESS; a completed key comes back COMPLETED with its outcome.
         Keys are distinct. The store chunks the call to its backend's limits itself.
@@ -113,8 +115,13 @@ class IdempotencyStore(Protocol):
         """
         ...
 
-    async def release(self, claims: Sequence[Claim]) -> None:
-        """Give up leases (for keys that failed and will be redelivered); stale ones are ignored."""
+    async def release(self, claims: Sequence[Claim], *, refund: bool = False) -> None:
+        """Give up leases (for keys that failed and will be redelivered); stale ones are ignored.
+
+        The key's delivery count is kept for its next claim; with `refund`, this delivery
+        is taken off it again (the event was handed back unprocessed, e.g. by an open
+        circuit breaker, so it must not count towards `max_deliveries`).
+        """
         ...
 
 

@@ -35,7 +35,7 @@ class Lanes:
         """Attempt every pending item until each is done, dead, failed, or out of time."""
         attempts, clock, ordered = self.attempts, self.clock, self.ordered
         pending = [item for item in items if item.state is State.PENDING]
-        if not ordered and not attempts.is_async and pending:
+        if not ordered and not attempts.is_async and attempts.rate is None and pending:
             # Fast path: every first attempt in one plain loop; only retries need lanes.
             now = clock.now()
             attempt = attempts.attempt
@@ -46,8 +46,16 @@ class Lanes:
             pending = [item for item in pending if item.state is State.PENDING]
         # Ordered lanes keep settled items too: a failed one must hold back its successors.
         lanes = _lanes(items) if ordered else [deque([item]) for item in pending]
+        breaker = attempts.breaker
         while lanes:
             now = clock.now()
+            if breaker is not None and breaker.holding(now):
+                # An outage: what is left goes back for redelivery instead of waiting here.
+                for lane in lanes:
+                    for item in lane:
+                        if item.state is State.PENDING:
+                            attempts.hold_back(item)
+                return
             if deadline is not None and now >= deadline:
                 for lane in lanes:
                     for item in lane:
@@ -86,6 +94,8 @@ class Lanes:
                     return
                 if deadline is not None and self.clock.now() >= deadline:
                     return  # the caller fails what is left once it sees the deadline
+                if self.attempts.rate is not None:
+                    await self.attempts.rate.acquire(self.clock)
                 finishing = self.attempts.attempt(item, now)
                 if finishing is not None:
                     await finishing

@@ -12,13 +12,14 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 from pydantic import ValidationError
 
 from onceflow.attempts import Attempts
 from onceflow.batch import Item, Record, State, items_of, log_extra, result_of
+from onceflow.breaker import CircuitBreaker, RateLimit
 from onceflow.clock import SystemClock
 from onceflow.commit import Committer, Completions, fingerprint, strategy_for
 from onceflow.dead_letters import dead_letter
@@ -68,6 +69,10 @@ class Pipeline:
         ordered: bool = False,
         retry: RetryPolicy | None = None,
         backend_retry: RetryPolicy | None = None,
+        max_deliveries: int = 5,
+        breaker: CircuitBreaker | Literal[False] | None = None,
+        rate_limit: RateLimit | None = None,
+        write_rate_limit: RateLimit | None = None,
         key: Callable[[Event], str] | None = None,
         lease_seconds: float = 300.0,
         time_budget: float | None = None,
@@ -79,6 +84,8 @@ class Pipeline:
         on_step: StepHook | None = None,
         name: str = "onceflow",
     ) -> None:
+        if max_deliveries < 1:
+            raise ConfigurationError(f"max_deliveries={max_deliveries}: at least 1 delivery")
         process = getattr(processor, "process", None)
         if process is None and callable(processor):
             process = processor
@@ -96,6 +103,14 @@ class Pipeline:
         """Attempts and backoff for an event whose processing failed transiently."""
         self.backend_retry = backend_retry or RetryPolicy()
         """Attempts and backoff for a store or sink call that failed transiently."""
+        self.max_deliveries = max_deliveries
+        """Deliveries after which an event still failing transiently is dead-lettered."""
+        self.breaker: CircuitBreaker | None = (
+            None if breaker is False else breaker if breaker is not None else CircuitBreaker()
+        )
+        """This worker's circuit breaker (None when turned off with `breaker=False`)."""
+        self.rate_limit = rate_limit
+        self.write_rate_limit = write_rate_limit
         self.key = key
         self.lease_seconds = lease_seconds
         self.time_budget = time_budget
@@ -108,9 +123,12 @@ class Pipeline:
         self._attempts = Attempts(
             process,
             retry=self.retry,
+            max_deliveries=max_deliveries,
             permanent=permanent_errors,
             clock=self.clock,
             metrics=self.metrics,
+            breaker=self.breaker,
+            rate=rate_limit,
         )
         self._lanes = Lanes(
             self._attempts, ordered=ordered, clock=self.clock, concurrency=concurrency
@@ -125,7 +143,9 @@ class Pipeline:
             "metrics": self.metrics,
         }
         self._committer = Committer(
-            strategy_for(sink, store, to_outputs=_outputs, letters=False, **common),
+            strategy_for(
+                sink, store, to_outputs=_outputs, letters=False, pace=self._pace, **common
+            ),
             strategy_for(dead_letter, store, to_outputs=self._letters, letters=True, **common),
             store,
             hook=self._step,
@@ -153,7 +173,10 @@ class Pipeline:
         self.metrics.count("received", len(order))
         if fresh and await self._claim(fresh):
             self._step(Step.AFTER_CLAIM, fresh)
+            if self.breaker is not None:
+                self.breaker.start_batch()
             await self._lanes.run(fresh, deadline)
+            self._report_held_back(fresh)
             self._step(Step.AFTER_PROCESS, fresh)
             await self._committer.commit(fresh)
             await self._release([i for i in fresh if i.state is State.FAILED])
@@ -293,14 +316,37 @@ class Pipeline:
             )
 
     async def _release(self, items: list[Item]) -> None:
-        held = [i.claim for i in items if i.claim and i.claim.status is ClaimStatus.NEW]
-        if not held:
-            return
-        try:
-            await self.store.release(held)
-        except Exception as exc:
-            # The leases run out on their own; redelivery only waits longer.
-            log.warning("releasing %d leases failed: %r", len(held), exc)
+        held = [i for i in items if i.claim and i.claim.status is ClaimStatus.NEW]
+        charged = [i.claim for i in held if i.claim and not i.unprocessed]
+        refunded = [i.claim for i in held if i.claim and i.unprocessed]
+        for claims, refund in ((charged, False), (refunded, True)):
+            if not claims:
+                continue
+            try:
+                await self.store.release(claims, refund=refund)
+            except Exception as exc:
+                # The leases run out on their own; redelivery only waits longer.
+                log.warning("releasing %d leases failed: %r", len(claims), exc)
+
+    def _report_held_back(self, items: list[Item]) -> None:
+        """One line for the events held back (not one per event: there may be thousands)."""
+        circuit = sum(1 for i in items if i.kind is FailureKind.CIRCUIT_OPEN)
+        order = sum(1 for i in items if i.kind is FailureKind.HELD_FOR_ORDER)
+        if circuit and self.breaker is not None:
+            self.metrics.count("held_back", circuit)
+            log.warning(
+                "circuit open after transient failures of distinct keys (%s): %d event(s) "
+                "handed back for redelivery, no delivery charged; one probe call every %.0f s",
+                self.breaker.cause or "unknown cause",
+                circuit,
+                self.breaker.cool_down,
+            )
+        if order:
+            log.warning(
+                "%d event(s) handed back behind an earlier event of their partition that "
+                "must come again, to keep per-key order",
+                order,
+            )
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -317,6 +363,10 @@ class Pipeline:
                 key=item.key,
             )
         ]
+
+    async def _pace(self, count: int) -> None:
+        if self.write_rate_limit is not None:
+            await self.write_rate_limit.acquire(self.clock, count)
 
     def _step(self, step: Step, items: list[Item]) -> None:
         if self.on_step is not None:

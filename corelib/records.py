@@ -68,6 +68,9 @@ class Claim(NamedTuple):
     observed: str | None = None
     """For a store that leases nothing at claim time (NEW only): the version of the key's
     record it read then ("" for none), so its commit can be conditional on it."""
+    deliveries: int = 1
+    """How many times the key has been delivered, this delivery included (NEW only):
+    the store counts them across deliveries, so a poison pill is recognised."""
 
 
 class Completion(NamedTuple):

@@ -180,7 +180,9 @@ def test_exhausted_retries_dead_letter_with_the_whole_story(
         def process(self, event: Event) -> None:
             raise TimeoutError("upstream timed out")
 
-    result = make(Always(), store, sink, dlq, clock, max_attempts=4).run_batch([ev(1), ev(2)])
+    # One delivery allowed: the in-process attempts are all it gets.
+    pipeline = make(Always(), store, sink, dlq, clock, max_attempts=4, max_deliveries=1)
+    result = pipeline.run_batch([ev(1), ev(2)])
     assert sorted(result.dead_lettered) == ["e1", "e2"]
     letter = dlq.contents()["test#e1#dead-letter"]
     assert letter["error_type"] == "TimeoutError"
@@ -418,7 +420,7 @@ def test_metrics_and_structured_logs_without_payload(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     metrics = CountingMetrics()
-    pipeline = make(Double(), store, sink, dlq, clock, metrics=metrics)
+    pipeline = make(Double(), store, sink, dlq, clock, metrics=metrics, max_deliveries=1)
     with caplog.at_level(logging.INFO, logger="onceflow"):
         pipeline.run_batch([ev(1), ev(2, b'{"card":"4111-1111"}'), ev(1)])
     assert metrics.counters["received"] == 3

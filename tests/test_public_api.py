@@ -11,7 +11,8 @@ import onceflow
 import onceflow.adapters.memory
 
 CORE_API = {
-    "AtomicSink", "Backoff", "BatchResult", "Claim", "ClaimStatus", "Clock", "Completion",
+    "AtomicSink", "Backoff", "BatchResult", "CircuitBreaker", "CircuitState", "RateLimit",
+    "Claim", "ClaimStatus", "Clock", "Completion",
     "ConfigurationError", "CountingMetrics", "DecodeError", "Event", "EventTemplate", "Failure",
     "FailureKind",
     "IdempotencyStore",

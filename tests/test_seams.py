@@ -86,11 +86,11 @@ def test_every_failure_has_a_kind_and_a_sentence() -> None:
     assert kinds == {
         "e2": FailureKind.PERMANENT_ERROR,
         "e3": FailureKind.LEASED_ELSEWHERE,
-        "e4": FailureKind.ATTEMPTS_EXHAUSTED,
+        "e4": FailureKind.TRANSIENT,
         "e5": FailureKind.INVALID_RECORD,
     }
-    assert result.failed == ["e3"] and FailureKind.LEASED_ELSEWHERE.redelivers
-    assert not FailureKind.ATTEMPTS_EXHAUSTED.redelivers
+    assert result.failed == ["e3", "e4"] and FailureKind.LEASED_ELSEWHERE.redelivers
+    assert FailureKind.TRANSIENT.redelivers and not FailureKind.DELIVERIES_EXHAUSTED.redelivers
     assert result.reasons["e2"] == str(result.failures["e2"])
     assert "bad order" in result.reasons["e2"] and "e2" in result.reasons["e2"]
     assert isinstance(result.failures["e4"], Failure)

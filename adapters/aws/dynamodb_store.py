@@ -121,7 +121,7 @@ class DynamoDBIdempotencyStore:
         await run_blocking(batch_write, self.client, requests, self.retry)
         return [True] * len(completions)
 
-    async def release(self, claims: Sequence[Claim]) -> None:
+    async def release(self, claims: Sequence[Claim], *, refund: bool = False) -> None:
         """Delete leases these claims still hold; stale ones are left alone."""
         if self.mode.leases and claims:
             await run_blocking(self._release, list(claims))

@@ -197,7 +197,7 @@ class CosmosIdempotencyStore:
             return True
         return False
 
-    async def release(self, claims: Sequence[Claim]) -> None:
+    async def release(self, claims: Sequence[Claim], *, refund: bool = False) -> None:
         """Drop leases still held by these claims; stale ones are ignored."""
         held = [c for c in claims if c.status is ClaimStatus.NEW and c.token]
         await self._call(lambda: list(self._pool.map(self._release, held)))

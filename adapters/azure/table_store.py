@@ -267,7 +267,7 @@ class TableIdempotencyStore:
                 break
         return accepted
 
-    async def release(self, claims: Sequence[Claim]) -> None:
+    async def release(self, claims: Sequence[Claim], *, refund: bool = False) -> None:
         """Drop leases still held by these claims; stale ones are ignored."""
         await self._call(lambda: self._release(list(claims)))
 

@@ -327,7 +327,7 @@ class SqliteIdempotencyStore:
             c.claim.token is not None and tokens.get(c.key) == c.claim.token for c in completions
         ]
 
-    async def release(self, claims: Sequence[Claim]) -> None:
+    async def release(self, claims: Sequence[Claim], *, refund: bool = False) -> None:
         """Drop leases still held by these claims."""
         held = [(c.key, c.token) for c in claims if c.token is not None]
         if not held:

@@ -53,8 +53,9 @@ class MemoryWrites(Mapping[str, Sequence[Output]]):
 
 # A row is a plain tuple of strings and numbers, no enums or named tuples: the garbage
 # collector then stops tracking it, so a store holding millions of keys adds nothing to
-# every full collection. (status, token, lease_expires_at, expires_at, outcome fields...)
-_Row = tuple[str, str, float, float, str | None, int, str | None, str | None]
+# every full collection. (status, token, lease_expires_at, expires_at, outcome fields...,
+# deliveries)
+_Row = tuple[str, str, float, float, str | None, int, str | None, str | None, int]
 _IN_PROGRESS = ClaimStatus.IN_PROGRESS.value
 _COMPLETED = ClaimStatus.COMPLETED.value
 _NEVER = float("inf")
@@ -106,15 +107,19 @@ class MemoryIdempotencyStore:
 
     def _claim_one(self, key: str, now: float, lease_seconds: float) -> Claim:
         row = self.rows.get(key)
+        deliveries = 1
         if row is not None:
-            if row[0] == _COMPLETED and row[3] > now:
-                return Claim(key, ClaimStatus.COMPLETED, outcome=_outcome(row))
-            if row[0] == _IN_PROGRESS and row[2] > now:
+            if row[0] == _COMPLETED:
+                if row[3] > now:
+                    return Claim(key, ClaimStatus.COMPLETED, outcome=_outcome(row))
+            elif row[2] > now:
                 return Claim(key, ClaimStatus.IN_PROGRESS, lease_expires_at=row[2])
+            else:
+                deliveries = row[8] + 1  # released, or its holder's lease ran out
         token = str(next(self._tokens))
         expires = now + lease_seconds
-        self.rows[key] = (_IN_PROGRESS, token, expires, _NEVER, None, 0, None, None)
-        return Claim(key, ClaimStatus.NEW, token, None, expires)
+        self.rows[key] = (_IN_PROGRESS, token, expires, _NEVER, None, 0, None, None, deliveries)
+        return Claim(key, ClaimStatus.NEW, token, None, expires, deliveries=deliveries)
 
     async def complete(self, completions: Sequence[Completion]) -> list[bool]:
         """Mark keys completed where the fence holds."""
@@ -160,25 +165,30 @@ class MemoryIdempotencyStore:
                     outcome.outputs,
                     outcome.fingerprint,
                     outcome.detail,
+                    row[8],
                 )
             accepted.append(ok)
         return accepted
 
-    async def release(self, claims: Sequence[Claim]) -> None:
-        """Drop leases still held by these claims."""
+    async def release(self, claims: Sequence[Claim], *, refund: bool = False) -> None:
+        """End leases still held by these claims, keeping each key's delivery count."""
         self.faults.check("store.release")
         self.calls["release"] += 1
         with self.lock:
             for claim in claims:
                 row = self.rows.get(claim.key)
                 if row and row[0] == _IN_PROGRESS and row[1] == claim.token:
-                    del self.rows[claim.key]
+                    # The lease ends now (the token no longer fences anything); the count stays.
+                    count = row[8] - 1 if refund else row[8]
+                    self.rows[claim.key] = (_IN_PROGRESS, "", -_NEVER, _NEVER, None, 0, None,
+                                            None, count)  # fmt: skip
 
     def status(self, key: str) -> ClaimStatus | None:
         """The key's stored status as of now, or None when absent or expired."""
         with self.lock:
             row = self.rows.get(key)
             now = self.clock.now()
-            if row is None or (row[0] == _COMPLETED and row[3] <= now):
+            released = row is not None and row[0] == _IN_PROGRESS and not row[1]
+            if row is None or released or (row[0] == _COMPLETED and row[3] <= now):
                 return None
             return ClaimStatus(row[0])

@@ -237,7 +237,10 @@ async def test_sqs_source_deletes_successes_and_returns_failures(sqs: Any) -> No
             raise RuntimeError("downstream is down")
         return event.json()
 
-    pipeline = Pipeline(process, sink, store, letters, clock=clock, retry=RetryPolicy(attempts=2))
+    # One delivery allowed, so n=3 is dead-lettered after its two in-process attempts.
+    pipeline = Pipeline(
+        process, sink, store, letters, clock=clock, retry=RetryPolicy(attempts=2), max_deliveries=1
+    )
     total = await run_source(pipeline, source, batch_size=50)
     assert sorted(v["n"] for v in sink.values()) == [0, 1, 2, 4]
     assert len(total.dead_lettered) == 2  # "not json", and n=3 after two attempts

@@ -177,7 +177,7 @@ class LeasedElsewhere:
     async def complete(self, completions: Sequence[Completion]) -> list[bool]:
         return await self.store.complete(completions)
 
-    async def release(self, claims: Sequence[Claim]) -> None:
+    async def release(self, claims: Sequence[Claim], *, refund: bool = False) -> None:
         await self.store.release(claims)
 
 
