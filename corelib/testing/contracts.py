@@ -79,6 +79,15 @@ class Capabilities:
         return True
 
     @pytest.fixture
+    def counts_crashed_deliveries(self) -> bool:
+        """Whether a delivery whose worker died (no release) still counts as one.
+
+        Off for a store that writes nothing at claim time and counts failed deliveries
+        when they are released (DynamoDB `UPSERT` and `OPTIMISTIC`).
+        """
+        return True
+
+    @pytest.fixture
     def fences_completions(self) -> bool:
         """Whether `complete` refuses a claim whose fence no longer holds.
 
@@ -237,6 +246,30 @@ class StoreContract(Capabilities):
         # Without leases there is no lease to leave: the key stays free for anyone.
         assert third.status is (ClaimStatus.IN_PROGRESS if leases_at_claim else ClaimStatus.NEW)
         assert await other_store.complete([succeeded(fresh)]) == [True]
+
+    @pytest.mark.anyio
+    async def test_claims_count_deliveries(
+        self,
+        store: IdempotencyStore,
+        other_store: IdempotencyStore,
+        clock: ManualClock,
+        counts_crashed_deliveries: bool,
+    ) -> None:
+        key = unique()
+        [first] = await store.claim([key], LEASE)
+        assert first.deliveries == 1
+        await store.release([first])
+        [second] = await other_store.claim([key], LEASE)
+        assert second.deliveries == 2
+        await other_store.release([second], refund=True)  # handed back unprocessed
+        [third] = await store.claim([key], LEASE)
+        assert third.deliveries == 2
+        clock.advance(LEASE + 1)  # its holder died without a word
+        [fourth] = await other_store.claim([key], LEASE)
+        assert fourth.deliveries == (3 if counts_crashed_deliveries else 2)
+        await other_store.complete([succeeded(fourth)])
+        [done] = await store.claim([key], LEASE)
+        assert done.status is ClaimStatus.COMPLETED
 
     @pytest.mark.anyio
     async def test_completed_record_expires_after_ttl(
