@@ -23,7 +23,9 @@ from onceflow.adapters.azure.lease_rows import (
     IN_PROGRESS,
     completed_fields,
     contention_policy,
+    deliveries_after,
     held_answer,
+    released_fields,
     rounds,
 )
 from onceflow.adapters.azure.table_keys import bounded, encode_part
@@ -60,7 +62,8 @@ class CosmosIdempotencyStore:
     A claim reads the batch's items in one query per partition (up to 100 ids each),
     then creates the absent ones (a 409 conflict means someone else won) and takes over
     expired ones with `replace_item` guarded by the item's ETag; completion is a
-    `replace_item` with the claim's ETag as fence, release an ETag-guarded delete.
+    `replace_item` with the claim's ETag as fence, release an ETag-guarded replace that frees the
+    lease and keeps the key's delivery count.
     Point writes of one call run concurrently. Completed items carry `ttl` so a
     container with TTL enabled (`default_ttl=-1`) drops them; state is decided by the
     stored timestamps, never by the TTL sweep. Transactional batches are not used:
@@ -130,6 +133,7 @@ class CosmosIdempotencyStore:
             if held is not None:
                 return held
             token = uuid.uuid4().hex
+            deliveries = deliveries_after(row)
             fields = {
                 "id": ident,
                 "pk": partition,
@@ -137,6 +141,7 @@ class CosmosIdempotencyStore:
                 "status": IN_PROGRESS,
                 "token": token,
                 "lease_expires_at": now + lease_seconds,
+                "deliveries": deliveries,
             }
             try:
                 if row is None:
@@ -150,13 +155,23 @@ class CosmosIdempotencyStore:
                     )
             except (CosmosResourceExistsError, CosmosAccessConditionFailedError):
                 tried = Claim(
-                    key, ClaimStatus.NEW, token=token, lease_expires_at=now + lease_seconds
+                    key,
+                    ClaimStatus.NEW,
+                    token=token,
+                    lease_expires_at=now + lease_seconds,
+                    deliveries=deliveries,
                 )
                 continue
             except CosmosResourceNotFoundError:
                 continue  # released or purged meanwhile: create it next round
             self._remember(key, token, written["_etag"])
-            return Claim(key, ClaimStatus.NEW, token=token, lease_expires_at=now + lease_seconds)
+            return Claim(
+                key,
+                ClaimStatus.NEW,
+                token=token,
+                lease_expires_at=now + lease_seconds,
+                deliveries=deliveries,
+            )
         return Claim(key, ClaimStatus.IN_PROGRESS, lease_expires_at=self.clock.now())
 
     # -- complete and release --------------------------------------------------------------
@@ -198,11 +213,19 @@ class CosmosIdempotencyStore:
         return False
 
     async def release(self, claims: Sequence[Claim], *, refund: bool = False) -> None:
-        """Drop leases still held by these claims; stale ones are ignored."""
-        held = [c for c in claims if c.status is ClaimStatus.NEW and c.token]
-        await self._call(lambda: list(self._pool.map(self._release, held)))
+        """End leases still held by these claims, keeping each key's delivery count.
 
-    def _release(self, claim: Claim) -> None:
+        The item stays, free and tokenless, holding the count (less this delivery with
+        `refund`): an ETag-guarded replace in place of a delete, the same one request.
+        It carries `ttl` like a completed item, so the container's sweep drops it in time.
+        Stale claims are ignored.
+        """
+        held = [c for c in claims if c.status is ClaimStatus.NEW and c.token]
+        await self._call(
+            lambda: list(self._pool.map(lambda claim: self._release(claim, refund), held))
+        )
+
+    def _release(self, claim: Claim, refund: bool) -> None:
         partition, ident = cosmos_address(claim.key)
         etag = self._cached(claim.key, claim.token or "")
         if etag is None:
@@ -210,13 +233,16 @@ class CosmosIdempotencyStore:
             if row is None or row.get("token") != claim.token or row.get("status") != IN_PROGRESS:
                 return
             etag = str(row["_etag"])
-        # A refused delete means the lease moved on: nothing of ours to release.
+        fields = {
+            "id": ident,
+            "pk": partition,
+            **released_fields(claim, refund=refund, now=self.clock.now()),
+            "ttl": int(self.ttl_seconds) + 60,
+        }
+        # A refused replace means the lease moved on: nothing of ours to release.
         with contextlib.suppress(CosmosAccessConditionFailedError, CosmosResourceNotFoundError):
-            self.container.delete_item(
-                ident,
-                partition_key=partition,
-                etag=etag,
-                match_condition=MatchConditions.IfNotModified,
+            self.container.replace_item(
+                ident, fields, etag=etag, match_condition=MatchConditions.IfNotModified
             )
         with self._lock:
             self._etags.pop(claim.key, None)

@@ -17,7 +17,10 @@ __all__ = [
     "IN_PROGRESS",
     "completed_fields",
     "contention_policy",
+    "deliveries_after",
     "held_answer",
+    "lapsed_since",
+    "released_fields",
     "rounds",
     "stored_outcome",
 ]
@@ -36,6 +39,39 @@ def held_answer(key: str, row: Mapping[str, Any] | None, now: float) -> Claim | 
     if row.get("status") == IN_PROGRESS and lease_end > now:
         return Claim(key, ClaimStatus.IN_PROGRESS, lease_expires_at=lease_end)
     return None
+
+
+def deliveries_after(row: Mapping[str, Any] | None) -> int:
+    """The delivery count a new claim of a free key records: one more than the row's.
+
+    A key never seen, or whose completed record expired, starts again at 1; a released
+    or lapsed lease (its holder died) counts on from the stored count (rows written before
+    counting existed count as 1).
+    """
+    if row is None or row.get("status") != IN_PROGRESS:
+        return 1
+    return int(row.get("deliveries", 1)) + 1
+
+
+def released_fields(claim: Claim, *, refund: bool, now: float) -> dict[str, Any]:
+    """A released lease's fields: free at once (no token, lapsed), its count kept.
+
+    The claim's fence holds for the write, so the stored count is the claim's; with
+    `refund` this delivery is taken back (the event was handed back unprocessed).
+    """
+    return {
+        "key": claim.key,
+        "status": IN_PROGRESS,
+        "token": "",
+        "lease_expires_at": 0.0,
+        "released_at": now,
+        "deliveries": max(0, claim.deliveries - 1) if refund else claim.deliveries,
+    }
+
+
+def lapsed_since(row: Mapping[str, Any]) -> float:
+    """When an in-progress row's lease ended (its expiry, or the release)."""
+    return max(float(row.get("lease_expires_at", 0)), float(row.get("released_at", 0)))
 
 
 def completed_fields(completion: Completion, now: float, ttl_seconds: float) -> dict[str, Any]:

@@ -19,7 +19,10 @@ from onceflow.adapters.azure.lease_rows import (
     IN_PROGRESS,
     completed_fields,
     contention_policy,
+    deliveries_after,
     held_answer,
+    lapsed_since,
+    released_fields,
     rounds,
 )
 from onceflow.adapters.azure.table_keys import MARKER, key_address, marker_row, numeric_row
@@ -145,6 +148,7 @@ class TableIdempotencyStore:
             return held, None
         token = uuid.uuid4().hex
         expires = now + lease_seconds
+        deliveries = deliveries_after(row)
         entity: Entity = {
             "PartitionKey": address[0],
             "RowKey": address[1],
@@ -152,8 +156,11 @@ class TableIdempotencyStore:
             "status": IN_PROGRESS,
             "token": token,
             "lease_expires_at": expires,
+            "deliveries": deliveries,
         }
-        claim = Claim(key, ClaimStatus.NEW, token=token, lease_expires_at=expires)
+        claim = Claim(
+            key, ClaimStatus.NEW, token=token, lease_expires_at=expires, deliveries=deliveries
+        )
         if row is None:
             return claim, ("create", entity)
         return claim, ("update", entity, {"mode": UpdateMode.REPLACE, **_if_match(_etag(row))})
@@ -268,10 +275,15 @@ class TableIdempotencyStore:
         return accepted
 
     async def release(self, claims: Sequence[Claim], *, refund: bool = False) -> None:
-        """Drop leases still held by these claims; stale ones are ignored."""
-        await self._call(lambda: self._release(list(claims)))
+        """End leases still held by these claims, keeping each key's delivery count.
 
-    def _release(self, claims: list[Claim]) -> None:
+        The marker stays, free and tokenless, holding the count (less this delivery with
+        `refund`): an ETag-guarded replace in place of a delete, the same one operation.
+        Stale claims are ignored.
+        """
+        await self._call(lambda: self._release(list(claims), refund))
+
+    def _release(self, claims: list[Claim], refund: bool) -> None:
         held = [c for c in claims if c.status is ClaimStatus.NEW and c.token]
         etags = {c.key: self._cached(key_address(c.key), c.token or "") for c in held}
         unknown = [c for c in held if etags[c.key] is None]
@@ -286,13 +298,19 @@ class TableIdempotencyStore:
                 ):
                     etags[c.key] = _etag(row)
         groups = []
+        now = self.clock.now()
         for c in held:
             etag = etags[c.key]
             if etag is None:
                 continue
             partition, row_key = key_address(c.key)
-            entity = {"PartitionKey": partition, "RowKey": row_key}
-            groups.append(Group(partition, [("delete", entity, _if_match(etag))], tag=c))
+            entity = {
+                "PartitionKey": partition,
+                "RowKey": row_key,
+                **released_fields(c, refund=refund, now=now),
+            }
+            update = ("update", entity, {"mode": UpdateMode.REPLACE, **_if_match(etag)})
+            groups.append(Group(partition, [update], tag=c))
         submit(self.table, groups)  # a conflict means the lease moved on: nothing to release
         with self._etag_lock:
             for c in held:
@@ -346,7 +364,11 @@ class TableIdempotencyStore:
                 self._etags.popitem(last=False)
 
     async def purge(self, *, partition: str | None = None) -> int:
-        """Delete rows whose lease and TTL have both passed; how many went."""
+        """Delete completed rows past their TTL, and leases ended a TTL ago; how many went.
+
+        A lease that ended (released, or its holder gone) is kept for `ttl_seconds` more:
+        its row holds the key's delivery count, which recognises a poison pill.
+        """
         return await self._call(lambda: self._purge(partition))
 
     def _purge(self, partition: str | None) -> int:
@@ -361,7 +383,7 @@ class TableIdempotencyStore:
             done = entity.get("status") == COMPLETED and float(entity.get("expires_at", 0)) <= now
             lapsed = (
                 entity.get("status") == IN_PROGRESS
-                and float(entity.get("lease_expires_at", 0)) <= now
+                and lapsed_since(entity) + self.ttl_seconds <= now
             )
             if done or lapsed:
                 address = {"PartitionKey": entity["PartitionKey"], "RowKey": entity["RowKey"]}
