@@ -36,6 +36,10 @@ _GROUPED = 8
 
 _IN_PROGRESS = "in_progress"
 _COMPLETED = "completed"
+# A released lease keeps its row (for the key's delivery count) with no token and a lease
+# that ended long ago: nothing fences with it, and the next claim takes the key at once.
+_RELEASED_TOKEN = ""
+_LONG_AGO = float("-inf")
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS {KEYS_TABLE} (
@@ -49,9 +53,12 @@ CREATE TABLE IF NOT EXISTS {KEYS_TABLE} (
     outputs INTEGER,
     fingerprint TEXT,
     detail TEXT,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    deliveries INTEGER NOT NULL DEFAULT 1
 ) WITHOUT ROWID
 """
+# Files made before delivery counting lack the column; their keys count from 1.
+_DELIVERIES_COLUMN = f"ALTER TABLE {KEYS_TABLE} ADD COLUMN deliveries INTEGER NOT NULL DEFAULT 1"
 
 
 class RowTable(Protocol):
@@ -111,6 +118,11 @@ class SqliteIdempotencyStore:
     decided by the stored timestamps in this store's `clock`; completed rows older than
     `ttl_seconds` count as absent (`purge_expired` deletes them).
 
+    Each key's row counts its deliveries (`Claim.deliveries`): a release ends the lease but
+    keeps the row and its count (less this delivery with `refund=True`), a takeover or a
+    claim after a release counts one more, and a completed record that expired starts
+    again at 1.
+
     A lease held by a process that has died is taken over at once rather than after the
     lease runs out: each store holds an exclusive `flock` on its own owner file while it
     lives, and a lease whose owner file can be locked by someone else belongs to a dead
@@ -132,6 +144,7 @@ class SqliteIdempotencyStore:
         self.ttl_seconds = ttl_seconds
         self.clock: Clock = clock or SystemClock()
         self.database.ensure(_SCHEMA)
+        _add_deliveries_column(self.database)
         self._json_each = _has_json_each(self.database)
         self._token_prefix = secrets.token_hex(6)
         self._tokens = itertools.count(1)
@@ -192,9 +205,8 @@ class SqliteIdempotencyStore:
         takeovers: list[tuple[Any, ...]] = []
         seen: set[str] = set()
         for key in keys:
-            status, row_token, row_owner, lease_end, ttl_end, outcome, outputs, fp, detail = rows[
-                key
-            ]
+            (status, row_token, row_owner, lease_end, ttl_end, outcome, outputs, fp, detail,
+             counted) = rows[key]  # fmt: skip
             if key in seen:
                 # Asked twice in one call: the first ask holds the lease, this one waits.
                 claims.append(Claim(key, ClaimStatus.IN_PROGRESS, lease_expires_at=expires))
@@ -213,13 +225,26 @@ class SqliteIdempotencyStore:
                 claims.append(Claim(key, ClaimStatus.IN_PROGRESS, lease_expires_at=lease_end))
                 continue
             else:
-                # The lease ran out, its owner died, or the record expired.
-                takeovers.append((key, _IN_PROGRESS, token, owner, expires, now))
+                # Released, the lease ran out, its owner died (one more delivery each), or
+                # the completed record expired (counting starts again).
+                deliveries = 1 if status == _COMPLETED else counted + 1
+                takeovers.append((key, _IN_PROGRESS, token, owner, expires, now, deliveries))
+                claims.append(
+                    Claim(
+                        key,
+                        ClaimStatus.NEW,
+                        token=token,
+                        lease_expires_at=expires,
+                        deliveries=deliveries,
+                    )
+                )
+                continue
             claims.append(Claim(key, ClaimStatus.NEW, token=token, lease_expires_at=expires))
         if takeovers:
             conn.executemany(
                 f"INSERT OR REPLACE INTO {KEYS_TABLE} "
-                "(key, status, token, owner, lease_expires_at, updated_at) VALUES (?,?,?,?,?,?)",
+                "(key, status, token, owner, lease_expires_at, updated_at, deliveries) "
+                "VALUES (?,?,?,?,?,?,?)",
                 takeovers,
             )
         return claims
@@ -328,15 +353,37 @@ class SqliteIdempotencyStore:
         ]
 
     async def release(self, claims: Sequence[Claim], *, refund: bool = False) -> None:
-        """Drop leases still held by these claims."""
-        held = [(c.key, c.token) for c in claims if c.token is not None]
-        if not held:
+        """End leases still held by these claims, keeping each key's delivery count.
+
+        See `onceflow.IdempotencyStore.release`; with `refund`, this delivery is taken off
+        the count again. A claim whose fence no longer holds changes nothing.
+        """
+        by_token: dict[str, list[str]] = {}
+        for c in claims:
+            if c.token is not None and c.token != _RELEASED_TOKEN:
+                by_token.setdefault(c.token, []).append(c.key)
+        if not by_token:
             return
+        now = self.clock.now()
+        taken = 1 if refund else 0
+        update = (
+            f"UPDATE {KEYS_TABLE} SET token='{_RELEASED_TOKEN}', owner=NULL, "
+            "lease_expires_at=?, updated_at=?, deliveries=deliveries-? "
+            f"WHERE status='{_IN_PROGRESS}' AND token=? AND key"
+        )
         with self.database.transaction() as conn:
-            conn.executemany(
-                f"DELETE FROM {KEYS_TABLE} WHERE key=? AND token=? AND status='{_IN_PROGRESS}'",
-                held,
-            )
+            for token, keys in by_token.items():
+                # A batch's claims share a token: one statement over the keys as a JSON array.
+                array = _json_array(keys) if self._json_each and len(keys) >= _GROUPED else None
+                if array is not None:
+                    conn.execute(
+                        update + " IN (SELECT value FROM json_each(?))",
+                        (_LONG_AGO, now, taken, token, array),
+                    )
+                else:
+                    conn.executemany(
+                        update + "=?", [(_LONG_AGO, now, taken, token, key) for key in keys]
+                    )
 
     # -- inspection and upkeep ---------------------------------------------------------------
 
@@ -344,10 +391,12 @@ class SqliteIdempotencyStore:
         """How many live keys are in progress, succeeded and dead-lettered (expired excluded)."""
         now = self.clock.now()
         with self.database.reading() as conn:
+            # A released lease's row only keeps its key's delivery count: not in progress.
             rows = conn.execute(
                 f"SELECT status, outcome, count(*) FROM {KEYS_TABLE} "
-                "WHERE status=? OR expires_at IS NULL OR expires_at > ? GROUP BY status, outcome",
-                (_IN_PROGRESS, now),
+                "WHERE (status=? AND token != ?) OR (status != ? AND "
+                "(expires_at IS NULL OR expires_at > ?)) GROUP BY status, outcome",
+                (_IN_PROGRESS, _RELEASED_TOKEN, _IN_PROGRESS, now),
             ).fetchall()
         counts = {"in_progress": 0, "succeeded": 0, "dead_lettered": 0}
         for status, outcome, n in rows:
@@ -359,8 +408,8 @@ class SqliteIdempotencyStore:
         with self.database.reading() as conn:
             row = conn.execute(
                 f"SELECT key, updated_at, lease_expires_at FROM {KEYS_TABLE} "
-                "WHERE status=? ORDER BY updated_at LIMIT 1",
-                (_IN_PROGRESS,),
+                "WHERE status=? AND token != ? ORDER BY updated_at LIMIT 1",
+                (_IN_PROGRESS, _RELEASED_TOKEN),
             ).fetchone()
         return None if row is None else (str(row[0]), float(row[1]), float(row[2]))
 
@@ -368,9 +417,9 @@ class SqliteIdempotencyStore:
         """The key's stored status as of now, or None when absent or expired."""
         with self.database.reading() as conn:
             row = conn.execute(
-                f"SELECT status, expires_at FROM {KEYS_TABLE} WHERE key=?", (key,)
+                f"SELECT status, expires_at, token FROM {KEYS_TABLE} WHERE key=?", (key,)
             ).fetchone()
-        if row is None:
+        if row is None or (row[0] == _IN_PROGRESS and row[2] == _RELEASED_TOKEN):
             return None
         if row[0] == _COMPLETED:
             return ClaimStatus.COMPLETED if row[1] is None or row[1] > self.clock.now() else None
@@ -405,13 +454,33 @@ class SqliteIdempotencyStore:
         return verdict
 
     def purge_expired(self) -> int:
-        """Delete completed records older than the TTL; how many went."""
+        """Delete completed records older than the TTL, and delivery counts of leases
+        released longer than the TTL ago (keys never delivered again); how many went."""
+        now = self.clock.now()
         with self.database.transaction() as conn:
             cursor = conn.execute(
-                f"DELETE FROM {KEYS_TABLE} WHERE status=? AND expires_at <= ?",
-                (_COMPLETED, self.clock.now()),
+                f"DELETE FROM {KEYS_TABLE} WHERE (status=? AND expires_at <= ?) "
+                "OR (status=? AND token=? AND updated_at <= ?)",
+                (_COMPLETED, now, _IN_PROGRESS, _RELEASED_TOKEN, now - self.ttl_seconds),
             )
             return cursor.rowcount
+
+
+def _add_deliveries_column(database: Database) -> None:
+    """Give a state file made before delivery counting its `deliveries` column."""
+    if _has_deliveries(database):
+        return
+    try:
+        database.ensure(_DELIVERIES_COLUMN)
+    except StateError:
+        if not _has_deliveries(database):  # else another process added it just now
+            raise
+
+
+def _has_deliveries(database: Database) -> bool:
+    with database.reading() as conn:
+        columns = {row[1] for row in conn.execute(f"PRAGMA table_info({KEYS_TABLE})")}
+    return "deliveries" in columns
 
 
 def _has_json_each(database: Database) -> bool:
@@ -444,7 +513,7 @@ def _select(conn: sqlite3.Connection, keys: Sequence[str]) -> dict[str, tuple[An
         marks = ",".join("?" * len(chunk))
         for row in conn.execute(
             f"SELECT key, status, token, owner, lease_expires_at, expires_at, outcome, outputs, "
-            f"fingerprint, detail FROM {KEYS_TABLE} WHERE key IN ({marks})",
+            f"fingerprint, detail, deliveries FROM {KEYS_TABLE} WHERE key IN ({marks})",
             chunk,
         ):
             rows[row[0]] = row[1:]

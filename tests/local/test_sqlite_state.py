@@ -215,3 +215,40 @@ async def test_complete_with_writes_only_the_rows_of_keys_whose_fence_held(
     assert await store.complete_with([], SqliteWrites(outputs, [], key_column=1)) == []
     with pytest.raises(ConfigurationError, match="commits SqliteWrites"):
         await store.complete_with([], {"a": rows[:1]})
+
+
+@pytest.mark.anyio
+async def test_a_state_file_from_before_delivery_counting_gains_the_column(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    old = sqlite3.connect(db)
+    old.execute(
+        "CREATE TABLE onceflow_keys (key TEXT PRIMARY KEY, status TEXT NOT NULL, token TEXT NOT "
+        "NULL, owner TEXT, lease_expires_at REAL NOT NULL, expires_at REAL, outcome TEXT, "
+        "outputs INTEGER, fingerprint TEXT, detail TEXT, updated_at REAL NOT NULL) WITHOUT ROWID"
+    )
+    old.execute("INSERT INTO onceflow_keys VALUES ('k', 'in_progress', 't', NULL, 0, NULL, NULL, "
+                "NULL, NULL, NULL, 0)")  # fmt: skip
+    old.commit()
+    old.close()
+    store = SqliteIdempotencyStore(db, clock=ManualClock(100.0), database=Database(db))
+    [claim] = await store.claim(["k"], 30)  # its lease ran out: a takeover
+    assert claim.status is ClaimStatus.NEW and claim.deliveries == 2
+
+
+@pytest.mark.anyio
+async def test_a_batch_released_together_keeps_its_counts_in_one_statement(tmp_path: Path) -> None:
+    clock = ManualClock(1_000.0)
+    store = SqliteIdempotencyStore(tmp_path / "state.db", clock=clock)
+    keys = [f"k{i}" for i in range(50)]
+    first = await store.claim(keys, 30)
+    await store.release(first[:40])
+    await store.release(first[40:], refund=True)
+    assert store.counts()["in_progress"] == 0 and store.oldest_lease() is None
+    assert store.status("k0") is None  # released: nobody holds it
+    again = await store.claim(keys, 30)
+    assert [c.deliveries for c in again] == [2] * 40 + [1] * 10
+    await store.release(first)  # stale: the fence no longer holds, nothing changes
+    assert store.counts()["in_progress"] == 50
+    await store.release(again)
+    clock.advance(store.ttl_seconds + 1)
+    assert store.purge_expired() == 50  # counts of keys never delivered again go in time
