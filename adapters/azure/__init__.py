@@ -32,7 +32,12 @@ if TYPE_CHECKING:
     from onceflow.adapters.azure.queue_sink import QueueSink
     from onceflow.adapters.azure.table_sink import TableSink
     from onceflow.adapters.azure.table_store import TableIdempotencyStore
-    from onceflow.adapters.azure.testing import blob_stream, event_hub_batch, queue_message
+    from onceflow.adapters.azure.testing import (
+        blob_stream,
+        event_hub_batch,
+        invocation_context,
+        queue_message,
+    )
 
 __all__ = [
     "BatchFailed",
@@ -53,6 +58,7 @@ __all__ = [
     "decode_queue_message",
     "event_hub_batch",
     "function_app",
+    "invocation_context",
     "queue_message",
 ]
 
@@ -75,6 +81,7 @@ _HOMES = {
     "decode_queue_message": "onceflow.adapters.azure.decode",
     "event_hub_batch": "onceflow.adapters.azure.testing",
     "function_app": "onceflow.adapters.azure.entry",
+    "invocation_context": "onceflow.adapters.azure.testing",
     "queue_message": "onceflow.adapters.azure.testing",
 }
 

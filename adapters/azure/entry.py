@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import typing
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -32,6 +33,11 @@ __all__ = [
 
 log = logging.getLogger("onceflow.azure")
 
+# The worker passes the invocation context to a function with a `context` parameter
+# annotated exactly `azure.functions.Context`; a direct call (a unit test) may leave it out.
+_NO_CONTEXT = typing.cast(func.Context, None)
+_TRACKED_BATCHES = 1024  # batches whose invocations a worker counts without a retry context
+
 
 class BatchFailed(OnceflowError):
     """Raised from a function so the host delivers the invocation again."""
@@ -41,10 +47,11 @@ class BatchFailed(OnceflowError):
 class EventHubTrigger:
     """An Event Hubs trigger, `cardinality="many"`, binary bodies.
 
-    The host checkpoints when the function returns, failed or not, so the handler
-    retries failed events in-process for up to `retry_seconds`, dead-letters what
-    still fails, and raises only when the dead-letter write fails; the function then
-    carries an exponential `@app.retry` policy so the host runs the batch again.
+    The host checkpoints when the function returns, failed or not, so the handler holds
+    failed events in-process for up to `retry_seconds` (backing off, and waiting out an
+    open circuit breaker's cool-down), then raises so the function's exponential
+    `@app.retry` policy (`max_retry_count` retries) runs the same events again. Only on
+    the last retry is what still fails dead-lettered as undelivered, with its reason.
     """
 
     event_hub_name: str
@@ -88,6 +95,8 @@ class FunctionHandler:
     def __init__(self, pipeline: Pipeline | Callable[[], Pipeline], trigger: Trigger) -> None:
         self.trigger = trigger
         self._pipeline = built_once(pipeline, self._check)
+        self._invocations: OrderedDict[tuple[str, str, int], int] = OrderedDict()
+        """Invocations so far of batches still failing, when no retry context says."""
 
     @property
     def pipeline(self) -> Pipeline:
@@ -103,8 +112,13 @@ class FunctionHandler:
 
     # -- Event Hubs ------------------------------------------------------------------------
 
-    async def event_hub(self, events: Sequence[func.EventHubEvent]) -> BatchResult:
-        """Process a batch; retry failures in-process, then dead-letter what still fails."""
+    async def event_hub(
+        self, events: Sequence[func.EventHubEvent], context: func.Context | None = None
+    ) -> BatchResult:
+        """Process a batch; hold failures in-process, then raise for the retry policy.
+
+        `context` is the invocation's (its `retry_context` says which retry this is).
+        """
         trigger = self.trigger
         assert isinstance(trigger, EventHubTrigger)
         records = decode_event_hub(
@@ -114,21 +128,65 @@ class FunctionHandler:
             namespace=trigger.namespace,
             key_field=trigger.key_field,
         )
-        return await self.settle(records, trigger.retry_seconds)
+        return await self.settle(
+            records, trigger.retry_seconds, last_try=self._last_try(records, context)
+        )
 
-    async def settle(self, records: Sequence[Record], retry_seconds: float) -> BatchResult:
-        """Run `records` until none fails or `retry_seconds` pass; dead-letter the rest.
+    def _last_try(self, records: Sequence[Record], context: func.Context | None) -> bool:
+        """Whether this invocation is the retry policy's last for the batch.
 
-        What still fails is dead-lettered as `Undelivered` and reported among the result's
-        `dead_lettered`, its failure of kind `FailureKind.UNDELIVERED`. Raises
-        `BatchFailed` only when the dead-letter write itself fails.
+        From the invocation's retry context when there is one; without it, this worker
+        counts its own invocations of the same batch against the trigger's
+        `max_retry_count` (the host retries an invocation in the instance that ran it).
+        """
+        retry = getattr(context, "retry_context", None) if context is not None else None
+        if retry is not None:
+            return int(retry.retry_count) >= int(retry.max_retry_count)
+        trigger = self.trigger
+        assert isinstance(trigger, EventHubTrigger)
+        if not records:
+            return True
+        batch = (records[0].id, records[-1].id, len(records))
+        tries = self._invocations.pop(batch, 0)
+        if tries < trigger.max_retry_count:
+            self._invocations[batch] = tries + 1
+            while len(self._invocations) > _TRACKED_BATCHES:
+                self._invocations.popitem(last=False)
+            return False
+        return True
+
+    async def settle(
+        self, records: Sequence[Record], retry_seconds: float, *, last_try: bool = True
+    ) -> BatchResult:
+        """Run `records` until none fails or `retry_seconds` pass; then settle the rest.
+
+        What still fails raises `BatchFailed` (the function's retry policy runs the same
+        events again), unless `last_try`: then it is dead-lettered as `Undelivered` and
+        reported among the result's `dead_lettered`, its failure of kind
+        `FailureKind.UNDELIVERED`. Raises `BatchFailed` too when that write fails.
         """
         pipeline = self.pipeline
-        stop = pipeline.clock.now() + retry_seconds
-        settled = await pipeline.redeliver(records, deadline=stop)
+        settled = await self.hold(records, pipeline.clock.now() + retry_seconds)
         if not settled.failed:
+            self._forget(records)
             return settled
         by_id = {r.id: r for r in records}
+        if not last_try:
+            sample = "; ".join(
+                settled.failures[rid].text for rid in settled.failed[:3] if rid in settled.failures
+            )
+            log.warning(
+                "%d event(s) still failing after %.0fs held in-process; raising so the "
+                "retry policy delivers them again: %s",
+                len(settled.failed),
+                retry_seconds,
+                sample,
+            )
+            raise BatchFailed(
+                f"{len(settled.failed)} event(s) still failing after {retry_seconds:.0f}s of "
+                f"retries; the function's retry policy runs the batch again: {sample}"
+            )
+        self._forget(records)
         undelivered = {
             rid: Failure(FailureKind.UNDELIVERED, _undelivered_text(by_id[rid], settled.failures))
             for rid in settled.failed
@@ -149,12 +207,63 @@ class FunctionHandler:
         settled.failed = []
         settled.failures.update(undelivered)
         log.error(
-            "%d event(s) still failed after %.0fs of retries and were dead-lettered: %s",
+            "%d event(s) still failed on the last retry, after %.0fs of retries, and were "
+            "dead-lettered: %s",
             len(undelivered),
             retry_seconds,
             "; ".join(failure.text for failure in list(undelivered.values())[:5]),
         )
         return settled
+
+    async def hold(self, records: Sequence[Record], deadline: float) -> BatchResult:
+        """Process `records`, then deliver the failed ones again until they settle or
+        `deadline` (in the pipeline's clock) passes.
+
+        Between rounds it waits the pipeline's event backoff, or out an open circuit
+        breaker's cool-down, so an outage costs one probe per cool-down and not a claim
+        of the whole batch per backoff step. The store counts each round's deliveries
+        (an event the breaker hands back is refunded), so a poison pill still reaches
+        `max_deliveries`. The result holds every record once, in its last state.
+        """
+        pipeline = self.pipeline
+        clock = pipeline.clock
+        result = await pipeline.process_batch(records, deadline=deadline)
+        settled = BatchResult(
+            processed=result.processed,
+            duplicates=result.duplicates,
+            dead_lettered=result.dead_lettered,
+            failures={i: f for i, f in result.failures.items() if not f.kind.redelivers},
+        )
+        failed, failures = result.failed, result.failures
+        round_ = 0
+        while failed:
+            now = clock.now()
+            if now >= deadline:
+                break
+            round_ += 1
+            wait = pipeline.retry.delay(round_)
+            breaker = pipeline.breaker
+            if breaker is not None and breaker.holding(now):
+                wait = max(wait, breaker.opened_at + breaker.cool_down - now)
+            await clock.sleep(min(wait, deadline - now))
+            if clock.now() >= deadline:
+                break
+            wanted = set(failed)
+            again = await pipeline.process_batch(
+                [r for r in records if r.id in wanted], deadline=deadline
+            )
+            settled.processed += again.processed
+            settled.duplicates += again.duplicates
+            settled.dead_lettered += again.dead_lettered
+            failed, failures = again.failed, again.failures
+            settled.failures.update({i: f for i, f in failures.items() if not f.kind.redelivers})
+        settled.failed = list(failed)
+        settled.failures.update({i: failures[i] for i in failed if i in failures})
+        return settled
+
+    def _forget(self, records: Sequence[Record]) -> None:
+        if records:
+            self._invocations.pop((records[0].id, records[-1].id, len(records)), None)
 
     # -- Blob and Queue ----------------------------------------------------------------------
 
@@ -183,8 +292,8 @@ def _undelivered_text(record: Record, failures: Mapping[str, Failure]) -> str:
     """The reason of a dead letter for an event the platform will not deliver again."""
     last = failures.get(record.id)
     return (
-        f"{_name(record)}: still failing when the retry budget ran out, and the Event Hubs "
-        f"checkpoint moves past it: {last.text if last is not None else 'unknown'}"
+        f"{_name(record)}: still failing on the retry policy's last retry, and the Event "
+        f"Hubs checkpoint moves past it: {last.text if last is not None else 'unknown'}"
     )
 
 
@@ -218,8 +327,11 @@ def function_app(
     if isinstance(trigger, EventHubTrigger):
         # typing.List, not list[...]: the Python worker's annotation check only knows the
         # typing generics, and refuses to load a function annotated `list[EventHubEvent]`.
-        async def on_events(events: typing.List[func.EventHubEvent]) -> None:  # noqa: UP006
-            await handler.event_hub(events)
+        async def on_events(
+            events: typing.List[func.EventHubEvent],  # noqa: UP006
+            context: func.Context = _NO_CONTEXT,
+        ) -> None:
+            await handler.event_hub(events, context)
 
         app.function_name(name)(
             app.retry(

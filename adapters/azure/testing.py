@@ -8,18 +8,28 @@ Python worker would pass, metadata included.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
 import azure.functions as func
+from azure.functions._abc import RetryContext, RpcException, TraceContext
 from azure.functions.blob import BlobConverter
 from azure.functions.eventhub import EventHubTriggerConverter
 from azure.functions.meta import Datum
 from azure.functions.queue import QueueMessageInConverter
 
-__all__ = ["HUB", "NAMESPACE", "blob_stream", "event_hub_batch", "queue_message"]
+__all__ = [
+    "HUB",
+    "NAMESPACE",
+    "InvocationContext",
+    "blob_stream",
+    "event_hub_batch",
+    "invocation_context",
+    "queue_message",
+]
 
 NAMESPACE = "shop.servicebus.windows.net"
 HUB = "orders"
@@ -98,3 +108,93 @@ def queue_message(message_id: str, body: bytes, *, dequeue_count: int = 1) -> fu
     message = QueueMessageInConverter.decode(Datum(body, "bytes"), trigger_metadata=metadata)
     assert isinstance(message, func.QueueMessage)
     return message
+
+
+class _Exception(RpcException):
+    def __init__(self, message: str) -> None:
+        self._message = message
+
+    @property
+    def source(self) -> str:
+        return "onceflow"
+
+    @property
+    def stack_trace(self) -> str:
+        return ""
+
+    @property
+    def message(self) -> str:
+        return self._message
+
+
+class _Retry(RetryContext):
+    def __init__(self, retry_count: int, max_retry_count: int, exception: str) -> None:
+        self._count, self._max, self._exception = retry_count, max_retry_count, exception
+
+    @property
+    def retry_count(self) -> int:
+        return self._count
+
+    @property
+    def max_retry_count(self) -> int:
+        return self._max
+
+    @property
+    def exception(self) -> RpcException:
+        return _Exception(self._exception)
+
+
+class _Trace(TraceContext):
+    @property
+    def trace_state(self) -> str:
+        return ""
+
+    @property
+    def trace_parent(self) -> str:
+        return "00-00000000000000000000000000000000-0000000000000000-00"
+
+    @property
+    def attributes(self) -> dict[str, str]:
+        return {}
+
+
+class InvocationContext(func.Context):
+    """A function invocation's context as the worker passes it, its retry context included."""
+
+    def __init__(self, retry: RetryContext | None, function_name: str = "onceflow") -> None:
+        self._retry = retry
+        self._name = function_name
+
+    @property
+    def invocation_id(self) -> str:
+        return "00000000-0000-0000-0000-000000000000"
+
+    @property
+    def thread_local_storage(self) -> type[threading.local]:
+        return threading.local
+
+    @property
+    def function_name(self) -> str:
+        return self._name
+
+    @property
+    def function_directory(self) -> str:
+        return "/home/site/wwwroot"
+
+    @property
+    def trace_context(self) -> TraceContext:
+        return _Trace()
+
+    @property
+    def retry_context(self) -> RetryContext:
+        # The abstract property promises one; a context built without it answers None,
+        # as a host without a retry policy does.
+        return self._retry  # type: ignore[return-value]
+
+
+def invocation_context(
+    retry_count: int = 0, max_retry_count: int = 5, *, exception: str = ""
+) -> InvocationContext:
+    """The context of an invocation that is retry number `retry_count` (0: the first run)
+    of a function whose `@app.retry` policy allows `max_retry_count` retries."""
+    return InvocationContext(_Retry(retry_count, max_retry_count, exception))

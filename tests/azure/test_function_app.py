@@ -29,6 +29,7 @@ from onceflow.adapters.azure.testing import (
     NAMESPACE,
     blob_stream,
     event_hub_batch,
+    invocation_context,
     queue_message,
 )
 from onceflow.adapters.memory import Faults, ManualClock, MemoryIdempotencyStore, MemorySink
@@ -231,8 +232,12 @@ async def test_held_leases_are_waited_for_then_dead_lettered() -> None:
     # Another instance holds event 101 far longer than the retry budget.
     await store.handle().claim([f"{NAMESPACE}/{HUB}/0#101"], 3600)
     handler = FunctionHandler(pipe, EventHubTrigger("orders", retry_seconds=20))
-    result = await handler.event_hub(batch)
-    assert result.processed == ["100"] and result.dead_lettered == ["101"]
+    with pytest.raises(BatchFailed, match="lease"):  # the retry policy runs it again
+        await handler.event_hub(batch, invocation_context(retry_count=0))
+    assert letters.values() == []
+    # The policy's last retry: what still fails is dead-lettered, with its reason.
+    result = await handler.event_hub(batch, invocation_context(retry_count=5))
+    assert result.duplicates == ["100"] and result.dead_lettered == ["101"]
     assert result.failed == [] and result.failures["101"].kind is FailureKind.UNDELIVERED
     [letter] = letters.values()
     assert letter["error_type"] == "Undelivered"
@@ -265,8 +270,9 @@ async def test_failed_dead_letter_write_raises_for_the_host_retry() -> None:
     await store.handle().claim([f"{NAMESPACE}/{HUB}/0#101"], 40)
     letter_faults.fail("sink.write", times=1000)
     run = only_function(function_app(pipe, EventHubTrigger("orders", retry_seconds=5)))
+    last = invocation_context(retry_count=5, max_retry_count=5)
     with pytest.raises(BatchFailed, match="dead-lettered"):
-        await run.get_user_function()(event_hub_batch(bodies(1, 2)))
+        await run.get_user_function()(event_hub_batch(bodies(1, 2)), last)
     # The host's retry policy runs the batch again later: idempotency absorbs the repeat.
     letter_faults.clear()
     clock.advance(60)
@@ -330,6 +336,7 @@ def test_every_event_of_every_batch_ends_in_the_sink_or_the_dead_letter_sink(
         lease_seconds=30,
     )
     handler = FunctionHandler(pipe, EventHubTrigger("orders", retry_seconds=30))
+    last = invocation_context(retry_count=5, max_retry_count=5)  # the policy's last retry
     other = store.handle()
 
     async def main() -> None:
@@ -351,9 +358,9 @@ def test_every_event_of_every_batch_ends_in_the_sink_or_the_dead_letter_sink(
                     await other.claim([key], 3600)
                 keys.append(key)
             events = event_hub_batch(raw, first_sequence=sequence)
-            await handler.event_hub(events)
+            await handler.event_hub(events, last)
             if redeliver and number % 2:
-                await handler.event_hub(event_hub_batch(raw, first_sequence=sequence))
+                await handler.event_hub(event_hub_batch(raw, first_sequence=sequence), last)
             # Doubler always has one output; a dead letter has its own id.
             outputs, dead = sink.contents(), letters.contents()
             missing = [
@@ -485,5 +492,8 @@ def test_the_worker_accepts_the_functions_annotations(trigger: Any, converter: A
     """The Python worker checks each binding's annotation against its converter at load."""
     function = only_function(function_app(pipeline(), trigger)).get_user_function()
     hints = typing.get_type_hints(function)
-    [name] = [n for n in hints if n != "return"]
+    [name] = [n for n in hints if n not in ("return", "context")]
     assert converter.check_input_type_annotation(hints[name])
+    # The worker passes the invocation context (its retry context) to a parameter named
+    # `context` annotated exactly azure.functions.Context.
+    assert hints.get("context", func.Context) is func.Context

@@ -11,7 +11,8 @@ AZURE_API = [
     "BatchFailed", "BlobObjectStore", "BlobTrigger", "CosmosIdempotencyStore", "CosmosSink",
     "EventHubSink", "EventHubTrigger", "FunctionHandler", "QueueSink", "QueueTrigger",
     "TableIdempotencyStore", "TableSink", "blob_stream", "decode_blob", "decode_event_hub",
-    "decode_queue_message", "event_hub_batch", "function_app", "queue_message",
+    "decode_queue_message", "event_hub_batch", "function_app", "invocation_context",
+    "queue_message",
 ]  # fmt: skip
 
 
