@@ -19,6 +19,7 @@ from onceflow.retry import Backoff, RetryPolicy
 __all__ = [
     "BATCH_GET_LIMIT",
     "BATCH_WRITE_LIMIT",
+    "THROTTLING_ERRORS",
     "TRANSACTION_LIMIT",
     "DynamoDBUnavailable",
     "TransactAction",
@@ -27,6 +28,8 @@ __all__ = [
     "chunks",
     "default_retry",
     "error_code",
+    "send",
+    "throttling",
     "transact",
     "transact_action",
 ]
@@ -46,6 +49,11 @@ RETRYABLE_REASONS = frozenset(
         "InternalServerError",
     }
 )
+
+THROTTLING_ERRORS = frozenset(
+    {"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"}
+)
+"""Error codes of a whole request DynamoDB refused for load: sent again after a backoff."""
 
 
 def default_retry() -> RetryPolicy:
@@ -69,6 +77,28 @@ def error_code(exc: BaseException) -> str:
     return str(response.get("Error", {}).get("Code", ""))
 
 
+def throttling(exc: BaseException) -> bool:
+    """Whether `exc` is DynamoDB refusing a request for load (a throttle, not a fault)."""
+    return error_code(exc) in THROTTLING_ERRORS
+
+
+def send(call: Callable[..., T], retry: RetryPolicy, /, **kwargs: Any) -> T:
+    """`call(**kwargs)`, sent again with the policy's backoff while DynamoDB throttles it."""
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return call(**kwargs)
+        except Exception as exc:
+            if not throttling(exc):
+                raise
+            if retry.exhausted(attempt):
+                raise DynamoDBUnavailable(
+                    f"DynamoDB throttled the request {attempt} times: {error_code(exc)}"
+                ) from exc
+        time.sleep(retry.delay(attempt))
+
+
 def batch_get(
     client: Any,
     table: str,
@@ -85,9 +115,15 @@ def batch_get(
         attempt = 0
         while True:
             attempt += 1
-            response = client.batch_get_item(
-                RequestItems={table: {"Keys": pending, "ConsistentRead": True}}
-            )
+            try:
+                response = client.batch_get_item(
+                    RequestItems={table: {"Keys": pending, "ConsistentRead": True}}
+                )
+            except Exception as exc:
+                if not throttling(exc):
+                    raise
+                # Throttled as a whole: every key is still to fetch, after a backoff.
+                response = {"UnprocessedKeys": {table: {"Keys": pending}}}
             got.extend(response.get("Responses", {}).get(table, []))
             pending = response.get("UnprocessedKeys", {}).get(table, {}).get("Keys", [])
             if not pending:
@@ -116,7 +152,12 @@ def batch_write(
         attempt = 0
         while True:
             attempt += 1
-            response = client.batch_write_item(RequestItems=pending)
+            try:
+                response = client.batch_write_item(RequestItems=pending)
+            except Exception as exc:
+                if not throttling(exc):
+                    raise
+                response = {"UnprocessedItems": pending}  # throttled as a whole
             pending = response.get("UnprocessedItems") or {}
             if not pending:
                 return
@@ -177,6 +218,9 @@ def transact(client: Any, actions: Sequence[dict[str, Any]]) -> list[Reason] | N
     try:
         client.transact_write_items(TransactItems=list(actions))
     except Exception as exc:
+        if throttling(exc):
+            # The whole transaction was refused for load: every action is retryable.
+            return [Reason("ThrottlingError") for _ in actions]
         if error_code(exc) != "TransactionCanceledException":
             raise
         raw = getattr(exc, "response", {}).get("CancellationReasons") or []

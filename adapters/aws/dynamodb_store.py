@@ -10,6 +10,14 @@ How it claims and completes follows its `DynamoDBMode` (see `dynamodb_mode`):
   is still the one read; `UPSERT` upserts its markers after the outputs (keyed
   overwrites make a repeat harmless).
 
+Deliveries are counted per key (`Claim.deliveries`) in the item's `deliveries` number.
+`FENCED` counts at claim time: the lease write sets it one above the count it read,
+conditional on the token it read, so a takeover after an expired lease counts too; a
+release keeps it, and a refund takes one off. `OPTIMISTIC` and `UPSERT` write nothing at
+claim time, so they count failed deliveries when they are released (an ADD on the
+key's item; a refund adds nothing): a delivery whose worker died uncounted is the one
+thing they miss. A completed marker carries no count, so it starts again after the TTL.
+
 Atomic sinks commit through `complete_with` (the `TransactionalStore` protocol): each
 key's marker and the sink's actions for it in one transaction.
 """
@@ -20,10 +28,12 @@ import hashlib
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from onceflow.adapters.aws.dynamodb_mode import DynamoDBMode
 from onceflow.adapters.aws.dynamodb_requests import (
+    PARALLEL_REQUESTS,
     RETRYABLE_REASONS,
     TRANSACTION_LIMIT,
     DynamoDBUnavailable,
@@ -33,6 +43,7 @@ from onceflow.adapters.aws.dynamodb_requests import (
     chunks,
     default_retry,
     error_code,
+    send,
     transact,
     transact_action,
 )
@@ -50,6 +61,8 @@ MAX_KEY_BYTES = 1024
 """Longer keys are stored by hash (DynamoDB allows 2048 bytes for a partition key)."""
 MAX_REREADS = 32
 """Rounds of leasing a key whose record changed under the claim, before giving up."""
+DELIVERIES = "deliveries"
+"""The item's attribute counting the key's deliveries (see the module docstring)."""
 
 
 def create_table(
@@ -122,9 +135,14 @@ class DynamoDBIdempotencyStore:
         return [True] * len(completions)
 
     async def release(self, claims: Sequence[Claim], *, refund: bool = False) -> None:
-        """Delete leases these claims still hold; stale ones are left alone."""
-        if self.mode.leases and claims:
-            await run_blocking(self._release, list(claims))
+        """End leases these claims still hold, keeping the delivery count (`refund`: one off).
+
+        Without leases (`OPTIMISTIC`, `UPSERT`) a release is where a failed delivery is
+        counted: one ADD per key, none for a refund. Stale claims are left alone.
+        """
+        if not claims or (refund and not self.mode.leases):
+            return
+        await run_blocking(self._release, list(claims), refund)
 
     # -- the TransactionalStore protocol ----------------------------------------------------
 
@@ -183,8 +201,8 @@ class DynamoDBIdempotencyStore:
         names = {"#t": "token"}
         values: dict[str, Any] = {":mine": {"S": claim.token or ""}}
         if claim.observed == "":
-            condition += " OR attribute_not_exists(#k)"
-            names["#k"] = self.key_attribute
+            # No record, or only the delivery count a failed delivery left (no token).
+            condition += " OR attribute_not_exists(#t)"
         elif claim.observed is not None:
             condition += " OR #t = :seen"
             values[":seen"] = {"S": claim.observed}
@@ -229,17 +247,17 @@ class DynamoDBIdempotencyStore:
             key_attribute=self.key_attribute,
         )
         answers: dict[str, Claim] = {}
-        free: dict[str, str] = {}  # key -> token observed on its item ("" when absent)
+        free: dict[str, _Seen] = {}  # key -> what its item held (token "" when none)
         for key in keys:
             item = found.get(self.pk(key))
             known = self._claim_of(key, item, now)
             if known is not None:
                 answers[key] = known
             else:
-                free[key] = item["token"]["S"] if item is not None else ""
+                free[key] = _seen(item)
         expires = now + lease_seconds
         if not self.mode.leases:
-            for key, seen in free.items():
+            for key, (seen, counted) in free.items():
                 # Nothing is leased: the claim remembers what was read, for a conditional commit.
                 answers[key] = Claim(
                     key,
@@ -247,19 +265,20 @@ class DynamoDBIdempotencyStore:
                     token=uuid.uuid4().hex,
                     lease_expires_at=expires,
                     observed=seen,
+                    deliveries=counted + 1,
                 )
         else:
             answers.update(self._lease(free, now, expires))
         return [answers[key] for key in keys]
 
-    def _lease(self, free: dict[str, str], now: float, expires: float) -> dict[str, Claim]:
+    def _lease(self, free: dict[str, _Seen], now: float, expires: float) -> dict[str, Claim]:
         answers: dict[str, Claim] = {}
         pending = dict(free)
         busy_rounds = 0
         for _ in range(MAX_REREADS):
             if not pending:
                 return answers
-            retry: dict[str, str] = {}
+            retry: dict[str, _Seen] = {}
             busy = False
             for chunk in chunks(list(pending.items()), TRANSACTION_LIMIT):
                 tokens = {key: uuid.uuid4().hex for key, _ in chunk}
@@ -268,9 +287,13 @@ class DynamoDBIdempotencyStore:
                 ]
                 reasons = transact(self.client, actions)
                 if reasons is None:
-                    for key, _ in chunk:
+                    for key, (_, counted) in chunk:
                         answers[key] = Claim(
-                            key, ClaimStatus.NEW, token=tokens[key], lease_expires_at=expires
+                            key,
+                            ClaimStatus.NEW,
+                            token=tokens[key],
+                            lease_expires_at=expires,
+                            deliveries=counted + 1,
                         )
                     continue
                 for (key, seen), reason in zip(chunk, reasons, strict=True):
@@ -280,7 +303,7 @@ class DynamoDBIdempotencyStore:
                         if known is not None:
                             answers[key] = known
                         else:
-                            retry[key] = reason.item["token"]["S"] if reason.item else ""
+                            retry[key] = _seen(reason.item)
                     elif reason.code == "None" or reason.code in RETRYABLE_REASONS:
                         busy = busy or reason.code != "None"
                         retry[key] = seen
@@ -299,22 +322,31 @@ class DynamoDBIdempotencyStore:
         raise DynamoDBUnavailable(f"could not settle claims on {self.table}: {len(pending)} left")
 
     def _lease_action(
-        self, key: str, seen: str, token: str, now: float, expires: float
+        self, key: str, seen: _Seen, token: str, now: float, expires: float
     ) -> dict[str, Any]:
+        observed, counted = seen
         item = {
             **self._key(key),
             "status": {"S": IN_PROGRESS},
             "token": {"S": token},
             "lease_expires_at": {"N": _num(expires)},
             "claimed_at": {"N": _num(now)},
+            # One above the count read: the condition on what was read makes this an ADD.
+            DELIVERIES: {"N": str(counted + 1)},
             # An abandoned lease is cleaned up by DynamoDB's TTL eventually too.
             self.ttl_attribute: {"N": str(int(expires + self.ttl_seconds))},
         }
-        if seen:
-            condition, names = "#t = :seen", {"#t": "token"}
-            values: dict[str, Any] | None = {":seen": {"S": seen}}
+        names = {"#t": "token"}
+        values: dict[str, Any] | None = None
+        if observed:
+            condition, values = "#t = :seen", {":seen": {"S": observed}}
+        elif counted:
+            # Only the count of failed deliveries (a release in another mode): it must hold.
+            condition = "attribute_not_exists(#t) AND #d = :counted"
+            names["#d"] = DELIVERIES
+            values = {":counted": {"N": str(counted)}}
         else:
-            condition, names, values = "attribute_not_exists(#k)", {"#k": self.key_attribute}, None
+            condition = "attribute_not_exists(#t)"
         put: dict[str, Any] = {
             "TableName": self.table,
             "Item": item,
@@ -378,24 +410,76 @@ class DynamoDBIdempotencyStore:
 
     # -- release --------------------------------------------------------------------------------
 
-    def _release(self, claims: list[Claim]) -> None:
-        for claim in claims:
-            if claim.token is None:
-                continue
-            try:
-                self.client.delete_item(
-                    TableName=self.table,
-                    Key=self._key(claim.key),
-                    ConditionExpression="#t = :mine AND #s = :busy",
-                    ExpressionAttributeNames={"#t": "token", "#s": "status"},
-                    ExpressionAttributeValues={
-                        ":mine": {"S": claim.token},
-                        ":busy": {"S": IN_PROGRESS},
-                    },
-                )
-            except Exception as exc:
-                if error_code(exc) != "ConditionalCheckFailedException":
-                    raise
+    def _release(self, claims: list[Claim], refund: bool) -> None:
+        """One UpdateItem per claim, a few at a time (DynamoDB has no batched update)."""
+        update = self._end_lease if self.mode.leases else self._count_failure
+        claims = [c for c in claims if c.token is not None]
+        if len(claims) <= 1:
+            for claim in claims:
+                update(claim, refund)
+            return
+        with ThreadPoolExecutor(max_workers=min(PARALLEL_REQUESTS, len(claims))) as pool:
+            list(pool.map(lambda claim: update(claim, refund), claims))
+
+    def _end_lease(self, claim: Claim, refund: bool) -> None:
+        """The lease ends (a fresh token fences the old one out); the count stays."""
+        expression = "SET #t = :gone, lease_expires_at = :ended"
+        values: dict[str, Any] = {
+            ":mine": {"S": claim.token or ""},
+            ":busy": {"S": IN_PROGRESS},
+            ":gone": {"S": "released-" + uuid.uuid4().hex},
+            ":ended": {"N": "0"},
+        }
+        if refund:
+            expression += " ADD #d :less"
+            values[":less"] = {"N": "-1"}
+        self._update(claim, expression, "#t = :mine AND #s = :busy", values)
+
+    def _count_failure(self, claim: Claim, refund: bool) -> None:
+        """A failed delivery of a key nothing leases: ADD one to its count, unless it is done."""
+        expires = str(int(self.clock.now() + self.ttl_seconds))  # a dropped key's count goes too
+        self._update(
+            claim,
+            "ADD #d :one SET #x = :ttl",
+            "attribute_not_exists(#s) OR #s <> :done",
+            {":one": {"N": "1"}, ":done": {"S": COMPLETED}, ":ttl": {"N": expires}},
+        )
+
+    def _update(
+        self,
+        claim: Claim,
+        expression: str,
+        condition: str,
+        values: dict[str, Any],
+    ) -> None:
+        attributes = {"#t": "token", "#s": "status", "#d": DELIVERIES, "#x": self.ttl_attribute}
+        names = {n: a for n, a in attributes.items() if n in expression or n in condition}
+        try:
+            send(
+                self.client.update_item,
+                self.retry,
+                TableName=self.table,
+                Key=self._key(claim.key),
+                UpdateExpression=expression,
+                ConditionExpression=condition,
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+            )
+        except Exception as exc:
+            if error_code(exc) != "ConditionalCheckFailedException":
+                raise
+
+
+_Seen = tuple[str, int]
+"""What a claim read on a key's item: its token ("" for none) and its delivery count."""
+
+
+def _seen(item: dict[str, Any] | None) -> _Seen:
+    if item is None:
+        return "", 0
+    token = item.get("token", {}).get("S", "")
+    # A completed marker carries no count: the key starts again once its record expired.
+    return token, int(item.get(DELIVERIES, {}).get("N", "0"))
 
 
 def _pack(groups: Sequence[Sequence[TransactAction]], indexes: list[int]) -> list[list[int]]:

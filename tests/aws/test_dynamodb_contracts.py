@@ -2,7 +2,8 @@
 
 `FENCED` passes every contract as written. `UPSERT` and `OPTIMISTIC` lease nothing at
 claim time, and `UPSERT` upserts its markers: they declare it with the capability
-fixtures, and the contracts assert the weaker behaviour they promise instead.
+fixtures, and the contracts assert the weaker behaviour they promise instead (they count
+a failed delivery when it is released, so one whose worker died goes uncounted).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from onceflow.clock import ManualClock
 from onceflow.interfaces import Sink
 from onceflow.testing import (
     AtomicSinkContract,
+    Capabilities,
     ExactlyOnceContract,
     SinkContract,
     StoreContract,
@@ -126,6 +128,10 @@ class Upsert(Fenced):
     def fences_completions(self) -> bool:
         return False
 
+    @pytest.fixture
+    def counts_crashed_deliveries(self) -> bool:
+        return False
+
 
 class TestUpsertStore(Upsert, StoreContract):
     pass
@@ -157,3 +163,11 @@ class TestOptimisticAtomicSink(Optimistic, AtomicSinkContract):
 
 class TestOptimisticExactlyOnce(Optimistic, ExactlyOnceContract):
     max_examples = 8
+
+
+class TestOptimisticDeliveryCounts(Optimistic, Capabilities):
+    """`OPTIMISTIC` lets the first commit win, which neither variant of the takeover
+    contract describes, so of the store contract it runs the delivery count."""
+
+    clock = StoreContract.clock
+    test_claims_count_deliveries = StoreContract.test_claims_count_deliveries

@@ -170,7 +170,9 @@ def test_throttled_store_fails_the_batch_for_redelivery(
 
     proxy = Meddling(dynamodb_client, "batch_get_item", always_throttled, times=99)
     clock = ManualClock()
-    store = DynamoDBIdempotencyStore(dynamodb_tables("state"), client=proxy, clock=clock)
+    store = DynamoDBIdempotencyStore(
+        dynamodb_tables("state"), client=proxy, clock=clock, retry=FAST
+    )
     sink = DynamoDBSink(dynamodb_tables("outputs"), client=proxy)
     handler = lambda_handler(Pipeline(lambda e: e.json(), sink, store, MemorySink(), clock=clock))
     records = [aws.kinesis_record(i, json.dumps({"n": i}).encode()) for i in range(3)]
@@ -178,7 +180,8 @@ def test_throttled_store_fails_the_batch_for_redelivery(
     assert [f["itemIdentifier"] for f in answer["batchItemFailures"]] == [
         r["kinesis"]["sequenceNumber"] for r in records
     ]
-    assert proxy.calls["batch_get_item"] == 3  # the pipeline's own retries, then it gives up
+    # The store's backoff on every one of the pipeline's attempts, then it gives up.
+    assert proxy.calls["batch_get_item"] == 3 * FAST.attempts
 
 
 @pytest.mark.anyio
