@@ -235,6 +235,7 @@ class FunctionHandler:
             failures={i: f for i, f in result.failures.items() if not f.kind.redelivers},
         )
         failed, failures = result.failed, result.failures
+        progressed = bool(result.processed or result.duplicates or result.dead_lettered)
         round_ = 0
         while failed:
             now = clock.now()
@@ -245,6 +246,11 @@ class FunctionHandler:
             breaker = pipeline.breaker
             if breaker is not None and breaker.holding(now):
                 wait = max(wait, breaker.opened_at + breaker.cool_down - now)
+            elif breaker is not None and not progressed:
+                # Nothing settled: an outage the breaker cannot see (one ordered lane fails
+                # at its head, the rest held). Each round is a delivery the store counts,
+                # so probe once per cool-down rather than per backoff step.
+                wait = max(wait, breaker.cool_down)
             await clock.sleep(min(wait, deadline - now))
             if clock.now() >= deadline:
                 break
@@ -255,6 +261,7 @@ class FunctionHandler:
             settled.processed += again.processed
             settled.duplicates += again.duplicates
             settled.dead_lettered += again.dead_lettered
+            progressed = bool(again.processed or again.dead_lettered)
             failed, failures = again.failed, again.failures
             settled.failures.update({i: f for i, f in failures.items() if not f.kind.redelivers})
         settled.failed = list(failed)
