@@ -19,7 +19,8 @@ DEFAULT_SAFETY_MARGIN = 3.0
 
 
 class BatchFailed(OnceflowError):
-    """Raised for asynchronous triggers (S3, EventBridge) so Lambda retries the invocation."""
+    """Raised for asynchronous triggers (S3, EventBridge) so Lambda retries the invocation,
+    and for an SQS batch whose every message failed, so the poller backs off."""
 
 
 class LambdaHandler:
@@ -90,6 +91,14 @@ def answer(delivery: Delivery, result: BatchResult) -> dict[str, Any]:
             reasons = "; ".join(f"{rid}: {result.reasons.get(rid, '?')}" for rid in result.failed)
             raise BatchFailed(f"{len(failed)} {delivery.kind} record(s) must be retried: {reasons}")
         return summary
+    if failed and len(failed) == len(delivery.items) and delivery.kind in {"sqs", "sqs-fifo"}:
+        # Every message comes back either way; an error (not a full batchItemFailures list)
+        # is what makes Lambda's SQS poller scale down and back off during an outage.
+        reasons = "; ".join(f"{rid}: {result.reasons.get(rid, '?')}" for rid in result.failed[:3])
+        raise BatchFailed(
+            f"all {len(failed)} {delivery.kind} message(s) failed and will be delivered "
+            f"again; raising so the poller backs off: {reasons}"
+        )
     return {"batchItemFailures": [{"itemIdentifier": item.identifier} for item in failed]}
 
 

@@ -175,8 +175,34 @@ def test_fifo_fails_every_later_message_of_a_group_after_its_first_failure() -> 
 def test_fifo_answer_holds_even_for_an_unordered_pipeline() -> None:
     world = World(ordered=False)
     messages = [aws.sqs_record(f"a{i}", json.dumps({"n": i}), group="A", seq=i) for i in range(3)]
+    other = aws.sqs_record("b0", json.dumps({"n": 9}), group="B", seq=9)
     world.hold(aws.sqs_event(messages[0]))
-    assert failures(world.handler(aws.sqs_event(*messages), None)) == ["a0", "a1", "a2"]
+    assert failures(world.handler(aws.sqs_event(*messages, other), None)) == ["a0", "a1", "a2"]
+
+
+@pytest.mark.parametrize("group", [None, "A"], ids=["standard", "fifo"])
+def test_an_sqs_batch_that_failed_entirely_raises_so_the_poller_backs_off(
+    group: str | None,
+) -> None:
+    world = World()
+    messages = [aws.sqs_record(f"m{i}", "{}", group=group, seq=i) for i in range(3)]
+    world.hold(aws.sqs_event(*messages))
+    kind = "sqs" if group is None else "sqs-fifo"
+    with pytest.raises(BatchFailed, match=f"all 3 {kind} message"):
+        world.handler(aws.sqs_event(*messages), None)
+    assert failures(world.handler(aws.sqs_event(*messages, aws.sqs_record("x", "{}")), None)) == [
+        "m0",
+        "m1",
+        "m2",
+    ]
+
+
+def test_a_stream_batch_that_failed_entirely_is_answered_not_raised() -> None:
+    world = World()
+    records = [aws.kinesis_record(i, b"{}") for i in range(3)]
+    world.hold(aws.kinesis_event(*records))
+    answer = world.handler(aws.kinesis_event(*records), None)
+    assert failures(answer) == [r["kinesis"]["sequenceNumber"] for r in records]
 
 
 # -- S3 -----------------------------------------------------------------------------------
@@ -341,8 +367,8 @@ def test_unrecognised_event_lists_the_supported_sources() -> None:
 def test_nothing_starts_when_the_time_left_is_under_the_margin() -> None:
     world = World()
     event = aws.sqs_event(*[aws.sqs_record(f"m{i}", "{}") for i in range(3)])
-    answer = world.handler(event, aws.LambdaContext(remaining_ms=1_000))
-    assert failures(answer) == ["m0", "m1", "m2"]
+    with pytest.raises(BatchFailed, match="all 3 sqs message"):  # every message comes back
+        world.handler(event, aws.LambdaContext(remaining_ms=1_000))
     assert world.processor.seen == [] and world.store.calls["claim"] == 0
 
 
