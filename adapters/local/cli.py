@@ -15,6 +15,7 @@ from onceflow.adapters.local.dead_letter_commands import (
 )
 from onceflow.adapters.local.file_records import FORMATS
 from onceflow.adapters.local.run_command import run_command
+from onceflow.adapters.local.runner import OUTAGE_WAIT
 from onceflow.adapters.local.state_command import state_command
 
 __all__ = ["register"]
@@ -58,6 +59,30 @@ def register(subparsers: Any) -> None:
     run.add_argument("--id-field", metavar="FIELD", help="take event ids from this field")
     run.add_argument("--partition-field", metavar="FIELD", help="ordering lane per this field")
     run.add_argument("--max-attempts", type=_positive, default=3, metavar="N")
+    run.add_argument(
+        "--max-deliveries",
+        type=_positive,
+        default=5,
+        metavar="N",
+        help="deliveries (of --max-attempts attempts each) before an event that keeps failing "
+        "transiently is dead-lettered (default 5)",
+    )
+    run.add_argument(
+        "--cool-down",
+        type=_seconds,
+        default=30.0,
+        metavar="S",
+        help="while the downstream is down (the circuit is open), one probe call every S "
+        "seconds (default 30)",
+    )
+    run.add_argument(
+        "--outage-wait",
+        type=_seconds,
+        default=OUTAGE_WAIT,
+        metavar="S",
+        help=f"wait up to S seconds for a downstream that is down, then stop and leave the "
+        f"held-back events for the next run (default {OUTAGE_WAIT:g})",
+    )
     run.add_argument("--lease-seconds", type=float, default=300.0, metavar="S")
     run.add_argument(
         "--from-start",
@@ -127,6 +152,16 @@ def _shard(text: str) -> tuple[int, int]:
     if not (index.isdigit() and count.isdigit()) or not 0 <= int(index) < int(count):
         raise argparse.ArgumentTypeError(f"{text} is not INDEX/COUNT")
     return int(index), int(count)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds")
+    return value
 
 
 def _positive(text: str) -> int:

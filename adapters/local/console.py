@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from onceflow.adapters.local.state import LocalState
@@ -32,17 +31,22 @@ def quiet_logs(verbose: bool) -> None:
 
 
 class Progress:
-    """A rich progress line (events, events/s, failures), or nothing when quiet."""
+    """A rich progress line (events, events/s, failures), or nothing when quiet.
+
+    Called with the tally after each batch; `waiting` says the run is waiting for a
+    downstream that is down, and for how many held-back events, until the next batch.
+    """
 
     def __init__(self, *, quiet: bool, total: int | None) -> None:
         self.quiet = quiet
         self.total = total
         self.started = time.perf_counter()
         self.progress: Any = None
+        self._task: Any = None
 
-    def __enter__(self) -> Callable[[Tally, int], None]:
+    def __enter__(self) -> Progress:
         if self.quiet:
-            return lambda tally, done: None
+            return self
         from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
         from rich.progress import Progress as RichProgress
 
@@ -57,22 +61,35 @@ class Progress:
             transient=False,
         )
         self.progress.start()
-        task = self.progress.add_task(
+        self._task = self.progress.add_task(
             "running", total=self.total, events=0, rate=0.0, failures="no failures"
         )
+        return self
 
-        def show(tally: Tally, done: int) -> None:
-            elapsed = max(1e-9, time.perf_counter() - self.started)
-            bad = tally.dead_lettered + len(tally.failed)
-            self.progress.update(
-                task,
-                completed=done if self.total else None,
-                events=tally.events,
-                rate=tally.events / elapsed,
-                failures=f"[red]{bad:,} failures[/]" if bad else "no failures",
-            )
+    def __call__(self, tally: Tally, done: int) -> None:
+        """Show the totals after a batch."""
+        if self.progress is None:
+            return
+        elapsed = max(1e-9, time.perf_counter() - self.started)
+        bad = tally.dead_lettered + len(tally.failed)
+        self.progress.update(
+            self._task,
+            description="running",
+            completed=done if self.total else None,
+            events=tally.events,
+            rate=tally.events / elapsed,
+            failures=f"[red]{bad:,} failures[/]" if bad else "no failures",
+        )
 
-        return show
+    def waiting(self, held_back: int, seconds: float) -> None:
+        """Say the run waits `seconds` for the downstream, with `held_back` events."""
+        if self.progress is None:
+            return
+        self.progress.update(
+            self._task,
+            description="[yellow]waiting for the downstream[/]",
+            failures=f"[yellow]{held_back:,} events held back, next try in {seconds:.0f} s[/]",
+        )
 
     def __exit__(self, *exc: object) -> None:
         if self.progress is not None:
@@ -109,6 +126,10 @@ def run_summary(out: Console, tally: Tally, wall: float, state: LocalState) -> N
             f"[red]{len(tally.failed)} events were left failed[/] and will be read again by the "
             "next run; first: " + "; ".join(f"{k}: {v}" for k, v in list(tally.failed.items())[:3])
         )
+    if tally.stopped:
+        from rich.markup import escape
+
+        out.print(f"[red]the run stopped early[/]: {escape(tally.stopped)}")
 
 
 def red(n: int) -> str:

@@ -23,6 +23,7 @@ from onceflow.adapters.local.file_source import DirectorySource, FileSource
 from onceflow.adapters.local.runner import run_files
 from onceflow.adapters.local.state import LocalState
 from onceflow.adapters.local.totals import Tally
+from onceflow.breaker import CircuitBreaker
 from onceflow.cli import CliError
 from onceflow.errors import OnceflowError
 from onceflow.pipeline import BatchResult, Pipeline
@@ -53,6 +54,8 @@ def run_command(args: argparse.Namespace) -> int:
             state.dead_letters,
             ordered=args.ordered,
             retry=RetryPolicy(attempts=args.max_attempts),
+            max_deliveries=args.max_deliveries,
+            breaker=CircuitBreaker(cool_down=args.cool_down),
             lease_seconds=args.lease_seconds,
             name=args.processor,
         )
@@ -69,7 +72,13 @@ def run_command(args: argparse.Namespace) -> int:
 
             async def drive() -> None:
                 await run_files(
-                    pipeline, source, batch_size=args.batch_size, tally=tally, on_batch=on_batch
+                    pipeline,
+                    source,
+                    batch_size=args.batch_size,
+                    outage_wait=args.outage_wait,
+                    tally=tally,
+                    on_batch=on_batch,
+                    on_wait=show.waiting,
                 )
 
             try:
@@ -163,7 +172,7 @@ def _finish(
         exported = state.sink.export_jsonl(args.out)
         out.print(f"wrote {exported} outputs to {args.out}")
     run_summary(out, tally, wall, state)
-    return 0 if not tally.failed and not tally.dead_lettered else 1
+    return 0 if not tally.failed and not tally.dead_lettered and not tally.stopped else 1
 
 
 def _worker_argv(args: argparse.Namespace, index: int, report: Path) -> list[str]:
@@ -175,6 +184,8 @@ def _worker_argv(args: argparse.Namespace, index: int, report: Path) -> list[str
         if getattr(args, flag):
             argv += [f"--{flag.replace('_', '-')}", getattr(args, flag)]
     argv += ["--batch-size", str(args.batch_size), "--max-attempts", str(args.max_attempts)]
+    argv += ["--max-deliveries", str(args.max_deliveries), "--cool-down", str(args.cool_down)]
+    argv += ["--outage-wait", str(args.outage_wait)]
     argv += ["--lease-seconds", str(args.lease_seconds)]
     for flag in ("ordered", "from_start", "keep_files", "watch"):
         if getattr(args, flag):

@@ -15,6 +15,7 @@ from onceflow.adapters.local.database import Database
 from onceflow.adapters.local.dead_letters import JsonlDeadLetterSink
 from onceflow.adapters.local.sqlite_sink import SqliteSink
 from onceflow.adapters.local.sqlite_store import SqliteIdempotencyStore
+from onceflow.interfaces import Clock
 
 __all__ = ["LocalState", "RunRecord"]
 
@@ -49,6 +50,7 @@ class LocalState:
         ttl_seconds: float = 30 * 86_400.0,
         busy_timeout: float = 10.0,
         create: bool = True,
+        clock: Clock | None = None,
     ) -> None:
         self.folder = Path(folder)
         if not create and not (self.folder / DATABASE).exists():
@@ -57,6 +59,8 @@ class LocalState:
             )
         self.folder.mkdir(parents=True, exist_ok=True)
         self.ttl_seconds = ttl_seconds
+        self.clock = clock
+        """The store's clock (a `ManualClock` in tests); the system clock when None."""
         self.database = Database(self.folder / DATABASE, busy_timeout=busy_timeout)
         self.database.ensure(
             f"CREATE TABLE IF NOT EXISTS {RUNS} (id INTEGER PRIMARY KEY, processor TEXT NOT NULL, "
@@ -68,7 +72,10 @@ class LocalState:
     def store(self) -> SqliteIdempotencyStore:
         """The idempotency store."""
         return SqliteIdempotencyStore(
-            self.database.path, ttl_seconds=self.ttl_seconds, database=self.database
+            self.database.path,
+            ttl_seconds=self.ttl_seconds,
+            clock=self.clock,
+            database=self.database,
         )
 
     @cached_property

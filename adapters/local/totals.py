@@ -22,6 +22,8 @@ class Tally:
         """Events failed and not settled since, with why (few: they are redelivered)."""
         self.reasons: dict[str, str] = {}
         """Why the first dead-lettered events were dead-lettered (the rest are in the file)."""
+        self.stopped: str | None = None
+        """Why the run stopped before the end of its input (a downstream that stayed down)."""
 
     def add(self, result: BatchResult) -> None:
         """Count one batch."""
@@ -57,7 +59,12 @@ class Tally:
 
     def as_plain(self) -> dict[str, Any]:
         """The tally as JSON-ready data (a worker's report to its parent)."""
-        return {**self.counts(), "failed": self.failed, "reasons": self.reasons}
+        return {
+            **self.counts(),
+            "failed": self.failed,
+            "reasons": self.reasons,
+            "stopped": self.stopped,
+        }
 
     def add_plain(self, plain: dict[str, Any]) -> None:
         """Add a worker's report."""
@@ -65,6 +72,7 @@ class Tally:
         self.duplicates += int(plain["duplicates"])
         self.dead_lettered += int(plain["dead_lettered"])
         self.failed.update(plain["failed"])
+        self.stopped = self.stopped or plain.get("stopped")
         for event_id, reason in plain["reasons"].items():
             if len(self.reasons) < _KEPT_REASONS:
                 self.reasons[event_id] = reason

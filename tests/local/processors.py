@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from onceflow import Event, PermanentError
@@ -38,3 +39,29 @@ class NoSetup(Doubler):
 
 
 NOT_A_PROCESSOR = 42
+
+
+class Unreachable:
+    """Writes through a downstream that goes down after `OUTAGE["after"]` good calls, for
+    `OUTAGE["seconds"]` of wall time; `OUTAGE["poison"]` ids always fail (transiently)."""
+
+    def process(self, event: Event) -> dict[str, Any]:
+        """The event's `n` and partition, once the downstream answers."""
+        if event.id in OUTAGE["poison"]:
+            raise ValueError("this order breaks the downstream's parser")
+        now = time.monotonic()
+        if OUTAGE["down_from"] is None and OUTAGE["good"] >= OUTAGE["after"]:
+            OUTAGE["down_from"] = now
+        down_from = OUTAGE["down_from"]
+        if down_from is not None and now < down_from + OUTAGE["seconds"]:
+            raise ConnectionError("database is unreachable")
+        OUTAGE["good"] += 1
+        return {"n": event.json()["n"], "lane": event.partition_key}
+
+
+OUTAGE: dict[str, Any] = {}
+
+
+def reset_outage(*, after: int, seconds: float, poison: set[str] | None = None) -> None:
+    """Set up `Unreachable`'s downstream for a run."""
+    OUTAGE.update(after=after, seconds=seconds, poison=poison or set(), good=0, down_from=None)
