@@ -246,7 +246,7 @@ class FunctionHandler:
             breaker = pipeline.breaker
             if breaker is not None and breaker.holding(now):
                 wait = max(wait, breaker.opened_at + breaker.cool_down - now)
-            elif breaker is not None and not progressed:
+            elif breaker is not None and not progressed and _charged(failed, failures):
                 # Nothing settled: an outage the breaker cannot see (one ordered lane fails
                 # at its head, the rest held). Each round is a delivery the store counts,
                 # so probe once per cool-down rather than per backoff step.
@@ -293,6 +293,13 @@ class FunctionHandler:
             # The host retries (the queue's maxDequeueCount, then its poison queue).
             raise BatchFailed(f"{_name(record)}: {failure.text}")
         return result
+
+
+def _charged(failed: Sequence[str], failures: Mapping[str, Failure]) -> bool:
+    """Whether a round's failures include processor failures its deliveries were charged."""
+    return any(
+        (f := failures.get(rid)) is not None and f.kind is FailureKind.TRANSIENT for rid in failed
+    )
 
 
 def _undelivered_text(record: Record, failures: Mapping[str, Failure]) -> str:

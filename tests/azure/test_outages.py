@@ -231,3 +231,29 @@ async def test_without_a_retry_context_the_worker_counts_invocations_of_the_batc
     # Settled, the batch is forgotten: the count starts again for a new delivery of it.
     with pytest.raises(BatchFailed):
         await handler.event_hub(event_hub_batch(bodies(3)))
+
+
+@pytest.mark.emulator
+@pytest.mark.anyio
+async def test_throttled_store_requests_fail_no_event(azurite_server: Azurite) -> None:
+    from azure.data.tables import TableClient
+
+    from tests.azure.test_table_store import Throttle
+
+    conn = azurite_server.connection_string
+    table = f"throttle{uuid.uuid4().hex[:10]}"
+    TableServiceClient.from_connection_string(conn).create_table(table)
+    throttle = Throttle(6)  # 429 Too Many Requests with Retry-After, at the wire
+    client = TableClient.from_connection_string(
+        conn, table, per_retry_policies=[throttle], retry_backoff_factor=0.01
+    )
+    clock = ManualClock()
+    downstream = Downstream(clock, down_at=10**9)
+    letters = MemorySink()
+    pipe = outage_pipeline(
+        downstream, MemorySink(), TableIdempotencyStore(client, clock=clock), letters, clock
+    )
+    [function] = function_app(pipe, EventHubTrigger("orders")).get_functions()
+    await host(function.get_user_function(), clock, partitions=1, per_partition=60, batch=20)
+    assert throttle.answered == 6 and letters.values() == []
+    assert dict(downstream.applied) == expected(1, 60)
