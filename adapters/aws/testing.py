@@ -13,13 +13,21 @@ Build the event a trigger would deliver and call the handler with it; with a pip
 
 Only the standard library is imported here. Records name the fixed account, region and
 ARNs below unless told otherwise.
+
+`SimulatedShards` and `SimulatedQueue` drive a handler the way Lambda's pollers do, in the
+time of a manual clock, for outage tests: a shard restarts at the lowest failed sequence
+number; a failed SQS message comes back after its visibility timeout with
+`ApproximateReceiveCount` one higher (a FIFO group stays blocked behind it), or goes to
+the queue's dead-letter list once it reached the redrive policy's `max_receive_count`.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 __all__ = [
     "FIFO_ARN",
@@ -29,6 +37,9 @@ __all__ = [
     "TABLE_STREAM_ARN",
     "TOPIC_ARN",
     "LambdaContext",
+    "PollRound",
+    "SimulatedQueue",
+    "SimulatedShards",
     "dynamodb_event",
     "dynamodb_record",
     "eventbridge_event",
@@ -303,3 +314,209 @@ class LambdaContext:
     def get_remaining_time_in_millis(self) -> int:
         """Milliseconds left before the function times out."""
         return self.remaining_ms
+
+
+# -- pollers ---------------------------------------------------------------------------------
+
+
+class _Clock(Protocol):
+    def now(self) -> float: ...
+
+    def advance(self, seconds: float) -> None: ...
+
+
+Handler = Callable[[dict[str, Any], Any], Any]
+
+
+@dataclass
+class PollRound:
+    """What one polling round did."""
+
+    invocations: int = 0
+    received: int = 0
+    failed: int = 0
+    """Records reported in `batchItemFailures`, or in a batch whose invocation raised."""
+    raised: list[Exception] = field(default_factory=list)
+    """What the invocations that raised raised."""
+
+    @property
+    def errors(self) -> int:
+        """Invocations that raised."""
+        return len(self.raised)
+
+    def invoke(self, handler: Handler, event: dict[str, Any], context: Any) -> set[str] | None:
+        """The identifiers the handler reported failed; None when the invocation raised."""
+        self.invocations += 1
+        self.received += len(event["Records"])
+        try:
+            answer = handler(event, context)
+        except Exception as exc:
+            self.raised.append(exc)
+            return None
+        failures = answer.get("batchItemFailures", []) if isinstance(answer, dict) else []
+        return {str(f["itemIdentifier"]) for f in failures}
+
+
+@dataclass
+class SimulatedShards:
+    """Kinesis shards as Lambda polls them: per round, one invocation per shard with its next
+    `batch_size` records; a shard restarts at the lowest failed sequence number (or at the
+    start of a batch whose invocation raised), as Lambda does with `batchItemFailures`."""
+
+    shards: Sequence[Sequence[dict[str, Any]]]
+    """Each shard's records (`kinesis_record`), in sequence order."""
+    clock: _Clock
+    batch_size: int = 100
+    poll_interval: float = 1.0
+    """Seconds of `clock` each round takes."""
+    cursors: list[int] = field(default_factory=list)
+    deliveries: int = 0
+    """Records handed to the handler, redeliveries included."""
+
+    def __post_init__(self) -> None:
+        self.cursors = [0] * len(self.shards)
+
+    @property
+    def drained(self) -> bool:
+        """Whether every shard's last record has been checkpointed."""
+        return all(c >= len(s) for c, s in zip(self.cursors, self.shards, strict=True))
+
+    def poll(self, handler: Handler, context: Any = None) -> PollRound:
+        """One round over every shard, then `poll_interval` passes."""
+        done = PollRound()
+        for index, shard in enumerate(self.shards):
+            batch = list(shard[self.cursors[index] : self.cursors[index] + self.batch_size])
+            if not batch:
+                continue
+            self.deliveries += len(batch)
+            failed = done.invoke(handler, kinesis_event(*batch), context)
+            seqs = [r["kinesis"]["sequenceNumber"] for r in batch]
+            if failed is None:
+                done.failed += len(batch)
+                continue
+            first = next((i for i, seq in enumerate(seqs) if seq in failed), len(batch))
+            done.failed += len(batch) - first
+            self.cursors[index] += first
+        self.clock.advance(self.poll_interval)
+        return done
+
+
+@dataclass
+class _Message:
+    message_id: str
+    body: str
+    group: str | None
+    seq: int
+    receive_count: int = 0
+    visible_at: float = float("-inf")
+
+
+class SimulatedQueue:
+    """An SQS queue (standard, or FIFO when messages have groups) as Lambda's poller drives it.
+
+    Each round sends up to `concurrency` batches of visible messages; a message the answer
+    reports failed (all of them when the invocation raised) comes back after
+    `visibility_timeout` with `ApproximateReceiveCount` one higher, or, once it has been
+    received `max_receive_count` times (a redrive policy), moves to `dead_letters`. A raised
+    invocation halves the poller's concurrency (Lambda backs off); a clean one adds one back.
+    A FIFO group is delivered in order, in one batch at a time, and stays blocked behind a
+    message waiting to come back.
+    """
+
+    def __init__(
+        self,
+        clock: _Clock,
+        *,
+        batch_size: int = 10,
+        concurrency: int = 5,
+        visibility_timeout: float = 30.0,
+        max_receive_count: int | None = None,
+        poll_interval: float = 1.0,
+    ) -> None:
+        self.clock = clock
+        self.batch_size = batch_size
+        self.max_concurrency = self.concurrency = concurrency
+        self.visibility_timeout = visibility_timeout
+        self.max_receive_count = max_receive_count
+        self.poll_interval = poll_interval
+        self.messages: dict[str, _Message] = {}
+        """Messages not deleted yet, in the order sent (a dict: deleting is cheap)."""
+        self.dead_letters: list[str] = []
+        """Message ids the redrive policy moved to the dead-letter queue."""
+        self.deliveries = 0
+        """Messages handed to the handler, redeliveries included."""
+
+    def send(self, message_id: str, body: str, *, group: str | None = None, seq: int = 0) -> None:
+        """Enqueue one message (with `group`, a FIFO message numbered `seq` in its group)."""
+        self.messages[message_id] = _Message(message_id, body, group, seq)
+
+    @property
+    def drained(self) -> bool:
+        """Whether every message has been deleted (or moved to the dead-letter queue)."""
+        return not self.messages
+
+    def _receive(self, now: float) -> list[list[_Message]]:
+        """This round's batches: visible messages, each FIFO group whole in one batch."""
+        batches: list[list[_Message]] = [[]]
+        blocked: set[str] = set()  # FIFO groups waiting behind an invisible message
+        placed: dict[str, int] = {}  # FIFO group -> the batch it went into this round
+        for message in self.messages.values():
+            group = message.group
+            if group is not None and group in blocked:
+                continue
+            if message.visible_at > now:
+                if group is not None:
+                    blocked.add(group)
+                continue
+            if len(batches[-1]) == self.batch_size:
+                if len(batches) == self.concurrency:
+                    break
+                batches.append([])
+            here = len(batches) - 1
+            if group is not None and placed.setdefault(group, here) != here:
+                blocked.add(group)  # in flight in an earlier batch: the rest waits
+                continue
+            batches[-1].append(message)
+        return [batch for batch in batches if batch]
+
+    def poll(self, handler: Handler, context: Any = None) -> PollRound:
+        """One round of the poller, then `poll_interval` passes."""
+        done = PollRound()
+        now = self.clock.now()
+        for batch in self._receive(now):
+            for message in batch:
+                message.receive_count += 1
+            self.deliveries += len(batch)
+            event = sqs_event(
+                *(
+                    sqs_record(
+                        m.message_id,
+                        m.body,
+                        group=m.group,
+                        seq=m.seq,
+                        receive_count=m.receive_count,
+                    )
+                    for m in batch
+                )
+            )
+            failed = done.invoke(handler, event, context)
+            if failed is None:
+                failed = {m.message_id for m in batch}
+            done.failed += len(failed)
+            for message in batch:
+                if message.message_id not in failed:
+                    del self.messages[message.message_id]
+                elif (
+                    self.max_receive_count is not None
+                    and message.receive_count >= self.max_receive_count
+                ):
+                    del self.messages[message.message_id]
+                    self.dead_letters.append(message.message_id)
+                else:
+                    message.visible_at = now + self.visibility_timeout
+        if done.errors:
+            self.concurrency = max(1, self.concurrency // 2)
+        elif done.invocations:
+            self.concurrency = min(self.max_concurrency, self.concurrency + 1)
+        self.clock.advance(self.poll_interval)
+        return done
