@@ -11,7 +11,7 @@ import inspect
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import anyio
@@ -25,7 +25,7 @@ from onceflow.commit import Committer, Completions, fingerprint, strategy_for
 from onceflow.dead_letters import dead_letter
 from onceflow.errors import ConfigurationError, OutputRejected, PermanentError
 from onceflow.event import Event
-from onceflow.failures import FailureKind
+from onceflow.failures import Failure, FailureKind
 from onceflow.interfaces import Clock, IdempotencyStore, Metrics, Processor, Sink
 from onceflow.lanes import Lanes
 from onceflow.metrics import NoopMetrics
@@ -194,9 +194,14 @@ class Pipeline:
         """Process a batch, then deliver its failed records again until they settle.
 
         For adapters whose platform will not deliver a failure again soon (an Event Hubs
-        checkpoint, a file read once): after each round the failed records wait the event
-        retry policy's backoff and come again, counted as another delivery, up to `rounds`
-        more times or until `deadline` (in the pipeline's clock). The result holds every
+        checkpoint, a file read once). Between rounds it waits the event retry policy's
+        backoff, or out an open circuit breaker's cool-down, so an outage costs one probe
+        per cool-down rather than a claim of the whole batch per backoff step; when a round
+        settled nothing and its failures were charged processor failures (an outage the
+        breaker cannot see: one ordered lane failing at its head), it also waits a full
+        cool-down. It stops after `rounds` more rounds or at `deadline` (in the pipeline's
+        clock). The store counts every round's deliveries (what the breaker hands back is
+        refunded), so a poison pill still reaches `max_deliveries`. The result holds every
         record once, in its last state; what is still failed is the caller's to settle.
         """
         batch = list(records)
@@ -208,23 +213,32 @@ class Pipeline:
             failures={i: f for i, f in result.failures.items() if not f.kind.redelivers},
         )
         failed, failures = result.failed, result.failures
+        progressed = bool(result.processed or result.duplicates or result.dead_lettered)
         round_ = 0
-        clock = self.clock
+        clock, breaker = self.clock, self.breaker
         while failed and (rounds is None or round_ < rounds):
+            now = clock.now()
+            if deadline is not None and now >= deadline:
+                break
             round_ += 1
             wait = self.retry.delay(round_)
+            if breaker is not None and breaker.holding(now):
+                wait = max(wait, breaker.opened_at + breaker.cool_down - now)
+            elif breaker is not None and not progressed and _charged(failed, failures):
+                wait = max(wait, breaker.cool_down)
             if deadline is not None:
-                wait = min(wait, max(0.0, deadline - clock.now()))
+                wait = min(wait, deadline - now)
             await clock.sleep(wait)
             if deadline is not None and clock.now() >= deadline:
                 break
             wanted = set(failed)
             again = await self.process_batch(
-                [_delivered_again(r, round_) for r in batch if r.id in wanted], deadline=deadline
+                [r for r in batch if r.id in wanted], deadline=deadline
             )
             settled.processed += again.processed
             settled.duplicates += again.duplicates
             settled.dead_lettered += again.dead_lettered
+            progressed = bool(again.processed or again.dead_lettered)
             failed, failures = again.failed, again.failures
             settled.failures.update({i: f for i, f in failures.items() if not f.kind.redelivers})
         settled.failed = list(failed)
@@ -390,10 +404,11 @@ def _outputs(item: Item) -> Sequence[Output]:
     return item.outputs
 
 
-def _delivered_again(record: Record, round_: int) -> Record:
-    if isinstance(record, Event):
-        return record.model_copy(update={"delivery_count": record.delivery_count + round_})
-    return record
+def _charged(failed: Sequence[str], failures: Mapping[str, Failure]) -> bool:
+    """Whether a round's failures include processor failures its deliveries were charged."""
+    return any(
+        (f := failures.get(rid)) is not None and f.kind is FailureKind.TRANSIENT for rid in failed
+    )
 
 
 def built_once(

@@ -166,7 +166,7 @@ class FunctionHandler:
         `FailureKind.UNDELIVERED`. Raises `BatchFailed` too when that write fails.
         """
         pipeline = self.pipeline
-        settled = await self.hold(records, pipeline.clock.now() + retry_seconds)
+        settled = await pipeline.redeliver(records, deadline=pipeline.clock.now() + retry_seconds)
         if not settled.failed:
             self._forget(records)
             return settled
@@ -215,59 +215,6 @@ class FunctionHandler:
         )
         return settled
 
-    async def hold(self, records: Sequence[Record], deadline: float) -> BatchResult:
-        """Process `records`, then deliver the failed ones again until they settle or
-        `deadline` (in the pipeline's clock) passes.
-
-        Between rounds it waits the pipeline's event backoff, or out an open circuit
-        breaker's cool-down, so an outage costs one probe per cool-down and not a claim
-        of the whole batch per backoff step. The store counts each round's deliveries
-        (an event the breaker hands back is refunded), so a poison pill still reaches
-        `max_deliveries`. The result holds every record once, in its last state.
-        """
-        pipeline = self.pipeline
-        clock = pipeline.clock
-        result = await pipeline.process_batch(records, deadline=deadline)
-        settled = BatchResult(
-            processed=result.processed,
-            duplicates=result.duplicates,
-            dead_lettered=result.dead_lettered,
-            failures={i: f for i, f in result.failures.items() if not f.kind.redelivers},
-        )
-        failed, failures = result.failed, result.failures
-        progressed = bool(result.processed or result.duplicates or result.dead_lettered)
-        round_ = 0
-        while failed:
-            now = clock.now()
-            if now >= deadline:
-                break
-            round_ += 1
-            wait = pipeline.retry.delay(round_)
-            breaker = pipeline.breaker
-            if breaker is not None and breaker.holding(now):
-                wait = max(wait, breaker.opened_at + breaker.cool_down - now)
-            elif breaker is not None and not progressed and _charged(failed, failures):
-                # Nothing settled: an outage the breaker cannot see (one ordered lane fails
-                # at its head, the rest held). Each round is a delivery the store counts,
-                # so probe once per cool-down rather than per backoff step.
-                wait = max(wait, breaker.cool_down)
-            await clock.sleep(min(wait, deadline - now))
-            if clock.now() >= deadline:
-                break
-            wanted = set(failed)
-            again = await pipeline.process_batch(
-                [r for r in records if r.id in wanted], deadline=deadline
-            )
-            settled.processed += again.processed
-            settled.duplicates += again.duplicates
-            settled.dead_lettered += again.dead_lettered
-            progressed = bool(again.processed or again.dead_lettered)
-            failed, failures = again.failed, again.failures
-            settled.failures.update({i: f for i, f in failures.items() if not f.kind.redelivers})
-        settled.failed = list(failed)
-        settled.failures.update({i: failures[i] for i in failed if i in failures})
-        return settled
-
     def _forget(self, records: Sequence[Record]) -> None:
         if records:
             self._invocations.pop((records[0].id, records[-1].id, len(records)), None)
@@ -293,13 +240,6 @@ class FunctionHandler:
             # The host retries (the queue's maxDequeueCount, then its poison queue).
             raise BatchFailed(f"{_name(record)}: {failure.text}")
         return result
-
-
-def _charged(failed: Sequence[str], failures: Mapping[str, Failure]) -> bool:
-    """Whether a round's failures include processor failures its deliveries were charged."""
-    return any(
-        (f := failures.get(rid)) is not None and f.kind is FailureKind.TRANSIENT for rid in failed
-    )
 
 
 def _undelivered_text(record: Record, failures: Mapping[str, Failure]) -> str:
