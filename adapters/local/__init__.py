@@ -8,7 +8,7 @@ Nothing here needs a server or a cloud account; pyarrow is imported only to read
 `LocalState(folder)` wires them the way `onceflow run` does: one `state.db` holding keys,
 outputs, dead letters and checkpoints, so outputs and markers commit in one transaction;
 `run_files(pipeline, source)` drives a file source as `onceflow run` does (what fails is
-run again through `Pipeline.redeliver`).
+delivered again; a batch hit by a downstream outage is held until the outage passes).
 """
 
 from onceflow.adapters.local.checkpoints import Checkpoint, Checkpoints

@@ -44,9 +44,8 @@ class _File:
 class Redelivery(list[Record]):
     """A batch of records that failed earlier in the run, delivered again after a pass.
 
-    The runner of a file source (`run_files`) gives such a batch to
-    `Pipeline.redeliver`, which runs its failures again a few more times; any other
-    consumer may treat it as an ordinary batch.
+    The runner of a file source (`run_files`) delivers such a batch's failures again a
+    few more times; any other consumer may treat it as an ordinary batch.
     """
 
 

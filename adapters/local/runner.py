@@ -98,6 +98,9 @@ class _Outage:
         too long: after an outage as long as it lasts (bounded), else `rounds` more times."""
         pipeline, clock = self.pipeline, self.pipeline.clock
         result = await pipeline.process_batch(batch)
+        if not result.failed:
+            self.since = None
+            return result
         settled = BatchResult(
             processed=result.processed,
             duplicates=result.duplicates,
