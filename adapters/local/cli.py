@@ -80,7 +80,7 @@ def register(subparsers: Any) -> None:
         type=_seconds,
         default=OUTAGE_WAIT,
         metavar="S",
-        help=f"wait up to S seconds for a downstream that is down, then stop and leave the "
+        help=f"hold a batch up to S seconds for a downstream that is down, then stop and leave the "
         f"held-back events for the next run (default {OUTAGE_WAIT:g})",
     )
     run.add_argument("--lease-seconds", type=float, default=300.0, metavar="S")

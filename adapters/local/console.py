@@ -82,13 +82,13 @@ class Progress:
         )
 
     def waiting(self, held_back: int, seconds: float) -> None:
-        """Say the run waits `seconds` for the downstream, with `held_back` events."""
+        """Say the run waits (up to `seconds`) for the downstream, with `held_back` events."""
         if self.progress is None:
             return
         self.progress.update(
             self._task,
             description="[yellow]waiting for the downstream[/]",
-            failures=f"[yellow]{held_back:,} events held back, next try in {seconds:.0f} s[/]",
+            failures=f"[yellow]{held_back:,} events held back, waiting up to {seconds:g} s[/]",
         )
 
     def __exit__(self, *exc: object) -> None:

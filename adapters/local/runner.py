@@ -2,8 +2,9 @@
 
 During an outage of the processor's downstream the run waits instead of giving up: a
 batch whose events failed transiently, or were held back by the pipeline's open circuit
-breaker, is delivered again (after the breaker's cool-down, or a growing backoff) until it
-settles, for as long as `outage_wait` allows.
+breaker, is delivered again through `Pipeline.redeliver` (which owns the waiting: the
+breaker's cool-down, or the retry backoff) until it settles, for as long as `outage_wait`
+allows.
 """
 
 from __future__ import annotations
@@ -13,10 +14,8 @@ from collections.abc import Callable, Sequence
 from onceflow.adapters.local.file_source import DirectorySource, FileSource, Redelivery
 from onceflow.adapters.local.totals import Tally
 from onceflow.batch import Record
-from onceflow.breaker import CircuitState
 from onceflow.failures import FailureKind
 from onceflow.pipeline import BatchResult, Pipeline
-from onceflow.retry import Backoff
 
 __all__ = ["OUTAGE_WAIT", "run_files"]
 
@@ -41,15 +40,15 @@ async def run_files(
     """Process the source's batches and ack each; the run's totals.
 
     A batch with events that failed by an outage (`FailureKind.TRANSIENT`, or
-    `CIRCUIT_OPEN` while the pipeline's circuit breaker is open) is held and delivered
-    again: after the breaker's cool-down while it is open (one probe call each time), else
-    after a backoff growing from 1 s to the cool-down. A transient failure costs a
-    delivery each time, so a poison pill is dead-lettered once it reaches the pipeline's
-    `max_deliveries`; held-back events cost none. Once no event has settled for
-    `outage_wait` seconds (in the pipeline's clock) the run stops waiting: the batch's
-    held-back events are left failed and the source stops (`Tally.stopped` says why), so
-    the next run reads them and the rest of the input again. `on_wait(events, seconds)`
-    is called before each wait.
+    `CIRCUIT_OPEN` while the pipeline's circuit breaker is open) is held: its failures go
+    through `Pipeline.redeliver`, which waits out the breaker's cool-down between rounds
+    (one probe call each) or the event retry backoff, for up to `outage_wait` seconds (in
+    the pipeline's clock). A transient failure costs a delivery each time, so a poison
+    pill is dead-lettered once it reaches the pipeline's `max_deliveries`; held-back events
+    cost none. If the batch's failures are still an outage's after `outage_wait`, they are
+    left failed and the source stops (`Tally.stopped` says why), so the next run reads
+    them and the rest of the input again. `on_wait(events, seconds)` is called when a
+    batch starts waiting, with how many events are held back and the most it waits.
 
     A record that fails in a pass over the files for another reason (another worker's live
     lease, a lost lease) is handed back by the source once the pass is done and delivered
@@ -78,7 +77,7 @@ async def run_files(
 
 
 class _Outage:
-    """Delivers a batch again and again while its events fail by an outage, within a bound."""
+    """Holds a batch hit by an outage: `Pipeline.redeliver` until it settles, within a bound."""
 
     def __init__(
         self, pipeline: Pipeline, limit: float, on_wait: Callable[[int, float], None] | None
@@ -86,69 +85,52 @@ class _Outage:
         self.pipeline = pipeline
         self.limit = limit
         self.on_wait = on_wait
-        breaker = pipeline.breaker
-        cap = breaker.cool_down if breaker is not None else 30.0
-        self.backoff = Backoff(base=min(1.0, cap), cap=cap)
-        self.since: float | None = None
-        """When the run last saw an event settle before the outage that is going on."""
         self.gave_up: str | None = None
 
     async def deliver(self, batch: Sequence[Record], rounds: int) -> BatchResult:
-        """Process the batch, then deliver its failures again until they settle or it waits
-        too long: after an outage as long as it lasts (bounded), else `rounds` more times."""
-        pipeline, clock = self.pipeline, self.pipeline.clock
-        result = await pipeline.process_batch(batch)
-        if not result.failed:
-            self.since = None
+        """Process the batch (and its failures `rounds` more times); while its failures are
+        an outage's, deliver them again for up to `limit` seconds."""
+        pipeline = self.pipeline
+        if rounds:
+            result = await pipeline.redeliver(batch, rounds=rounds)
+        else:
+            result = await pipeline.process_batch(batch)
+        if not result.failed or self.gave_up is not None or not _outage(result):
             return result
-        settled = BatchResult(
-            processed=result.processed,
-            duplicates=result.duplicates,
-            dead_lettered=result.dead_lettered,
-            failures={i: f for i, f in result.failures.items() if not f.kind.redelivers},
+        if self.on_wait is not None:
+            self.on_wait(len(result.failed), self.limit)
+        clock, breaker = pipeline.clock, pipeline.breaker
+        deadline = clock.now() + self.limit
+        # The first round waits too (`redeliver` starts with one at once): out the open
+        # circuit's cool-down, else the event retry backoff.
+        now = clock.now()
+        wait = pipeline.retry.delay(1)
+        if breaker is not None and breaker.holding(now):
+            wait = max(wait, breaker.opened_at + breaker.cool_down - now)
+        await clock.sleep(min(wait, self.limit))
+        wanted = set(result.failed)
+        again = await pipeline.redeliver(
+            [r for r in batch if r.id in wanted], deadline=max(deadline, clock.now())
         )
-        failed, failures = result.failed, result.failures
-        other_rounds = transient_rounds = 0
-        progressed = bool(result.processed or result.duplicates or result.dead_lettered)
-        while failed:
-            now = clock.now()
-            if progressed or self.since is None:
-                self.since = now
-            outage = any(failures[i].kind in _OUTAGE for i in failed if i in failures)
-            if outage and self.gave_up is None:
-                breaker = pipeline.breaker
-                if breaker is not None and breaker.state is CircuitState.OPEN:
-                    # Until the open circuit lets its probe through.
-                    wait = max(0.0, breaker.opened_at + breaker.cool_down - now)
-                else:
-                    transient_rounds += 1
-                    wait = self.backoff.delay(transient_rounds)
-                if now + wait - self.since > self.limit:
-                    self.gave_up = (
-                        f"the downstream stayed down for more than {self.limit:g} s "
-                        f"({len(failed)} event(s) held back); the rest is read again next run"
-                    )
-                    break
-            elif other_rounds < rounds:
-                other_rounds += 1
-                wait = pipeline.retry.delay(other_rounds)
-            else:
-                break
-            if self.on_wait is not None:
-                self.on_wait(len(failed), wait)
-            await clock.sleep(wait)
-            # Every failed record goes again, not only the outage's: in ordered mode one
-            # held behind an earlier record must come with it.
-            wanted = set(failed)
-            again = await pipeline.process_batch([r for r in batch if r.id in wanted])
-            settled.processed += again.processed
-            settled.duplicates += again.duplicates
-            settled.dead_lettered += again.dead_lettered
-            progressed = bool(again.processed or again.duplicates or again.dead_lettered)
-            failed, failures = again.failed, again.failures
-            settled.failures.update({i: f for i, f in failures.items() if not f.kind.redelivers})
-        if not any(failures[i].kind in _OUTAGE for i in failed if i in failures):
-            self.since = None  # no outage going on (any more)
-        settled.failed = list(failed)
-        settled.failures.update({i: failures[i] for i in failed if i in failures})
+        settled = BatchResult(
+            processed=[*result.processed, *again.processed],
+            duplicates=[*result.duplicates, *again.duplicates],
+            dead_lettered=[*result.dead_lettered, *again.dead_lettered],
+            failures={
+                **{i: f for i, f in result.failures.items() if i not in wanted},
+                **again.failures,
+            },
+        )
+        settled.failed = list(again.failed)
+        if again.failed and _outage(again):
+            self.gave_up = (
+                f"the downstream stayed down for more than {self.limit:g} s "
+                f"({len(again.failed)} event(s) held back); the rest is read again next run"
+            )
         return settled
+
+
+def _outage(result: BatchResult) -> bool:
+    """Whether some of the result's failures are an outage's."""
+    failures = result.failures
+    return any(failures[i].kind in _OUTAGE for i in result.failed if i in failures)

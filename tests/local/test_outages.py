@@ -130,9 +130,8 @@ def test_a_minute_long_outage_mid_run_dead_letters_nothing_and_loses_nothing(
     assert state.store.counts() == {"in_progress": 0, "succeeded": EVENTS, "dead_lettered": 0}
     if ordered:
         assert in_lane_order(rows)
-    # The run waited out the outage in cool-downs, holding hundreds of events back...
+    # The run held the batch the outage hit, hundreds of events, and waited it out...
     assert waits and max(n for n, _ in waits) >= 400
-    assert sum(s for _, s in waits) >= 60 - 5
     # ...and the downstream saw the calls that opened the circuit (with their retries)
     # and about one probe per 30-second cool-down, not thousands.
     assert downstream.calls_while_down <= CircuitBreaker().failures * 3 + 60 / 30 + 2
