@@ -122,8 +122,10 @@ class Attempts:
             return
         breaker = self.breaker
         if breaker is not None:
-            if breaker.probing:
-                # A failed probe says the outage goes on; it is no fault of this event.
+            if breaker.probing and item.key not in breaker.probed:
+                # A failed probe says the outage goes on; it is no fault of this event, the
+                # first time. A key whose probe failed before is charged: it may be the
+                # poison pill, and the next probe tries another key.
                 item.probe_failed = True
             if breaker.failed(item.key, text, self.clock.now()):
                 self.metrics.count("circuit_open")

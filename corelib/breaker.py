@@ -49,6 +49,8 @@ class CircuitBreaker:
     opened_at: float = field(default=0.0, init=False)
     cause: str = field(default="", init=False)
     """The last transient failure before the circuit opened (type and message)."""
+    probed: set[str] = field(default_factory=set, init=False, repr=False)
+    """Keys whose probe failed while the circuit was open (cleared when it closes)."""
     _failing: set[str] = field(default_factory=set, init=False, repr=False)
     _calls: int = field(default=0, init=False, repr=False)
     _failed: int = field(default=0, init=False, repr=False)
@@ -66,6 +68,11 @@ class CircuitBreaker:
             return True  # the probe
         return False
 
+    def probe_first(self, keys: list[str]) -> list[int]:
+        """Positions of `keys` in the order to try them when a probe is due: keys not yet
+        probed first, so a poison pill does not stand in for the downstream every time."""
+        return sorted(range(len(keys)), key=lambda i: keys[i] in self.probed)
+
     def holding(self, now: float) -> bool:
         """Whether calls are held back now: open, and the cool-down not yet over."""
         return self.state is CircuitState.OPEN and now < self.opened_at + self.cool_down
@@ -77,6 +84,7 @@ class CircuitBreaker:
         if self.state is CircuitState.HALF_OPEN:
             log.info("circuit closed: the probe call succeeded")
             self.state = CircuitState.CLOSED
+            self.probed.clear()
 
     @property
     def probing(self) -> bool:
@@ -84,11 +92,16 @@ class CircuitBreaker:
         return self.state is CircuitState.HALF_OPEN
 
     def failed(self, key: str, cause: str, now: float) -> bool:
-        """A call failed transiently; whether that opened the circuit."""
+        """A call failed transiently; whether that opened the circuit.
+
+        A failed probe reopens the circuit; the key is remembered, so the next probe
+        tries another one.
+        """
         self._calls += 1
         self._failed += 1
         self._failing.add(key)
         if self.state is CircuitState.HALF_OPEN:
+            self.probed.add(key)
             return self._open(cause, now)
         if self.state is CircuitState.OPEN:
             return False

@@ -35,6 +35,12 @@ class Lanes:
         """Attempt every pending item until each is done, dead, failed, or out of time."""
         attempts, clock, ordered = self.attempts, self.clock, self.ordered
         pending = [item for item in items if item.state is State.PENDING]
+        breaker = attempts.breaker
+        # A probe is due: keys whose probe failed before go last (never reordering a lane).
+        rotate = breaker is not None and breaker.is_open and bool(breaker.probed)
+        if rotate and not ordered:
+            assert breaker is not None
+            pending = [pending[i] for i in breaker.probe_first([item.key for item in pending])]
         if not ordered and not attempts.is_async and attempts.rate is None and pending:
             # Fast path: every first attempt in one plain loop; only retries need lanes.
             now = clock.now()
@@ -46,7 +52,9 @@ class Lanes:
             pending = [item for item in pending if item.state is State.PENDING]
         # Ordered lanes keep settled items too: a failed one must hold back its successors.
         lanes = _lanes(items) if ordered else [deque([item]) for item in pending]
-        breaker = attempts.breaker
+        if rotate and ordered:
+            assert breaker is not None
+            lanes = [lanes[i] for i in breaker.probe_first([lane[0].key for lane in lanes])]
         while lanes:
             now = clock.now()
             if breaker is not None and breaker.holding(now):

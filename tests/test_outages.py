@@ -210,3 +210,15 @@ def test_rate_limit_paces_processor_calls_and_sink_writes() -> None:
     pipeline.run_batch(batch)
     assert len(sink) == 500
     assert clock.now() - START == pytest.approx(4.0, abs=0.05)  # 500 calls at 100/s, burst 100
+
+
+def test_a_poison_pill_that_is_the_probe_does_not_hold_the_circuit_open() -> None:
+    # The first event of the first shard is both the circuit's probe and a poison pill:
+    # the next probe tries another key, the circuit closes, and the pill is charged.
+    clock = ManualClock(START)
+    downstream = Downstream(clock, START, START + 60)
+    downstream.poison = {"e0"}
+    pipeline, sink, letters = make(downstream, clock)
+    drain(pipeline, shards(2_000), clock)
+    assert list(letters.contents()) == ["stream#e0#dead-letter"]
+    assert len(sink) == 1_999
