@@ -53,6 +53,10 @@ class Attempts:
         self.clock = clock
         self.metrics = metrics
         self.breaker = breaker
+        self.calls = 0
+        """Processor calls made in the current batch (for the breaker's ratio rule)."""
+        self.held_back = 0
+        """Events the open circuit handed back in the current batch."""
         self.rate = rate
         """Paces processor calls (a token bucket), when set."""
 
@@ -60,9 +64,10 @@ class Attempts:
         """Run one attempt; for an async processor, the awaitable that completes it."""
         record = item.record
         breaker = self.breaker
-        if breaker is not None and not breaker.allow(now):
+        if breaker is not None and breaker.alert and not breaker.allow(now):
             self.hold_back(item)
             return None
+        self.calls += 1
         item.attempts += 1
         if item.first_attempt_at is None:
             item.first_attempt_at = now
@@ -82,7 +87,7 @@ class Attempts:
             self.failed(item, exc)
         else:
             item.state = State.DONE
-            if breaker is not None:
+            if breaker is not None and breaker.alert:
                 breaker.succeeded()
         return None
 
@@ -93,11 +98,19 @@ class Attempts:
             self.failed(item, exc)
         else:
             item.state = State.DONE
-            if self.breaker is not None:
+            if self.breaker is not None and self.breaker.alert:
                 self.breaker.succeeded()
+
+    def start_batch(self) -> None:
+        """Reset the per-batch counts (calls, events held back)."""
+        self.calls = 0
+        self.held_back = 0
+        if self.breaker is not None:
+            self.breaker.start_batch()
 
     def hold_back(self, item: Item) -> None:
         """Hand the item back unprocessed because the circuit is open."""
+        self.held_back += 1
         breaker = self.breaker
         cause = f" ({breaker.cause})" if breaker is not None and breaker.cause else ""
         item.fail(
@@ -111,7 +124,7 @@ class Attempts:
         item.error_tb = traceback.format_exc()
         text = summary(exc)
         if isinstance(exc, self.permanent):
-            if self.breaker is not None:
+            if self.breaker is not None and self.breaker.alert:
                 self.breaker.succeeded()  # a poison pill: the downstream did answer
             kind = (
                 FailureKind.INVALID_RECORD
@@ -127,7 +140,7 @@ class Attempts:
                 # first time. A key whose probe failed before is charged: it may be the
                 # poison pill, and the next probe tries another key.
                 item.probe_failed = True
-            if breaker.failed(item.key, text, self.clock.now()):
+            if breaker.failed(item.key, text, self.clock.now(), self.calls):
                 self.metrics.count("circuit_open")
         if self.retry.exhausted(item.attempts):
             deliveries = self.deliveries(item)

@@ -49,15 +49,17 @@ class CircuitBreaker:
     opened_at: float = field(default=0.0, init=False)
     cause: str = field(default="", init=False)
     """The last transient failure before the circuit opened (type and message)."""
+    alert: bool = field(default=False, init=False, repr=False)
+    """Whether anything is amiss (failures piling up, or not closed): while False, the
+    runner skips telling it of successes, which keeps the breaker free on the happy path."""
     probed: set[str] = field(default_factory=set, init=False, repr=False)
     """Keys whose probe failed while the circuit was open (cleared when it closes)."""
     _failing: set[str] = field(default_factory=set, init=False, repr=False)
-    _calls: int = field(default=0, init=False, repr=False)
     _failed: int = field(default=0, init=False, repr=False)
 
     def start_batch(self) -> None:
-        """Reset the per-batch counts the ratio rule reads."""
-        self._calls = self._failed = 0
+        """Reset the per-batch count of failures the ratio rule reads."""
+        self._failed = 0
 
     def allow(self, now: float) -> bool:
         """Whether a processor call may go through now (half-opening after the cool-down)."""
@@ -79,27 +81,27 @@ class CircuitBreaker:
 
     def succeeded(self) -> None:
         """A call succeeded (or failed permanently): the downstream answers."""
-        self._calls += 1
         self._failing.clear()
         if self.state is CircuitState.HALF_OPEN:
             log.info("circuit closed: the probe call succeeded")
             self.state = CircuitState.CLOSED
             self.probed.clear()
+        self.alert = self.state is not CircuitState.CLOSED
 
     @property
     def probing(self) -> bool:
         """True while the half-open probe is out: its failure is the outage's, not the event's."""
         return self.state is CircuitState.HALF_OPEN
 
-    def failed(self, key: str, cause: str, now: float) -> bool:
+    def failed(self, key: str, cause: str, now: float, calls: int) -> bool:
         """A call failed transiently; whether that opened the circuit.
 
         A failed probe reopens the circuit; the key is remembered, so the next probe
-        tries another one.
+        tries another one. `calls` is how many calls the current batch has made.
         """
-        self._calls += 1
         self._failed += 1
         self._failing.add(key)
+        self.alert = True
         if self.state is CircuitState.HALF_OPEN:
             self.probed.add(key)
             return self._open(cause, now)
@@ -109,8 +111,8 @@ class CircuitBreaker:
             return self._open(cause, now)
         if (
             self.ratio is not None
-            and self._calls >= self.min_calls
-            and self._failed / self._calls >= self.ratio
+            and calls >= self.min_calls
+            and self._failed / calls >= self.ratio
         ):
             return self._open(cause, now)
         return False

@@ -30,10 +30,13 @@ class Lanes:
         self.ordered = ordered
         self.clock = clock
         self.limiter = anyio.CapacityLimiter(max(1, concurrency))
+        self.held_for_order = 0
+        """Events the last run held back behind an earlier failed event of their lane."""
 
     async def run(self, items: list[Item], deadline: float | None) -> None:
         """Attempt every pending item until each is done, dead, failed, or out of time."""
         attempts, clock, ordered = self.attempts, self.clock, self.ordered
+        self.held_for_order = 0
         pending = [item for item in items if item.state is State.PENDING]
         breaker = attempts.breaker
         # A probe is due: keys whose probe failed before go last (never reordering a lane).
@@ -112,6 +115,7 @@ class Lanes:
             if item.state is State.FAILED and self.ordered:
                 lane.popleft()
                 for later in lane:
+                    self.held_for_order += 1
                     later.fail(
                         FailureKind.HELD_FOR_ORDER,
                         f"an earlier event of partition {item.record.partition_key!r} "

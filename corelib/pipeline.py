@@ -173,8 +173,7 @@ class Pipeline:
         self.metrics.count("received", len(order))
         if fresh and await self._claim(fresh):
             self._step(Step.AFTER_CLAIM, fresh)
-            if self.breaker is not None:
-                self.breaker.start_batch()
+            self._attempts.start_batch()
             await self._lanes.run(fresh, deadline)
             self._report_held_back(fresh)
             self._step(Step.AFTER_PROCESS, fresh)
@@ -344,8 +343,8 @@ class Pipeline:
 
     def _report_held_back(self, items: list[Item]) -> None:
         """One line for the events held back (not one per event: there may be thousands)."""
-        circuit = sum(1 for i in items if i.kind is FailureKind.CIRCUIT_OPEN)
-        order = sum(1 for i in items if i.kind is FailureKind.HELD_FOR_ORDER)
+        circuit = self._attempts.held_back
+        order = self._lanes.held_for_order
         if circuit and self.breaker is not None:
             self.metrics.count("held_back", circuit)
             log.warning(

@@ -119,7 +119,7 @@ class MemoryIdempotencyStore:
         token = str(next(self._tokens))
         expires = now + lease_seconds
         self.rows[key] = (_IN_PROGRESS, token, expires, _NEVER, None, 0, None, None, deliveries)
-        return Claim(key, ClaimStatus.NEW, token, None, expires, deliveries=deliveries)
+        return Claim(key, ClaimStatus.NEW, token, None, expires, None, deliveries)
 
     async def complete(self, completions: Sequence[Completion]) -> list[bool]:
         """Mark keys completed where the fence holds."""
