@@ -445,6 +445,8 @@ class SimulatedQueue:
         """Message ids the redrive policy moved to the dead-letter queue."""
         self.deliveries = 0
         """Messages handed to the handler, redeliveries included."""
+        self.receive_counts: dict[str, int] = {}
+        """Every message's receives so far, kept after it was deleted."""
 
     def send(self, message_id: str, body: str, *, group: str | None = None, seq: int = 0) -> None:
         """Enqueue one message (with `group`, a FIFO message numbered `seq` in its group)."""
@@ -486,6 +488,7 @@ class SimulatedQueue:
         for batch in self._receive(now):
             for message in batch:
                 message.receive_count += 1
+                self.receive_counts[message.message_id] = message.receive_count
             self.deliveries += len(batch)
             event = sqs_event(
                 *(
