@@ -267,6 +267,8 @@ def _sqs(records: Sequence[Mapping[str, Any]]) -> Delivery:
         if notices is not None:
             for notice in notices:
                 inner = _s3_record(notice, f"{where}, ")
+                if isinstance(inner, Event) and _receive_count(attrs) > 1:
+                    inner = inner.model_copy(update={"delivery_count": _receive_count(attrs)})
                 delivery.records.append(inner)
                 item.record_ids.append(inner.id)
             continue
@@ -289,7 +291,7 @@ def _sqs(records: Sequence[Mapping[str, Any]]) -> Delivery:
                         "aws.sequence_number": attrs.get("SequenceNumber"),
                     }
                 ),
-                delivery_count=max(1, int(attrs.get("ApproximateReceiveCount", 1))),
+                delivery_count=_receive_count(attrs),
             )
         except (ValueError, TypeError, ValidationError) as exc:
             record = _invalid(
@@ -302,6 +304,14 @@ def _sqs(records: Sequence[Mapping[str, Any]]) -> Delivery:
         delivery.records.append(record)
         item.record_ids.append(record.id)
     return delivery
+
+
+def _receive_count(attrs: Mapping[str, Any]) -> int:
+    """SQS's `ApproximateReceiveCount`: the platform's count of deliveries (1 if unreadable)."""
+    try:
+        return max(1, int(attrs.get("ApproximateReceiveCount", 1)))
+    except (TypeError, ValueError):
+        return 1
 
 
 def _s3_inside(body: str) -> list[Mapping[str, Any]] | None:

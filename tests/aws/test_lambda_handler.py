@@ -197,6 +197,47 @@ def test_an_sqs_batch_that_failed_entirely_raises_so_the_poller_backs_off(
     ]
 
 
+def test_the_sqs_receive_count_is_each_events_delivery_count() -> None:
+    from onceflow.adapters.aws.decode import decode
+
+    notice = aws.s3_record("bkt", "a.csv", version_id="v1")
+    delivery = decode(
+        aws.sqs_event(
+            aws.sqs_record("m1", "{}", receive_count=4),
+            aws.sqs_record("m2", json.dumps({"Records": [notice]}), receive_count=3),
+            {**aws.sqs_record("m3", "{}"), "attributes": {"ApproximateReceiveCount": "?"}},
+        )
+    )
+    assert [getattr(r, "delivery_count", None) for r in delivery.records] == [4, 3, 1]
+
+
+def test_a_transient_failure_on_the_last_receive_is_dead_lettered() -> None:
+    clock = ManualClock()
+    letters = MemorySink()
+
+    def down(event: Event) -> None:
+        raise ConnectionError("database is unreachable")
+
+    pipeline = Pipeline(
+        down,
+        MemorySink(),
+        MemoryIdempotencyStore(clock=clock),
+        letters,
+        clock=clock,
+        retry=RetryPolicy(attempts=1),
+        max_deliveries=5,
+        breaker=False,
+    )
+    handler = lambda_handler(pipeline)
+    answer = handler(
+        aws.sqs_event(aws.sqs_record("m1", "{}", receive_count=5), aws.sqs_record("m2", "{}")),
+        None,
+    )
+    assert failures(answer) == ["m2"]  # m2 comes again; SQS says m1 came a fifth time
+    [letter] = letters.values()
+    assert "failed 5 deliveries" in letter["message"]
+
+
 def test_a_stream_batch_that_failed_entirely_is_answered_not_raised() -> None:
     world = World()
     records = [aws.kinesis_record(i, b"{}") for i in range(3)]
