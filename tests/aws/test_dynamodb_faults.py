@@ -266,3 +266,21 @@ async def test_upsert_sink_writes_a_custom_item(
     key = unique("src#e")
     await sink.write([output(key, 0, {"v": 1})])
     assert sink.read_all()[output(key, 0, None).output_id] == {"v": 1}
+
+
+@pytest.mark.parametrize("mode", list(DynamoDBMode), ids=[m.value for m in DynamoDBMode])
+@pytest.mark.anyio
+async def test_delivery_counting_costs_one_update_per_failed_key_and_none_for_a_refund(
+    mode: DynamoDBMode, dynamodb_client: Any, dynamodb_tables: Tables
+) -> None:
+    proxy = Meddling(dynamodb_client, "none", lambda call, kwargs: None)
+    store, _ = dynamodb_pipeline_parts(dynamodb_tables("state"), mode=mode, client=proxy)
+    keys = [unique() for _ in range(3)]
+    claims = await store.claim(keys, 30)
+    await store.release(claims[:1], refund=True)
+    assert proxy.calls["update_item"] == (1 if mode.leases else 0)  # a lease still ends
+    await store.release(claims[1:])
+    assert proxy.calls["update_item"] == (3 if mode.leases else 2)
+    again = await store.claim(keys, 30)
+    assert [c.deliveries for c in again] == [1, 2, 2]
+    assert proxy.calls["batch_get_item"] == 2
