@@ -171,7 +171,16 @@ class Pipeline:
             deadline = budget_end if deadline is None else min(deadline, budget_end)
         fresh, order = items_of(records, self.key)
         self.metrics.count("received", len(order))
-        if fresh and await self._claim(fresh):
+        breaker = self.breaker
+        if fresh and breaker is not None and breaker.holding(self.clock.now()):
+            # The circuit is open and cooling down: hand the batch back before claiming
+            # anything, so an outage costs the store nothing and charges no delivery.
+            self._attempts.start_batch()
+            self._lanes.held_for_order = 0
+            for item in fresh:
+                self._attempts.hold_back(item)
+            self._report_held_back(fresh)
+        elif fresh and await self._claim(fresh):
             self._step(Step.AFTER_CLAIM, fresh)
             self._attempts.start_batch()
             await self._lanes.run(fresh, deadline)
