@@ -24,7 +24,7 @@ from onceflow.interfaces import ObjectStore
 from onceflow.pipeline import Pipeline, Step
 from onceflow.records import ObjectInfo
 from onceflow.testing.exactly_once import CrashAt, deliver
-from tests.support.servers import Azurite, MotoServer
+from tests.support.servers import AZURITE_ACCOUNT, AZURITE_KEY, Azurite, MotoServer
 
 BACKENDS = [
     "memory",
@@ -180,3 +180,39 @@ def query(sql: str, **tables: pa.Table) -> list[tuple[Any, ...]]:
         return connection.execute(sql).fetchall()
     finally:
         connection.close()
+
+
+@pytest.fixture(
+    params=[
+        "local",
+        pytest.param("s3", marks=pytest.mark.emulator),
+        pytest.param("azure", marks=pytest.mark.emulator),
+    ]
+)
+def delta_target(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, dict[str, str]]:
+    """A table URI and storage options: local disk, S3 on moto, Blob on Azurite."""
+    name = f"t{uuid.uuid4().hex[:10]}"
+    if request.param == "local":
+        return str(tmp_path / name), {}
+    if request.param == "s3":
+        moto: MotoServer = request.getfixturevalue("moto")
+        bucket = request.getfixturevalue("lake_bucket")
+        return f"s3://{bucket}/{name}", {
+            "AWS_ENDPOINT_URL": moto.endpoint,
+            "AWS_ACCESS_KEY_ID": moto.access_key,
+            "AWS_SECRET_ACCESS_KEY": moto.secret_key,
+            "AWS_REGION": moto.region,
+            "AWS_ALLOW_HTTP": "true",
+            "AWS_CONDITIONAL_PUT": "etag",  # commits by If-None-Match, not an unsafe rename
+        }
+    azurite: Azurite = request.getfixturevalue("azurite_server")
+    container = request.getfixturevalue("lake_container")
+    # delta-rs reads the emulator's address from the environment, not from the options.
+    monkeypatch = request.getfixturevalue("monkeypatch")
+    monkeypatch.setenv("AZURITE_BLOB_STORAGE_URL", f"http://127.0.0.1:{azurite.blob_port}")
+    return f"az://{container}/{name}", {
+        "AZURE_STORAGE_ACCOUNT_NAME": AZURITE_ACCOUNT,
+        "AZURE_STORAGE_ACCOUNT_KEY": AZURITE_KEY,
+        "AZURE_STORAGE_USE_EMULATOR": "true",
+        "AZURE_ALLOW_HTTP": "true",
+    }

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,6 @@ from onceflow.records import Output
 from onceflow.testing import ExactlyOnceContract
 from onceflow.testing.exactly_once import CrashAt, deliver
 from tests.lake.conftest import query
-from tests.support.servers import AZURITE_ACCOUNT, AZURITE_KEY, Azurite, MotoServer
 
 LEASE = 30.0
 SCHEMA = pa.schema([("n", pa.int64()), ("seq", pa.int64()), ("lane", pa.string())])
@@ -54,42 +52,6 @@ def pipeline(sink: DeltaSink, *, ordered: bool, clock: ManualClock) -> Pipeline:
     return Pipeline(
         to_row, sink, store, MemorySink(), ordered=ordered, lease_seconds=LEASE, clock=clock
     )
-
-
-@pytest.fixture(
-    params=[
-        "local",
-        pytest.param("s3", marks=pytest.mark.emulator),
-        pytest.param("azure", marks=pytest.mark.emulator),
-    ]
-)
-def delta_target(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, dict[str, str]]:
-    """A table URI and storage options: local disk, S3 on moto, Blob on Azurite."""
-    name = f"t{uuid.uuid4().hex[:10]}"
-    if request.param == "local":
-        return str(tmp_path / name), {}
-    if request.param == "s3":
-        moto: MotoServer = request.getfixturevalue("moto")
-        bucket = request.getfixturevalue("lake_bucket")
-        return f"s3://{bucket}/{name}", {
-            "AWS_ENDPOINT_URL": moto.endpoint,
-            "AWS_ACCESS_KEY_ID": moto.access_key,
-            "AWS_SECRET_ACCESS_KEY": moto.secret_key,
-            "AWS_REGION": moto.region,
-            "AWS_ALLOW_HTTP": "true",
-            "AWS_CONDITIONAL_PUT": "etag",  # commits by If-None-Match, not an unsafe rename
-        }
-    azurite: Azurite = request.getfixturevalue("azurite_server")
-    container = request.getfixturevalue("lake_container")
-    # delta-rs reads the emulator's address from the environment, not from the options.
-    monkeypatch = request.getfixturevalue("monkeypatch")
-    monkeypatch.setenv("AZURITE_BLOB_STORAGE_URL", f"http://127.0.0.1:{azurite.blob_port}")
-    return f"az://{container}/{name}", {
-        "AZURE_STORAGE_ACCOUNT_NAME": AZURITE_ACCOUNT,
-        "AZURE_STORAGE_ACCOUNT_KEY": AZURITE_KEY,
-        "AZURE_STORAGE_USE_EMULATOR": "true",
-        "AZURE_ALLOW_HTTP": "true",
-    }
 
 
 @pytest.mark.anyio

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,6 @@ from onceflow.lake.manifest import join
 from onceflow.lake.symlinks import dataset_location
 from onceflow.pipeline import Pipeline
 from tests.lake.conftest import CrashingStore, as_any, click_batches, crash_and_redeliver, query
-from tests.support.servers import AZURITE_ACCOUNT, AZURITE_KEY, Azurite, MotoServer
 
 LEASE = 30.0
 CLICKS = pa.schema([("user", pa.string()), ("n", pa.int64())])
@@ -94,41 +92,6 @@ async def test_the_symlink_manifest_lists_each_row_once_after_crashes(
     assert query(sql, t=await tables(lake_store, left)) == [(300, 300)]
     again = await compact_dataset(lake_store, "clicks")
     assert again.partitions == 0 and not again.published.written  # nothing changed
-
-
-@pytest.fixture(
-    params=[
-        "local",
-        pytest.param("s3", marks=pytest.mark.emulator),
-        pytest.param("azure", marks=pytest.mark.emulator),
-    ]
-)
-def delta_target(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, dict[str, str]]:
-    """A table URI and storage options: local disk, S3 on moto, Blob on Azurite."""
-    name = f"t{uuid.uuid4().hex[:10]}"
-    if request.param == "local":
-        return str(tmp_path / name), {}
-    if request.param == "s3":
-        moto: MotoServer = request.getfixturevalue("moto")
-        bucket = request.getfixturevalue("lake_bucket")
-        return f"s3://{bucket}/{name}", {
-            "AWS_ENDPOINT_URL": moto.endpoint,
-            "AWS_ACCESS_KEY_ID": moto.access_key,
-            "AWS_SECRET_ACCESS_KEY": moto.secret_key,
-            "AWS_REGION": moto.region,
-            "AWS_ALLOW_HTTP": "true",
-            "AWS_CONDITIONAL_PUT": "etag",
-        }
-    azurite: Azurite = request.getfixturevalue("azurite_server")
-    container = request.getfixturevalue("lake_container")
-    monkeypatch = request.getfixturevalue("monkeypatch")
-    monkeypatch.setenv("AZURITE_BLOB_STORAGE_URL", f"http://127.0.0.1:{azurite.blob_port}")
-    return f"az://{container}/{name}", {
-        "AZURE_STORAGE_ACCOUNT_NAME": AZURITE_ACCOUNT,
-        "AZURE_STORAGE_ACCOUNT_KEY": AZURITE_KEY,
-        "AZURE_STORAGE_USE_EMULATOR": "true",
-        "AZURE_ALLOW_HTTP": "true",
-    }
 
 
 @pytest.mark.anyio
