@@ -39,14 +39,16 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--max-retries",
         type=int,
-        default=3,
-        help="MaximumRetryAttempts (streams) or maxReceiveCount (SQS)",
+        default=-1,
+        help="MaximumRetryAttempts (streams) or maxReceiveCount (SQS); the default, -1, "
+        "leaves giving up to the pipeline's max_deliveries, so an outage never makes "
+        "Lambda discard records (SQS: 100 receives)",
     )
     parser.add_argument(
         "--max-record-age",
         type=int,
-        default=3600,
-        help="MaximumRecordAgeInSeconds for stream records",
+        default=-1,
+        help="MaximumRecordAgeInSeconds for stream records (-1: the stream's retention)",
     )
     parser.add_argument("--timeout", type=int, default=120, help="function timeout, seconds")
     parser.add_argument("--memory", type=int, default=1024, help="function memory, MB")
@@ -82,6 +84,10 @@ def _run(args: argparse.Namespace) -> int:
     )
     print(json.dumps(doc, indent=2))
     return 0
+
+
+SQS_RECEIVES = 100
+"""maxReceiveCount when the pipeline's max_deliveries decides (SQS allows 1 to 1,000)."""
 
 
 def _arn(name: str) -> dict[str, Any]:
@@ -215,8 +221,10 @@ def template(
     }
     if source == "s3":
         resources["Processor"]["Properties"]["EventInvokeConfig"] = {
-            "MaximumRetryAttempts": min(max_retries, 2),
-            "MaximumEventAgeInSeconds": max(60, min(max_record_age, 21_600)),
+            "MaximumRetryAttempts": 2 if max_retries < 0 else min(max_retries, 2),
+            "MaximumEventAgeInSeconds": 21_600
+            if max_record_age < 0
+            else max(60, min(max_record_age, 21_600)),
             "DestinationConfig": {
                 "OnFailure": {"Type": "SQS", "Destination": _arn("DeadLetterQueue")}
             },
@@ -315,7 +323,8 @@ def _trigger(
             "VisibilityTimeout": 900,
             "RedrivePolicy": {
                 "deadLetterTargetArn": _arn("SourceDeadLetterQueue"),
-                "maxReceiveCount": max(1, max_retries + 1),
+                # Receives the open circuit hands back count too: leave room for an outage.
+                "maxReceiveCount": SQS_RECEIVES if max_retries < 0 else max(1, max_retries + 1),
             },
         }
         dead: dict[str, Any] = {"MessageRetentionPeriod": 1_209_600, "SqsManagedSseEnabled": True}

@@ -51,6 +51,17 @@ def test_stream_trigger_reports_partial_failures(capsys: pytest.CaptureFixture[s
         "Fn::GetAtt": ["DeadLetterQueue", "Arn"]
     }
     assert function["Handler"] == "examples.orders.lambda_function.handler"
+    default = render(capsys, "--source", "kinesis")["Resources"]["Processor"]["Properties"]
+    # By default Lambda never discards a record: the pipeline's max_deliveries decides.
+    assert default["Events"]["Trigger"]["Properties"]["MaximumRetryAttempts"] == -1
+    assert default["Events"]["Trigger"]["Properties"]["MaximumRecordAgeInSeconds"] == -1
+    sqs = render(capsys, "--source", "sqs")["Resources"]
+    queue = next(
+        r
+        for r in sqs.values()
+        if r["Type"] == "AWS::SQS::Queue" and "RedrivePolicy" in r["Properties"]
+    )
+    assert queue["Properties"]["RedrivePolicy"]["maxReceiveCount"] == 100
     ttl = resources["StateTable"]["Properties"]["TimeToLiveSpecification"]
     assert ttl == {"AttributeName": "expires_at", "Enabled": True}
 
