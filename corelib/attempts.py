@@ -15,7 +15,7 @@ from onceflow.breaker import CircuitBreaker, RateLimit
 from onceflow.errors import DecodeError, PermanentError
 from onceflow.event import Event
 from onceflow.failures import FailureKind
-from onceflow.identity import output_id
+from onceflow.identity import first_output_id, output_id
 from onceflow.interfaces import Clock, Metrics
 from onceflow.records import InvalidRecord, Output
 from onceflow.retry import RetryPolicy
@@ -64,7 +64,8 @@ class Attempts:
         """Run one attempt; for an async processor, the awaitable that completes it."""
         record = item.record
         breaker = self.breaker
-        if breaker is not None and breaker.alert and not breaker.allow(now):
+        alert = breaker is not None and breaker.alert
+        if alert and breaker is not None and not breaker.allow(now):
             self.hold_back(item)
             return None
         self.calls += 1
@@ -75,9 +76,9 @@ class Attempts:
             if isinstance(record, InvalidRecord):
                 raise DecodeError(record.reason)
             produced = self.process(record)
-            if self.is_async:
-                return self._finish(item, produced)
             if type(produced) is not dict and inspect.isawaitable(produced):
+                if self.is_async:
+                    return self._finish(item, produced)
                 raise PermanentError(
                     "process() returned an awaitable but is not declared `async def`; "
                     "declare it async so the pipeline awaits it"
@@ -87,7 +88,7 @@ class Attempts:
             self.failed(item, exc)
         else:
             item.state = State.DONE
-            if breaker is not None and breaker.alert:
+            if alert and breaker is not None:
                 breaker.succeeded()
         return None
 
@@ -192,7 +193,7 @@ def outputs_of(item: Item, produced: Any) -> list[Output]:
             raise UnstorableValue(f"output 0 cannot be stored: {exc}") from None
         return [
             Output(
-                output_id(key, 0), key, record.id, 0, plain, record.partition_key, time,
+                first_output_id(key), key, record.id, 0, plain, record.partition_key, time,
                 record.sequence,
             )
         ]  # fmt: skip

@@ -58,7 +58,7 @@ class Completions:
     def __init__(self, check_payload: bool) -> None:
         self.check_payload = check_payload
 
-    def __call__(self, item: Item) -> Completion:
+    def of(self, item: Item) -> Completion:
         """The completion of `item`'s claim with the outcome its state says."""
         assert item.claim is not None
         record = item.record
@@ -218,7 +218,8 @@ class AtomicCommit:
 
     async def _send(self, items: list[Item]) -> None:
         outputs = self.writer.outputs(items)
-        completions = [self.completions(item) for item in items]
+        completion = self.completions.of
+        completions = [completion(item) for item in items]
         accepted = await self.writer.call(
             "commit", partial(self.sink.write_and_complete, self.store, outputs, completions)
         )
@@ -330,7 +331,8 @@ class Committer:
             hook(Step.AFTER_COMPLETE, in_state(items, State.DONE, State.DEAD))
 
     async def _complete(self, items: list[Item]) -> None:
-        completions = [self.completions(item) for item in items]
+        completion = self.completions.of
+        completions = [completion(item) for item in items]
         try:
             accepted = await self.call("complete", partial(self.store.complete, completions))
         except Exception as exc:

@@ -11,6 +11,7 @@ __all__ = [
     "SEPARATOR",
     "dead_letter_id",
     "event_key",
+    "first_output_id",
     "key_parts",
     "output_id",
     "output_suffix",
@@ -22,14 +23,23 @@ SEPARATOR = "#"
 DEAD_LETTER = "dead-letter"
 
 
+# The builders below spell SEPARATOR out: they run several times per event, and a literal
+# costs nothing where a module global is a lookup each time.
+
+
 def event_key(source: str, event_id: str) -> str:
     """The default idempotency key of an event: its source and id."""
-    return f"{source}{SEPARATOR}{event_id}"
+    return f"{source}#{event_id}"
 
 
 def output_id(key: str, index: int) -> str:
     """The id of output number `index` of the event with idempotency key `key`."""
-    return f"{key}{SEPARATOR}{index}"
+    return f"{key}#{index}"
+
+
+def first_output_id(key: str) -> str:
+    """`output_id(key, 0)`, the common case, without formatting the number."""
+    return key + "#0"
 
 
 def dead_letter_id(key: str) -> str:
