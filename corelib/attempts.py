@@ -53,8 +53,6 @@ class Attempts:
         self.clock = clock
         self.metrics = metrics
         self.breaker = breaker
-        self.calls = 0
-        """Processor calls made in the current batch (for the breaker's ratio rule)."""
         self.held_back = 0
         """Events the open circuit handed back in the current batch."""
         self.rate = rate
@@ -68,7 +66,6 @@ class Attempts:
         if alert and breaker is not None and not breaker.allow(now):
             self.hold_back(item)
             return None
-        self.calls += 1
         item.attempts += 1
         if item.first_attempt_at is None:
             item.first_attempt_at = now
@@ -103,8 +100,7 @@ class Attempts:
                 self.breaker.succeeded()
 
     def start_batch(self) -> None:
-        """Reset the per-batch counts (calls, events held back)."""
-        self.calls = 0
+        """Reset the per-batch counts (events held back, the breaker's ratio)."""
         self.held_back = 0
         if self.breaker is not None:
             self.breaker.start_batch()
@@ -141,7 +137,7 @@ class Attempts:
                 # first time. A key whose probe failed before is charged: it may be the
                 # poison pill, and the next probe tries another key.
                 item.probe_failed = True
-            if breaker.failed(item.key, text, self.clock.now(), self.calls):
+            if breaker.failed(item.key, text, self.clock.now()):
                 self.metrics.count("circuit_open")
         if self.retry.exhausted(item.attempts):
             deliveries = self.deliveries(item)

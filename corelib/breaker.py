@@ -32,13 +32,13 @@ class CircuitState(enum.Enum):
 class CircuitBreaker:
     """Stops calling the processor when transient failures of distinct keys pile up.
 
-    It opens after `failures` consecutive transient failures of distinct keys, or once at
-    least `min_calls` calls of the current batch have been made and a `ratio` share of them
-    failed transiently (what an ordered stream with few lanes shows: every lane's head
-    failing). `ratio=None` turns the second rule off. While open, the pipeline hands events back for
-    redelivery without charging them a delivery; after `cool_down` seconds one probe call
-    goes through (half-open) and its outcome closes the circuit or opens it again.
-    Permanent errors (poison pills) are not outages and do not count.
+    It opens after `failures` consecutive transient failures of distinct keys, or when, of
+    the calls a batch made since its first transient failure, at least `min_calls` were
+    made and a `ratio` share failed (what an ordered stream with few lanes shows: every
+    lane's head failing); `ratio=None` turns that rule off. While open, the pipeline hands
+    events back for redelivery without charging them a delivery; after `cool_down` seconds
+    one probe call goes through (half-open) and its outcome closes the circuit or opens it
+    again. Permanent errors (poison pills) are not outages and do not count.
     """
 
     failures: int = 10
@@ -56,10 +56,11 @@ class CircuitBreaker:
     """Keys whose probe failed while the circuit was open (cleared when it closes)."""
     _failing: set[str] = field(default_factory=set, init=False, repr=False)
     _failed: int = field(default=0, init=False, repr=False)
+    _calls: int = field(default=0, init=False, repr=False)
 
     def start_batch(self) -> None:
-        """Reset the per-batch count of failures the ratio rule reads."""
-        self._failed = 0
+        """Reset the per-batch counts the ratio rule reads."""
+        self._failed = self._calls = 0
 
     def allow(self, now: float) -> bool:
         """Whether a processor call may go through now (half-opening after the cool-down)."""
@@ -81,6 +82,7 @@ class CircuitBreaker:
 
     def succeeded(self) -> None:
         """A call succeeded (or failed permanently): the downstream answers."""
+        self._calls += 1
         self._failing.clear()
         if self.state is CircuitState.HALF_OPEN:
             log.info("circuit closed: the probe call succeeded")
@@ -93,12 +95,13 @@ class CircuitBreaker:
         """True while the half-open probe is out: its failure is the outage's, not the event's."""
         return self.state is CircuitState.HALF_OPEN
 
-    def failed(self, key: str, cause: str, now: float, calls: int) -> bool:
+    def failed(self, key: str, cause: str, now: float) -> bool:
         """A call failed transiently; whether that opened the circuit.
 
         A failed probe reopens the circuit; the key is remembered, so the next probe
-        tries another one. `calls` is how many calls the current batch has made.
+        tries another one.
         """
+        self._calls += 1
         self._failed += 1
         self._failing.add(key)
         self.alert = True
@@ -111,8 +114,8 @@ class CircuitBreaker:
             return self._open(cause, now)
         if (
             self.ratio is not None
-            and calls >= self.min_calls
-            and self._failed / calls >= self.ratio
+            and self._calls >= self.min_calls
+            and self._failed / self._calls >= self.ratio
         ):
             return self._open(cause, now)
         return False

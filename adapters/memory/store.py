@@ -56,6 +56,7 @@ class MemoryWrites(Mapping[str, Sequence[Output]]):
 # every full collection. (status, token, lease_expires_at, expires_at, outcome fields...,
 # deliveries)
 _Row = tuple[str, str, float, float, str | None, int, str | None, str | None, int]
+_NEW = ClaimStatus.NEW
 _IN_PROGRESS = ClaimStatus.IN_PROGRESS.value
 _COMPLETED = ClaimStatus.COMPLETED.value
 _NEVER = float("inf")
@@ -119,7 +120,9 @@ class MemoryIdempotencyStore:
         token = str(next(self._tokens))
         expires = now + lease_seconds
         self.rows[key] = (_IN_PROGRESS, token, expires, _NEVER, None, 0, None, None, deliveries)
-        return Claim(key, ClaimStatus.NEW, token, None, expires, None, deliveries)
+        if deliveries == 1:  # the common case: the default keeps the tuple short to build
+            return Claim(key, _NEW, token, None, expires)
+        return Claim(key, _NEW, token, None, expires, None, deliveries)
 
     async def complete(self, completions: Sequence[Completion]) -> list[bool]:
         """Mark keys completed where the fence holds."""
