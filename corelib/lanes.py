@@ -98,19 +98,25 @@ class Lanes:
 
     async def _advance(self, lane: deque[Item], now: float, deadline: float | None) -> None:
         """Run the lane from its head until it empties, its head must wait, or time runs out."""
+        attempt, rate, clock, pending = (
+            self.attempts.attempt,
+            self.attempts.rate,
+            self.clock,
+            State.PENDING,
+        )
         while lane:
             item = lane[0]
-            if item.state is State.PENDING:
+            if item.state is pending:
                 if item.ready_at > now:
                     return
-                if deadline is not None and self.clock.now() >= deadline:
+                if deadline is not None and clock.now() >= deadline:
                     return  # the caller fails what is left once it sees the deadline
-                if self.attempts.rate is not None:
-                    await self.attempts.rate.acquire(self.clock)
-                finishing = self.attempts.attempt(item, now)
+                if rate is not None:
+                    await rate.acquire(clock)
+                finishing = attempt(item, now)
                 if finishing is not None:
                     await finishing
-                if item.state is State.PENDING:
+                if item.state is pending:
                     return  # waiting for a retry; in ordered mode the lane waits with it
             if item.state is State.FAILED and self.ordered:
                 lane.popleft()
