@@ -216,3 +216,11 @@ def delta_target(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, d
         "AZURE_STORAGE_USE_EMULATOR": "true",
         "AZURE_ALLOW_HTTP": "true",
     }
+
+
+def values_by_output_id(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """A table's rows as a sink's contents: each output's own columns, by output id."""
+    return {
+        row["_output_id"]: {k: v for k, v in row.items() if v is not None and k[0] != "_"}
+        for row in rows
+    }

@@ -20,7 +20,7 @@ from onceflow.pipeline import Pipeline, Step
 from onceflow.records import Output
 from onceflow.testing import ExactlyOnceContract
 from onceflow.testing.exactly_once import CrashAt, deliver
-from tests.lake.conftest import query
+from tests.lake.conftest import query, values_by_output_id
 
 LEASE = 30.0
 SCHEMA = pa.schema([("n", pa.int64()), ("seq", pa.int64()), ("lane", pa.string())])
@@ -197,10 +197,7 @@ async def read_delta_sink(sink: Any) -> dict[str, Any]:
         rows = read_delta(sink.table_uri).to_pylist()
     except TableNotFoundError:
         return {}
-    return {
-        row["_output_id"]: {k: v for k, v in row.items() if v is not None and k[0] != "_"}
-        for row in rows
-    }
+    return values_by_output_id(rows)
 
 
 class TestDeltaSinkExactlyOnce(ExactlyOnceContract):

@@ -21,7 +21,7 @@ from onceflow.pipeline import Pipeline, Step
 from onceflow.records import Output
 from onceflow.testing import ExactlyOnceContract
 from onceflow.testing.exactly_once import CrashAt, deliver
-from tests.lake.conftest import click_batches, crash_and_redeliver, query
+from tests.lake.conftest import click_batches, crash_and_redeliver, query, values_by_output_id
 from tests.support.servers import AZURITE_ACCOUNT, AZURITE_KEY, Azurite, MotoServer
 
 LEASE = 30.0
@@ -232,10 +232,7 @@ async def read_iceberg_sink(sink: Any) -> dict[str, Any]:
         rows = read_iceberg(sink.catalog, sink.identifier).to_pylist()
     except Exception:  # no table yet: nothing written
         return {}
-    return {
-        row["_output_id"]: {k: v for k, v in row.items() if v is not None and k[0] != "_"}
-        for row in rows
-    }
+    return values_by_output_id(rows)
 
 
 class TestIcebergSinkExactlyOnce(ExactlyOnceContract):
