@@ -24,9 +24,9 @@ from onceflow.adapters.aws import DynamoDBMode, dynamodb_pipeline_parts, lambda_
 from onceflow.adapters.aws import testing as aws
 from onceflow.adapters.aws.dynamodb_types import from_wire
 from onceflow.adapters.memory import ManualClock, MemorySink
-from onceflow.records import Output
 from onceflow.retry import Backoff
 from tests.aws.moto_clients import SerializedClient
+from tests.aws.test_outages import applied_once
 from tests.support.servers import MotoServer
 
 pytestmark = pytest.mark.emulator
@@ -116,19 +116,6 @@ class Flaky:
         if n % 10 == 0 and self.seen[n] == 1:
             raise ConnectionError("blip")
         return {"n": n}
-
-
-def applied_once(ns: str) -> Callable[[Output], dict[str, Any]]:
-    def action(output: Output) -> dict[str, Any]:
-        return {
-            "Update": {
-                "Key": {"pk": f"{ns}#n#{output.value['n']}"},
-                "UpdateExpression": "ADD applied :one",
-                "ExpressionAttributeValues": {":one": 1},
-            }
-        }
-
-    return action
 
 
 @pytest.mark.parametrize("mode", list(DynamoDBMode), ids=[m.value for m in DynamoDBMode])
