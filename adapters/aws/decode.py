@@ -96,15 +96,22 @@ def decode(payload: Any) -> Delivery:
 # -- Kinesis ----------------------------------------------------------------------------
 
 
+def _stream_record(
+    raw: Mapping[str, Any], index: int, service: str, sequence_field: str
+) -> tuple[str, Mapping[str, Any], str, str, str]:
+    """A stream record's (ARN, body, sequence number, record id, where people find it)."""
+    arn = str(raw.get("eventSourceARN", f"aws:{service}"))
+    body = raw.get(service) or {}
+    seq = str(body.get(sequence_field, ""))
+    # eventID is shard + sequence number: unique across the shards of a stream.
+    record_id = str(raw.get("eventID") or seq or f"record-{index}")
+    return arn, body, seq, record_id, f"{arn} sequence {seq or '?'}"
+
+
 def _kinesis(records: Sequence[Mapping[str, Any]]) -> Delivery:
     delivery = Delivery("kinesis")
     for index, raw in enumerate(records):
-        arn = str(raw.get("eventSourceARN", "aws:kinesis"))
-        body = raw.get("kinesis") or {}
-        seq = str(body.get("sequenceNumber", ""))
-        # eventID is shard + sequence number: unique across the shards of a stream.
-        record_id = str(raw.get("eventID") or seq or f"record-{index}")
-        where = f"{arn} sequence {seq or '?'}"
+        arn, body, seq, record_id, where = _stream_record(raw, index, "kinesis", "sequenceNumber")
         item = Item(seq or record_id, [])
         delivery.items.append(item)
         try:
@@ -186,11 +193,7 @@ def dynamodb_change(event: Event) -> DynamoDBChange:
 def _dynamodb(records: Sequence[Mapping[str, Any]]) -> Delivery:
     delivery = Delivery("dynamodb")
     for index, raw in enumerate(records):
-        arn = str(raw.get("eventSourceARN", "aws:dynamodb"))
-        body = raw.get("dynamodb") or {}
-        seq = str(body.get("SequenceNumber", ""))
-        record_id = str(raw.get("eventID") or seq or f"record-{index}")
-        where = f"{arn} sequence {seq or '?'}"
+        arn, body, seq, record_id, where = _stream_record(raw, index, "dynamodb", "SequenceNumber")
         doc = {"eventName": raw.get("eventName"), "dynamodb": body}
         data = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
         record: Record
