@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -107,6 +108,9 @@ class ManifestLog:
         after that version already removed one of the files in `remove`.
         """
         removed = sorted(set(remove))
+        # A commit id in the entry lets a retry recognise its own entry when the reply to a
+        # put that succeeded was lost (the retried put finds the version taken).
+        commit_id = uuid.uuid4().hex
         if self._next is None:
             versions, _ = await self._listing()
             self._next = (versions[-1] + 1) if versions else 1
@@ -115,6 +119,7 @@ class ManifestLog:
             "committed_at": time.time(),
             "add": [asdict(f) for f in add],
             "remove": removed,
+            "commit_id": commit_id,
         }
         if base_version is not None and removed:
             await self._check_conflicts(base_version + 1, self._next, removed)
@@ -122,7 +127,7 @@ class ManifestLog:
             version = self._next
             body["version"] = version
             data = json.dumps(body, separators=(",", ":")).encode()
-            if await self.store.put_if_absent(self._entry(version), data):
+            if await self._put(version, data, commit_id):
                 self._next = version + 1
                 break
             if base_version is not None and removed:
@@ -131,6 +136,26 @@ class ManifestLog:
         if self.checkpoint_every and version % self.checkpoint_every == 0:
             await self._write_checkpoint(version)
         return version
+
+    async def _put(self, version: int, data: bytes, commit_id: str) -> bool:
+        """Create the entry at `version`; whether this commit's entry is there now."""
+        try:
+            if await self.store.put_if_absent(self._entry(version), data):
+                return True
+        except Exception:
+            # The put may have landed with its reply lost: only our own entry there says so.
+            if await self._holds(version, commit_id):
+                return True
+            raise
+        return await self._holds(version, commit_id)
+
+    async def _holds(self, version: int, commit_id: str) -> bool:
+        """Whether the entry at `version` is the one this commit wrote."""
+        try:
+            entry = json.loads(await self.store.get(self._entry(version)))
+        except FileNotFoundError:
+            return False
+        return bool(entry.get("commit_id") == commit_id)
 
     async def _check_conflicts(self, start: int, stop: int, removed: list[str]) -> None:
         wanted = set(removed)

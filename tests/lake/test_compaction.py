@@ -198,3 +198,40 @@ async def test_compaction_streams_files_of_two_schema_versions_into_one() -> Non
     assert pq.ParquetFile(pa.BufferReader(body)).num_row_groups == 1
     rows = await read_dataset(store, "ds", partitions={"hr": "10"})
     assert query("select count(*), count(country) from t", t=rows) == [(19, 4)]
+
+
+class LostReplies(MemoryObjectStore):
+    """A store whose first manifest put lands but whose reply is lost (raised or retried)."""
+
+    def __init__(self, *, retried: bool) -> None:
+        super().__init__()
+        self.retried = retried
+        self.lost = 0
+
+    async def put_if_absent(self, path: str, data: bytes) -> bool:
+        landed = await super().put_if_absent(path, data)
+        if "_manifest/" in path and landed and not self.lost:
+            self.lost += 1
+            if not self.retried:
+                raise ConnectionResetError("reply lost")
+            # The client retried the put it never heard back from: the object is there now.
+            return await super().put_if_absent(path, data)
+        return landed
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("retried", [False, True], ids=["raised", "retried"])
+async def test_a_compaction_whose_manifest_reply_was_lost_recognises_its_own_entry(
+    retried: bool,
+) -> None:
+    plain = MemoryObjectStore()
+    await small_files(plain, batches=6)
+    store = LostReplies(retried=retried)
+    store._objects.update(plain._objects)
+    before = await ManifestLog(store, "ds").snapshot()
+    report = await compact_dataset(store, "ds")
+    assert store.lost == 1 and report.files_after == 2
+    after = await ManifestLog(store, "ds").snapshot()
+    # One entry per partition's swap, not a second copy of one at the next version.
+    assert after.version == before.version + 2
+    assert (await read_dataset(store, "ds", verify=True)).num_rows == 60
