@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 
-.PHONY: demo test lint typecheck bench clean constraints layout
+.PHONY: demo test lint typecheck bench clean constraints layout dist
 
 $(BIN)/activate:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "onceflow needs Python 3.11+"'
@@ -43,6 +43,15 @@ $(VENV)/.test-installed: pyproject.toml constraints.txt | $(BIN)/activate
 	$(STAMP_LAYOUT)
 	touch $@
 
+# aws-sam-cli pins old versions of boto3, pydantic and more: it gets a venv of its own,
+# and the tests run `sam build` from there (tests/aws/test_runtime.py).
+SAM_VENV := .venv-sam
+$(SAM_VENV)/.installed: constraints-sam.txt
+	$(PYTHON) -m venv $(SAM_VENV)
+	$(SAM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(SAM_VENV)/bin/python -m pip install --quiet -c constraints-sam.txt aws-sam-cli
+	touch $@
+
 node_modules/.installed: package.json package-lock.json
 	bash scripts/install-emulators.sh
 	touch $@
@@ -51,7 +60,7 @@ demo: $(VENV)/.demo-installed $(VENV)/.layout-$(LAYOUT)
 	bash examples/orders/demo.sh
 
 # Lint and types first, then the suite, whose summary stays the last line printed.
-test: $(VENV)/.test-installed $(VENV)/.layout-$(LAYOUT) node_modules/.installed
+test: $(VENV)/.test-installed $(VENV)/.layout-$(LAYOUT) node_modules/.installed $(SAM_VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -67,8 +76,14 @@ typecheck: $(VENV)/.test-installed $(VENV)/.layout-$(LAYOUT)
 bench: $(VENV)/.test-installed $(VENV)/.layout-$(LAYOUT)
 	$(PY) benchmarks/core_overhead.py
 
+# The wheel and sdist a user installs (`pip install dist/onceflow-*.whl`), checked by twine.
+dist: $(VENV)/.test-installed
+	rm -rf dist
+	$(PY) -m build --outdir dist .
+	$(BIN)/twine check --strict dist/*
+
 constraints: $(VENV)/.test-installed
 	$(PY) -m pip freeze --all --exclude-editable | grep -v "^pip==" > constraints.txt
 
 clean:
-	rm -rf $(VENV) build node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis .demo
+	rm -rf $(VENV) $(SAM_VENV) build dist node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis .demo

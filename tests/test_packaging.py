@@ -7,6 +7,7 @@ directory does, and check that a user's own `adapters` and `corelib` packages st
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import onceflow
+from tests.support.dist import Dist, built_dist
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = {"onceflow": ROOT / "corelib", "onceflow.adapters": ROOT / "adapters"}
@@ -35,17 +37,15 @@ def run(code: str, *, cwd: Path, path: Path | None = None) -> str:
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The distribution's wheel, built from this checkout by `python -m build`."""
-    out = tmp_path_factory.mktemp("dist")
-    subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out)],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-    )
-    [built] = out.glob("onceflow-*.whl")
-    return built
+def dist(tmp_path_factory: pytest.TempPathFactory) -> Dist:
+    """The sdist and the wheel built from it, by `python -m build` as `make dist` runs it."""
+    return built_dist(tmp_path_factory.mktemp("dist"))
+
+
+@pytest.fixture(scope="module")
+def wheel(dist: Dist) -> Path:
+    """The distribution's wheel."""
+    return dist.wheel
 
 
 def user_project(folder: Path) -> Path:
@@ -139,3 +139,33 @@ def test_no_module_imports_the_folder_names() -> None:
     assert int(count) > 50
     assert strays == "[]"
     assert Path(onceflow.__file__).resolve().parent == FOLDERS["onceflow"]
+
+
+def test_the_build_warns_of_nothing_and_twine_accepts_both_files(dist: Dist) -> None:
+    # setuptools reports deprecated configuration as SetuptoolsDeprecationWarning lines.
+    assert "deprecat" not in dist.log.lower(), dist.log
+    twine = [sys.executable, "-m", "twine", "check", "--strict", str(dist.sdist), str(dist.wheel)]
+    checked = subprocess.run(twine, capture_output=True, text=True, check=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_every_extra_resolves_from_the_wheel(tmp_path: Path, wheel: Path) -> None:
+    # What `pip install 'onceflow[aws] @ <wheel or git URL>'` resolves, offline: every
+    # requirement of every extra must be satisfiable (here, by what the suite installed).
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    names = ",".join(sorted(extras["optional-dependencies"]))
+    report = tmp_path / "report.json"
+    pip = [sys.executable, "-m", "pip", "install", "--dry-run", "--no-index", "--quiet"]
+    done = subprocess.run(
+        [*pip, "--report", str(report), f"onceflow[{names}] @ {wheel.as_uri()}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    [install] = json.loads(report.read_text())["install"]
+    assert install["metadata"]["name"] == "onceflow"
+    assert sorted(install["requested_extras"]) == sorted(extras["optional-dependencies"])
+    [meta] = [n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".dist-info/METADATA")]
+    metadata = zipfile.ZipFile(wheel).read(meta)
+    assert b"Requires-Dist: boto3" in metadata and b"Provides-Extra: aws" in metadata
