@@ -38,6 +38,9 @@ log = logging.getLogger("onceflow.azure")
 _NO_CONTEXT = typing.cast(func.Context, None)
 _TRACKED_BATCHES = 1024  # batches whose invocations a worker counts without a retry context
 
+Batch = tuple[str, str, int]
+"""A batch as the host delivers it again: its first and last event ids and its size."""
+
 
 class BatchFailed(OnceflowError):
     """Raised from a function so the host delivers the invocation again."""
@@ -95,8 +98,10 @@ class FunctionHandler:
     def __init__(self, pipeline: Pipeline | Callable[[], Pipeline], trigger: Trigger) -> None:
         self.trigger = trigger
         self._pipeline = built_once(pipeline, self._check)
-        self._invocations: OrderedDict[tuple[str, str, int], int] = OrderedDict()
+        self._invocations: OrderedDict[Batch, int] = OrderedDict()
         """Invocations so far of batches still failing, when no retry context says."""
+        self._leased_since: OrderedDict[Batch, float] = OrderedDict()
+        """When this worker first found a batch's events leased by another worker."""
 
     @property
     def pipeline(self) -> Pipeline:
@@ -146,7 +151,7 @@ class FunctionHandler:
         assert isinstance(trigger, EventHubTrigger)
         if not records:
             return True
-        batch = (records[0].id, records[-1].id, len(records))
+        batch = _batch(records)
         tries = self._invocations.pop(batch, 0)
         if tries < trigger.max_retry_count:
             self._invocations[batch] = tries + 1
@@ -163,15 +168,24 @@ class FunctionHandler:
         What still fails raises `BatchFailed` (the function's retry policy runs the same
         events again), unless `last_try`: then it is dead-lettered as `Undelivered` and
         reported among the result's `dead_lettered`, its failure of kind
-        `FailureKind.UNDELIVERED`. Raises `BatchFailed` too when that write fails.
+        `FailureKind.UNDELIVERED`. Raises `BatchFailed` too when that write fails. An
+        event another worker's lease holds back is never dead-lettered: on the last try
+        the batch is held until such leases lapse (`Pipeline.lease_seconds` after this
+        worker first met them), and one leased again by a live worker raises.
         """
         pipeline = self.pipeline
-        settled = await pipeline.redeliver(records, deadline=pipeline.clock.now() + retry_seconds)
+        started = pipeline.clock.now()
+        settled = await pipeline.redeliver(records, deadline=started + retry_seconds)
+        if settled.failed and _leased(settled):
+            since = self._note_leased(records, started)
+            if last_try:
+                settled = await self._outwait_leases(records, settled, since, retry_seconds)
         if not settled.failed:
             self._forget(records)
             return settled
         by_id = {r.id: r for r in records}
-        if not last_try:
+        leased = _leased(settled)
+        if not last_try or leased:
             sample = "; ".join(
                 settled.failures[rid].text for rid in settled.failed[:3] if rid in settled.failures
             )
@@ -182,14 +196,39 @@ class FunctionHandler:
                 retry_seconds,
                 sample,
             )
+            if last_try:
+                # Leased again after the lease we waited out lapsed: a live worker took
+                # them and commits them. Dead-lettering them would report unprocessed
+                # events as lost (or, once that worker commits, as lost and applied).
+                await self._dead_letter_undelivered(
+                    settled,
+                    [rid for rid in settled.failed if rid not in leased],
+                    by_id,
+                    retry_seconds,
+                )
+                self._forget(records)
             raise BatchFailed(
                 f"{len(settled.failed)} event(s) still failing after {retry_seconds:.0f}s of "
                 f"retries; the function's retry policy runs the batch again: {sample}"
             )
         self._forget(records)
+        await self._dead_letter_undelivered(settled, list(settled.failed), by_id, retry_seconds)
+        return settled
+
+    async def _dead_letter_undelivered(
+        self,
+        settled: BatchResult,
+        failed: list[str],
+        by_id: Mapping[str, Record],
+        retry_seconds: float,
+    ) -> None:
+        """Dead-letter `failed` as undelivered and settle them in `settled` as such."""
+        if not failed:
+            return
+        pipeline = self.pipeline
         undelivered = {
             rid: Failure(FailureKind.UNDELIVERED, _undelivered_text(by_id[rid], settled.failures))
-            for rid in settled.failed
+            for rid in failed
         }
         letters = [
             pipeline.dead_letter_for(by_id[rid], failure.text, error_type="Undelivered")
@@ -203,8 +242,8 @@ class FunctionHandler:
                 f"{len(letters)} event(s) could not be processed or dead-lettered "
                 f"({type(exc).__name__}: {exc}); the host will run the batch again"
             ) from exc
-        settled.dead_lettered += settled.failed
-        settled.failed = []
+        settled.dead_lettered += failed
+        settled.failed = [rid for rid in settled.failed if rid not in undelivered]
         settled.failures.update(undelivered)
         log.error(
             "%d event(s) still failed on the last retry, after %.0fs of retries, and were "
@@ -213,11 +252,51 @@ class FunctionHandler:
             retry_seconds,
             "; ".join(failure.text for failure in list(undelivered.values())[:5]),
         )
+
+    def _note_leased(self, records: Sequence[Record], now: float) -> float:
+        """When this worker first found the batch leased elsewhere (`now`, the first time)."""
+        batch = _batch(records)
+        since = self._leased_since.setdefault(batch, now)
+        while len(self._leased_since) > _TRACKED_BATCHES:
+            self._leased_since.popitem(last=False)
+        return since
+
+    async def _outwait_leases(
+        self, records: Sequence[Record], settled: BatchResult, since: float, retry_seconds: float
+    ) -> BatchResult:
+        """On the last retry, hold the batch until leases held elsewhere have lapsed.
+
+        A worker that died holding leases (on Event Hubs, a takeover of its partitions)
+        leaves them live for up to the pipeline's `lease_seconds`; no lease seen at
+        `since` outlasts `since + lease_seconds`. Past it the key is taken over here, or
+        found completed by the worker that held it; dead-lettering it before then would
+        write letters for events nobody processed while the checkpoint moves past them.
+        """
+        pipeline = self.pipeline
+        lapsed = since + pipeline.lease_seconds
+        if pipeline.clock.now() >= lapsed + retry_seconds:
+            return settled  # held past it already: what is leased now, a live worker leased
+        log.warning(
+            "%d event(s) leased by another worker on the last retry; holding them until its "
+            "leases lapse (%.0fs more) rather than dead-lettering them",
+            len(_leased(settled)),
+            max(0.0, lapsed - pipeline.clock.now()),
+        )
+        wanted = set(settled.failed)
+        again = await pipeline.redeliver(
+            [r for r in records if r.id in wanted], deadline=lapsed + retry_seconds
+        )
+        settled.failed = []
+        for rid in wanted:
+            settled.failures.pop(rid, None)
+        settled.absorb(again)
         return settled
 
     def _forget(self, records: Sequence[Record]) -> None:
         if records:
-            self._invocations.pop((records[0].id, records[-1].id, len(records)), None)
+            batch = _batch(records)
+            self._invocations.pop(batch, None)
+            self._leased_since.pop(batch, None)
 
     # -- Blob and Queue ----------------------------------------------------------------------
 
@@ -240,6 +319,19 @@ class FunctionHandler:
             # The host retries (the queue's maxDequeueCount, then its poison queue).
             raise BatchFailed(f"{_name(record)}: {failure.text}")
         return result
+
+
+def _batch(records: Sequence[Record]) -> Batch:
+    return (records[0].id, records[-1].id, len(records))
+
+
+def _leased(result: BatchResult) -> set[str]:
+    """The failed events of `result` that another worker's live lease held back."""
+    return {
+        rid
+        for rid in result.failed
+        if (f := result.failures.get(rid)) is not None and f.kind is FailureKind.LEASED_ELSEWHERE
+    }
 
 
 def _undelivered_text(record: Record, failures: Mapping[str, Failure]) -> str:
