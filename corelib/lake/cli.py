@@ -198,10 +198,20 @@ def _compact(args: argparse.Namespace) -> int:
     kind = table_format(args)
     target = int(args.target_mib * 1024 * 1024)
     if kind == "iceberg":
-        raise CliError(
-            "pyiceberg cannot rewrite data files yet; compact Iceberg tables with Spark's "
-            "rewrite_data_files procedure"
+        from onceflow.lake.iceberg_maintenance import compact_iceberg
+
+        table = _iceberg_table(args)
+        partitions = table.inspect.partitions().to_pylist() if table.current_snapshot() else []
+        total = sum(p["total_data_file_size_in_bytes"] for p in partitions)
+        with _Progress(len(partitions), total) as bar:
+            done = compact_iceberg(table, target_bytes=target, progress=bar.advance)
+        print(
+            f"compacted {done.partitions} partitions of {args.iceberg}: {done.files_before} "
+            f"files ({_size(done.bytes_read)}) -> {done.files_after} files"
         )
+        for label in done.skipped:
+            print(f"left {label} alone: its partition transform is not hourly or identity")
+        return 0
     if kind == "delta":
         from deltalake import DeltaTable
 
@@ -274,7 +284,12 @@ def _vacuum(args: argparse.Namespace) -> int:
             f"kept the current snapshot and {before - len(expired) - 1} younger ones "
             "(time travel and running readers use them)"
         )
-        print("data files of expired snapshots stay: pyiceberg deletes no files")
+        from onceflow.lake.iceberg_maintenance import remove_iceberg_orphans
+
+        removed = remove_iceberg_orphans(table, older_than=timedelta(hours=hours))
+        print(
+            f"deleted {len(removed)} data files no live snapshot references, older than {hours:g} h"
+        )
         return 0
     if kind == "delta":
         from onceflow.lake.delta_sink import explain_vacuum_delta

@@ -220,7 +220,11 @@ async def test_lake_info_and_vacuum_read_an_iceberg_table(
     )
     out = capsys.readouterr().out
     assert "expired 2 snapshots" in out and "kept the current snapshot" in out
+    assert "deleted 0 data files no live snapshot references" in out
     assert len(catalog.load_table("lake.t").snapshots()) == 1
+    assert read_iceberg(catalog, "lake.t").num_rows == 12
+    assert main(["lake", "compact", "--iceberg", "lake.t", "--catalog", uri]) == 0
+    assert "compacted 2 partitions of lake.t: 6 files" in capsys.readouterr().out
     assert read_iceberg(catalog, "lake.t").num_rows == 12
 
 
@@ -264,3 +268,63 @@ class TestIcebergSinkExactlyOnce(ExactlyOnceContract):
     @pytest.fixture
     def read_sink(self) -> Any:
         return read_iceberg_sink
+
+
+@pytest.mark.anyio
+async def test_compaction_merges_each_partition_and_vacuum_removes_orphans(
+    catalog: SqlCatalog,
+) -> None:
+    from datetime import timedelta
+
+    from onceflow.lake.iceberg_maintenance import compact_iceberg, remove_iceberg_orphans
+    from onceflow.lake.iceberg_sink import expire_iceberg
+    from onceflow.lake.schema import OUTPUT_ID
+
+    clicks = IcebergSink(
+        catalog, "lake.hours", schema=CLICKS, partition_by=Hourly(EVENT_TIME), ordered=False
+    )
+    lanes = IcebergSink(catalog, "lake.lanes", schema=LANES, partition_by="lane")
+    # Eighteen batches seven minutes apart: three hours of event time.
+    for batch in click_batches(18, size=3):
+        await clicks.write(
+            [Output(f"c#{e.id}#0", f"c#{e.id}", e.id, 0, to_click(e), time=e.time) for e in batch]
+        )
+    for number in range(6):
+        events = lane_events(range(number * 4, number * 4 + 4))
+        await lanes.write(
+            [
+                Output(
+                    f"l#{e.id}#0",
+                    f"l#{e.id}",
+                    e.id,
+                    0,
+                    to_row(e),
+                    e.partition_key,
+                    None,
+                    e.sequence,
+                )
+                for e in events
+            ]
+        )
+    for sink, rows, partitions, merged in ((clicks, 54, 3, 2), (lanes, 24, 2, 2)):
+        table = sink.table()
+        before = read_iceberg(catalog, sink.identifier).sort_by(OUTPUT_ID)
+        seen: list[str] = []
+        report = compact_iceberg(table, progress=lambda label, _, s=seen: s.append(label))
+        # The last hour holds a single file: nothing to merge there.
+        assert report.partitions == merged == len(seen) and report.files_after == merged
+        assert report.files_before > merged
+        table = catalog.load_table(sink.identifier)
+        assert len({f.file.file_path for f in table.scan().plan_files()}) == partitions
+        after = read_iceberg(catalog, sink.identifier).sort_by(OUTPUT_ID)
+        assert after.equals(before.select(after.column_names))
+        # A compacted table is not compacted again; its watermarks are untouched.
+        assert compact_iceberg(table).partitions == 0
+        # The replaced files stay for readers of older snapshots until those expire.
+        assert remove_iceberg_orphans(table, older_than=timedelta(0)) == []
+        expire_iceberg(table, retain=timedelta(0))
+        removed = remove_iceberg_orphans(table, older_than=timedelta(0))
+        assert len(removed) == report.files_before
+        assert read_iceberg(catalog, sink.identifier).num_rows == rows
+    table = catalog.load_table("lake.lanes")
+    assert table.properties["onceflow.watermark.onceflow/p1"] == "123"
