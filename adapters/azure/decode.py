@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import azure.functions as func
+from pydantic import ValidationError
 
 from onceflow.event import Event
 from onceflow.records import InvalidRecord
@@ -25,19 +27,74 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
-def _aware(value: datetime | None) -> datetime:
-    if value is None:
+def _aware(value: Any) -> datetime:
+    if not isinstance(value, datetime):
         return datetime.now(UTC)
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+def _clean(text: str) -> str:
+    """`text` as valid Unicode: a lone surrogate (a broken emoji) becomes its `\\udXXX` escape."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def _valid_text(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _cause(exc: BaseException) -> str:
+    """What went wrong, in words that quote no payload value (no `str(exc)` of input)."""
+    name = type(exc).__name__
+    if isinstance(exc, ValidationError):
+        fields = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc'][:1]) or 'value'}: {error['msg']}"
+            for error in exc.errors(include_input=False, include_url=False)[:3]
+        )
+        return f"{name}: {fields}"
+    if isinstance(exc, UnicodeError):
+        return f"{name}: {getattr(exc, 'reason', 'invalid text')}"
+    if isinstance(exc, OSError):  # the platform's I/O failed: its words, not the payload
+        return f"{name}: {exc}"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{name}: {exc.msg} at line {exc.lineno} column {exc.colno}"
+    return name
+
+
+def _metadata(events: Sequence[func.EventHubEvent]) -> Mapping[str, Any]:
+    """The batch's trigger metadata, or {} when the worker's copy cannot be read."""
+    try:
+        metadata = events[0].metadata if events else None
+    except Exception as exc:  # one malformed Datum: decode the events without it
+        log.warning("the Event Hubs trigger metadata cannot be read: %s", _cause(exc))
+        return {}
+    return metadata if isinstance(metadata, Mapping) else {}
+
+
 def event_hub_context(events: Sequence[func.EventHubEvent]) -> dict[str, Any]:
     """The batch's `PartitionContext` (namespace, hub, consumer group, partition id), or {}."""
-    metadata = events[0].metadata if events else None
-    context = (metadata or {}).get("PartitionContext") or {}
-    if isinstance(context, str):
-        context = json.loads(context)
-    return dict(context)
+    context = _metadata(events).get("PartitionContext") or {}
+    if isinstance(context, str | bytes):
+        try:
+            context = json.loads(context)
+        except (ValueError, RecursionError) as exc:
+            log.warning("the Event Hubs PartitionContext is not JSON: %s", _cause(exc))
+            return {}
+    return dict(context) if isinstance(context, Mapping) else {}
+
+
+def _scalar(value: Any, default: str) -> str:
+    """A context field as clean text; `default` for a missing, empty or structured one."""
+    if value is None or isinstance(value, Mapping | list) or str(value) == "":
+        return default
+    return _clean(str(value))
 
 
 def decode_event_hub(
@@ -55,123 +112,232 @@ def decode_event_hub(
     is that field of the JSON body instead (the source drops the partition, since a
     business key may move between partitions). The ordering lane is the publisher's
     partition key, else the partition. Offset, enqueued time and the user properties
-    become attributes.
+    become attributes. Total: an event that cannot be decoded (a mistyped field, a body
+    that is no JSON object with the key field, text that is not valid Unicode) becomes
+    an `InvalidRecord` naming it and the cause; the rest of the batch decodes.
     """
     context = event_hub_context(events)
-    hub = str(context.get("EventHubName") or event_hub_name)
-    space = str(context.get("FullyQualifiedNamespace") or namespace or "eventhubs")
-    partition = str(context.get("PartitionId", "unknown"))
-    group = str(context.get("ConsumerGroup") or consumer_group)
-    metadata = (events[0].metadata if events else None) or {}
-    properties = metadata.get("PropertiesArray") or []
+    batch = _Batch(
+        hub=_scalar(context.get("EventHubName"), event_hub_name),
+        space=_scalar(context.get("FullyQualifiedNamespace"), namespace or "eventhubs"),
+        partition=_scalar(context.get("PartitionId"), "unknown"),
+        group=_scalar(context.get("ConsumerGroup"), consumer_group),
+        key_field=key_field,
+    )
+    properties = _metadata(events).get("PropertiesArray")
+    if not isinstance(properties, list):
+        properties = []
     records: list[Record] = []
     for index, event in enumerate(events):
-        sequence = event.sequence_number
-        locator = f"event hub {space}/{hub} partition {partition} sequence number {sequence}"
+        user_props = properties[index] if index < len(properties) else None
+        try:
+            records.append(batch.decode(event, user_props))
+        except Exception as exc:  # a decoder is total: this event, not the batch, is invalid
+            records.append(batch.invalid(index, event, _cause(exc)))
+    return records
+
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """What every event of one Event Hubs batch shares, and how one event decodes."""
+
+    hub: str
+    space: str
+    partition: str
+    group: str
+    key_field: str | None
+
+    @property
+    def source(self) -> str:
+        return f"{self.space}/{self.hub}/{self.partition}"
+
+    def locator(self, sequence: object) -> str:
+        return (
+            f"event hub {self.space}/{self.hub} partition {self.partition} "
+            f"sequence number {sequence}"
+        )
+
+    def decode(self, event: func.EventHubEvent, user_props: Any) -> Record:
+        sequence: Any = event.sequence_number
         body = event.get_body()
-        lane = event.partition_key or f"partition-{partition}"
-        if sequence is None:
-            records.append(
-                InvalidRecord(
-                    id=f"offset-{event.offset}",
-                    source=f"{space}/{hub}/{partition}",
-                    reason=f"{locator}: the event carries no sequence number",
-                    raw=body,
-                    locator=locator,
-                    partition_key=lane,
-                )
+        if not isinstance(body, bytes):
+            body = body.encode("utf-8") if isinstance(body, str) else bytes(body or b"")
+        lane = _clean(event.partition_key or f"partition-{self.partition}")
+        if not _is_sequence(sequence):
+            what = "no sequence number" if sequence is None else "a mistyped sequence number"
+            return InvalidRecord(
+                id=f"offset-{_clean(str(event.offset))}",
+                source=self.source,
+                reason=f"{self.locator(_clean(str(sequence)))}: the event carries {what}",
+                raw=body,
+                locator=self.locator(_clean(str(sequence))),
+                partition_key=lane,
             )
-            continue
-        user_props = properties[index] if index < len(properties) else {}
-        attributes = {str(k): _text(v) for k, v in (user_props or {}).items()}
+        number = str(int(sequence))
+        locator = self.locator(number)
+        attributes = {
+            _clean(str(k)): _clean(_text(v))
+            for k, v in (user_props.items() if isinstance(user_props, Mapping) else ())
+        }
         attributes.update(
             {
-                "eventhub.namespace": space,
-                "eventhub.name": hub,
-                "eventhub.partition": partition,
-                "eventhub.consumer_group": group,
-                "eventhub.sequence_number": str(sequence),
+                "eventhub.namespace": self.space,
+                "eventhub.name": self.hub,
+                "eventhub.partition": self.partition,
+                "eventhub.consumer_group": self.group,
+                "eventhub.sequence_number": number,
             }
         )
         if event.offset is not None:
-            attributes["eventhub.offset"] = str(event.offset)
-        source, event_id = f"{space}/{hub}/{partition}", str(sequence)
-        if key_field is not None:
-            try:
-                value = json.loads(body)[key_field]
-                if value is None or isinstance(value, dict | list) or str(value) == "":
-                    raise KeyError(key_field)
-            except (ValueError, KeyError, TypeError) as exc:
-                records.append(
-                    InvalidRecord(
-                        id=event_id,
-                        source=source,
-                        reason=(
-                            f"{locator}: the key field {key_field!r} is not a non-empty scalar "
-                            f"in the JSON body ({type(exc).__name__}: {exc})"
-                        ),
-                        raw=body,
-                        locator=locator,
-                        partition_key=lane,
-                        sequence=str(sequence),
-                        attributes=attributes,
-                    )
+            attributes["eventhub.offset"] = _clean(str(event.offset))
+        source, event_id = self.source, number
+        if self.key_field is not None:
+            value, problem = _key_value(body, self.key_field)
+            if problem:
+                return InvalidRecord(
+                    id=event_id,
+                    source=source,
+                    reason=f"{locator}: the key field {self.key_field!r} {problem}",
+                    raw=body,
+                    locator=locator,
+                    partition_key=lane,
+                    sequence=number,
+                    attributes=attributes,
                 )
-                continue
-            source, event_id = f"{space}/{hub}", str(value)
-        records.append(
-            Event(
-                id=event_id,
-                source=source,
-                type="azure.eventhub.event",
-                time=_aware(event.enqueued_time),
-                partition_key=lane,
-                sequence=str(sequence),
-                data=body,
-                attributes=attributes,
-            )
+            source, event_id = f"{self.space}/{self.hub}", value
+        return Event(
+            id=event_id,
+            source=source,
+            type="azure.eventhub.event",
+            time=_aware(event.enqueued_time),
+            partition_key=lane,
+            sequence=number,
+            data=body,
+            attributes=attributes,
         )
-    return records
+
+    def invalid(self, index: int, event: func.EventHubEvent, cause: str) -> InvalidRecord:
+        """The event as an `InvalidRecord`, from what of it can still be read."""
+        sequence = _readable(lambda: event.sequence_number)
+        offset = _readable(lambda: event.offset)
+        ident = (
+            _clean(str(sequence))
+            if sequence is not None
+            else (f"offset-{_clean(str(offset))}" if offset is not None else f"index-{index}")
+        )
+        body = _readable(event.get_body)
+        lane = _readable(lambda: event.partition_key)
+        locator = self.locator(ident)
+        return InvalidRecord(
+            id=ident,
+            source=self.source,
+            reason=f"{locator}: the event cannot be decoded ({cause})",
+            raw=body if isinstance(body, bytes) else b"",
+            locator=locator,
+            partition_key=_clean(lane) if isinstance(lane, str) and lane else None,
+            sequence=ident if sequence is not None else None,
+        )
+
+
+def _is_sequence(value: Any) -> bool:
+    """Whether `value` is a sequence number: a non-negative integer (or its digits)."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return value >= 0
+    return isinstance(value, str) and value.isascii() and value.isdigit()
+
+
+def _readable(read: Callable[[], Any]) -> Any:
+    try:
+        return read()
+    except Exception:
+        return None
+
+
+def _key_value(body: bytes, key_field: str) -> tuple[str, str]:
+    """The key field of a JSON body as an event id, or ("", why it cannot be one)."""
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        return "", f"cannot be read: the body is not JSON ({_cause(exc)})"
+    if not isinstance(document, dict):
+        return "", f"cannot be read: the body is a JSON {type(document).__name__}, not an object"
+    value = document.get(key_field)
+    if value is None or isinstance(value, dict | list) or str(value) == "":
+        return "", "is not a non-empty scalar in the JSON body"
+    text = str(value)
+    if not _valid_text(text):
+        return "", "holds text that is not valid Unicode (a lone surrogate)"
+    return text, ""
 
 
 def decode_blob(stream: func.InputStream, *, account: str | None = None) -> Record:
     """The blob as one event: source is the container, id the blob path (and ETag, if known).
 
     With the ETag in the id, a blob written again under the same name is a new event,
-    as S3's versionId is; a blob that cannot be read becomes an `InvalidRecord`.
+    as S3's versionId is; a blob that cannot be read, or whose trigger object is
+    malformed, becomes an `InvalidRecord` naming it and the cause.
     """
+    try:
+        return _decode_blob(stream, account)
+    except Exception as exc:  # a decoder is total
+        name = _readable(lambda: stream.name)
+        name = _clean(name) if isinstance(name, str) and name else "unknown"
+        container, _, path = name.partition("/")
+        return InvalidRecord(
+            id=path or name,
+            source=f"{_clean(account) if account else 'blob'}/{container}",
+            reason=f"blob {name}: the trigger's blob cannot be decoded ({_cause(exc)})",
+            locator=f"blob {name}",
+        )
+
+
+def _decode_blob(stream: func.InputStream, account: str | None) -> Record:
     name = stream.name or "unknown"
+    if not isinstance(name, str):
+        raise TypeError("the blob name is not text")
+    name = _clean(name)
+    uri = stream.uri if isinstance(stream.uri, str) else None
     container, _, path = name.partition("/")
-    properties: Mapping[str, Any] = getattr(stream, "blob_properties", None) or {}
-    etag = str(properties.get("ETag") or properties.get("etag") or "").strip('"')
-    host = account or _account(stream.uri) or "blob"
-    source = f"{host}/{container}"
+    properties = getattr(stream, "blob_properties", None)
+    if not isinstance(properties, Mapping):
+        properties = {}
+    etag = _clean(str(properties.get("ETag") or properties.get("etag") or "")).strip('"')
+    host = account or _account(uri) or "blob"
+    source = _clean(f"{host}/{container}")
     event_id = f"{path}@{etag}" if etag else path
-    locator = f"blob {name}" + (f" ({stream.uri})" if stream.uri else "")
+    locator = f"blob {name}" + (f" ({_clean(uri)})" if uri else "")
     try:
         data = stream.read()
     except Exception as exc:  # the platform's stream failed: say which blob and why
         return InvalidRecord(
             id=event_id,
             source=source,
-            reason=f"{locator} cannot be read: {type(exc).__name__}: {exc}",
+            reason=f"{locator} cannot be read: {_cause(exc)}",
             locator=locator,
         )
-    if stream.length is not None and stream.length != len(data):
+    if not isinstance(data, bytes):
+        raise TypeError("the blob stream returned no bytes")
+    length = stream.length
+    if length is not None and length != len(data):
         return InvalidRecord(
             id=event_id,
             source=source,
-            reason=f"{locator} is {stream.length} bytes but {len(data)} were read",
+            reason=f"{locator} is {_clean(str(length))} bytes but {len(data)} were read",
             raw=data,
             locator=locator,
         )
     attributes = {"blob.name": name}
-    if stream.uri:
-        attributes["blob.uri"] = stream.uri
+    if uri:
+        attributes["blob.uri"] = _clean(uri)
     if etag:
         attributes["blob.etag"] = etag
-    user_metadata: Mapping[str, Any] = getattr(stream, "metadata", None) or {}
-    attributes.update({f"meta.{k}": str(v) for k, v in user_metadata.items()})
+    user_metadata = getattr(stream, "metadata", None)
+    if isinstance(user_metadata, Mapping):
+        attributes.update(
+            {f"meta.{_clean(str(k))}": _clean(_text(v)) for k, v in user_metadata.items()}
+        )
     return Event(
         id=event_id,
         source=source,
@@ -193,10 +359,38 @@ def _account(uri: str | None) -> str | None:
 
 
 def decode_queue_message(message: func.QueueMessage, *, queue_name: str) -> Record:
-    """The message as one event: id is the message id, delivery count the dequeue count."""
+    """The message as one event: id is the message id, delivery count the dequeue count.
+
+    A message whose trigger object is malformed becomes an `InvalidRecord` naming it and
+    the cause; an unreadable dequeue count reads as 1.
+    """
+    try:
+        return _decode_queue_message(message, queue_name)
+    except Exception as exc:  # a decoder is total
+        body = _readable(message.get_body)
+        raw = body if isinstance(body, bytes) else b""
+        ident = _readable(lambda: message.id)
+        ident = (
+            _clean(ident)
+            if isinstance(ident, str) and ident
+            else "body-" + hashlib.sha256(raw).hexdigest()[:16]
+        )
+        return InvalidRecord(
+            id=ident,
+            source=f"queue/{queue_name}",
+            reason=f"queue {queue_name} message {ident}: cannot be decoded ({_cause(exc)})",
+            raw=raw,
+            locator=f"queue {queue_name} message {ident}",
+        )
+
+
+def _decode_queue_message(message: func.QueueMessage, queue_name: str) -> Record:
     body = message.get_body()
+    if not isinstance(body, bytes):
+        body = body.encode("utf-8") if isinstance(body, str) else bytes(body or b"")
     source = f"queue/{queue_name}"
-    if not message.id:
+    ident = message.id
+    if not ident or not isinstance(ident, str):
         return InvalidRecord(
             id="body-" + hashlib.sha256(body).hexdigest()[:16],
             source=source,
@@ -204,13 +398,29 @@ def decode_queue_message(message: func.QueueMessage, *, queue_name: str) -> Reco
             raw=body,
             locator=f"queue {queue_name}",
         )
-    dequeues = getattr(message, "dequeue_count", None) or 1
+    if not _valid_text(ident):
+        ident = _clean(ident)
+        return InvalidRecord(
+            id=ident,
+            source=source,
+            reason=f"queue {queue_name} message {ident}: the id is not valid Unicode",
+            raw=body,
+            locator=f"queue {queue_name} message {ident}",
+        )
     return Event(
-        id=message.id,
+        id=ident,
         source=source,
         type="azure.queue.message",
-        time=_aware(getattr(message, "insertion_time", None)),
+        time=_aware(_readable(lambda: message.insertion_time)),
         data=body,
-        delivery_count=max(1, int(dequeues)),
-        attributes={"queue.name": queue_name, "queue.message_id": message.id},
+        delivery_count=_dequeues(_readable(lambda: message.dequeue_count)),
+        attributes={"queue.name": queue_name, "queue.message_id": ident},
     )
+
+
+def _dequeues(value: Any) -> int:
+    """The dequeue count as a delivery count; an unreadable one reads as 1."""
+    try:
+        return max(1, min(int(value or 1), 2**31))
+    except (TypeError, ValueError, OverflowError):
+        return 1
