@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 from pydantic import ValidationError
@@ -23,17 +23,25 @@ from onceflow.breaker import CircuitBreaker, RateLimit
 from onceflow.clock import SystemClock
 from onceflow.commit import Committer, Completions, fingerprint, strategy_for
 from onceflow.dead_letters import dead_letter
+from onceflow.envelopes import Envelope, auto
 from onceflow.errors import ConfigurationError, OutputRejected, PermanentError
 from onceflow.event import Event
 from onceflow.failures import Failure, FailureKind
 from onceflow.interfaces import Clock, IdempotencyStore, Metrics, Processor, Sink
+from onceflow.keys import business_key
 from onceflow.lanes import Lanes
 from onceflow.metrics import NoopMetrics
+from onceflow.processing import chain
 from onceflow.records import ClaimStatus, InvalidRecord, Output
 from onceflow.results import BatchResult
 from onceflow.retry import RetryPolicy
+from onceflow.routing import routed_sink
 from onceflow.serialization import UnstorableValue
 from onceflow.steps import Step, StepHook
+
+if TYPE_CHECKING:
+    from onceflow.filters import Filter
+    from onceflow.masking import Mask
 
 __all__ = [
     "DEFAULT_PERMANENT",
@@ -61,9 +69,9 @@ class Pipeline:
 
     def __init__(
         self,
-        processor: Processor | Callable[[Event], Any],
-        sink: Sink,
-        store: IdempotencyStore,
+        processor: Processor | Callable[..., Any],
+        sink: Sink | None = None,
+        store: IdempotencyStore | None = None,
         dead_letter: Sink | None = None,
         *,
         ordered: bool = False,
@@ -73,7 +81,7 @@ class Pipeline:
         breaker: CircuitBreaker | Literal[False] | None = None,
         rate_limit: RateLimit | None = None,
         write_rate_limit: RateLimit | None = None,
-        key: Callable[[Event], str] | None = None,
+        key: Callable[[Event], str] | str | None = None,
         lease_seconds: float = 300.0,
         time_budget: float | None = None,
         concurrency: int = 64,
@@ -83,7 +91,14 @@ class Pipeline:
         metrics: Metrics | None = None,
         on_step: StepHook | None = None,
         name: str = "onceflow",
+        envelope: Envelope | None = auto,
+        sinks: Mapping[str, Sink] | None = None,
+        routes: Mapping[type, str] | None = None,
+        filter: Filter | None = None,
+        mask: Mask | None = None,
     ) -> None:
+        """See the class docstring; `docs/toolkit.md` describes `key` given as a dotted
+        path, `envelope`, `sinks` and `routes`, `filter` and `mask`."""
         if max_deliveries < 1:
             raise ConfigurationError(f"max_deliveries={max_deliveries}: at least 1 delivery")
         process = getattr(processor, "process", None)
@@ -94,6 +109,11 @@ class Pipeline:
                 f"{type(processor).__name__} has no process(event) method; "
                 "give the pipeline an object with one, or a function"
             )
+        if store is None:
+            raise ConfigurationError("the pipeline needs an idempotency store: pass store=...")
+        sink, routed = routed_sink(sink, sinks, routes)
+        if isinstance(key, str):
+            key = business_key(key, envelope)
         self.processor = processor
         self.sink = sink
         self.store = store
@@ -120,6 +140,18 @@ class Pipeline:
         self.metrics: Metrics = metrics or NoopMetrics()
         self.on_step = on_step
         self.name = name
+        # Typed payloads, filters, masked and routed outputs: wrapped around the
+        # processor once, here; a feature not asked for adds nothing per event.
+        process = chain(
+            process,
+            envelope=envelope,
+            metrics=self.metrics,
+            filter=filter,
+            mask=mask,
+            routes=routes,
+            routed=routed,
+            permanent=permanent_errors,
+        )
         self._attempts = Attempts(
             process,
             retry=self.retry,

@@ -92,10 +92,13 @@ def _to_plain_slow(value: Any, path: str) -> Any:
     )
 
 
+class _NeedsExact(Exception):
+    """A Decimal met by the C encoder: the value takes the exact path."""
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, Decimal):
-        # JSON has one number type: integral decimals stay exact integers, others become floats.
-        return int(value) if value == value.to_integral_value() else float(value)
+        raise _NeedsExact
     if isinstance(value, bytes):
         return base64.b64encode(value).decode("ascii")
     raise UnstorableValue(f"{type(value).__name__} is not JSON serialisable")
@@ -103,8 +106,59 @@ def _json_default(value: Any) -> Any:
 
 # One encoder for every call: json.dumps with options builds a new one each time.
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=_json_default)
+_STRING = json.encoder.encode_basestring  # the C implementation where there is one
 
 
 def dumps(value: Any) -> str:
-    """Plain data (see `to_plain`) as compact JSON; bytes become base64 strings."""
-    return _ENCODER.encode(value)
+    """Plain data (see `to_plain`) as compact JSON; bytes become base64 strings.
+
+    Decimals are written as exact JSON number text (`12345678901234567.89`, never a
+    float's nearest 17 digits), so a reader that parses numbers as decimals gets every
+    digit back; decimals without fraction digits are integers (`Decimal("2")` is `2`,
+    `Decimal("2.0")` is `2.0`).
+    """
+    try:
+        return _ENCODER.encode(value)
+    except _NeedsExact:
+        return "".join(_exact(value))
+
+
+def _exact(value: Any) -> Any:
+    """JSON text pieces of plain data with decimals as exact number text."""
+    kind = type(value)
+    if kind is str:
+        yield _STRING(value)
+    elif value is None or kind is bool or kind is int or kind is float:
+        yield _ENCODER.encode(value)
+    elif isinstance(value, Decimal):
+        if not value.is_finite():
+            raise UnstorableValue(f"{value} is not a JSON number")
+        yield _decimal_text(value)
+    elif isinstance(value, dict):
+        yield "{"
+        for i, (k, v) in enumerate(value.items()):
+            if i:
+                yield ","
+            if not isinstance(k, str):
+                raise UnstorableValue(f"a key of type {type(k).__name__} is not JSON")
+            yield _STRING(k)
+            yield ":"
+            yield from _exact(v)
+        yield "}"
+    elif isinstance(value, list | tuple):
+        yield "["
+        for i, v in enumerate(value):
+            if i:
+                yield ","
+            yield from _exact(v)
+        yield "]"
+    else:
+        yield _ENCODER.encode(value)
+
+
+def _decimal_text(value: Decimal) -> str:
+    """`value` as JSON number text with all its digits ("1E+2" stays exponent notation)."""
+    _, digits, exponent = value.as_tuple()
+    if isinstance(exponent, int) and exponent >= 0 and len(digits) + exponent <= 40:
+        return str(int(value))  # "1E+3" as 1000, as an integer reads best
+    return str(value)
