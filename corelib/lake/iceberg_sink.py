@@ -183,18 +183,20 @@ class IcebergSink:
 
     def _commit_once(self, current: Table, table: pa.Table, outputs: list[Output]) -> None:
         keyed = [self.ordered and o.partition_key is not None for o in outputs]
-        loose = pc.invert(pa.array(keyed, pa.bool_()))
+        every, some = all(keyed), any(keyed)
+        # Filtering copies every column: skip it when the whole batch takes one path.
+        mask = None if every or not some else pa.array(keyed, pa.bool_())
         parts: list[pa.Table] = []
-        if not all(keyed):
+        if not every:
             # No lane vouches for these rows: keep the ones whose output id is absent.
-            unordered = table.filter(loose)
+            unordered = table if mask is None else table.filter(pc.invert(mask))
             parts.append(self._absent(current, unordered))
         watermarks: dict[str, str] = {}
-        if any(keyed):
+        if some:
             fresh, watermarks = self._past_watermark(
                 current,
-                table.filter(pa.array(keyed)),
-                [o for o, k in zip(outputs, keyed, strict=True) if k],
+                table if mask is None else table.filter(mask),
+                outputs if every else [o for o, k in zip(outputs, keyed, strict=True) if k],
             )
             parts.append(fresh)
         rows = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
