@@ -58,6 +58,12 @@ def register(subparsers: Any) -> None:
     run.add_argument("--format", choices=sorted(set(FORMATS.values())), help="override suffix")
     run.add_argument("--id-field", metavar="FIELD", help="take event ids from this field")
     run.add_argument("--partition-field", metavar="FIELD", help="ordering lane per this field")
+    run.add_argument(
+        "--chunk-size",
+        type=_positive,
+        metavar="BYTES",
+        help="one input file larger than this runs in chunks on --workers (default 64 MiB)",
+    )
     run.add_argument("--max-attempts", type=_positive, default=3, metavar="N")
     run.add_argument(
         "--max-deliveries",

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from onceflow.adapters.local.chunked_run import run_chunked, wants_chunks
 from onceflow.adapters.local.command_inputs import load_processor, open_state
 from onceflow.adapters.local.console import Progress, console, quiet_logs, run_summary
 from onceflow.adapters.local.file_records import format_of
@@ -37,6 +38,8 @@ __all__ = ["run_command"]
 
 def run_command(args: argparse.Namespace) -> int:
     """`onceflow run`: the exit status."""
+    if wants_chunks(args):  # one large file: chunks on --workers (chunked_run.py)
+        return run_chunked(args)
     quiet_logs(args.verbose)
     processor = load_processor(args.processor)
     out = console()
@@ -91,7 +94,7 @@ def run_command(args: argparse.Namespace) -> int:
         if args.report:  # a worker of `--workers N`: the parent sums and reports
             Path(args.report).write_text(json.dumps(tally.as_plain()))
             return 0
-        return _finish(args, out, state, run_id, tally, wall, workers_wrote_letters=False)
+        return _finish(args, out, state, run_id, tally, wall)
     finally:
         state.close()
 
@@ -147,7 +150,7 @@ def _run_workers(args: argparse.Namespace, out: Console) -> int:
                     raise CliError(f"a worker process failed (exit status {code}); see above")
                 tally.add_plain(json.loads(report.read_text()))
         wall = time.perf_counter() - started
-        return _finish(args, out, state, run_id, tally, wall, workers_wrote_letters=True)
+        return _finish(args, out, state, run_id, tally, wall)
     finally:
         state.close()
 
@@ -159,19 +162,16 @@ def _finish(
     run_id: int,
     tally: Tally,
     wall: float,
-    *,
-    workers_wrote_letters: bool,
 ) -> int:
     """Record the run, publish dead letters and outputs, print the summary; the exit status."""
     state.finish_run(run_id, tally.counts())
-    if workers_wrote_letters:
-        state.dead_letters.export()  # written by other processes: this one saw none arrive
-    else:
-        state.dead_letters.flush()
+    # Always from the state: letters committed by workers, or by an earlier run killed
+    # before it could export them, are in the table but maybe not yet in the file.
+    letters = state.dead_letters.export()
     if args.out:
         exported = state.sink.export_jsonl(args.out)
         out.print(f"wrote {exported} outputs to {args.out}")
-    run_summary(out, tally, wall, state)
+    run_summary(out, tally, wall, state, letters=letters)
     return 0 if not tally.failed and not tally.dead_lettered and not tally.stopped else 1
 
 

@@ -1,0 +1,382 @@
+"""`onceflow run` on one large file: split into chunks, run on `--workers N` processes.
+
+The parent plans the file (a few ranged reads, never the whole file), files the plan in
+the state folder's chunk ledger (`<state>/chunked`), and hands the chunks without a
+receipt to N worker processes through a queue. Each worker runs a chunk at a time
+through its own pipeline on the shared SQLite state (`onceflow.fan_in.run_chunk`), so
+its memory is one read piece and one batch whatever the file's size. When every chunk
+has its receipt the parent writes the manifest and `_SUCCESS` (`ChunkLedger.fan_in`).
+
+A killed run is rerun as it was: committed chunks are skipped, a chunk cut short is read
+again and its committed records are duplicates. A worker whose parent died exits at its
+next batch. Event ids are the file's name and each line's byte offset (Parquet: row), or
+`--id-field` with the source `files` as in the unchunked path, so with `--id-field` a file
+read whole once and chunked later has the same keys; without it, the ids differ from the
+unchunked path's `<file>:<line>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import multiprocessing
+import os
+import queue
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from onceflow.adapters.local.command_inputs import load_processor, open_state
+from onceflow.adapters.local.console import console, quiet_logs, run_summary
+from onceflow.adapters.local.objects import LocalObjectStore
+from onceflow.adapters.local.state import LocalState
+from onceflow.adapters.local.totals import Tally
+from onceflow.breaker import CircuitBreaker
+from onceflow.chunks import DEFAULT_CHUNK_SIZE, ChunkFormat, ChunkPlan, chunk_format
+from onceflow.cli import CliError
+from onceflow.fan_in import ChunkBusy, ChunkIncomplete, ChunkLedger, Manifest, run_chunk
+from onceflow.pipeline import BatchResult, Pipeline
+from onceflow.records import ObjectInfo
+from onceflow.retry import RetryPolicy
+
+__all__ = ["InputFiles", "chunked_ledger", "run_chunked", "wants_chunks"]
+
+_LEDGER = "chunked"
+
+
+class InputFiles:
+    """The files of one folder as a read-only object store (`head`, `get_range`).
+
+    Unlike `LocalObjectStore` it writes nothing into the input's folder. The etag is the
+    local store's: size, modification time and inode, so a rewritten file is a new version.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
+        self.folder = Path(folder)
+
+    def _head(self, path: str) -> ObjectInfo | None:
+        try:
+            stat = (self.folder / path).stat()
+        except FileNotFoundError:
+            return None
+        tag = f"{stat.st_size}-{stat.st_mtime_ns}-{stat.st_ino}"
+        etag = hashlib.md5(tag.encode(), usedforsecurity=False).hexdigest()
+        return ObjectInfo(path, stat.st_size, etag, stat.st_mtime)
+
+    def _get_range(self, path: str, start: int, end: int) -> bytes:
+        with (self.folder / path).open("rb") as handle:
+            handle.seek(start)
+            return handle.read(max(0, end - start))
+
+    async def head(self, path: str) -> ObjectInfo | None:
+        """The file's info, or None when absent."""
+        return self._head(path)
+
+    async def get_range(self, path: str, start: int, end: int) -> bytes:
+        """Bytes `start` up to, not including, `end`."""
+        # Small reads (boundary probes) stay on the loop; a piece of a chunk goes to a thread.
+        if end - start <= 1 << 16:
+            return self._get_range(path, start, end)
+        return await anyio.to_thread.run_sync(self._get_range, path, start, end)
+
+
+def chunked_ledger(state_folder: str | os.PathLike[str]) -> ChunkLedger:
+    """The chunk ledger of a state folder: plans, receipts, manifests, `_SUCCESS`."""
+    return ChunkLedger(LocalObjectStore(Path(state_folder) / _LEDGER), prefix="runs")
+
+
+def wants_chunks(args: argparse.Namespace) -> bool:
+    """Whether `onceflow run` with these options takes the chunked path.
+
+    One input file (no glob, no folder) larger than `--chunk-size`, in a format the
+    planner splits, without `--ordered` (chunks run side by side), `--watch`,
+    `--from-start` or a worker's own `--shard`.
+    """
+    chunk_size = getattr(args, "chunk_size", None) or DEFAULT_CHUNK_SIZE
+    inputs: list[str] = args.input
+    if len(inputs) != 1 or glob.has_magic(inputs[0]) or args.shard is not None or args.report:
+        return False
+    if args.ordered or args.watch or args.from_start:
+        return False
+    path = Path(inputs[0])
+    if not path.is_file():
+        return False
+    try:
+        chunk_format(path.name, args.format)
+    except ValueError:
+        return False
+    return path.stat().st_size > chunk_size
+
+
+def run_chunked(args: argparse.Namespace) -> int:
+    """`onceflow run` on one large file in chunks: the exit status."""
+    quiet_logs(args.verbose)
+    load_processor(args.processor)  # a one-line error now, not one per worker
+    out = console()
+    path = Path(args.input[0]).resolve()
+    files = InputFiles(path.parent)
+    chunk_size = getattr(args, "chunk_size", None) or DEFAULT_CHUNK_SIZE
+    state = open_state(args.state, create=True)
+    try:
+        ledger = chunked_ledger(state.folder)
+        fmt: ChunkFormat | None = args.format
+        plan, pending = anyio.run(_plan, ledger, files, path.name, chunk_size, fmt)
+        if plan.note and not args.quiet:
+            out.print(f"{path.name}: {plan.note}")
+        run_id = state.start_run(args.processor, args.input, _options(args))
+        started = time.perf_counter()
+        tally, failures = _run_pending(args, path.parent, plan, pending)
+        manifest: Manifest | None = anyio.run(ledger.fan_in, plan)
+        wall = time.perf_counter() - started
+        state.finish_run(run_id, tally.counts())
+        state.dead_letters.export()  # the workers wrote them
+        if args.out:
+            exported = state.sink.export_jsonl(args.out)
+            out.print(f"wrote {exported} outputs to {args.out}")
+        run_summary(out, tally, wall, state)
+        skipped = len(plan.chunks) - len(pending)
+        out.print(
+            f"{len(plan.chunks)} chunks of {path.name}: {len(pending)} run, {skipped} done before"
+        )
+        for text in failures[:5]:
+            out.print(f"[red]{text}[/]", markup=True)
+        if manifest is not None:
+            folder = ledger.folder(plan.path, plan.version)
+            out.print(
+                f"manifest: {manifest.rows:,} rows in {len(manifest.chunks)} chunks ({folder})"
+            )
+        bad = tally.failed or tally.dead_lettered or tally.stopped or failures or manifest is None
+        return 1 if bad else 0
+    finally:
+        state.close()
+
+
+async def _plan(
+    ledger: ChunkLedger, files: InputFiles, name: str, chunk_size: int, fmt: ChunkFormat | None
+) -> tuple[ChunkPlan, list[int]]:
+    plan = await ledger.plan(files, name, chunk_size=chunk_size, fmt=fmt)
+    return plan, await ledger.pending(plan)
+
+
+def _options(args: argparse.Namespace) -> dict[str, object]:
+    plain = (str, int, float, bool, type(None))
+    return {
+        k: v
+        for k, v in vars(args).items()
+        if k not in {"func", "input", "processor"} and isinstance(v, plain)
+    }
+
+
+def _config(args: argparse.Namespace, folder: Path, plan: ChunkPlan) -> dict[str, Any]:
+    """What a worker process needs, as plain data (it is pickled to a spawned process)."""
+    return {
+        "processor": args.processor,
+        "state": args.state,
+        "folder": str(folder),
+        "plan": plan.as_plain(),
+        "id_field": args.id_field,
+        "partition_field": args.partition_field,
+        "batch_size": args.batch_size,
+        "max_attempts": args.max_attempts,
+        "max_deliveries": args.max_deliveries,
+        "cool_down": args.cool_down,
+        "lease_seconds": args.lease_seconds,
+        "verbose": args.verbose,
+    }
+
+
+def _run_pending(
+    args: argparse.Namespace, folder: Path, plan: ChunkPlan, pending: list[int]
+) -> tuple[Tally, list[str]]:
+    """Run the pending chunks on `args.workers` processes, showing progress; the totals."""
+    context = multiprocessing.get_context("spawn")
+    tasks: Any = context.Queue()
+    events: Any = context.Queue()
+    for index in pending:
+        tasks.put(index)
+    workers_count = max(1, min(args.workers, len(pending)))
+    for _ in range(workers_count):
+        tasks.put(None)
+    config = _config(args, folder, plan)
+    todo_bytes = sum(plan.chunks[i].bytes for i in pending)
+    tally = Tally()
+    failures: list[str] = []
+    if not pending:
+        return tally, failures
+    workers = [
+        context.Process(target=worker_main, args=(config, tasks, events, os.getpid()))
+        for _ in range(workers_count)
+    ]
+    for worker in workers:
+        worker.start()
+    show = _ChunkProgress(quiet=args.quiet, total_bytes=todo_bytes, total_chunks=len(pending))
+    try:
+        with show:
+            while True:
+                try:
+                    message = events.get(timeout=0.2)
+                except queue.Empty:
+                    if not any(w.is_alive() for w in workers):
+                        break
+                    continue
+                kind = message[0]
+                if kind == "bytes":
+                    show.advance(message[1], message[2])
+                elif kind == "chunk":
+                    tally.add_plain(message[2])
+                    show.chunk_done()
+                elif kind == "failed":
+                    failures.append(message[2])
+                elif kind == "error":
+                    failures.append(message[1])
+    finally:
+        for worker in workers:  # on an error or Ctrl-C here, no worker runs on alone
+            if worker.is_alive() and failures:
+                worker.terminate()
+            worker.join()
+    for worker in workers:
+        if worker.exitcode not in (0, None) and not failures:
+            raise CliError(f"a worker process failed (exit status {worker.exitcode}); see above")
+    return tally, failures
+
+
+class _ChunkProgress:
+    """A rich progress bar over bytes, with chunks and events counted; nothing when quiet."""
+
+    def __init__(self, *, quiet: bool, total_bytes: int, total_chunks: int) -> None:
+        self.quiet = quiet
+        self.total_bytes = total_bytes
+        self.total_chunks = total_chunks
+        self.chunks = 0
+        self.events = 0
+        self.started = time.perf_counter()
+        self.progress: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> _ChunkProgress:
+        if self.quiet:
+            return self
+        from rich.progress import BarColumn, DownloadColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import Progress as RichProgress
+
+        self.progress = RichProgress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TextColumn("{task.fields[chunks]} chunks"),
+            TextColumn("{task.fields[events]:>10,} events"),
+            TextColumn("{task.fields[rate]:>9,.0f} events/s"),
+            TimeElapsedColumn(),
+            console=console(stderr=True),
+        )
+        self.progress.start()
+        self._task = self.progress.add_task(
+            "running", total=self.total_bytes, chunks=self._chunks(), events=0, rate=0.0
+        )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def _chunks(self) -> str:
+        return f"{self.chunks}/{self.total_chunks}"
+
+    def advance(self, read: int, events: int) -> None:
+        """Count bytes read and events settled by a worker's batch."""
+        self.events += events
+        if self.progress is None:
+            return
+        rate = self.events / max(1e-9, time.perf_counter() - self.started)
+        self.progress.update(self._task, advance=read, events=self.events, rate=rate)
+
+    def chunk_done(self) -> None:
+        """Count a committed chunk."""
+        self.chunks += 1
+        if self.progress is not None:
+            self.progress.update(self._task, chunks=self._chunks())
+
+
+# -- the worker process ----------------------------------------------------------------------
+
+
+def worker_main(config: dict[str, Any], tasks: Any, events: Any, parent: int) -> None:
+    """A worker process: run chunks from `tasks` until it hands out None."""
+    quiet_logs(bool(config["verbose"]))
+    state = LocalState(config["state"])
+    try:
+        pipeline = Pipeline(
+            load_processor(config["processor"]),
+            state.sink,
+            state.store,
+            state.dead_letters,
+            retry=RetryPolicy(attempts=config["max_attempts"]),
+            max_deliveries=config["max_deliveries"],
+            breaker=CircuitBreaker(cool_down=config["cool_down"]),
+            lease_seconds=config["lease_seconds"],
+            name=config["processor"],
+        )
+        plan = ChunkPlan.from_plain(config["plan"])
+        files = InputFiles(config["folder"])
+        ledger = chunked_ledger(state.folder)
+        while True:
+            index = _next_task(tasks, parent)
+            if index is None:
+                return
+            tally = Tally()
+            read = [0]
+
+            def on_bytes(count: int, read: list[int] = read) -> None:
+                read[0] += count
+
+            def on_batch(result: BatchResult, tally: Tally = tally, read: list[int] = read) -> None:
+                if os.getppid() != parent:
+                    os._exit(1)  # the run was killed: leave the chunk to the rerun
+                tally.add(result)
+                settled = len(result.processed) + len(result.duplicates)
+                events.put(("bytes", read[0], settled + len(result.dead_lettered)))
+                read[0] = 0
+
+            try:
+                run = anyio.run(
+                    lambda index=index, tally=tally: run_chunk(  # type: ignore[misc]
+                        pipeline,
+                        files,
+                        ledger,
+                        plan,
+                        index,
+                        batch_size=config["batch_size"],
+                        on_batch=on_batch,
+                        id_field=config["id_field"],
+                        partition_field=config["partition_field"],
+                        source="files" if config["id_field"] else None,
+                        on_bytes=on_bytes,
+                    )
+                )
+            except (ChunkBusy, ChunkIncomplete) as exc:
+                events.put(("failed", index, str(exc)))
+                continue
+            if run.skipped:
+                events.put(("bytes", plan.chunks[index].bytes, 0))
+            elif read[0]:
+                events.put(("bytes", read[0], 0))
+            events.put(("chunk", index, tally.as_plain()))
+    except Exception as exc:  # e.g. the processor's setup() failed: say so, then stop
+        events.put(("error", f"a worker stopped: {type(exc).__name__}: {exc}"))
+        raise SystemExit(1) from None
+    finally:
+        state.close()
+
+
+def _next_task(tasks: Any, parent: int) -> int | None:
+    while True:
+        try:
+            index: int | None = tasks.get(timeout=0.5)
+            return index
+        except queue.Empty:
+            if os.getppid() != parent:
+                return None

@@ -1,0 +1,578 @@
+"""Large objects in chunks: a plan of record-aligned byte ranges, and reading one chunk.
+
+A plan is made from the object's size and a few small ranged reads near each boundary,
+never by reading the object whole, on any store with `head` and `get_range` (memory,
+local disk, S3, Azure Blob). JSON Lines and CSV split at line starts (a CSV's header is
+kept in the plan and carried to every chunk); Parquet splits between row groups, read
+from its footer; a gzip file is one compressed stream, so it is one chunk read by one
+worker (`ChunkPlan.note` says so).
+
+Every record keeps its own id (the object, and the byte offset of its line or its row
+number), so one bad line is dead-lettered alone and the ids do not depend on the chunk
+size. The identities of this module (`chunk_key`, `object_source`, `record_id`) are
+built here and nowhere else, in the style of `onceflow.identity`.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import zlib
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol
+
+import anyio.from_thread
+import anyio.to_thread
+from pydantic_core import from_json
+
+from onceflow.event import Event, EventTemplate
+from onceflow.records import InvalidRecord, ObjectInfo
+from onceflow.serialization import UnstorableValue, dumps, to_plain
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "Chunk",
+    "ChunkFormat",
+    "ChunkPlan",
+    "ChunkReader",
+    "RangedObjects",
+    "chunk_format",
+    "chunk_key",
+    "object_source",
+    "plan_chunks",
+    "record_id",
+]
+
+ChunkFormat = Literal["jsonl", "csv", "parquet"]
+DEFAULT_CHUNK_SIZE = 64 << 20
+"""64 MiB: a chunk a Lambda or one local worker reads in well under a minute."""
+
+_SUFFIXES: dict[str, ChunkFormat] = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+_GZIP_MAGIC = b"\x1f\x8b"
+_BOM = b"\xef\xbb\xbf"
+_PROBE = 64 << 10
+_READ_SIZE = 1 << 20
+
+
+class RangedObjects(Protocol):
+    """What planning and reading need of an object store: its `head` and `get_range`."""
+
+    async def head(self, path: str) -> ObjectInfo | None:
+        """The object's info, or None when absent."""
+        ...
+
+    async def get_range(self, path: str, start: int, end: int) -> bytes:
+        """Bytes `start` up to, not including, `end`."""
+        ...
+
+
+# -- identities ------------------------------------------------------------------------------
+
+
+def chunk_key(path: str, version: str, index: int) -> str:
+    """The exactly-once key of chunk `index` of version `version` of object `path`."""
+    return f"chunk:{path}@{version}#{index}"
+
+
+def object_source(path: str, version: str) -> str:
+    """The `source` of the events read from one version of an object."""
+    return f"object:{path}@{version}"
+
+
+def record_id(path: str, position: int, fmt: ChunkFormat) -> str:
+    """A record's id: its line's byte offset (JSONL, CSV) or its row number (Parquet)."""
+    return f"{path}@row{position}" if fmt == "parquet" else f"{path}@{position}"
+
+
+# -- the plan --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One unit of work: bytes `start` to `end` (Parquet: row groups `start` to `end`)."""
+
+    index: int
+    start: int
+    end: int
+    bytes: int
+    """Bytes of the object this chunk covers (Parquet: its row groups' compressed size)."""
+    first_row: int = 0
+    """Parquet: the object-wide number of the chunk's first row."""
+    rows: int | None = None
+    """Parquet: the chunk's rows, known from the footer; None for text formats."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkPlan:
+    """How one version of one object splits into chunks."""
+
+    path: str
+    version: str
+    size: int
+    fmt: ChunkFormat
+    chunk_size: int
+    chunks: tuple[Chunk, ...]
+    compression: str | None = None
+    """"gzip" for a gzip file: one stream, one chunk, read by one worker."""
+    header: str | None = None
+    """A CSV's header line, given to every chunk's reader."""
+    note: str | None = None
+    """Why the object was not split, when it was not."""
+
+    def key(self, index: int) -> str:
+        """The exactly-once key of chunk `index`."""
+        return chunk_key(self.path, self.version, index)
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes every chunk together covers."""
+        return sum(chunk.bytes for chunk in self.chunks)
+
+    def as_plain(self) -> dict[str, Any]:
+        """The plan as JSON-ready data."""
+        return asdict(self)
+
+    @classmethod
+    def from_plain(cls, plain: dict[str, Any]) -> ChunkPlan:
+        """The plan `as_plain` gave."""
+        fields = dict(plain)
+        fields["chunks"] = tuple(Chunk(**c) for c in fields["chunks"])
+        return cls(**fields)
+
+
+def chunk_format(path: str, given: ChunkFormat | None = None) -> tuple[ChunkFormat, str | None]:
+    """(format, compression) of an object: `given`, or read from its name (`.jsonl.gz`)."""
+    lower = path.lower()
+    compression = "gzip" if lower.endswith(".gz") else None
+    if compression:
+        lower = lower[: -len(".gz")]
+    if given is not None:
+        return given, compression
+    for suffix, fmt in _SUFFIXES.items():
+        if lower.endswith(suffix):
+            return fmt, compression
+    raise ValueError(
+        f"cannot tell the format of {path} from its name; give it as fmt= "
+        f"({', '.join(sorted(set(_SUFFIXES.values())))})"
+    )
+
+
+async def plan_chunks(
+    objects: RangedObjects,
+    path: str,
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    fmt: ChunkFormat | None = None,
+    version: str | None = None,
+) -> ChunkPlan:
+    """Split object `path` into chunks of about `chunk_size` bytes, at record boundaries.
+
+    Reads the object's size and, near each boundary, a small range to find the next line
+    start (Parquet: the footer). `version` (an S3 version id) defaults to the object's etag.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size={chunk_size}: at least 1 byte")
+    info = await objects.head(path)
+    if info is None:
+        raise FileNotFoundError(f"no object {path!r} to plan")
+    fmt, compression = chunk_format(path, fmt)
+    size = info.size
+    version = version or info.etag or f"{size}-{info.modified}"
+    # A gzip file under a plain name is still one stream: its first two bytes say so.
+    plain = compression is None and size >= 2 and fmt != "parquet"
+    if plain and await objects.get_range(path, 0, 2) == _GZIP_MAGIC:
+        compression = "gzip"
+    common: dict[str, Any] = {
+        "path": path,
+        "version": version,
+        "size": size,
+        "fmt": fmt,
+        "chunk_size": chunk_size,
+    }
+    if compression is not None:
+        note = "gzip is one compressed stream: one worker reads it from the start"
+        header = await _gzip_header(objects, path, size) if fmt == "csv" else None
+        chunk = Chunk(0, 0, size, size)
+        return ChunkPlan(
+            **common, chunks=(chunk,), compression=compression, header=header, note=note
+        )
+    if fmt == "parquet":
+        return ChunkPlan(**common, chunks=await _parquet_chunks(objects, path, size, chunk_size))
+    header = None
+    data_start = 0
+    if fmt == "csv":
+        data_start = await _line_end(objects, path, 0, size)
+        raw = await objects.get_range(path, 0, data_start)
+        header = _strip_bom(raw).rstrip(b"\r\n").decode("utf-8", "replace")
+    starts = [data_start]
+    target = data_start + chunk_size
+    while target < size:
+        boundary = await _line_end(objects, path, target - 1, size)
+        if boundary >= size:
+            break
+        if boundary > starts[-1]:
+            starts.append(boundary)
+        target = max(boundary, target) + chunk_size
+    ends = [*starts[1:], size]
+    chunks = tuple(Chunk(i, a, b, b - a) for i, (a, b) in enumerate(zip(starts, ends, strict=True)))
+    return ChunkPlan(**common, chunks=chunks, header=header)
+
+
+async def _line_end(objects: RangedObjects, path: str, position: int, size: int) -> int:
+    """The offset just after the first newline at or after `position` (`size` if none)."""
+    probe = _PROBE
+    while position < size:
+        piece = await objects.get_range(path, position, min(size, position + probe))
+        found = piece.find(b"\n")
+        if found >= 0:
+            return position + found + 1
+        position += len(piece)
+        if not piece:
+            break
+        probe = min(probe * 2, 8 << 20)  # a very long line: look further, faster
+    return size
+
+
+async def _gzip_header(objects: RangedObjects, path: str, size: int) -> str:
+    """The first line of a gzip CSV, decompressed from its first bytes."""
+    inflate = zlib.decompressobj(wbits=31)
+    text = b""
+    position = 0
+    while b"\n" not in text and position < size:
+        piece = await objects.get_range(path, position, min(size, position + _PROBE))
+        position += len(piece)
+        text += inflate.decompress(piece)
+        if not piece:
+            break
+    return _strip_bom(text.split(b"\n", 1)[0]).rstrip(b"\r").decode("utf-8", "replace")
+
+
+def _strip_bom(raw: bytes) -> bytes:
+    return raw[len(_BOM) :] if raw.startswith(_BOM) else raw
+
+
+# -- Parquet: a file object over ranged reads ------------------------------------------------
+
+
+class _RangedFile(io.RawIOBase):
+    """A seekable read-only file over an object's ranged reads, for pyarrow.
+
+    Used from a worker thread (`anyio.to_thread`): each read calls back into the event
+    loop, so pyarrow fetches the footer and the row groups it needs, never the whole object.
+    """
+
+    def __init__(self, objects: RangedObjects, path: str, size: int) -> None:
+        self.objects = objects
+        self.path = path
+        self.size = size
+        self.position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.size}[whence]
+        self.position = max(0, base + offset)
+        return self.position
+
+    def read(self, size: int = -1) -> bytes:
+        end = self.size if size is None or size < 0 else min(self.size, self.position + size)
+        if end <= self.position:
+            return b""
+        data = anyio.from_thread.run(self.objects.get_range, self.path, self.position, end)
+        self.position += len(data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def _parquet_file(objects: RangedObjects, path: str, size: int) -> Any:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:  # pragma: no cover - depends on the install
+        raise ImportError(
+            "reading Parquet needs pyarrow: pip install 'onceflow[parquet]'"
+        ) from None
+    return pq.ParquetFile(_RangedFile(objects, path, size))
+
+
+async def _parquet_chunks(
+    objects: RangedObjects, path: str, size: int, chunk_size: int
+) -> tuple[Chunk, ...]:
+    def plan() -> tuple[Chunk, ...]:
+        metadata = _parquet_file(objects, path, size).metadata
+        chunks: list[Chunk] = []
+        first = row = rows = taken = 0
+        for group in range(metadata.num_row_groups):
+            meta = metadata.row_group(group)
+            taken += sum(meta.column(c).total_compressed_size for c in range(meta.num_columns))
+            rows += meta.num_rows
+            if taken >= chunk_size or group == metadata.num_row_groups - 1:
+                chunks.append(Chunk(len(chunks), first, group + 1, taken, row, rows))
+                first, row, rows, taken = group + 1, row + rows, 0, 0
+        return tuple(chunks) or (Chunk(0, 0, 0, 0, 0, 0),)
+
+    return await anyio.to_thread.run_sync(plan)
+
+
+# -- reading one chunk -----------------------------------------------------------------------
+
+Record = Event | InvalidRecord
+
+
+@dataclass
+class ChunkReader:
+    """The records of one chunk, read in bounded pieces, with the chunk's running totals.
+
+    Memory stays at one piece (`read_size`) and one batch whatever the object's size. Ids
+    come from the object and the line's offset (or row), or from `id_field` with `source`.
+    """
+
+    objects: RangedObjects
+    plan: ChunkPlan
+    index: int
+    source: str | None = None
+    """The events' source; default `object_source(path, version)`."""
+    id_field: str | None = None
+    partition_field: str | None = None
+    read_size: int = _READ_SIZE
+    event_type: str = "onceflow.object.record"
+    on_bytes: Callable[[int], None] | None = None
+    """Called with the bytes just read, for progress bars."""
+    rows: int = 0
+    """Records read so far (events and invalid records)."""
+    invalid: int = 0
+    bytes_read: int = 0
+    _digest: Any = field(default_factory=hashlib.sha256)
+
+    @property
+    def chunk(self) -> Chunk:
+        """The chunk being read."""
+        return self.plan.chunks[self.index]
+
+    @property
+    def checksum(self) -> str:
+        """sha256 of the chunk's bytes (Parquet: of its records' data), read so far."""
+        return str(self._digest.hexdigest())
+
+    async def batches(self, size: int) -> AsyncIterator[list[Record]]:
+        """The chunk's records in batches of at most `size`."""
+        batch: list[Record] = []
+        async for record in self._records():
+            self.rows += 1
+            if isinstance(record, InvalidRecord):
+                self.invalid += 1
+            batch.append(record)
+            if len(batch) >= size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    def _records(self) -> AsyncIterator[Record]:
+        if self.plan.fmt == "parquet":
+            return self._parquet()
+        return self._text()
+
+    def _template(self) -> EventTemplate:
+        source = self.source or object_source(self.plan.path, self.plan.version)
+        return EventTemplate(source=source, type=self.event_type, time=datetime.now(UTC))
+
+    def _counted(self, data: bytes) -> None:
+        self._digest.update(data)
+        self.bytes_read += len(data)
+        if self.on_bytes is not None:
+            self.on_bytes(len(data))
+
+    # -- text formats ------------------------------------------------------------------------
+
+    async def _lines(self) -> AsyncIterator[tuple[int, bytes]]:
+        """(offset, line without its newline) of every line starting in the chunk."""
+        plan, chunk = self.plan, self.chunk
+        pieces = self._gzip_pieces() if plan.compression else self._plain_pieces()
+        offset = chunk.start
+        carry = b""
+        async for piece in pieces:
+            lines = (carry + piece).split(b"\n")
+            carry = lines.pop()
+            for line in lines:
+                yield offset, line
+                offset += len(line) + 1
+        if carry:
+            yield offset, carry
+
+    async def _plain_pieces(self) -> AsyncIterator[bytes]:
+        chunk, path = self.chunk, self.plan.path
+        position = chunk.start
+        while position < chunk.end:
+            piece = await self.objects.get_range(
+                path, position, min(chunk.end, position + self.read_size)
+            )
+            if not piece:
+                raise EOFError(f"{path} ended at byte {position}, before its planned {chunk.end}")
+            position += len(piece)
+            self._counted(piece)
+            yield piece
+
+    async def _gzip_pieces(self) -> AsyncIterator[bytes]:
+        inflate = zlib.decompressobj(wbits=31)
+        async for piece in self._plain_pieces():
+            out = inflate.decompress(piece)
+            # Concatenated gzip members (what `cat a.gz b.gz` makes) are one file too.
+            while inflate.eof and inflate.unused_data:
+                rest = inflate.unused_data
+                inflate = zlib.decompressobj(wbits=31)
+                out += inflate.decompress(rest)
+            yield out
+
+    async def _text(self) -> AsyncIterator[Record]:
+        template = self._template()
+        plan = self.plan
+        skip_header = plan.fmt == "csv" and plan.compression is not None
+        header = [h.strip() for h in next(csv.reader([plan.header]))] if plan.header else []
+        async for offset, line in self._lines():
+            body = line[:-1] if line.endswith(b"\r") else line
+            if offset == 0:
+                body = _strip_bom(body)
+                if skip_header:
+                    continue
+            if not body.strip():
+                continue
+            if plan.fmt == "csv":
+                yield self._csv(template, offset, body, header)
+            else:
+                yield self._jsonl(template, offset, body)
+
+    def _jsonl(self, template: EventTemplate, offset: int, body: bytes) -> Record:
+        try:
+            fields = from_json(body)
+        except ValueError:
+            why = _why_not_json(body)
+            if why is None:  # accepted by json.loads after all (a lone surrogate escape)
+                fields = json.loads(body)
+            else:
+                return self._invalid(offset, why, body)
+        return self._event(template, offset, body, fields)
+
+    def _csv(self, template: EventTemplate, offset: int, body: bytes, header: list[str]) -> Record:
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            why = f"not valid UTF-8 (byte 0x{body[exc.start]:02x} at column {exc.start + 1})"
+            return self._invalid(offset, why, body)
+        try:
+            row = next(csv.reader([text], strict=True))
+        except csv.Error as exc:
+            why = f"not valid CSV ({exc}); a quoted field across lines cannot be read in chunks"
+            return self._invalid(offset, why, body)
+        if len(row) != len(header):
+            missing = header[len(row) :]
+            why = f"expected {len(header)} columns, found {len(row)}" + (
+                f" (missing {', '.join(missing)})" if missing else ""
+            )
+            return self._invalid(offset, why, body)
+        fields = dict(zip(header, row, strict=True))
+        return self._event(template, offset, dumps(fields).encode(), fields)
+
+    # -- Parquet -----------------------------------------------------------------------------
+
+    async def _parquet(self) -> AsyncIterator[Record]:
+        template = self._template()
+        chunk, plan = self.chunk, self.plan
+        groups = list(range(chunk.start, chunk.end))
+        if not groups:
+            return
+        opened: list[Iterator[Any]] = []
+
+        def next_rows() -> list[dict[str, Any]] | None:
+            if not opened:
+                parquet = _parquet_file(self.objects, plan.path, plan.size)
+                opened.append(parquet.iter_batches(batch_size=4096, row_groups=groups))
+            batch = next(opened[0], None)
+            return None if batch is None else list(batch.to_pylist())
+
+        row = chunk.first_row
+        while (rows := await anyio.to_thread.run_sync(next_rows)) is not None:
+            for fields in rows:
+                try:
+                    data = dumps(to_plain(fields)).encode()
+                except UnstorableValue as exc:
+                    yield self._invalid(row, str(exc), b"")
+                else:
+                    self._digest.update(data)
+                    yield self._event(template, row, data, fields)
+                row += 1
+        self.bytes_read = chunk.bytes
+        if self.on_bytes is not None:
+            self.on_bytes(chunk.bytes)
+
+    # -- building records --------------------------------------------------------------------
+
+    def _where(self, position: int) -> str:
+        unit = "row" if self.plan.fmt == "parquet" else "byte"
+        return f"{self.plan.path} {unit} {position} (chunk {self.index})"
+
+    def _invalid(self, position: int, why: str, raw: bytes) -> InvalidRecord:
+        plan = self.plan
+        return InvalidRecord(
+            id=record_id(plan.path, position, plan.fmt),
+            source=self.source or object_source(plan.path, plan.version),
+            reason=f"{self._where(position)}: {why}",
+            raw=raw,
+            locator=self._where(position),
+            attributes=self._attributes(position),
+        )
+
+    def _attributes(self, position: int) -> dict[str, str]:
+        unit = "row" if self.plan.fmt == "parquet" else "offset"
+        return {"object": self.plan.path, unit: str(position), "chunk": str(self.index)}
+
+    def _event(self, template: EventTemplate, position: int, data: bytes, fields: Any) -> Record:
+        event_id = record_id(self.plan.path, position, self.plan.fmt)
+        partition = None
+        if self.id_field is not None or self.partition_field is not None:
+            if not isinstance(fields, dict):
+                return self._invalid(position, "expected a JSON object", data)
+            if self.id_field is not None:
+                value = fields.get(self.id_field)
+                if value is None or value == "" or isinstance(value, dict | list):
+                    why = f"no usable {self.id_field!r} field for the event id"
+                    return self._invalid(position, why, data)
+                event_id = str(value)
+            if self.partition_field is not None:
+                value = fields.get(self.partition_field)
+                partition = None if value is None else str(value)
+        return template.event(event_id, data, partition, str(position), self._attributes(position))
+
+
+def _why_not_json(body: bytes) -> str | None:
+    """Why a line is not JSON (its dead-letter reason), or None when json.loads takes it."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"not valid UTF-8 (byte 0x{body[exc.start]:02x} at column {exc.start + 1})"
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as exc:
+        return f"not valid JSON ({exc.msg} at column {exc.colno})"
+    return None
