@@ -7,6 +7,7 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from onceflow.adapters.aws.decode import Delivery, Item, decode
+from onceflow.deployment import Deployment
 from onceflow.errors import OnceflowError
 from onceflow.pipeline import BatchResult, Pipeline, built_once
 
@@ -31,9 +32,12 @@ class LambdaHandler:
         pipeline: Pipeline | Callable[[], Pipeline],
         *,
         safety_margin: float = DEFAULT_SAFETY_MARGIN,
+        deployment: Deployment | None = None,
     ) -> None:
         self._pipeline = built_once(pipeline)
         self.safety_margin = safety_margin
+        self.deployment = deployment
+        """What the function needs deployed; `onceflow aws template` writes it."""
         self._warned = False
 
     @property
@@ -64,10 +68,16 @@ class LambdaHandler:
 
 
 def lambda_handler(
-    pipeline: Pipeline | Callable[[], Pipeline], *, safety_margin: float = DEFAULT_SAFETY_MARGIN
+    pipeline: Pipeline | Callable[[], Pipeline],
+    *,
+    safety_margin: float = DEFAULT_SAFETY_MARGIN,
+    deployment: Deployment | None = None,
 ) -> LambdaHandler:
-    """A Lambda handler for `pipeline`, or for the pipeline a zero-argument factory builds."""
-    return LambdaHandler(pipeline, safety_margin=safety_margin)
+    """A Lambda handler for `pipeline`, or for the pipeline a zero-argument factory builds.
+
+    `deployment` declares the trigger and resources it needs (see `onceflow.deployment`).
+    """
+    return LambdaHandler(pipeline, safety_margin=safety_margin, deployment=deployment)
 
 
 def answer(delivery: Delivery, result: BatchResult) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import os
 
 from examples.orders.processor import OrderProcessor
 from onceflow.adapters.aws import lambda_handler
+from onceflow.deployment import Deployment, Resource, ResourceKind, Trigger, TriggerKind
 from onceflow.errors import ConfigurationError
 from onceflow.pipeline import Pipeline
 
@@ -57,4 +58,14 @@ def build_pipeline() -> Pipeline:
     )
 
 
-handler = lambda_handler(build_pipeline)
+# What `onceflow aws template` deploys: the same variables build_pipeline reads.
+DEPLOYMENT = Deployment(
+    Trigger(TriggerKind.KINESIS, Resource(ResourceKind.KINESIS_STREAM, "ONCEFLOW_SOURCE_STREAM")),
+    state=Resource(ResourceKind.DYNAMODB_TABLE, "ONCEFLOW_STATE_TABLE"),
+    outputs=(Resource(ResourceKind.DYNAMODB_TABLE, "ONCEFLOW_OUTPUT_TABLE"),),
+    dead_letters=Resource(ResourceKind.SQS_QUEUE, "ONCEFLOW_DEAD_LETTERS"),
+    commit="upsert",
+    name="orders",
+)
+
+handler = lambda_handler(build_pipeline, deployment=DEPLOYMENT)
