@@ -23,8 +23,32 @@ __all__ = ["TableSink"]
 
 T = TypeVar("T")
 
-CHUNK = 30_000  # characters per string property (the service allows 64 KiB of UTF-16)
+UNITS = 32_000
+"""UTF-16 code units per string property: the service allows 64 KiB of UTF-16 (32K units)."""
 MAX_CHUNKS = 15  # entities hold at most 1 MiB; leave room for the other properties
+HIGH_SURROGATES = range(0xD800, 0xDC00)
+
+
+def split_utf16(text: str, units: int = UNITS) -> list[str]:
+    """`text` in pieces of at most `units` UTF-16 code units, never inside a surrogate pair.
+
+    The service measures a string property in UTF-16: a character outside the Basic
+    Multilingual Plane (an emoji) takes two units, so a split by code points overflows.
+    """
+    if len(text) <= units // 2:
+        return [text]
+    data = text.encode("utf-16-le", "surrogatepass")
+    if len(data) == 2 * len(text):  # no pairs: a code point is a unit
+        return [text[i : i + units] for i in range(0, len(text), units)]
+    pieces: list[str] = []
+    start, step = 0, 2 * units
+    while start < len(data):
+        end = min(start + step, len(data))
+        if end < len(data) and int.from_bytes(data[end - 2 : end], "little") in HIGH_SURROGATES:
+            end -= 2  # keep the pair together
+        pieces.append(data[start:end].decode("utf-16-le", "surrogatepass"))
+        start = end
+    return pieces
 
 
 class TableSink:
@@ -35,8 +59,9 @@ class TableSink:
     completion marker of a key commit in one entity transaction, fenced by the marker's
     ETag (the store's `complete_with`, `onceflow.interfaces.TransactionalStore`). On
     another table it is a plain idempotent sink and the runner writes, then
-    completes. The value is stored as JSON text, split over properties `value0..`;
-    outputs over ~900 KB are refused with `OutputRejected` (dead-lettered).
+    completes. The value is stored as JSON text, split over properties `value0..` of at
+    most 32,000 UTF-16 code units each (the service's 64 KiB); outputs over 480,000
+    units (960 KB of UTF-16) are refused with `OutputRejected` (dead-lettered).
     """
 
     def __init__(
@@ -100,11 +125,13 @@ class TableSink:
         too_big: dict[str, str] = {}
         for output in outputs:
             text = dumps(output.value)
-            pieces = [text[i : i + CHUNK] for i in range(0, len(text), CHUNK)] or [""]
+            pieces = split_utf16(text) if text else [""]
             if len(pieces) > MAX_CHUNKS:
+                units = sum(len(p.encode("utf-16-le", "surrogatepass")) for p in pieces) // 2
                 too_big[output.output_id] = (
-                    f"{len(text)} characters of JSON is over a Table entity's "
-                    f"{CHUNK * MAX_CHUNKS}-character limit"
+                    f"its JSON is {units} UTF-16 code units ({2 * units} bytes), over the "
+                    f"{UNITS * MAX_CHUNKS} units a Table entity of at most 1 MiB holds "
+                    f"({MAX_CHUNKS} string properties of {UNITS})"
                 )
                 continue
             partition, row_key = output_address(output.event_key, output.output_id)

@@ -299,3 +299,52 @@ async def test_a_contended_key_gets_the_retry_policys_rounds(
     [claim] = await store.claim([key], 30)
     # The batch's write, then one write per round: every one meets the intruder's.
     assert claim.status is ClaimStatus.IN_PROGRESS and intruder.writes == 1 + 3
+
+
+# -- property limits: 64 KiB of UTF-16 per string property ----------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("atomic", [True, False], ids=["atomic", "write-then-complete"])
+async def test_outputs_of_astral_characters_fit_table_properties(
+    azurite_server: Azurite, atomic: bool
+) -> None:
+    """20,000 emoji are 40,000 UTF-16 units: split by code points they overflow a property."""
+    from onceflow.adapters.memory import MemorySink
+    from onceflow.event import Event
+    from onceflow.pipeline import Pipeline
+
+    class Emoji:
+        def process(self, event: Event) -> Any:
+            return {"text": "\U0001f600" * 20_000, "n": int(event.id), "mixed": "é" * 40_000}
+
+    conn = azurite_server.connection_string
+    clock = ManualClock()
+    state, other = (f"{role}{uuid.uuid4().hex[:10]}" for role in ("emoji", "emojiout"))
+    store = TableIdempotencyStore(state, connection_string=conn, clock=clock, create=True)
+    sink = TableSink(state if atomic else other, connection_string=conn, create=True)
+    letters = MemorySink()
+    pipe = Pipeline(Emoji(), sink, store, letters, clock=clock)
+    source = f"emoji-{uuid.uuid4().hex[:8]}"
+    events = [Event(id=str(n), source=source, data=b"{}") for n in range(3)]
+    result = await pipe.process_batch(events)
+    assert result.failed == [] and letters.values() == []
+    stored = await sink.contents()
+    for n in range(3):
+        value = stored[output_id(event_key(source, str(n)), 0)]
+        assert value == {"text": "\U0001f600" * 20_000, "n": n, "mixed": "é" * 40_000}
+
+
+@pytest.mark.anyio
+async def test_an_output_over_an_entity_is_rejected_by_utf16_size(
+    azurite_server: Azurite, tables: dict[str, str]
+) -> None:
+    from onceflow.errors import OutputRejected
+    from onceflow.records import Output
+
+    sink = TableSink(tables["other"], connection_string=azurite_server.connection_string)
+    key = event_key("emoji", "big")
+    # 260,000 emoji: 1 MB of UTF-8 but 1.04 MB of UTF-16, over an entity's 1 MiB.
+    big = Output(output_id(key, 0), key, "big", 0, "\U0001f600" * 260_000)
+    with pytest.raises(OutputRejected, match="UTF-16"):
+        await sink.write([big])
