@@ -60,8 +60,10 @@ def business_key(field: str, envelope: Envelope | None = None) -> Callable[[Even
             if not value:
                 raise MissingKeyField(f"event {event.key}: key field {field!r} is empty")
             return event_key(field, value)
-        if kind is int or kind is Decimal:
+        if kind is int:
             return event_key(field, str(value))
+        if kind is Decimal and value.is_finite() and value == value.to_integral_value():
+            return event_key(field, str(int(value)))  # 7 and 7.0 are one payment
         # Floats, booleans, nulls and objects make poor identities; say which it was.
         raise MissingKeyField(
             f"event {event.key}: key field {field!r} holds a {_json_kind(value)}, "

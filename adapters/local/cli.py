@@ -59,6 +59,11 @@ def register(subparsers: Any) -> None:
     run.add_argument("--id-field", metavar="FIELD", help="take event ids from this field")
     run.add_argument("--partition-field", metavar="FIELD", help="ordering lane per this field")
     run.add_argument(
+        "--key-field",
+        metavar="PATH",
+        help="dedupe on this dotted path into each payload (a business key, e.g. payment.id)",
+    )
+    run.add_argument(
         "--chunk-size",
         type=_positive,
         metavar="BYTES",

@@ -61,6 +61,7 @@ def run_command(args: argparse.Namespace) -> int:
             breaker=CircuitBreaker(cool_down=args.cool_down),
             lease_seconds=args.lease_seconds,
             name=args.processor,
+            key=getattr(args, "key_field", None),
         )
         run_id = 0 if args.report else state.start_run(args.processor, args.input, _options(args))
         tally = Tally()
