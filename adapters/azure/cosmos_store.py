@@ -21,6 +21,8 @@ from azure.cosmos.exceptions import (
 
 from onceflow.adapters.azure.lease_rows import (
     IN_PROGRESS,
+    UnansweredClaims,
+    completed_by,
     completed_fields,
     contention_policy,
     deliveries_after,
@@ -89,6 +91,7 @@ class CosmosIdempotencyStore:
         """Rounds for one contended key (conflicting writes), and the wait between them."""
         self._etags: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self._lock = threading.Lock()
+        self._unanswered = UnansweredClaims()
         self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="onceflow-cosmos")
 
     async def _call(self, func: Callable[[], T]) -> T:
@@ -106,7 +109,13 @@ class CosmosIdempotencyStore:
         answers: dict[str, Claim] = {}
         contested: list[str] = []
         for key in keys:
-            held = held_answer(key, rows.get(key), now)
+            row = rows.get(key)
+            mine = self._unanswered.adopt(key, row, now)
+            if mine is not None and row is not None:
+                self._remember(key, mine.token or "", str(row["_etag"]))
+                answers[key] = mine
+                continue
+            held = held_answer(key, row, now)
             if held is not None:
                 answers[key] = held
             else:
@@ -115,6 +124,7 @@ class CosmosIdempotencyStore:
             lambda key: self._take(key, rows.get(key), lease_seconds), contested
         )
         answers.update(zip(contested, claims, strict=True))
+        self._unanswered.answered(keys)
         return [answers[key] for key in keys]
 
     def _take(self, key: str, row: Item | None, lease_seconds: float) -> Claim:
@@ -134,6 +144,14 @@ class CosmosIdempotencyStore:
                 return held
             token = uuid.uuid4().hex
             deliveries = deliveries_after(row)
+            attempt_claim = Claim(
+                key,
+                ClaimStatus.NEW,
+                token=token,
+                lease_expires_at=now + lease_seconds,
+                deliveries=deliveries,
+            )
+            self._unanswered.note(attempt_claim)
             fields = {
                 "id": ident,
                 "pk": partition,
@@ -154,24 +172,12 @@ class CosmosIdempotencyStore:
                         match_condition=MatchConditions.IfNotModified,
                     )
             except (CosmosResourceExistsError, CosmosAccessConditionFailedError):
-                tried = Claim(
-                    key,
-                    ClaimStatus.NEW,
-                    token=token,
-                    lease_expires_at=now + lease_seconds,
-                    deliveries=deliveries,
-                )
+                tried = attempt_claim
                 continue
             except CosmosResourceNotFoundError:
                 continue  # released or purged meanwhile: create it next round
             self._remember(key, token, written["_etag"])
-            return Claim(
-                key,
-                ClaimStatus.NEW,
-                token=token,
-                lease_expires_at=now + lease_seconds,
-                deliveries=deliveries,
-            )
+            return attempt_claim
         return Claim(key, ClaimStatus.IN_PROGRESS, lease_expires_at=self.clock.now())
 
     # -- complete and release --------------------------------------------------------------
@@ -189,6 +195,8 @@ class CosmosIdempotencyStore:
         for _ in rounds(self.retry):
             if etag is None:
                 row = self._read_one(key)
+                if completed_by(completion, row):
+                    return True  # our own commit, its reply lost: not applied again
                 if row is None or row.get("token") != token:
                     return False
                 etag = str(row["_etag"])

@@ -5,8 +5,10 @@ Shared by the Table and Cosmos stores.
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from onceflow.records import Claim, ClaimStatus, Completion, Outcome, OutcomeStatus
@@ -15,6 +17,8 @@ from onceflow.retry import Backoff, RetryPolicy
 __all__ = [
     "COMPLETED",
     "IN_PROGRESS",
+    "UnansweredClaims",
+    "completed_by",
     "completed_fields",
     "contention_policy",
     "deliveries_after",
@@ -39,6 +43,62 @@ def held_answer(key: str, row: Mapping[str, Any] | None, now: float) -> Claim | 
     if row.get("status") == IN_PROGRESS and lease_end > now:
         return Claim(key, ClaimStatus.IN_PROGRESS, lease_expires_at=lease_end)
     return None
+
+
+def completed_by(completion: Completion, row: Mapping[str, Any] | None) -> bool:
+    """Whether `row` is this completion's own commit (a retried commit whose reply was lost).
+
+    A completed row keeps the token of the lease that completed it, and only that
+    lease's holder completes with it.
+    """
+    token = completion.claim.token
+    return bool(
+        row is not None and token and row.get("status") == COMPLETED and row.get("token") == token
+    )
+
+
+class UnansweredClaims:
+    """Leases this store handle wrote but whose answer never reached its caller.
+
+    A claim whose reply was lost (the request landed, the connection dropped) raises, and
+    the caller claims the key again with a new token: without this memory the store
+    would read its own new lease back as another worker's and answer IN_PROGRESS for the
+    whole lease time. A later claim of the key by this handle adopts the lease instead.
+    """
+
+    LIMIT = 100_000
+
+    def __init__(self) -> None:
+        self._claims: OrderedDict[str, Claim] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def note(self, claim: Claim) -> None:
+        """`claim` is about to be written; until `answered`, a lost reply may leave it."""
+        with self._lock:
+            self._claims[claim.key] = claim
+            self._claims.move_to_end(claim.key)
+            while len(self._claims) > self.LIMIT:
+                self._claims.popitem(last=False)
+
+    def answered(self, keys: Iterable[str]) -> None:
+        """The caller got its answers for `keys`: nothing of theirs is unanswered."""
+        with self._lock:
+            for key in keys:
+                self._claims.pop(key, None)
+
+    def adopt(self, key: str, row: Mapping[str, Any] | None, now: float) -> Claim | None:
+        """Our own unanswered lease on `key`, when `row` is it and still live."""
+        if row is None or row.get("status") != IN_PROGRESS:
+            return None
+        with self._lock:
+            claim = self._claims.get(key)
+        token = row.get("token")
+        lease_end = float(row.get("lease_expires_at", 0))
+        if claim is None or not token or token != claim.token or lease_end <= now:
+            return None
+        return claim._replace(
+            lease_expires_at=lease_end, deliveries=int(row.get("deliveries", claim.deliveries))
+        )
 
 
 def deliveries_after(row: Mapping[str, Any] | None) -> int:

@@ -17,6 +17,8 @@ from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 from onceflow.adapters.azure.lease_rows import (
     COMPLETED,
     IN_PROGRESS,
+    UnansweredClaims,
+    completed_by,
     completed_fields,
     contention_policy,
     deliveries_after,
@@ -90,6 +92,7 @@ class TableIdempotencyStore:
         """Rounds for one contended key (conflicting writes), and the wait between them."""
         self._etags: OrderedDict[tuple[str, str], tuple[str, str]] = OrderedDict()
         self._etag_lock = threading.Lock()
+        self._unanswered = UnansweredClaims()
         if create:
             with contextlib.suppress(ResourceExistsError):
                 table.create_table()
@@ -121,6 +124,7 @@ class TableIdempotencyStore:
             if operation is None:
                 answers[key] = claim
             else:
+                self._unanswered.note(claim)
                 groups.append(Group(address[0], [operation], tag=claim))
         submit(self.table, groups)
         for group in groups:
@@ -132,6 +136,7 @@ class TableIdempotencyStore:
                 answers[claim.key] = self._claim_one(
                     claim.key, addresses[claim.key], lease_seconds, attempted=claim
                 )
+        self._unanswered.answered(keys)
         return [answers[key] for key in keys]
 
     def _decide(
@@ -143,6 +148,11 @@ class TableIdempotencyStore:
         lease_seconds: float,
     ) -> tuple[Claim, Operation | None]:
         """The answer for one key given its stored row, and the write a NEW answer needs."""
+        mine = self._unanswered.adopt(key, row, now)
+        if mine is not None:
+            assert row is not None
+            self._remember(address, mine.token, _etag(row))
+            return mine, None
         held = held_answer(key, row, now)
         if held is not None:
             return held, None
@@ -182,6 +192,7 @@ class TableIdempotencyStore:
             claim, operation = self._decide(key, address, row, self.clock.now(), lease_seconds)
             if operation is None:
                 return claim
+            self._unanswered.note(claim)
             try:
                 if operation[0] == "create":
                     written = self.table.create_entity(operation[1])
@@ -231,9 +242,9 @@ class TableIdempotencyStore:
         if unknown:
             rows = self.read([key_address(completions[i].key) for i in unknown])
             for i in unknown:
-                etags[i] = self._holding_etag(
-                    completions[i], rows.get(key_address(completions[i].key))
-                )
+                row = rows.get(key_address(completions[i].key))
+                accepted[i] = completed_by(completions[i], row)
+                etags[i] = None if accepted[i] else self._holding_etag(completions[i], row)
         pending = [i for i, etag in enumerate(etags) if etag is not None]
         for _ in rounds(self.retry):
             groups = []
@@ -265,8 +276,12 @@ class TableIdempotencyStore:
                         group.etags[marker_at],
                     )
                 else:
-                    # The ETag moved: our own earlier completion, or a takeover. Read and see.
+                    # The ETag moved: our own earlier completion (its reply lost), or a
+                    # takeover. Read and see; our own commit is not applied again.
                     row = self._get(key_address(completions[i].key))
+                    if completed_by(completions[i], row):
+                        accepted[i] = True
+                        continue
                     etags[i] = self._holding_etag(completions[i], row)
                     if etags[i] is not None:
                         pending.append(i)
