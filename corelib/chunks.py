@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
 import anyio.from_thread
+import anyio.lowlevel
 import anyio.to_thread
 from pydantic_core import from_json
 
@@ -61,7 +62,7 @@ _SUFFIXES: dict[str, ChunkFormat] = {
 }
 _GZIP_MAGIC = b"\x1f\x8b"
 _BOM = b"\xef\xbb\xbf"
-_PROBE = 64 << 10
+_PROBE = 4 << 10  # most lines end within a few KiB; a longer one doubles the probe
 _READ_SIZE = 1 << 20
 
 
@@ -273,6 +274,8 @@ class _RangedFile(io.RawIOBase):
     """
 
     def __init__(self, objects: RangedObjects, path: str, size: int) -> None:
+        # pyarrow may read from threads of its own: they reach the loop by its token.
+        self.token = anyio.lowlevel.current_token()
         self.objects = objects
         self.path = path
         self.size = size
@@ -296,7 +299,9 @@ class _RangedFile(io.RawIOBase):
         end = self.size if size is None or size < 0 else min(self.size, self.position + size)
         if end <= self.position:
             return b""
-        data = anyio.from_thread.run(self.objects.get_range, self.path, self.position, end)
+        data = anyio.from_thread.run(
+            self.objects.get_range, self.path, self.position, end, token=self.token
+        )
         self.position += len(data)
         return data
 
@@ -306,21 +311,23 @@ class _RangedFile(io.RawIOBase):
         return len(data)
 
 
-def _parquet_file(objects: RangedObjects, path: str, size: int) -> Any:
+def _parquet_file(file: _RangedFile) -> Any:
     try:
         import pyarrow.parquet as pq
     except ImportError:  # pragma: no cover - depends on the install
         raise ImportError(
             "reading Parquet needs pyarrow: pip install 'onceflow[parquet]'"
         ) from None
-    return pq.ParquetFile(_RangedFile(objects, path, size))
+    return pq.ParquetFile(file)
 
 
 async def _parquet_chunks(
     objects: RangedObjects, path: str, size: int, chunk_size: int
 ) -> tuple[Chunk, ...]:
+    file = _RangedFile(objects, path, size)
+
     def plan() -> tuple[Chunk, ...]:
-        metadata = _parquet_file(objects, path, size).metadata
+        metadata = _parquet_file(file).metadata
         chunks: list[Chunk] = []
         first = row = rows = taken = 0
         for group in range(metadata.num_row_groups):
@@ -503,10 +510,11 @@ class ChunkReader:
         if not groups:
             return
         opened: list[Iterator[Any]] = []
+        file = _RangedFile(self.objects, plan.path, plan.size)
 
         def next_rows() -> list[dict[str, Any]] | None:
             if not opened:
-                parquet = _parquet_file(self.objects, plan.path, plan.size)
+                parquet = _parquet_file(file)
                 opened.append(parquet.iter_batches(batch_size=4096, row_groups=groups))
             batch = next(opened[0], None)
             return None if batch is None else list(batch.to_pylist())

@@ -1,0 +1,179 @@
+"""`onceflow run` on one large file: chunks on `--workers N`, fan-in, and SIGKILL at random
+points followed by a rerun (a few kills here; `benchmarks/large_file.py` does 20 on a
+bigger file). Files are a few MB, split into many small chunks with `--chunk-size`."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from onceflow.adapters.local.chunked_run import InputFiles, chunked_ledger
+from onceflow.chunks import ChunkPlan
+
+ROOT = Path(__file__).resolve().parents[2]
+EVENTS = 25_000
+BAD = {7, 13_337, 24_999}  # `"bad": true`: the Doubler refuses them (dead letters)
+CHUNK = "80000"
+PROCESSOR = "tests.local.processors:Doubler"
+
+
+def make_input(path: Path) -> None:
+    with path.open("w") as handle:
+        for n in range(EVENTS):
+            handle.write(json.dumps({"n": n, "bad": n in BAD}) + "\n")
+        handle.write("{not json\n")  # one broken line, dead-lettered alone
+
+
+def onceflow(*args: str, **popen: Any) -> subprocess.Popen[bytes]:
+    command = [
+        str(Path(sys.executable).with_name("onceflow")),
+        "run",
+        "tests.local.processors:Doubler",
+    ]
+    return subprocess.Popen(
+        [*command, *args, "--quiet"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        **popen,
+    )  # fmt: skip
+
+
+def finish(process: subprocess.Popen[bytes]) -> tuple[int, str]:
+    out, err = process.communicate(timeout=120)
+    return process.returncode, (out + err).decode()
+
+
+def outputs(path: Path) -> list[Any]:
+    return sorted((json.loads(line) for line in path.read_text().splitlines()), key=str)
+
+
+def stored(state: Path, table: str) -> int:
+    try:
+        with sqlite3.connect(f"{(state / 'state.db').as_uri()}?mode=ro", uri=True) as conn:
+            return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+    except sqlite3.Error:
+        return 0
+
+
+def ledger_files(state: Path) -> tuple[ChunkPlan | None, set[str]]:
+    runs = state / "chunked" / "runs"
+    if not runs.exists():
+        return None, set()
+    files = {p.relative_to(runs).as_posix() for p in runs.rglob("*") if p.is_file()}
+    plans = [p for p in runs.rglob("plan.json")]
+    plan = ChunkPlan.from_plain(json.loads(plans[0].read_text())) if plans else None
+    return plan, files
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Any]]:
+    """The input, and the outputs of one run of the unchunked path (one file, one reader)."""
+    folder = tmp_path_factory.mktemp("large")
+    source = folder / "big.jsonl"
+    make_input(source)
+    out = folder / "clean.jsonl"
+    code, text = finish(onceflow("--input", str(source), "--state", str(folder / "clean"),
+                                 "--out", str(out)))  # fmt: skip
+    assert code == 1, text  # dead letters make the exit status 1
+    return source, outputs(out)
+
+
+@pytest.mark.slow
+def test_chunked_run_on_two_workers_equals_one_reader(
+    clean: tuple[Path, list[Any]], tmp_path: Path
+) -> None:
+    source, expected = clean
+    state, out = tmp_path / "state", tmp_path / "out.jsonl"
+    args = ("--input", str(source), "--state", str(state), "--out", str(out), "--workers", "2")
+    code, text = finish(onceflow(*args, "--chunk-size", CHUNK))
+    assert code == 1, text
+    assert outputs(out) == expected and len(expected) == EVENTS - len(BAD)
+    plan, files = ledger_files(state)
+    assert plan is not None and len(plan.chunks) > 4
+    assert sum(f.endswith("/_SUCCESS") for f in files) == 1
+    manifest = json.loads(next((state / "chunked").rglob("manifest.json")).read_text())
+    assert (manifest["rows"], manifest["invalid"]) == (EVENTS + 1, 1)
+    assert stored(state, "dead_letters") == len(BAD) + 1
+    # Run again: every chunk is skipped, nothing is written again.
+    code, text = finish(onceflow(*args, "--chunk-size", CHUNK))
+    assert f"{len(plan.chunks)} chunks of big.jsonl: 0 run, {len(plan.chunks)} done" in text
+    assert outputs(out) == expected
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_then_rerun_equals_one_clean_run(
+    clean: tuple[Path, list[Any]], tmp_path: Path
+) -> None:
+    source, expected = clean
+    state, out = tmp_path / "state", tmp_path / "out.jsonl"
+    args = ("--input", str(source), "--state", str(state), "--workers", "2", "--chunk-size", CHUNK)
+    rng = random.Random(13)
+    kills = 0
+    cut_at: list[int] = []
+    for _ in range(5):
+        run = onceflow(*args, start_new_session=True)
+        target = stored(state, "outputs") + rng.randrange(500, EVENTS // 4)
+        deadline = time.monotonic() + 60
+        while run.poll() is None and stored(state, "outputs") < target:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)  # the parent and its workers, at once
+            kills += 1
+        run.communicate()
+        plan, files = ledger_files(state)
+        if plan is None:
+            continue
+        receipts = {f for f in files if "/chunks/" in f}
+        cut_at.append(len(receipts))
+        succeeded = any(f.endswith("/_SUCCESS") for f in files)
+        # _SUCCESS only at the end: never without the manifest and every chunk's receipt.
+        assert not succeeded or (
+            len(receipts) == len(plan.chunks) and any(f.endswith("/manifest.json") for f in files)
+        )
+    print(f"{kills} kills; receipts after each: {cut_at}")
+    assert kills >= 1
+    code, text = finish(onceflow(*args, "--out", str(out)))
+    assert code == 1, text  # the dead letters of the input, nothing else
+    assert outputs(out) == expected  # nothing lost, nothing doubled
+    assert stored(state, "outputs") == EVENTS - len(BAD)
+    assert stored(state, "dead_letters") == len(BAD) + 1
+    plan, files = ledger_files(state)
+    assert plan is not None
+    assert len({f for f in files if "/chunks/" in f}) == len(plan.chunks)
+    assert sum(f.endswith("/_SUCCESS") for f in files) == 1
+
+
+def test_only_one_large_file_takes_the_chunked_path(tmp_path: Path) -> None:
+    from onceflow.adapters.local.chunked_run import wants_chunks
+    from onceflow.cli import build_parser
+
+    big = tmp_path / "big.jsonl"
+    big.write_text('{"n": 1}\n' * 1000)
+    parse = build_parser().parse_args
+    base = ["run", "m:C", "--state", str(tmp_path / "s")]
+    assert wants_chunks(parse([*base, "--input", str(big), "--chunk-size", "100"]))
+    assert not wants_chunks(parse([*base, "--input", str(big)]))  # under 64 MiB
+    assert not wants_chunks(parse([*base, "--input", str(big), "--chunk-size", "100", "--ordered"]))
+    assert not wants_chunks(
+        parse([*base, "--input", str(tmp_path / "*.jsonl"), "--chunk-size", "100"])
+    )
+
+
+def test_the_plan_is_made_from_ranged_reads_of_the_file(tmp_path: Path) -> None:
+    import anyio
+
+    (tmp_path / "big.jsonl").write_text('{"n": 1}\n' * 10_000)
+    ledger = chunked_ledger(tmp_path / "state")
+    plan = anyio.run(lambda: ledger.plan(InputFiles(tmp_path), "big.jsonl", chunk_size=9_000))
+    assert len(plan.chunks) == 10 and plan.chunks[-1].end == 90_000
+    assert not (tmp_path / ".onceflow-staging").exists()  # nothing written next to the input

@@ -1,0 +1,209 @@
+"""Chunk planning, chunk reading and fan-in on the memory object store (`onceflow.chunks`,
+`onceflow.fan_in`); the local, S3 and Blob stores run the same code in their own suites."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import gzip
+import io
+import json
+from typing import Any
+
+import anyio
+import pytest
+
+from onceflow import Event, Pipeline
+from onceflow.adapters.memory import MemoryIdempotencyStore, MemoryObjectStore, MemorySink
+from onceflow.chunks import ChunkPlan, ChunkReader, Record, plan_chunks
+from onceflow.fan_in import ChunkIncomplete, ChunkLedger, run_chunk
+from onceflow.records import InvalidRecord, ObjectInfo
+
+pytestmark = pytest.mark.anyio
+
+
+class CountingObjects:
+    """A memory store that counts the bytes read, to show planning never reads it whole."""
+
+    def __init__(self, inner: MemoryObjectStore) -> None:
+        self.inner = inner
+        self.read = 0
+
+    async def head(self, path: str) -> ObjectInfo | None:
+        return await self.inner.head(path)
+
+    async def get_range(self, path: str, start: int, end: int) -> bytes:
+        data = await self.inner.get_range(path, start, end)
+        self.read += len(data)
+        return data
+
+
+def jsonl(count: int, bad: set[int] = frozenset()) -> bytes:  # type: ignore[assignment]
+    lines = [
+        b'{"n": ' + str(i).encode() + b", oops\n" if i in bad else
+        json.dumps({"n": i, "pad": "x" * (i % 37)}).encode() + b"\n"
+        for i in range(count)
+    ]  # fmt: skip
+    return b"".join(lines)
+
+
+async def read_all(objects: Any, plan: ChunkPlan, **reader: Any) -> list[Record]:
+    records: list[Record] = []
+    for chunk in plan.chunks:
+        async for batch in ChunkReader(objects, plan, chunk.index, **reader).batches(97):
+            records.extend(batch)
+    return records
+
+
+async def test_jsonl_chunks_start_at_line_starts_and_planning_reads_little() -> None:
+    store = MemoryObjectStore()
+    data = jsonl(20_000)
+    await store.put("in/a.jsonl", data)
+    counting = CountingObjects(store)
+    plan = await plan_chunks(counting, "in/a.jsonl", chunk_size=40_000)
+    assert len(plan.chunks) > 10
+    assert plan.chunks[0].start == 0 and plan.chunks[-1].end == len(data)
+    for before, after in zip(plan.chunks, plan.chunks[1:], strict=False):
+        assert before.end == after.start and data[after.start - 1 : after.start] == b"\n"
+    assert counting.read < len(data) // 4  # a probe near each boundary, not the object
+    records = await read_all(store, plan)
+    assert [r.json()["n"] for r in records if isinstance(r, Event)] == list(range(20_000))
+
+
+async def test_record_ids_do_not_depend_on_the_chunk_size() -> None:
+    store = MemoryObjectStore()
+    await store.put("a.jsonl", jsonl(3_000))
+    small = await read_all(store, await plan_chunks(store, "a.jsonl", chunk_size=5_000))
+    whole = await read_all(store, await plan_chunks(store, "a.jsonl", chunk_size=1 << 30))
+    assert [r.key for r in small] == [r.key for r in whole]
+    assert len({r.key for r in small}) == 3_000
+
+
+async def test_one_bad_line_is_one_invalid_record_naming_object_and_offset() -> None:
+    store = MemoryObjectStore()
+    data = jsonl(2_000, bad={1234})
+    await store.put("a.jsonl", data)
+    records = await read_all(store, await plan_chunks(store, "a.jsonl", chunk_size=4_000))
+    invalid = [r for r in records if isinstance(r, InvalidRecord)]
+    assert len(records) == 2_000 and len(invalid) == 1
+    offset = data.index(b'{"n": 1234, oops')
+    assert invalid[0].id == f"a.jsonl@{offset}"
+    assert f"a.jsonl byte {offset}" in invalid[0].reason and "not valid JSON" in invalid[0].reason
+    assert "1234" not in invalid[0].reason.replace(str(offset), "")  # no payload values
+
+
+async def test_csv_header_is_carried_to_every_chunk() -> None:
+    store = MemoryObjectStore()
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["id", "name", "amount"])
+    for i in range(3_000):
+        writer.writerow([i, f"customer {i}", i * 3])
+    text.write("9999,short\n")  # a missing column: dead-lettered alone
+    await store.put("t.csv", text.getvalue().encode())
+    plan = await plan_chunks(store, "t.csv", chunk_size=8_000)
+    assert plan.header == "id,name,amount" and len(plan.chunks) > 5
+    records = await read_all(store, plan, id_field="id")
+    events = [r for r in records if isinstance(r, Event)]
+    assert [e.id for e in events] == [str(i) for i in range(3_000)]
+    assert events[-1].json() == {"id": "2999", "name": "customer 2999", "amount": "8997"}
+    (bad,) = [r for r in records if isinstance(r, InvalidRecord)]
+    assert "expected 3 columns, found 2 (missing amount)" in bad.reason
+
+
+async def test_parquet_splits_by_row_group_with_ranged_reads() -> None:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    buffer = io.BytesIO()
+    table = pa.table({"n": list(range(10_000)), "s": [f"v{i}" for i in range(10_000)]})
+    pq.write_table(table, buffer, row_group_size=1_000)
+    store = MemoryObjectStore()
+    await store.put("t.parquet", buffer.getvalue())
+    plan = await plan_chunks(store, "t.parquet", chunk_size=1)
+    assert len(plan.chunks) == 10
+    assert [c.first_row for c in plan.chunks] == list(range(0, 10_000, 1_000))
+    records = await read_all(store, plan)
+    assert [r.json()["n"] for r in records if isinstance(r, Event)] == list(range(10_000))
+    assert records[5].id == "t.parquet@row5"
+
+
+async def test_gzip_is_one_chunk_streamed_by_one_worker() -> None:
+    store = MemoryObjectStore()
+    data = jsonl(5_000)
+    await store.put("a.jsonl.gz", gzip.compress(data))
+    await store.put("plain.jsonl", data)
+    plan = await plan_chunks(store, "a.jsonl.gz", chunk_size=1_000)
+    assert len(plan.chunks) == 1 and plan.compression == "gzip"
+    assert plan.note is not None and "one worker" in plan.note
+    zipped = await read_all(store, plan, read_size=4_096)
+    plain = await read_all(store, await plan_chunks(store, "plain.jsonl", chunk_size=1_000))
+    assert [r.data for r in zipped] == [r.data for r in plain]  # type: ignore[union-attr]
+
+
+class Flaky:
+    """Doubles `n`; fails (transiently) for `n` in `down` while `down` is not empty."""
+
+    def __init__(self) -> None:
+        self.down: set[int] = set()
+        self.calls = 0
+
+    def process(self, event: Event) -> dict[str, int]:
+        self.calls += 1
+        n = event.json()["n"]
+        if n in self.down:
+            raise ConnectionError("the downstream is unreachable")
+        return {"n": n, "double": 2 * n}
+
+
+async def test_fan_in_writes_manifest_and_success_once_after_the_last_chunk() -> None:
+    inputs, ledger_store = MemoryObjectStore(), MemoryObjectStore()
+    await inputs.put("a.jsonl", jsonl(4_000, bad={17}))
+    ledger = ChunkLedger(ledger_store)
+    plan = await ledger.plan(inputs, "a.jsonl", chunk_size=10_000)
+    processor, sink = Flaky(), MemorySink()
+    pipeline = Pipeline(processor, sink, MemoryIdempotencyStore(), MemorySink(), breaker=False)
+    *first, last = plan.chunks
+    for chunk in first:
+        assert not (await run_chunk(pipeline, inputs, ledger, plan, chunk.index)).skipped
+        assert await ledger.fan_in(plan) is None  # a chunk is still missing
+    assert not await ledger.succeeded(plan)
+    processor.down = {3_999}  # the last chunk's last record cannot be written yet
+    with pytest.raises(ChunkIncomplete, match="1 record"):
+        await run_chunk(pipeline, inputs, ledger, plan, last.index, rounds=0)
+    assert await ledger.pending(plan) == [last.index] and await ledger.fan_in(plan) is None
+    processor.down = set()
+    calls = processor.calls
+    rerun = await run_chunk(pipeline, inputs, ledger, plan, last.index)
+    assert sum(len(r.duplicates) for r in rerun.results) > 0  # committed records skipped
+    assert processor.calls - calls < 4_000 // len(plan.chunks)
+    manifest = await ledger.fan_in(plan)
+    assert manifest is not None and await ledger.succeeded(plan)
+    assert (manifest.rows, manifest.invalid, manifest.bytes) == (4_000, 1, plan.size)
+    assert [c.index for c in manifest.chunks] == [c.index for c in plan.chunks]
+    assert len(sink) == 3_999
+    # A rerun of everything reads nothing and rewrites nothing.
+    writes = dict(ledger_store._objects)
+    for chunk in plan.chunks:
+        assert (await run_chunk(pipeline, inputs, ledger, plan, chunk.index)).skipped
+    assert await ledger.fan_in(plan) == manifest
+    assert ledger_store._objects == writes
+
+
+async def test_the_first_saved_plan_wins() -> None:
+    inputs, ledger = MemoryObjectStore(), ChunkLedger(MemoryObjectStore())
+    await inputs.put("a.jsonl", jsonl(2_000))
+    first = await ledger.plan(inputs, "a.jsonl", chunk_size=5_000)
+    again = await ledger.plan(inputs, "a.jsonl", chunk_size=50_000)
+    assert again == first
+
+
+def test_chunk_keys_are_per_object_version_and_index() -> None:
+    plan = anyio.run(_tiny_plan)
+    assert plan.key(0) != plan.key(1)
+    assert plan.key(0) != dataclasses.replace(plan, version="other").key(0)
+
+
+async def _tiny_plan() -> ChunkPlan:
+    store = MemoryObjectStore()
+    await store.put("a.jsonl", jsonl(100))
+    return await plan_chunks(store, "a.jsonl", chunk_size=500)
