@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
 from tests.aws.moto_clients import SerializedClient
+from tests.support.proxy import FaultProxy
 from tests.support.servers import MotoServer
 
 pytestmark = pytest.mark.emulator
@@ -51,3 +53,10 @@ def dynamodb_tables(dynamodb_client: Any) -> Callable[[str], str]:
         return made[name]
 
     return table
+
+
+@pytest.fixture
+def moto_proxy(moto: MotoServer) -> Iterator[FaultProxy]:
+    """A fault proxy in front of the moto server (see `tests.support.proxy`); no fault armed."""
+    with FaultProxy(urlsplit(moto.endpoint).port or 80) as proxy:
+        yield proxy

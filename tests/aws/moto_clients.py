@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from tests.support.proxy import FaultProxy
 from tests.support.servers import MotoServer
 
 
@@ -37,3 +38,30 @@ class SerializedClient:
 def dynamodb_worker_client(moto: MotoServer) -> Any:
     """A new worker's DynamoDB client on the moto server (requests serialised, see above)."""
     return SerializedClient(moto.client("dynamodb"))
+
+
+def proxied_dynamodb_client(
+    moto: MotoServer, proxy: FaultProxy, *, attempts: int = 1, read_timeout: float = 2.0
+) -> Any:
+    """A DynamoDB client whose requests go through `proxy` to the moto server.
+
+    `attempts` is botocore's own total (1: botocore never retries, so a fault reaches the
+    store); short timeouts keep a delayed reply cheap.
+    """
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        connect_timeout=2.0,
+        read_timeout=read_timeout,
+        retries={"total_max_attempts": attempts, "mode": "standard"},
+    )
+    client = boto3.client(
+        "dynamodb",
+        endpoint_url=proxy.endpoint,
+        region_name=moto.region,
+        aws_access_key_id=moto.access_key,
+        aws_secret_access_key=moto.secret_key,
+        config=config,
+    )
+    return SerializedClient(client)
