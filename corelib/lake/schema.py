@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import types
 import typing
 import uuid
@@ -37,13 +38,20 @@ _SCALARS: dict[type, pa.DataType] = {
 
 
 def arrow_schema(schema: pa.Schema | type[BaseModel]) -> pa.Schema:
-    """`schema` itself, or the Arrow schema of a pydantic model's fields."""
+    """`schema` itself, or the Arrow schema of a pydantic model's fields.
+
+    Decimal fields with `max_digits` and `decimal_places` become `decimal128(max_digits,
+    decimal_places)` (`decimal256` past 38 digits), others `decimal128(38, 9)`; a
+    `Literal` takes its values' type, an `Enum` its members' values' type; nested models
+    become structs, lists Arrow lists, dicts maps.
+    """
     if isinstance(schema, pa.Schema):
         return schema
     if isinstance(schema, type) and issubclass(schema, BaseModel):
         fields = []
         for name, info in schema.model_fields.items():
-            kind, nullable = _arrow_type(info.annotation, f"{schema.__name__}.{name}")
+            where = f"{schema.__name__}.{name}"
+            kind, nullable = _arrow_type(info.annotation, where, info.metadata)
             fields.append(
                 pa.field(info.alias or name, kind, nullable=nullable or not info.is_required())
             )
@@ -51,7 +59,9 @@ def arrow_schema(schema: pa.Schema | type[BaseModel]) -> pa.Schema:
     raise TypeError(f"schema must be a pyarrow.Schema or a pydantic model class, not {schema!r}")
 
 
-def _arrow_type(annotation: Any, where: str) -> tuple[pa.DataType, bool]:
+def _arrow_type(
+    annotation: Any, where: str, metadata: Sequence[Any] = ()
+) -> tuple[pa.DataType, bool]:
     """The Arrow type for a field annotation, and whether it admits None."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
@@ -59,9 +69,14 @@ def _arrow_type(annotation: Any, where: str) -> tuple[pa.DataType, bool]:
         rest = [a for a in args if a is not type(None)]
         if len(rest) != 1:
             raise TypeError(f"{where}: a union of {rest} has no single Arrow type")
-        return _arrow_type(rest[0], where)[0], True
+        return _arrow_type(rest[0], where, metadata)[0], True
     if origin is typing.Annotated:
-        return _arrow_type(args[0], where)
+        return _arrow_type(args[0], where, [*metadata, *args[1:]])
+    if origin is typing.Literal:
+        kinds = {_literal_type(a, where) for a in args if a is not None}
+        if len(kinds) != 1:
+            raise TypeError(f"{where}: a Literal of mixed types has no single Arrow type")
+        return kinds.pop(), None in args
     if origin in (list, tuple, set, frozenset, Sequence):
         item = _arrow_type(args[0], where)[0] if args else pa.string()
         return pa.list_(item), False
@@ -73,14 +88,46 @@ def _arrow_type(annotation: Any, where: str) -> tuple[pa.DataType, bool]:
     if isinstance(annotation, type):
         if issubclass(annotation, BaseModel):
             return pa.struct(list(arrow_schema(annotation))), False
+        if issubclass(annotation, enum.Enum):
+            # Outputs hold an enum's value: the column has the values' type.
+            kinds = {_literal_type(m.value, where) for m in annotation}
+            if len(kinds) != 1:
+                raise TypeError(f"{where}: {annotation.__name__}'s values have mixed types")
+            return kinds.pop(), False
         if issubclass(annotation, bool):
             return pa.bool_(), False
+        if issubclass(annotation, Decimal):
+            return _decimal_type(metadata, where), False
         for python_type, arrow_type in _SCALARS.items():
             if issubclass(annotation, python_type):
                 return arrow_type, False
-        if hasattr(annotation, "__members__"):  # an Enum: stored by value, as text
-            return pa.string(), False
     raise TypeError(f"{where}: no Arrow type for {annotation!r}; pass a pyarrow schema instead")
+
+
+def _literal_type(value: Any, where: str) -> pa.DataType:
+    for python_type in (bool, int, float, str, bytes):
+        if isinstance(value, python_type):
+            return _SCALARS[python_type]
+    raise TypeError(f"{where}: no Arrow type for the literal {type(value).__name__}")
+
+
+def _decimal_type(metadata: Sequence[Any], where: str) -> pa.DataType:
+    """decimal128(precision, scale) from the field's max_digits and decimal_places."""
+    digits = places = None
+    for item in metadata:
+        digits = getattr(item, "max_digits", None) or digits
+        found = getattr(item, "decimal_places", None)
+        places = found if found is not None else places
+    if digits is None and places is None:
+        return _SCALARS[Decimal]
+    if digits is None:
+        raise TypeError(f"{where}: a Decimal with decimal_places needs max_digits too")
+    places = 0 if places is None else places
+    if not 0 <= places <= digits:
+        raise TypeError(f"{where}: decimal_places {places} must lie within max_digits {digits}")
+    if digits > 76:
+        raise TypeError(f"{where}: Arrow decimals hold at most 76 digits, not {digits}")
+    return pa.decimal128(digits, places) if digits <= 38 else pa.decimal256(digits, places)
 
 
 def outputs_to_table(
