@@ -7,7 +7,7 @@ import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any, TypeVar
 
 import anyio.to_thread
@@ -89,7 +89,9 @@ class CosmosIdempotencyStore:
         self.clock: Clock = clock or SystemClock()
         self.retry = retry or contention_policy()
         """Rounds for one contended key (conflicting writes), and the wait between them."""
-        self._etags: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self._etags: OrderedDict[str, tuple[str, str, bool]] = OrderedDict()
+        """Per key: the token of our lease or completion, the ETag it left, and whether
+        it is our completion (a retried `complete` of it is accepted without a write)."""
         self._lock = threading.Lock()
         self._unanswered = UnansweredClaims()
         self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="onceflow-cosmos")
@@ -120,9 +122,7 @@ class CosmosIdempotencyStore:
                 answers[key] = held
             else:
                 contested.append(key)
-        claims = self._pool.map(
-            lambda key: self._take(key, rows.get(key), lease_seconds), contested
-        )
+        claims = self._each(lambda key: self._take(key, rows.get(key), lease_seconds), contested)
         answers.update(zip(contested, claims, strict=True))
         self._unanswered.answered(keys)
         return [answers[key] for key in keys]
@@ -184,13 +184,15 @@ class CosmosIdempotencyStore:
 
     async def complete(self, completions: Sequence[Completion]) -> list[bool]:
         """Mark keys completed where the fence holds; see the protocol."""
-        return await self._call(lambda: list(self._pool.map(self._complete, completions)))
+        return await self._call(lambda: self._each(self._complete, completions))
 
     def _complete(self, completion: Completion) -> bool:
         key, token = completion.key, completion.claim.token
         if not token:
             return False
         partition, ident = cosmos_address(key)
+        if self._done(key, token):
+            return True  # completed by this handle already: a retried call
         etag = self._cached(key, token)
         for _ in rounds(self.retry):
             if etag is None:
@@ -216,7 +218,12 @@ class CosmosIdempotencyStore:
                 continue
             except CosmosResourceNotFoundError:
                 return False
-            self._remember(key, token, written["_etag"])
+            except Exception:
+                # The reply may be lost with the completion applied: the retry reads the
+                # item first and finds its own commit, rather than a refused stale ETag.
+                self._forget(key)
+                raise
+            self._remember(key, token, written["_etag"], done=True)
             return True
         return False
 
@@ -229,9 +236,7 @@ class CosmosIdempotencyStore:
         Stale claims are ignored.
         """
         held = [c for c in claims if c.status is ClaimStatus.NEW and c.token]
-        await self._call(
-            lambda: list(self._pool.map(lambda claim: self._release(claim, refund), held))
-        )
+        await self._call(lambda: self._each(lambda claim: self._release(claim, refund), held))
 
     def _release(self, claim: Claim, refund: bool) -> None:
         partition, ident = cosmos_address(claim.key)
@@ -288,13 +293,32 @@ class CosmosIdempotencyStore:
         return self.read([key]).get(key)
 
     def _cached(self, key: str, token: str) -> str | None:
+        """The ETag our lease with `token` left on the item, if known and not completed."""
         with self._lock:
             entry = self._etags.get(key)
-        return entry[1] if entry and entry[0] == token else None
+        return entry[1] if entry and entry[0] == token and not entry[2] else None
 
-    def _remember(self, key: str, token: str, etag: str) -> None:
+    def _each(self, func: Callable[[Any], T], items: Sequence[Any]) -> list[T]:
+        """`func` over `items` concurrently; every call ends before the first error is raised.
+
+        So no write of a failed call is still in flight when the caller retries it.
+        """
+        futures = [self._pool.submit(func, item) for item in items]
+        wait(futures)
+        return [future.result() for future in futures]
+
+    def _forget(self, key: str) -> None:
         with self._lock:
-            self._etags[key] = (token, etag)
+            self._etags.pop(key, None)
+
+    def _done(self, key: str, token: str) -> bool:
+        with self._lock:
+            entry = self._etags.get(key)
+        return bool(entry and entry[0] == token and entry[2])
+
+    def _remember(self, key: str, token: str, etag: str, *, done: bool = False) -> None:
+        with self._lock:
+            self._etags[key] = (token, etag, done)
             self._etags.move_to_end(key)
             while len(self._etags) > ETAG_CACHE:
                 self._etags.popitem(last=False)

@@ -90,7 +90,9 @@ class TableIdempotencyStore:
         self.clock: Clock = clock or SystemClock()
         self.retry = retry or contention_policy()
         """Rounds for one contended key (conflicting writes), and the wait between them."""
-        self._etags: OrderedDict[tuple[str, str], tuple[str, str]] = OrderedDict()
+        self._etags: OrderedDict[tuple[str, str], tuple[str, str, bool]] = OrderedDict()
+        """Per row: the token of our lease or completion, the ETag it left, and whether
+        it is our completion (a retried `complete` of it is accepted without a write)."""
         self._etag_lock = threading.Lock()
         self._unanswered = UnansweredClaims()
         if create:
@@ -236,9 +238,11 @@ class TableIdempotencyStore:
         self, completions: list[Completion], writes: Mapping[str, Sequence[Operation]]
     ) -> list[bool]:
         now = self.clock.now()
-        accepted = [False] * len(completions)
-        etags: list[str | None] = [self._known(c) for c in completions]
-        unknown = [i for i, etag in enumerate(etags) if etag is None]
+        accepted = [self._done(c) for c in completions]
+        etags: list[str | None] = [
+            None if done else self._known(c) for c, done in zip(completions, accepted, strict=True)
+        ]
+        unknown = [i for i, etag in enumerate(etags) if etag is None and not accepted[i]]
         if unknown:
             rows = self.read([key_address(completions[i].key) for i in unknown])
             for i in unknown:
@@ -262,7 +266,14 @@ class TableIdempotencyStore:
                 # done before they are all written (the runner's write-then-complete).
                 ops = [marker, *filed] if len(filed) < MAX_OPERATIONS else [*filed, marker]
                 groups.append(Group(key_address(completion.key)[0], ops, tag=i))
-            submit(self.table, groups)
+            try:
+                submit(self.table, groups)
+            except Exception:
+                # The reply may be lost with the commit applied: a retry reads the rows
+                # first (one query) and finds its own commit, instead of meeting a
+                # refused ETag in every transaction, one key at a time.
+                self._forget([key_address(completions[g.tag].key) for g in groups])
+                raise
             pending = []
             for group in groups:
                 i = group.tag
@@ -274,6 +285,7 @@ class TableIdempotencyStore:
                         key_address(completions[i].key),
                         completions[i].claim.token or "",
                         group.etags[marker_at],
+                        done=True,
                     )
                 else:
                     # The ETag moved: our own earlier completion (its reply lost), or a
@@ -327,9 +339,7 @@ class TableIdempotencyStore:
             update = ("update", entity, {"mode": UpdateMode.REPLACE, **_if_match(etag)})
             groups.append(Group(partition, [update], tag=c))
         submit(self.table, groups)  # a conflict means the lease moved on: nothing to release
-        with self._etag_lock:
-            for c in held:
-                self._etags.pop(key_address(c.key), None)
+        self._forget([key_address(c.key) for c in held])
 
     # -- rows ------------------------------------------------------------------------------
 
@@ -365,15 +375,31 @@ class TableIdempotencyStore:
         return self._cached(key_address(completion.key), completion.claim.token or "")
 
     def _cached(self, address: tuple[str, str], token: str) -> str | None:
+        """The ETag our lease with `token` left on the row, if known and not completed."""
         with self._etag_lock:
             entry = self._etags.get(address)
-        return entry[1] if entry and entry[0] == token else None
+        return entry[1] if entry and entry[0] == token and not entry[2] else None
 
-    def _remember(self, address: tuple[str, str], token: str | None, etag: str | None) -> None:
+    def _done(self, completion: Completion) -> bool:
+        """Whether this handle already committed `completion` (a retried call)."""
+        with self._etag_lock:
+            entry = self._etags.get(key_address(completion.key))
+        return bool(
+            entry and completion.claim.token and entry[0] == completion.claim.token and entry[2]
+        )
+
+    def _forget(self, addresses: Sequence[tuple[str, str]]) -> None:
+        with self._etag_lock:
+            for address in addresses:
+                self._etags.pop(address, None)
+
+    def _remember(
+        self, address: tuple[str, str], token: str | None, etag: str | None, *, done: bool = False
+    ) -> None:
         if not token or not etag:
             return
         with self._etag_lock:
-            self._etags[address] = (token, etag)
+            self._etags[address] = (token, etag, done)
             self._etags.move_to_end(address)
             while len(self._etags) > ETAG_CACHE:
                 self._etags.popitem(last=False)
