@@ -106,6 +106,7 @@ class Meter:
 
     requests: Counter[str]
     write_units: int = 0
+    read_units: float = 0.0
 
     @classmethod
     def new(cls) -> Meter:
@@ -114,6 +115,17 @@ class Meter:
     def hook(self, params: dict[str, Any], model: Any, **_: Any) -> None:
         name = model.name
         self.requests[name] += 1
+        # Reads as billed for items under 4 KB: 1 strongly consistent, 0.5 eventually.
+        read = 1.0 if params.get("ConsistentRead") else 0.5
+        if name == "GetItem":
+            self.read_units += read
+        elif name == "BatchGetItem":
+            for request in params["RequestItems"].values():
+                self.read_units += len(request["Keys"]) * (
+                    1.0 if request.get("ConsistentRead") else 0.5
+                )
+        elif name == "TransactGetItems":
+            self.read_units += 2.0 * len(params["TransactItems"])
         if name in {"PutItem", "UpdateItem", "DeleteItem"}:
             self.write_units += _item_wcu(params.get("Item") or params.get("Key") or {})
         elif name == "BatchWriteItem":
@@ -239,6 +251,9 @@ class Row:
     events: int
     failures: int
     note: str = ""
+    read_units: float = 0.0
+    cpu_seconds: float = 0.0
+    """CPU time of this process: handler, framework and SDK (moto runs elsewhere)."""
 
     def cells(self) -> list[str]:
         per = self.events or 1
@@ -248,6 +263,8 @@ class Row:
             f"{self.seconds:.2f}",
             f"{self.requests / per:.3f}",
             f"{self.write_units / per:.2f}",
+            f"{self.read_units / per:.2f}",
+            f"{self.cpu_seconds * 1e6 / per:.0f}",
             str(self.failures),
             self.note,
         ]
@@ -265,9 +282,11 @@ def run(
     for delivery in ("first", "again"):
         meter.requests.clear()
         meter.write_units = 0
-        started = time.perf_counter()
+        meter.read_units = 0.0
+        started, cpu = time.perf_counter(), time.process_time()
         answer = handler(event, Context())
         seconds = time.perf_counter() - started
+        cpu = time.process_time() - cpu
         failures = len((answer or {}).get("batchItemFailures", []))
         rows.append(
             Row(
@@ -279,6 +298,8 @@ def run(
                 events,
                 failures,
                 note() if delivery == "first" else "",
+                meter.read_units,
+                cpu,
             )
         )
     return rows
@@ -307,6 +328,31 @@ def import_seconds(code: str, repeats: int) -> float:
     return statistics.median(times)
 
 
+def write_figures(path: Path, rows: list[Row]) -> None:
+    """The first-delivery figures per design, in the file `onceflow plan` reads."""
+    designs: dict[str, dict[str, float]] = {}
+    for r in rows:
+        if r.delivery != "first":
+            continue
+        per = r.events or 1
+        designs[r.name.removeprefix("onceflow ")] = {
+            "requests": round(r.requests / per, 4),
+            "write_units": round(r.write_units / per, 4),
+            "read_units": round(r.read_units / per, 4),
+            "runner_us": round(r.cpu_seconds * 1e6 / per, 1),
+            "items_written": 1.0,
+        }
+    old = json.loads(path.read_text()) if path.exists() else {}
+    # Designs this script does not measure (the naive line, Azure) are kept as they were.
+    merged = {**old.get("designs", {}), **designs}
+    body = {
+        "measured": time.strftime("%Y-%m-%d"),
+        "source": "benchmarks/aws_vs_powertools.py (Kinesis batch, one item per event, moto)",
+        "designs": dict(sorted(merged.items())),
+    }
+    path.write_text(json.dumps(body, indent=2) + "\n")
+
+
 def table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     line = "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |"
@@ -325,6 +371,11 @@ def main() -> None:
         "--modes",
         default="upsert,optimistic,atomic",
         help="onceflow modes to run (atomic is slow on moto: see the note)",
+    )
+    parser.add_argument(
+        "--figures",
+        type=Path,
+        help="write the per-event figures the cost planner reads (corelib/cost_figures.json)",
     )
     args = parser.parse_args()
     event = kinesis_batch(args.records)
@@ -349,10 +400,23 @@ def main() -> None:
     )
     print(
         table(
-            ["handler", "delivery", "wall s", "DDB req/event", "WCU/event", "failures", "note"],
+            [
+                "handler",
+                "delivery",
+                "wall s",
+                "DDB req/event",
+                "WCU/event",
+                "RCU/event",
+                "client CPU us/event",
+                "failures",
+                "note",
+            ],
             [r.cells() for r in rows],
         )
     )
+    if args.figures:
+        write_figures(args.figures, rows)
+        print(f"\nwrote {args.figures}")
     pt = {r.delivery: r for r in rows if r.name == "powertools"}
     print()
     for r in rows:

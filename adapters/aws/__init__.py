@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from onceflow.adapters.aws.dynamodb_mode import DynamoDBMode, dynamodb_pipeline_parts
     from onceflow.adapters.aws.dynamodb_sink import DynamoDBSink
     from onceflow.adapters.aws.dynamodb_store import DynamoDBIdempotencyStore, create_table
+    from onceflow.adapters.aws.emf import EmfMetrics
     from onceflow.adapters.aws.entry import BatchFailed, LambdaHandler, lambda_handler
     from onceflow.adapters.aws.eventbridge_sink import EventBridgeSink
     from onceflow.adapters.aws.kinesis_sink import KinesisSink
@@ -39,6 +40,7 @@ _EXPORTS: dict[str, str] = {
     "DynamoDBIdempotencyStore": "onceflow.adapters.aws.dynamodb_store",
     "DynamoDBMode": "onceflow.adapters.aws.dynamodb_mode",
     "DynamoDBSink": "onceflow.adapters.aws.dynamodb_sink",
+    "EmfMetrics": "onceflow.adapters.aws.emf",
     "EventBridgeSink": "onceflow.adapters.aws.eventbridge_sink",
     "KinesisSink": "onceflow.adapters.aws.kinesis_sink",
     "LambdaHandler": "onceflow.adapters.aws.entry",
@@ -61,6 +63,7 @@ __all__ = [
     "DynamoDBIdempotencyStore",
     "DynamoDBMode",
     "DynamoDBSink",
+    "EmfMetrics",
     "EventBridgeSink",
     "KinesisSink",
     "LambdaHandler",

@@ -1,0 +1,153 @@
+"""`onceflow plan aws|azure`: capacity and dollars per hour for each design, side by side."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from onceflow.capacity import (
+    AWS_DESIGNS,
+    AZURE_DESIGNS,
+    AwsPrices,
+    AzurePrices,
+    Plan,
+    load_figures,
+    load_prices,
+    plan_aws,
+    plan_azure,
+    plans_table,
+)
+from onceflow.cli import CliError
+from onceflow.errors import ConfigurationError
+
+__all__ = ["register"]
+
+
+def register(subparsers: Any) -> None:
+    """Add `onceflow plan` and its two clouds."""
+    plan = subparsers.add_parser(
+        "plan", help="capacity and cost per hour of a pipeline at a given event rate"
+    )
+    clouds = plan.add_subparsers(dest="cloud", metavar="CLOUD")
+    aws = clouds.add_parser("aws", help="Kinesis -> Lambda -> DynamoDB")
+    _common(aws, AWS_DESIGNS, memory=1024)
+    aws.add_argument(
+        "--capacity",
+        choices=("provisioned", "on-demand"),
+        default="provisioned",
+        help="DynamoDB capacity mode (default provisioned)",
+    )
+    aws.add_argument(
+        "--lake-puts-per-batch",
+        type=float,
+        default=0.0,
+        help="S3 PUTs per batch when the pipeline writes a lake (files + manifest entry)",
+    )
+    aws.set_defaults(func=_aws)
+    azure = clouds.add_parser("azure", help="Event Hubs -> Functions -> Table or Cosmos DB")
+    _common(azure, AZURE_DESIGNS, memory=1536)
+    azure.set_defaults(func=_azure)
+    plan.set_defaults(func=lambda args: _missing_cloud())
+
+
+def _missing_cloud() -> int:
+    raise CliError("name a cloud: onceflow plan aws ... or onceflow plan azure ...")
+
+
+def _common(parser: argparse.ArgumentParser, designs: tuple[str, ...], memory: int) -> None:
+    parser.add_argument("--events-per-second", type=float, required=True)
+    parser.add_argument("--record-bytes", type=int, default=1024)
+    parser.add_argument(
+        "--mode",
+        default="all",
+        help=f"one design or all (default): {', '.join(designs)}",
+    )
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--memory-mb", type=int, default=memory)
+    parser.add_argument(
+        "--work-ms", type=float, default=0.0, help="your processor's own time per event"
+    )
+    parser.add_argument(
+        "--request-ms", type=float, default=5.0, help="latency of one state-store request"
+    )
+    parser.add_argument("--figures", help="per-event figures (default: the shipped file)")
+    parser.add_argument("--prices", help="a JSON file of prices replacing the list prices")
+
+
+def _designs(args: argparse.Namespace, known: tuple[str, ...]) -> list[str]:
+    if args.mode == "all":
+        return list(known)
+    if args.mode not in known:
+        raise CliError(f"unknown --mode {args.mode!r}: one of all, {', '.join(known)}")
+    return [args.mode]
+
+
+def _aws(args: argparse.Namespace) -> int:
+    designs = _designs(args, AWS_DESIGNS)
+    try:
+        figures = load_figures(args.figures)
+        prices = load_prices(AwsPrices, args.prices)
+        plans = [
+            plan_aws(
+                design,
+                events_per_second=args.events_per_second,
+                record_bytes=args.record_bytes,
+                figures=figures,
+                prices=prices,
+                batch_size=args.batch_size,
+                memory_mb=args.memory_mb,
+                work_ms=args.work_ms,
+                request_ms=args.request_ms,
+                capacity=args.capacity,
+                lake_puts_per_batch=args.lake_puts_per_batch,
+            )
+            for design in designs
+        ]
+    except ConfigurationError as exc:
+        raise CliError(str(exc)) from None
+    _print(plans, args)
+    return 0
+
+
+def _azure(args: argparse.Namespace) -> int:
+    designs = _designs(args, AZURE_DESIGNS)
+    try:
+        figures = load_figures(args.figures)
+        prices = load_prices(AzurePrices, args.prices)
+        plans = [
+            plan_azure(
+                design,
+                events_per_second=args.events_per_second,
+                record_bytes=args.record_bytes,
+                figures=figures,
+                prices=prices,
+                batch_size=args.batch_size,
+                memory_mb=args.memory_mb,
+                work_ms=args.work_ms,
+                request_ms=args.request_ms,
+            )
+            for design in designs
+        ]
+    except ConfigurationError as exc:
+        raise CliError(str(exc)) from None
+    _print(plans, args)
+    return 0
+
+
+def _print(plans: list[Plan], args: argparse.Namespace) -> None:
+    print(
+        f"{args.events_per_second:,.0f} events/s of {args.record_bytes} B, "
+        f"batches of {args.batch_size}: dollars per hour"
+    )
+    rows = plans_table(plans)
+    names = [p.design for p in plans]
+    widths = [max(len("component"), *(len(r["component"]) for r in rows))]
+    widths += [max(len(n), 12) for n in names]
+    print("  ".join(h.ljust(w) for h, w in zip(["component", *names], widths, strict=True)))
+    for row in rows:
+        cells = [row["component"], *(f"${row[n]:,.2f}" for n in names)]
+        print("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)))
+    print()
+    for plan in plans:
+        for line in plan.lines:
+            print(f"{plan.design:<12} {line.component:<18} {line.basis}")

@@ -1,0 +1,97 @@
+"""The capacity and cost planner: formulas on known inputs, the shipped figures, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from onceflow.capacity import (
+    AWS_DESIGNS,
+    AwsPrices,
+    Figures,
+    load_figures,
+    load_prices,
+    plan_aws,
+    plan_azure,
+)
+from onceflow.cli import main
+from onceflow.errors import ConfigurationError
+
+MILLION = 1_000_000
+
+
+def line(plan: object, component: str) -> float:
+    [found] = [x for x in plan.lines if x.component == component]  # type: ignore[attr-defined]
+    return float(found.dollars_per_hour)
+
+
+def test_the_naive_design_is_one_write_and_one_read_per_event_at_list_prices() -> None:
+    figures = {"naive": Figures(requests=2, write_units=1, read_units=1, runner_us=0)}
+    plan = plan_aws("naive", events_per_second=MILLION, record_bytes=1024, figures=figures)
+    # 1M WCU x $0.00065 + 1M RCU x $0.00013 (strongly consistent reads of items <= 4 KB).
+    assert line(plan, "DynamoDB") == pytest.approx(650 + 130)
+    # 1 KB records: 977 shards by bytes, 1,000 by records per second.
+    [kinesis] = [x for x in plan.lines if x.component == "Kinesis shards"]
+    assert kinesis.quantity == 1000
+    on_demand = plan_aws(
+        "naive",
+        events_per_second=MILLION,
+        record_bytes=1024,
+        figures=figures,
+        capacity="on-demand",
+    )
+    assert line(on_demand, "DynamoDB") == pytest.approx(3600 * (0.625 + 0.125))
+    bigger = plan_aws("naive", events_per_second=MILLION, record_bytes=3000, figures=figures)
+    assert line(bigger, "DynamoDB") == pytest.approx(3 * 650 + 130)
+
+
+def test_the_shipped_figures_cover_every_design_and_ours_cost_less_than_per_event_idempotency() -> (
+    None
+):
+    figures = load_figures()
+    assert set(AWS_DESIGNS) <= set(figures)
+    plans = {
+        d: plan_aws(d, events_per_second=MILLION, record_bytes=512, figures=figures)
+        for d in AWS_DESIGNS
+    }
+    assert plans["upsert"].dollars_per_hour < plans["powertools"].dollars_per_hour
+    assert line(plans["upsert"], "DynamoDB") < line(plans["powertools"], "DynamoDB")
+    for design in ("table", "cosmos", "per-event"):
+        assert (
+            plan_azure(
+                design, events_per_second=10_000, record_bytes=512, figures=figures
+            ).dollars_per_hour
+            > 0
+        )
+
+
+def test_prices_can_be_replaced_from_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "prices.json"
+    path.write_text(json.dumps({"dynamodb_wcu_hour": 0.001}))
+    assert load_prices(AwsPrices, path).dynamodb_wcu_hour == 0.001
+    path.write_text(json.dumps({"dynamodb_wcu": 0.001}))
+    with pytest.raises(ConfigurationError, match="unknown price 'dynamodb_wcu'"):
+        load_prices(AwsPrices, path)
+
+
+def test_plan_from_the_command_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["plan", "aws", "--events-per-second", "1000000", "--record-bytes", "1024"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "1,000,000 events/s of 1024 B, batches of 100: dollars per hour"
+    assert "upsert" in out and "powertools" in out and "$780.00" in out
+    assert main(["plan", "azure", "--events-per-second", "5000", "--mode", "table"]) == 0
+    assert "Table storage" in capsys.readouterr().out
+    for argv, message in (
+        (["plan", "aws", "--events-per-second", "10", "--mode", "fast"], "unknown --mode 'fast'"),
+        (["plan", "aws", "--events-per-second", "0"], "--events-per-second must be positive"),
+        (
+            ["plan", "aws", "--events-per-second", "5", "--figures", str(tmp_path / "x")],
+            "cannot read figures file",
+        ),
+        (["plan"], "name a cloud"),
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
