@@ -311,16 +311,19 @@ class Mask:
         def scrubbed(event: Event, exc: Exception) -> Exception:
             try:
                 document = payload_document(event.data if envelope is None else envelope(event))
-                secrets = self.secrets_in(document)
             except Exception:
-                secrets = {}
+                document = None  # not JSON: no fields to find, the detectors still run
             if isinstance(exc, ValidationError):
                 from onceflow.attempts import summary  # the runner's own, input-free form
 
                 text = summary(exc)
             else:
                 text = f"{type(exc).__name__}: {exc}"
-            text = self.scrub(text, secrets)
+            try:
+                text = self.scrub(text, self.secrets_in(document))
+            except Exception:
+                # No key, no tokens: the text is withheld rather than shown unmasked.
+                text = f"{type(exc).__name__} (its text is withheld: no masking key to scrub it)"
             kind = MaskedPermanentError if isinstance(exc, permanent) else MaskedError
             return kind(text)
 
