@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     )
     from onceflow.event import Event, EventTemplate
     from onceflow.failures import Failure, FailureKind
+    from onceflow.filters import Filter
     from onceflow.interfaces import (
         AtomicSink,
         Clock,
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
         TransactionalStore,
     )
     from onceflow.logs import JsonFormatter
+    from onceflow.masking import Mask, Masked, MaskingKey
     from onceflow.metrics import CountingMetrics, NoopMetrics
     from onceflow.pipeline import BatchResult, Pipeline, Step
     from onceflow.records import (
@@ -48,7 +50,9 @@ if TYPE_CHECKING:
         Output,
     )
     from onceflow.retry import Backoff, RetryPolicy
+    from onceflow.routing import RoutedSinks, To
     from onceflow.runner import run_source
+    from onceflow.typed import InvalidPayload, current_event
 
 _HOMES = {
     "CircuitBreaker": ".breaker",
@@ -92,6 +96,14 @@ _HOMES = {
     "Backoff": ".retry",
     "RetryPolicy": ".retry",
     "run_source": ".runner",
+    "Filter": ".filters",
+    "Mask": ".masking",
+    "Masked": ".masking",
+    "MaskingKey": ".masking",
+    "RoutedSinks": ".routing",
+    "To": ".routing",
+    "InvalidPayload": ".typed",
+    "current_event": ".typed",
 }
 
 __all__ = [
@@ -111,10 +123,15 @@ __all__ = [
     "EventTemplate",
     "Failure",
     "FailureKind",
+    "Filter",
     "IdempotencyStore",
+    "InvalidPayload",
     "InvalidRecord",
     "JsonFormatter",
     "ManualClock",
+    "Mask",
+    "Masked",
+    "MaskingKey",
     "Metrics",
     "NoopMetrics",
     "ObjectInfo",
@@ -129,12 +146,15 @@ __all__ = [
     "Processor",
     "RateLimit",
     "RetryPolicy",
+    "RoutedSinks",
     "SimulatedCrash",
     "Sink",
     "Source",
     "Step",
     "SystemClock",
+    "To",
     "TransactionalStore",
+    "current_event",
     "run_source",
 ]
 

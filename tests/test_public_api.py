@@ -20,6 +20,9 @@ CORE_API = {
     "ObjectStore", "OnceflowError", "Outcome", "OutcomeStatus", "Output", "OutputRejected",
     "PermanentError", "Pipeline", "Processor", "RetryPolicy", "SimulatedCrash", "Sink", "Source",
     "Step", "SystemClock", "TransactionalStore", "run_source",
+    # the processor toolkit (docs/toolkit.md)
+    "Filter", "InvalidPayload", "Mask", "Masked", "MaskingKey", "RoutedSinks", "To",
+    "current_event",
 }  # fmt: skip
 
 
