@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextvars
 import inspect
+import re
 import typing
 from collections.abc import Callable, Iterator
 from typing import Any, get_args
@@ -43,6 +44,10 @@ _CURRENT: contextvars.ContextVar[Event] = contextvars.ContextVar("onceflow_event
 _QUOTES_INPUT = frozenset({"value_error", "assertion_error", "union_tag_invalid"})
 _KNOWN_TYPES = frozenset(get_args(ErrorType)) - _QUOTES_INPUT
 _MAX_REASONS = 10
+# Number text a float does not carry exactly into a Decimal: 16 or more digits (and
+# points) in a row, a fraction ending in 0 (its scale), an exponent. Over-matching (digits
+# inside a string) only costs the slower exact read.
+_FLOAT_LOSES = re.compile(rb"[\d.]{16,}|\.\d*0(?!\d)|\d[eE]").search
 
 
 class InvalidPayload(PermanentError):
@@ -161,11 +166,11 @@ def _parser(
         payload = event.data if envelope is None else envelope(event)
         try:
             if type(payload) is bytes or type(payload) is str:
-                if exact:
+                if exact and _FLOAT_LOSES(payload if type(payload) is bytes else payload.encode()):
                     # pydantic reads a JSON number as a float before making it a Decimal,
-                    # which loses digits past the 17th: read the text with exact decimals.
-                    payload = payload_document(payload)
-                    return validate_python(payload)
+                    # which loses digits past the 15th and trailing zeros: such text is
+                    # read with exact decimals (a few times slower, so only then).
+                    return validate_python(payload_document(payload))
                 return validate_json(payload)
             return validate_python(payload)
         except ValidationError as exc:

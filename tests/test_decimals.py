@@ -18,6 +18,8 @@ import anyio
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import BaseModel, Field
 
 from onceflow import Event, PermanentError, Pipeline
@@ -26,6 +28,7 @@ from onceflow.adapters.memory import MemoryIdempotencyStore, MemorySink
 from onceflow.lake.schema import arrow_schema, outputs_to_table
 from onceflow.records import Output
 from onceflow.serialization import dumps
+from onceflow.typed import typed_process
 
 BIG = Decimal("12345678901234567.89")
 
@@ -177,3 +180,20 @@ async def test_delta_table_schema_and_values(tmp_path: Path) -> None:
     table = DeltaTable(uri).to_pyarrow_table()
     assert table.schema.field("amount").type == pa.decimal128(20, 2)
     assert table.column("amount").to_pylist() == [BIG]
+
+
+class Loose(BaseModel):
+    amount: Decimal
+
+
+def read_amount(p: Loose) -> Decimal:
+    return p.amount
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.decimals(allow_nan=False, allow_infinity=False, places=None))
+def test_a_typed_decimal_keeps_every_digit_of_the_json_text(value: Decimal) -> None:
+    parse = typed_process(read_amount, None)
+    assert parse is not None
+    got = parse(Event(id="e", source="s", data=f'{{"amount":{value}}}'.encode()))
+    assert str(got) == str(value)
