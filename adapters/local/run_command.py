@@ -181,7 +181,7 @@ def _worker_argv(args: argparse.Namespace, index: int, report: Path) -> list[str
     argv += ["run", args.processor, "--state", args.state, "--quiet"]
     for item in args.input:
         argv += ["--input", item]
-    for flag in ("format", "id_field", "partition_field"):
+    for flag in ("format", "id_field", "partition_field", "key_field"):
         if getattr(args, flag):
             argv += [f"--{flag.replace('_', '-')}", getattr(args, flag)]
     argv += ["--batch-size", str(args.batch_size), "--max-attempts", str(args.max_attempts)]
