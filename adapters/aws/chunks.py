@@ -1,0 +1,233 @@
+"""Large S3 objects on Lambda: a router, a chunk worker and a fan-in, for one state machine.
+
+    from onceflow.adapters.aws.chunks import chunked_handlers
+    handlers = chunked_handlers(build)       # build() -> Pipeline, as for lambda_handler
+    router, chunk_worker, fan_in = handlers.router, handlers.chunk_worker, handlers.fan_in
+
+The router takes S3 notifications (direct, through SQS or SNS, through EventBridge). An
+object up to `inline_limit` bytes is read and run in the router itself, as one chunk; a
+larger one is planned (a few ranged GETs near the boundaries), its plan filed in the
+ledger, and one execution of the state machine started for it, named after the object
+version so a notification delivered twice starts it once. The state machine
+(`state_machine.chunked_state_machine`) maps the chunk worker over the plan: each worker
+reads its slice with ranged GETs and runs it through the pipeline exactly once
+(`onceflow.fan_in.run_chunk`); the fan-in writes the manifest and `_SUCCESS` once every
+chunk has its receipt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from onceflow.adapters.aws.decode import S3Object, decode, s3_object
+from onceflow.adapters.aws.entry import answer
+from onceflow.adapters.aws.objects import S3ObjectStore
+from onceflow.adapters.aws.sdk import boto3_client, run_blocking
+from onceflow.chunks import DEFAULT_CHUNK_SIZE, ChunkPlan
+from onceflow.event import Event
+from onceflow.fan_in import ChunkLedger, run_chunk
+from onceflow.pipeline import BatchResult, Pipeline, built_once
+from onceflow.records import InvalidRecord
+
+__all__ = ["ChunkedHandlers", "chunked_handlers", "execution_name"]
+
+STATE_MACHINE_ENV = "ONCEFLOW_STATE_MACHINE_ARN"
+LEDGER_BUCKET_ENV = "ONCEFLOW_LEDGER_BUCKET"
+
+
+def execution_name(bucket: str, key: str, version: str) -> str:
+    """The state machine execution of one object version: at most 80 characters, stable."""
+    digest = hashlib.sha256(f"{bucket}/{key}@{version}".encode()).hexdigest()[:32]
+    readable = re.sub(r"[^A-Za-z0-9_-]", "-", key.rsplit("/", 1)[-1])[:40]
+    return f"{readable}-{digest}"
+
+
+@dataclass
+class ChunkedHandlers:
+    """The three Lambda handlers of the chunked path, sharing one pipeline per container."""
+
+    pipeline: Pipeline | Callable[[], Pipeline]
+    state_machine_arn: str | None = None
+    """Where the router starts executions; default the `ONCEFLOW_STATE_MACHINE_ARN` variable."""
+    inline_limit: int = DEFAULT_CHUNK_SIZE
+    """Objects up to this size run in the router, as one chunk."""
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    ledger_bucket: str | None = None
+    """The ledger's bucket; default `ONCEFLOW_LEDGER_BUCKET`, else each object's own bucket."""
+    ledger_prefix: str = "_onceflow/chunked"
+    id_field: str | None = None
+    partition_field: str | None = None
+    batch_size: int = 500
+    s3: Any = None
+    stepfunctions: Any = None
+    _built: Callable[[], Pipeline] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._built = built_once(self.pipeline)
+
+    # -- the pieces each handler needs -------------------------------------------------------
+
+    def _objects(self, bucket: str) -> S3ObjectStore:
+        return S3ObjectStore(bucket, client=self.s3)
+
+    def _ledger(self, bucket: str) -> ChunkLedger:
+        where = self.ledger_bucket or os.environ.get(LEDGER_BUCKET_ENV) or bucket
+        return ChunkLedger(S3ObjectStore(where, client=self.s3), self.ledger_prefix)
+
+    def _reader(self) -> dict[str, Any]:
+        return {
+            "id_field": self.id_field,
+            "partition_field": self.partition_field,
+            "source": "s3" if self.id_field else None,
+        }
+
+    def _sfn(self) -> Any:
+        if self.stepfunctions is None:
+            self.stepfunctions = boto3_client("stepfunctions")
+        return self.stepfunctions
+
+    # -- the router --------------------------------------------------------------------------
+
+    def router(self, event: Any, context: Any = None) -> dict[str, Any]:
+        """S3 notifications: small objects run here, large ones start the state machine."""
+        delivery = decode(event)
+        bad = [r for r in delivery.records if isinstance(r, InvalidRecord)]
+        objects = [s3_object(r) for r in delivery.records if isinstance(r, Event)]
+        pipeline = self._built()
+        result = pipeline.run_batch(bad) if bad else BatchResult()
+        failed: list[str] = list(result.failed)
+        for record, found in zip(
+            [r for r in delivery.records if isinstance(r, Event)], objects, strict=True
+        ):
+            if found.event_name.startswith("ObjectRemoved") or found.event_name == "s3:TestEvent":
+                continue
+            if not anyio.run(self._route, found):
+                failed.append(record.id)
+        return answer(delivery, BatchResult(failed=failed))
+
+    async def _route(self, found: S3Object) -> bool:
+        """Run or start one object; whether its records are all settled or handed over."""
+        objects = self._objects(found.bucket)
+        ledger = self._ledger(found.bucket)
+        info = await objects.head(found.key)
+        if info is None:
+            return True  # deleted since: nothing to read
+        chunk_size = self.chunk_size if info.size > self.inline_limit else info.size + 1
+        plan = await ledger.plan(
+            objects, found.key, chunk_size=chunk_size, version=found.version_id
+        )
+        if len(plan.chunks) == 1:
+            run = await run_chunk(
+                self._built(),
+                objects,
+                ledger,
+                plan,
+                0,
+                batch_size=self.batch_size,
+                **self._reader(),
+            )
+            failed = any(r.failed for r in run.results)
+            return not failed and await ledger.fan_in(plan) is not None
+        await self._start(found.bucket, plan)
+        return True
+
+    async def _start(self, bucket: str, plan: ChunkPlan) -> None:
+        arn = self.state_machine_arn or os.environ.get(STATE_MACHINE_ENV)
+        if not arn:
+            raise RuntimeError(
+                f"{plan.path} needs the chunked state machine: set {STATE_MACHINE_ENV} "
+                "(onceflow's SAM template sets it)"
+            )
+        body = {
+            "bucket": bucket,
+            "key": plan.path,
+            "version": plan.version,
+            "chunks": [{"index": c.index, "bytes": c.bytes} for c in plan.chunks],
+        }
+        sfn = self._sfn()
+
+        def start() -> None:
+            # The same object version notified twice: its execution exists, it runs once.
+            with contextlib.suppress(sfn.exceptions.ExecutionAlreadyExists):
+                sfn.start_execution(
+                    stateMachineArn=arn,
+                    name=execution_name(bucket, plan.path, plan.version),
+                    input=json.dumps(body),
+                )
+
+        await run_blocking(start)
+
+    # -- the chunk worker and the fan-in -----------------------------------------------------
+
+    async def _plan(self, event: dict[str, Any]) -> tuple[ChunkLedger, ChunkPlan]:
+        ledger = self._ledger(event["bucket"])
+        plan = await ledger.saved_plan(event["key"], event["version"])
+        if plan is None:
+            raise FileNotFoundError(
+                f"no chunk plan for s3://{event['bucket']}/{event['key']} version "
+                f"{event['version']}: the router files it before starting the state machine"
+            )
+        return ledger, plan
+
+    def chunk_worker(self, event: dict[str, Any], context: Any = None) -> dict[str, Any]:
+        """One chunk, from the Map state's item: `{bucket, key, version, index}`; its receipt.
+
+        Raises `ChunkBusy` or `ChunkIncomplete` (the state machine retries them with
+        backoff) while the chunk cannot be committed yet.
+        """
+
+        async def work() -> dict[str, Any]:
+            ledger, plan = await self._plan(event)
+            run = await run_chunk(
+                self._built(),
+                self._objects(event["bucket"]),
+                ledger,
+                plan,
+                int(event["index"]),
+                batch_size=self.batch_size,
+                **self._reader(),
+            )
+            dead = sum(len(r.dead_lettered) for r in run.results)
+            return {**run.receipt.as_plain(), "skipped": run.skipped, "dead_lettered": dead}
+
+        result: dict[str, Any] = anyio.run(work)
+        return result
+
+    def fan_in(self, event: dict[str, Any], context: Any = None) -> dict[str, Any]:
+        """After the Map: the manifest and `_SUCCESS` once every chunk is committed."""
+
+        async def gather() -> dict[str, Any]:
+            ledger, plan = await self._plan(event)
+            manifest = await ledger.fan_in(plan)
+            if manifest is None:
+                missing = await ledger.pending(plan)
+                return {"complete": False, "missing": missing[:100], "chunks": len(plan.chunks)}
+            folder = ledger.folder(plan.path, plan.version)
+            return {
+                "complete": True,
+                "chunks": len(manifest.chunks),
+                "rows": manifest.rows,
+                "invalid": manifest.invalid,
+                "bytes": manifest.bytes,
+                "sha256": manifest.sha256,
+                "manifest": f"{folder}/manifest.json",
+            }
+
+        result: dict[str, Any] = anyio.run(gather)
+        return result
+
+
+def chunked_handlers(
+    pipeline: Pipeline | Callable[[], Pipeline], **options: Any
+) -> ChunkedHandlers:
+    """The router, chunk worker and fan-in handlers for `pipeline` (or its factory)."""
+    return ChunkedHandlers(pipeline, **options)
