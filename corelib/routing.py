@@ -114,7 +114,7 @@ class RoutedSinks:
         capture = _CapturingStore.of(store)
         captured: dict[str, Any] = {}
         refused: dict[str, str] = {}
-        for name in atomic:
+        for name in atomic if capture is not None else ():
             if name not in parts:
                 continue
             sink = self.sinks[name]
@@ -124,13 +124,17 @@ class RoutedSinks:
             except OutputRejected as exc:
                 refused.update(_named(name, exc))
             else:
-                captured[name] = capture.take()
+                writes = capture.take()
+                if writes is not None:
+                    captured[name] = writes
         if refused:
             raise OutputRejected(refused)
         merged = _merge(list(captured.values())) if len(captured) > 1 else None
         primary = next((n for n in atomic if n in captured), atomic[0])
-        later = {n for n in captured if n != primary} if merged is None else set()
-        first = {n: p for n, p in parts.items() if n not in captured or n in later}
+        if merged is not None:
+            first = {n: p for n, p in parts.items() if n not in captured}
+        else:
+            first = {n: p for n, p in parts.items() if n != primary}
         if first:
             for name, part in first.items():
                 try:
@@ -158,7 +162,8 @@ class _CapturingStore:
 
     @staticmethod
     def of(store: IdempotencyStore) -> Any:
-        twin = copy.copy(store)
+        """The twin, or None for a store that cannot be copied so (its members then commit
+        one by one: the others written first, then the first atomic one with the marks)."""
         kept: list[Any] = []
 
         async def complete_with(completions: Sequence[Completion], writes: Any) -> list[bool]:
@@ -166,10 +171,14 @@ class _CapturingStore:
             return [True] * len(completions)
 
         def take() -> Any:
-            return kept.pop()
+            return kept.pop() if kept else None
 
-        object.__setattr__(twin, "complete_with", complete_with)
-        object.__setattr__(twin, "take", take)
+        try:
+            twin = copy.copy(store)
+            object.__setattr__(twin, "complete_with", complete_with)
+            object.__setattr__(twin, "take", take)
+        except (TypeError, AttributeError, copy.Error):
+            return None
         return twin
 
 

@@ -166,7 +166,9 @@ def _parser(
         payload = event.data if envelope is None else envelope(event)
         try:
             if type(payload) is bytes or type(payload) is str:
-                if exact and _FLOAT_LOSES(payload if type(payload) is bytes else payload.encode()):
+                if exact and _FLOAT_LOSES(
+                    payload.encode() if isinstance(payload, str) else payload
+                ):
                     # pydantic reads a JSON number as a float before making it a Decimal,
                     # which loses digits past the 15th and trailing zeros: such text is
                     # read with exact decimals (a few times slower, so only then).

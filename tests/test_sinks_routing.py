@@ -223,3 +223,25 @@ def test_routed_on_dynamodb_commits_both_tables_with_the_marker(moto: MotoServer
     # One store commit carried both tables' writes for m1 with its marker.
     assert len(commits) == 1 and len(commits[0]["payments#m1"]) == 2
     assert pipe.run_batch([pay(1, "12345678901234567.89")]).duplicates == ["m1"]
+
+
+def test_async_typed_processor_with_a_filter_a_mask_and_two_sinks() -> None:
+    from onceflow import Filter, Mask
+
+    class Async:
+        async def process(self, p: Payment) -> list[Any]:
+            return [LedgerRow(payment=p.id, amount=p.amount), To("alerts", {"note": p.note})]
+
+    ledger, alerts = MemorySink(), MemorySink()
+    mask = Mask({"note": "detect"}, key="k" * 32)
+    pipe = Pipeline(
+        Async(),
+        sinks={"ledger": ledger, "alerts": alerts},
+        store=MemoryIdempotencyStore(),
+        filter=Filter({"data": {"amount": [{"numeric": [">", 1]}]}}),
+        mask=mask,
+    )
+    result = pipe.run_batch([pay(1, "5", note="mail bob@example.com"), pay(2, "1")])
+    assert sorted(result.processed) == ["m1", "m2"]
+    assert list(ledger.values()) == [{"payment": "p1", "amount": Decimal("5")}]
+    assert list(alerts.values()) == [{"note": f"mail {mask.token('bob@example.com')}"}]
