@@ -3,20 +3,25 @@
 Each platform record becomes an `Event` (or an `InvalidRecord` naming the record and the
 cause when it cannot be decoded), paired with the identifier Lambda expects back in a
 partial batch response.
+
+Decoding is total: whatever one record holds (a field missing, mistyped, out of range,
+invalid base64, a lone surrogate, nested too deeply to read), that record becomes an
+`InvalidRecord` and the rest of the batch decodes; only a payload that is no trigger's
+batch at all raises `UnrecognisedEvent`. A cause names the field and what is wrong with
+it, never the field's value. An invalid record's `raw` is the platform record as JSON.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote_plus
-
-from pydantic import ValidationError
 
 from onceflow.adapters.aws.kinesis_aggregation import deaggregate
 from onceflow.event import Event
@@ -43,6 +48,11 @@ SUPPORTED_SOURCES = (
 )
 
 Record = Event | InvalidRecord
+
+_MAX_ID = 2048
+"""Longest identity text (id, ARN, sequence number) taken as given; AWS's are far shorter."""
+_MAX_SEQUENCE = 129
+"""Kinesis sequence numbers have up to 129 digits, DynamoDB Streams' up to 40."""
 
 
 class UnrecognisedEvent(ValueError):
@@ -74,93 +84,393 @@ class Delivery:
         """Whether Lambda reads a `batchItemFailures` answer (else failures must raise)."""
         return self.kind in {"kinesis", "dynamodb", "sqs", "sqs-fifo"}
 
+    def add(self, item: Item, records: Sequence[Record]) -> None:
+        """One platform record and the records it became."""
+        self.items.append(item)
+        self.records.extend(records)
+        item.record_ids.extend(r.id for r in records)
+
 
 def decode(payload: Any) -> Delivery:
     """The records in one Lambda payload; `UnrecognisedEvent` for any other shape."""
     if isinstance(payload, Mapping):
         records = payload.get("Records")
-        if isinstance(records, list) and records and isinstance(records[0], Mapping):
-            source = records[0].get("eventSource") or records[0].get("EventSource")
-            decoder = _BATCH_DECODERS.get(str(source))
-            if decoder is not None:
-                return decoder(records)
+        if isinstance(records, list) and records:
+            source = _batch_source(records)
+            if source is not None:
+                return _BATCH_DECODERS[source](records)
         if "detail-type" in payload and "source" in payload:
             return _eventbridge(payload)
-    shape = sorted(payload)[:6] if isinstance(payload, Mapping) else type(payload).__name__
+    if isinstance(payload, Mapping):
+        names = sorted(ascii(k)[:40] for k in payload)[:6]
+        shape = f"top-level members {', '.join(names) or 'none'}"
+        if isinstance(payload.get("Records"), list):
+            shape += ", Records of no supported eventSource"
+    else:
+        shape = f"a {type(payload).__name__}"
     raise UnrecognisedEvent(
-        f"unrecognised Lambda event (top-level {shape}); onceflow decodes: "
-        + "; ".join(SUPPORTED_SOURCES)
+        f"unrecognised Lambda event ({shape}); onceflow decodes: " + "; ".join(SUPPORTED_SOURCES)
     )
 
 
-# -- Kinesis ----------------------------------------------------------------------------
+def _batch_source(records: Sequence[Any]) -> str | None:
+    """The eventSource of the first record that names a supported one."""
+    for raw in records:
+        if isinstance(raw, Mapping):
+            source = raw.get("eventSource")
+            if type(source) is str and source in _BATCH_DECODERS:
+                return source
+    return None
 
 
-def _stream_record(
-    raw: Mapping[str, Any], index: int, service: str, sequence_field: str
-) -> tuple[str, Mapping[str, Any], str, str, str]:
-    """A stream record's (ARN, body, sequence number, record id, where people find it)."""
-    arn = str(raw.get("eventSourceARN", f"aws:{service}"))
-    body = raw.get(service) or {}
-    seq = str(body.get(sequence_field, ""))
-    # eventID is shard + sequence number: unique across the shards of a stream.
-    record_id = str(raw.get("eventID") or seq or f"record-{index}")
-    return arn, body, seq, record_id, f"{arn} sequence {seq or '?'}"
+# -- reading fields without quoting them ----------------------------------------------------
 
 
-def _kinesis(records: Sequence[Mapping[str, Any]]) -> Delivery:
-    delivery = Delivery("kinesis")
+class _Unreadable(ValueError):
+    """A field of a platform record that cannot be read; the text names it, never its value."""
+
+
+def _kind(value: Any) -> str:
+    """What a value is, in JSON's words, for messages that must not quote it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, list | tuple):
+        return "an array"
+    return f"a {type(value).__name__}"
+
+
+def _is_clean(text: str) -> bool:
+    """Whether `text` encodes as UTF-8 (no lone surrogate), so every store and sink keeps it."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _optional_text(value: Any, name: str) -> str | None:
+    if type(value) is str and value.isascii():
+        return value  # the common case, checked first
+    if value is None:
+        return None
+    if type(value) is not str:
+        raise _Unreadable(f"{name} is {_kind(value)}, not a string")
+    if not _is_clean(value):
+        raise _Unreadable(f"{name} is not valid Unicode (it holds a lone surrogate)")
+    return value
+
+
+def _text(value: Any, name: str) -> str:
+    text = _optional_text(value, name)
+    if not text:
+        raise _Unreadable(f"{name} is missing")
+    return text
+
+
+def _identity(value: Any, name: str) -> str:
+    text = _text(value, name)
+    if len(text) > _MAX_ID:
+        raise _Unreadable(f"{name} is longer than {_MAX_ID} characters")
+    return text
+
+
+def _readable_identity(value: Any) -> str | None:
+    """The identity text when it can be read, else None (never raises: it names the record)."""
+    try:
+        return _identity(value, "")
+    except _Unreadable:
+        return None
+
+
+def _sequence(value: Any, name: str) -> str:
+    text = _text(value, name)
+    if not (text.isascii() and text.isdigit()) or len(text) > _MAX_SEQUENCE:
+        raise _Unreadable(f"{name} is not a sequence number (up to {_MAX_SEQUENCE} digits)")
+    return text
+
+
+def _readable_sequence(value: Any) -> str | None:
+    try:
+        return _sequence(value, "")
+    except _Unreadable:
+        return None
+
+
+def _optional_object(value: Any, name: str) -> Mapping[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise _Unreadable(f"{name} is {_kind(value)}, not an object")
+    return value
+
+
+def _object(value: Any, name: str) -> Mapping[str, Any]:
+    found = _optional_object(value, name)
+    if found is None:
+        raise _Unreadable(f"{name} is missing")
+    return found
+
+
+def _part(value: Any, name: str) -> Mapping[str, Any]:
+    """A member object read to name a record: an empty one when it is anything else."""
+    part = value.get(name) if isinstance(value, Mapping) else None
+    return part if isinstance(part, Mapping) else {}
+
+
+def _seconds(value: Any, name: str) -> datetime:
+    """Seconds since the epoch (a missing timestamp reads as now)."""
+    if value is None:
+        return datetime.now(UTC)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _Unreadable(f"{name} is {_kind(value)}, not a number of seconds")
+    try:
+        return datetime.fromtimestamp(value, UTC)
+    except (OverflowError, OSError, ValueError):
+        raise _Unreadable(f"{name} is not a time since the epoch a datetime can hold") from None
+
+
+def _milliseconds(value: Any, name: str) -> datetime:
+    """Milliseconds since the epoch, as digits (a missing timestamp reads as now)."""
+    if value is None:
+        return datetime.now(UTC)
+    if type(value) is str and value.isascii() and value.isdigit() and len(value) <= 18:
+        millis = int(value)
+    elif type(value) is int and 0 <= value < 10**18:
+        millis = value
+    else:
+        raise _Unreadable(f"{name} is not a number of milliseconds since the epoch")
+    return _seconds(millis / 1000, name)
+
+
+def _iso_time(value: Any, name: str) -> datetime:
+    """An ISO 8601 time (a missing one reads as now)."""
+    text = _optional_text(value, name)
+    if not text:
+        return datetime.now(UTC)
+    try:
+        time = datetime.fromisoformat(text)
+    except ValueError:
+        raise _Unreadable(f"{name} is not an ISO 8601 time") from None
+    return time if time.tzinfo is not None else time.replace(tzinfo=UTC)
+
+
+def _size(value: Any, name: str) -> int | None:
+    if value is None:
+        return None
+    if type(value) is not int or not 0 <= value < 2**63:
+        raise _Unreadable(f"{name} is not a size in bytes")
+    return value
+
+
+def _json_bytes(value: Any, name: str) -> bytes:
+    """`value` as compact JSON in UTF-8, for an event's data."""
+    try:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        raise _Unreadable(f"{name} holds NaN or Infinity, which JSON cannot carry") from None
+    except TypeError:
+        raise _Unreadable(f"{name} holds a value JSON cannot carry") from None
+    if text.isascii():
+        return text.encode("ascii")
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _Unreadable(f"{name} is not valid Unicode (it holds a lone surrogate)") from None
+
+
+def _attributes(values: Mapping[str, str | None]) -> dict[str, str]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _cause(exc: Exception) -> str:
+    """Why a record could not be decoded, in words that never quote the record."""
+    if isinstance(exc, _Unreadable):
+        return str(exc)
+    if isinstance(exc, RecursionError):
+        return "it is nested too deeply to read"
+    # Anyone else's message may quote the input (pydantic, int(), fromisoformat): not shown.
+    return f"it could not be decoded ({type(exc).__name__})"
+
+
+def _raw(value: Any) -> bytes:
+    """The platform record as JSON, for the dead letter (empty when JSON cannot hold it)."""
+    try:
+        text = json.dumps(
+            value,
+            ensure_ascii=False,
+            separators=(",", ":"),
+            skipkeys=True,
+            default=lambda v: f"<{type(v).__name__}>",
+        )
+    except (RecursionError, ValueError):
+        return b""
+    return text.encode("utf-8", "backslashreplace")
+
+
+def _fingerprint(value: Any) -> str:
+    """A digest of a record's content, however deeply nested (walked without recursion)."""
+    digest = hashlib.sha256()
+    stack = [value]
+    while stack:
+        part = stack.pop()
+        if isinstance(part, Mapping):
+            digest.update(b"{%d" % len(part))
+            for name, member in part.items():
+                stack.extend((member, name))
+        elif isinstance(part, list | tuple):
+            digest.update(b"[%d" % len(part))
+            stack.extend(part)
+        elif type(part) is int:
+            digest.update(b"i" + hex(part).encode())  # repr() refuses very long integers
+        else:
+            digest.update(repr(part).encode("utf-8", "backslashreplace") + b"\x00")
+    return digest.hexdigest()[:24]
+
+
+@dataclass(slots=True)
+class _Named:
+    """How a record is named when it cannot be decoded: as far as its fields are readable."""
+
+    record_id: str | None
+    source: str
+    where: str
+    identifier: str | None = None
+    """What Lambda calls it (sequence number or message id), when readable."""
+    partition_key: str | None = None
+    sequence: str | None = None
+    group: str | None = None
+
+    def invalid(self, raw: Any, cause: str) -> tuple[Item, InvalidRecord]:
+        """The invalid record for platform record `raw`: one code path for every trigger."""
+        # A record with no readable identity is known by its content: a redelivery of it
+        # is the same record, another broken record is not.
+        record_id = self.record_id or f"unidentified-{_fingerprint(raw)}"
+        invalid = InvalidRecord(
+            id=record_id,
+            source=self.source,
+            reason=cause,
+            raw=_raw(raw),
+            locator=self.where,
+            partition_key=self.partition_key,
+            sequence=self.sequence,
+        )
+        return Item(self.identifier or record_id, [], self.group), invalid
+
+
+Reader = Callable[[Mapping[str, Any]], tuple[Item, list[Record]]]
+"""Reads one platform record: its `Item` and what it became; raises when it cannot."""
+
+
+def _each(
+    delivery: Delivery,
+    records: Sequence[Any],
+    read: Reader,
+    name: Callable[[Any, int], _Named],
+    source: str,
+) -> Delivery:
+    """Decode every record of a batch; one that cannot be decoded becomes an InvalidRecord."""
     for index, raw in enumerate(records):
-        arn, body, seq, record_id, where = _stream_record(raw, index, "kinesis", "sequenceNumber")
-        item = Item(seq or record_id, [])
-        delivery.items.append(item)
         try:
-            if not seq:
-                raise ValueError("the record has no kinesis.sequenceNumber")
-            data = base64.b64decode(body.get("data", ""), validate=True)
-            user_records = deaggregate(data)
-            parts: list[tuple[str | None, bytes]]
-            if user_records is None:
-                parts, ids = [(body.get("partitionKey"), data)], [record_id]
-            else:
-                parts = list(user_records)
-                # KPL user records share their carrier's sequence number: a failure
-                # reports the carrier, and the ones already done come back as duplicates.
-                ids = [f"{record_id}:{n}" for n in range(len(parts))]
-            for (partition_key, payload), event_id in zip(parts, ids, strict=True):
-                event = Event(
-                    id=event_id,
-                    source=arn,
-                    type="aws.kinesis.record",
-                    time=_epoch(body.get("approximateArrivalTimestamp")),
-                    partition_key=partition_key,
-                    sequence=seq,
-                    data=payload,
-                    attributes=_clean(
-                        {
-                            "aws.shard": record_id.split(":", 1)[0] if ":" in record_id else None,
-                            "aws.region": raw.get("awsRegion"),
-                        }
-                    ),
-                )
-                delivery.records.append(event)
-                item.record_ids.append(event.id)
-        except (binascii.Error, ValueError, TypeError, ValidationError) as exc:
-            reason = "data is not valid base64" if isinstance(exc, binascii.Error) else "bad record"
-            bad = _invalid(
-                (record_id, arn),
-                where,
-                f"{reason}: {_short(exc)}",
-                str(body.get("data", "")).encode(),
-                (body.get("partitionKey"), seq),
-            )
-            # A record that fails half-way through its user records counts as one bad record.
-            delivery.records[len(delivery.records) - len(item.record_ids) :] = [bad]
-            item.record_ids[:] = [bad.id]
+            if not isinstance(raw, Mapping):
+                raise _Unreadable(f"the record is {_kind(raw)}, not an object")
+            if raw.get("eventSource") != source:
+                raise _Unreadable(f"the record's eventSource is not {source}")
+            item, got = read(raw)
+        except Exception as exc:  # a decoder is total: one record never fails the batch
+            # Named only now: the happy path reads each field once.
+            item, invalid = name(raw, index).invalid(raw, _cause(exc))
+            got = [invalid]
+        delivery.add(item, got)
     return delivery
 
 
-# -- DynamoDB Streams ---------------------------------------------------------------------
+# -- Kinesis and DynamoDB Streams -----------------------------------------------------------
+
+
+def _stream_named(raw: Any, index: int, service: str, sequence_field: str) -> _Named:
+    """A stream record's ARN, sequence number, id and location, as far as they are readable."""
+    arn = _readable_identity(raw.get("eventSourceARN")) if isinstance(raw, Mapping) else None
+    seq = _readable_sequence(_part(raw, service).get(sequence_field))
+    # eventID is shard + sequence number: unique across the shards of a stream.
+    event_id = _readable_identity(raw.get("eventID")) if isinstance(raw, Mapping) else None
+    partition_key = None
+    if service == "kinesis":
+        partition_key = _readable_identity(_part(raw, service).get("partitionKey"))
+    where = f"{arn or f'aws:{service}'} " + (
+        f"sequence {seq}" if seq else f"record {index} of the batch (no readable sequence number)"
+    )
+    return _Named(
+        record_id=event_id or seq,
+        source=arn or f"aws:{service}",
+        where=where,
+        identifier=seq,
+        partition_key=partition_key,
+        sequence=seq,
+    )
+
+
+def _kinesis_named(raw: Any, index: int) -> _Named:
+    return _stream_named(raw, index, "kinesis", "sequenceNumber")
+
+
+def _kinesis_read(raw: Mapping[str, Any]) -> tuple[Item, list[Record]]:
+    body = _object(raw.get("kinesis"), "kinesis")
+    arn = _identity(raw.get("eventSourceARN"), "eventSourceARN")
+    seq = _sequence(body.get("sequenceNumber"), "kinesis.sequenceNumber")
+    record_id = _identity(raw.get("eventID"), "eventID")
+    encoded = body.get("data")
+    if type(encoded) is not str:
+        raise _Unreadable(f"kinesis.data is {_kind(encoded)}, not base64 text")
+    try:
+        data = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise _Unreadable("kinesis.data is not valid base64") from None
+    time = _seconds(body.get("approximateArrivalTimestamp"), "kinesis.approximateArrivalTimestamp")
+    attributes = _attributes(
+        {
+            "aws.shard": record_id.split(":", 1)[0] if ":" in record_id else None,
+            "aws.region": _optional_text(raw.get("awsRegion"), "awsRegion"),
+        }
+    )
+    try:
+        user_records = deaggregate(data)
+    except ValueError as exc:  # its messages name the fault, never the data
+        raise _Unreadable(f"kinesis.data: {exc}") from None
+    if user_records is None:
+        parts = [(_identity(body.get("partitionKey"), "kinesis.partitionKey"), data)]
+        ids = [record_id]
+    else:
+        parts = user_records
+        # KPL user records share their carrier's sequence number: a failure reports the
+        # carrier, and the ones already done come back as duplicates.
+        ids = [f"{record_id}:{n}" for n in range(len(parts))]
+    return Item(seq, []), [
+        Event(
+            id=event_id,
+            source=arn,
+            type="aws.kinesis.record",
+            time=time,
+            partition_key=partition_key,
+            sequence=seq,
+            data=payload,
+            attributes=attributes,
+        )
+        for (partition_key, payload), event_id in zip(parts, ids, strict=True)
+    ]
+
+
+def _kinesis(records: Sequence[Any]) -> Delivery:
+    return _each(Delivery("kinesis"), records, _kinesis_read, _kinesis_named, "aws:kinesis")
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,51 +500,78 @@ def dynamodb_change(event: Event) -> DynamoDBChange:
     )
 
 
-def _dynamodb(records: Sequence[Mapping[str, Any]]) -> Delivery:
-    delivery = Delivery("dynamodb")
-    for index, raw in enumerate(records):
-        arn, body, seq, record_id, where = _stream_record(raw, index, "dynamodb", "SequenceNumber")
-        doc = {"eventName": raw.get("eventName"), "dynamodb": body}
-        data = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
-        record: Record
-        try:
-            if not seq:
-                raise ValueError("the record has no dynamodb.SequenceNumber")
-            if raw.get("eventName") not in {"INSERT", "MODIFY", "REMOVE"}:
-                raise ValueError(f"unknown eventName {raw.get('eventName')!r}")
-            event = Event(
-                id=record_id,
-                source=arn,
-                type=f"aws.dynamodb.{raw['eventName']}",
-                time=_epoch(body.get("ApproximateCreationDateTime")),
-                # Changes to one item stay in order: the item's key is the lane.
-                partition_key=json.dumps(body.get("Keys", {}), sort_keys=True),
-                sequence=seq,
-                data=data,
-                attributes=_clean(
-                    {
-                        "aws.event_name": raw.get("eventName"),
-                        "aws.region": raw.get("awsRegion"),
-                        # DynamoDB's own TTL deletes a REMOVE with this principal.
-                        "aws.ttl_delete": "true" if _ttl_delete(raw) else None,
-                    }
-                ),
-            )
-            dynamodb_change(event)  # every image must decode, or the record is invalid
-            record = event
-        except Exception as exc:
-            record = _invalid(
-                (record_id, arn), where, f"undecodable change: {_short(exc)}", data, (None, seq)
-            )
-        delivery.records.append(record)
-        delivery.items.append(Item(seq or record_id, [record_id]))
-    return delivery
+def _dynamodb_named(raw: Any, index: int) -> _Named:
+    return _stream_named(raw, index, "dynamodb", "SequenceNumber")
+
+
+_CHANGES = ("INSERT", "MODIFY", "REMOVE")
+
+
+def _dynamodb_read(raw: Mapping[str, Any]) -> tuple[Item, list[Record]]:
+    body = _object(raw.get("dynamodb"), "dynamodb")
+    arn = _identity(raw.get("eventSourceARN"), "eventSourceARN")
+    seq = _sequence(body.get("SequenceNumber"), "dynamodb.SequenceNumber")
+    record_id = _identity(raw.get("eventID"), "eventID")
+    name = raw.get("eventName")
+    if type(name) is not str or name not in _CHANGES:
+        raise _Unreadable("eventName is not INSERT, MODIFY or REMOVE")
+    keys = _object(body.get("Keys"), "dynamodb.Keys")
+    for which in ("Keys", "NewImage", "OldImage"):
+        _check_image(body.get(which), f"dynamodb.{which}")
+    time = _seconds(body.get("ApproximateCreationDateTime"), "dynamodb.ApproximateCreationDateTime")
+    region = _optional_text(raw.get("awsRegion"), "awsRegion")
+    data = _json_bytes({"eventName": name, "dynamodb": body}, "the change")
+    return Item(seq, []), [
+        Event(
+            id=record_id,
+            source=arn,
+            type=f"aws.dynamodb.{name}",
+            time=time,
+            # Changes to one item stay in order: the item's key is the lane (ASCII JSON).
+            partition_key=json.dumps(keys, sort_keys=True),
+            sequence=seq,
+            data=data,
+            attributes=_attributes(
+                {
+                    "aws.event_name": name,
+                    "aws.region": region,
+                    # DynamoDB's own TTL deletes a REMOVE with this principal.
+                    "aws.ttl_delete": "true" if _ttl_delete(raw) else None,
+                }
+            ),
+        )
+    ]
+
+
+def _check_image(image: Any, name: str) -> None:
+    """Raise naming the first attribute of a stream image that does not decode."""
+    from onceflow.adapters.aws.dynamodb_types import from_stream_image
+
+    if _optional_object(image, name) is None:
+        return
+    try:
+        from_stream_image(image)
+    except Exception:
+        for attribute, typed in image.items():
+            try:
+                from_stream_image({attribute: typed})
+            except Exception:
+                label = ascii(attribute)[:66] if isinstance(attribute, str) else "?"
+                raise _Unreadable(
+                    f"{name} attribute {label} is not a DynamoDB typed value"
+                ) from None
+        raise _Unreadable(f"{name} is not a DynamoDB image") from None
+
+
+def _dynamodb(records: Sequence[Any]) -> Delivery:
+    return _each(Delivery("dynamodb"), records, _dynamodb_read, _dynamodb_named, "aws:dynamodb")
 
 
 def _ttl_delete(raw: Mapping[str, Any]) -> bool:
-    identity = raw.get("userIdentity") or {}
+    identity = raw.get("userIdentity")
     return bool(
-        identity.get("type") == "Service"
+        isinstance(identity, Mapping)
+        and identity.get("type") == "Service"
         and identity.get("principalId") == "dynamodb.amazonaws.com"
     )
 
@@ -242,82 +579,95 @@ def _ttl_delete(raw: Mapping[str, Any]) -> bool:
 # -- SQS (and S3 notifications through it) ------------------------------------------------
 
 
-def _sqs(records: Sequence[Mapping[str, Any]]) -> Delivery:
-    fifo = str(records[0].get("eventSourceARN", "")).endswith(".fifo")
-    delivery = Delivery("sqs-fifo" if fifo else "sqs")
-    for index, raw in enumerate(records):
-        arn = str(raw.get("eventSourceARN", "aws:sqs"))
-        message_id = str(raw.get("messageId") or f"message-{index}")
-        attrs = raw.get("attributes") or {}
-        group = attrs.get("MessageGroupId")
-        body = raw.get("body")
-        where = f"{arn} message {message_id}"
-        item = Item(message_id, [], group)
-        delivery.items.append(item)
-        record: Record
-        if not isinstance(body, str):
-            bad = _invalid(
-                (message_id, arn),
-                where,
-                "the message has no body",
-                b"",
-                (group, message_id),
-            )
-            delivery.records.append(bad)
-            item.record_ids.append(bad.id)
-            continue
-        notices = _s3_inside(body)
-        if notices is not None:
-            for notice in notices:
-                inner = _s3_record(notice, f"{where}, ")
-                if isinstance(inner, Event) and _receive_count(attrs) > 1:
-                    inner = inner.model_copy(update={"delivery_count": _receive_count(attrs)})
-                delivery.records.append(inner)
-                item.record_ids.append(inner.id)
-            continue
-        try:
-            record = Event(
-                id=message_id,
-                source=arn,
-                type="aws.sqs.message",
-                time=_epoch_ms(attrs.get("SentTimestamp")),
-                partition_key=group,
-                # Lambda hands a FIFO group over in order already; a message id as the
-                # sequence keeps that order (the runner sorts numeric sequences only).
-                sequence=message_id,
-                data=body.encode("utf-8"),
-                attributes=_clean(
-                    {
-                        **_message_attributes(raw.get("messageAttributes")),
-                        "aws.region": raw.get("awsRegion"),
-                        "aws.deduplication_id": attrs.get("MessageDeduplicationId"),
-                        "aws.sequence_number": attrs.get("SequenceNumber"),
-                    }
-                ),
-                delivery_count=_receive_count(attrs),
-            )
-        except (ValueError, TypeError, ValidationError) as exc:
-            record = _invalid(
-                (message_id, arn),
-                where,
-                f"bad message: {_short(exc)}",
-                body.encode("utf-8", "replace"),
-                (group, message_id),
-            )
-        delivery.records.append(record)
-        item.record_ids.append(record.id)
-    return delivery
+def _sqs_named(raw: Any, index: int) -> _Named:
+    fields = raw if isinstance(raw, Mapping) else {}
+    arn = _readable_identity(fields.get("eventSourceARN"))
+    message_id = _readable_identity(fields.get("messageId"))
+    group = _readable_identity(_part(raw, "attributes").get("MessageGroupId"))
+    where = f"{arn or 'aws:sqs'} " + (
+        f"message {message_id}" if message_id else f"record {index} of the batch (no messageId)"
+    )
+    return _Named(
+        record_id=message_id,
+        source=arn or "aws:sqs",
+        where=where,
+        identifier=message_id,
+        partition_key=group,
+        sequence=message_id,
+        group=group,
+    )
+
+
+def _sqs_read(raw: Mapping[str, Any]) -> tuple[Item, list[Record]]:
+    arn = _identity(raw.get("eventSourceARN"), "eventSourceARN")
+    message_id = _identity(raw.get("messageId"), "messageId")
+    attrs = _optional_object(raw.get("attributes"), "attributes") or {}
+    group = _optional_text(attrs.get("MessageGroupId"), "attributes.MessageGroupId")
+    body = raw.get("body")
+    if type(body) is not str:
+        raise _Unreadable("the message has no body" if body is None else "body is not a string")
+    if not _is_clean(body):
+        raise _Unreadable("body is not valid Unicode (it holds a lone surrogate)")
+    notices = _s3_inside(body)
+    if notices is not None:
+        count = _receive_count(attrs)
+        found: list[Record] = []
+        for n, notice in enumerate(notices):
+            where = f"{arn} message {message_id}, "
+            inner = _s3_record(notice, n, where, (f"{message_id}#s3-{n}", arn))
+            if isinstance(inner, Event) and count > 1:
+                inner = inner.model_copy(update={"delivery_count": count})
+            found.append(inner)
+        return Item(message_id, [], group), found
+    return Item(message_id, [], group), [
+        Event(
+            id=message_id,
+            source=arn,
+            type="aws.sqs.message",
+            time=_milliseconds(attrs.get("SentTimestamp"), "attributes.SentTimestamp"),
+            partition_key=group,
+            # Lambda hands a FIFO group over in order already; a message id as the
+            # sequence keeps that order (the runner sorts numeric sequences only).
+            sequence=message_id,
+            data=body.encode("utf-8"),
+            attributes=_attributes(
+                {
+                    **_message_attributes(raw.get("messageAttributes")),
+                    "aws.region": _optional_text(raw.get("awsRegion"), "awsRegion"),
+                    "aws.deduplication_id": _optional_text(
+                        attrs.get("MessageDeduplicationId"), "attributes.MessageDeduplicationId"
+                    ),
+                    "aws.sequence_number": _optional_text(
+                        attrs.get("SequenceNumber"), "attributes.SequenceNumber"
+                    ),
+                }
+            ),
+            delivery_count=_receive_count(attrs),
+        )
+    ]
+
+
+def _sqs(records: Sequence[Any]) -> Delivery:
+    arns = (
+        r.get("eventSourceARN")
+        for r in records
+        if isinstance(r, Mapping) and r.get("eventSource") == "aws:sqs"
+    )
+    fifo = next((a for a in arns if type(a) is str), "").endswith(".fifo")
+    return _each(Delivery("sqs-fifo" if fifo else "sqs"), records, _sqs_read, _sqs_named, "aws:sqs")
 
 
 def _receive_count(attrs: Mapping[str, Any]) -> int:
     """SQS's `ApproximateReceiveCount`: the platform's count of deliveries (1 if unreadable)."""
-    try:
-        return max(1, int(attrs.get("ApproximateReceiveCount", 1)))
-    except (TypeError, ValueError):
-        return 1
+    value = attrs.get("ApproximateReceiveCount", 1)
+    if type(value) is str and value.isascii() and value.isdigit() and len(value) <= 9:
+        return max(1, int(value))
+    if type(value) is int and 1 <= value < 10**9:
+        return value
+    return 1
 
 
-def _s3_inside(body: str) -> list[Mapping[str, Any]] | None:
+def _s3_inside(body: str) -> list[Any] | None:
     """The S3 notification records in an SQS body (also wrapped by SNS); None if it is not one."""
     # A cheap look before parsing: SNS wraps the notification as an escaped string.
     if not body.startswith("{") or ("aws:s3" not in body and "s3:TestEvent" not in body):
@@ -326,8 +676,8 @@ def _s3_inside(body: str) -> list[Mapping[str, Any]] | None:
         doc = json.loads(body)
         if isinstance(doc, dict) and doc.get("Type") == "Notification" and "Message" in doc:
             doc = json.loads(doc["Message"])  # S3 -> SNS -> SQS
-    except ValueError:
-        return None
+    except (ValueError, TypeError, RecursionError):
+        return None  # not JSON a notification is written in: the user's own message
     if not isinstance(doc, dict):
         return None
     if doc.get("Event") == "s3:TestEvent":
@@ -344,9 +694,12 @@ def _s3_inside(body: str) -> list[Mapping[str, Any]] | None:
 
 def _message_attributes(attributes: Any) -> dict[str, str]:
     out: dict[str, str] = {}
-    for name, attr in (attributes or {}).items():
-        if isinstance(attr, Mapping) and attr.get("stringValue") is not None:
-            out[name] = str(attr["stringValue"])
+    for name, member in (_optional_object(attributes, "messageAttributes") or {}).items():
+        label = _optional_text(name, "a messageAttributes name")
+        attr = _object(member, "a messageAttributes member")
+        value = _optional_text(attr.get("stringValue"), "a messageAttributes stringValue")
+        if label and value is not None:
+            out[label] = value
     return out
 
 
@@ -371,51 +724,64 @@ def s3_object(event: Event) -> S3Object:
     return S3Object(**json.loads(event.data))
 
 
-def _s3(records: Sequence[Mapping[str, Any]]) -> Delivery:
+def _s3(records: Sequence[Any]) -> Delivery:
     delivery = Delivery("s3")
-    for record in (_s3_record(raw, "") for raw in records):
-        delivery.records.append(record)
-        delivery.items.append(Item(record.id, [record.id]))
+    for index, raw in enumerate(records):
+        record = _s3_record(raw, index, "", None)
+        delivery.add(Item(record.id, []), [record])
     return delivery
 
 
-def _s3_record(raw: Mapping[str, Any], where: str) -> Record:
-    s3 = raw.get("s3") or {}
-    bucket = str((s3.get("bucket") or {}).get("name", ""))
-    obj = s3.get("object") or {}
-    encoded = str(obj.get("key", ""))
-    name = str(raw.get("eventName", "ObjectCreated:Put"))
+def _s3_record(raw: Any, index: int, where: str, fallback: tuple[str, str] | None) -> Record:
+    """One S3 notification record; `fallback` is the (id, source) to name a broken one by."""
+    here = f"{where}S3 notification record {index}"
+    s3 = _part(raw, "s3")
+    bucket = _readable_identity(_part(s3, "bucket").get("name"))
+    encoded = _readable_identity(_part(s3, "object").get("key"))
+    if bucket and encoded:
+        here = f"{where}s3://{bucket}/{encoded}"
     try:
-        # Keys arrive form-encoded: "+" is a space, "%2B" a plus, UTF-8 percent escapes.
-        key = unquote_plus(encoded, errors="strict")
-    except UnicodeDecodeError as exc:
-        return _invalid(
-            (f"{bucket}/{encoded}", f"arn:aws:s3:::{bucket}"),
-            f"{where}s3://{bucket}/{encoded}",
-            f"undecodable key: {exc}",
-            encoded.encode(),
-        )
-    return _s3_event(
-        S3Object(
+        if not isinstance(raw, Mapping):
+            raise _Unreadable(f"the record is {_kind(raw)}, not an object")
+        if raw.get("eventSource") != "aws:s3":
+            raise _Unreadable("the record's eventSource is not aws:s3")
+        s3 = _object(raw.get("s3"), "s3")
+        bucket = _identity(_object(s3.get("bucket"), "s3.bucket").get("name"), "s3.bucket.name")
+        obj = _object(s3.get("object"), "s3.object")
+        encoded = _identity(obj.get("key"), "s3.object.key")
+        try:
+            # Keys arrive form-encoded: "+" is a space, "%2B" a plus, UTF-8 percent escapes.
+            key = unquote_plus(encoded, errors="strict")
+        except UnicodeDecodeError:
+            raise _Unreadable(
+                "s3.object.key is an undecodable key: its percent escapes are not UTF-8"
+            ) from None
+        found = S3Object(
             bucket,
             key,
-            name,
-            obj.get("versionId"),
-            obj.get("sequencer"),
-            obj.get("size"),
-            obj.get("eTag"),
-        ),
-        raw.get("eventTime"),
-        raw.get("awsRegion"),
-        f"{where}s3://{bucket}/{encoded}",
-    )
+            _optional_text(raw.get("eventName"), "eventName") or "ObjectCreated:Put",
+            _optional_text(obj.get("versionId"), "s3.object.versionId"),
+            _optional_text(obj.get("sequencer"), "s3.object.sequencer"),
+            _size(obj.get("size"), "s3.object.size"),
+            _optional_text(obj.get("eTag"), "s3.object.eTag"),
+        )
+        return _s3_event(
+            found,
+            _iso_time(raw.get("eventTime"), "eventTime"),
+            _optional_text(raw.get("awsRegion"), "awsRegion"),
+        )
+    except Exception as exc:  # one notification never fails the others
+        record_id, source = fallback or (None, f"arn:aws:s3:::{bucket}" if bucket else "aws:s3")
+        return _Named(record_id, source, here).invalid(raw, _cause(exc))[1]
 
 
 # Event kinds named alike by both routes ("ObjectRemoved:Delete" / "Object Deleted").
 _VERBS = {"ObjectCreated": "", "ObjectRemoved": "#removed", "ObjectDeleted": "#removed"}
 
 
-def _s3_event(obj: S3Object, time: Any, region: Any, where: str) -> Record:
+def _s3_event(obj: S3Object, time: datetime, region: str | None) -> Event:
+    if not obj.version_id and not obj.sequencer:
+        raise _Unreadable("the notification has neither a versionId nor a sequencer")
     # The same object version (or, unversioned, the same write) is one event however
     # often and by whichever route it is announced.
     # Sequencers are hex, zero-padded and upper-case in notifications but not always in
@@ -423,24 +789,15 @@ def _s3_event(obj: S3Object, time: Any, region: Any, where: str) -> Record:
     sequencer = (obj.sequencer or "").lstrip("0").upper()
     version = f"v={obj.version_id}" if obj.version_id else f"seq={sequencer}"
     verb = _VERBS.get(obj.event_name.split(":", 1)[0], f"#{obj.event_name}")
-    record_id = f"{obj.bucket}/{obj.key}#{version}{verb}"
-    source = f"arn:aws:s3:::{obj.bucket}"
-    if not obj.bucket or not obj.key or (not obj.version_id and not obj.sequencer):
-        return _invalid(
-            (record_id, source),
-            where,
-            "the notification lacks a bucket, key, or versionId/sequencer",
-            json.dumps(_s3_doc(obj)).encode(),
-        )
     return Event(
-        id=record_id,
-        source=source,
+        id=f"{obj.bucket}/{obj.key}#{version}{verb}",
+        source=f"arn:aws:s3:::{obj.bucket}",
         type=f"aws.s3.{obj.event_name}",
-        time=time or datetime.now(UTC),
+        time=time,
         partition_key=f"{obj.bucket}/{obj.key}",
         sequence=None,
         data=json.dumps(_s3_doc(obj), ensure_ascii=False).encode(),
-        attributes=_clean(
+        attributes=_attributes(
             {"aws.region": region, "aws.s3.bucket": obj.bucket, "aws.s3.key": obj.key}
         ),
     )
@@ -455,99 +812,64 @@ def _s3_doc(obj: S3Object) -> dict[str, Any]:
 
 def _eventbridge(payload: Mapping[str, Any]) -> Delivery:
     delivery = Delivery("eventbridge")
-    event_id = str(payload.get("id") or "")
-    source = str(payload.get("source") or "")
-    where = f"EventBridge event {event_id or '?'} from {source or '?'}"
+    event_id = _readable_identity(payload.get("id"))
+    source = _readable_identity(payload.get("source"))
+    named = _Named(
+        record_id=event_id,
+        source=source or "aws.events",
+        where=f"EventBridge event {event_id or '(no readable id)'} from {source or '?'}",
+    )
     record: Record
-    detail = payload.get("detail")
     try:
-        if not event_id or not source:
-            raise ValueError("the event has no id or source")
-        if source == "aws.s3" and isinstance(detail, Mapping) and "object" in detail:
-            obj = detail["object"]
-            # EventBridge carries S3 keys as they are, not form-encoded.
-            s3 = S3Object(
-                str((detail.get("bucket") or {}).get("name", "")),
-                str(obj.get("key", "")),
-                str(payload["detail-type"]).replace(" ", ""),
-                obj.get("version-id"),
-                obj.get("sequencer"),
-                obj.get("size"),
-                obj.get("etag"),
-            )
-            record = _s3_event(s3, payload.get("time"), payload.get("region"), where)
-        else:
-            record = Event(
-                id=event_id,
-                source=source,
-                type=str(payload["detail-type"]),
-                time=payload.get("time") or datetime.now(UTC),
-                data=json.dumps(detail, ensure_ascii=False, separators=(",", ":")).encode(),
-                attributes=_clean(
-                    {
-                        "aws.account": payload.get("account"),
-                        "aws.region": payload.get("region"),
-                        "aws.resources": ",".join(payload.get("resources") or []) or None,
-                    }
-                ),
-            )
-    except (ValueError, TypeError, KeyError, ValidationError) as exc:
-        record = _invalid(
-            (event_id or "eventbridge", source or "aws.events"),
-            where,
-            f"bad event: {_short(exc)}",
-            json.dumps(payload, default=str).encode(),
-        )
-    delivery.records.append(record)
-    delivery.items.append(Item(record.id, [record.id]))
+        record = _eventbridge_read(payload)
+    except Exception as exc:  # the one event becomes a dead letter, never an escape
+        record = named.invalid(payload, _cause(exc))[1]
+    delivery.add(Item(record.id, []), [record])
     return delivery
 
 
-# -- shared -------------------------------------------------------------------------------
-
-
-def _invalid(
-    ids: tuple[str, str],
-    where: str,
-    reason: str,
-    raw: bytes,
-    lane: tuple[str | None, Any] = (None, None),
-) -> InvalidRecord:
-    """An invalid record; `ids` is (id, source), `lane` is (partition key, sequence)."""
-    (record_id, source), (partition_key, sequence) = ids, lane
-    return InvalidRecord(
-        id=record_id,
+def _eventbridge_read(payload: Mapping[str, Any]) -> Record:
+    event_id = _identity(payload.get("id"), "id")
+    source = _identity(payload.get("source"), "source")
+    detail_type = _text(payload.get("detail-type"), "detail-type")
+    time = _iso_time(payload.get("time"), "time")
+    region = _optional_text(payload.get("region"), "region")
+    detail = payload.get("detail")
+    if source == "aws.s3" and isinstance(detail, Mapping) and "object" in detail:
+        obj = _object(detail.get("object"), "detail.object")
+        bucket = _object(detail.get("bucket"), "detail.bucket")
+        # EventBridge carries S3 keys as they are, not form-encoded.
+        s3 = S3Object(
+            _identity(bucket.get("name"), "detail.bucket.name"),
+            _identity(obj.get("key"), "detail.object.key"),
+            detail_type.replace(" ", ""),
+            _optional_text(obj.get("version-id"), "detail.object.version-id"),
+            _optional_text(obj.get("sequencer"), "detail.object.sequencer"),
+            _size(obj.get("size"), "detail.object.size"),
+            _optional_text(obj.get("etag"), "detail.object.etag"),
+        )
+        return _s3_event(s3, time, region)
+    resources = payload.get("resources") or []
+    if not isinstance(resources, list):
+        raise _Unreadable(f"resources is {_kind(resources)}, not an array")
+    names = [_text(r, "a resources member") for r in resources]
+    return Event(
+        id=event_id,
         source=source,
-        reason=f"{where}: {reason}",
-        raw=raw,
-        locator=where,
-        partition_key=partition_key,
-        sequence=None if sequence is None else str(sequence),
+        type=detail_type,
+        time=time,
+        data=_json_bytes(detail, "detail"),
+        attributes=_attributes(
+            {
+                "aws.account": _optional_text(payload.get("account"), "account"),
+                "aws.region": region,
+                "aws.resources": ",".join(names) or None,
+            }
+        ),
     )
 
 
-def _short(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {text[:200]}"
-
-
-def _clean(values: Mapping[str, Any]) -> dict[str, str]:
-    return {k: str(v) for k, v in values.items() if v is not None}
-
-
-def _epoch(value: Any) -> datetime:
-    if value is None:
-        return datetime.now(UTC)
-    return datetime.fromtimestamp(float(value), UTC)
-
-
-def _epoch_ms(value: Any) -> datetime:
-    if value is None:
-        return datetime.now(UTC)
-    return datetime.fromtimestamp(int(value) / 1000, UTC)
-
-
-_BATCH_DECODERS: dict[str, Callable[[Sequence[Mapping[str, Any]]], Delivery]] = {
+_BATCH_DECODERS: dict[str, Callable[[Sequence[Any]], Delivery]] = {
     "aws:kinesis": _kinesis,
     "aws:dynamodb": _dynamodb,
     "aws:sqs": _sqs,

@@ -1,0 +1,379 @@
+"""Malformed Lambda payloads through the handler: every bad record is a dead letter.
+
+Two campaigns on the memory backend, each through `lambda_handler`:
+
+- Deterministic one-field mutations of valid payloads from `onceflow.adapters.aws.testing`
+  (Kinesis, SQS standard and FIFO, S3 direct, through SQS and through SNS, DynamoDB
+  Streams, EventBridge and EventBridge S3): every field path of one record of a batch of
+  three (and of the JSON documents an SQS body carries) is deleted or set to null, a
+  value of the wrong type, a huge integer, NaN, invalid base64, a lone surrogate, a long
+  run of digits, an empty string, or nesting too deep to read.
+- Hypothesis-generated malformed records of every trigger (issue 16, item 4).
+
+Each bad record must become a dead letter whose reason names the record (its sequence
+number, message id, object or position in the batch) and the cause, and never a payload
+value; the rest of the batch is processed; the handler answers with no failure. Only a
+payload that is no trigger's batch at all is refused, with `UnrecognisedEvent`. Nothing
+else may escape. Logs are scanned for payload values too.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from onceflow.adapters.aws import UnrecognisedEvent, lambda_handler
+from onceflow.adapters.aws import testing as aws
+from onceflow.adapters.aws.decode import decode
+from onceflow.adapters.memory import ManualClock, MemoryIdempotencyStore, MemorySink
+from onceflow.event import Event
+from onceflow.pipeline import Pipeline
+from onceflow.retry import RetryPolicy
+from onceflow.serialization import dumps
+
+SECRET = "SECRET"
+"""Marks every payload value of the valid payloads: no reason or log line may carry it."""
+
+
+def _deep(depth: int) -> list[Any]:
+    nested: list[Any] = []
+    for _ in range(depth):
+        nested = [nested]
+    return nested
+
+
+DELETE = object()
+DEEP_TEXT = "[" * 100_000 + "]" * 100_000
+"""Inside a JSON document an SQS body carries, deep nesting is text (json.dumps cannot)."""
+_DEEP_MARK = "\x00deep\x00"
+LONG_DIGITS = "9" * 5000
+
+
+def _wrong_type(value: Any) -> Any:
+    if isinstance(value, bool):
+        return "true"
+    if isinstance(value, str):
+        return 12345
+    if isinstance(value, int | float):
+        return "soon"
+    if isinstance(value, dict):
+        return ["not", "an", "object"]
+    if isinstance(value, list):
+        return {"not": "an array"}
+    return {"unexpected": "object"}
+
+
+MUTATIONS: dict[str, Callable[[Any], Any]] = {
+    "deleted": lambda v: DELETE,
+    "null": lambda v: None,
+    "wrong type": _wrong_type,
+    "huge int": lambda v: 10**400,
+    "NaN": lambda v: float("nan"),
+    "invalid base64": lambda v: "%%% not base64 %%%",
+    "lone surrogate": lambda v: "lone \ud800 surrogate",
+    "long digits": lambda v: LONG_DIGITS,
+    "empty": lambda v: "",
+    "deep nesting": lambda v: _deep(5000),
+}
+
+JSON = object()
+"""A path segment: the string here is a JSON document; the path goes on inside it."""
+
+# Fields that name the record: their (mutated) text may appear in a reason as its name.
+IDENTITY = {
+    "messageId",
+    "eventID",
+    "eventSourceARN",
+    "sequenceNumber",
+    "SequenceNumber",
+    "id",
+    "source",
+    "name",
+    "key",
+}
+
+
+def _embedded(value: Any) -> Any:
+    """The JSON document a string holds when it is an envelope an SQS body can carry."""
+    if isinstance(value, str) and value.startswith("{"):
+        doc = json.loads(value)
+        if isinstance(doc, dict) and ("Records" in doc or "Message" in doc):
+            return doc
+    return None
+
+
+def paths(value: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    """Every field path in `value`, descending into embedded JSON documents."""
+    yield prefix
+    if isinstance(value, dict):
+        for name, member in value.items():
+            yield from paths(member, (*prefix, name))
+    elif isinstance(value, list):
+        for index, member in enumerate(value):
+            yield from paths(member, (*prefix, index))
+    elif (doc := _embedded(value)) is not None:
+        yield from paths(doc, (*prefix, JSON))
+
+
+def mutated(value: Any, path: tuple[Any, ...], change: Callable[[Any], Any]) -> Any:
+    """A copy of `value` with the field at `path` changed (containers copied along the path)."""
+    if not path:
+        return change(value)
+    head, rest = path[0], path[1:]
+    if head is JSON:
+        inner = mutated(json.loads(value), rest, change)
+        if inner is DELETE:
+            return ""
+        try:
+            return json.dumps(inner)
+        except RecursionError:
+            marked = mutated(json.loads(value), rest, lambda v: _DEEP_MARK)
+            return json.dumps(marked).replace(json.dumps(_DEEP_MARK), DEEP_TEXT)
+    copy: Any = dict(value) if isinstance(value, dict) else list(value)
+    new = mutated(copy[head], rest, change)
+    if new is DELETE:
+        del copy[head]
+    else:
+        copy[head] = new
+    return copy
+
+
+def at(value: Any, path: tuple[Any, ...]) -> Any:
+    for head in path:
+        value = json.loads(value) if head is JSON else value[head]
+    return value
+
+
+# -- the valid payloads ---------------------------------------------------------------------
+
+
+def _kinesis(n: int) -> dict[str, Any]:
+    data = json.dumps({"user": f"{SECRET}-user-{n}"}).encode()
+    return aws.kinesis_record(n, data, partition_key=f"{SECRET}-pk-{n}")
+
+
+def _sqs(n: int, group: str | None = None) -> dict[str, Any]:
+    record = aws.sqs_record(f"m{n}", json.dumps({"email": f"{SECRET}{n}@x"}), group=group, seq=n)
+    record["messageAttributes"]["tenant"]["stringValue"] = f"{SECRET}-tenant"
+    return record
+
+
+def _s3(n: int) -> dict[str, Any]:
+    return aws.s3_record("bkt", f"in/report+{n}.csv", version_id=f"v{n}")
+
+
+def _dynamodb(n: int) -> dict[str, Any]:
+    keys = {"id": {"S": f"{SECRET}-id-{n}"}}
+    image = {
+        **keys,
+        "name": {"S": f"{SECRET}-name"},
+        "n": {"N": str(n)},
+        "b": {"B": base64.b64encode(SECRET.encode()).decode()},
+        "tags": {"SS": [f"{SECRET}-a", f"{SECRET}-b"]},
+        "m": {"M": {"inner": {"L": [{"N": "1"}, {"S": SECRET}]}}},
+    }
+    return aws.dynamodb_record(n, "MODIFY", keys, new_image=image, old_image=image)
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """A trigger's valid payload and where its mutated record sits."""
+
+    name: str
+    payload: Callable[[], Any]
+    target: tuple[Any, ...]
+    """The path of the record that is mutated; () for a single event."""
+    refusable: frozenset[tuple[Any, ...]] = field(default_factory=frozenset)
+    """Paths whose mutation may make the payload no trigger's at all (refused)."""
+
+
+def _batch(make: Callable[[int], dict[str, Any]]) -> Callable[[], Any]:
+    return lambda: {"Records": [make(n) for n in range(3)]}
+
+
+BATCH_REFUSABLE = frozenset({(), ("Records",)})
+TRIGGERS = [
+    Trigger("kinesis", _batch(_kinesis), ("Records", 1), BATCH_REFUSABLE),
+    Trigger("sqs", _batch(_sqs), ("Records", 1), BATCH_REFUSABLE),
+    Trigger("sqs-fifo", _batch(lambda n: _sqs(n, f"g-{SECRET}")), ("Records", 1), BATCH_REFUSABLE),
+    Trigger("s3", _batch(_s3), ("Records", 1), BATCH_REFUSABLE),
+    Trigger(
+        "s3-via-sqs",
+        _batch(lambda n: aws.s3_via_sqs(f"m{n}", _s3(n))),
+        ("Records", 1),
+        BATCH_REFUSABLE,
+    ),
+    Trigger(
+        "s3-via-sns",
+        _batch(lambda n: aws.s3_via_sns(f"m{n}", _s3(n))),
+        ("Records", 1),
+        BATCH_REFUSABLE,
+    ),
+    Trigger("dynamodb", _batch(_dynamodb), ("Records", 1), BATCH_REFUSABLE),
+    Trigger(
+        "eventbridge",
+        lambda: aws.eventbridge_event(
+            "eb-1", {"order": f"{SECRET}-o1", "items": [{"sku": SECRET}]}
+        ),
+        (),
+        frozenset({(), ("detail-type",), ("source",)}),
+    ),
+    Trigger(
+        "eventbridge-s3",
+        lambda: aws.eventbridge_s3_event("eb-2", "bkt", "in/report.csv", version_id="v1"),
+        (),
+        frozenset({(), ("detail-type",), ("source",)}),
+    ),
+]
+
+
+# -- running one payload and judging the outcome --------------------------------------------
+
+
+class Seen:
+    """A processor that records the events it was given and returns a constant output."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+
+    def process(self, event: Event) -> Any:
+        self.ids.append(event.key)
+        return {"ok": True}
+
+
+def run(payload: Any) -> tuple[Any, Seen, MemorySink]:
+    clock = ManualClock()
+    seen, letters = Seen(), MemorySink()
+    pipeline = Pipeline(
+        seen,
+        MemorySink(),
+        MemoryIdempotencyStore(clock=clock),
+        letters,
+        clock=clock,
+        retry=RetryPolicy(attempts=1),
+    )
+    return lambda_handler(pipeline)(payload, aws.LambdaContext()), seen, letters
+
+
+def identities(payload: Any, target: tuple[Any, ...]) -> list[str]:
+    """How the target record is named in a reason: its id, sequence number, object, position."""
+    names = ["record 1 of the batch", "S3 notification record", "(no readable id)"]
+    record = at(payload, target)
+    names += [record.get("messageId", ""), record.get("id", "")]
+    if "s3" in record:
+        names.append(f"s3://{record['s3']['bucket']['name']}/{record['s3']['object']['key']}")
+    for service, seq in (("kinesis", "sequenceNumber"), ("dynamodb", "SequenceNumber")):
+        names.append(record.get(service, {}).get(seq, ""))
+    return [n for n in names if n]
+
+
+def judge(
+    trigger: Trigger, payload: Any, path: tuple[Any, ...], value: Any, good: list[str]
+) -> str | None:
+    """What is wrong with how the handler took `payload` (None when all is well)."""
+    try:
+        delivery = decode(payload)
+    except UnrecognisedEvent:
+        delivery = None
+    except Exception as exc:
+        return f"decode raised {type(exc).__name__}"
+    try:
+        answer, seen, letters = run(payload)
+    except UnrecognisedEvent as exc:
+        if path not in trigger.refusable:
+            return f"refused a payload with one bad record: {exc}"
+        if "onceflow decodes" not in str(exc):
+            return "the refusal does not say what is decoded"
+        return None
+    except Exception as exc:
+        return f"the handler raised {type(exc).__name__}"
+    assert delivery is not None
+    if answer.get("batchItemFailures") or answer.get("failed"):
+        return f"answered with failures: {answer}"
+    missing = [key for key in good if key not in seen.ids]
+    if missing:
+        return f"good records not processed: {missing}"
+    letter_ids = {letter["event"]["id"] for letter in letters.values()}
+    keys_seen = set(seen.ids)
+    for record in delivery.records:
+        if isinstance(record, Event):
+            if record.key not in keys_seen:
+                return f"event {record.id} neither processed nor dead-lettered"
+        elif record.id not in letter_ids:
+            return f"invalid record {record.id} not dead-lettered"
+    names = identities(trigger.payload(), trigger.target)
+    for letter in letters.values():
+        message = letter["message"]
+        try:
+            dumps(letter).encode("utf-8")
+        except Exception as exc:
+            return f"the letter cannot be stored ({type(exc).__name__})"
+        if SECRET in message or SECRET in letter["traceback"]:
+            return f"a payload value in the reason: {message}"
+        leaked = isinstance(value, str) and len(value) > 1 and value in message
+        if leaked and (not path or path[-1] not in IDENTITY):
+            return f"the mutated value in the reason: {message[:300]}"
+        if not any(name in message for name in names):
+            return f"the reason does not name the record: {message[:300]}"
+        if "could not be decoded (" in message:
+            return f"the reason names no field: {message[:300]}"
+    return None
+
+
+def good_keys(trigger: Trigger) -> list[str]:
+    """The keys of the records that are not mutated."""
+    payload = trigger.payload()
+    if trigger.target == ():
+        return []
+    delivery = decode(payload)
+    skip = trigger.target[-1]
+    return [
+        record.key
+        for n, item in enumerate(delivery.items)
+        if n != skip
+        for record in delivery.records
+        if record.id in item.record_ids
+    ]
+
+
+@pytest.fixture
+def no_payload_in_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    caplog.set_level(logging.DEBUG)
+    yield
+    leaked = [r.getMessage()[:200] for r in caplog.records if SECRET in r.getMessage()]
+    assert not leaked, leaked[:3]
+
+
+@pytest.mark.parametrize("trigger", TRIGGERS, ids=[t.name for t in TRIGGERS])
+@pytest.mark.usefixtures("no_payload_in_logs")
+def test_every_one_field_mutation_is_dead_lettered_or_refused(trigger: Trigger) -> None:
+    base = trigger.payload()
+    good = good_keys(trigger)
+    assert good or trigger.target == ()
+    _, seen, letters = run(base)
+    assert not letters.values() and set(good) <= set(seen.ids)
+    problems: list[str] = []
+    cases = 0
+    # The target's ancestors (the payload, its Records) and every path inside the target.
+    top = [trigger.target[:n] for n in range(len(trigger.target))]
+    targeted = [p for p in paths(base) if p[: len(trigger.target)] == trigger.target]
+    for path in [*top, *targeted]:
+        for label, change in MUTATIONS.items():
+            if label == "deleted" and not path:
+                continue
+            value = change(at(base, path))
+            cases += 1
+            problem = judge(trigger, mutated(base, path, change), path, value, good)
+            if problem is not None:
+                problems.append(f"{_show(path)} {label}: {problem}")
+    assert not problems, f"{len(problems)} of {cases} mutations: " + "\n".join(problems[:15])
+
+
+def _show(path: tuple[Any, ...]) -> str:
+    return ".".join("<json>" if p is JSON else str(p) for p in path) or "<root>"
