@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 
-.PHONY: demo test lint typecheck bench clean constraints layout dist
+.PHONY: demo test lint typecheck bench clean constraints layout dist soak
 
 $(BIN)/activate:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "onceflow needs Python 3.11+"'
@@ -72,6 +72,17 @@ lint: $(VENV)/.test-installed $(VENV)/.layout-$(LAYOUT)
 
 typecheck: $(VENV)/.test-installed $(VENV)/.layout-$(LAYOUT)
 	$(BIN)/mypy
+
+# The long campaigns `make test` keeps small: delivery plans (crashes at every step,
+# duplicates, reordering, racing workers, expiring leases) on every store, and the kill tests.
+SOAK_PLANS ?= 10000
+SOAK_REAL_PLANS ?= 1000
+soak: $(VENV)/.test-installed $(VENV)/.layout-$(LAYOUT) node_modules/.installed
+	ONCEFLOW_PLANS=$(SOAK_PLANS) $(PY) -m pytest -q -p no:randomly -k any_delivery_plan \
+		tests/test_memory_contracts.py tests/local/test_sqlite_contracts.py
+	ONCEFLOW_PLANS=$(SOAK_REAL_PLANS) $(PY) -m pytest -q -p no:randomly -k any_delivery_plan \
+		tests/aws/test_dynamodb_contracts.py tests/azure/test_table_store.py \
+		tests/azure/test_cosmos_store.py
 
 bench: $(VENV)/.test-installed $(VENV)/.layout-$(LAYOUT)
 	$(PY) benchmarks/core_overhead.py

@@ -47,3 +47,22 @@ def cosmos() -> Iterator[CosmosServer]:
             yield server
     except FileNotFoundError as exc:
         pytest.skip(str(exc))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """With `ONCEFLOW_PLANS` set (`make soak`), the delivery plans each backend passed."""
+    import os
+
+    from onceflow.testing.exactly_once import PLANS_RUN
+
+    if not os.environ.get("ONCEFLOW_PLANS") or not PLANS_RUN.plans:
+        return
+    terminalreporter.section("exactly-once campaign")
+    header = ("contract", "plans", "deliveries", "effects", "lost", "doubled")
+    terminalreporter.write_line("{:<44} {:>7} {:>11} {:>9} {:>5} {:>8}".format(*header))
+    for name, plans in sorted(PLANS_RUN.plans.items()):
+        # A plan that lost or doubled an effect fails its check and the run; these passed.
+        terminalreporter.write_line(
+            f"{name:<44} {plans:>7} {PLANS_RUN.deliveries[name]:>11} "
+            f"{PLANS_RUN.effects[name]:>9} {0:>5} {0:>8}"
+        )

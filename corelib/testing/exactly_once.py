@@ -9,8 +9,9 @@ nothing is lost, and ordered partitions are processed in sequence.
 from __future__ import annotations
 
 import itertools
+import os
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -130,6 +131,33 @@ delivery = st.tuples(
     st.booleans(),  # which worker
     st.booleans(),  # let leases run out before it
 )
+
+
+def plan_budget(default: int) -> int:
+    """How many delivery plans a contract runs: its own count, or `ONCEFLOW_PLANS` if larger.
+
+    `make soak` sets it per backend to run campaigns far past `make test`'s budget.
+    """
+    return max(default, int(os.environ.get("ONCEFLOW_PLANS", "0") or 0))
+
+
+@dataclass
+class PlanTally:
+    """Plans run and effects checked per contract class, for the soak report."""
+
+    plans: Counter[str] = field(default_factory=Counter)
+    effects: Counter[str] = field(default_factory=Counter)
+    deliveries: Counter[str] = field(default_factory=Counter)
+
+    def record(self, name: str, effects: int, deliveries: int) -> None:
+        """One plan of `name` passed its check of `effects` events."""
+        self.plans[name] += 1
+        self.effects[name] += effects
+        self.deliveries[name] += deliveries
+
+
+PLANS_RUN = PlanTally()
+"""Every passing plan of this process; a failing plan raises, so none is lost or doubled."""
 
 
 class ExactlyOnceContract(Capabilities):
@@ -388,7 +416,7 @@ class ExactlyOnceContract(Capabilities):
         read_sink: ReadSink,
     ) -> None:
         @settings(
-            max_examples=self.max_examples,
+            max_examples=plan_budget(self.max_examples),
             deadline=None,
             suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
         )
@@ -430,6 +458,7 @@ class ExactlyOnceContract(Capabilities):
                 final = await self._settle(workers[0], events, clock)
                 assert final.ok, final.reasons
                 await self._check(ns, events, bad, sink, dead_letter_sink, read_sink)
+                PLANS_RUN.record(type(self).__name__, len(events), len(plan))
 
             anyio.run(main)
             if ordered:
