@@ -15,6 +15,7 @@ is data) shows as `*`.
 from __future__ import annotations
 
 import contextvars
+import functools
 import inspect
 import re
 import typing
@@ -71,7 +72,8 @@ def payload_type(process: Callable[..., Any]) -> tuple[Any, bool] | None:
     """(the type of `process`'s first parameter, whether it takes the event second), or
     None when it takes the `Event` itself (no annotation, `Event`, `Any`)."""
     target = process
-    if not (inspect.isfunction(process) or inspect.ismethod(process)):
+    plain = inspect.isfunction(process) or inspect.ismethod(process)
+    if not plain and not isinstance(process, functools.partial):
         target = getattr(process, "__call__", process)  # noqa: B004 - a callable object
     try:
         signature = inspect.signature(target)
@@ -87,17 +89,19 @@ def payload_type(process: Callable[..., Any]) -> tuple[Any, bool] | None:
     first = positional[0]
     if first.annotation is inspect.Parameter.empty:
         return None
-    try:
-        hints = typing.get_type_hints(target, include_extras=True)
-    except Exception as exc:
-        text = first.annotation if isinstance(first.annotation, str) else ""
-        if text.rsplit(".", 1)[-1].strip("'\"") == "Event":
-            return None
-        raise ConfigurationError(
-            f"the annotation of {first.name!r} in {getattr(target, '__qualname__', target)} "
-            f"cannot be resolved ({exc}); import its type where the processor is defined"
-        ) from None
-    annotation = hints.get(first.name, first.annotation)
+    annotation = first.annotation
+    if isinstance(annotation, str):  # postponed (`from __future__ import annotations`)
+        owner = target.func if isinstance(target, functools.partial) else target
+        try:
+            hints = typing.get_type_hints(owner, include_extras=True)
+        except Exception as exc:
+            if annotation.rsplit(".", 1)[-1].strip("'\"") == "Event":
+                return None
+            raise ConfigurationError(
+                f"the annotation of {first.name!r} in {getattr(owner, '__qualname__', owner)} "
+                f"cannot be resolved ({exc}); import its type where the processor is defined"
+            ) from None
+        annotation = hints.get(first.name, annotation)
     if annotation is Any or annotation is object:
         return None
     if isinstance(annotation, type) and issubclass(annotation, Event):

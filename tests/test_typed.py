@@ -226,3 +226,18 @@ def test_an_annotation_that_cannot_be_resolved_is_refused_when_the_pipeline_is_b
 
     with pytest.raises(ConfigurationError, match="cannot be resolved"):
         Pipeline(process, MemorySink(), MemoryIdempotencyStore())
+
+
+def test_partials_and_callable_objects() -> None:
+    import functools
+
+    def with_rate(p: Payment, event: Event, *, rate: int) -> dict[str, Any]:
+        return {"id": p.id, "scaled": p.amount * rate}
+
+    class Callable_:
+        def __call__(self, event: Event) -> dict[str, str]:
+            return {"id": event.id}
+
+    scaled = run(functools.partial(with_rate, rate=2), [payment(1)])[1].values()
+    assert scaled == [{"id": "p1", "scaled": Decimal("21.00")}]
+    assert run(Callable_(), [payment(2)])[1].values() == [{"id": "m2"}]
