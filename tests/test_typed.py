@@ -241,3 +241,23 @@ def test_partials_and_callable_objects() -> None:
     scaled = run(functools.partial(with_rate, rate=2), [payment(1)])[1].values()
     assert scaled == [{"id": "p1", "scaled": Decimal("21.00")}]
     assert run(Callable_(), [payment(2)])[1].values() == [{"id": "m2"}]
+
+
+class Numbered(BaseModel):
+    n: int
+
+
+class Sleepy:
+    async def process(self, m: Numbered) -> dict[str, Any]:
+        import anyio
+
+        await anyio.sleep(0.001 * (5 - m.n))  # finish in the reverse order of starting
+        return {"n": m.n, "event": current_event().id}
+
+
+def test_current_event_is_each_lanes_own_while_lanes_run_concurrently() -> None:
+    events = [
+        Event(id=f"e{i}", source="s", partition_key=f"p{i}", data=b'{"n":%d}' % i) for i in range(5)
+    ]
+    values = run(Sleepy(), events)[1].values()
+    assert sorted((v["n"], v["event"]) for v in values) == [(i, f"e{i}") for i in range(5)]
