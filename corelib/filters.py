@@ -70,9 +70,7 @@ class Filter:
             raise ConfigurationError("a filter pattern is a JSON object (a dict)")
         self.pattern = pattern
         self._match = _compile_object(pattern, "$")
-        self.reads_data = "data" in pattern or any(
-            isinstance(p, Mapping) and "data" in p for p in pattern.get("$or", ())
-        )
+        self.reads_data = _names_data(pattern)
 
     def __repr__(self) -> str:
         return f"Filter({self.pattern!r})"
@@ -117,6 +115,13 @@ class Filter:
             return call(event)
 
         return filtered
+
+
+def _names_data(pattern: Mapping[str, Any]) -> bool:
+    """Whether the pattern, or any of its `$or` alternatives, looks at the payload."""
+    return "data" in pattern or any(
+        isinstance(p, Mapping) and _names_data(p) for p in pattern.get("$or", ())
+    )
 
 
 def _compile_object(pattern: Mapping[str, Any], where: str) -> Matcher:

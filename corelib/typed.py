@@ -95,7 +95,8 @@ def payload_type(process: Callable[..., Any]) -> tuple[Any, bool] | None:
         try:
             hints = typing.get_type_hints(owner, include_extras=True)
         except Exception as exc:
-            if annotation.rsplit(".", 1)[-1].strip("'\"") == "Event":
+            names = [part.strip().strip("'\"").rsplit(".", 1)[-1] for part in annotation.split("|")]
+            if "Event" in names:
                 return None
             raise ConfigurationError(
                 f"the annotation of {first.name!r} in {getattr(owner, '__qualname__', owner)} "
@@ -104,8 +105,9 @@ def payload_type(process: Callable[..., Any]) -> tuple[Any, bool] | None:
         annotation = hints.get(first.name, annotation)
     if annotation is Any or annotation is object:
         return None
-    if isinstance(annotation, type) and issubclass(annotation, Event):
-        return None
+    members = typing.get_args(annotation) if typing.get_origin(annotation) else (annotation,)
+    if any(isinstance(m, type) and issubclass(m, Event) for m in members):
+        return None  # `Event`, `Event | InvalidRecord`: the processor takes the event
     return annotation, len(positional) >= 2
 
 

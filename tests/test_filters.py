@@ -259,3 +259,12 @@ def test_filters_on_sqlite_with_a_typed_processor(tmp_path: Path) -> None:
     assert list(sink.contents().values()) == [{"order": "o1"}]
     assert metrics.counters["filtered"] == 1
     assert pipe.run_batch([order(2, 20)]).duplicates == ["e2"]
+
+
+def test_an_or_inside_an_or_still_reads_the_payload() -> None:
+    nested = Filter(
+        {"$or": [{"type": ["x"]}, {"$or": [{"data": {"a": [1]}}, {"data": {"b": [2]}}]}]}
+    )
+    assert nested.reads_data
+    doc = nested.document(Event(id="e", source="s", type="y", data=b'{"b":2}'))
+    assert nested.matches(doc)

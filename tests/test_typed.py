@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, Field
 
-from onceflow import Event, FailureKind, Pipeline
+from onceflow import Event, FailureKind, InvalidRecord, Pipeline
 from onceflow.adapters.aws import testing as aws
 from onceflow.adapters.aws.decode import S3Object, decode
 from onceflow.adapters.local import SqliteIdempotencyStore, SqliteSink
@@ -261,3 +261,10 @@ def test_current_event_is_each_lanes_own_while_lanes_run_concurrently() -> None:
     ]
     values = run(Sleepy(), events)[1].values()
     assert sorted((v["n"], v["event"]) for v in values) == [(i, f"e{i}") for i in range(5)]
+
+
+def test_a_union_with_event_takes_the_event() -> None:
+    def either(event: Event | InvalidRecord) -> dict[str, str]:
+        return {"id": event.id}
+
+    assert run(either, [payment(3)])[1].values() == [{"id": "m3"}]
