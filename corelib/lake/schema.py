@@ -223,7 +223,8 @@ def _column(
             except _CONVERSION_ERRORS as exc:
                 rejected.setdefault(
                     output.output_id,
-                    f"column {field.name}: {_short(value)} is not {field.type} ({_cause(exc)})",
+                    f"column {field.name}: {_described(value)} is not {field.type} "
+                    f"({type(exc).__name__})",
                 )
                 cleaned.append(None)
             else:
@@ -251,11 +252,9 @@ def _convert(column: list[Any], kind: pa.DataType) -> pa.Array:
     return pa.array(column, kind)
 
 
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _cause(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text if len(text) <= 120 else text[:117] + "..."
+def _described(value: Any) -> str:
+    """What a refused value is, never what it holds: reasons must carry no payload values."""
+    kind = type(value).__name__
+    if isinstance(value, str | bytes | list | tuple | dict):
+        return f"a {kind} of length {len(value)}"
+    return f"a {kind} value"
