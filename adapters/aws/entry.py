@@ -137,7 +137,11 @@ def _fifo_failures(items: Sequence[Item], failed: Sequence[Item]) -> list[Item]:
 
 
 def _as_number(identifier: str) -> tuple[int, str]:
-    return (int(identifier), "") if identifier.isdigit() else (0, identifier)
+    # Compared as digits, not int(): Python refuses to convert very long digit strings.
+    if identifier.isascii() and identifier.isdigit():
+        digits = identifier.lstrip("0")
+        return (len(digits), digits)
+    return (0, identifier)
 
 
 def _remaining_seconds(context: Any) -> float | None:

@@ -305,3 +305,31 @@ async def test_sqs_source_on_fifo_keeps_a_failed_group_back(sqs: Any) -> None:
     assert sorted(v["n"] for v in sink.values()) == [0, 1, 3]
     left = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
     assert left["ApproximateNumberOfMessagesNotVisible"] == "2"  # A's second and third
+
+
+@pytest.mark.anyio
+async def test_sqs_source_survives_bodies_that_only_look_like_s3_notifications(sqs: Any) -> None:
+    url = queue(sqs)
+    s3 = {"bucket": {"name": "b"}, "object": {"key": "k", "sequencer": "01"}}
+    broken = [
+        {"Records": [{"eventSource": "aws:s3", "s3": "not an object"}]},
+        {"Records": [{"eventSource": "aws:s3", "eventTime": "yesterday", "s3": s3}]},
+        {"Records": [{"eventSource": "aws:s3", "s3": {**s3, "object": {"key": 7}}}]},
+    ]
+    plain = [{"Type": "Notification", "TopicArn": "aws:s3", "Message": 42}, {"n": 1}]
+    for body in [*broken, *plain]:
+        sqs.send_message(QueueUrl=url, MessageBody=json.dumps(body))
+    clock = ManualClock()
+    sink, letters = MemorySink(), MemorySink()
+    source = SQSSource(url, client=sqs, wait_seconds=0, stop_when_empty=True)
+    pipeline = Pipeline(
+        lambda e: e.json(), sink, MemoryIdempotencyStore(clock=clock), letters, clock=clock
+    )
+    total = await run_source(pipeline, source, batch_size=10)
+    assert len(total.dead_lettered) == 3 and not total.failed
+    assert sorted(map(json.dumps, sink.values())) == sorted(map(json.dumps, plain))
+    reasons = [letter["message"] for letter in letters.values()]
+    assert all("S3 notification record 0" in r or "s3://b/k" in r for r in reasons), reasons
+    left = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    assert left["ApproximateNumberOfMessages"] == "0"
+    assert left["ApproximateNumberOfMessagesNotVisible"] == "0"
