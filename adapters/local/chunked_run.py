@@ -145,10 +145,9 @@ def run_chunked(args: argparse.Namespace) -> int:
         for text in failures[:5]:
             out.print(f"[red]{text}[/]", markup=True)
         if manifest is not None:
-            folder = ledger.folder(plan.path, plan.version)
-            out.print(
-                f"manifest: {manifest.rows:,} rows in {len(manifest.chunks)} chunks ({folder})"
-            )
+            folder = state.folder / _LEDGER / ledger.folder(plan.path, plan.version)
+            rows, count = f"{manifest.rows:,}", len(manifest.chunks)
+            out.print(f"manifest and _SUCCESS: {rows} rows in {count} chunks, in {folder}")
         bad = tally.failed or tally.dead_lettered or tally.stopped or failures or manifest is None
         return 1 if bad else 0
     finally:

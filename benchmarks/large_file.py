@@ -1,0 +1,264 @@
+"""`onceflow run` on one large JSONL file in chunks: scaling, memory, kills, and S3.
+
+Four measurements, each against a peer in the same run:
+
+1. events/s with `--workers 2` against `--workers 1` on the largest file (target: 1.7x
+   on a quiet 2-core machine);
+2. peak RSS of the run's processes (the parent and every chunk worker; the largest is a
+   worker) for each file size (target: at most 150 MB, flat from 100 MB to 1 GB);
+3. SIGKILL of the whole run (parent and workers) at random points, `--kills` times, then a
+   rerun: its outputs equal one clean run's, no chunk receipt is written twice, and
+   `_SUCCESS` never appears before every chunk is committed;
+4. an object on the moto server's S3 run through the Lambda chunk-worker handler (ranged
+   GETs) gives the same outputs as the local chunked run of the same bytes.
+
+Files are generated in a temporary folder (under /tmp) and deleted afterwards.
+
+Run: .venv/bin/python benchmarks/large_file.py [--sizes 100,1000] [--kills 20] [--s3-mb 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PROCESSOR = "tests.local.processors:Doubler"
+CHUNK = 32 << 20
+
+# Runs one command and prints the wall time and the peak RSS of it and its descendants.
+_MEASURE = """
+import resource, subprocess, sys, time
+started = time.perf_counter()
+code = subprocess.call(sys.argv[1:], stdout=subprocess.DEVNULL)
+wall = time.perf_counter() - started
+print(code, wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+"""
+
+
+def make_jsonl(path: Path, megabytes: int) -> int:
+    """A JSONL file of about `megabytes` MB (~200-byte orders); its line count."""
+    target = megabytes << 20
+    written = lines = 0
+    pad = "x" * 120
+    with path.open("w", buffering=8 << 20) as handle:
+        while written < target:
+            block = "".join(
+                f'{{"n": {n}, "customer": "c{n % 9973}", "amount": {n % 1000}, "note": "{pad}"}}\n'
+                for n in range(lines, lines + 50_000)
+            )
+            handle.write(block)
+            written += len(block)
+            lines += 50_000
+    return lines
+
+
+def cli(*args: str) -> list[str]:
+    return [str(Path(sys.executable).with_name("onceflow")), "run", PROCESSOR, *args, "--quiet"]
+
+
+def measured(command: list[str]) -> tuple[int, float, float]:
+    """(exit status, wall seconds, peak RSS in MB of any process of the run)."""
+    out = subprocess.run(
+        [sys.executable, "-c", _MEASURE, *command],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    return int(out[0]), float(out[1]), int(out[2]) / 1024
+
+
+def scaling(folder: Path, sizes: list[int]) -> None:
+    print(f"\n1-2. events/s and peak RSS (chunk size {CHUNK >> 20} MiB)")
+    print(
+        f"{'input':>8} {'workers':>7} {'events':>11} {'wall s':>8} {'events/s':>10} "
+        f"{'peak RSS MB':>12}"
+    )
+    rates: dict[tuple[int, int], float] = {}
+    for size in sizes:
+        source = folder / f"in-{size}.jsonl"
+        events = make_jsonl(source, size)
+        for workers in (1, 2):
+            state = folder / f"state-{size}-{workers}"
+            code, wall, rss = measured(
+                cli("--input", str(source), "--state", str(state), "--workers", str(workers),
+                    "--chunk-size", str(CHUNK))
+            )  # fmt: skip
+            rates[size, workers] = events / wall
+            print(f"{size:>6}MB {workers:>7} {events:>11,} {wall:>8.1f} "
+                  f"{events / wall:>10,.0f} {rss:>12.0f}"
+                  + ("" if code in (0, 1) else f"  exit {code}"))  # fmt: skip
+            shutil.rmtree(state)
+        source.unlink()
+    largest = max(sizes)
+    print(f"2 workers / 1 worker on {largest} MB: {rates[largest, 2] / rates[largest, 1]:.2f}x")
+
+
+def ledger(state: Path) -> tuple[int, set[str]]:
+    runs = state / "chunked" / "runs"
+    plans = list(runs.rglob("plan.json")) if runs.exists() else []
+    chunks = len(json.loads(plans[0].read_text())["chunks"]) if plans else 0
+    files = (
+        {p.relative_to(runs).as_posix() for p in runs.rglob("*") if p.is_file()} if plans else set()
+    )
+    return chunks, files
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256("".join(sorted(path.read_text().splitlines())).encode()).hexdigest()
+
+
+def kills(folder: Path, megabytes: int, count: int) -> str:
+    print(
+        f"\n3. SIGKILL at {count} random points of a {megabytes} MB run (--workers 2), then a rerun"
+    )
+    source = folder / "kill.jsonl"
+    make_jsonl(source, megabytes)
+    chunk = str(max(1 << 20, (megabytes << 20) // 24))
+    clean_out = folder / "clean.jsonl"
+    started = time.perf_counter()
+    subprocess.run(cli("--input", str(source), "--state", str(folder / "clean"), "--workers", "2",
+                       "--chunk-size", chunk, "--out", str(clean_out)), cwd=ROOT, check=False,
+                   stdout=subprocess.DEVNULL)  # fmt: skip
+    clean_wall = time.perf_counter() - started
+    state = folder / "killed"
+    rng = random.Random(20)
+    landed = early = 0
+    for _ in range(count):
+        run = subprocess.Popen(
+            cli("--input", str(source), "--state", str(state), "--workers", "2",
+                "--chunk-size", chunk),
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        time.sleep(rng.uniform(0.3, max(0.5, clean_wall)))  # anywhere in one run's span
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            landed += 1
+        run.wait()
+        chunks, files = ledger(state)
+        receipts = sum("/chunks/" in f for f in files)
+        if any(f.endswith("/_SUCCESS") for f in files) and receipts < chunks:
+            early += 1
+    out = folder / "killed.jsonl"
+    subprocess.run(cli("--input", str(source), "--state", str(state), "--workers", "2",
+                       "--chunk-size", chunk, "--out", str(out)), cwd=ROOT, check=False,
+                   stdout=subprocess.DEVNULL)  # fmt: skip
+    chunks, files = ledger(state)
+    equal = digest(out) == digest(clean_out)
+    print(f"kills that landed mid-run: {landed} of {count}; _SUCCESS before the end: {early}")
+    print(f"after the rerun: outputs equal the clean run's: {equal}; "
+          f"receipts {sum('/chunks/' in f for f in files)} of {chunks} chunks; "
+          f"_SUCCESS files: {sum(f.endswith('/_SUCCESS') for f in files)}")  # fmt: skip
+    source.unlink()
+    return digest(clean_out)
+
+
+def s3(folder: Path, megabytes: int) -> None:
+    print(f"\n4. a {megabytes} MB object on moto S3 through the chunk-worker handler")
+    from onceflow import Pipeline
+    from onceflow.adapters.aws.chunks import chunked_handlers
+    from onceflow.adapters.memory import MemoryIdempotencyStore, MemorySink
+    from tests.local.processors import Doubler
+    from tests.support.servers import moto_server
+
+    source = folder / "s3.jsonl"
+    make_jsonl(source, megabytes)
+    local_out = folder / "s3-local.jsonl"
+    subprocess.run(cli("--input", str(source), "--state", str(folder / "s3-local"),
+                       "--workers", "2",
+                       "--chunk-size", str(CHUNK), "--out", str(local_out)), cwd=ROOT, check=False,
+                   stdout=subprocess.DEVNULL)  # fmt: skip
+    with moto_server() as moto:
+        client = moto.client("s3")
+        ranged: list[str] = []
+        client.meta.events.register(
+            "provide-client-params.s3.GetObject",
+            lambda params, **_: (
+                ranged.append(params.get("Range") or "") if params["Key"] == "big.jsonl" else None
+            ),
+        )  # fmt: skip
+        client.create_bucket(Bucket="landing")
+        client.upload_file(str(source), "landing", "big.jsonl")
+        sink = MemorySink()
+        handlers = chunked_handlers(
+            Pipeline(Doubler(), sink, MemoryIdempotencyStore(), MemorySink()),
+            s3=client, chunk_size=CHUNK, inline_limit=1, state_machine_arn="arn:unused",
+            stepfunctions=_NoStateMachine(),
+        )  # fmt: skip
+        notice = {"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
+                               "eventTime": "2026-12-01T00:00:00Z",
+                               "s3": {"bucket": {"name": "landing"},
+                  "object": {"key": "big.jsonl", "sequencer": "01"}}}]}  # fmt: skip
+        started = time.perf_counter()
+        handlers.router(notice)
+        (doc,) = handlers.stepfunctions.inputs
+        item = {k: doc[k] for k in ("bucket", "key", "version")}
+        for c in doc["chunks"]:
+            handlers.chunk_worker({**item, "index": c["index"]})
+        fanned = handlers.fan_in(item)
+        wall = time.perf_counter() - started
+    values = sorted(json.dumps(v, separators=(",", ":")) for v in sink.values())
+    local = sorted(local_out.read_text().splitlines())
+    print(f"chunks {len(doc['chunks'])}, ranged GETs {len(ranged)} (all ranged: {all(ranged)}), "
+          f"complete {fanned['complete']}, {fanned.get('rows', 0):,} rows "
+          f"in {wall:.1f} s")  # fmt: skip
+    print(f"outputs equal the local run's: {values == local}")
+    source.unlink()
+
+
+class _NoStateMachine:
+    """Remembers the execution the router starts; the benchmark runs the Map itself."""
+
+    class exceptions:
+        ExecutionAlreadyExists = type("ExecutionAlreadyExists", (Exception,), {})
+
+    def __init__(self) -> None:
+        self.inputs: list[dict[str, Any]] = []
+
+    def start_execution(self, **kwargs: Any) -> None:
+        self.inputs.append(json.loads(kwargs["input"]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="100,1000", help="input sizes in MB, comma-separated")
+    parser.add_argument("--kills", type=int, default=20)
+    parser.add_argument("--kill-mb", type=int, default=100)
+    parser.add_argument("--s3-mb", type=int, default=200)
+    parser.add_argument("--chunk-mb", type=int, default=32)
+    args = parser.parse_args()
+    global CHUNK
+    CHUNK = args.chunk_mb << 20
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    print(
+        f"cores: {os.cpu_count()}; load average: {os.getloadavg()[0]:.1f} "
+        "(results are noisy if busy)"
+    )
+    folder = Path(tempfile.mkdtemp(prefix="onceflow-large-", dir="/tmp"))
+    try:
+        if sizes:
+            scaling(folder, sizes)
+        if args.kills:
+            kills(folder, args.kill_mb, args.kills)
+        if args.s3_mb:
+            s3(folder, args.s3_mb)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
