@@ -443,14 +443,20 @@ class ChunkReader:
 
     async def _gzip_pieces(self) -> AsyncIterator[bytes]:
         inflate = zlib.decompressobj(wbits=31)
+        # Each read piece inflates in bounded steps: a highly compressed piece (or a gzip
+        # bomb) never has to fit in memory at once.
+        limit = 4 * self.read_size
         async for piece in self._plain_pieces():
-            out = inflate.decompress(piece)
-            # Concatenated gzip members (what `cat a.gz b.gz` makes) are one file too.
-            while inflate.eof and inflate.unused_data:
-                rest = inflate.unused_data
-                inflate = zlib.decompressobj(wbits=31)
-                out += inflate.decompress(rest)
-            yield out
+            data = piece
+            while data:
+                out = inflate.decompress(data, limit)
+                data = inflate.unconsumed_tail
+                if inflate.eof:
+                    # Concatenated gzip members (what `cat a.gz b.gz` makes) are one file too.
+                    data = inflate.unused_data + data
+                    inflate = zlib.decompressobj(wbits=31)
+                if out:
+                    yield out
 
     async def _text(self) -> AsyncIterator[Record]:
         template = self._template()

@@ -127,10 +127,11 @@ async def test_parquet_splits_by_row_group_with_ranged_reads() -> None:
     assert records[5].id == "t.parquet@row5"
 
 
-async def test_gzip_is_one_chunk_streamed_by_one_worker() -> None:
+async def test_gzip_is_one_chunk_streamed_by_one_worker_even_of_two_members() -> None:
     store = MemoryObjectStore()
     data = jsonl(5_000)
-    await store.put("a.jsonl.gz", gzip.compress(data))
+    half = data.index(b"\n", len(data) // 2) + 1
+    await store.put("a.jsonl.gz", gzip.compress(data[:half]) + gzip.compress(data[half:]))
     await store.put("plain.jsonl", data)
     plan = await plan_chunks(store, "a.jsonl.gz", chunk_size=1_000)
     assert len(plan.chunks) == 1 and plan.compression == "gzip"
