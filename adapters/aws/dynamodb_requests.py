@@ -8,6 +8,8 @@ backoff between them.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -213,13 +215,27 @@ def transact_action(request: dict[str, Any], key_attributes: Collection[str]) ->
     return TransactAction(request, target)
 
 
+def request_token(actions: Sequence[dict[str, Any]]) -> str:
+    """A ClientRequestToken naming exactly these actions: sending them again is idempotent.
+
+    DynamoDB applies a transaction with a token it saw succeed in the last 10 minutes
+    only once, and answers success again; botocore's own retries reuse the token, and so
+    does any resend of the same actions (ours, or the pipeline's). Different actions get
+    a different token, so a token is never reused for another request.
+    """
+    text = json.dumps(actions, sort_keys=True, separators=(",", ":"), default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()[:36]
+
+
 def transact(client: Any, actions: Sequence[dict[str, Any]]) -> list[Reason] | None:
-    """One TransactWriteItems call; None when it committed, else one reason per action."""
+    """One idempotent TransactWriteItems call; None when it committed, else a reason per action."""
     try:
-        client.transact_write_items(TransactItems=list(actions))
+        client.transact_write_items(
+            TransactItems=list(actions), ClientRequestToken=request_token(actions)
+        )
     except Exception as exc:
-        if throttling(exc):
-            # The whole transaction was refused for load: every action is retryable.
+        if throttling(exc) or error_code(exc) == "TransactionInProgressException":
+            # Refused for load, or the same request is still being applied: retryable.
             return [Reason("ThrottlingError") for _ in actions]
         if error_code(exc) != "TransactionCanceledException":
             raise

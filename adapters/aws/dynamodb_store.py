@@ -61,6 +61,8 @@ MAX_KEY_BYTES = 1024
 """Longer keys are stored by hash (DynamoDB allows 2048 bytes for a partition key)."""
 MAX_REREADS = 32
 """Rounds of leasing a key whose record changed under the claim, before giving up."""
+MAX_SENT_LEASES = 10_000
+"""Leases of unanswered claims remembered at most (see `_remember_leases`)."""
 DELIVERIES = "deliveries"
 """The item's attribute counting the key's deliveries (see the module docstring)."""
 
@@ -109,6 +111,8 @@ class DynamoDBIdempotencyStore:
         self.retry = retry or default_retry()
         """Request-level retries: unprocessed items, throttled or conflicting transactions."""
         self._client = client
+        self._sent_leases: dict[str, str] = {}
+        """Tokens of leases whose transaction failed without an answer, by key."""
 
     # -- the IdempotencyStore protocol -----------------------------------------------------
 
@@ -161,7 +165,8 @@ class DynamoDBIdempotencyStore:
             return []
         now = self.clock.now()
         groups = [[self._marker_action(c, now), *writes.get(c.key, ())] for c in completions]
-        accepted: list[bool] = await run_blocking(self._commit, groups)
+        tokens = [c.claim.token or "" for c in completions]
+        accepted: list[bool] = await run_blocking(self._commit, groups, tokens)
         return accepted
 
     # -- items ------------------------------------------------------------------------------
@@ -195,27 +200,36 @@ class DynamoDBIdempotencyStore:
         return item
 
     def _marker_action(self, completion: Completion, now: float) -> TransactAction:
-        """The marker's Put, conditional on the claim's fence: its token, or what it observed."""
+        """The marker's Put, conditional on the claim's fence: its lease, or what it observed.
+
+        Neither condition holds once the marker is written (a lease is in progress, the
+        observed record is replaced by ours), so a commit sent again after its reply was
+        lost fails its condition and writes nothing twice; `_commit` recognises our own
+        completed marker in the item the failure returns.
+        """
         claim = completion.claim
-        condition = "#t = :mine"
         names = {"#t": "token"}
-        values: dict[str, Any] = {":mine": {"S": claim.token or ""}}
-        if claim.observed == "":
+        values: dict[str, Any] = {}
+        if claim.observed is None:
+            condition = "#t = :mine AND #s = :busy"
+            names["#s"] = "status"
+            values = {":mine": {"S": claim.token or ""}, ":busy": {"S": IN_PROGRESS}}
+        elif claim.observed == "":
             # No record, or only the delivery count a failed delivery left (no token).
-            condition += " OR attribute_not_exists(#t)"
-        elif claim.observed is not None:
-            condition += " OR #t = :seen"
+            condition = "attribute_not_exists(#t)"
+        else:
+            condition = "#t = :seen"
             values[":seen"] = {"S": claim.observed}
-        put = {
-            "Put": {
-                "TableName": self.table,
-                "Item": self._marker(completion, now),
-                "ConditionExpression": condition,
-                "ExpressionAttributeNames": names,
-                "ExpressionAttributeValues": values,
-            }
+        body: dict[str, Any] = {
+            "TableName": self.table,
+            "Item": self._marker(completion, now),
+            "ConditionExpression": condition,
+            "ExpressionAttributeNames": names,
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
         }
-        return transact_action(put, {self.key_attribute})
+        if values:
+            body["ExpressionAttributeValues"] = values
+        return transact_action({"Put": body}, {self.key_attribute})
 
     def _claim_of(self, key: str, item: dict[str, Any] | None, now: float) -> Claim | None:
         """The answer an existing item gives without writing; None when the key is free."""
@@ -250,7 +264,8 @@ class DynamoDBIdempotencyStore:
         free: dict[str, _Seen] = {}  # key -> what its item held (token "" when none)
         for key in keys:
             item = found.get(self.pk(key))
-            known = self._claim_of(key, item, now)
+            sent = self._sent_leases.pop(key, None) if self._sent_leases else None
+            known = self._own_lease(key, item, sent, now) or self._claim_of(key, item, now)
             if known is not None:
                 answers[key] = known
             else:
@@ -285,7 +300,13 @@ class DynamoDBIdempotencyStore:
                 actions = [
                     self._lease_action(key, seen, tokens[key], now, expires) for key, seen in chunk
                 ]
-                reasons = transact(self.client, actions)
+                try:
+                    reasons = transact(self.client, actions)
+                except Exception:
+                    # The leases may have landed with their reply lost: a claim sent again
+                    # (the pipeline's retry) must know them for its own, not another's.
+                    self._remember_leases(tokens)
+                    raise
                 if reasons is None:
                     for key, (_, counted) in chunk:
                         answers[key] = Claim(
@@ -299,7 +320,9 @@ class DynamoDBIdempotencyStore:
                 for (key, seen), reason in zip(chunk, reasons, strict=True):
                     if reason.code == "ConditionalCheckFailed":
                         # Someone wrote the row since it was read: judge it as it is now.
-                        known = self._claim_of(key, reason.item, now)
+                        # (Our own lease, when botocore sent this again after a lost reply.)
+                        known = self._own_lease(key, reason.item, tokens[key], now)
+                        known = known or self._claim_of(key, reason.item, now)
                         if known is not None:
                             answers[key] = known
                         else:
@@ -320,6 +343,27 @@ class DynamoDBIdempotencyStore:
         if not pending:
             return answers
         raise DynamoDBUnavailable(f"could not settle claims on {self.table}: {len(pending)} left")
+
+    def _own_lease(
+        self, key: str, item: dict[str, Any] | None, token: str | None, now: float
+    ) -> Claim | None:
+        """The claim of a live lease this store wrote with `token`, if `item` holds it."""
+        if item is None or token is None or item.get("token", {}).get("S") != token:
+            return None
+        if item.get("status", {}).get("S") != IN_PROGRESS:
+            return None
+        until = float(item["lease_expires_at"]["N"])
+        if until <= now:
+            return None
+        deliveries = int(item.get(DELIVERIES, {}).get("N", "1"))
+        return Claim(
+            key, ClaimStatus.NEW, token=token, lease_expires_at=until, deliveries=deliveries
+        )
+
+    def _remember_leases(self, tokens: Mapping[str, str]) -> None:
+        if len(self._sent_leases) + len(tokens) > MAX_SENT_LEASES:
+            self._sent_leases.clear()  # a bound, not a cache: an old entry is of no use
+        self._sent_leases.update(tokens)
 
     def _lease_action(
         self, key: str, seen: _Seen, token: str, now: float, expires: float
@@ -360,13 +404,17 @@ class DynamoDBIdempotencyStore:
 
     # -- commit ---------------------------------------------------------------------------
 
-    def _commit(self, groups: Sequence[Sequence[TransactAction]]) -> list[bool]:
+    def _commit(
+        self, groups: Sequence[Sequence[TransactAction]], tokens: Sequence[str]
+    ) -> list[bool]:
         """Commit action groups (marker first) in transactions; per group, whether its fence held.
 
         A group is all-or-nothing and never split across transactions. When a marker's
-        condition fails its group is refused; the other groups commit. A round that
-        cancels only because of a refused group always settles that group, so only
-        throttled or conflicting rounds count against the retry policy.
+        condition fails its group is refused, unless the item already is the completed
+        marker of the group's own claim (`tokens`): an earlier send of this commit landed
+        and only its reply was lost. The other groups commit. A round that cancels only
+        because of a settled group always settles it, so only throttled or conflicting
+        rounds count against the retry policy.
         """
         accepted: list[bool | None] = [None] * len(groups)
         pending = list(range(len(groups)))
@@ -387,7 +435,7 @@ class DynamoDBIdempotencyStore:
                     offset += len(groups[g])
                     codes = {r.code for r in mine}
                     if mine[0].code == "ConditionalCheckFailed":
-                        accepted[g] = False
+                        accepted[g] = _completed_by(mine[0].item, tokens[g])
                     elif codes <= {"None"} | RETRYABLE_REASONS:
                         busy = busy or codes != {"None"}
                         retry.append(g)
@@ -480,6 +528,14 @@ def _seen(item: dict[str, Any] | None) -> _Seen:
     token = item.get("token", {}).get("S", "")
     # A completed marker carries no count: the key starts again once its record expired.
     return token, int(item.get(DELIVERIES, {}).get("N", "0"))
+
+
+def _completed_by(item: dict[str, Any] | None, token: str) -> bool:
+    """Whether `item` is the completed marker a commit of the claim with `token` wrote."""
+    if item is None or not token:
+        return False
+    status, mine = item.get("status", {}).get("S"), item.get("token", {}).get("S")
+    return bool(status == COMPLETED and mine == token)
 
 
 def _pack(groups: Sequence[Sequence[TransactAction]], indexes: list[int]) -> list[list[int]]:

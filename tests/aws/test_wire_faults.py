@@ -8,12 +8,28 @@ text, parsed by botocore into the `ClientError` it raises for the real service.
 
 from __future__ import annotations
 
+import json
+import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from onceflow import Backoff, Event, Pipeline, RetryPolicy
+from onceflow.adapters.aws import DynamoDBMode, dynamodb_pipeline_parts
+from onceflow.adapters.aws.dynamodb_types import from_wire
+from onceflow.adapters.memory import ManualClock, MemorySink
 from tests.aws.moto_clients import proxied_dynamodb_client
-from tests.support.proxy import Fault, FaultKind, FaultProxy, amz_target, dynamodb_error
+from tests.aws.test_outages import applied_once
+from tests.support.proxy import (
+    Fault,
+    FaultKind,
+    FaultProxy,
+    all_of,
+    amz_target,
+    body_contains,
+    dynamodb_error,
+)
 from tests.support.servers import MotoServer
 
 pytestmark = pytest.mark.emulator
@@ -71,3 +87,101 @@ def test_the_proxy_relays_drops_resets_delays_and_answers(
         FaultKind.ANSWER,
     ]
     assert moto_proxy.fired == 5
+
+
+# -- lost replies through the pipeline (issue 17, items 1 and 17) ---------------------------
+
+FAST = RetryPolicy(attempts=4, backoff=Backoff(base=0.001, cap=0.01))
+ATOMIC = [DynamoDBMode.FENCED, DynamoDBMode.OPTIMISTIC]
+RETRIERS = ["botocore", "pipeline"]
+
+
+def _events(ns: str, count: int) -> list[Event]:
+    return [Event(id=f"e{n}", source=ns, data=json.dumps({"n": n}).encode()) for n in range(count)]
+
+
+def _counters(moto: MotoServer, table: str, ns: str) -> dict[int, int]:
+    client = moto.client("dynamodb")
+    found: dict[int, int] = {}
+    for page in client.get_paginator("scan").paginate(TableName=table, ConsistentRead=True):
+        for item in map(from_wire, page["Items"]):
+            pk = str(item["pk"])
+            if pk.startswith(f"{ns}#n#"):
+                found[int(pk.rsplit("#", 1)[1])] = int(item["applied"])
+    return found
+
+
+def _pipeline(
+    moto: MotoServer,
+    proxy: FaultProxy,
+    tables: Callable[[str], str],
+    mode: DynamoDBMode,
+    retrier: str,
+    ns: str,
+) -> tuple[Pipeline, str, str, MemorySink]:
+    # Either botocore sends the request again itself, or it gives up at once and the
+    # pipeline's backend retry calls the store again.
+    client = proxied_dynamodb_client(moto, proxy, attempts=3 if retrier == "botocore" else 1)
+    state, outputs = tables("lost-state"), tables("lost-outputs")
+    store, sink = dynamodb_pipeline_parts(
+        state,
+        outputs,
+        mode=mode,
+        client=client,
+        clock=ManualClock(),
+        retry=FAST,
+        action=applied_once(ns),
+    )
+    letters = MemorySink()
+    pipeline = Pipeline(
+        lambda e: e.json(), sink, store, letters, clock=store.clock, backend_retry=FAST
+    )
+    return pipeline, state, outputs, letters
+
+
+@pytest.mark.parametrize("retrier", RETRIERS)
+@pytest.mark.parametrize("mode", ATOMIC, ids=[m.value for m in ATOMIC])
+def test_a_commit_whose_reply_was_lost_is_applied_once(
+    mode: DynamoDBMode,
+    retrier: str,
+    moto: MotoServer,
+    moto_proxy: FaultProxy,
+    dynamodb_tables: Callable[[str], str],
+) -> None:
+    ns = f"lost-commit-{uuid.uuid4().hex[:8]}"
+    pipeline, _, outputs, letters = _pipeline(moto, moto_proxy, dynamodb_tables, mode, retrier, ns)
+    commit = all_of(amz_target("TransactWriteItems"), body_contains(outputs))
+    lost = moto_proxy.add(Fault.drop_reply(commit))
+    events = _events(ns, 3)
+
+    first = pipeline.run_batch(events)
+    assert lost.fired == 1
+    assert sorted(first.processed) == ["e0", "e1", "e2"], first.reasons
+    assert _counters(moto, outputs, ns) == {0: 1, 1: 1, 2: 1}
+    again = pipeline.run_batch(events)
+    assert sorted(again.duplicates) == ["e0", "e1", "e2"]
+    assert _counters(moto, outputs, ns) == {0: 1, 1: 1, 2: 1}
+    assert len(letters) == 0
+
+
+@pytest.mark.parametrize("retrier", RETRIERS)
+def test_a_claim_whose_reply_was_lost_is_our_own_lease(
+    retrier: str,
+    moto: MotoServer,
+    moto_proxy: FaultProxy,
+    dynamodb_tables: Callable[[str], str],
+) -> None:
+    ns = f"lost-claim-{uuid.uuid4().hex[:8]}"
+    pipeline, state, outputs, letters = _pipeline(
+        moto, moto_proxy, dynamodb_tables, DynamoDBMode.FENCED, retrier, ns
+    )
+    lease = all_of(amz_target("TransactWriteItems"), body_contains(state))
+    lost = moto_proxy.add(Fault.drop_reply(lease))
+    events = _events(ns, 3)
+
+    first = pipeline.run_batch(events)
+    assert lost.fired == 1
+    assert sorted(first.processed) == ["e0", "e1", "e2"], first.reasons
+    assert _counters(moto, outputs, ns) == {0: 1, 1: 1, 2: 1}
+    assert sorted(pipeline.run_batch(events).duplicates) == ["e0", "e1", "e2"]
+    assert len(letters) == 0

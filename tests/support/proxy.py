@@ -46,8 +46,10 @@ __all__ = [
     "FaultProxy",
     "Request",
     "Seen",
+    "all_of",
     "amz_target",
     "azure_error",
+    "body_contains",
     "dynamodb_error",
     "header_contains",
     "http_response",
@@ -171,6 +173,25 @@ def method_path(method: str, path_prefix: str = "/") -> Match:
 
     def match(request: Request) -> bool:
         return request.method == method.upper() and request.path.startswith(path_prefix)
+
+    return match
+
+
+def body_contains(text: str | bytes) -> Match:
+    """Requests whose body contains `text` (a table name, an operation's field)."""
+    needle = text.encode() if isinstance(text, str) else text
+
+    def match(request: Request) -> bool:
+        return needle in request.body
+
+    return match
+
+
+def all_of(*matches: Match) -> Match:
+    """Requests every one of `matches` accepts."""
+
+    def match(request: Request) -> bool:
+        return all(m(request) for m in matches)
 
     return match
 
