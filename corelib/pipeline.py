@@ -118,6 +118,8 @@ class Pipeline:
         self.sink = sink
         self.store = store
         self.dead_letter = dead_letter
+        # A dead-letter sink may declare the longest message it stores: letters fit it.
+        self._letter_bytes: int | None = getattr(dead_letter, "max_message_bytes", None)
         self.ordered = ordered
         self.retry = retry or RetryPolicy()
         """Attempts and backoff for an event whose processing failed transiently."""
@@ -324,6 +326,7 @@ class Pipeline:
             traceback=traceback,
             attempts=attempts,
             first_attempt_at=first_attempt_at,
+            max_bytes=self._letter_bytes,
         )
 
     # -- claims and releases ---------------------------------------------------------------

@@ -18,6 +18,8 @@ class EventBridgeSink(MessageSink):
     """Outputs as EventBridge events on a bus, in PutEvents calls of 10."""
 
     service = "events"
+    max_message_bytes = 256 * 1024 - 1024
+    """An entry's 256 KB counts its source, detail type, resources and bus name too."""
 
     def __init__(
         self,
@@ -36,7 +38,7 @@ class EventBridgeSink(MessageSink):
     async def write(self, outputs: Sequence[Output]) -> None:
         """Put every output as an event; only refused entries are put again."""
         if outputs:
-            entries = encode(outputs, 256 * 1024 - 1024, "EventBridge entry")
+            entries = encode(outputs, self.max_message_bytes, "EventBridge entry")
             await run_blocking(self._write, entries)
 
     def _write(self, entries: list[Entry]) -> None:

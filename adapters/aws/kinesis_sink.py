@@ -17,6 +17,8 @@ class KinesisSink(MessageSink):
     """Outputs as Kinesis records (JSON), in PutRecords calls of 500 records / 5 MiB."""
 
     service = "kinesis"
+    max_message_bytes = 1024 * 1024 - 256
+    """A record's 1 MiB counts its partition key (up to 256 bytes) too."""
 
     def __init__(
         self,
@@ -33,7 +35,7 @@ class KinesisSink(MessageSink):
     async def write(self, outputs: Sequence[Output]) -> None:
         """Put every output; only the records Kinesis refused are put again."""
         if outputs:
-            entries = encode(outputs, 1024 * 1024 - 256, "Kinesis record")
+            entries = encode(outputs, self.max_message_bytes, "Kinesis record")
             await run_blocking(self._write, entries)
 
     def _write(self, entries: list[Entry]) -> None:

@@ -33,13 +33,21 @@ class Entry:
     body: bytes
 
 
-def encode(outputs: Sequence[Output], limit: int, what: str) -> list[Entry]:
-    """Each output's JSON; outputs over `limit` bytes are rejected before anything is sent."""
+def encode(
+    outputs: Sequence[Output],
+    limit: int,
+    what: str,
+    overhead: Callable[[Output], int] | None = None,
+) -> list[Entry]:
+    """Each output's JSON; outputs over `limit` bytes are rejected before anything is sent.
+
+    `overhead` is what else of the message counts towards the limit (attributes, keys).
+    """
     entries = [Entry(o, dumps(o.value).encode()) for o in outputs]
     too_big = {
-        e.output.output_id: f"{len(e.body)} bytes is over the {limit}-byte {what} limit"
+        e.output.output_id: f"{size} bytes is over the {limit}-byte {what} limit"
         for e in entries
-        if len(e.body) > limit
+        if (size := len(e.body) + (overhead(e.output) if overhead else 0)) > limit
     }
     if too_big:
         raise OutputRejected(too_big)
@@ -94,6 +102,9 @@ class MessageSink:
 
     service = ""
     client = ClientOnFirstUse()  # made for `service` on first use
+    max_message_bytes = 0
+    """The longest message body (JSON) the service takes, with room for the rest of the
+    message; the pipeline fits dead letters to it (`onceflow.dead_letters.fit_letter`)."""
 
     def __init__(self, client: Any, retry: RetryPolicy | None) -> None:
         self._client = client

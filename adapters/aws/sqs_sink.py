@@ -13,6 +13,14 @@ from onceflow.retry import RetryPolicy
 
 __all__ = ["SQSSink"]
 
+_LIMIT = 256 * 1024
+"""An SQS message's size limit: body and message attributes together."""
+
+
+def _attributes_size(output: Output) -> int:
+    """What the message attributes onceflow sends add to a message's size."""
+    return len(output.output_id.encode()) + len(output.event_key.encode()) + 40
+
 
 class SQSSink(MessageSink):
     """Outputs as SQS messages (JSON bodies), in SendMessageBatch calls of 10.
@@ -22,6 +30,8 @@ class SQSSink(MessageSink):
     """
 
     service = "sqs"
+    max_message_bytes = _LIMIT - 16 * 1024
+    """256 KiB counts the message attributes too: 16 KiB is left for them."""
 
     def __init__(
         self, queue_url: str, *, client: Any = None, retry: RetryPolicy | None = None
@@ -33,11 +43,11 @@ class SQSSink(MessageSink):
     async def write(self, outputs: Sequence[Output]) -> None:
         """Send every output; only refused entries are sent again."""
         if outputs:
-            entries = encode(outputs, 256 * 1024, "SQS message")
+            entries = encode(outputs, _LIMIT, "SQS message", _attributes_size)
             await run_blocking(self._write, entries)
 
     def _write(self, entries: list[Entry]) -> None:
-        for batch in batches(entries, 10, 256 * 1024):
+        for batch in batches(entries, 10, _LIMIT):
             send_all(batch, self._send, self.retry, f"SQS {self.queue_url}")
 
     def _send(self, batch: list[Entry]) -> tuple[list[Entry], dict[str, str]]:
@@ -52,6 +62,11 @@ class SQSSink(MessageSink):
                     "event_key": {"DataType": "String", "StringValue": out.event_key},
                 },
             }
+            if out.attributes:  # trace context (W3C traceparent), canary mark
+                message["MessageAttributes"].update(
+                    (name, {"DataType": "String", "StringValue": value})
+                    for name, value in out.attributes.items()
+                )
             if self.fifo:
                 message["MessageGroupId"] = (out.partition_key or out.event_key)[:128]
                 message["MessageDeduplicationId"] = hashlib.sha256(
