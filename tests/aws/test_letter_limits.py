@@ -1,10 +1,14 @@
-"""Dead letters fit their sink: a poison event bigger than the dead-letter queue's limit.
+"""Limits of the AWS message services, through the Lambda handler: letters and outputs.
 
 On the moto server: an SQS dead-letter queue (256 KiB a message) and a Kinesis stream
-(1 MiB a record) as the pipeline's dead-letter sink, fed by the Lambda handler. A letter
-over the sink's `max_message_bytes` keeps everything but its payload, which is cut to the
-prefix that fits and described (`truncated`: field, original size, SHA-256). Moto does
-not enforce SQS's size limit on its own, so the test measures every body it stores.
+(1 MiB a record) as the pipeline's dead-letter sink. A letter over the sink's
+`max_message_bytes` keeps everything but its payload, which is cut to the prefix that
+fits and described (`truncated`: field, original size, SHA-256). Moto does not enforce
+SQS's size limit on its own, so the test measures every body it stores.
+
+Outputs over an SQS message's, a Kinesis record's or an EventBridge entry's limit are
+dead-lettered with the limit named, and the rest of the batch is delivered; batches of
+10,000 records (Lambda's largest) are answered with no failure.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from onceflow.adapters.aws import KinesisSink, SQSSink, lambda_handler
+from onceflow.adapters.aws import EventBridgeSink, KinesisSink, SQSSink, lambda_handler
 from onceflow.adapters.aws import testing as aws
 from onceflow.adapters.memory import ManualClock, MemoryIdempotencyStore, MemorySink
 from onceflow.errors import PermanentError
@@ -130,3 +134,67 @@ def test_a_letter_too_long_without_its_payload_has_its_traceback_cut() -> None:
     assert len(dumps(letter).encode()) <= 8_000
     assert letter["truncated"]["cut"] == ["traceback"] and letter["message"] == "boom"
     assert letter["truncated"]["field"] == "data" and letter["truncated"]["size"] == len(event.data)
+
+
+# -- outputs over a service's limit, and the largest batches ---------------------------------
+
+
+def big_outputs(event: Event) -> Any:
+    size = json.loads(event.data)["size"]
+    return {"blob": "x" * size}
+
+
+def sinks(moto: MotoServer) -> dict[str, tuple[Any, int]]:
+    """Each message sink on the moto server, with the size of an output just over its limit."""
+    sqs, kinesis, events = moto.client("sqs"), moto.client("kinesis"), moto.client("events")
+    name = f"big-{uuid.uuid4().hex[:8]}"
+    url = sqs.create_queue(QueueName=name)["QueueUrl"]
+    kinesis.create_stream(StreamName=name, ShardCount=1)
+    kinesis.get_waiter("stream_exists").wait(StreamName=name, WaiterConfig={"Delay": 1})
+    events.create_event_bus(Name=name)
+    return {
+        "SQS message": (SQSSink(url, client=sqs), 256 * 1024),
+        "Kinesis record": (KinesisSink(name, client=kinesis), 1024 * 1024),
+        "EventBridge entry": (EventBridgeSink(name, client=events), 256 * 1024),
+    }
+
+
+def test_outputs_over_a_message_services_limit_are_dead_lettered_naming_it(
+    moto: MotoServer,
+) -> None:
+    for what, (sink, limit) in sinks(moto).items():
+        clock, letters = ManualClock(), MemorySink()
+        pipeline = Pipeline(
+            big_outputs, sink, MemoryIdempotencyStore(clock=clock), letters, clock=clock
+        )
+        sizes = [10, limit, 20]
+        event = aws.sqs_event(
+            *(aws.sqs_record(f"m{n}", json.dumps({"size": size})) for n, size in enumerate(sizes))
+        )
+        answer = lambda_handler(pipeline)(event, aws.LambdaContext())
+        assert answer == {"batchItemFailures": []}, what
+        [letter] = letters.values()
+        assert letter["event"]["id"] == "m1"
+        assert f"byte {what} limit" in letter["message"] and "x" * 10 not in letter["message"]
+
+
+@pytest.mark.parametrize("kind", ["kinesis", "sqs"])
+def test_a_batch_of_10000_records_is_answered_with_no_failure(kind: str) -> None:
+    clock, sink, letters = ManualClock(), MemorySink(), MemorySink()
+    pipeline = Pipeline(
+        lambda e: {"n": len(e.data)},
+        sink,
+        MemoryIdempotencyStore(clock=clock),
+        letters,
+        clock=clock,
+    )
+    if kind == "kinesis":
+        records = [aws.kinesis_record(n, b'{"n": %d}' % n, f"p{n % 100}") for n in range(10_000)]
+        records[5_000]["kinesis"]["data"] = "%%% not base64 %%%"
+        event = aws.kinesis_event(*records)
+    else:
+        messages = [aws.sqs_record(f"m{n}", "{}") for n in range(10_000)]
+        messages[5_000]["body"] = None
+        event = aws.sqs_event(*messages)
+    assert lambda_handler(pipeline)(event, aws.LambdaContext()) == {"batchItemFailures": []}
+    assert len(sink.values()) == 9_999 and len(letters.values()) == 1
