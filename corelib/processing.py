@@ -1,4 +1,4 @@
-"""How the pipeline calls the user's processor: filtered, typed, with masked and routed outputs.
+"""How the pipeline calls the user's processor: filtered, typed, traced; outputs masked, routed.
 
 Built once, when the `Pipeline` is: each feature that is not asked for costs nothing per
 event, since the chain is only as long as what was configured.
@@ -18,6 +18,7 @@ from onceflow.typed import typed_process
 if TYPE_CHECKING:
     from onceflow.filters import Filter
     from onceflow.masking import Mask
+    from onceflow.tracing import Tracing
 
 __all__ = ["chain"]
 
@@ -32,6 +33,8 @@ def chain(
     routes: Mapping[type, str] | None = None,
     routed: RoutedSinks | None = None,
     permanent: tuple[type[BaseException], ...] = (),
+    tracing: Tracing | None = None,
+    pipeline: str = "onceflow",
 ) -> Callable[[Event], Any]:
     """`process` as the runner calls it, with the features asked for wrapped around it."""
     call: Callable[[Event], Any] = typed_process(process, envelope) or process
@@ -47,4 +50,8 @@ def chain(
         call = mask.guard(call, envelope=envelope, permanent=permanent)
     if filter is not None:
         call = filter.guard(call, envelope=envelope, metrics=metrics)
+    if tracing is not None:
+        # Outermost: the span covers filtering and masking too, and the wrapper is handed
+        # the item's own record, by which the commit finds the span's context again.
+        call = tracing.wrap(call, pipeline)
     return call

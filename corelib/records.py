@@ -7,6 +7,7 @@ several per event, and a tuple is built several times faster.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -100,6 +101,8 @@ class Output(NamedTuple):
     """The time of the event that produced it (for time partitioning)."""
     sequence: str | None = None
     """The event's position in its partition (for sinks that track progress per lane)."""
+    attributes: Mapping[str, str] | None = None
+    """Message metadata for sinks that carry it (the W3C `traceparent` when tracing)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -104,5 +104,7 @@ class EventHubSink:
         )
         event = event_type(body)
         event.properties = {"output_id": output.output_id, "event_key": output.event_key}
+        if output.attributes:  # trace context (W3C traceparent), canary mark
+            event.properties.update(output.attributes)
         event.content_type = "application/json"
         return event

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from onceflow.adapters.memory.faults import Faults
@@ -43,6 +43,8 @@ class MemorySink:
         self.meta: dict[str, tuple[Any, ...]] = {}
         self.writes: list[str] = []
         """Every output_id written, in the order written (rewrites included)."""
+        self.attributes: dict[str, Mapping[str, str]] = {}
+        """The message metadata of the outputs that carry any (trace context), by output_id."""
 
     def commits_with(self, store: IdempotencyStore) -> bool:
         """True for a memory store when this sink is atomic."""
@@ -74,6 +76,8 @@ class MemorySink:
                 values[oid] = output.value
                 meta[oid] = (output.event_key, output.event_id, output.index, output.partition_key)
                 writes.append(oid)
+                if output.attributes:
+                    self.attributes[oid] = output.attributes
 
     def _check_size(self, outputs: Sequence[Output]) -> None:
         if self.max_value_bytes is None:
