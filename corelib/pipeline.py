@@ -42,6 +42,7 @@ from onceflow.steps import Step, StepHook
 if TYPE_CHECKING:
     from onceflow.filters import Filter
     from onceflow.masking import Mask
+    from onceflow.tracing import Tracing
 
 __all__ = [
     "DEFAULT_PERMANENT",
@@ -96,9 +97,11 @@ class Pipeline:
         routes: Mapping[type, str] | None = None,
         filter: Filter | None = None,
         mask: Mask | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         """See the class docstring; `docs/toolkit.md` describes `key` given as a dotted
-        path, `envelope`, `sinks` and `routes`, `filter` and `mask`."""
+        path, `envelope`, `sinks` and `routes`, `filter` and `mask`; `docs/operations.md`
+        describes `tracing`."""
         if max_deliveries < 1:
             raise ConfigurationError(f"max_deliveries={max_deliveries}: at least 1 delivery")
         process = getattr(processor, "process", None)
@@ -153,6 +156,8 @@ class Pipeline:
             routes=routes,
             routed=routed,
             permanent=permanent_errors,
+            tracing=tracing,
+            pipeline=name,
         )
         self._attempts = Attempts(
             process,
@@ -168,6 +173,9 @@ class Pipeline:
             self._attempts, ordered=ordered, clock=self.clock, concurrency=concurrency
         )
         self._setup_done = False
+        if tracing is not None:
+            # A span per batch, only when asked for: untraced batches take no extra call.
+            self.process_batch = tracing.batched(self.process_batch, name)  # type: ignore[method-assign]
         # The commit strategy is chosen here, once: atomic where a sink commits with the
         # store, write-then-complete elsewhere, redelivery when there is no dead-letter sink.
         completions = Completions(check_payload)
@@ -178,7 +186,12 @@ class Pipeline:
         }
         self._committer = Committer(
             strategy_for(
-                sink, store, to_outputs=_outputs, letters=False, pace=self._pace, **common
+                sink,
+                store,
+                to_outputs=_outputs if tracing is None else tracing.outputs,
+                letters=False,
+                pace=self._pace,
+                **common,
             ),
             strategy_for(dead_letter, store, to_outputs=self._letters, letters=True, **common),
             store,
