@@ -280,6 +280,8 @@ def _embeddable_json(data: bytes) -> Any:
         return _NOT_JSON
     try:
         value = _json.loads(data, parse_constant=_refuse_constant)
-    except (ValueError, UnicodeDecodeError):
+        # A lone surrogate escape parses but cannot be encoded again: such a payload
+        # travels as data_base64 (exactly its bytes), as does one nested too deeply.
+        return value if _dump_compact(value) == data else _NOT_JSON
+    except (ValueError, UnicodeError, RecursionError):
         return _NOT_JSON
-    return value if _dump_compact(value) == data else _NOT_JSON

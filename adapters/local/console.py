@@ -13,7 +13,7 @@ from onceflow.cli import CliError
 if TYPE_CHECKING:
     from rich.console import Console
 
-__all__ = ["Progress", "console", "quiet_logs", "red", "run_summary", "short"]
+__all__ = ["Progress", "console", "printable", "quiet_logs", "red", "run_summary", "short"]
 
 
 def console(stderr: bool = False) -> Console:
@@ -96,8 +96,14 @@ class Progress:
             self.progress.stop()
 
 
-def run_summary(out: Console, tally: Tally, wall: float, state: LocalState) -> None:
-    """The table at the end of `onceflow run`, the first dead letters and what is left failed."""
+def run_summary(
+    out: Console, tally: Tally, wall: float, state: LocalState, *, letters: int | None = None
+) -> None:
+    """The table at the end of `onceflow run`, the first dead letters and what is left failed.
+
+    `letters` is how many dead letters the state holds in all (this run's and earlier
+    runs'), as just exported to the dead-letter file.
+    """
     from rich.table import Table
 
     table = Table(title="onceflow run", show_header=False, title_justify="left")
@@ -117,18 +123,23 @@ def run_summary(out: Console, tally: Tally, wall: float, state: LocalState) -> N
             out.print(f"  {short(reason)}", markup=False)  # each reason names its event
         if tally.dead_lettered > 10:
             out.print(f"  ... and {tally.dead_lettered - 10} more")
+    if tally.dead_lettered or letters:
+        plural = "" if letters == 1 else "s"
+        held = "all letters" if letters is None else f"all {letters:,} letter{plural} (every run's)"
         out.print(
-            f"  all letters: {state.dead_letters.jsonl_path}  "
-            f"(onceflow dead-letters list --state {state.folder})"
+            f"  {held}: {state.dead_letters.jsonl_path}  "
+            f"(onceflow dead-letters list --state {state.folder})",
+            markup=False,
         )
+    from rich.markup import escape
+
     if tally.failed:
+        first = "; ".join(f"{k}: {v}" for k, v in list(tally.failed.items())[:3])
         out.print(
             f"[red]{len(tally.failed)} events were left failed[/] and will be read again by the "
-            "next run; first: " + "; ".join(f"{k}: {v}" for k, v in list(tally.failed.items())[:3])
+            "next run; first: " + escape(printable(first))
         )
     if tally.stopped:
-        from rich.markup import escape
-
         out.print(f"[red]the run stopped early[/]: {escape(tally.stopped)}")
 
 
@@ -138,5 +149,20 @@ def red(n: int) -> str:
 
 
 def short(text: str, limit: int = 160) -> str:
-    """`text` cut to `limit` characters."""
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    """`text` cut to `limit` characters, printable (see `printable`)."""
+    return printable(text if len(text) <= limit else text[: limit - 1] + "…")
+
+
+def printable(text: str) -> str:
+    """`text` with any lone surrogate written as its escape, so a terminal can show it.
+
+    A lone surrogate (an id or an error message built from broken JSON text) cannot be
+    encoded for any terminal; printing it raw would crash the summary.
+    """
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text

@@ -121,9 +121,13 @@ class RecordReader:
                         line, f"no usable {self.id_field!r} field for the event id", raw
                     )
                 event_id = str(value)
+                if not _is_text(event_id):
+                    return self._invalid(line, _not_text(self.id_field, "event id"), raw)
             if self.partition_field is not None:
                 value = fields.get(self.partition_field)
                 partition = None if value is None else str(value)
+                if partition is not None and not _is_text(partition):
+                    return self._invalid(line, _not_text(self.partition_field, "partition"), raw)
         sequence = self._sequence(line) if self.ordinal else number
         return template.event(
             event_id, data, partition, sequence, {"file": self.name, "line": number}
@@ -148,10 +152,10 @@ class RecordReader:
                     # but rejects a little json.loads accepts (lone surrogate escapes), so a
                     # line it refuses is judged again the old way, which also names the cause.
                     fields = from_json(body)
-                except ValueError:
+                except ValueError as exc:
                     if not body or body.isspace():
                         continue
-                    judged = _judge_json(body)
+                    judged = _judge_json(body, str(exc))
                     if isinstance(judged, str):
                         yield Positioned(self._invalid(line, judged, body), start, offset, line)
                         continue
@@ -288,16 +292,47 @@ class _Parsed(NamedTuple):
     value: Any
 
 
-def _judge_json(body: bytes) -> _Parsed | str:
-    """The line parsed by json.loads, or why it is not JSON (a line's dead-letter reason)."""
+def _judge_json(body: bytes, refusal: str = "") -> _Parsed | str:
+    """The line parsed by json.loads, or why it is not JSON (a line's dead-letter reason).
+
+    `refusal` is pydantic-core's error for the line.
+    """
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         return f"not valid UTF-8 (byte 0x{body[exc.start]:02x} at column {exc.start + 1})"
+    if "recursion limit" in refusal:
+        # Nested deeper than pydantic-core parses (Event.json() could never read it, and
+        # json.loads or a dead letter's copy of it may exhaust Python's stack): the line's
+        # own permanent fault, not the file's.
+        return f"not readable JSON (nested too deeply: {refusal})"
     try:
         return _Parsed(json.loads(text))
     except json.JSONDecodeError as exc:
         return f"not valid JSON ({exc.msg} at column {exc.colno})"
+    except RecursionError:
+        return "not readable JSON (nested too deeply)"
+
+
+def _is_text(value: str) -> bool:
+    """Whether `value` is Unicode text that can be stored (no lone surrogate)."""
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _not_text(field: str, role: str) -> str:
+    # A lone surrogate (what JavaScript writes for half an emoji) cannot be stored as text
+    # anywhere (SQLite, a terminal, UTF-8 files), so it cannot key an event: the record is
+    # refused here, by itself, instead of failing the claim of its whole batch.
+    return (
+        f"the {field!r} field holds a lone surrogate (not valid Unicode text), "
+        f"so it cannot be the {role}"
+    )
 
 
 def _kind(value: Any) -> str:

@@ -10,6 +10,7 @@ import re
 import sqlite3
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,9 @@ _FLAT = frozenset({str, int, float, bool, type(None)})
 _ROWS_PER_STATEMENT = 100
 _EVENT_KEY = 1
 """The column of a row (as `_rows` builds it) holding its output's event key."""
+_VALUE = 5
+"""The column of a row holding its output's value as JSON text."""
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class SqliteSink:
@@ -40,6 +44,16 @@ class SqliteSink:
     fences, marks the keys completed and writes the outputs in one transaction, so a crash
     leaves either both or neither. Values are stored as JSON text (`onceflow.serialization`);
     rows keep the order their `output_id` was first written.
+
+    Two choices keep every value exactly as the processor gave it:
+
+    - a `Decimal` is stored as exact JSON number text (`12345678901234567.89`, as
+      `onceflow.serialization.dumps` writes it), `export_jsonl` copies that text as it is,
+      and `rows()` reads a number back as a `Decimal` when its digits are not a float's
+      (so every digit, trailing zeros included, comes back; floats stay floats);
+    - text holding a lone surrogate (what JavaScript writes for half an emoji) cannot be
+      stored as SQLite text, so that output's JSON writes it as its `\\udXXX` escape, which
+      `json.loads` reads back as the same string; the other outputs are not touched.
     """
 
     def __init__(
@@ -94,6 +108,14 @@ class SqliteSink:
 
     def write_rows(self, conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
         """Upsert rows of this table through `conn` (a `RowTable` of the store's file)."""
+        try:
+            self._write_rows(conn, rows)
+        except UnicodeEncodeError:
+            # Text with a lone surrogate fails when bound, before anything is written: the
+            # happy path pays nothing for checking, and only this statement's rows are redone.
+            self._write_rows(conn, [_storable(row) for row in rows])
+
+    def _write_rows(self, conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
         whole = len(rows) - len(rows) % _ROWS_PER_STATEMENT
         for start in range(0, whole, _ROWS_PER_STATEMENT):
             chunk = rows[start : start + _ROWS_PER_STATEMENT]
@@ -135,14 +157,17 @@ class SqliteSink:
 
     def rows(self) -> Iterator[tuple[str, str, Any]]:
         """(output_id, event_key, value) for every stored output, in first-write order."""
+        for output_id, event_key, value in self._stored():
+            yield output_id, event_key, json.loads(value, parse_float=_number)
+
+    def _stored(self) -> Iterator[tuple[str, str, str]]:
+        """(output_id, event_key, value as the stored JSON text), in first-write order."""
         # A connection of its own: a long read must not hold the shared one's lock.
         reader = self.database.reader()
         try:
-            cursor = reader.execute(
+            yield from reader.execute(
                 f'SELECT output_id, event_key, value FROM "{self.table}" ORDER BY rowid'
             )
-            for output_id, event_key, value in cursor:
-                yield output_id, event_key, json.loads(value)
         finally:
             reader.close()
 
@@ -164,7 +189,8 @@ class SqliteSink:
 
     def export_jsonl(self, path: str | os.PathLike[str]) -> int:
         """Write every stored value as one JSON line to `path`, atomically; how many."""
-        return _write_jsonl_atomically(path, (value for _, _, value in self.rows()))
+        # The stored JSON text as it is: exact (decimals, escapes) and nothing to re-encode.
+        return _write_jsonl_atomically(path, (value for _, _, value in self._stored()))
 
 
 def _json(value: Any) -> str:
@@ -179,20 +205,55 @@ def _json(value: Any) -> str:
         try:
             return to_json(value).decode()
         except PydanticSerializationError:
-            pass  # a lone surrogate: dumps lets it through, so the error is SQLite's, as before
+            pass  # a lone surrogate: dumps lets it through, and write_rows escapes it
     return dumps(value)
 
 
-def _write_jsonl_atomically(path: str | os.PathLike[str], values: Iterable[Any]) -> int:
-    """Write values as JSON lines to a temp file, then rename it over `path`; how many."""
+def _number(text: str) -> float | Decimal:
+    """A stored JSON number with a fraction or exponent: the float written, else a Decimal.
+
+    `dumps` writes a float as its shortest digits and a Decimal as all of its own, so a
+    number whose digits are not the float's was a Decimal, and comes back with every digit.
+    """
+    number = float(text)
+    shortest = repr(number)
+    if shortest == text or Decimal(shortest).as_tuple() == Decimal(text).as_tuple():
+        return number
+    return Decimal(text)
+
+
+def _escaped(text: str) -> str:
+    """JSON text with each lone surrogate written as its escape (the same JSON value)."""
+    # In JSON text a lone surrogate can only stand inside a string, where its escape
+    # means the same character.
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def _storable(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The row with text SQLite can store: its value's surrogates escaped, exactly."""
+    out = list(row)
+    for column, item in enumerate(out):
+        if type(item) is str and _SURROGATE.search(item):
+            # The value's escape is exact; the other text columns (ids, partition key) say
+            # where an output came from and keep a readable `\\udXXX` in their place.
+            out[column] = (
+                _escaped(item)
+                if column == _VALUE
+                else item.encode("utf-8", "backslashreplace").decode("utf-8")
+            )
+    return tuple(out)
+
+
+def _write_jsonl_atomically(path: str | os.PathLike[str], values: Iterable[str]) -> int:
+    """Write JSON texts as lines to a temp file, then rename it over `path`; how many."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
     count = 0
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            for value in values:
-                handle.write(dumps(value))
+            for text in values:
+                handle.write(text)
                 handle.write("\n")
                 count += 1
             handle.flush()

@@ -317,7 +317,7 @@ class SqliteIdempotencyStore:
                         outcome.status.value,
                         outcome.outputs,
                         outcome.fingerprint,
-                        outcome.detail,
+                        _detail(outcome.detail),
                         now,
                         array,
                         token,
@@ -335,7 +335,7 @@ class SqliteIdempotencyStore:
                         c.outcome.status.value,
                         c.outcome.outputs,
                         c.outcome.fingerprint,
-                        c.outcome.detail,
+                        _detail(c.outcome.detail),
                         now,
                         c.claim.key,
                         c.claim.token,
@@ -500,6 +500,18 @@ def _json_array(keys: Sequence[str]) -> str | None:
     text = json.dumps(keys if isinstance(keys, list | tuple) else list(keys), ensure_ascii=False)
     # SQLite's JSON functions cut a string at an escaped NUL; such keys go one by one.
     return None if "\\u0000" in text else text
+
+
+def _detail(text: str | None) -> str | None:
+    """An outcome's detail as SQLite can store it: a lone surrogate becomes its escape."""
+    if text is None or text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A dead letter's reason quoting broken text: the reason is for people to read.
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def _chunks(keys: Sequence[str]) -> Iterator[Sequence[str]]:

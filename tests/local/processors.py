@@ -65,3 +65,11 @@ OUTAGE: dict[str, Any] = {}
 def reset_outage(*, after: int, seconds: float, poison: set[str] | None = None) -> None:
     """Set up `Unreachable`'s downstream for a run."""
     OUTAGE.update(after=after, seconds=seconds, poison=poison or set(), good=0, down_from=None)
+
+
+class Echo:
+    """Returns the event's JSON body as it is (lone surrogates included)."""
+
+    def process(self, event: Event) -> Any:
+        """The body."""
+        return event.json()
