@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
+from onceflow.canary import CANARY
 from onceflow.event import Event
 
 if TYPE_CHECKING:
@@ -35,9 +36,6 @@ if TYPE_CHECKING:
     from onceflow.results import BatchResult
 
 __all__ = ["CANARY", "Tracing"]
-
-CANARY = "onceflow.canary"
-"""The attribute marking a canary event (its value is the canary's id); outputs keep it."""
 
 # The trace carriers of the events the current batch processed, by `id()` of the event
 # object the processor was handed (the item's own record, alive until the batch ends).

@@ -1,0 +1,174 @@
+"""`onceflow canary`: send a marked event through the real source, wait for its output in the sink.
+
+The canary event carries the attribute `onceflow.canary` (its value: the canary's id), so
+a processor can tell it from real traffic (`event.attributes.get("onceflow.canary")`) and
+a traced pipeline passes the mark on to its outputs. The output is looked up by the id
+the runner gives it (`output_id(event_key(source, id), 0)`): the pipeline must use the
+default key (source and id) and write the canary's first output where the command looks.
+
+Exit status: 0 when the output is seen before `--deadline`, 1 when it is not, 2 on bad
+input (one line naming the cause).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from onceflow.canary import CANARY
+from onceflow.cli import CliError
+from onceflow.identity import event_key, first_output_id
+
+__all__ = ["register", "wait_for"]
+
+
+def register(subparsers: Any) -> None:
+    """Add `onceflow canary` and its targets."""
+    canary = subparsers.add_parser(
+        "canary", help="send a marked event through the source and wait for its output"
+    )
+    targets = canary.add_subparsers(dest="target", metavar="TARGET")
+    sqs = targets.add_parser(
+        "sqs", help="send to an SQS queue; wait for the output in a DynamoDB sink table"
+    )
+    sqs.add_argument("queue_url", help="the pipeline's source queue")
+    sqs.add_argument("--table", required=True, help="the DynamoDB table the pipeline writes")
+    sqs.add_argument("--key-attribute", default="pk", help="the table's key attribute (default pk)")
+    sqs.add_argument("--endpoint-url", default=None, help="an AWS endpoint (a local emulator)")
+    sqs.add_argument("--region", default=None)
+    _common(sqs)
+    sqs.set_defaults(func=_sqs)
+    canary.set_defaults(func=lambda args: _missing_target())
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--deadline", default="60", help="seconds to wait for the output (default 60)"
+    )
+    parser.add_argument("--poll", default="1", help="seconds between looks (default 1)")
+    parser.add_argument(
+        "--body",
+        default=None,
+        help='the canary\'s JSON payload (default {"onceflow.canary": ID})',
+    )
+    parser.add_argument("--id", default=None, help="the canary's id (default canary-<uuid>)")
+
+
+def _missing_target() -> int:
+    raise CliError("name a target: onceflow canary sqs QUEUE_URL --table TABLE ...")
+
+
+def wait_for(
+    seen: Callable[[], bool],
+    deadline: float,
+    poll: float,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> float | None:
+    """Seconds until `seen()` held, looking every `poll` seconds; None if not by `deadline`."""
+    started = clock()
+    while True:
+        if seen():
+            return clock() - started
+        left = started + deadline - clock()
+        if left <= 0:
+            return None
+        sleep(min(poll, left))
+
+
+def _seconds(text: str, flag: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise CliError(f"{flag} {text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise CliError(f"{flag} {text!r}: give a positive number of seconds")
+    return value
+
+
+def _payload(args: argparse.Namespace, canary_id: str) -> str:
+    if args.body is None:
+        return json.dumps({CANARY: canary_id})
+    try:
+        json.loads(args.body)
+    except ValueError as exc:
+        raise CliError(f"--body is not JSON ({exc.__class__.__name__} at {exc})") from None
+    return str(args.body)
+
+
+def _report(canary_id: str, where: str, waited: float | None, deadline: float) -> int:
+    if waited is None:
+        print(f"canary {canary_id}: no output in {where} within {deadline:g} s", file=sys.stderr)
+        return 1
+    print(f"canary {canary_id}: output seen in {where} after {waited:.1f} s")
+    return 0
+
+
+# -- SQS source, DynamoDB sink --------------------------------------------------------------
+
+
+def _sqs(args: argparse.Namespace) -> int:
+    deadline = _seconds(args.deadline, "--deadline")
+    poll = _seconds(args.poll, "--poll")
+    canary_id = args.id or f"canary-{uuid.uuid4().hex}"
+    body = _payload(args, canary_id)
+    try:
+        import boto3
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:
+        raise CliError("`onceflow canary sqs` needs boto3: pip install 'onceflow[aws]'") from None
+    options = {"endpoint_url": args.endpoint_url, "region_name": args.region}
+    options = {k: v for k, v in options.items() if v}
+    try:
+        sqs = boto3.client("sqs", **options)
+        dynamodb = boto3.client("dynamodb", **options)
+        arn = sqs.get_queue_attributes(QueueUrl=args.queue_url, AttributeNames=["QueueArn"])[
+            "Attributes"
+        ]["QueueArn"]
+        dynamodb.describe_table(TableName=args.table)
+        message: dict[str, Any] = {
+            "QueueUrl": args.queue_url,
+            "MessageBody": body,
+            "MessageAttributes": {CANARY: {"DataType": "String", "StringValue": canary_id}},
+        }
+        if args.queue_url.endswith(".fifo"):
+            message["MessageGroupId"] = "onceflow-canary"
+            message["MessageDeduplicationId"] = canary_id[:128]
+        message_id = sqs.send_message(**message)["MessageId"]
+    except (BotoCoreError, ClientError) as exc:
+        raise CliError(f"canary not sent to {args.queue_url}: {_aws_cause(exc)}") from None
+    oid = first_output_id(event_key(arn, message_id))
+    key = {args.key_attribute: {"S": oid}}
+
+    def seen() -> bool:
+        try:
+            return "Item" in dynamodb.get_item(
+                TableName=args.table, Key=key, ProjectionExpression="#k",
+                ExpressionAttributeNames={"#k": args.key_attribute},
+            )  # fmt: skip
+        except ClientError as exc:
+            if _aws_code(exc) in {"ResourceNotFoundException", "ValidationException"}:
+                raise CliError(f"cannot read table {args.table}: {_aws_cause(exc)}") from None
+            return False  # throttled or unavailable: look again at the next poll
+        except BotoCoreError:
+            return False
+
+    waited = wait_for(seen, deadline, poll)
+    return _report(canary_id, f"table {args.table} (output {oid})", waited, deadline)
+
+
+def _aws_code(exc: Exception) -> str:
+    response = getattr(exc, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", ""))
+
+
+def _aws_cause(exc: Exception) -> str:
+    code = _aws_code(exc)
+    return f"{code}: {exc}" if code else f"{type(exc).__name__}: {exc}"
