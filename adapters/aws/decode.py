@@ -20,7 +20,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import unquote_plus
 
 from onceflow.adapters.aws.kinesis_aggregation import deaggregate
@@ -84,16 +84,20 @@ class Delivery:
         """Whether Lambda reads a `batchItemFailures` answer (else failures must raise)."""
         return self.kind in {"kinesis", "dynamodb", "sqs", "sqs-fifo"}
 
-    def add(self, item: Item, records: Sequence[Record]) -> None:
+    def add(self, item: Item, records: list[Record]) -> None:
         """One platform record and the records it became."""
         self.items.append(item)
-        self.records.extend(records)
-        item.record_ids.extend(r.id for r in records)
+        if len(records) == 1:  # the common case, without a generator
+            self.records.append(records[0])
+            item.record_ids.append(records[0].id)
+        else:
+            self.records.extend(records)
+            item.record_ids.extend(r.id for r in records)
 
 
 def decode(payload: Any) -> Delivery:
     """The records in one Lambda payload; `UnrecognisedEvent` for any other shape."""
-    if isinstance(payload, Mapping):
+    if _is_map(payload):
         records = payload.get("Records")
         if isinstance(records, list) and records:
             source = _batch_source(records)
@@ -101,7 +105,7 @@ def decode(payload: Any) -> Delivery:
                 return _BATCH_DECODERS[source](records)
         if "detail-type" in payload and "source" in payload:
             return _eventbridge(payload)
-    if isinstance(payload, Mapping):
+    if _is_map(payload):
         names = sorted(ascii(k)[:40] for k in payload)[:6]
         shape = f"top-level members {', '.join(names) or 'none'}"
         if isinstance(payload.get("Records"), list):
@@ -116,7 +120,7 @@ def decode(payload: Any) -> Delivery:
 def _batch_source(records: Sequence[Any]) -> str | None:
     """The eventSource of the first record that names a supported one."""
     for raw in records:
-        if isinstance(raw, Mapping):
+        if _is_map(raw):
             source = raw.get("eventSource")
             if type(source) is str and source in _BATCH_DECODERS:
                 return source
@@ -130,6 +134,11 @@ class _Unreadable(ValueError):
     """A field of a platform record that cannot be read; the text names it, never its value."""
 
 
+def _is_map(value: Any) -> TypeGuard[Mapping[str, Any]]:
+    """Whether `value` is a mapping; a dict (what Lambda hands over) without the ABC's check."""
+    return type(value) is dict or isinstance(value, Mapping)
+
+
 def _kind(value: Any) -> str:
     """What a value is, in JSON's words, for messages that must not quote it."""
     if value is None:
@@ -140,7 +149,7 @@ def _kind(value: Any) -> str:
         return "a number"
     if isinstance(value, str):
         return "a string"
-    if isinstance(value, Mapping):
+    if _is_map(value):
         return "an object"
     if isinstance(value, list | tuple):
         return "an array"
@@ -171,6 +180,8 @@ def _optional_text(value: Any, name: str) -> str | None:
 
 
 def _text(value: Any, name: str) -> str:
+    if type(value) is str and value and value.isascii():
+        return value
     text = _optional_text(value, name)
     if not text:
         raise _Unreadable(f"{name} is missing")
@@ -178,6 +189,8 @@ def _text(value: Any, name: str) -> str:
 
 
 def _identity(value: Any, name: str) -> str:
+    if type(value) is str and 0 < len(value) <= _MAX_ID and value.isascii():
+        return value
     text = _text(value, name)
     if len(text) > _MAX_ID:
         raise _Unreadable(f"{name} is longer than {_MAX_ID} characters")
@@ -193,6 +206,13 @@ def _readable_identity(value: Any) -> str | None:
 
 
 def _sequence(value: Any, name: str) -> str:
+    if (
+        type(value) is str
+        and 0 < len(value) <= _MAX_SEQUENCE
+        and value.isdigit()
+        and value.isascii()
+    ):
+        return value
     text = _text(value, name)
     if not (text.isascii() and text.isdigit()) or len(text) > _MAX_SEQUENCE:
         raise _Unreadable(f"{name} is not a sequence number (up to {_MAX_SEQUENCE} digits)")
@@ -209,7 +229,7 @@ def _readable_sequence(value: Any) -> str | None:
 def _optional_object(value: Any, name: str) -> Mapping[str, Any] | None:
     if value is None:
         return None
-    if not isinstance(value, Mapping):
+    if not _is_map(value):
         raise _Unreadable(f"{name} is {_kind(value)}, not an object")
     return value
 
@@ -223,8 +243,8 @@ def _object(value: Any, name: str) -> Mapping[str, Any]:
 
 def _part(value: Any, name: str) -> Mapping[str, Any]:
     """A member object read to name a record: an empty one when it is anything else."""
-    part = value.get(name) if isinstance(value, Mapping) else None
-    return part if isinstance(part, Mapping) else {}
+    part = value.get(name) if _is_map(value) else None
+    return part if _is_map(part) else {}
 
 
 def _seconds(value: Any, name: str) -> datetime:
@@ -323,7 +343,7 @@ def _fingerprint(value: Any) -> str:
     stack = [value]
     while stack:
         part = stack.pop()
-        if isinstance(part, Mapping):
+        if _is_map(part):
             digest.update(b"{%d" % len(part))
             for name, member in part.items():
                 stack.extend((member, name))
@@ -381,7 +401,7 @@ def _each(
     """Decode every record of a batch; one that cannot be decoded becomes an InvalidRecord."""
     for index, raw in enumerate(records):
         try:
-            if not isinstance(raw, Mapping):
+            if not _is_map(raw):
                 raise _Unreadable(f"the record is {_kind(raw)}, not an object")
             if raw.get("eventSource") != source:
                 raise _Unreadable(f"the record's eventSource is not {source}")
@@ -399,10 +419,10 @@ def _each(
 
 def _stream_named(raw: Any, index: int, service: str, sequence_field: str) -> _Named:
     """A stream record's ARN, sequence number, id and location, as far as they are readable."""
-    arn = _readable_identity(raw.get("eventSourceARN")) if isinstance(raw, Mapping) else None
+    arn = _readable_identity(raw.get("eventSourceARN")) if _is_map(raw) else None
     seq = _readable_sequence(_part(raw, service).get(sequence_field))
     # eventID is shard + sequence number: unique across the shards of a stream.
-    event_id = _readable_identity(raw.get("eventID")) if isinstance(raw, Mapping) else None
+    event_id = _readable_identity(raw.get("eventID")) if _is_map(raw) else None
     partition_key = None
     if service == "kinesis":
         partition_key = _readable_identity(_part(raw, service).get("partitionKey"))
@@ -570,7 +590,7 @@ def _dynamodb(records: Sequence[Any]) -> Delivery:
 def _ttl_delete(raw: Mapping[str, Any]) -> bool:
     identity = raw.get("userIdentity")
     return bool(
-        isinstance(identity, Mapping)
+        _is_map(identity)
         and identity.get("type") == "Service"
         and identity.get("principalId") == "dynamodb.amazonaws.com"
     )
@@ -580,7 +600,7 @@ def _ttl_delete(raw: Mapping[str, Any]) -> bool:
 
 
 def _sqs_named(raw: Any, index: int) -> _Named:
-    fields = raw if isinstance(raw, Mapping) else {}
+    fields = raw if _is_map(raw) else {}
     arn = _readable_identity(fields.get("eventSourceARN"))
     message_id = _readable_identity(fields.get("messageId"))
     group = _readable_identity(_part(raw, "attributes").get("MessageGroupId"))
@@ -649,9 +669,7 @@ def _sqs_read(raw: Mapping[str, Any]) -> tuple[Item, list[Record]]:
 
 def _sqs(records: Sequence[Any]) -> Delivery:
     arns = (
-        r.get("eventSourceARN")
-        for r in records
-        if isinstance(r, Mapping) and r.get("eventSource") == "aws:sqs"
+        r.get("eventSourceARN") for r in records if _is_map(r) and r.get("eventSource") == "aws:sqs"
     )
     fifo = next((a for a in arns if type(a) is str), "").endswith(".fifo")
     return _each(Delivery("sqs-fifo" if fifo else "sqs"), records, _sqs_read, _sqs_named, "aws:sqs")
@@ -741,7 +759,7 @@ def _s3_record(raw: Any, index: int, where: str, fallback: tuple[str, str] | Non
     if bucket and encoded:
         here = f"{where}s3://{bucket}/{encoded}"
     try:
-        if not isinstance(raw, Mapping):
+        if not _is_map(raw):
             raise _Unreadable(f"the record is {_kind(raw)}, not an object")
         if raw.get("eventSource") != "aws:s3":
             raise _Unreadable("the record's eventSource is not aws:s3")
@@ -835,7 +853,7 @@ def _eventbridge_read(payload: Mapping[str, Any]) -> Record:
     time = _iso_time(payload.get("time"), "time")
     region = _optional_text(payload.get("region"), "region")
     detail = payload.get("detail")
-    if source == "aws.s3" and isinstance(detail, Mapping) and "object" in detail:
+    if source == "aws.s3" and _is_map(detail) and "object" in detail:
         obj = _object(detail.get("object"), "detail.object")
         bucket = _object(detail.get("bucket"), "detail.bucket")
         # EventBridge carries S3 keys as they are, not form-encoded.
