@@ -22,15 +22,18 @@ __all__ = [
     "BATCH_GET_LIMIT",
     "BATCH_WRITE_LIMIT",
     "THROTTLING_ERRORS",
+    "TRANSACTION_BYTES",
     "TRANSACTION_LIMIT",
     "DynamoDBUnavailable",
     "TransactAction",
+    "WriteConditionFailed",
     "batch_get",
     "batch_write",
     "chunks",
     "default_retry",
     "error_code",
     "send",
+    "stored_key",
     "throttling",
     "transact",
     "transact_action",
@@ -39,6 +42,11 @@ __all__ = [
 BATCH_GET_LIMIT = 100
 BATCH_WRITE_LIMIT = 25
 TRANSACTION_LIMIT = 100
+TRANSACTION_BYTES = 4_000_000
+"""A transaction's budget in request bytes: DynamoDB refuses more than 4 MB of items in one
+(4,194,304 bytes); the request's JSON is a little larger than its items, so this is safe."""
+MAX_KEY_BYTES = 1024
+"""Longer keys are stored by hash (DynamoDB allows 2048 bytes for a partition key)."""
 PARALLEL_REQUESTS = 4
 """Independent batch requests in flight at once (boto3 clients are thread-safe)."""
 T = TypeVar("T")
@@ -65,6 +73,31 @@ def default_retry() -> RetryPolicy:
 
 class DynamoDBUnavailable(RuntimeError):
     """DynamoDB kept refusing part of a request (throttling, conflicts) after every retry."""
+
+
+class WriteConditionFailed(Exception):
+    """The condition of a sink's own write failed: its key's transaction cannot commit, ever.
+
+    `refused` maps each such key to the failed write's position among that key's writes;
+    the other keys of the commit were committed. The sink turns it into `OutputRejected`.
+    """
+
+    def __init__(self, refused: dict[str, int]) -> None:
+        super().__init__(f"the condition of a write failed for {len(refused)} key(s)")
+        self.refused = refused
+
+
+def stored_key(key: str) -> str:
+    """The partition-key value for an identity (an event key, an output id): itself, or its
+    hash when it is over `MAX_KEY_BYTES` or not valid UTF-8. The store and the sink both
+    key items by this, so an identity fits wherever it is stored."""
+    try:
+        encoded = key.encode()
+    except UnicodeEncodeError:
+        encoded = b""  # a lone surrogate: hashed below, from its surrogatepass bytes
+    if encoded and len(encoded) <= MAX_KEY_BYTES:
+        return key
+    return "sha256:" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -202,6 +235,8 @@ class TransactAction(NamedTuple):
     """`{"Put": {...}}`, `{"Update": {...}}`, `{"Delete": {...}}` or `{"ConditionCheck": ...}`."""
     target: str
     """The table and key written: two actions on one item may not share a transaction."""
+    size: int = 0
+    """Its bytes on the wire (as JSON), for packing transactions under `TRANSACTION_BYTES`."""
 
 
 def transact_action(request: dict[str, Any], key_attributes: Collection[str]) -> TransactAction:
@@ -212,7 +247,19 @@ def transact_action(request: dict[str, Any], key_attributes: Collection[str]) ->
         item = body.get("Item", {})
         key = {name: item[name] for name in key_attributes if name in item}
     target = f"{body.get('TableName')}|{sorted((k, str(v)) for k, v in key.items())}"
-    return TransactAction(request, target)
+    return TransactAction(request, target, wire_size(request))
+
+
+def wire_size(request: dict[str, Any]) -> int:
+    """About how many bytes `request` takes in a request's JSON (binaries as base64)."""
+    text = json.dumps(request, separators=(",", ":"), default=_base64_length)
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _base64_length(value: Any) -> str:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return "=" * ((len(value) + 2) // 3 * 4)
+    return str(value)
 
 
 def request_token(actions: Sequence[dict[str, Any]]) -> str:
@@ -224,7 +271,7 @@ def request_token(actions: Sequence[dict[str, Any]]) -> str:
     a different token, so a token is never reused for another request.
     """
     text = json.dumps(actions, sort_keys=True, separators=(",", ":"), default=repr)
-    return hashlib.sha256(text.encode()).hexdigest()[:36]
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:36]
 
 
 def transact(client: Any, actions: Sequence[dict[str, Any]]) -> list[Reason] | None:

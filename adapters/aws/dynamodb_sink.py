@@ -7,10 +7,13 @@ from typing import Any
 
 from onceflow.adapters.aws.dynamodb_mode import DynamoDBMode
 from onceflow.adapters.aws.dynamodb_requests import (
+    TRANSACTION_BYTES,
     TRANSACTION_LIMIT,
     TransactAction,
+    WriteConditionFailed,
     batch_write,
     default_retry,
+    stored_key,
     transact_action,
 )
 from onceflow.adapters.aws.dynamodb_store import DynamoDBIdempotencyStore
@@ -33,6 +36,8 @@ Only an atomic mode (`FENCED`, `OPTIMISTIC`) applies it once per event."""
 ItemOf = Callable[[Output], dict[str, Any]]
 """Maps an output to the item that stores it (plain Python values), in any mode."""
 
+MARKER_BYTES = 10_000
+"""Room left in a transaction for a completion marker (its detail is at most 500 chars)."""
 MAX_ITEM_BYTES = 390_000
 """DynamoDB's item limit is 400 KB; keep room for the attribute names."""
 
@@ -136,16 +141,52 @@ class DynamoDBSink:
             for o in outputs
             if len(by_event[o.event_key]) >= TRANSACTION_LIMIT
         }
-        if too_many:
-            raise OutputRejected(too_many)
-        return await store.complete_with(completions, by_event)
+        # The marker takes a few hundred bytes; the rest of a transaction is the writes'.
+        sizes = {key: sum(a.size for a in writes) for key, writes in by_event.items()}
+        too_big = {
+            o.output_id: f"its event's writes are {sizes[o.event_key]} bytes; one "
+            f"transaction holds {TRANSACTION_BYTES - MARKER_BYTES}"
+            for o in outputs
+            if sizes[o.event_key] > TRANSACTION_BYTES - MARKER_BYTES
+        }
+        if too_many or too_big:
+            raise OutputRejected({**too_big, **too_many})
+        try:
+            return await store.complete_with(completions, by_event)
+        except WriteConditionFailed as failed:
+            raise OutputRejected(self._refusals(outputs, by_event, failed)) from None
+
+    def _refusals(
+        self,
+        outputs: Sequence[Output],
+        by_event: dict[str, list[TransactAction]],
+        failed: WriteConditionFailed,
+    ) -> dict[str, str]:
+        """The output whose write's condition failed, by id, with the condition (no values)."""
+        mine: dict[str, list[Output]] = {}
+        for output in outputs:
+            mine.setdefault(output.event_key, []).append(output)
+        refusals: dict[str, str] = {}
+        for key, position in failed.refused.items():
+            [(kind, body)] = by_event[key][position].request.items()
+            condition = body.get("ConditionExpression", "")
+            refusals[mine[key][position].output_id] = (
+                f"the condition of its {kind} on {body.get('TableName')} failed: {condition}"
+            )
+        return refusals
 
     def item(self, output: Output) -> dict[str, Any]:
-        """The item for an output: `item=`'s, else its id, value and provenance."""
+        """The item for an output: `item=`'s, else its id, value and provenance.
+
+        It is keyed by `stored_key(output_id)`, as the store keys its markers: a long id
+        is stored by hash, and in full in `output_id`.
+        """
         if self.item_of is not None:
             return self.item_of(output)
+        oid = output.output_id
+        key = stored_key(oid)
         item: dict[str, Any] = {
-            self.key_attribute: output.output_id,
+            self.key_attribute: key,
             "value": output.value,
             "event_key": output.event_key,
             "event_id": output.event_id,
@@ -153,6 +194,8 @@ class DynamoDBSink:
         }
         if output.partition_key is not None:
             item["partition_key"] = output.partition_key
+        if key != oid:
+            item["output_id"] = oid
         return item
 
     def _actions(self, outputs: Sequence[Output]) -> list[dict[str, Any]]:
@@ -191,5 +234,5 @@ class DynamoDBSink:
             for raw in page.get("Items", []):
                 item = from_wire(raw)
                 if "value" in item:
-                    found[str(item[self.key_attribute])] = item["value"]
+                    found[str(item.get("output_id", item[self.key_attribute]))] = item["value"]
         return found

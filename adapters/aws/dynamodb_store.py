@@ -24,7 +24,6 @@ key's marker and the sink's actions for it in one transaction.
 
 from __future__ import annotations
 
-import hashlib
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -35,15 +34,18 @@ from onceflow.adapters.aws.dynamodb_mode import DynamoDBMode
 from onceflow.adapters.aws.dynamodb_requests import (
     PARALLEL_REQUESTS,
     RETRYABLE_REASONS,
+    TRANSACTION_BYTES,
     TRANSACTION_LIMIT,
     DynamoDBUnavailable,
     TransactAction,
+    WriteConditionFailed,
     batch_get,
     batch_write,
     chunks,
     default_retry,
     error_code,
     send,
+    stored_key,
     transact,
     transact_action,
 )
@@ -57,8 +59,6 @@ __all__ = ["DynamoDBIdempotencyStore", "create_table"]
 
 IN_PROGRESS = "IN_PROGRESS"
 COMPLETED = "COMPLETED"
-MAX_KEY_BYTES = 1024
-"""Longer keys are stored by hash (DynamoDB allows 2048 bytes for a partition key)."""
 MAX_REREADS = 32
 """Rounds of leasing a key whose record changed under the claim, before giving up."""
 MAX_SENT_LEASES = 10_000
@@ -166,16 +166,19 @@ class DynamoDBIdempotencyStore:
         now = self.clock.now()
         groups = [[self._marker_action(c, now), *writes.get(c.key, ())] for c in completions]
         tokens = [c.claim.token or "" for c in completions]
-        accepted: list[bool] = await run_blocking(self._commit, groups, tokens)
+        try:
+            accepted: list[bool] = await run_blocking(self._commit, groups, tokens)
+        except _Refused as refused:
+            # A write's position among the key's writes: the marker is the group's first.
+            keys = {completions[g].key: i - 1 for g, i in refused.groups.items()}
+            raise WriteConditionFailed(keys) from None
         return accepted
 
     # -- items ------------------------------------------------------------------------------
 
     def pk(self, key: str) -> str:
-        """The partition-key value for an idempotency key."""
-        if len(key.encode()) <= MAX_KEY_BYTES:
-            return key
-        return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+        """The partition-key value for an idempotency key (`stored_key`: long ones hashed)."""
+        return stored_key(key)
 
     def _key(self, key: str) -> dict[str, Any]:
         return {self.key_attribute: {"S": self.pk(key)}}
@@ -412,11 +415,14 @@ class DynamoDBIdempotencyStore:
         A group is all-or-nothing and never split across transactions. When a marker's
         condition fails its group is refused, unless the item already is the completed
         marker of the group's own claim (`tokens`): an earlier send of this commit landed
-        and only its reply was lost. The other groups commit. A round that cancels only
-        because of a settled group always settles it, so only throttled or conflicting
-        rounds count against the retry policy.
+        and only its reply was lost. When the condition of one of a group's own writes
+        fails (a user's `stock >= :one`), the group can never commit: the others do, then
+        `WriteConditionFailed` names it (by group, the write's position among its writes).
+        A round that cancels only because of a settled group always settles it, so only
+        throttled or conflicting rounds count against the retry policy.
         """
         accepted: list[bool | None] = [None] * len(groups)
+        refused: dict[int, int] = {}
         pending = list(range(len(groups)))
         busy_rounds = 0
         while pending:
@@ -439,10 +445,16 @@ class DynamoDBIdempotencyStore:
                     elif codes <= {"None"} | RETRYABLE_REASONS:
                         busy = busy or codes != {"None"}
                         retry.append(g)
+                    elif codes <= {"None", "ConditionalCheckFailed"} | RETRYABLE_REASONS:
+                        refused[g] = next(
+                            i for i, r in enumerate(mine) if r.code == "ConditionalCheckFailed"
+                        )
                     else:
-                        failed = next(r for r in mine if r.code not in {"None"})
+                        i, failed = next((i, r) for i, r in enumerate(mine) if r.code != "None")
+                        [body] = groups[g][i].request.values()
                         raise DynamoDBUnavailable(
-                            f"commit to {self.table} refused: {failed.code} {failed.message}"
+                            f"commit refused by {body.get('TableName')}: {failed.code} "
+                            f"{failed.message}"
                         )
             if busy:
                 busy_rounds += 1
@@ -454,6 +466,8 @@ class DynamoDBIdempotencyStore:
             elif len(retry) == len(pending):
                 raise DynamoDBUnavailable(f"commit to {self.table} cancelled without a reason")
             pending = retry
+        if refused:
+            raise _Refused(refused)
         return [bool(a) for a in accepted]
 
     # -- release --------------------------------------------------------------------------------
@@ -538,19 +552,38 @@ def _completed_by(item: dict[str, Any] | None, token: str) -> bool:
     return bool(status == COMPLETED and mine == token)
 
 
-def _pack(groups: Sequence[Sequence[TransactAction]], indexes: list[int]) -> list[list[int]]:
-    """Groups into transactions of at most 100 actions, never two actions on one item."""
+class _Refused(Exception):
+    """Groups whose own write's condition failed: group index to the write's position."""
+
+    def __init__(self, groups: dict[int, int]) -> None:
+        super().__init__(f"{len(groups)} groups refused")
+        self.groups = groups
+
+
+def _pack(
+    groups: Sequence[Sequence[TransactAction]],
+    indexes: list[int],
+    *,
+    limit: int = TRANSACTION_LIMIT,
+    budget: int = TRANSACTION_BYTES,
+) -> list[list[int]]:
+    """Groups into transactions of at most `limit` actions and `budget` bytes, never two
+    actions on one item. A group over the budget alone goes in a transaction of its own
+    (DynamoDB refuses it, naming the limit; the sink keeps such events out)."""
     batches: list[list[int]] = []
     current: list[int] = []
-    size = 0
+    count = size = 0
     targets: set[str] = set()
     for g in indexes:
-        keys = {action.target for action in groups[g]}
-        if current and (size + len(groups[g]) > TRANSACTION_LIMIT or keys & targets):
+        group = groups[g]
+        keys = {action.target for action in group}
+        weight = sum(action.size for action in group)
+        if current and (count + len(group) > limit or size + weight > budget or keys & targets):
             batches.append(current)
-            current, size, targets = [], 0, set()
+            current, count, size, targets = [], 0, 0, set()
         current.append(g)
-        size += len(groups[g])
+        count += len(group)
+        size += weight
         targets |= keys
     if current:
         batches.append(current)

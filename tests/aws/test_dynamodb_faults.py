@@ -19,14 +19,24 @@ from onceflow.adapters.aws import (
     lambda_handler,
 )
 from onceflow.adapters.aws import testing as aws
-from onceflow.adapters.aws.dynamodb_requests import DynamoDBUnavailable
+from onceflow.adapters.aws.dynamodb_requests import (
+    TRANSACTION_BYTES,
+    TRANSACTION_LIMIT,
+    DynamoDBUnavailable,
+    TransactAction,
+)
+from onceflow.adapters.aws.dynamodb_store import _pack
 from onceflow.adapters.memory import MemorySink
 from onceflow.clock import ManualClock
 from onceflow.errors import ConfigurationError
+from onceflow.event import Event
 from onceflow.pipeline import Pipeline
 from onceflow.records import ClaimStatus
 from onceflow.retry import Backoff, RetryPolicy
 from onceflow.testing.contracts import output, succeeded, unique
+from tests.aws.moto_clients import proxied_dynamodb_client
+from tests.support.proxy import FaultProxy
+from tests.support.servers import MotoServer
 
 pytestmark = pytest.mark.emulator
 
@@ -284,3 +294,114 @@ async def test_delivery_counting_costs_one_update_per_failed_key_and_none_for_a_
     again = await store.claim(keys, 30)
     assert [c.deliveries for c in again] == [1, 2, 2]
     assert proxy.calls["batch_get_item"] == 2
+
+
+# -- limits and refusals of one event (issue 17, items 13-15) ------------------------------------
+
+
+def _pipeline(
+    client: Any, tables: Tables, mode: DynamoDBMode, **parts: Any
+) -> tuple[Pipeline, DynamoDBSink, MemorySink]:
+    store, sink = dynamodb_pipeline_parts(
+        tables("state"), tables("outputs"), mode=mode, client=client, retry=FAST, **parts
+    )
+    letters = MemorySink()
+    return Pipeline(lambda e: e.json(), sink, store, letters, clock=ManualClock()), sink, letters
+
+
+@pytest.mark.parametrize("mode", list(DynamoDBMode), ids=[m.value for m in DynamoDBMode])
+def test_an_event_id_over_the_key_limit_is_stored_by_hash_in_the_sink_too(
+    mode: DynamoDBMode, dynamodb_client: Any, dynamodb_tables: Tables
+) -> None:
+    pipeline, sink, letters = _pipeline(dynamodb_client, dynamodb_tables, mode)
+    ns = unique("long")
+    events = [
+        Event(id="x" * 2_100, source=ns, data=b'{"n": 0}'),
+        Event(id="short", source=ns, data=b'{"n": 1}'),
+    ]
+    first = pipeline.run_batch(events)
+    assert sorted(first.processed) == sorted(e.id for e in events), first.reasons
+    stored = sink.read_all()
+    assert stored[f"{ns}#{'x' * 2_100}#0"] == {"n": 0} and stored[f"{ns}#short#0"] == {"n": 1}
+    assert sorted(pipeline.run_batch(events).duplicates) == sorted(e.id for e in events)
+    assert len(letters) == 0
+
+
+def test_transactions_are_packed_by_bytes_as_well_as_by_count() -> None:
+    def group(n: int, size: int, count: int = 1) -> list[TransactAction]:
+        return [TransactAction({"Put": {}}, f"t|{n}|{i}", size) for i in range(count)]
+
+    groups = [group(n, 300_000) for n in range(20)] + [group(20, 1, 99), group(21, 1, 2)]
+    batches = _pack(groups, list(range(len(groups))))
+    assert sorted(g for batch in batches for g in batch) == list(range(len(groups)))
+    for batch in batches:
+        assert sum(a.size for g in batch for a in groups[g]) <= TRANSACTION_BYTES
+        assert sum(len(groups[g]) for g in batch) <= TRANSACTION_LIMIT
+    assert [len(b) for b in batches[:2]] == [13, 7]  # 13 x 300 KB fit in 4 MB, not 14
+
+
+def test_twenty_outputs_of_300_kb_commit_in_transactions_under_4_mb(
+    moto: MotoServer, moto_proxy: FaultProxy, dynamodb_tables: Tables
+) -> None:
+    client = proxied_dynamodb_client(moto, moto_proxy)
+    pipeline, sink, letters = _pipeline(client, dynamodb_tables, DynamoDBMode.FENCED)
+    ns = unique("big")
+    big = "x" * 300_000
+    events = [
+        Event(id=f"e{n}", source=ns, data=json.dumps({"n": n, "big": big}).encode())
+        for n in range(20)
+    ]
+    result = pipeline.run_batch(events)
+    assert sorted(result.processed) == sorted(e.id for e in events), result.reasons
+    assert len(sink.read_all()) == 20 and len(letters) == 0
+    commits = [s.size for s in moto_proxy.seen if s.target.endswith("TransactWriteItems")]
+    commits = [size for size in commits if size > 1_000_000]
+    assert len(commits) >= 2 and max(commits) <= 4 * 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    "mode", [DynamoDBMode.FENCED, DynamoDBMode.OPTIMISTIC], ids=["fenced", "optimistic"]
+)
+def test_a_failed_user_condition_refuses_only_its_event(
+    mode: DynamoDBMode, dynamodb_client: Any, dynamodb_tables: Tables
+) -> None:
+    ns = unique("stock")
+
+    def take_one(o: Any) -> dict[str, Any]:
+        return {
+            "Update": {
+                "Key": {"pk": f"{ns}#stock#{o.value['sku']}"},
+                "UpdateExpression": "ADD stock :less",
+                "ConditionExpression": "stock >= :one",
+                "ExpressionAttributeValues": {":less": -1, ":one": 1},
+            }
+        }
+
+    pipeline, sink, letters = _pipeline(dynamodb_client, dynamodb_tables, mode, action=take_one)
+    for sku, stock in (("a", 5), ("b", 0)):
+        dynamodb_client.put_item(
+            TableName=sink.table,
+            Item={"pk": {"S": f"{ns}#stock#{sku}"}, "stock": {"N": str(stock)}},
+        )
+    events = [
+        Event(id=f"e{n}", source=ns, data=json.dumps({"sku": sku}).encode())
+        for n, sku in enumerate("aba")
+    ]
+    result = pipeline.run_batch(events)
+    assert sorted(result.processed) == ["e0", "e2"], result.reasons
+    assert result.dead_lettered == ["e1"]
+    reason = result.reasons["e1"]
+    assert "stock >= :one" in reason and sink.table in reason
+    assert pipeline.store.table not in reason  # type: ignore[attr-defined]
+    [letter] = letters.values()
+    assert letter["event"]["id"] == "e1" and "stock >= :one" in letter["message"]
+
+    def stock(sku: str) -> int:
+        item = dynamodb_client.get_item(
+            TableName=sink.table, Key={"pk": {"S": f"{ns}#stock#{sku}"}}, ConsistentRead=True
+        )["Item"]
+        return int(item["stock"]["N"])
+
+    assert (stock("a"), stock("b")) == (3, 0)
+    again = pipeline.run_batch(events)
+    assert sorted(again.duplicates) == ["e0", "e1", "e2"]

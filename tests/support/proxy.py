@@ -153,6 +153,8 @@ class Seen:
     target: str
     """Its `X-Amz-Target` header, '' when none (handy for DynamoDB)."""
     fault: FaultKind | None
+    size: int = 0
+    """Its body's bytes."""
 
 
 # -- predicates and canned answers -----------------------------------------------------------
@@ -356,7 +358,8 @@ class FaultProxy:
             chosen = next((f for f in self.faults if f._take(request)), None)
             target = request.header("x-amz-target")
             kind = chosen.kind if chosen else None
-            self.seen.append(Seen(request.method, request.path, target, kind))
+            seen = Seen(request.method, request.path, target, kind, len(request.body))
+            self.seen.append(seen)
             return chosen
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
