@@ -19,7 +19,10 @@ _LIMIT = 256 * 1024
 
 def _attributes_size(output: Output) -> int:
     """What the message attributes onceflow sends add to a message's size."""
-    return len(output.output_id.encode()) + len(output.event_key.encode()) + 40
+    size = len(output.output_id.encode()) + len(output.event_key.encode()) + 40
+    if output.attributes:  # trace context, canary mark: name, type and value each
+        size += sum(len(k.encode()) + len(v.encode()) + 6 for k, v in output.attributes.items())
+    return size
 
 
 class SQSSink(MessageSink):
