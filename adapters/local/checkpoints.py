@@ -8,9 +8,10 @@ from dataclasses import dataclass
 
 from onceflow.adapters.local.database import Database
 
-__all__ = ["Checkpoint", "Checkpoints", "shard_checkpoint"]
+__all__ = ["Checkpoint", "Checkpoints", "Generations", "shard_checkpoint"]
 
 TABLE = "onceflow_checkpoints"
+GENERATIONS = "onceflow_generations"
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,3 +82,56 @@ class Checkpoints:
                 (limit,),
             ).fetchall()
         return [Checkpoint(r[0], r[1], r[2], r[3], bool(r[4]), r[5]) for r in rows]
+
+
+class Generations:
+    """Which generation of a landing-folder file a name holds now, in `onceflow_generations`.
+
+    A file keeps its generation while it grows (its first bytes stay the same), so the
+    lines appended to it get new keys and the lines read before keep theirs; a file whose
+    first bytes changed, or one landing after the last was moved away, is a new
+    generation. Every worker of a run reads the same answer: the first to see a file
+    names its generation, and a replacement is a compare-and-swap.
+    """
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        database.ensure(
+            f"CREATE TABLE IF NOT EXISTS {GENERATIONS} (name TEXT PRIMARY KEY, "
+            "generation TEXT NOT NULL, head TEXT NOT NULL, updated_at REAL NOT NULL) WITHOUT ROWID"
+        )
+
+    def get(self, name: str) -> tuple[str, str] | None:
+        """(generation, head) of the file now under `name`, or None."""
+        with self.database.reading() as conn:
+            row = conn.execute(
+                f"SELECT generation, head FROM {GENERATIONS} WHERE name=?", (name,)
+            ).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]))
+
+    def settle(self, name: str, generation: str, head: str, *, replacing: str | None) -> str:
+        """Name `generation` (first bytes `head`) the one under `name`, unless someone named
+        another first (the one being replaced was `replacing`, or there was none); which
+        generation holds now."""
+        with self.database.transaction() as conn:
+            if replacing is not None:
+                conn.execute(
+                    f"UPDATE {GENERATIONS} SET generation=?, head=?, updated_at=? "
+                    "WHERE name=? AND generation=?",
+                    (generation, head, time.time(), name, replacing),
+                )
+            conn.execute(
+                f"INSERT OR IGNORE INTO {GENERATIONS} VALUES (?,?,?,?)",
+                (name, generation, head, time.time()),
+            )
+            row = conn.execute(
+                f"SELECT generation FROM {GENERATIONS} WHERE name=?", (name,)
+            ).fetchone()
+        return generation if row is None else str(row[0])
+
+    def forget(self, name: str, generation: str) -> None:
+        """The file of this generation is gone (moved away): the next one is new."""
+        with self.database.transaction() as conn:
+            conn.execute(
+                f"DELETE FROM {GENERATIONS} WHERE name=? AND generation=?", (name, generation)
+            )

@@ -73,6 +73,8 @@ class RecordReader:
     ordinal: int = 0
     """The file's place in the input, so sequence numbers order records across files."""
     event_type: str = "onceflow.file.record"
+    still_written: bool = False
+    """A writer has the file open: a last line without its newline is left unread."""
 
     def read(self, offset: int = 0, line: int = 0) -> Iterator[Positioned]:
         """Records from byte (or row) `offset`, numbering lines after `line`."""
@@ -140,6 +142,8 @@ class RecordReader:
         with self.path.open("rb", buffering=1 << 20) as handle:
             handle.seek(offset)
             for raw in handle:
+                if self.still_written and not raw.endswith(b"\n"):
+                    return  # its writer may not have finished it: left for a later read
                 start = offset
                 offset += len(raw)
                 line += 1
@@ -179,6 +183,7 @@ class RecordReader:
             if offset > lines.offset:
                 handle.seek(offset)
                 lines = _Lines(handle, offset, line)
+            lines.still_written = self.still_written
             reader = csv.reader(lines)
             start = lines.offset
             while True:
@@ -267,6 +272,8 @@ class _Lines:
         self.line = line
         self.bad: str | None = None
         self.raw = b""
+        self.still_written = False
+        """Stop before a last line without its newline (see `RecordReader.still_written`)."""
 
     def __iter__(self) -> _Lines:
         return self
@@ -274,6 +281,8 @@ class _Lines:
     def __next__(self) -> str:
         raw = self.handle.readline()
         if not raw:
+            raise StopIteration
+        if self.still_written and not raw.endswith(b"\n"):
             raise StopIteration
         start = self.offset
         self.offset += len(raw)

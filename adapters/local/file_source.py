@@ -6,6 +6,7 @@ import glob
 import hashlib
 import os
 import shutil
+import stat as stat_module
 import time
 import zlib
 from collections.abc import AsyncIterator, Collection, Iterator, Sequence
@@ -14,7 +15,12 @@ from pathlib import Path
 
 import anyio
 
-from onceflow.adapters.local.checkpoints import Checkpoint, Checkpoints, shard_checkpoint
+from onceflow.adapters.local.checkpoints import (
+    Checkpoint,
+    Checkpoints,
+    Generations,
+    shard_checkpoint,
+)
 from onceflow.adapters.local.database import Database
 from onceflow.adapters.local.file_records import FileFormat, Positioned, RecordReader, format_of
 from onceflow.event import Event
@@ -74,6 +80,7 @@ class _FilesSource:
         """Once a record fails, later records of its partition wait behind it."""
         self._blocked: set[str] = set()
         database = state if state is None or isinstance(state, Database) else Database.shared(state)
+        self.database = database
         self.checkpoints = Checkpoints(database) if database is not None else None
         self._open: dict[str, _File] = {}
         self._batch: tuple[Sequence[Record], list[tuple[_File, list[Positioned]]]] | None = None
@@ -94,8 +101,15 @@ class _FilesSource:
         """Called once a file is read to the end and every record of it is settled."""
 
     def _finish_files(self) -> bool:
-        """Whether a fully settled file is marked finished (never read again)."""
+        """Whether a fully settled file is marked finished (not read again unless it grows)."""
         return False
+
+    def _grows(self) -> bool:
+        """Whether a finished file that grew since is read on from where it ended."""
+        return False
+
+    def _already_finished(self, file: _File) -> None:
+        """Called for a file found finished by an earlier run (a crash may have come between)."""
 
     # -- the Source protocol -----------------------------------------------------------------
 
@@ -149,7 +163,8 @@ class _FilesSource:
                     where = [(file, items)]
                     if self.stopped:
                         return
-            file.drained = True
+            # A file its writer still holds open is never read to its end: not finished.
+            file.drained = not reader.still_written
             done_bytes += reader.path.stat().st_size if reader.path.exists() else 0
             self.bytes_read = done_bytes
             if not records:
@@ -220,16 +235,30 @@ class _FilesSource:
     def _start(self, key: str, reader: RecordReader) -> _File | None:
         if self.shard is not None:
             key = shard_checkpoint(key, *self.shard)
+        known = self._open.get(key)
+        if known is not None:
+            # Read again in this run (it grew, or its writer let go): on from where it is.
+            known.reader, known.drained = reader, False
+            return known
         saved = self.checkpoints.get(key) if self.checkpoints else None
         file = _File(key, reader, _head(reader.path))
         if saved is not None and _same_head(reader.path, saved.head):
-            if saved.finished and self._finish_files():
+            if saved.finished and self._finish_files() and not self._grew(reader, saved):
+                self._already_finished(file)
                 return None
             file.settled = (saved.offset, saved.line)
         # A file whose first bytes changed was replaced: it is read again from the start,
         # and its records that were done before come back as duplicates.
         self._open[key] = file
         return file
+
+    def _grew(self, reader: RecordReader, saved: Checkpoint) -> bool:
+        return (
+            self._grows()
+            and reader.fmt != "parquet"  # a Parquet checkpoint counts rows, not bytes
+            and reader.path.exists()
+            and reader.path.stat().st_size > saved.offset
+        )
 
     def _settle_files(self, files: list[_File]) -> None:
         marks: list[Checkpoint] = []
@@ -303,6 +332,15 @@ class DirectorySource(_FilesSource):
     (`identity="stat"`), or its content hash (`identity="hash"`, so a file landed twice is
     read once). With `watch=True` the folder is polled until `stop()`; files modified less
     than `settle_seconds` ago are left for the next poll, as they may still be written.
+
+    With `identity="stat"` a file that grows keeps its generation (the first identity it
+    was seen with, while its first bytes stay the same), so its event keys stay those of
+    its path and line and a durable offset says how far it is read: only appended lines
+    are new (`move_to=None` keeps files in place and reads on as they grow). A file that
+    some process still holds open for writing (seen in `/proc` on Linux; elsewhere one
+    modified less than `settle_seconds` ago) is read up to its last complete line and is
+    neither finished nor moved: its unfinished last line and whatever follows are read
+    once the writer lets go. `identity="hash"` reads only files no writer holds.
     """
 
     def __init__(
@@ -337,15 +375,25 @@ class DirectorySource(_FilesSource):
         self.watch = watch
         self.poll_seconds = poll_seconds
         self.settle_seconds = settle_seconds if watch else 0.0
-        self._seen: set[str] = set()
+        self.generations = Generations(self.database) if self.database is not None else None
+        self._generation_here: dict[str, tuple[str, str]] = {}
+        """Generations by name when there is no state file: (generation, head)."""
+        self._seen: set[tuple[str, str]] = set()
+        """(name, identity) of files read while no writer held them: nothing more to read."""
+        self._names: dict[str, tuple[str, str]] = {}
+        """Checkpoint key of each file being read: (its name, its generation)."""
         self._ordinal = 0
 
     def _finish_files(self) -> bool:
         return True
 
+    def _grows(self) -> bool:
+        return self.identity == "stat"
+
     def _scan(self) -> list[tuple[str, RecordReader]]:
         found = []
         now = time.time()
+        writers: _Writers | None = None
         for path in sorted(self.folder.glob(self.pattern)):
             if not path.is_file() or path.name.startswith("."):
                 continue
@@ -355,37 +403,70 @@ class DirectorySource(_FilesSource):
             stat = path.stat()
             if now - stat.st_mtime < self.settle_seconds:
                 continue
-            if self.identity == "hash":
-                ident = _digest(path)
-            else:
-                ident = f"{stat.st_size}-{stat.st_mtime_ns}"
-            key = f"landing:{name}@{ident}"
-            if key in self._seen:
-                continue
             try:
                 fmt = format_of(path, self.fmt)
             except ValueError:
                 continue  # not a data file (a README, a lock file)
-            self._seen.add(key)
+            ident = (
+                _digest(path) if self.identity == "hash" else f"{stat.st_size}-{stat.st_mtime_ns}"
+            )
+            if (name, ident) in self._seen:
+                continue
+            if writers is None:
+                writers = _Writers(self.settle_seconds, now)  # one look at /proc per scan
+            still_written = writers.holding(path, stat)
+            if self.identity == "hash":
+                if still_written:
+                    continue  # its hash is not its identity yet
+                generation = ident
+            else:
+                generation = self._generation(name, path, ident)
+            if not still_written:
+                self._seen.add((name, ident))
+            key = f"landing:{name}@{generation}"
             self._ordinal += 1
             reader = RecordReader(
                 path,
                 name,
                 fmt,
-                # The identity is part of the source, so a new file under an old name has
-                # new event keys, and the same file read again has the same ones.
-                f"landing:{name}@{ident}",
+                # The generation is part of the source, so a new file under an old name has
+                # new event keys, and the same file read again (or grown) the same ones.
+                key,
                 id_field=self.id_field,
                 partition_field=self.partition_field,
                 ordinal=self._ordinal,
+                still_written=still_written,
             )
             if self.id_field:
                 reader.source = "landing"
+            self._names[key] = (name, generation)
             found.append((key, reader))
         return found
 
+    def _generation(self, name: str, path: Path, ident: str) -> str:
+        """The generation of the file now under `name`: the one it had while it only grew."""
+        head = _head(path)
+        if self.generations is None:
+            known = self._generation_here.get(name)
+            if known is not None and _same_head(path, known[1]):
+                return known[0]
+            self._generation_here[name] = (ident, head)
+            return ident
+        known = self.generations.get(name)
+        if known is not None and _same_head(path, known[1]):
+            return known[0]
+        # New, or replaced (its first bytes changed): a new generation, keyed by the
+        # identity it has now (what a state file from before generations keyed it by).
+        return self.generations.settle(
+            name, ident, head, replacing=None if known is None else known[0]
+        )
+
     def _next_files(self) -> Iterator[tuple[str, RecordReader]]:
         yield from self._scan()
+
+    def _already_finished(self, file: _File) -> None:
+        # Finished by a run that stopped before moving it away: move it now.
+        self._on_finished(file)
 
     def _on_finished(self, file: _File) -> None:
         if not self.move_to:
@@ -398,6 +479,64 @@ class DirectorySource(_FilesSource):
             target = target.with_name(f"{target.stem}.{ident}{target.suffix}")
         if file.reader.path.exists():
             shutil.move(file.reader.path, target)
+        name, generation = self._names.get(file.key, (file.reader.name, ""))
+        if self.generations is not None and generation:
+            self.generations.forget(name, generation)  # the next file of this name is new
+        self._generation_here.pop(name, None)
+
+
+class _Writers:
+    """Which files some process holds open for writing, from one look at `/proc`.
+
+    Where `/proc` cannot tell (not Linux), a file modified less than `settle_seconds`
+    ago counts as still written (the scan skips such files anyway).
+    """
+
+    def __init__(self, settle_seconds: float, now: float) -> None:
+        self.settle_seconds = settle_seconds
+        self.now = now
+        self._open: set[tuple[int, int]] | None = None
+        self._looked = False
+
+    def holding(self, path: Path, stat: os.stat_result) -> bool:
+        """Whether the file at `path` (with `stat`) may still be written."""
+        if not self._looked:
+            self._open = _open_for_writing()
+            self._looked = True
+        if self._open is None:
+            return self.now - stat.st_mtime < self.settle_seconds
+        return (stat.st_dev, stat.st_ino) in self._open
+
+
+_WRITING = os.O_WRONLY | os.O_RDWR
+
+
+def _open_for_writing() -> set[tuple[int, int]] | None:
+    """(device, inode) of every file a process on this machine holds open for writing,
+    or None when `/proc` does not say (not Linux)."""
+    if not os.path.isdir("/proc/self/fdinfo"):
+        return None
+    found: set[tuple[int, int]] = set()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        folder = f"/proc/{pid}/fd"
+        try:
+            fds = os.listdir(folder)
+        except OSError:
+            continue  # gone, or another user's
+        for fd in fds:
+            try:
+                target = os.stat(f"{folder}/{fd}")
+                if not stat_module.S_ISREG(target.st_mode):
+                    continue
+                with open(f"/proc/{pid}/fdinfo/{fd}", "rb") as info:
+                    flags = int(info.read().split(b"flags:", 1)[1].split()[0], 8)
+            except (OSError, IndexError, ValueError):
+                continue
+            if flags & _WRITING:
+                found.add((target.st_dev, target.st_ino))
+    return found
 
 
 def _shard_of(record: Record, count: int) -> int:
