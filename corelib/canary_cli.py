@@ -6,6 +6,9 @@ a traced pipeline passes the mark on to its outputs. The output is looked up by 
 the runner gives it (`output_id(event_key(source, id), 0)`): the pipeline must use the
 default key (source and id) and write the canary's first output where the command looks.
 
+Targets: `sqs` (the source queue; the output in a DynamoDB sink table) and `local` (a
+JSONL file in the landing folder `onceflow run --watch` reads; the output in its state).
+
 Exit status: 0 when the output is seen before `--deadline`, 1 when it is not, 2 on bad
 input (one line naming the cause).
 """
@@ -15,10 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sqlite3
 import sys
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import closing
+from pathlib import Path
 from typing import Any
 
 from onceflow.canary import CANARY
@@ -44,6 +50,19 @@ def register(subparsers: Any) -> None:
     sqs.add_argument("--region", default=None)
     _common(sqs)
     sqs.set_defaults(func=_sqs)
+    local = targets.add_parser(
+        "local",
+        help="land a JSONL file in the folder `onceflow run --watch` reads; wait for its output",
+    )
+    local.add_argument("landing", help="the landing folder the local runner watches")
+    local.add_argument("--state", required=True, help="the runner's state folder (its --state)")
+    local.add_argument(
+        "--id-field",
+        default=None,
+        help="the runner's --id-field: the canary's id goes in this field of the body",
+    )
+    _common(local)
+    local.set_defaults(func=_local)
     canary.set_defaults(func=lambda args: _missing_target())
 
 
@@ -61,7 +80,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _missing_target() -> int:
-    raise CliError("name a target: onceflow canary sqs QUEUE_URL --table TABLE ...")
+    raise CliError(
+        "name a target: onceflow canary sqs QUEUE_URL --table TABLE, "
+        "or onceflow canary local LANDING --state DIR"
+    )
 
 
 def wait_for(
@@ -172,3 +194,53 @@ def _aws_code(exc: Exception) -> str:
 def _aws_cause(exc: Exception) -> str:
     code = _aws_code(exc)
     return f"{code}: {exc}" if code else f"{type(exc).__name__}: {exc}"
+
+
+# -- a local landing folder, the local runner's SQLite state ----------------------------------
+
+LANDED_PREFIX = "onceflow-canary-"
+"""The canary file's name starts so: a person listing the landing folder sees what it is."""
+
+
+def _local(args: argparse.Namespace) -> int:
+    deadline = _seconds(args.deadline, "--deadline")
+    poll = _seconds(args.poll, "--poll")
+    canary_id = args.id or f"canary-{uuid.uuid4().hex}"
+    landing, database = Path(args.landing), Path(args.state) / "state.db"
+    if not landing.is_dir():
+        raise CliError(f"landing folder {landing} does not exist")
+    if not database.is_file():
+        raise CliError(f"no onceflow state in {args.state} (expected {database})")
+    if args.body is None:
+        doc: Any = {CANARY: canary_id}
+    else:
+        doc = json.loads(_payload(args, canary_id))
+    if args.id_field is not None:
+        if not isinstance(doc, dict):
+            raise CliError(f"--id-field {args.id_field}: --body must be a JSON object")
+        doc[args.id_field] = canary_id
+    name = f"{LANDED_PREFIX}{canary_id}.jsonl"
+    if "/" in name or "\\" in name:
+        raise CliError(f"--id {canary_id!r}: an id cannot hold a path separator")
+    # Written under a hidden name, then renamed: the runner skips hidden files, so it never
+    # reads the canary half-written.
+    hidden = landing / f".{name}"
+    hidden.write_text(json.dumps(doc) + "\n", encoding="utf-8")
+    hidden.replace(landing / name)
+    # The file reader's event id: the file's name and line, or the --id-field's value.
+    event_id = canary_id if args.id_field is not None else f"{name}:1"
+
+    def seen() -> bool:
+        try:
+            with closing(
+                sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True, timeout=5)
+            ) as db:
+                row = db.execute(
+                    "SELECT 1 FROM outputs WHERE event_id = ? LIMIT 1", (event_id,)
+                ).fetchone()
+        except sqlite3.OperationalError:
+            return False  # no outputs table yet, or the runner holds a write lock
+        return row is not None
+
+    waited = wait_for(seen, deadline, poll)
+    return _report(canary_id, f"{database} (event {event_id})", waited, deadline)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -122,3 +123,48 @@ def test_a_queue_that_does_not_exist_is_bad_input(
     assert main(["canary", "sqs", url, "--table", "t", *aws]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "canary not sent" in err
+
+
+def test_the_local_canary_is_seen_in_the_runners_state(tmp_path: Path) -> None:
+    from onceflow.adapters.local.file_source import DirectorySource
+    from onceflow.adapters.local.state import LocalState
+    from onceflow.pipeline import Pipeline
+    from onceflow.runner import run_source
+
+    landing, state_dir = tmp_path / "landing", tmp_path / "state"
+    landing.mkdir()
+    state = LocalState(state_dir, create=True)
+    bodies: list[Any] = []
+
+    def process(event: Event) -> Any:
+        bodies.append(event.json())
+        return {"ok": True}
+
+    pipeline = Pipeline(process, state.sink, state.store, state.dead_letters)
+    status: list[int] = []
+    argv = ["canary", "local", str(landing), "--state", str(state_dir), "--id", "c-2"]
+    canary = threading.Thread(
+        target=lambda: status.append(main([*argv, "--deadline", "60", "--poll", "0.1"]))
+    )
+    canary.start()
+    while canary.is_alive():
+        anyio.run(run_source, pipeline, DirectorySource(landing, state=state.database))
+    canary.join()
+    assert status == [0]
+    assert bodies == [{CANARY: "c-2"}]
+
+
+@pytest.mark.parametrize(
+    ("make", "cause"),
+    [("no landing", "landing folder"), ("no state", "no onceflow state")],
+)
+def test_the_local_canary_needs_a_landing_folder_and_a_state(
+    tmp_path: Path, make: str, cause: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    landing, state = tmp_path / "landing", tmp_path / "state"
+    if make == "no state":
+        landing.mkdir()
+    assert main(["canary", "local", str(landing), "--state", str(state)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and cause in err
+    assert not landing.exists() or list(landing.iterdir()) == []  # nothing written
