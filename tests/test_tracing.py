@@ -192,3 +192,31 @@ def test_without_tracing_outputs_carry_no_attributes() -> None:
         [Event(id="e1", source="s", data=b'{"n": 1}', attributes={"traceparent": TRACEPARENT})]
     )
     assert sink.attributes == {}
+
+
+def test_event_hubs_outputs_carry_the_trace_context_as_properties() -> None:
+    """The Event Hubs sink with the SDK's real EventDataBatch; the AMQP send is recorded."""
+    pytest.importorskip("azure.eventhub", reason="the Event Hubs sink needs the azure extra")
+    from azure.eventhub import EventDataBatch
+
+    from onceflow.adapters.azure.eventhub_sink import EventHubSink
+    from onceflow.records import Output
+
+    sent: list[Any] = []
+
+    class Recording:
+        def create_batch(self, **options: Any) -> EventDataBatch:
+            return EventDataBatch(**options)
+
+        def send_batch(self, batch: EventDataBatch, **options: Any) -> None:
+            sent.extend(batch._internal_events)
+
+    output = Output("s#e1#0", "s#e1", "e1", 0, {"n": 1}, attributes={"traceparent": TRACEPARENT})
+    anyio.run(EventHubSink(Recording()).write, [output])
+    (event,) = sent
+    properties = {
+        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+        for k, v in event.properties.items()
+    }
+    assert properties["traceparent"] == TRACEPARENT
+    assert properties["output_id"] == "s#e1#0"
