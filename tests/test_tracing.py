@@ -208,8 +208,8 @@ def test_event_hubs_outputs_carry_the_trace_context_as_properties() -> None:
         def create_batch(self, **options: Any) -> EventDataBatch:
             return EventDataBatch(**options)
 
-        def send_batch(self, batch: EventDataBatch, **options: Any) -> None:
-            sent.extend(batch._internal_events)
+        def send_batch(self, event_data_batch: Any, **kwargs: Any) -> None:
+            sent.extend(event_data_batch._internal_events)
 
     output = Output("s#e1#0", "s#e1", "e1", 0, {"n": 1}, attributes={"traceparent": TRACEPARENT})
     anyio.run(EventHubSink(Recording()).write, [output])
