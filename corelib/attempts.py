@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import inspect
 import logging
-import traceback
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
-
-from pydantic import ValidationError
 
 from onceflow.batch import Item, State, describe, log_extra
 from onceflow.breaker import CircuitBreaker, RateLimit
 from onceflow.errors import DecodeError, PermanentError
 from onceflow.event import Event
-from onceflow.failures import FailureKind
+from onceflow.failures import FailureKind, safe_text, safe_traceback
 from onceflow.identity import first_output_id, output_id
 from onceflow.interfaces import Clock, Metrics
 from onceflow.records import InvalidRecord, Output
@@ -24,6 +21,8 @@ from onceflow.serialization import UnstorableValue, to_plain
 __all__ = ["Attempts", "summary"]
 
 log = logging.getLogger("onceflow")
+
+_tuple = tuple.__new__
 
 
 class Attempts:
@@ -118,7 +117,7 @@ class Attempts:
     def failed(self, item: Item, exc: Exception) -> None:
         """Dead-letter the item on a permanent error or its last attempt; else schedule a retry."""
         item.error = exc
-        item.error_tb = traceback.format_exc()
+        item.error_tb = safe_traceback(exc)
         text = summary(exc)
         if isinstance(exc, self.permanent):
             if self.breaker is not None and self.breaker.alert:
@@ -187,11 +186,13 @@ def outputs_of(item: Item, produced: Any) -> list[Output]:
             plain = to_plain(produced)
         except UnstorableValue as exc:
             raise UnstorableValue(f"output 0 cannot be stored: {exc}") from None
+        # Built as the tuple it is: a named tuple's own __new__ is a Python call per event.
+        # (tests/test_pipeline.py holds it equal to `Output(...)` field by field.)
         return [
-            Output(
+            _tuple(Output, (
                 first_output_id(key), key, record.id, 0, plain, record.partition_key, time,
-                record.sequence,
-            )
+                record.sequence, None,
+            ))
         ]  # fmt: skip
     values = list(produced) if isinstance(produced, list | tuple | Iterator) else [produced]
     outputs = []
@@ -216,11 +217,5 @@ def outputs_of(item: Item, produced: Any) -> list[Output]:
 
 
 def summary(exc: BaseException) -> str:
-    """One line for an error; validation errors list fields and causes, never the input."""
-    if isinstance(exc, ValidationError):
-        fields = "; ".join(
-            f"{'.'.join(str(p) for p in error['loc']) or '(root)'}: {error['msg']}"
-            for error in exc.errors(include_url=False, include_input=False)[:10]
-        )
-        return f"ValidationError: {exc.error_count()} invalid field(s) in {exc.title}: {fields}"
-    return f"{type(exc).__name__}: {exc}"
+    """One line for an error, never a payload value (see `failures.safe_text`)."""
+    return safe_text(exc)

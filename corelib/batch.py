@@ -9,12 +9,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from onceflow.event import Event
-from onceflow.failures import Failure, FailureKind
+from onceflow.failures import Failure, FailureKind, safe_text
+from onceflow.identity import event_keys
 from onceflow.interfaces import Metrics
 from onceflow.records import Claim, InvalidRecord, Output
 from onceflow.results import BatchResult
 
-__all__ = ["Item", "Record", "State", "describe", "items_of", "log_extra", "result_of"]
+__all__ = ["Item", "Record", "State", "describe", "items_of", "log_extra", "result_of", "split"]
 
 log = logging.getLogger("onceflow")
 
@@ -76,6 +77,8 @@ class Item:
         """Handed back through no fault of its own (it must not be charged a delivery)."""
         if self.state is not State.FAILED:
             return False
+        if self.kind is FailureKind.HELD_FOR_ORDER:
+            return True  # processed or not, it waits behind an earlier event of its lane
         return self.probe_failed or (self.attempts == 0 and self.kind in _UNCHARGED)
 
     def dead(self, kind: FailureKind, reason: str) -> None:
@@ -90,32 +93,36 @@ def items_of(
     records: Iterable[Record], key: Callable[[Event], str] | None
 ) -> tuple[list[Item], list[Item]]:
     """The distinct-key items of a batch, and every record as an item in delivery order."""
+    if key is None:
+        batch = records if isinstance(records, list) else list(records)
+        order = list(map(Item, batch, event_keys(batch)))
+    else:
+        order = [_keyed(record, key) for record in records]
     by_key: dict[str, Item] = {}
-    order: list[Item] = []
-    for record in records:
-        if key is None or isinstance(record, InvalidRecord):
-            item = Item(record, record.key)
-        else:
-            try:
-                item = Item(record, key(record))
-            except Exception as exc:
-                # The key function cannot read this event: it can never be processed.
-                invalid = InvalidRecord(
-                    id=record.id,
-                    source=record.source,
-                    reason=f"the pipeline's key function failed: {exc!r}",
-                    raw=record.data,
-                    partition_key=record.partition_key,
-                    sequence=record.sequence,
-                )
-                item = Item(invalid, invalid.key)
-        earlier = by_key.get(item.key)
-        if earlier is not None:
+    first = by_key.setdefault
+    for item in order:
+        earlier = first(item.key, item)
+        if earlier is not item:
             item.first = earlier
-        else:
-            by_key[item.key] = item
-        order.append(item)
     return list(by_key.values()), order
+
+
+def _keyed(record: Record, key: Callable[[Event], str]) -> Item:
+    if isinstance(record, InvalidRecord):
+        return Item(record, record.key)
+    try:
+        return Item(record, key(record))
+    except Exception as exc:
+        # The key function cannot read this event: it can never be processed.
+        invalid = InvalidRecord(
+            id=record.id,
+            source=record.source,
+            reason=f"the pipeline's key function failed: {safe_text(exc)}",
+            raw=record.data,
+            partition_key=record.partition_key,
+            sequence=record.sequence,
+        )
+        return Item(invalid, invalid.key)
 
 
 def in_state(items: list[Item], *states: State) -> list[Item]:
@@ -123,32 +130,50 @@ def in_state(items: list[Item], *states: State) -> list[Item]:
     return [i for i in items if i.state in states]
 
 
+def split(items: list[Item]) -> tuple[list[Item], list[Item]]:
+    """The items that are done and those that are dead, in batch order, in one pass."""
+    done: list[Item] = []
+    dead: list[Item] = []
+    is_done, is_dead = State.DONE, State.DEAD
+    for item in items:
+        state = item.state
+        if state is is_done:
+            done.append(item)
+        elif state is is_dead:
+            dead.append(item)
+    return done, dead
+
+
 def result_of(order: list[Item], metrics: Metrics) -> BatchResult:
     """The batch's result, by event id in delivery order, counted into `metrics`."""
     result = BatchResult()
+    processed, duplicates = result.processed, result.duplicates
+    failed, dead_lettered, failures = result.failed, result.dead_lettered, result.failures
+    done, duplicate, dead = State.DONE, State.DUPLICATE, State.DEAD
     for item in order:
         state = item.state
+        if state is done:  # the common case first (an in-batch repeat is never done)
+            processed.append(item.record.id)
+            continue
         if item.first is not None:
             # A second delivery inside one batch shares the fate of the first: a
             # duplicate when that one is settled, failed when it must come again.
-            state = State.FAILED if item.first.state is State.FAILED else State.DUPLICATE
+            state = State.FAILED if item.first.state is State.FAILED else duplicate
             item.reason = item.first.reason
             item.kind = item.first.kind
         event_id = item.record.id
-        if state is State.DONE:
-            result.processed.append(event_id)
-        elif state is State.DUPLICATE:
-            result.duplicates.append(event_id)
-        elif state is State.DEAD:
-            result.dead_lettered.append(event_id)
-            result.failures[event_id] = Failure(item.kind, item.reason)
+        if state is duplicate:
+            duplicates.append(event_id)
+        elif state is dead:
+            dead_lettered.append(event_id)
+            failures[event_id] = Failure(item.kind, item.reason)
         else:
-            result.failed.append(event_id)
-            result.failures[event_id] = Failure(item.kind, item.reason or "not processed")
-    metrics.count("processed", len(result.processed))
-    metrics.count("duplicates", len(result.duplicates))
-    metrics.count("failed", len(result.failed))
-    metrics.count("dead_lettered", len(result.dead_lettered))
+            failed.append(event_id)
+            failures[event_id] = Failure(item.kind, item.reason or "not processed")
+    metrics.count("processed", len(processed))
+    metrics.count("duplicates", len(duplicates))
+    metrics.count("failed", len(failed))
+    metrics.count("dead_lettered", len(dead_lettered))
     return result
 
 

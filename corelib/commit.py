@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from functools import partial
+from itertools import chain
 from typing import Any, Protocol
 
-from onceflow.batch import Item, State, describe, in_state
+from onceflow.batch import Item, State, describe, split
 from onceflow.errors import ConfigurationError, OutputRejected
-from onceflow.failures import FailureKind
+from onceflow.failures import FailureKind, safe_text
 from onceflow.interfaces import AtomicSink, IdempotencyStore, Metrics, Sink
 from onceflow.records import Completion, InvalidRecord, Outcome, OutcomeStatus, Output
 from onceflow.steps import Step
@@ -45,6 +46,11 @@ BackendCall = Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]]
 """Runs a named backend call under the pipeline's backend retry policy."""
 
 _SUCCEEDED = tuple(Outcome(OutcomeStatus.SUCCEEDED, n) for n in range(8))
+_tuple = tuple.__new__  # builds a named tuple without its Python-level __new__
+
+Hold = Callable[[Collection[Item]], int]
+"""In ordered mode: fails every not yet committed event behind one that must come again
+(a failed one, or one of the items given: dead letters not written yet); how many."""
 
 
 def fingerprint(data: bytes) -> str:
@@ -75,6 +81,19 @@ class Completions:
             outcome = Outcome(OutcomeStatus.DEAD_LETTERED, 0, stored, detail=item.reason[:500])
         return Completion(item.claim, outcome)
 
+    def all(self, items: list[Item]) -> list[Completion]:
+        """`of` each item; the common outcomes without a call per item."""
+        if self.check_payload:
+            return [self.of(item) for item in items]
+        succeeded, common, done = _SUCCEEDED, len(_SUCCEEDED), State.DONE
+        completions = []
+        for item in items:
+            if item.state is done and (count := len(item.outputs)) < common:
+                completions.append(_tuple(Completion, (item.claim, succeeded[count])))
+            else:
+                completions.append(self.of(item))
+        return completions
+
 
 class SinkStrategy(Protocol):
     """How one sink's writes and its items' completions are committed."""
@@ -82,12 +101,14 @@ class SinkStrategy(Protocol):
     marks_separately: bool
     """Whether its items' keys still need the store's own `complete` afterwards."""
 
-    async def write(self, items: list[Item]) -> None:
-        """The write before completion (write-then-complete writes here)."""
+    async def write(self, items: list[Item]) -> bool:
+        """The write before completion (write-then-complete writes here); whether any
+        item's state changed (refused, failed)."""
         ...
 
-    async def commit(self, items: list[Item]) -> None:
-        """The write at completion (an atomic commit writes here)."""
+    async def commit(self, items: list[Item]) -> bool:
+        """The write at completion (an atomic commit writes here); whether any item's
+        state changed."""
         ...
 
 
@@ -102,6 +123,7 @@ class _Writer:
         *,
         letters: bool,
         pace: Callable[[int], Awaitable[None]] | None = None,
+        hold: Hold | None = None,
     ) -> None:
         self.sink = sink
         self.to_outputs = to_outputs
@@ -109,33 +131,43 @@ class _Writer:
         self.letters = letters
         self.pace = pace
         """Waits for the write rate limit's tokens for a number of items, when one is set."""
+        self.hold = hold
 
     async def run(
-        self, what: str, items: list[Item], send: Callable[[list[Item]], Awaitable[None]]
-    ) -> None:
-        """`send(live)` until it succeeds, dropping the items whose outputs it refused."""
+        self, what: str, items: list[Item], send: Callable[[list[Item]], Awaitable[bool]]
+    ) -> bool:
+        """`send(live)` until it succeeds, dropping the items whose outputs it refused;
+        whether any item's state changed."""
         live = items
+        changed = False
         while live:
             try:
                 if self.pace is not None:
                     await self.pace(len(live))
-                await send(live)
-                return
+                return await send(live) or changed
             except OutputRejected as exc:
-                live = self._reject(live, exc)
+                kept = self._reject(live, exc)
+                changed = True
+                stops = () if self.letters else [i for i in live if i.state is State.DEAD]
+                live = kept
+                if self.hold is not None and self.hold(stops):
+                    # In ordered mode an event refused here may come again (its letter is
+                    # not written yet): what follows it in its lane is not sent behind it.
+                    live = [item for item in live if item.state is not State.FAILED]
             except Exception as exc:
                 self._failed(what, live, exc)
-                return
+                return True
+        return changed
 
     def outputs(self, items: list[Item]) -> list[Output]:
         """Every output of the items, in order."""
-        to_outputs = self.to_outputs
-        return [o for item in items for o in to_outputs(item)]
+        return list(chain.from_iterable(map(self.to_outputs, items)))
 
     def _failed(self, what: str, items: list[Item], exc: Exception) -> None:
         kind = FailureKind.DEAD_LETTER_REFUSED if self.letters else FailureKind.SINK_FAILED
+        text = f"{what} failed: {safe_text(exc)}"
         for item in items:
-            item.fail(kind, f"{what} failed: {type(exc).__name__}: {exc}")
+            item.fail(kind, text)
 
     def _reject(self, items: list[Item], exc: OutputRejected) -> list[Item]:
         """Settle the items whose outputs the sink refused; the others are written again."""
@@ -177,17 +209,19 @@ class WriteThenComplete:
     def __init__(self, writer: _Writer) -> None:
         self.writer = writer
 
-    async def write(self, items: list[Item]) -> None:
+    async def write(self, items: list[Item]) -> bool:
         """Write the items' outputs (overwrites on a repeat)."""
-        await self.writer.run("sink write", items, self._send)
+        return await self.writer.run("sink write", items, self._send)
 
-    async def _send(self, items: list[Item]) -> None:
+    async def _send(self, items: list[Item]) -> bool:
         outputs = self.writer.outputs(items)
         if outputs:
             await self.writer.call("sink write", partial(self.writer.sink.write, outputs))
+        return False
 
-    async def commit(self, items: list[Item]) -> None:
+    async def commit(self, items: list[Item]) -> bool:
         """Nothing: the writes happened before completion."""
+        return False
 
 
 class AtomicCommit:
@@ -209,21 +243,23 @@ class AtomicCommit:
         self.completions = completions
         self.metrics = metrics
 
-    async def write(self, items: list[Item]) -> None:
+    async def write(self, items: list[Item]) -> bool:
         """Nothing: the writes happen with the completion."""
+        return False
 
-    async def commit(self, items: list[Item]) -> None:
+    async def commit(self, items: list[Item]) -> bool:
         """Commit the items' outputs with their completions; a lost fence fails the item."""
-        await self.writer.run("commit", items, self._send)
+        if not items:
+            return False
+        return await self.writer.run("commit", items, self._send)
 
-    async def _send(self, items: list[Item]) -> None:
+    async def _send(self, items: list[Item]) -> bool:
         outputs = self.writer.outputs(items)
-        completion = self.completions.of
-        completions = [completion(item) for item in items]
+        completions = self.completions.all(items)
         accepted = await self.writer.call(
             "commit", partial(self.sink.write_and_complete, self.store, outputs, completions)
         )
-        settle(items, accepted, self.metrics)
+        return settle(items, accepted, self.metrics)
 
 
 class NoDeadLetters:
@@ -231,17 +267,18 @@ class NoDeadLetters:
 
     marks_separately = False
 
-    async def write(self, items: list[Item]) -> None:
+    async def write(self, items: list[Item]) -> bool:
         """Fail every item, keeping why it was to be dead-lettered."""
         for item in items:
             item.fail(
                 FailureKind.NO_DEAD_LETTER_SINK,
                 f"{item.reason}; no dead-letter sink is configured",
             )
+        return bool(items)
 
-    async def commit(self, items: list[Item]) -> None:
+    async def commit(self, items: list[Item]) -> bool:
         """The same as `write`, for items that became dead letters inside the commit."""
-        await self.write(items)
+        return await self.write(items)
 
 
 def strategy_for(
@@ -254,18 +291,21 @@ def strategy_for(
     metrics: Metrics,
     letters: bool,
     pace: Callable[[int], Awaitable[None]] | None = None,
+    hold: Hold | None = None,
 ) -> SinkStrategy:
     """The strategy for `sink` with `store`: atomic when the sink can commit with it."""
     if sink is None:
         return NoDeadLetters()
-    writer = _Writer(sink, to_outputs, call, letters=letters, pace=pace)
+    writer = _Writer(sink, to_outputs, call, letters=letters, pace=pace, hold=hold)
     if isinstance(sink, AtomicSink) and sink.commits_with(store):
         return AtomicCommit(writer, sink, store, completions, metrics)
     return WriteThenComplete(writer)
 
 
-def settle(items: list[Item], accepted: Sequence[bool], metrics: Metrics) -> None:
-    """Fail the items whose fence no longer held at commit."""
+def settle(items: list[Item], accepted: Sequence[bool], metrics: Metrics) -> bool:
+    """Fail the items whose fence no longer held at commit; whether there were any."""
+    if len(accepted) == len(items) and all(accepted):
+        return False
     for item, ok in zip(items, accepted, strict=True):
         if not ok:
             item.fail(
@@ -273,10 +313,16 @@ def settle(items: list[Item], accepted: Sequence[bool], metrics: Metrics) -> Non
                 "lease lost to another worker before commit; it commits instead",
             )
             metrics.count("lease_lost")
+    return True
 
 
 class Committer:
-    """Commits a processed batch: outputs, dead letters, then completion markers."""
+    """Commits a processed batch: outputs, dead letters, then completion markers.
+
+    In ordered mode (`hold` given) the dead letters go first: a lane stops at an event
+    whose letter did not land (no dead-letter sink, a refused letter, an outage), and what
+    follows it in the lane is held for redelivery before any of it is written.
+    """
 
     def __init__(
         self,
@@ -289,6 +335,7 @@ class Committer:
         metrics: Metrics,
         hook: Callable[[Step, list[Item]], None],
         hooked: Callable[[], bool],
+        hold: Hold | None = None,
     ) -> None:
         self.outputs = outputs
         self.letters = letters
@@ -300,45 +347,68 @@ class Committer:
         """Reports a step to the pipeline's step hook (a test's crash injection)."""
         self.hooked = hooked
         """Whether a step hook is set now (tests set one after construction)."""
+        self.hold = hold
+
+    def _resplit(
+        self, items: list[Item], stops: Collection[Item] = ()
+    ) -> tuple[list[Item], list[Item]]:
+        """After a step changed some items: hold their lanes (ordered mode), split again."""
+        if self.hold is not None:
+            self.hold(stops)
+        return split(items)
 
     async def commit(self, items: list[Item]) -> None:
         """Write outputs and dead letters, then complete their keys (atomically where chosen)."""
         hook = self.hook if self.hooked() else None
-        done = in_state(items, State.DONE)
-        await self.outputs.write(done)
-        if hook is not None:
+        outputs, letters = self.outputs, self.letters
+        done, dead = split(items)
+        first = self.hold is not None and bool(dead)
+        lettered: set[Item] = set()
+        if first:
+            if await letters.write(dead):
+                done, dead = self._resplit(items)
+            if await letters.commit(dead):
+                done, dead = self._resplit(items)
+            lettered.update(dead)
+        if await outputs.write(done):
+            if hook is not None:
+                hook(Step.AFTER_SINK_WRITE, done)
+            # Refused outputs made dead letters whose letters are not written yet.
+            done, dead = self._resplit(items, [i for i in dead if i not in lettered])
+        elif hook is not None:
             hook(Step.AFTER_SINK_WRITE, done)
-        await self.letters.write(in_state(items, State.DEAD))
-        done = in_state(items, State.DONE)
-        written = in_state(items, State.DEAD)
+        todo = [i for i in dead if i not in lettered] if first else dead
+        if todo and await letters.write(todo):
+            done, dead = self._resplit(items)
         if hook is not None:
-            hook(Step.BEFORE_COMPLETE, done + written)
-        await self.outputs.commit(done)
-        # Outputs the sink refused inside its transaction are dead letters now.
-        before = set(written)
-        late = [item for item in in_state(items, State.DEAD) if item not in before]
-        if late:
-            await self.letters.write(late)
-        await self.letters.commit(in_state(items, State.DEAD))
+            hook(Step.BEFORE_COMPLETE, done + dead)
+        if await outputs.commit(done):
+            # Outputs the sink refused inside its transaction are dead letters now.
+            before = set(dead)
+            done, dead = self._resplit(items)
+            late = [item for item in dead if item not in before]
+            if late and await letters.write(late):
+                done, dead = self._resplit(items)
+        todo = [i for i in dead if i not in lettered] if first else dead
+        if todo and await letters.commit(todo):
+            done, dead = self._resplit(items)
         marked: list[Item] = []
-        if self.outputs.marks_separately:
-            marked += in_state(items, State.DONE)
-        if self.letters.marks_separately:
-            marked += in_state(items, State.DEAD)
+        if outputs.marks_separately:
+            marked += done
+        if letters.marks_separately:
+            marked += dead
         if marked:
             await self._complete(marked)
         if hook is not None:
-            hook(Step.AFTER_COMPLETE, in_state(items, State.DONE, State.DEAD))
+            hook(Step.AFTER_COMPLETE, [i for i in items if i.state in (State.DONE, State.DEAD)])
 
     async def _complete(self, items: list[Item]) -> None:
-        completion = self.completions.of
-        completions = [completion(item) for item in items]
+        completions = self.completions.all(items)
         try:
             accepted = await self.call("complete", partial(self.store.complete, completions))
         except Exception as exc:
+            text = f"completion failed: {safe_text(exc)}"
             for item in items:
-                item.fail(
-                    FailureKind.STORE_FAILED, f"completion failed: {type(exc).__name__}: {exc}"
-                )
+                item.fail(FailureKind.STORE_FAILED, text)
         else:
             settle(items, accepted, self.metrics)

@@ -7,10 +7,14 @@ here rather than splitting strings itself.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Protocol
+
 __all__ = [
     "SEPARATOR",
     "dead_letter_id",
     "event_key",
+    "event_keys",
     "first_output_id",
     "key_parts",
     "output_id",
@@ -23,6 +27,16 @@ SEPARATOR = "#"
 DEAD_LETTER = "dead-letter"
 
 
+class Keyed(Protocol):
+    """What a default key is built from: a record's source and id."""
+
+    @property
+    def source(self) -> str: ...
+
+    @property
+    def id(self) -> str: ...
+
+
 # The builders below spell SEPARATOR out: they run several times per event, and a literal
 # costs nothing where a module global is a lookup each time.
 
@@ -30,6 +44,11 @@ DEAD_LETTER = "dead-letter"
 def event_key(source: str, event_id: str) -> str:
     """The default idempotency key of an event: its source and id."""
     return f"{source}#{event_id}"
+
+
+def event_keys(records: Iterable[Keyed]) -> list[str]:
+    """`event_key` of each record, for a whole batch in one call."""
+    return [f"{record.source}#{record.id}" for record in records]
 
 
 def output_id(key: str, index: int) -> str:

@@ -9,6 +9,8 @@ lane, so a later event never overtakes an earlier one.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Collection
+from operator import le
 
 import anyio
 
@@ -32,11 +34,14 @@ class Lanes:
         self.limiter = anyio.CapacityLimiter(max(1, concurrency))
         self.held_for_order = 0
         """Events the last run held back behind an earlier failed event of their lane."""
+        self._sequenced: list[list[Item]] = []
+        """The last ordered run's lanes in sequence order, for `hold` at commit."""
 
     async def run(self, items: list[Item], deadline: float | None) -> None:
         """Attempt every pending item until each is done, dead, failed, or out of time."""
         attempts, clock, ordered = self.attempts, self.clock, self.ordered
         self.held_for_order = 0
+        self._sequenced = []
         pending = [item for item in items if item.state is State.PENDING]
         breaker = attempts.breaker
         # A probe is due: keys whose probe failed before go last (never reordering a lane).
@@ -48,13 +53,21 @@ class Lanes:
             # Fast path: every first attempt in one plain loop; only retries need lanes.
             now = clock.now()
             attempt = attempts.attempt
-            for item in pending:
-                if deadline is not None and clock.now() >= deadline:
-                    break  # the rest are failed below, with the reason
-                attempt(item, now)
+            if deadline is None:
+                for item in pending:
+                    attempt(item, now)
+            else:
+                for item in pending:
+                    if clock.now() >= deadline:
+                        break  # the rest are failed below, with the reason
+                    attempt(item, now)
             pending = [item for item in pending if item.state is State.PENDING]
-        # Ordered lanes keep settled items too: a failed one must hold back its successors.
-        lanes = _lanes(items) if ordered else [deque([item]) for item in pending]
+        if ordered:
+            # Ordered lanes keep settled items too: a failed one must hold back its successors.
+            self._sequenced = _lanes(items)
+            lanes = [deque(lane) for lane in self._sequenced]
+        else:
+            lanes = [deque([item]) for item in pending]
         if rotate and ordered:
             assert breaker is not None
             lanes = [lanes[i] for i in breaker.probe_first([lane[0].key for lane in lanes])]
@@ -131,19 +144,57 @@ class Lanes:
                 return
             lane.popleft()
 
+    def in_sequence(self, items: list[Item]) -> list[Item]:
+        """The last run's items lane by lane in sequence order (ordered mode), else `items`:
+        the order their outputs are written in, so a sink sees each lane in order."""
+        if not self.ordered or not self._sequenced:
+            return items
+        return [item for lane in self._sequenced for item in lane]
 
-def _lanes(items: list[Item]) -> list[deque[Item]]:
+    def hold(self, stops: Collection[Item] = ()) -> int:
+        """Fail, for redelivery, each event not yet committed behind one that will come
+        again: a failed one (for whatever reason) or one of `stops`; how many.
+
+        The commit calls it whenever an event failed there (no dead-letter sink, a refused
+        letter, an outage), so an ordered lane never commits past an event that comes again.
+        """
+        held = 0
+        done, dead, failed = State.DONE, State.DEAD, State.FAILED
+        for lane in self._sequenced:
+            stop: Item | None = None
+            for item in lane:
+                if stop is None:
+                    if item.state is failed or item in stops:
+                        stop = item
+                elif item.state is done or item.state is dead:
+                    held += 1
+                    item.fail(
+                        FailureKind.HELD_FOR_ORDER,
+                        f"an earlier event of partition {stop.record.partition_key!r} "
+                        "must come again, so this one waits to keep order",
+                    )
+        self.held_for_order += held
+        return held
+
+
+def _lanes(items: list[Item]) -> list[list[Item]]:
     lanes: dict[object, list[Item]] = {}
     for item in items:
         lane_key = item.record.partition_key
         # Events without a partition key promise no order: each is a lane of its own.
         lanes.setdefault(lane_key if lane_key is not None else item, []).append(item)
-    return [deque(_in_sequence(lane)) for lane in lanes.values()]
+    return [_in_sequence(lane) if len(lane) > 1 else lane for lane in lanes.values()]
 
 
 def _in_sequence(lane: list[Item]) -> list[Item]:
     """The lane in sequence-number order when every event has a numeric one; else as given."""
     sequences = [item.record.sequence for item in lane]
-    if len(lane) > 1 and all(s is not None and s.isdigit() for s in sequences):
-        return sorted(lane, key=lambda item: int(item.record.sequence or 0))
-    return lane
+    if None in sequences or not all(map(str.isdigit, sequences)):  # type: ignore[arg-type]
+        return lane
+    try:
+        numbers = list(map(int, sequences))  # type: ignore[arg-type]
+    except ValueError:  # digits int() does not read (superscripts): keep delivery order
+        return lane
+    if all(map(le, numbers, numbers[1:])):
+        return lane  # the common case: delivered in order
+    return [lane[i] for i in sorted(range(len(lane)), key=numbers.__getitem__)]

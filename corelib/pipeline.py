@@ -12,6 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
@@ -26,7 +27,7 @@ from onceflow.dead_letters import dead_letter
 from onceflow.envelopes import Envelope, auto
 from onceflow.errors import ConfigurationError, OutputRejected, PermanentError
 from onceflow.event import Event
-from onceflow.failures import Failure, FailureKind
+from onceflow.failures import Failure, FailureKind, safe_text
 from onceflow.interfaces import Clock, IdempotencyStore, Metrics, Processor, Sink
 from onceflow.keys import business_key
 from onceflow.lanes import Lanes
@@ -183,6 +184,8 @@ class Pipeline:
             "call": self._backend,
             "completions": completions,
             "metrics": self.metrics,
+            # In ordered mode the commit holds a lane at an event that will come again.
+            "hold": self._lanes.hold if ordered else None,
         }
         self._committer = Committer(
             strategy_for(
@@ -231,9 +234,9 @@ class Pipeline:
             self._step(Step.AFTER_CLAIM, fresh)
             self._attempts.start_batch()
             await self._lanes.run(fresh, deadline)
-            self._report_held_back(fresh)
             self._step(Step.AFTER_PROCESS, fresh)
-            await self._committer.commit(fresh)
+            await self._committer.commit(self._lanes.in_sequence(fresh))
+            self._report_held_back(fresh)  # after the commit, which may hold more in order
             await self._release([i for i in fresh if i.state is State.FAILED])
         result = result_of(order, self.metrics)
         self.metrics.timing("batch_seconds", time.perf_counter() - started)
@@ -350,7 +353,7 @@ class Pipeline:
         try:
             claims = await self._backend("claim", lambda: self.store.claim(keys, lease))
         except Exception as exc:
-            reason = f"idempotency store unavailable: {type(exc).__name__}: {exc}"
+            reason = f"idempotency store unavailable: {safe_text(exc)}"
             log.error("claim failed for %d keys: %s", len(keys), reason)
             for item in items:
                 item.fail(FailureKind.STORE_FAILED, reason)
@@ -396,7 +399,7 @@ class Pipeline:
                 await self.store.release(claims, refund=refund)
             except Exception as exc:
                 # The leases run out on their own; redelivery only waits longer.
-                log.warning("releasing %d leases failed: %r", len(claims), exc)
+                log.warning("releasing %d leases failed: %s", len(claims), safe_text(exc))
 
     def _report_held_back(self, items: list[Item]) -> None:
         """One line for the events held back (not one per event: there may be thousands)."""
@@ -452,12 +455,11 @@ class Pipeline:
         )
 
     def _retrying(self, what: str, attempt: int, exc: Exception) -> None:
-        log.info("%s failed (attempt %d), retrying: %r", what, attempt, exc)
+        log.info("%s failed (attempt %d), retrying: %s", what, attempt, safe_text(exc))
         self.metrics.count("backend_retries")
 
 
-def _outputs(item: Item) -> Sequence[Output]:
-    return item.outputs
+_outputs: Callable[[Item], Sequence[Output]] = attrgetter("outputs")
 
 
 def _charged(failed: Sequence[str], failures: Mapping[str, Failure]) -> bool:
