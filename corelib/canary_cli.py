@@ -1,10 +1,13 @@
 """`onceflow canary`: send a marked event through the real source, wait for its output in the sink.
 
-The canary event carries the attribute `onceflow.canary` (its value: the canary's id), so
-a processor can tell it from real traffic (`event.attributes.get("onceflow.canary")`) and
-a traced pipeline passes the mark on to its outputs. The output is looked up by the id
-the runner gives it (`output_id(event_key(source, id), 0)`): the pipeline must use the
-default key (source and id) and write the canary's first output where the command looks.
+On SQS the canary event carries the attribute `onceflow.canary` (its value: the canary's
+id), so a processor can tell it from real traffic (`onceflow.canary.is_canary(event)`) and
+a traced pipeline passes the mark on to its outputs; a local file's events carry no
+attributes, so there the mark is the payload's `onceflow.canary` member and the file name.
+
+On SQS the output is looked up by the id the runner gives it (`output_id(event_key(source,
+id), 0)`): the pipeline must use the default key (source and id) and write the canary's
+first output where the command looks; locally, by the event id in the state's outputs.
 
 Targets: `sqs` (the source queue; the output in a DynamoDB sink table) and `local` (a
 JSONL file in the landing folder `onceflow run --watch` reads; the output in its state).
