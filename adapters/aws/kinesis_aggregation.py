@@ -29,7 +29,10 @@ def deaggregate(data: bytes) -> list[tuple[str, bytes]] | None:
     records: list[tuple[int, bytes]] = []
     for field, value in _fields(message):
         if field == 1:
-            keys.append(_bytes(value).decode("utf-8"))
+            try:
+                keys.append(_bytes(value).decode("utf-8"))
+            except UnicodeDecodeError:  # its text quotes the bytes: not passed on
+                raise ValueError("KPL partition key is not UTF-8") from None
         elif field == 3:
             index, payload = 0, b""
             for inner, inner_value in _fields(_bytes(value)):

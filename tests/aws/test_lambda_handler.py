@@ -518,3 +518,16 @@ def test_s3_notification_through_sns_then_sqs() -> None:
     message = aws.s3_via_sns("m1", aws.s3_record("bkt", "x%2By.txt", version_id="v3"))
     assert failures(world.handler(aws.sqs_event(message), None)) == []
     assert s3_object(world.processor.seen[0]).key == "x+y.txt"
+
+
+def test_kpl_partition_key_that_is_not_utf8_is_dead_lettered_without_its_bytes() -> None:
+    import hashlib
+
+    world = World()
+    good = _kpl(("K", b"{}"))
+    message = good[4:-16].replace(b"\x0a\x01K", b"\x0a\x01\xff", 1)
+    broken = good[:4] + message + hashlib.md5(message).digest()
+    answer = world.handler(aws.kinesis_event(aws.kinesis_record(1, broken)), None)
+    assert failures(answer) == []
+    [letter] = world.letter_messages()
+    assert "KPL partition key is not UTF-8" in letter and "0xff" not in letter
