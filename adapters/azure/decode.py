@@ -6,7 +6,6 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,6 +39,16 @@ def _clean(text: str) -> str:
     except UnicodeEncodeError:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text
+
+
+def _texts_valid(events: Sequence[func.EventHubEvent], properties: list[Any]) -> bool:
+    """Whether the batch's partition keys, offsets and user properties are valid Unicode."""
+    try:
+        keys = "".join(f"{e.partition_key}{e.offset}" for e in events)
+        _ = (keys + json.dumps(properties, ensure_ascii=False)).encode("utf-8")
+    except Exception:  # a lone surrogate, or something stranger: escape one by one
+        return False
+    return True
 
 
 def _valid_text(text: str) -> bool:
@@ -127,29 +136,36 @@ def decode_event_hub(
     properties = _metadata(events).get("PropertiesArray")
     if not isinstance(properties, list):
         properties = []
+    # Escaping every text costs a call per property; one check of the batch's texts
+    # shows whether any needs it (a lone surrogate in a property or partition key).
+    clean = None if _texts_valid(events, properties) else _clean
     records: list[Record] = []
     for index, event in enumerate(events):
         user_props = properties[index] if index < len(properties) else None
         try:
-            records.append(batch.decode(event, user_props))
+            records.append(batch.decode(event, user_props, clean))
         except Exception as exc:  # a decoder is total: this event, not the batch, is invalid
             records.append(batch.invalid(index, event, _cause(exc)))
     return records
 
 
-@dataclass(frozen=True, slots=True)
 class _Batch:
     """What every event of one Event Hubs batch shares, and how one event decodes."""
 
-    hub: str
-    space: str
-    partition: str
-    group: str
-    key_field: str | None
+    __slots__ = ("fixed", "hub", "key_field", "partition", "source", "space")
 
-    @property
-    def source(self) -> str:
-        return f"{self.space}/{self.hub}/{self.partition}"
+    def __init__(
+        self, *, hub: str, space: str, partition: str, group: str, key_field: str | None
+    ) -> None:
+        self.hub, self.space, self.partition, self.key_field = hub, space, partition, key_field
+        self.source = f"{space}/{hub}/{partition}"
+        self.fixed = {
+            "eventhub.namespace": space,
+            "eventhub.name": hub,
+            "eventhub.partition": partition,
+            "eventhub.consumer_group": group,
+        }
+        """The attributes every event of the batch carries."""
 
     def locator(self, sequence: object) -> str:
         return (
@@ -157,12 +173,17 @@ class _Batch:
             f"sequence number {sequence}"
         )
 
-    def decode(self, event: func.EventHubEvent, user_props: Any) -> Record:
+    def decode(
+        self, event: func.EventHubEvent, user_props: Any, clean: Callable[[str], str] | None
+    ) -> Record:
+        """The event; its texts passed through `clean` first when there is one."""
         sequence: Any = event.sequence_number
         body = event.get_body()
         if not isinstance(body, bytes):
             body = body.encode("utf-8") if isinstance(body, str) else bytes(body or b"")
-        lane = _clean(event.partition_key or f"partition-{self.partition}")
+        lane = event.partition_key or f"partition-{self.partition}"
+        if clean is not None:
+            lane = clean(lane)
         if not _is_sequence(sequence):
             what = "no sequence number" if sequence is None else "a mistyped sequence number"
             return InvalidRecord(
@@ -171,38 +192,34 @@ class _Batch:
                 reason=f"{self.locator(_clean(str(sequence)))}: the event carries {what}",
                 raw=body,
                 locator=self.locator(_clean(str(sequence))),
-                partition_key=lane,
+                partition_key=_clean(lane),
             )
-        number = str(int(sequence))
-        locator = self.locator(number)
-        attributes = {
-            _clean(str(k)): _clean(_text(v))
-            for k, v in (user_props.items() if isinstance(user_props, Mapping) else ())
-        }
-        attributes.update(
-            {
-                "eventhub.namespace": self.space,
-                "eventhub.name": self.hub,
-                "eventhub.partition": self.partition,
-                "eventhub.consumer_group": self.group,
-                "eventhub.sequence_number": number,
-            }
-        )
-        if event.offset is not None:
-            attributes["eventhub.offset"] = _clean(str(event.offset))
+        number = str(sequence) if type(sequence) is int else str(int(sequence))
+        attributes: dict[str, str] = {}
+        if isinstance(user_props, Mapping) and user_props:
+            if clean is None:
+                attributes = {str(k): _text(v) for k, v in user_props.items()}
+            else:
+                attributes = {clean(str(k)): clean(_text(v)) for k, v in user_props.items()}
+        attributes.update(self.fixed)
+        attributes["eventhub.sequence_number"] = number
+        offset = event.offset
+        if offset is not None:
+            attributes["eventhub.offset"] = str(offset) if clean is None else clean(str(offset))
         source, event_id = self.source, number
         if self.key_field is not None:
             value, problem = _key_value(body, self.key_field)
             if problem:
+                locator = self.locator(number)
                 return InvalidRecord(
                     id=event_id,
                     source=source,
                     reason=f"{locator}: the key field {self.key_field!r} {problem}",
                     raw=body,
                     locator=locator,
-                    partition_key=lane,
+                    partition_key=_clean(lane),
                     sequence=number,
-                    attributes=attributes,
+                    attributes={_clean(k): _clean(v) for k, v in attributes.items()},
                 )
             source, event_id = f"{self.space}/{self.hub}", value
         return Event(

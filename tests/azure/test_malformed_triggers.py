@@ -309,3 +309,22 @@ async def test_malformed_queue_messages_settle_the_message(message: func.QueueMe
     handler = FunctionHandler(pipeline(letters), QueueTrigger("orders"))
     result = await handler.queue(message)
     check_settled(result, letters, 1)
+
+
+@pytest.mark.anyio
+async def test_lone_surrogates_in_properties_and_partition_keys_are_escaped_not_fatal() -> None:
+    letters = MemorySink()
+    pipe = pipeline(letters)
+    events = event_hub_batch(
+        [b'{"n": 1}', b'{"n": 2}'],
+        partition_keys=["a\ud800", "b"],
+        properties=[{"note": "x\udfff"}, {"k\ud800": 1}],
+    )
+    result = await FunctionHandler(pipe, EventHubTrigger("orders")).event_hub(events)
+    assert sorted(result.processed) == ["100", "101"] and letters.values() == []
+    from onceflow.adapters.azure.decode import decode_event_hub
+
+    first, second = decode_event_hub(events, event_hub_name="orders")
+    assert isinstance(first, Event) and isinstance(second, Event)
+    assert first.partition_key == "a\\ud800" and first.attributes["note"] == "x\\udfff"
+    assert "k\\ud800" in second.attributes
