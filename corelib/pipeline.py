@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Literal
 
-import anyio
 from pydantic import ValidationError
 
 from onceflow.attempts import Attempts
@@ -31,6 +30,7 @@ from onceflow.failures import Failure, FailureKind, safe_text
 from onceflow.interfaces import Clock, IdempotencyStore, Metrics, Processor, Sink
 from onceflow.keys import business_key
 from onceflow.lanes import Lanes
+from onceflow.loops import run_on_thread_loop
 from onceflow.metrics import NoopMetrics
 from onceflow.processing import chain
 from onceflow.records import ClaimStatus, InvalidRecord, Output
@@ -206,9 +206,9 @@ class Pipeline:
     # -- public entry points -------------------------------------------------------------
 
     def run_batch(self, records: Iterable[Record], *, deadline: float | None = None) -> BatchResult:
-        """Process one batch from synchronous code (scripts, Lambda handlers)."""
-        batch = list(records)
-        return anyio.run(lambda: self.process_batch(batch, deadline=deadline))
+        """Process one batch from synchronous code (scripts, Lambda handlers), on this
+        thread's own event loop (made on the first call, reused by later ones)."""
+        return run_on_thread_loop(self.process_batch(list(records), deadline=deadline))
 
     async def process_batch(
         self, records: Iterable[Record], *, deadline: float | None = None

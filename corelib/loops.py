@@ -1,0 +1,43 @@
+"""One event loop per worker thread for `Pipeline.run_batch`, made once and closed cleanly.
+
+Building an event loop for every batch (what `anyio.run` does) costs more than a small
+batch's work. A thread's first `run_batch` makes an asyncio runner that later calls on that
+thread reuse; it is closed when the thread ends or, for the main thread, at exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+import weakref
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+__all__ = ["run_on_thread_loop"]
+
+T = TypeVar("T")
+
+
+class _Holder:
+    """Holds a thread's runner; when the thread ends it is collected and closes the runner."""
+
+    def __init__(self) -> None:
+        # The loop is never made the thread's current loop, so closing it from the thread
+        # that collects the holder (or at exit) changes no thread's event-loop setting.
+        self.runner = asyncio.Runner(loop_factory=asyncio.new_event_loop)
+        weakref.finalize(self, self.runner.close)
+
+
+_local = threading.local()
+
+
+def run_on_thread_loop(coro: Coroutine[Any, Any, T]) -> T:
+    """Run `coro` to completion on this thread's own event loop (made on first use).
+
+    Each call gets a copy of the caller's context variables, as `asyncio.run` gives.
+    """
+    holder: _Holder | None = getattr(_local, "holder", None)
+    if holder is None:
+        holder = _local.holder = _Holder()
+    return holder.runner.run(coro, context=contextvars.copy_context())
