@@ -1,53 +1,14 @@
-"""`onceflow azure scaffold`: write a deployable function app for a pipeline."""
+"""`onceflow azure scaffold`: write a deployable function app folder for a pipeline."""
 
 from __future__ import annotations
 
 import argparse
-import inspect
-import json
 from pathlib import Path
 from typing import Any
 
-from onceflow.cli import CliError, load_object
-from onceflow.pipeline import Pipeline
+from onceflow.cli import CliError
 
-__all__ = ["HOST_JSON", "register", "scaffold"]
-
-HOST_JSON: dict[str, Any] = {
-    "version": "2.0",
-    "extensionBundle": {
-        "id": "Microsoft.Azure.Functions.ExtensionBundle",
-        "version": "[4.*, 5.0.0)",
-    },
-    "functionTimeout": "00:10:00",
-    "extensions": {
-        "eventHubs": {
-            # Big batches make the bookkeeping cheap (one query and a transaction per 100
-            # events); the wait bounds the latency a quiet partition adds.
-            "maxEventBatchSize": 500,
-            "minEventBatchSize": 1,
-            "maxWaitTime": "00:00:05",
-            # Prefetch ahead of the batch so the next one is ready when this returns.
-            "prefetchCount": 1000,
-            # Checkpoint after every batch: a restart redelivers at most one batch, and
-            # the idempotency store absorbs it.
-            "batchCheckpointFrequency": 1,
-        },
-        "queues": {
-            # After 5 failed dequeues the host moves a message to `<queue>-poison`.
-            "maxDequeueCount": 5,
-            "batchSize": 16,
-            "visibilityTimeout": "00:00:30",
-        },
-    },
-    "logging": {"logLevel": {"default": "Information", "Function": "Information"}},
-}
-
-REQUIREMENTS = """\
-# The Functions host installs these into the app's environment.
-azure-functions>=1.20
-onceflow[azure]
-"""
+__all__ = ["TRIGGERS", "generated_app", "register", "scaffold"]
 
 TRIGGERS = ("eventhub", "blob", "queue")
 
@@ -58,15 +19,18 @@ def register(subparsers: Any) -> None:
     commands = azure.add_subparsers(dest="azure_command", metavar="COMMAND", required=True)
     scaffold_parser = commands.add_parser(
         "scaffold",
-        help="write function_app.py, host.json and requirements.txt for a pipeline",
-        description="Write a deployable Azure Functions app (Python v2 model) to DIR for the "
-        "pipeline factory or processor class named by PIPELINE_MODULE (MODULE:NAME).",
+        help="write a self-contained Functions app folder for a function app or pipeline",
+        description="Write a deployable Azure Functions app (Python v2 model) to DIR: the "
+        "user's module copied, function_app.py, host.json sized for the trigger, "
+        "requirements.txt, .funcignore and local.settings.json. An app built by "
+        "onceflow.adapters.azure.function_app gives its triggers, connections and "
+        "deployment; for a Pipeline, a factory or a processor class the --trigger options do.",
     )
     scaffold_parser.add_argument(
         "pipeline",
-        metavar="PIPELINE_MODULE",
-        help="MODULE:NAME of a pipeline factory, "
-        "a Pipeline, or a processor class (then Table storage state is generated)",
+        metavar="MODULE:NAME",
+        help="an app built by function_app(...), a Pipeline, a zero-argument pipeline "
+        "factory, or a processor class (then Table storage state is generated)",
     )
     scaffold_parser.add_argument("directory", metavar="DIR", type=Path)
     scaffold_parser.add_argument("--trigger", choices=TRIGGERS, default="eventhub")
@@ -76,6 +40,11 @@ def register(subparsers: Any) -> None:
     scaffold_parser.add_argument("--connection", help="app setting holding the connection")
     scaffold_parser.add_argument("--key-field", help="Event Hubs: JSON body field to key on")
     scaffold_parser.add_argument("--name", default="onceflow", help="the function's name")
+    scaffold_parser.add_argument(
+        "--requirement",
+        help="the onceflow requirement line (default onceflow[azure]==VERSION; until a release "
+        "exists, `onceflow[azure] @ file:///.../onceflow-VERSION-py3-none-any.whl`)",
+    )
     scaffold_parser.add_argument("--force", action="store_true", help="overwrite files")
     scaffold_parser.set_defaults(func=_run)
 
@@ -92,6 +61,7 @@ def _run(args: argparse.Namespace) -> int:
         key_field=args.key_field,
         name=args.name,
         force=args.force,
+        requirement=args.requirement,
     )
     for path in written:
         print(path)
@@ -110,74 +80,44 @@ def scaffold(
     key_field: str | None = None,
     name: str = "onceflow",
     force: bool = False,
+    requirement: str | None = None,
 ) -> list[Path]:
-    """Write the app's files to `directory`; the paths written."""
+    """Write the app folder to `directory`; the paths written. Nothing is written on error."""
+    from onceflow.adapters.azure.scaffold import plan_scaffold
+
     if trigger not in TRIGGERS:
         raise CliError(f"unknown trigger {trigger!r}: choose one of {', '.join(TRIGGERS)}")
-    target = load_object(spec)
-    module, _, attribute = spec.partition(":")
-    files = {
-        "function_app.py": _function_app(
-            module,
-            attribute,
-            target,
-            trigger,
-            event_hub,
-            queue,
-            blob_path,
-            connection,
-            key_field,
-            name,
-        ),
-        "host.json": json.dumps(HOST_JSON, indent=2) + "\n",
-        "requirements.txt": REQUIREMENTS,
-        "local.settings.json": json.dumps(
-            {
-                "IsEncrypted": False,
-                "Values": {
-                    "FUNCTIONS_WORKER_RUNTIME": "python",
-                    "AzureWebJobsStorage": "UseDevelopmentStorage=true",
-                    **({"EventHubConnection": ""} if trigger == "eventhub" else {}),
-                },
-            },
-            indent=2,
-        )
-        + "\n",
-    }
-    directory.mkdir(parents=True, exist_ok=True)
-    clash = [n for n in files if (directory / n).exists()]
-    if clash and not force:
-        raise CliError(f"{directory} already has {', '.join(clash)}: pass --force to overwrite")
-    written = []
-    for filename, text in files.items():
-        path = directory / filename
-        path.write_text(text)
-        written.append(path)
-    return written
+    flags = _trigger(trigger, event_hub, queue, blob_path, connection, key_field)
+    plan = plan_scaffold(spec, directory, requirement=requirement, flags=flags, name=name)
+    return plan.write(force=force)
 
 
-def _function_app(
-    module: str,
-    attribute: str,
-    target: Any,
+def _trigger(
     trigger: str,
     event_hub: str,
     queue: str,
     blob_path: str,
     connection: str | None,
     key_field: str | None,
-    name: str,
-) -> str:
+) -> Any:
+    from onceflow.adapters.azure.entry import BlobTrigger, EventHubTrigger, QueueTrigger
+
+    if trigger == "eventhub":
+        return EventHubTrigger(
+            event_hub, connection=connection or "EventHubConnection", key_field=key_field
+        )
+    if trigger == "queue":
+        return QueueTrigger(queue, connection=connection or "AzureWebJobsStorage")
+    return BlobTrigger(blob_path, connection=connection or "AzureWebJobsStorage")
+
+
+def generated_app(module: str, attribute: str, kind: str, trigger: Any, name: str) -> str:
+    """function_app.py for a Pipeline, a factory or a processor class, on `trigger`."""
     local = attribute.split(".", maxsplit=1)[0]
-    if inspect.isclass(target) and hasattr(target, "process"):
+    trigger_class = type(trigger).__name__
+    if kind == "processor":
         names = sorted(
-            [
-                "BlobObjectStore",
-                "QueueSink",
-                "TableIdempotencyStore",
-                "TableSink",
-                _trigger_class(trigger),
-            ]
+            ["BlobObjectStore", "QueueSink", "TableIdempotencyStore", "TableSink", trigger_class]
         )
         imports = [
             "import os",
@@ -204,50 +144,32 @@ def build_pipeline() -> Pipeline:
     )
 '''
         pipeline_ref = "build_pipeline"
-    elif isinstance(target, Pipeline) or callable(target):
+    else:
         imports = [
-            f"from onceflow.adapters.azure import {_trigger_class(trigger)}, function_app",
+            f"from onceflow.adapters.azure import {trigger_class}, function_app",
             f"from {module} import {local}",
         ]
         factory = ""
         pipeline_ref = attribute
-    else:
-        raise CliError(
-            f"{module}:{attribute} is a {type(target).__name__}: name a pipeline factory, "
-            "a Pipeline or a processor class"
-        )
-    settings = _trigger_call(trigger, event_hub, queue, blob_path, connection, key_field)
     return (
         f'"""Azure Functions app for {module}:{attribute}, written by `onceflow azure scaffold`."""'
         "\n\n"
         + "\n".join(imports)
         + "\n"
         + factory
-        + f"\n\napp = function_app({pipeline_ref}, {settings}, name={name!r})\n"
+        + f"\n\napp = function_app({pipeline_ref}, {_call(trigger)}, name={name!r})\n"
     )
 
 
-def _trigger_class(trigger: str) -> str:
-    return {"eventhub": "EventHubTrigger", "blob": "BlobTrigger", "queue": "QueueTrigger"}[trigger]
+def _call(trigger: Any) -> str:
+    """The trigger as the Python expression that builds it (only fields not at their default)."""
+    import dataclasses
 
-
-def _trigger_call(
-    trigger: str,
-    event_hub: str,
-    queue: str,
-    blob_path: str,
-    connection: str | None,
-    key_field: str | None,
-) -> str:
-    arguments: list[str]
-    if trigger == "eventhub":
-        arguments = [repr(event_hub)]
-        if key_field:
-            arguments.append(f"key_field={key_field!r}")
-    elif trigger == "queue":
-        arguments = [repr(queue)]
-    else:
-        arguments = [repr(blob_path)]
-    if connection:
-        arguments.append(f"connection={connection!r}")
-    return f"{_trigger_class(trigger)}({', '.join(arguments)})"
+    fields = dataclasses.fields(trigger)
+    first = fields[0]
+    arguments = [repr(getattr(trigger, first.name))]
+    for field in fields[1:]:
+        value = getattr(trigger, field.name)
+        if value != field.default:
+            arguments.append(f"{field.name}={value!r}")
+    return f"{type(trigger).__name__}({', '.join(arguments)})"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import typing
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from onceflow.adapters.azure.decode import (
     decode_event_hub,
     decode_queue_message,
 )
+from onceflow.deployment import Deployment
 from onceflow.errors import ConfigurationError, OnceflowError
 from onceflow.failures import Failure, FailureKind
 from onceflow.pipeline import BatchResult, Pipeline, built_once
@@ -95,8 +97,15 @@ Trigger = EventHubTrigger | BlobTrigger | QueueTrigger
 class FunctionHandler:
     """Runs one pipeline (built once per worker) over what the trigger delivers."""
 
-    def __init__(self, pipeline: Pipeline | Callable[[], Pipeline], trigger: Trigger) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline | Callable[[], Pipeline],
+        trigger: Trigger,
+        deployment: Deployment | None = None,
+    ) -> None:
         self.trigger = trigger
+        self.deployment = deployment
+        """What else the app needs deployed (its table...); `onceflow azure scaffold` reads it."""
         self._pipeline = built_once(pipeline, self._check)
         self._invocations: OrderedDict[Batch, int] = OrderedDict()
         """Invocations so far of batches still failing, when no retry context says."""
@@ -356,12 +365,19 @@ def _name(record: Record) -> str:
     return f"event {record.key}"
 
 
+HANDLERS: weakref.WeakKeyDictionary[func.FunctionApp, dict[str, FunctionHandler]] = (
+    weakref.WeakKeyDictionary()
+)
+"""Each app's onceflow functions by name, for `onceflow azure scaffold` to read."""
+
+
 def function_app(
     pipeline: Pipeline | Callable[[], Pipeline],
     trigger: Trigger,
     *,
     name: str = "onceflow",
     app: func.FunctionApp | None = None,
+    deployment: Deployment | None = None,
 ) -> func.FunctionApp:
     """A `FunctionApp` whose function `name` runs `pipeline` on `trigger`'s deliveries.
 
@@ -369,7 +385,8 @@ def function_app(
     to add the function to an existing app.
     """
     app = app or func.FunctionApp()
-    handler = FunctionHandler(pipeline, trigger)
+    handler = FunctionHandler(pipeline, trigger, deployment)
+    HANDLERS.setdefault(app, {})[name] = handler
     if isinstance(trigger, EventHubTrigger):
         # typing.List, not list[...]: the Python worker's annotation check only knows the
         # typing generics, and refuses to load a function annotated `list[EventHubEvent]`.
