@@ -7,6 +7,8 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+from onceflow.failures import safe_traceback
+
 __all__ = ["JsonFormatter", "configure_json_logging"]
 
 # Attributes every LogRecord has; anything else was passed through `extra=`.
@@ -14,7 +16,11 @@ _STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", 
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per record: time, level, logger, message and every `extra` field."""
+    """One JSON object per record: time, level, logger, message and every `extra` field.
+
+    An exception's traceback is written with `onceflow.failures.safe_text` messages, never
+    the exception's own text, which may quote a payload value.
+    """
 
     def __init__(self, **static: Any) -> None:
         super().__init__()
@@ -32,8 +38,9 @@ class JsonFormatter(logging.Formatter):
         for name, value in vars(record).items():
             if name not in _STANDARD and not name.startswith("_"):
                 line[name] = value
-        if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
+        if record.exc_info and record.exc_info[1] is not None:
+            # Its message may quote a payload value (`KeyError: 'alice@example.com'`).
+            line["exception"] = safe_traceback(record.exc_info[1])
         return json.dumps(line, default=str, ensure_ascii=False)
 
 
