@@ -28,13 +28,13 @@ import uuid
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from onceflow.canary import CANARY
 from onceflow.cli import CliError
 from onceflow.identity import event_key, first_output_id
 
-__all__ = ["register", "wait_for"]
+__all__ = ["CanaryOutcome", "register", "sqs_canary", "wait_for"]
 
 
 def register(subparsers: Any) -> None:
@@ -143,50 +143,92 @@ def _sqs(args: argparse.Namespace) -> int:
     deadline = _seconds(args.deadline, "--deadline")
     poll = _seconds(args.poll, "--poll")
     canary_id = args.id or f"canary-{uuid.uuid4().hex}"
-    body = _payload(args, canary_id)
+    outcome = sqs_canary(
+        args.queue_url,
+        args.table,
+        deadline=deadline,
+        poll=poll,
+        body=_payload(args, canary_id),
+        canary_id=canary_id,
+        key_attribute=args.key_attribute,
+        endpoint_url=args.endpoint_url,
+        region=args.region,
+    )
+    return _report(canary_id, outcome.where, outcome.waited, deadline)
+
+
+class CanaryOutcome(NamedTuple):
+    """What a canary came to: its id, where its output was looked for, and how long it took."""
+
+    canary_id: str
+    where: str
+    waited: float | None
+    """Seconds until the output was seen; None when it was not seen by the deadline."""
+
+
+def sqs_canary(
+    queue_url: str,
+    table: str,
+    *,
+    deadline: float = 60.0,
+    poll: float = 1.0,
+    body: str | None = None,
+    canary_id: str | None = None,
+    key_attribute: str = "pk",
+    endpoint_url: str | None = None,
+    region: str | None = None,
+) -> CanaryOutcome:
+    """Send a canary to `queue_url` and wait for its first output in DynamoDB `table`.
+
+    For a scheduled canary function as well as the command: raises `CliError` (one line)
+    when the queue or table cannot be used.
+    """
+    canary_id = canary_id or f"canary-{uuid.uuid4().hex}"
+    body = body if body is not None else json.dumps({CANARY: canary_id})
     try:
         import boto3
         from botocore.exceptions import BotoCoreError, ClientError
     except ImportError:
         raise CliError("`onceflow canary sqs` needs boto3: pip install 'onceflow[aws]'") from None
-    options = {"endpoint_url": args.endpoint_url, "region_name": args.region}
-    options = {k: v for k, v in options.items() if v}
+    given = {"endpoint_url": endpoint_url, "region_name": region}
+    options = {k: v for k, v in given.items() if v}
+    client: Any = boto3.client  # keyword arguments from a dict fit none of its overloads
     try:
-        sqs = boto3.client("sqs", **options)
-        dynamodb = boto3.client("dynamodb", **options)
-        arn = sqs.get_queue_attributes(QueueUrl=args.queue_url, AttributeNames=["QueueArn"])[
+        sqs = client("sqs", **options)
+        dynamodb = client("dynamodb", **options)
+        arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
             "Attributes"
         ]["QueueArn"]
-        dynamodb.describe_table(TableName=args.table)
+        dynamodb.describe_table(TableName=table)
         message: dict[str, Any] = {
-            "QueueUrl": args.queue_url,
+            "QueueUrl": queue_url,
             "MessageBody": body,
             "MessageAttributes": {CANARY: {"DataType": "String", "StringValue": canary_id}},
         }
-        if args.queue_url.endswith(".fifo"):
+        if queue_url.endswith(".fifo"):
             message["MessageGroupId"] = "onceflow-canary"
             message["MessageDeduplicationId"] = canary_id[:128]
         message_id = sqs.send_message(**message)["MessageId"]
     except (BotoCoreError, ClientError) as exc:
-        raise CliError(f"canary not sent to {args.queue_url}: {_aws_cause(exc)}") from None
+        raise CliError(f"canary not sent to {queue_url}: {_aws_cause(exc)}") from None
     oid = first_output_id(event_key(arn, message_id))
-    key = {args.key_attribute: {"S": oid}}
+    key = {key_attribute: {"S": oid}}
 
     def seen() -> bool:
         try:
             return "Item" in dynamodb.get_item(
-                TableName=args.table, Key=key, ProjectionExpression="#k",
-                ExpressionAttributeNames={"#k": args.key_attribute},
+                TableName=table, Key=key, ProjectionExpression="#k",
+                ExpressionAttributeNames={"#k": key_attribute},
             )  # fmt: skip
         except ClientError as exc:
             if _aws_code(exc) in {"ResourceNotFoundException", "ValidationException"}:
-                raise CliError(f"cannot read table {args.table}: {_aws_cause(exc)}") from None
+                raise CliError(f"cannot read table {table}: {_aws_cause(exc)}") from None
             return False  # throttled or unavailable: look again at the next poll
         except BotoCoreError:
             return False
 
     waited = wait_for(seen, deadline, poll)
-    return _report(canary_id, f"table {args.table} (output {oid})", waited, deadline)
+    return CanaryOutcome(canary_id, f"table {table} (output {oid})", waited)
 
 
 def _aws_code(exc: Exception) -> str:
