@@ -21,9 +21,9 @@ from onceflow.adapters.local.chunked_run import InputFiles, chunked_ledger
 from onceflow.chunks import ChunkPlan
 
 ROOT = Path(__file__).resolve().parents[2]
-EVENTS = 25_000
-BAD = {7, 13_337, 24_999}  # `"bad": true`: the Doubler refuses them (dead letters)
-CHUNK = "80000"
+EVENTS = 15_000
+BAD = {7, 13_337, 14_999}  # `"bad": true`: the Doubler refuses them (dead letters)
+CHUNK = "50000"
 PROCESSOR = "tests.local.processors:Doubler"
 
 
