@@ -17,8 +17,8 @@ $(BIN)/activate:
 # them). A strict editable install links that layout into build/__editable__.*, a plain
 # folder on the path, which mypy can read (it cannot follow setuptools' import hooks); a
 # link tree does not see new modules, so the install is redone whenever the set of package
-# files changes (LAYOUT names that set).
-LAYOUT := $(shell find corelib adapters -name '*.py' -o -name py.typed | sort | cksum | cut -d' ' -f1)
+# files or pyproject.toml (entry points, package data) changes (LAYOUT names them).
+LAYOUT := $(shell (find corelib adapters -name '*.py' -o -name py.typed -o -name '*.json' | sort; cat pyproject.toml) | cksum | cut -d' ' -f1)
 EDITABLE := $(PY) -m pip install --quiet --config-settings editable_mode=strict
 STAMP_LAYOUT := rm -f $(VENV)/.layout-* && touch $(VENV)/.layout-$(LAYOUT)
 
