@@ -7,15 +7,48 @@ A pipeline holds two, one for events (`Pipeline(retry=...)`) and one for backend
 
 from __future__ import annotations
 
+import contextvars
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-__all__ = ["Backoff", "RetryPolicy"]
+__all__ = ["Backoff", "RetryPolicy", "deadline_in", "time_left"]
 
 T = TypeVar("T")
+
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "onceflow_deadline", default=None
+)
+"""The current invocation's deadline on `time.monotonic()`, None when it has none."""
+
+
+@contextmanager
+def deadline_in(seconds: float | None) -> Iterator[None]:
+    """Within the block, retry loops stop waiting `seconds` from now (an earlier one stays).
+
+    Entry points with a deadline (a Lambda invocation's time left) set it; it reaches
+    every retry loop below, worker threads included (anyio copies the context), so none
+    sleeps past it: a retry that would end after it gives up and its events come again.
+    """
+    if seconds is None:
+        yield
+        return
+    at = time.monotonic() + seconds
+    current = _DEADLINE.get()
+    token = _DEADLINE.set(at if current is None else min(at, current))
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
+
+
+def time_left() -> float | None:
+    """Seconds until the current deadline (see `deadline_in`), None when there is none."""
+    at = _DEADLINE.get()
+    return None if at is None else at - time.monotonic()
 
 
 @dataclass
@@ -64,6 +97,11 @@ class RetryPolicy:
         """Whether attempt number `attempt` was the last one allowed."""
         return attempt >= self.attempts
 
+    def too_late(self, delay: float) -> bool:
+        """Whether waiting `delay` before a retry would end past the current deadline."""
+        left = time_left()
+        return left is not None and delay >= left
+
     def delays(self) -> Iterator[float]:
         """The wait before each retry, `attempts - 1` of them, for loops over partial results."""
         for attempt in range(1, self.attempts):
@@ -84,11 +122,12 @@ class RetryPolicy:
             try:
                 return await call()
             except Exception as exc:
-                if self.exhausted(attempt) or isinstance(exc, permanent):
+                delay = self.delay(attempt)
+                if self.exhausted(attempt) or isinstance(exc, permanent) or self.too_late(delay):
                     raise
                 if on_retry is not None:
                     on_retry(attempt, exc)
-                await sleep(self.delay(attempt))
+                await sleep(delay)
 
     def call_blocking(
         self,
@@ -104,6 +143,7 @@ class RetryPolicy:
             try:
                 return call()
             except retry_on:
-                if self.exhausted(attempt):
+                delay = self.delay(attempt)
+                if self.exhausted(attempt) or self.too_late(delay):
                     raise
-                sleep(self.delay(attempt))
+                sleep(delay)

@@ -3,11 +3,13 @@
 These run in a worker thread (boto3 is blocking) and wait with `time.sleep`: the
 store's clock is logical time for leases and TTL, which a backoff must not move. Each
 retry loop follows the `RetryPolicy` it is given: `attempts` requests in all, its
-backoff between them.
+backoff between them, and none of it past the invocation's deadline
+(`onceflow.retry.deadline_in`, which a Lambda handler sets): see `retry_after`.
 """
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
 import time
@@ -32,6 +34,7 @@ __all__ = [
     "chunks",
     "default_retry",
     "error_code",
+    "retry_after",
     "send",
     "stored_key",
     "throttling",
@@ -117,6 +120,19 @@ def throttling(exc: BaseException) -> bool:
     return error_code(exc) in THROTTLING_ERRORS
 
 
+def retry_after(retry: RetryPolicy, attempt: int) -> str | None:
+    """Sleep the policy's backoff after failed attempt number `attempt` and return None; or,
+    without sleeping, say why not: the policy is spent, or the wait would end past the
+    invocation's deadline (the caller gives up, and its events come again)."""
+    if retry.exhausted(attempt):
+        return f"after {attempt} attempts"
+    delay = retry.delay(attempt)
+    if retry.too_late(delay):
+        return f"at the invocation's deadline, after {attempt} attempts"
+    time.sleep(delay)
+    return None
+
+
 def send(call: Callable[..., T], retry: RetryPolicy, /, **kwargs: Any) -> T:
     """`call(**kwargs)`, sent again with the policy's backoff while DynamoDB throttles it."""
     attempt = 0
@@ -127,11 +143,11 @@ def send(call: Callable[..., T], retry: RetryPolicy, /, **kwargs: Any) -> T:
         except Exception as exc:
             if not throttling(exc):
                 raise
-            if retry.exhausted(attempt):
+            stop = retry_after(retry, attempt)
+            if stop is not None:
                 raise DynamoDBUnavailable(
-                    f"DynamoDB throttled the request {attempt} times: {error_code(exc)}"
+                    f"DynamoDB throttled the request, given up {stop}: {error_code(exc)}"
                 ) from exc
-        time.sleep(retry.delay(attempt))
 
 
 def batch_get(
@@ -163,10 +179,11 @@ def batch_get(
             pending = response.get("UnprocessedKeys", {}).get(table, {}).get("Keys", [])
             if not pending:
                 return got
-            if retry.exhausted(attempt):
-                break
-            time.sleep(retry.delay(attempt))
-        raise DynamoDBUnavailable(f"BatchGetItem on {table}: {len(pending)} keys unprocessed")
+            stop = retry_after(retry, attempt)
+            if stop is not None:
+                raise DynamoDBUnavailable(
+                    f"BatchGetItem on {table}: {len(pending)} keys unprocessed {stop}"
+                )
 
     found: dict[str, dict[str, Any]] = {}
     for items in _each(fetch, list(chunks(keys, BATCH_GET_LIMIT))):
@@ -196,11 +213,10 @@ def batch_write(
             pending = response.get("UnprocessedItems") or {}
             if not pending:
                 return
-            if retry.exhausted(attempt):
-                break
-            time.sleep(retry.delay(attempt))
-        left = sum(len(v) for v in pending.values())
-        raise DynamoDBUnavailable(f"BatchWriteItem: {left} items unprocessed")
+            stop = retry_after(retry, attempt)
+            if stop is not None:
+                left = sum(len(v) for v in pending.values())
+                raise DynamoDBUnavailable(f"BatchWriteItem: {left} items unprocessed {stop}")
 
     _each(write, list(chunks(requests, BATCH_WRITE_LIMIT)))
 
@@ -209,8 +225,15 @@ def _each(call: Callable[[Any], T], chunks_: list[Any]) -> list[T]:
     """`call` on every chunk, a few at a time: latency, not throughput, bounds a batch."""
     if len(chunks_) <= 1:
         return [call(chunk) for chunk in chunks_]
-    with ThreadPoolExecutor(max_workers=min(PARALLEL_REQUESTS, len(chunks_))) as pool:
-        return list(pool.map(call, chunks_))
+    return in_parallel(call, chunks_)
+
+
+def in_parallel(call: Callable[[Any], T], items: Sequence[Any]) -> list[T]:
+    """`call` on every item in a few threads, each in a copy of the caller's context (so the
+    invocation's deadline reaches their retry loops)."""
+    context = contextvars.copy_context()
+    with ThreadPoolExecutor(max_workers=min(PARALLEL_REQUESTS, len(items))) as pool:
+        return list(pool.map(lambda item: context.copy().run(call, item), items))
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,15 +24,12 @@ key's marker and the sink's actions for it in one transaction.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from onceflow.adapters.aws.dynamodb_mode import DynamoDBMode
 from onceflow.adapters.aws.dynamodb_requests import (
-    PARALLEL_REQUESTS,
     RETRYABLE_REASONS,
     TRANSACTION_BYTES,
     TRANSACTION_LIMIT,
@@ -44,6 +41,8 @@ from onceflow.adapters.aws.dynamodb_requests import (
     chunks,
     default_retry,
     error_code,
+    in_parallel,
+    retry_after,
     send,
     stored_key,
     transact,
@@ -340,9 +339,11 @@ class DynamoDBIdempotencyStore:
             pending = retry
             if busy:
                 busy_rounds += 1
-                if self.retry.exhausted(busy_rounds):
-                    break
-                time.sleep(self.retry.delay(busy_rounds))
+                stop = retry_after(self.retry, busy_rounds)
+                if stop is not None:
+                    raise DynamoDBUnavailable(
+                        f"could not settle claims on {self.table} {stop}: {len(pending)} left"
+                    )
         if not pending:
             return answers
         raise DynamoDBUnavailable(f"could not settle claims on {self.table}: {len(pending)} left")
@@ -458,11 +459,11 @@ class DynamoDBIdempotencyStore:
                         )
             if busy:
                 busy_rounds += 1
-                if self.retry.exhausted(busy_rounds):
+                stop = retry_after(self.retry, busy_rounds)
+                if stop is not None:
                     raise DynamoDBUnavailable(
-                        f"could not commit {len(retry)} groups to {self.table}"
+                        f"could not commit {len(retry)} groups to {self.table} {stop}"
                     )
-                time.sleep(self.retry.delay(busy_rounds))
             elif len(retry) == len(pending):
                 raise DynamoDBUnavailable(f"commit to {self.table} cancelled without a reason")
             pending = retry
@@ -480,8 +481,7 @@ class DynamoDBIdempotencyStore:
             for claim in claims:
                 update(claim, refund)
             return
-        with ThreadPoolExecutor(max_workers=min(PARALLEL_REQUESTS, len(claims))) as pool:
-            list(pool.map(lambda claim: update(claim, refund), claims))
+        in_parallel(lambda claim: update(claim, refund), claims)
 
     def _end_lease(self, claim: Claim, refund: bool) -> None:
         """The lease ends (a fresh token fences the old one out); the count stays."""

@@ -10,6 +10,7 @@ from onceflow.adapters.aws.decode import Delivery, Item, decode
 from onceflow.deployment import Deployment
 from onceflow.errors import OnceflowError
 from onceflow.pipeline import BatchResult, Pipeline, built_once
+from onceflow.retry import deadline_in
 
 __all__ = ["BatchFailed", "LambdaHandler", "answer", "failed_items", "lambda_handler"]
 
@@ -63,7 +64,9 @@ class LambdaHandler:
             deadline = None
             if remaining is not None:
                 deadline = pipeline.clock.now() + remaining - self.safety_margin
-            result = pipeline.run_batch(delivery.records, deadline=deadline)
+            # The same deadline, in wall time, for every retry loop of the stores and sinks.
+            with deadline_in(None if remaining is None else remaining - self.safety_margin):
+                result = pipeline.run_batch(delivery.records, deadline=deadline)
         return answer(delivery, result)
 
 

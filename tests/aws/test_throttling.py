@@ -25,8 +25,9 @@ from onceflow.adapters.aws import testing as aws
 from onceflow.adapters.aws.dynamodb_types import from_wire
 from onceflow.adapters.memory import ManualClock, MemorySink
 from onceflow.retry import Backoff
-from tests.aws.moto_clients import SerializedClient
+from tests.aws.moto_clients import SerializedClient, proxied_dynamodb_client
 from tests.aws.test_outages import applied_once
+from tests.support.proxy import FaultProxy
 from tests.support.servers import MotoServer
 
 pytestmark = pytest.mark.emulator
@@ -168,3 +169,40 @@ def test_throttling_at_the_wire_loses_and_doubles_nothing(
     kinds = {kind.split(": ")[0] for kind in throttler.throttled}
     assert {"BatchGetItem", "UpdateItem"} <= kinds
     assert ("TransactWriteItems" if mode.atomic else "BatchWriteItem") in kinds
+
+
+def test_throttled_retries_stop_at_the_invocation_deadline(
+    moto: MotoServer,
+    moto_proxy: FaultProxy,
+    dynamodb_tables: Callable[[str], str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every request is throttled, for ever; the policies alone would retry for minutes.
+
+    The handler has 1 s of work time (4 s left, 3 s safety margin): the store's retry
+    loops and the pipeline's backend retry stop waiting at that deadline, and every record
+    goes back for redelivery, none dead-lettered.
+    """
+    from tests.support.proxy import Fault, amz_target, dynamodb_error
+
+    for operation in ("BatchGetItem", "TransactWriteItems", "UpdateItem", "BatchWriteItem"):
+        moto_proxy.add(Fault.answer(amz_target(operation), dynamodb_error(), times=None))
+    patient = RetryPolicy(attempts=100, backoff=Backoff(base=0.05, cap=0.05))
+    client = proxied_dynamodb_client(moto, moto_proxy)
+    store, sink = dynamodb_pipeline_parts(
+        dynamodb_tables("deadline-state"), client=client, retry=patient
+    )
+    letters = MemorySink()
+    pipeline = Pipeline(lambda e: e.json(), sink, store, letters, backend_retry=patient)
+    handler = lambda_handler(pipeline, safety_margin=3.0)
+    records = [aws.kinesis_record(n, json.dumps({"n": n}).encode()) for n in range(3)]
+
+    with caplog.at_level("WARNING", logger="onceflow"):
+        answer = handler(aws.kinesis_event(*records), aws.LambdaContext(remaining_ms=4_000))
+    assert [f["itemIdentifier"] for f in answer["batchItemFailures"]] == [
+        r["kinesis"]["sequenceNumber"] for r in records
+    ]
+    assert len(letters) == 0
+    assert "at the invocation's deadline" in caplog.text
+    # Far fewer requests than the policies allow (100 per store call, 100 store calls).
+    assert 1 <= sum(1 for s in moto_proxy.seen if s.fault is not None) < 200
