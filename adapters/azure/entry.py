@@ -382,7 +382,8 @@ def function_app(
     """A `FunctionApp` whose function `name` runs `pipeline` on `trigger`'s deliveries.
 
     `pipeline` may be a zero-argument factory, built on the first invocation. Pass `app`
-    to add the function to an existing app.
+    to add the function to an existing app, and `deployment` to declare what else it needs
+    (its table, outputs, dead letters) for `onceflow azure scaffold`.
     """
     app = app or func.FunctionApp()
     handler = FunctionHandler(pipeline, trigger, deployment)

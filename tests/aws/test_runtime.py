@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -44,6 +45,10 @@ APP = Path(__file__).with_name("deployed_app.py")
 # What Lambda's Python runtime provides beside the function's code: the runtime client
 # and boto3. The package need not carry boto3 (`onceflow`, not `onceflow[aws]`), which
 # keeps `sam build` to seconds.
+# The artifact runs here, so it is built for this interpreter and this machine.
+RUNTIME = f"python{sys.version_info.major}.{sys.version_info.minor}"
+MACHINE = platform.machine()
+ARCHITECTURE = "arm64" if MACHINE in {"aarch64", "arm64"} else "x86_64"
 RUNTIME_PROVIDES = (
     "awslambdaric",
     "simplejson",
@@ -74,7 +79,7 @@ def sam_build(project: Path, trigger: str, requirement: str, wheelhouse: Path) -
             *(sys.executable, "-m", "onceflow.cli", "aws", "template"),
             f"deployed_app:{trigger}_handler",
             *("-o", str(template), "--code-uri", "code", "--requirement", requirement),
-            *("--runtime", "python3.11", "--architecture", "x86_64"),
+            *("--runtime", RUNTIME, "--architecture", ARCHITECTURE),
         ],
         cwd=code,
         capture_output=True,
@@ -112,9 +117,9 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     requirement = f"onceflow @ {wheel.as_uri()}"
     wheelhouse = base / "wheelhouse"
     download = [sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(wheelhouse)]
-    platform = ["--only-binary=:all:", "--platform", "manylinux2014_x86_64"]
+    wheels_for = ["--only-binary=:all:", "--platform", f"manylinux2014_{MACHINE}"]
     subprocess.run(
-        [*download, *platform, "--python-version", "3.11", requirement],
+        [*download, *wheels_for, "--python-version", RUNTIME.removeprefix("python"), requirement],
         check=True,
         capture_output=True,
     )
