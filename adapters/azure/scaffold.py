@@ -81,13 +81,20 @@ class Scaffold:
         return written
 
 
-def host_json(triggers: list[Trigger], batch_size: int | None = None) -> dict[str, Any]:
-    """host.json sized for the triggers used: only their extensions, their batch sizes."""
+def host_json(
+    triggers: list[Trigger], batch_size: int | None = None, batch_for: str | None = None
+) -> dict[str, Any]:
+    """host.json sized for the triggers used: only their extensions, their batch sizes.
+
+    `batch_size` (the deployment's) applies to the trigger of kind `batch_for` only.
+    """
     extensions: dict[str, Any] = {}
     hold = 0.0
     for trigger in triggers:
+        kind = {EventHubTrigger: "eventhub", QueueTrigger: "queue"}.get(type(trigger), "blob")
+        mine = batch_size if batch_for in {None, kind} else None
         if isinstance(trigger, EventHubTrigger):
-            batch = batch_size or EVENT_HUB_BATCH
+            batch = mine or EVENT_HUB_BATCH
             extensions["eventHubs"] = {
                 # Big batches make the bookkeeping cheap (one query and a transaction per
                 # 100 events); the wait bounds the latency a quiet partition adds.
@@ -101,7 +108,7 @@ def host_json(triggers: list[Trigger], batch_size: int | None = None) -> dict[st
             }
             hold = max(hold, trigger.retry_seconds)
         elif isinstance(trigger, QueueTrigger):
-            batch = min(batch_size or QUEUE_BATCH, 32)
+            batch = min(mine or QUEUE_BATCH, 32)
             extensions["queues"] = {
                 "batchSize": batch,
                 "newBatchThreshold": batch // 2,
@@ -164,6 +171,7 @@ def plan_scaffold(
         app_code = generated_app(module_name, attribute, kind, flags, name)
     deployment = next((h.deployment for h in handlers.values() if h.deployment), None)
     batch = deployment.trigger.batch_size if deployment is not None else None
+    batch_for = str(deployment.trigger.kind) if deployment is not None else None
     settings: dict[str, str] = {
         "FUNCTIONS_WORKER_RUNTIME": "python",
         "AzureWebJobsStorage": "UseDevelopmentStorage=true",
@@ -179,7 +187,7 @@ def plan_scaffold(
     requirement = requirement or f"onceflow[azure]=={version('onceflow')}"
     files = {
         "function_app.py": app_code,
-        "host.json": json.dumps(host_json(triggers, batch), indent=2) + "\n",
+        "host.json": json.dumps(host_json(triggers, batch, batch_for), indent=2) + "\n",
         "requirements.txt": (
             "# The Functions host installs these into the app's environment.\n"
             f"azure-functions\n{requirement}\n"

@@ -141,6 +141,7 @@ def test_the_folder_holds_the_users_code_and_a_sized_host(app_folder: Path) -> N
     host = json.loads((app_folder / "host.json").read_text())
     assert sorted(host["extensions"]) == ["eventHubs", "queues"]
     assert host["extensions"]["queues"]["batchSize"] == 8  # the deployment's batch size
+    assert host["extensions"]["eventHubs"]["maxEventBatchSize"] == 500  # not the queue's
     settings = json.loads((app_folder / "local.settings.json").read_text())["Values"]
     assert settings["SHOP_TABLE"] == "shop" and settings["SHOP_DEAD_LETTERS"] == "shop-letters"
     assert "EventHubConnection" in settings
