@@ -290,6 +290,24 @@ class DynamoDBIdempotencyStore:
 
     def _lease(self, free: dict[str, _Seen], now: float, expires: float) -> dict[str, Claim]:
         answers: dict[str, Claim] = {}
+        sent: dict[str, str] = {}
+        try:
+            return self._lease_rounds(free, now, expires, answers, sent)
+        except Exception:
+            # The claim fails, yet leases it wrote (or sent, their reply lost) hold: a claim
+            # sent again (the pipeline's retry) must know them for its own, not another's.
+            held = {k: c.token for k, c in answers.items() if c.status is ClaimStatus.NEW}
+            self._remember_leases({**sent, **{k: t for k, t in held.items() if t}})
+            raise
+
+    def _lease_rounds(
+        self,
+        free: dict[str, _Seen],
+        now: float,
+        expires: float,
+        answers: dict[str, Claim],
+        sent: dict[str, str],
+    ) -> dict[str, Claim]:
         pending = dict(free)
         busy_rounds = 0
         for _ in range(MAX_REREADS):
@@ -302,13 +320,10 @@ class DynamoDBIdempotencyStore:
                 actions = [
                     self._lease_action(key, seen, tokens[key], now, expires) for key, seen in chunk
                 ]
-                try:
-                    reasons = transact(self.client, actions)
-                except Exception:
-                    # The leases may have landed with their reply lost: a claim sent again
-                    # (the pipeline's retry) must know them for its own, not another's.
-                    self._remember_leases(tokens)
-                    raise
+                sent.update(tokens)
+                reasons = transact(self.client, actions)
+                for key in tokens:
+                    del sent[key]  # answered: in `answers` when leased
                 if reasons is None:
                     for key, (_, counted) in chunk:
                         answers[key] = Claim(

@@ -185,3 +185,23 @@ def test_a_claim_whose_reply_was_lost_is_our_own_lease(
     assert _counters(moto, outputs, ns) == {0: 1, 1: 1, 2: 1}
     assert sorted(pipeline.run_batch(events).duplicates) == ["e0", "e1", "e2"]
     assert len(letters) == 0
+
+
+def test_a_claim_that_fails_after_some_leases_landed_keeps_them_as_its_own(
+    moto: MotoServer, moto_proxy: FaultProxy, dynamodb_tables: Callable[[str], str]
+) -> None:
+    ns = f"lost-claim-{uuid.uuid4().hex[:8]}"
+    pipeline, state, outputs, letters = _pipeline(
+        moto, moto_proxy, dynamodb_tables, DynamoDBMode.FENCED, "pipeline", ns
+    )
+    # 101 keys lease in two transactions; the second one's reply is lost, so the claim
+    # fails after the first landed, and the pipeline claims all 101 again.
+    lease = all_of(amz_target("TransactWriteItems"), body_contains(state))
+    lost = moto_proxy.add(Fault.drop_reply(lease, skip=1))
+    events = _events(ns, 101)
+
+    first = pipeline.run_batch(events)
+    assert lost.fired == 1
+    assert len(first.processed) == 101, set(first.reasons.values())
+    assert set(_counters(moto, outputs, ns).values()) == {1}
+    assert len(letters) == 0
