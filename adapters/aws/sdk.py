@@ -11,6 +11,18 @@ __all__ = ["ClientOnFirstUse", "boto3_client", "run_blocking"]
 
 MISSING = "the AWS backend needs boto3: pip install 'onceflow[aws]'"
 
+BOUNDED: dict[str, dict[str, Any]] = {
+    "dynamodb": {
+        "connect_timeout": 5,
+        "read_timeout": 10,
+        "retries": {"mode": "standard", "total_max_attempts": 3},
+    }
+}
+"""botocore settings for the clients this package makes: its own retries of DynamoDB
+(10 attempts, up to ~25 s of sleep, by default) and a 60 s read timeout cannot see an
+invocation's deadline, so they stay short; the store's own backoff, which does, retries
+throttles. A client you pass in keeps its settings."""
+
 
 def boto3_client(service: str) -> Any:
     """A boto3 client for `service` configured from the environment (region, credentials)."""
@@ -20,7 +32,12 @@ def boto3_client(service: str) -> Any:
     except ImportError as exc:  # pragma: no cover - the dev environment has boto3
         raise ImportError(MISSING) from exc
     make: Any = boto3.client  # the stubs only accept literal service names
-    return make(service)
+    settings = BOUNDED.get(service)
+    if settings is None:
+        return make(service)
+    from botocore.config import Config
+
+    return make(service, config=Config(**settings))
 
 
 async def run_blocking(call: Any, /, *args: Any, **kwargs: Any) -> Any:
