@@ -405,3 +405,19 @@ def test_a_failed_user_condition_refuses_only_its_event(
     assert (stock("a"), stock("b")) == (3, 0)
     again = pipeline.run_batch(events)
     assert sorted(again.duplicates) == ["e0", "e1", "e2"]
+
+
+@pytest.mark.anyio
+async def test_an_event_whose_writes_exceed_one_transaction_is_rejected(
+    dynamodb_client: Any, dynamodb_tables: Tables
+) -> None:
+    from onceflow.errors import OutputRejected
+
+    store = DynamoDBIdempotencyStore(dynamodb_tables("state"), client=dynamodb_client)
+    sink = DynamoDBSink(dynamodb_tables("outputs"), client=dynamodb_client)
+    key = unique("src#e")
+    [claim] = await store.claim([key], 30)
+    outs = [output(key, i, "x" * 380_000) for i in range(11)]
+    with pytest.raises(OutputRejected, match="bytes; one transaction holds") as refused:
+        await sink.write_and_complete(store, outs, [succeeded(claim)])
+    assert set(refused.value.rejected) == {o.output_id for o in outs}
