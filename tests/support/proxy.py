@@ -50,6 +50,7 @@ __all__ = [
     "amz_target",
     "azure_error",
     "body_contains",
+    "cosmos_error",
     "dynamodb_error",
     "header_contains",
     "http_response",
@@ -240,6 +241,23 @@ def azure_error(
         "Content-Type": "application/json;odata=minimalmetadata",
         "x-ms-error-code": code,
         "x-ms-request-id": "fault-proxy",
+    }
+    return http_response(status, body, headers)
+
+
+def cosmos_error(
+    status: int = 429,
+    code: str = "TooManyRequests",
+    message: str = "Request rate is large.",
+    retry_after_ms: int = 10,
+) -> bytes:
+    """A Cosmos DB error answer (429 with `x-ms-retry-after-ms` by default: throttled)."""
+    body = json.dumps({"code": code, "message": message}).encode()
+    headers = {
+        "Content-Type": "application/json",
+        "x-ms-retry-after-ms": str(retry_after_ms),
+        "x-ms-substatus": "3200" if status == 429 else "0",
+        "x-ms-activity-id": "fault-proxy",
     }
     return http_response(status, body, headers)
 
