@@ -179,7 +179,7 @@ class EventTemplate:
     not copied). Anything less certain goes through `Event(...)`.
     """
 
-    __slots__ = ("_fields_set", "_template", "_values")
+    __slots__ = ("_counted_fields_set", "_fields_set", "_template", "_values")
 
     def __init__(
         self, *, source: str, type: str = "onceflow.event", time: datetime | None = None
@@ -199,6 +199,7 @@ class EventTemplate:
         # never changes it in place (`model_copy` copies it first), and one object fewer
         # per event spares the garbage collector a few percent of a long read.
         self._fields_set = set(self._template.model_fields_set)
+        self._counted_fields_set = self._fields_set | {"delivery_count"}
 
     @property
     def source(self) -> str:
@@ -222,8 +223,15 @@ class EventTemplate:
         partition_key: str | None = None,
         sequence: str | None = None,
         attributes: dict[str, str] | None = None,
+        *,
+        time: datetime | None = None,
+        delivery_count: int = 1,
     ) -> Event:
-        """The event with these fields and the template's source, type and time."""
+        """The event with these fields and the template's source, type and time.
+
+        `time` (timezone-aware) replaces the template's for records that carry their own,
+        and `delivery_count` (at least 1) is the platform's count of deliveries.
+        """
         values = {
             **self._values,
             "id": event_id,
@@ -232,6 +240,12 @@ class EventTemplate:
             "data": data,
             "attributes": {} if attributes is None else attributes,
         }
+        if time is not None:
+            values["time"] = time
+        fields_set = self._fields_set
+        if delivery_count != 1:
+            values["delivery_count"] = delivery_count
+            fields_set = self._counted_fields_set
         if not _LAID_OUT_AS_EXPECTED:
             return self._template.model_copy(update=values)
         # What pydantic's own `BaseModel.__copy__` does: a new instance given its field
@@ -239,7 +253,7 @@ class EventTemplate:
         # does the same through `copy.copy` of each part, three times slower.
         event = _new_event(Event)
         _set(event, "__dict__", values)
-        _set(event, "__pydantic_fields_set__", self._fields_set)
+        _set(event, "__pydantic_fields_set__", fields_set)
         _set(event, "__pydantic_extra__", None)
         _set(event, "__pydantic_private__", None)
         return event

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
@@ -24,7 +25,7 @@ from typing import Any, TypeGuard
 from urllib.parse import unquote_plus
 
 from onceflow.adapters.aws.kinesis_aggregation import deaggregate
-from onceflow.event import Event
+from onceflow.event import Event, EventTemplate
 from onceflow.records import InvalidRecord
 
 __all__ = [
@@ -312,6 +313,22 @@ def _attributes(values: Mapping[str, str | None]) -> dict[str, str]:
     return {k: v for k, v in values.items() if v is not None}
 
 
+class _Templates:
+    """One batch's `EventTemplate` per (source, type): its events are built without
+    validating each again (every field the decoders hand over is already checked)."""
+
+    __slots__ = ("_by",)
+
+    def __init__(self) -> None:
+        self._by: dict[tuple[str, str], EventTemplate] = {}
+
+    def __call__(self, source: str, type: str) -> EventTemplate:
+        template = self._by.get((source, type))
+        if template is None:
+            template = self._by[source, type] = EventTemplate(source=source, type=type)
+        return template
+
+
 def _cause(exc: Exception) -> str:
     """Why a record could not be decoded, in words that never quote the record."""
     if isinstance(exc, _Unreadable):
@@ -443,7 +460,7 @@ def _kinesis_named(raw: Any, index: int) -> _Named:
     return _stream_named(raw, index, "kinesis", "sequenceNumber")
 
 
-def _kinesis_read(raw: Mapping[str, Any]) -> tuple[Item, list[Record]]:
+def _kinesis_read(templates: _Templates, raw: Mapping[str, Any]) -> tuple[Item, list[Record]]:
     body = _object(raw.get("kinesis"), "kinesis")
     arn = _identity(raw.get("eventSourceARN"), "eventSourceARN")
     seq = _sequence(body.get("sequenceNumber"), "kinesis.sequenceNumber")
@@ -474,23 +491,20 @@ def _kinesis_read(raw: Mapping[str, Any]) -> tuple[Item, list[Record]]:
         # KPL user records share their carrier's sequence number: a failure reports the
         # carrier, and the ones already done come back as duplicates.
         ids = [f"{record_id}:{n}" for n in range(len(parts))]
+    event = templates(arn, "aws.kinesis.record").event
+    if len(parts) == 1:  # the common case, without a generator
+        [(partition_key, payload)] = parts
+        return Item(seq, []), [event(ids[0], payload, partition_key, seq, attributes, time=time)]
     return Item(seq, []), [
-        Event(
-            id=event_id,
-            source=arn,
-            type="aws.kinesis.record",
-            time=time,
-            partition_key=partition_key,
-            sequence=seq,
-            data=payload,
-            attributes=attributes,
-        )
+        # User records of one carrier share its attributes: events never change them.
+        event(event_id, payload, partition_key, seq, attributes, time=time)
         for (partition_key, payload), event_id in zip(parts, ids, strict=True)
     ]
 
 
 def _kinesis(records: Sequence[Any]) -> Delivery:
-    return _each(Delivery("kinesis"), records, _kinesis_read, _kinesis_named, "aws:kinesis")
+    read = functools.partial(_kinesis_read, _Templates())
+    return _each(Delivery("kinesis"), records, read, _kinesis_named, "aws:kinesis")
 
 
 @dataclass(frozen=True, slots=True)
@@ -527,7 +541,7 @@ def _dynamodb_named(raw: Any, index: int) -> _Named:
 _CHANGES = ("INSERT", "MODIFY", "REMOVE")
 
 
-def _dynamodb_read(raw: Mapping[str, Any]) -> tuple[Item, list[Record]]:
+def _dynamodb_read(templates: _Templates, raw: Mapping[str, Any]) -> tuple[Item, list[Record]]:
     body = _object(raw.get("dynamodb"), "dynamodb")
     arn = _identity(raw.get("eventSourceARN"), "eventSourceARN")
     seq = _sequence(body.get("SequenceNumber"), "dynamodb.SequenceNumber")
@@ -542,16 +556,13 @@ def _dynamodb_read(raw: Mapping[str, Any]) -> tuple[Item, list[Record]]:
     region = _optional_text(raw.get("awsRegion"), "awsRegion")
     data = _json_bytes({"eventName": name, "dynamodb": body}, "the change")
     return Item(seq, []), [
-        Event(
-            id=record_id,
-            source=arn,
-            type=f"aws.dynamodb.{name}",
-            time=time,
+        templates(arn, f"aws.dynamodb.{name}").event(
+            record_id,
+            data,
             # Changes to one item stay in order: the item's key is the lane (ASCII JSON).
-            partition_key=json.dumps(keys, sort_keys=True),
-            sequence=seq,
-            data=data,
-            attributes=_attributes(
+            json.dumps(keys, sort_keys=True),
+            seq,
+            _attributes(
                 {
                     "aws.event_name": name,
                     "aws.region": region,
@@ -559,6 +570,7 @@ def _dynamodb_read(raw: Mapping[str, Any]) -> tuple[Item, list[Record]]:
                     "aws.ttl_delete": "true" if _ttl_delete(raw) else None,
                 }
             ),
+            time=time,
         )
     ]
 
@@ -584,7 +596,8 @@ def _check_image(image: Any, name: str) -> None:
 
 
 def _dynamodb(records: Sequence[Any]) -> Delivery:
-    return _each(Delivery("dynamodb"), records, _dynamodb_read, _dynamodb_named, "aws:dynamodb")
+    read = functools.partial(_dynamodb_read, _Templates())
+    return _each(Delivery("dynamodb"), records, read, _dynamodb_named, "aws:dynamodb")
 
 
 def _ttl_delete(raw: Mapping[str, Any]) -> bool:
@@ -618,7 +631,7 @@ def _sqs_named(raw: Any, index: int) -> _Named:
     )
 
 
-def _sqs_read(raw: Mapping[str, Any]) -> tuple[Item, list[Record]]:
+def _sqs_read(templates: _Templates, raw: Mapping[str, Any]) -> tuple[Item, list[Record]]:
     arn = _identity(raw.get("eventSourceARN"), "eventSourceARN")
     message_id = _identity(raw.get("messageId"), "messageId")
     attrs = _optional_object(raw.get("attributes"), "attributes") or {}
@@ -640,17 +653,14 @@ def _sqs_read(raw: Mapping[str, Any]) -> tuple[Item, list[Record]]:
             found.append(inner)
         return Item(message_id, [], group), found
     return Item(message_id, [], group), [
-        Event(
-            id=message_id,
-            source=arn,
-            type="aws.sqs.message",
-            time=_milliseconds(attrs.get("SentTimestamp"), "attributes.SentTimestamp"),
-            partition_key=group,
+        templates(arn, "aws.sqs.message").event(
+            message_id,
+            body.encode("utf-8"),
+            group,
             # Lambda hands a FIFO group over in order already; a message id as the
             # sequence keeps that order (the runner sorts numeric sequences only).
-            sequence=message_id,
-            data=body.encode("utf-8"),
-            attributes=_attributes(
+            message_id,
+            _attributes(
                 {
                     **_message_attributes(raw.get("messageAttributes")),
                     "aws.region": _optional_text(raw.get("awsRegion"), "awsRegion"),
@@ -662,6 +672,7 @@ def _sqs_read(raw: Mapping[str, Any]) -> tuple[Item, list[Record]]:
                     ),
                 }
             ),
+            time=_milliseconds(attrs.get("SentTimestamp"), "attributes.SentTimestamp"),
             delivery_count=_receive_count(attrs),
         )
     ]
@@ -672,7 +683,8 @@ def _sqs(records: Sequence[Any]) -> Delivery:
         r.get("eventSourceARN") for r in records if _is_map(r) and r.get("eventSource") == "aws:sqs"
     )
     fifo = next((a for a in arns if type(a) is str), "").endswith(".fifo")
-    return _each(Delivery("sqs-fifo" if fifo else "sqs"), records, _sqs_read, _sqs_named, "aws:sqs")
+    read = functools.partial(_sqs_read, _Templates())
+    return _each(Delivery("sqs-fifo" if fifo else "sqs"), records, read, _sqs_named, "aws:sqs")
 
 
 def _receive_count(attrs: Mapping[str, Any]) -> int:
