@@ -12,7 +12,7 @@ import contextvars
 import threading
 import weakref
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 __all__ = ["run_on_thread_loop"]
 
@@ -40,4 +40,22 @@ def run_on_thread_loop(coro: Coroutine[Any, Any, T]) -> T:
     holder: _Holder | None = getattr(_local, "holder", None)
     if holder is None:
         holder = _local.holder = _Holder()
-    return holder.runner.run(coro, context=contextvars.copy_context())
+    return holder.runner.run(_boxed(coro), context=contextvars.copy_context()).value
+
+
+class _Box(Generic[T]):
+    """A result with a short repr. On the main thread `asyncio.Runner.run` ends with
+    `signal.getsignal(SIGINT)`, which formats its handler (bound to the task) into an
+    error message it drops, and with it the task's result: a whole `BatchResult`."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: T) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "<result>"
+
+
+async def _boxed(coro: Coroutine[Any, Any, T]) -> _Box[T]:
+    return _Box(await coro)
