@@ -143,10 +143,16 @@ def runtime_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
 class Function:
     """A built function running under awslambdaric, and the resources it uses on moto."""
 
-    def __init__(self, api: RuntimeAPI, moto: MotoServer, names: dict[str, str]) -> None:
+    def __init__(self, api: RuntimeAPI, moto: MotoServer, names: dict[str, str], log: Path) -> None:
         self.api = api
         self.moto = moto
         self.names = names
+        self.log = log
+
+    def log_records(self) -> list[dict[str, Any]]:
+        """The function's JSON log lines, as Lambda would send them to CloudWatch."""
+        lines = self.log.read_text(errors="replace").splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
 
     def invoke(self, event: Any) -> Any:
         return self.api.invoke(event)
@@ -223,25 +229,30 @@ def start(artifacts: dict[str, Path], runtime_client: Path, moto: MotoServer) ->
             "AWS_ENDPOINT_URL": moto.endpoint,
             **names,
         }
+        log = (built.parent.parent / f"{trigger}-{suffix}.log").open("wb")
+        logs.append(log)
         # -S: no site-packages, so onceflow and its dependencies come from the artifact.
         process = subprocess.Popen(
             [sys.executable, "-S", "-m", "awslambdaric", handler],
             cwd=built,
             env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         processes.append(process)
         stop.append(api_context)
-        return Function(api, moto, names)
+        return Function(api, moto, names, Path(log.name))
 
     stop: list[Any] = []
+    logs: list[Any] = []
     yield run
     for process in processes:
         process.kill()
         process.wait()
     for context in stop:
         context.__exit__(None, None, None)
+    for log in logs:
+        log.close()
 
 
 def order(order_id: str, amount: str, **extra: Any) -> str:
@@ -266,6 +277,9 @@ def test_kinesis_batch_through_sam_build_and_the_runtime_client(start: Any) -> N
     assert function.totals() == {"o1": 250, "o2": 100}
     [letter] = function.dead_letters()
     assert "order_id" in json.dumps(letter) and "9" not in json.dumps(letter.get("reason", ""))
+    # The template's dead-letter metric filter matches `$.message = "*dead-lettering*"`.
+    messages = [r.get("message", "") for r in function.log_records()]
+    assert sum("dead-lettering" in m for m in messages) == 1, messages
 
 
 def test_sqs_batch_through_sam_build_and_the_runtime_client(start: Any) -> None:
