@@ -13,7 +13,6 @@ it, never the field's value. An invalid record's `raw` is the platform record as
 
 from __future__ import annotations
 
-import base64
 import binascii
 import functools
 import hashlib
@@ -317,10 +316,21 @@ class _Templates:
     """One batch's `EventTemplate` per (source, type): its events are built without
     validating each again (every field the decoders hand over is already checked)."""
 
-    __slots__ = ("_by",)
+    __slots__ = ("_by", "_shards")
 
     def __init__(self) -> None:
         self._by: dict[tuple[str, str], EventTemplate] = {}
+        self._shards: dict[tuple[str | None, str | None], dict[str, str]] = {}
+
+    def attributes(self, shard: str | None, region: str | None) -> dict[str, str]:
+        """A stream record's attributes, one mapping per shard and region (events never
+        change theirs, so the records of one shard share it)."""
+        found = self._shards.get((shard, region))
+        if found is None:
+            found = self._shards[shard, region] = _attributes(
+                {"aws.shard": shard, "aws.region": region}
+            )
+        return found
 
     def __call__(self, source: str, type: str) -> EventTemplate:
         template = self._by.get((source, type))
@@ -469,16 +479,13 @@ def _kinesis_read(templates: _Templates, raw: Mapping[str, Any]) -> tuple[Item, 
     if type(encoded) is not str:
         raise _Unreadable(f"kinesis.data is {_kind(encoded)}, not base64 text")
     try:
-        data = base64.b64decode(encoded, validate=True)
+        # What b64decode(validate=True) checks, without its regular expression.
+        data = binascii.a2b_base64(encoded, strict_mode=True)
     except (binascii.Error, ValueError):
         raise _Unreadable("kinesis.data is not valid base64") from None
     time = _seconds(body.get("approximateArrivalTimestamp"), "kinesis.approximateArrivalTimestamp")
-    attributes = _attributes(
-        {
-            "aws.shard": record_id.split(":", 1)[0] if ":" in record_id else None,
-            "aws.region": _optional_text(raw.get("awsRegion"), "awsRegion"),
-        }
-    )
+    shard = record_id.split(":", 1)[0] if ":" in record_id else None
+    attributes = templates.attributes(shard, _optional_text(raw.get("awsRegion"), "awsRegion"))
     try:
         user_records = deaggregate(data)
     except ValueError as exc:  # its messages name the fault, never the data
@@ -660,22 +667,29 @@ def _sqs_read(templates: _Templates, raw: Mapping[str, Any]) -> tuple[Item, list
             # Lambda hands a FIFO group over in order already; a message id as the
             # sequence keeps that order (the runner sorts numeric sequences only).
             message_id,
-            _attributes(
-                {
-                    **_message_attributes(raw.get("messageAttributes")),
-                    "aws.region": _optional_text(raw.get("awsRegion"), "awsRegion"),
-                    "aws.deduplication_id": _optional_text(
-                        attrs.get("MessageDeduplicationId"), "attributes.MessageDeduplicationId"
-                    ),
-                    "aws.sequence_number": _optional_text(
-                        attrs.get("SequenceNumber"), "attributes.SequenceNumber"
-                    ),
-                }
-            ),
+            _sqs_attributes(raw, attrs),
             time=_milliseconds(attrs.get("SentTimestamp"), "attributes.SentTimestamp"),
             delivery_count=_receive_count(attrs),
         )
     ]
+
+
+def _sqs_attributes(raw: Mapping[str, Any], attrs: Mapping[str, Any]) -> dict[str, str]:
+    """A message's attributes and the queue's own details that onceflow passes on."""
+    out = _message_attributes(raw.get("messageAttributes"))
+    for name, value, field_name in (
+        ("aws.region", raw.get("awsRegion"), "awsRegion"),
+        (
+            "aws.deduplication_id",
+            attrs.get("MessageDeduplicationId"),
+            "attributes.MessageDeduplicationId",
+        ),
+        ("aws.sequence_number", attrs.get("SequenceNumber"), "attributes.SequenceNumber"),
+    ):
+        text = _optional_text(value, field_name)
+        if text is not None:
+            out[name] = text
+    return out
 
 
 def _sqs(records: Sequence[Any]) -> Delivery:
@@ -724,6 +738,8 @@ def _s3_inside(body: str) -> list[Any] | None:
 
 def _message_attributes(attributes: Any) -> dict[str, str]:
     out: dict[str, str] = {}
+    if not attributes and (attributes is None or _is_map(attributes)):
+        return out  # the common case: Lambda hands over an empty object
     for name, member in (_optional_object(attributes, "messageAttributes") or {}).items():
         label = _optional_text(name, "a messageAttributes name")
         attr = _object(member, "a messageAttributes member")
