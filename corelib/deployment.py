@@ -31,7 +31,7 @@ import enum
 import os
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from onceflow.errors import ConfigurationError
@@ -126,9 +126,7 @@ class Trigger:
     max_record_age: int = -1
     """Streams: MaximumRecordAgeInSeconds (-1: the stream's retention)."""
     batching_window: int = 1
-    """Seconds Lambda may wait to fill a batch (Event Hubs: the host's maxWaitTime)."""
-    settings: Mapping[str, str] = field(default_factory=dict)
-    """Further platform settings: Event Hubs `consumer_group`, `key_field`; Blob `path`."""
+    """Seconds Lambda may wait to fill a stream's batch."""
 
     def __post_init__(self) -> None:
         expected = _TRIGGER_SOURCES[self.kind]
