@@ -426,9 +426,10 @@ def _each(
     source: str,
 ) -> Delivery:
     """Decode every record of a batch; one that cannot be decoded becomes an InvalidRecord."""
+    items, out = delivery.items, delivery.records
     for index, raw in enumerate(records):
         try:
-            if not _is_map(raw):
+            if type(raw) is not dict and not _is_map(raw):
                 raise _Unreadable(f"the record is {_kind(raw)}, not an object")
             if raw.get("eventSource") != source:
                 raise _Unreadable(f"the record's eventSource is not {source}")
@@ -437,7 +438,13 @@ def _each(
             # Named only now: the happy path reads each field once.
             item, invalid = name(raw, index).invalid(raw, _cause(exc))
             got = [invalid]
-        delivery.add(item, got)
+        if len(got) == 1:  # `Delivery.add`, inlined: the common case of every record
+            items.append(item)
+            record = got[0]
+            out.append(record)
+            item.record_ids.append(record.id)
+        else:
+            delivery.add(item, got)
     return delivery
 
 

@@ -117,8 +117,10 @@ def answer(delivery: Delivery, result: BatchResult) -> dict[str, Any]:
 
 def failed_items(delivery: Delivery, failed_ids: Collection[str]) -> list[Item]:
     """The platform records to deliver again, in the order the platform wants them."""
+    if not failed_ids:
+        return []  # the common case: no item to look at
     failed_set = set(failed_ids)
-    failed = [item for item in delivery.items if failed_set.intersection(item.record_ids)]
+    failed = [item for item in delivery.items if not failed_set.isdisjoint(item.record_ids)]
     if delivery.kind == "sqs-fifo":
         failed = _fifo_failures(delivery.items, failed)
     elif delivery.kind in {"kinesis", "dynamodb"}:
