@@ -72,14 +72,30 @@ class Attempts:
             if isinstance(record, InvalidRecord):
                 raise DecodeError(record.reason)
             produced = self.process(record)
-            if type(produced) is not dict and inspect.isawaitable(produced):
+            if type(produced) is dict:
+                # The common case, one dict, without the general `outputs_of`. The output
+                # is built as the tuple it is: a named tuple's own __new__ is one more
+                # Python call per event (tests/test_pipeline.py holds it equal to Output(...)).
+                try:
+                    plain = to_plain(produced)
+                except UnstorableValue as exc:
+                    raise UnstorableValue(f"output 0 cannot be stored: {exc}") from None
+                key = item.key
+                item.outputs = [
+                    _tuple(Output, (
+                        first_output_id(key), key, record.id, 0, plain, record.partition_key,
+                        record.time, record.sequence, None,
+                    ))
+                ]  # fmt: skip
+            elif inspect.isawaitable(produced):
                 if self.is_async:
                     return self._finish(item, produced)
                 raise PermanentError(
                     "process() returned an awaitable but is not declared `async def`; "
                     "declare it async so the pipeline awaits it"
                 )
-            item.outputs = outputs_of(item, produced)
+            else:
+                item.outputs = outputs_of(item, produced)
         except Exception as exc:
             self.failed(item, exc)
         else:
@@ -180,20 +196,6 @@ def outputs_of(item: Item, produced: Any) -> list[Output]:
     record = item.record
     key = item.key
     time = getattr(record, "time", None)
-    if type(produced) is dict:
-        # The common case, one dict, skips the general loop below.
-        try:
-            plain = to_plain(produced)
-        except UnstorableValue as exc:
-            raise UnstorableValue(f"output 0 cannot be stored: {exc}") from None
-        # Built as the tuple it is: a named tuple's own __new__ is a Python call per event.
-        # (tests/test_pipeline.py holds it equal to `Output(...)` field by field.)
-        return [
-            _tuple(Output, (
-                first_output_id(key), key, record.id, 0, plain, record.partition_key, time,
-                record.sequence, None,
-            ))
-        ]  # fmt: skip
     values = list(produced) if isinstance(produced, list | tuple | Iterator) else [produced]
     outputs = []
     for index, value in enumerate(values):

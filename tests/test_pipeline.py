@@ -27,7 +27,7 @@ from onceflow.adapters.memory import (
     MemorySink,
     MemorySource,
 )
-from onceflow.records import ClaimStatus
+from onceflow.records import ClaimStatus, Output
 from onceflow.retry import RetryPolicy
 
 
@@ -502,3 +502,45 @@ def test_dead_letter_of_a_payload_with_nan_is_still_written(
     result = make(Refuse(), store, sink, dlq, clock).run_batch([ev(1, b'{"n":NaN}')])
     assert result.dead_lettered == ["e1"]
     assert dlq.values()[0]["event"]["data_base64"]
+
+
+def test_the_one_dict_fast_path_builds_the_same_output_as_the_general_path(
+    store: MemoryIdempotencyStore, clock: ManualClock
+) -> None:
+    # A sync processor's dict takes the runner's fast path (the Output built as a bare
+    # tuple); an async processor's goes through the general one. They must agree field by
+    # field, and a field added to Output must be added to the fast path too.
+    class Capture:
+        def __init__(self) -> None:
+            self.outputs: list[Any] = []
+
+        async def write(self, outputs: Any) -> None:
+            self.outputs.extend(outputs)
+
+    class Sync:
+        def process(self, event: Event) -> dict[str, int]:
+            return {"n": 1}
+
+    class Async:
+        async def process(self, event: Event) -> dict[str, int]:
+            return {"n": 1}
+
+    captured = []
+    event = ev(1, partition_key="p", sequence="7")
+    for processor in (Sync(), Async()):
+        sink = Capture()
+        make(processor, MemoryIdempotencyStore(clock=clock), sink, None, clock).run_batch([event])
+        (output,) = sink.outputs
+        assert type(output) is Output and len(output) == len(Output._fields)
+        captured.append(output)
+    assert captured[0] == captured[1]
+    assert captured[0] == Output(
+        output_id="test#e1#0",
+        event_key="test#e1",
+        event_id="e1",
+        index=0,
+        value={"n": 1},
+        partition_key="p",
+        time=event.time,
+        sequence="7",
+    )
