@@ -86,9 +86,15 @@ def load_handler(target: str) -> LoadedHandler:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
+        if exc.name and not (module_name + ".").startswith(exc.name + "."):
+            raise CliError(
+                f"importing {module_name!r} failed: {exc}: install what it imports"
+            ) from exc
         raise CliError(
             f"cannot import module {module_name!r} ({exc}): run from the folder that holds it"
         ) from exc
+    except Exception as exc:  # the user's module failed as it loaded: one line, not a trace
+        raise CliError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from exc
     found = getattr(module, name, None)
     where = f"{module_name}:{name}"
     if found is None:

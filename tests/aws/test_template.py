@@ -255,3 +255,14 @@ def test_the_example_handler_deploys_what_it_reads(capsys: pytest.CaptureFixture
     assert {"ONCEFLOW_STATE_TABLE", "ONCEFLOW_OUTPUT_TABLE", "ONCEFLOW_DEAD_LETTERS"} <= set(
         variables
     )
+
+
+def test_a_module_that_fails_to_import_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "needs_more.py").write_text("import no_such_dependency\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["aws", "template", "needs_more:handler"]) == 2
+    err = capsys.readouterr().err
+    assert "importing 'needs_more' failed: No module named 'no_such_dependency'" in err
+    assert err.count("\n") == 1
