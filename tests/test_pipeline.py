@@ -544,3 +544,28 @@ def test_the_one_dict_fast_path_builds_the_same_output_as_the_general_path(
         time=event.time,
         sequence="7",
     )
+
+
+def test_run_batch_keeps_one_event_loop_per_thread_and_closes_it_with_the_thread(
+    store: MemoryIdempotencyStore, sink: MemorySink, clock: ManualClock
+) -> None:
+    import asyncio
+    import gc
+    import threading
+
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    def process(event: Event) -> None:
+        loops.append(asyncio.get_running_loop())
+
+    pipeline = make(process, store, sink, None, clock)
+    pipeline.run_batch([ev(1)])
+    pipeline.run_batch([ev(2)])
+    worker = threading.Thread(target=lambda: pipeline.run_batch([ev(3)]))
+    worker.start()
+    worker.join()
+    del worker
+    gc.collect()
+    mine, again, theirs = loops
+    assert mine is again and theirs is not mine  # one loop per thread, made once
+    assert theirs.is_closed() and not mine.is_closed()  # closed when its thread ended
