@@ -513,13 +513,23 @@ class DynamoDBIdempotencyStore:
         self._update(claim, expression, "#t = :mine AND #s = :busy", values)
 
     def _count_failure(self, claim: Claim, refund: bool) -> None:
-        """A failed delivery of a key nothing leases: ADD one to its count, unless it is done."""
+        """A failed delivery of a key nothing leases: ADD one to its count, unless it is done.
+
+        The claim's token goes with the count, so an UpdateItem sent again after its reply
+        was lost fails its condition instead of counting the delivery twice.
+        """
         expires = str(int(self.clock.now() + self.ttl_seconds))  # a dropped key's count goes too
         self._update(
             claim,
-            "ADD #d :one SET #x = :ttl",
-            "attribute_not_exists(#s) OR #s <> :done",
-            {":one": {"N": "1"}, ":done": {"S": COMPLETED}, ":ttl": {"N": expires}},
+            "ADD #d :one SET #x = :ttl, #f = :mine",
+            "(attribute_not_exists(#s) OR #s <> :done)"
+            " AND (attribute_not_exists(#f) OR #f <> :mine)",
+            {
+                ":one": {"N": "1"},
+                ":done": {"S": COMPLETED},
+                ":ttl": {"N": expires},
+                ":mine": {"S": claim.token or ""},
+            },
         )
 
     def _update(
@@ -529,7 +539,13 @@ class DynamoDBIdempotencyStore:
         condition: str,
         values: dict[str, Any],
     ) -> None:
-        attributes = {"#t": "token", "#s": "status", "#d": DELIVERIES, "#x": self.ttl_attribute}
+        attributes = {
+            "#t": "token",
+            "#s": "status",
+            "#d": DELIVERIES,
+            "#x": self.ttl_attribute,
+            "#f": "counted_by",
+        }
         names = {n: a for n, a in attributes.items() if n in expression or n in condition}
         try:
             send(

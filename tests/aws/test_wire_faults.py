@@ -205,3 +205,24 @@ def test_a_claim_that_fails_after_some_leases_landed_keeps_them_as_its_own(
     assert len(first.processed) == 101, set(first.reasons.values())
     assert set(_counters(moto, outputs, ns).values()) == {1}
     assert len(letters) == 0
+
+
+@pytest.mark.parametrize(
+    "mode", [DynamoDBMode.UPSERT, DynamoDBMode.OPTIMISTIC], ids=["upsert", "optimistic"]
+)
+@pytest.mark.anyio
+async def test_a_failed_delivery_whose_count_reply_was_lost_counts_once(
+    mode: DynamoDBMode,
+    moto: MotoServer,
+    moto_proxy: FaultProxy,
+    dynamodb_tables: Callable[[str], str],
+) -> None:
+    client = proxied_dynamodb_client(moto, moto_proxy, attempts=2)  # botocore sends it again
+    store, _ = dynamodb_pipeline_parts(dynamodb_tables("count-state"), mode=mode, client=client)
+    key = f"count-{uuid.uuid4().hex[:8]}"
+    lost = moto_proxy.add(Fault.drop_reply(amz_target("UpdateItem")))
+    [claim] = await store.claim([key], 30)
+    await store.release([claim])
+    assert lost.fired == 1
+    [again] = await store.claim([key], 30)
+    assert again.deliveries == 2
