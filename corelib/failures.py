@@ -109,11 +109,14 @@ class Failure(NamedTuple):
 # - `UnicodeError`: the codec, the position and the reason, not the bytes.
 # - anything else (`ValueError` from `int()`, `float()`, `Decimal()`, `fromisoformat()`,
 #   `json` errors, `TypeError`, ...): its message with every quoted part that is not such a
-#   literal or a built-in type's name replaced by `<value>`, and every number of three or
-#   more digits that is no literal replaced by `<number>`.
+#   literal or a built-in type's name replaced by `<value>`, every number of three or more
+#   digits that is no literal replaced by `<number>`, and anything like an e-mail address
+#   by `<value>`. A value a message quotes without quotes (`f"bad customer {name}"`) is not
+#   recognised: write such messages without payload values, as onceflow's own are.
 
 _QUOTED = re.compile(r"""'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*\"""")
 _NUMBER = re.compile(r"(?<![\w.])\d{3,}")
+_EMAIL = re.compile(r"[^\s'\"<>]+@[^\s'\"<>]+")
 _BUILTIN_TYPES = frozenset(
     {t.__name__ for t in vars(builtins).values() if isinstance(t, type)} | {"NoneType"}
 )
@@ -166,7 +169,7 @@ def _scrub(text: str, literals: frozenset[object]) -> str:
     def number(match: re.Match[str]) -> str:
         return match.group(0) if int(match.group(0)) in literals else "<number>"
 
-    return _NUMBER.sub(number, _QUOTED.sub(quoted, text))
+    return _EMAIL.sub("<value>", _NUMBER.sub(number, _QUOTED.sub(quoted, text)))
 
 
 def _is_class_name(text: str) -> bool:
