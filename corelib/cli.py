@@ -35,6 +35,12 @@ def load_object(spec: str) -> Any:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         raise CliError(f"cannot import module {module_name!r}: {exc}") from exc
+    except Exception as exc:
+        # The user's module raised while importing: one line; --verbose shows the traceback.
+        raise CliError(
+            f"importing module {module_name!r} failed: {type(exc).__name__}: {exc} "
+            "(run with --verbose for the traceback)"
+        ) from exc
     target: Any = module
     for part in attribute.split("."):
         try:
