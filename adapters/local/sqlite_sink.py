@@ -184,7 +184,8 @@ class SqliteSink:
         """Remove outputs by id (dead letters once replayed)."""
         with self.database.transaction() as conn:
             conn.executemany(
-                f'DELETE FROM "{self.table}" WHERE output_id=?', [(o,) for o in output_ids]
+                f'DELETE FROM "{self.table}" WHERE output_id=?',
+                [(_storable((o,))[0],) for o in output_ids],  # as write_rows stored them
             )
 
     def export_jsonl(self, path: str | os.PathLike[str]) -> int:

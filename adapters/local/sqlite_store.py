@@ -167,7 +167,16 @@ class SqliteIdempotencyStore:
         if not keys:
             return []
         with self.database.transaction() as conn:
-            return self._claim(conn, keys, lease_seconds)
+            try:
+                return self._claim(conn, keys, lease_seconds)
+            except UnicodeEncodeError:
+                pass  # a key SQLite cannot store as text: nothing was written for it
+            stored = [_storable_key(key) for key in keys]
+            claims = self._claim(conn, stored, lease_seconds)
+        return [
+            claim if claim.key == key else claim._replace(key=key)
+            for claim, key in zip(claims, keys, strict=True)
+        ]
 
     def _claim(
         self, conn: sqlite3.Connection, keys: Sequence[str], lease_seconds: float
@@ -254,7 +263,7 @@ class SqliteIdempotencyStore:
         if not completions:
             return []
         with self.database.transaction() as conn:
-            return self._complete(conn, completions)
+            return self._complete_any(conn, completions)
 
     # -- the TransactionalStore protocol -----------------------------------------------------
 
@@ -275,7 +284,7 @@ class SqliteIdempotencyStore:
         if not completions and not writes.rows:
             return []
         with self.database.transaction() as conn:
-            accepted = self._complete(conn, completions)
+            accepted = self._complete_any(conn, completions)
             refused = (
                 ()
                 if all(accepted)
@@ -285,6 +294,16 @@ class SqliteIdempotencyStore:
             if rows:
                 writes.table.write_rows(conn, rows)
         return accepted
+
+    def _complete_any(
+        self, conn: sqlite3.Connection, completions: Sequence[Completion]
+    ) -> list[bool]:
+        """`_complete`, for keys SQLite cannot store as text too (as `claim` stored them)."""
+        try:
+            return self._complete(conn, completions)
+        except UnicodeEncodeError:
+            pass  # the statements that ran are repeated with the same values: no harm
+        return self._complete(conn, [_stored_completion(c) for c in completions])
 
     def _complete(self, conn: sqlite3.Connection, completions: Sequence[Completion]) -> list[bool]:
         now = self.clock.now()
@@ -361,7 +380,8 @@ class SqliteIdempotencyStore:
         by_token: dict[str, list[str]] = {}
         for c in claims:
             if c.token is not None and c.token != _RELEASED_TOKEN:
-                by_token.setdefault(c.token, []).append(c.key)
+                # Mapped up front: a release is rare (failures), so checking costs little.
+                by_token.setdefault(c.token, []).append(_storable_key(c.key))
         if not by_token:
             return
         now = self.clock.now()
@@ -417,7 +437,8 @@ class SqliteIdempotencyStore:
         """The key's stored status as of now, or None when absent or expired."""
         with self.database.reading() as conn:
             row = conn.execute(
-                f"SELECT status, expires_at, token FROM {KEYS_TABLE} WHERE key=?", (key,)
+                f"SELECT status, expires_at, token FROM {KEYS_TABLE} WHERE key=?",
+                (_storable_key(key),),
             ).fetchone()
         if row is None or (row[0] == _IN_PROGRESS and row[2] == _RELEASED_TOKEN):
             return None
@@ -435,10 +456,10 @@ class SqliteIdempotencyStore:
         now = self.clock.now()
         verdict: dict[str, bool] = {}
         with self.database.transaction() as conn:
-            rows = _select(conn, keys)
+            rows = _select(conn, [_storable_key(key) for key in keys])
             reopen = []
             for key in keys:
-                row = rows.get(key)
+                row = rows.get(_storable_key(key))
                 if row is None:
                     verdict[key] = True
                     continue
@@ -449,7 +470,7 @@ class SqliteIdempotencyStore:
                 else:
                     verdict[key] = lease_end <= now or self._owners.is_dead(owner)
                 if verdict[key]:
-                    reopen.append((key,))
+                    reopen.append((_storable_key(key),))
             conn.executemany(f"DELETE FROM {KEYS_TABLE} WHERE key=?", reopen)
         return verdict
 
@@ -500,6 +521,30 @@ def _json_array(keys: Sequence[str]) -> str | None:
     text = json.dumps(keys if isinstance(keys, list | tuple) else list(keys), ensure_ascii=False)
     # SQLite's JSON functions cut a string at an escaped NUL; such keys go one by one.
     return None if "\\u0000" in text else text
+
+
+_UNSTORABLE = "\x00utf8-surrogates:"
+"""Prefix of a stored key that held a lone surrogate (then written as its bytes in hex)."""
+
+
+def _storable_key(key: str) -> str:
+    """`key` as the store keeps it: itself, or, if it holds a lone surrogate (which SQLite
+    cannot store as text), a prefix and its bytes in hex: one stored key per key."""
+    if key.isascii():
+        return key
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return _UNSTORABLE + key.encode("utf-8", "surrogatepass").hex()
+    return key
+
+
+def _stored_completion(completion: Completion) -> Completion:
+    claim = completion.claim
+    stored = _storable_key(claim.key)
+    if stored == claim.key:
+        return completion
+    return completion._replace(claim=claim._replace(key=stored))
 
 
 def _detail(text: str | None) -> str | None:

@@ -175,3 +175,33 @@ def test_decimals_come_out_of_sqlite_with_every_digit(tmp_path: Path) -> None:
         '{"amount":12345678901234567.89,"fee":0.10,"n":1,"ratio":0.1}\n'
     )
     state.close()
+
+
+def test_a_business_key_with_a_lone_surrogate_is_claimed_completed_and_replayed(
+    tmp_path: Path,
+) -> None:
+    state = LocalState(tmp_path / "st")
+    refuse = {"on": True}
+
+    def process(event: Event) -> dict[str, Any]:
+        if refuse["on"] and event.id == "b":
+            raise PermanentError("refused")
+        return {"id": event.id}
+
+    pipeline = Pipeline(process, state.sink, state.store, state.dead_letters, key="order")
+    events = [
+        Event(id=i, source="q", data=json.dumps({"order": f"o{HALF_EMOJI}{i}"}).encode())
+        for i in ("a", "b", "c")
+    ]
+    result = pipeline.run_batch(events)
+    assert result.processed == ["a", "c"] and result.dead_lettered == ["b"]
+    assert pipeline.run_batch(events).duplicates == ["a", "b", "c"]
+    (letter,) = state.dead_letters.letters()
+    assert letter["key"] == f"order#o{HALF_EMOJI}b"
+    # A replay frees the letter's key and deletes the letter once it succeeded.
+    assert state.store.reopen_dead_lettered([letter["key"]]) == {letter["key"]: True}
+    refuse["on"] = False
+    assert pipeline.run_batch(events[1:2]).processed == ["b"]
+    state.dead_letters.delete([f"{letter['key']}#dead-letter"])
+    assert state.dead_letters.letters() == []
+    state.close()
