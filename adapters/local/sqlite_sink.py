@@ -158,7 +158,7 @@ class SqliteSink:
     def rows(self) -> Iterator[tuple[str, str, Any]]:
         """(output_id, event_key, value) for every stored output, in first-write order."""
         for output_id, event_key, value in self._stored():
-            yield output_id, event_key, json.loads(value, parse_float=_number)
+            yield output_id, event_key, _decode(value)
 
     def _stored(self) -> Iterator[tuple[str, str, str]]:
         """(output_id, event_key, value as the stored JSON text), in first-write order."""
@@ -221,6 +221,10 @@ def _number(text: str) -> float | Decimal:
     if shortest == text or Decimal(shortest).as_tuple() == Decimal(text).as_tuple():
         return number
     return Decimal(text)
+
+
+# One decoder for every read: json.loads with options builds a new one each call.
+_decode = json.JSONDecoder(parse_float=_number).decode
 
 
 def _escaped(text: str) -> str:
