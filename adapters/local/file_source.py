@@ -397,7 +397,7 @@ class DirectorySource(_FilesSource):
         for path in sorted(self.folder.glob(self.pattern)):
             if not path.is_file() or path.name.startswith("."):
                 continue
-            name = path.relative_to(self.folder).as_posix()
+            name = _storable_name(path.relative_to(self.folder).as_posix())
             if self.move_to and name.startswith(f"{self.move_to}/"):
                 continue
             stat = path.stat()
@@ -471,7 +471,7 @@ class DirectorySource(_FilesSource):
     def _on_finished(self, file: _File) -> None:
         if not self.move_to:
             return
-        target = self.folder / self.move_to / file.reader.name
+        target = self.folder / self.move_to / file.reader.path.relative_to(self.folder)
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists():
             # The same name landed before: keep both, this one tagged with its identity.
@@ -584,8 +584,19 @@ def _expand(patterns: list[str]) -> list[tuple[Path, str]]:
                 raise PermissionError(f"input file {match} is not readable")
             found.setdefault(match.resolve(), None)
     common = Path(os.path.commonpath(bases))
-    named = [(path, path.relative_to(common).as_posix()) for path in found]
+    named = [(path, _storable_name(path.relative_to(common).as_posix())) for path in found]
     return sorted(named, key=lambda pair: pair[1])
+
+
+def _storable_name(name: str) -> str:
+    """A file's name as ids, checkpoints and reasons carry it: text that can be stored.
+
+    A name that is not UTF-8 on disk comes from the OS with its bad bytes as lone
+    surrogates; they are written as `\\xNN` instead (the file is still opened by its path).
+    """
+    if name.isascii():
+        return name
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def _static_prefix(pattern: str) -> str:

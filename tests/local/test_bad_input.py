@@ -9,6 +9,7 @@ run, and a Decimal came back as a float.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from decimal import Decimal
 from pathlib import Path
@@ -205,3 +206,20 @@ def test_a_business_key_with_a_lone_surrogate_is_claimed_completed_and_replayed(
     state.dead_letters.delete([f"{letter['key']}#dead-letter"])
     assert state.dead_letters.letters() == []
     state.close()
+
+
+def test_a_file_name_that_is_not_utf8_is_read_and_named_with_escapes(tmp_path: Path) -> None:
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    raw_name = os.path.join(os.fsencode(landing), b"\xffx.jsonl")
+    with open(raw_name, "wb") as handle:
+        handle.write(b'{"n":1}\n{oops\n')
+    state = tmp_path / "st"
+    out = tmp_path / "out.jsonl"
+    assert run(ECHO, "-i", str(landing), "-s", str(state), "--out", str(out)) == 1
+    assert out.read_text() == '{"n":1}\n'
+    (letter,) = letters_file(state)
+    assert letter["message"].endswith("\\xffx.jsonl line 2: not valid JSON "
+                                      "(Expecting property name enclosed in double quotes at "
+                                      "column 2) (permanent error)")  # fmt: skip
+    assert os.listdir(os.fsencode(landing / "processed")) == [b"\xffx.jsonl"]
