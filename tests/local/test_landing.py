@@ -146,3 +146,17 @@ async def test_keep_files_watch_reads_appended_lines_with_new_keys_only(tmp_path
     ids = [r.id for batch in batches for r in batch]
     assert ids == ["a.jsonl:1", "a.jsonl:2", "a.jsonl:3"]
     assert len({r.source for batch in batches for r in batch}) == 1
+
+
+def test_workers_agree_on_a_growing_files_generation(tmp_path: Path) -> None:
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    grows = landing / "a.jsonl"
+    grows.write_bytes(lines(*range(1, 41)))
+    state, out = str(tmp_path / "st"), tmp_path / "out.jsonl"
+    args = (ECHO, "-i", str(landing), "-s", state, "--keep-files", "--workers", "2")
+    assert run(*args) == 0
+    with grows.open("ab") as handle:
+        handle.write(lines(*range(41, 61)))
+    assert run(*args, "--out", str(out)) == 0
+    assert sorted(exported(out)) == list(range(1, 61))
