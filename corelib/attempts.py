@@ -43,6 +43,7 @@ class Attempts:
         metrics: Metrics,
         breaker: CircuitBreaker | None,
         rate: RateLimit | None = None,
+        platform_counts: bool = True,
     ) -> None:
         self.process = process
         self.is_async = inspect.iscoroutinefunction(process)
@@ -56,6 +57,9 @@ class Attempts:
         """Events the open circuit handed back in the current batch."""
         self.rate = rate
         """Paces processor calls (a token bucket), when set."""
+        self.platform_counts = platform_counts
+        """Whether a platform's delivery count (SQS ApproximateReceiveCount) may raise the
+        store's: only for a store that misses deliveries (see `deliveries`)."""
 
     def attempt(self, item: Item, now: float) -> Awaitable[None] | None:
         """Run one attempt; for an async processor, the awaitable that completes it."""
@@ -181,11 +185,17 @@ class Attempts:
             extra=log_extra(item),
         )
 
-    @staticmethod
-    def deliveries(item: Item) -> int:
-        """How many times the item's event has been delivered: the store's count or the
-        platform's (SQS receive count, Queue dequeue count), whichever is higher."""
+    def deliveries(self, item: Item) -> int:
+        """How many times the item's event has been delivered, for `max_deliveries`.
+
+        The one rule: a store that counts every delivery (`counts_every_delivery`: crashed
+        ones too) is authoritative, since it also refunds what the circuit breaker handed
+        back, which a platform's count (SQS receive count, Queue dequeue count) includes;
+        for any other store the higher of the two counts decides.
+        """
         counted = item.claim.deliveries if item.claim is not None else 1
+        if not self.platform_counts:
+            return counted
         return max(counted, getattr(item.record, "delivery_count", 1))
 
 

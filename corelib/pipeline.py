@@ -169,6 +169,8 @@ class Pipeline:
             metrics=self.metrics,
             breaker=self.breaker,
             rate=rate_limit,
+            # The platform's count is for stores that miss deliveries (Attempts.deliveries).
+            platform_counts=not getattr(self.store, "counts_every_delivery", False),
         )
         self._lanes = Lanes(
             self._attempts, ordered=ordered, clock=self.clock, concurrency=concurrency

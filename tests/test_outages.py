@@ -174,7 +174,17 @@ def test_store_counts_deliveries_and_refunds_held_back_events() -> None:
 def test_the_platform_count_is_used_when_higher() -> None:
     clock = ManualClock(START)
     downstream = Downstream(clock, START, START + 3600)
-    pipeline, _, _ = make(downstream, clock, max_deliveries=5, breaker=False)
+    # A store that misses crashed deliveries (DynamoDB upsert): the platform's count helps.
+    pipeline = Pipeline(
+        downstream,
+        MemorySink(),
+        MemoryIdempotencyStore(clock=clock, counts_every_delivery=False),
+        MemorySink(),
+        clock=clock,
+        retry=RetryPolicy(attempts=3, backoff=Backoff(base=0.1, jitter=False)),
+        max_deliveries=5,
+        breaker=False,
+    )
     event = Event(id="m1", source="queue", data=b'{"n": 1}', delivery_count=5)
     result = pipeline.run_batch([event])  # SQS says this is its fifth receive
     assert result.dead_lettered == ["m1"]

@@ -73,6 +73,8 @@ class MemoryIdempotencyStore:
     each key's fence, records its completion, and puts the outputs filed under it.
 
     Two handles made with `handle()` share state, as two workers sharing one table.
+    `counts_every_delivery=False` plays a store that misses crashed deliveries, so the
+    pipeline lets a platform's delivery count raise its own.
     """
 
     def __init__(
@@ -81,7 +83,11 @@ class MemoryIdempotencyStore:
         ttl_seconds: float = 86_400.0,
         clock: Clock | None = None,
         faults: Faults | None = None,
+        counts_every_delivery: bool = True,
     ) -> None:
+        self.counts_every_delivery = counts_every_delivery
+        """Each claim counts (a takeover after a lapsed lease too) and a refund takes it
+        back, so the pipeline needs no platform's delivery count (`Attempts.deliveries`)."""
         self.ttl_seconds = ttl_seconds
         self.clock: Clock = clock or SystemClock()
         self.faults = faults or Faults()

@@ -221,7 +221,8 @@ def test_a_transient_failure_on_the_last_receive_is_dead_lettered() -> None:
     pipeline = Pipeline(
         down,
         MemorySink(),
-        MemoryIdempotencyStore(clock=clock),
+        # A store that misses crashed deliveries (DynamoDB upsert): SQS's count decides.
+        MemoryIdempotencyStore(clock=clock, counts_every_delivery=False),
         letters,
         clock=clock,
         retry=RetryPolicy(attempts=1),
@@ -531,3 +532,60 @@ def test_kpl_partition_key_that_is_not_utf8_is_dead_lettered_without_its_bytes()
     assert failures(answer) == []
     [letter] = world.letter_messages()
     assert "KPL partition key is not UTF-8" in letter and "0xff" not in letter
+
+
+# -- delivery counting through the handler ------------------------------------------------
+
+
+class Outage:
+    """Raises ConnectionError while `down`, and for `flaky` keys once after recovery."""
+
+    def __init__(self) -> None:
+        self.down = True
+        self.flaky: set[str] = set()
+
+    def process(self, event: Event) -> Any:
+        if self.down:
+            raise ConnectionError("the database is down")
+        if event.id in self.flaky:
+            self.flaky.discard(event.id)
+            raise ConnectionError("one blip")
+        return event.json()
+
+
+def test_sqs_hand_backs_of_the_breaker_do_not_count_towards_max_deliveries() -> None:
+    """SQS's receive count includes every hand-back of an open circuit; the memory store
+    counts crashed deliveries and refunds hand-backs, so its count decides."""
+    from onceflow.breaker import CircuitBreaker
+
+    clock = ManualClock()
+    letters = MemorySink()
+    processor = Outage()
+    pipeline = Pipeline(
+        processor,
+        MemorySink(),
+        MemoryIdempotencyStore(clock=clock),
+        letters,
+        clock=clock,
+        retry=RetryPolicy(attempts=1),
+        max_deliveries=5,
+        breaker=CircuitBreaker(failures=2, ratio=None, cool_down=60.0),
+    )
+    handler = lambda_handler(pipeline)
+
+    def batch(receives: int, *ids: str) -> dict[str, Any]:
+        return aws.sqs_event(*(aws.sqs_record(i, '{"n": 1}', receive_count=receives) for i in ids))
+
+    with pytest.raises(BatchFailed):  # two real failures open the circuit; m3 is held back
+        handler(batch(1, "m1", "m2", "m3"), None)
+    for receives in range(2, 12):  # the circuit stays open: every message is handed back
+        with pytest.raises(BatchFailed):
+            handler(batch(receives, "m3"), None)
+    clock.advance(61.0)
+    processor.down = False
+    processor.flaky = {"m3"}
+    # m1 is the probe that closes the circuit; m3 then fails once, on its first real try.
+    answer = handler(batch(12, "m1", "m3"), None)
+    assert failures(answer) == ["m3"]
+    assert letters.values() == []
+    assert failures(handler(batch(13, "m3"), None)) == []
