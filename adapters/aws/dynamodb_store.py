@@ -60,6 +60,8 @@ IN_PROGRESS = "IN_PROGRESS"
 COMPLETED = "COMPLETED"
 MAX_REREADS = 32
 """Rounds of leasing a key whose record changed under the claim, before giving up."""
+MARKER_OVERHEAD = 1_000
+"""Bytes of a completion marker besides its key and detail (names, numbers, token)."""
 MAX_SENT_LEASES = 10_000
 """Leases of unanswered claims remembered at most (see `_remember_leases`)."""
 DELIVERIES = "deliveries"
@@ -103,6 +105,9 @@ class DynamoDBIdempotencyStore:
     ) -> None:
         self.table = table
         self.mode = mode
+        self.counts_every_delivery = mode.leases
+        """`FENCED` counts each claim (refunding hand-backs), so SQS's receive count, which
+        includes the breaker's hand-backs, is not needed (`Attempts.deliveries`)."""
         self.clock: Clock = clock or SystemClock()
         self.ttl_seconds = ttl_seconds
         self.key_attribute = key_attribute
@@ -231,7 +236,11 @@ class DynamoDBIdempotencyStore:
         }
         if values:
             body["ExpressionAttributeValues"] = values
-        return transact_action({"Put": body}, {self.key_attribute})
+        # A bound on the marker's size, cheaper than measuring it: fixed attributes, the key
+        # twice (the item and its target), a detail of at most 500 characters.
+        detail = completion.outcome.detail or ""
+        size = MARKER_OVERHEAD + 2 * len(self.pk(completion.key)) * 4 + len(detail) * 4
+        return transact_action({"Put": body}, {self.key_attribute}, size)
 
     def _claim_of(self, key: str, item: dict[str, Any] | None, now: float) -> Claim | None:
         """The answer an existing item gives without writing; None when the key is free."""
