@@ -262,20 +262,24 @@ class TransactAction(NamedTuple):
     """Its bytes on the wire (as JSON), for packing transactions under `TRANSACTION_BYTES`."""
 
 
-def transact_action(request: dict[str, Any], key_attributes: Collection[str]) -> TransactAction:
-    """`request` with its target, found by its `Key` or, for a Put, its key attributes."""
+def transact_action(
+    request: dict[str, Any], key_attributes: Collection[str], size: int | None = None
+) -> TransactAction:
+    """`request` with its target, found by its `Key` or, for a Put, its key attributes, and
+    its size (`wire_size`, unless the caller knows a bound)."""
     [body] = request.values()
     key = body.get("Key")
     if key is None:
         item = body.get("Item", {})
         key = {name: item[name] for name in key_attributes if name in item}
     target = f"{body.get('TableName')}|{sorted((k, str(v)) for k, v in key.items())}"
-    return TransactAction(request, target, wire_size(request))
+    return TransactAction(request, target, wire_size(request) if size is None else size)
 
 
 def wire_size(request: dict[str, Any]) -> int:
-    """About how many bytes `request` takes in a request's JSON (binaries as base64)."""
-    text = json.dumps(request, separators=(",", ":"), default=_base64_length)
+    """About how many bytes `request` takes in a request's JSON (binaries as base64): at
+    least its items' size, which DynamoDB's 4 MB transaction limit counts."""
+    text = json.dumps(request, separators=(",", ":"), ensure_ascii=False, default=_base64_length)
     return len(text.encode("utf-8", "surrogatepass"))
 
 
