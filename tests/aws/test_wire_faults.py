@@ -226,3 +226,63 @@ async def test_a_failed_delivery_whose_count_reply_was_lost_counts_once(
     assert lost.fired == 1
     [again] = await store.claim([key], 30)
     assert again.deliveries == 2
+
+
+def _any_dynamodb(request: Any) -> bool:
+    return request.header("x-amz-target").startswith("DynamoDB_")
+
+
+FAULTS: dict[str, Callable[[int], Fault]] = {
+    "lost-reply": lambda k: Fault.drop_reply(_any_dynamodb, skip=k),
+    "reset": lambda k: Fault.reset(_any_dynamodb, skip=k),
+    "throttled": lambda k: Fault.answer(_any_dynamodb, dynamodb_error(), skip=k),
+}
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+@pytest.mark.parametrize("mode", list(DynamoDBMode), ids=[m.value for m in DynamoDBMode])
+def test_a_fault_at_any_call_of_a_batch_loses_and_doubles_nothing(
+    mode: DynamoDBMode,
+    fault: str,
+    moto: MotoServer,
+    moto_proxy: FaultProxy,
+    dynamodb_tables: Callable[[str], str],
+) -> None:
+    """One fault at the k-th DynamoDB request of three deliveries of a batch, for every k."""
+    k = 0
+    while True:
+        ns = f"any-call-{uuid.uuid4().hex[:8]}"
+        client = proxied_dynamodb_client(moto, moto_proxy)
+        state, outputs = dynamodb_tables(f"any-state-{k}"), dynamodb_tables(f"any-out-{k}")
+        store, sink = dynamodb_pipeline_parts(
+            state,
+            outputs,
+            mode=mode,
+            client=client,
+            clock=ManualClock(),
+            retry=FAST,
+            action=applied_once(ns) if mode.atomic else None,
+        )
+        letters = MemorySink()
+        pipeline = Pipeline(
+            lambda e: e.json(), sink, store, letters, clock=store.clock, backend_retry=FAST
+        )
+        armed = moto_proxy.add(FAULTS[fault](k))
+        events = _events(ns, 3)
+        settled: set[str] = set()
+        for _ in range(3):  # what failed comes again (a lease left behind runs out first)
+            result = pipeline.run_batch(events)
+            settled |= set(result.processed) | set(result.duplicates)
+            store.clock.advance(pipeline.lease_seconds + 1)  # type: ignore[attr-defined]
+        fired = armed.fired
+        moto_proxy.clear()  # the checks below read through the same proxy
+        assert settled == {"e0", "e1", "e2"}, (k, result.reasons)
+        assert len(letters) == 0
+        if mode.atomic:
+            assert _counters(moto, outputs, ns) == {0: 1, 1: 1, 2: 1}, k
+        else:
+            assert sorted(v["n"] for v in sink.read_all().values()) == [0, 1, 2]
+        if not fired:
+            break  # k is past the deliveries' last request: every one was faulted once
+        k += 1
+    assert k >= (3 if mode.leases else 2)
