@@ -112,11 +112,11 @@ def _is_number(v: Any) -> bool:
 
 
 def _glob(pattern: str, text: str) -> bool:
-    """Wildcard matching by plain recursion: `*` any run, `\\*` a star."""
+    """Wildcard matching by plain recursion: `*` any run, `\\*` a star, `\\\\` a backslash."""
     if not pattern:
         return not text
-    if pattern.startswith("\\*"):
-        return text.startswith("*") and _glob(pattern[2:], text[1:])
+    if pattern.startswith(("\\*", "\\\\")):
+        return text.startswith(pattern[1]) and _glob(pattern[2:], text[1:])
     if pattern[0] == "*":
         return any(_glob(pattern[1:], text[i:]) for i in range(len(text) + 1))
     return bool(text) and text[0] == pattern[0] and _glob(pattern[1:], text[1:])
