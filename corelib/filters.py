@@ -20,7 +20,8 @@ The syntax and its meaning, as in EventBridge:
   `{"prefix": s}`, `{"suffix": s}` (both also as `{"prefix": {"equals-ignore-case": s}}`),
   `{"equals-ignore-case": s}`, `{"wildcard": "a*b"}` (`*` is any run of characters,
   `\\*` a star, `\\\\` a backslash), `{"numeric": [">", 0, "<=", 5]}` (`=`, `<`, `<=`,
-  `>`, `>=`; numbers only), `{"exists": true}` / `{"exists": false}` (a member holding null exists), and
+  `>`, `>=`; numbers only), `{"exists": true}` / `{"exists": false}` (a member holding
+  null exists), and
   `{"anything-but": x}` where x is a literal, a list of literals, or a prefix, suffix,
   equals-ignore-case or wildcard matcher: the member exists and matches none of them;
 - `"$or": [pattern, ...]` beside other members matches when any of its patterns does.
