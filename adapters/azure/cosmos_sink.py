@@ -11,8 +11,10 @@ import anyio.to_thread
 from azure.cosmos import ContainerProxy
 
 from onceflow.adapters.azure.cosmos_store import WORKERS, item_id
+from onceflow.adapters.azure.throttling import default_retry, send
 from onceflow.identity import key_parts
 from onceflow.records import Output
+from onceflow.retry import RetryPolicy
 from onceflow.serialization import dumps
 
 __all__ = ["CosmosSink"]
@@ -29,8 +31,12 @@ class CosmosSink:
     verified): the runner writes, then completes with its fence.
     """
 
-    def __init__(self, container: ContainerProxy) -> None:
+    def __init__(
+        self, container: ContainerProxy, *, throttle_retry: RetryPolicy | None = None
+    ) -> None:
         self.container = container
+        self.throttle_retry = throttle_retry or default_retry()
+        """Requests again while Cosmos throttles them past its SDK's own 429 retries."""
         self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="onceflow-cosmos-sink")
 
     async def write(self, outputs: Sequence[Output]) -> None:
@@ -38,9 +44,10 @@ class CosmosSink:
         if not outputs:
             return
         items = [self._item(o) for o in outputs]
-        await anyio.to_thread.run_sync(
-            lambda: list(self._pool.map(self.container.upsert_item, items))
-        )
+        await anyio.to_thread.run_sync(lambda: list(self._pool.map(self._upsert, items)))
+
+    def _upsert(self, item: Item) -> None:
+        send(self.throttle_retry, "an output's upsert", self.container.upsert_item, item)
 
     @staticmethod
     def _item(output: Output) -> Item:

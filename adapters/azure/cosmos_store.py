@@ -31,6 +31,7 @@ from onceflow.adapters.azure.lease_rows import (
     rounds,
 )
 from onceflow.adapters.azure.table_keys import bounded, encode_part
+from onceflow.adapters.azure.throttling import default_retry, listed, send
 from onceflow.clock import SystemClock
 from onceflow.identity import key_parts
 from onceflow.interfaces import Clock
@@ -83,12 +84,15 @@ class CosmosIdempotencyStore:
         ttl_seconds: float = 86_400.0,
         clock: Clock | None = None,
         retry: RetryPolicy | None = None,
+        throttle_retry: RetryPolicy | None = None,
     ) -> None:
         self.container = container
         self.ttl_seconds = ttl_seconds
         self.clock: Clock = clock or SystemClock()
         self.retry = retry or contention_policy()
         """Rounds for one contended key (conflicting writes), and the wait between them."""
+        self.throttle_retry = throttle_retry or default_retry()
+        """Requests again while Cosmos throttles them past its SDK's own 429 retries."""
         self._etags: OrderedDict[str, tuple[str, str, bool]] = OrderedDict()
         """Per key: the token of our lease or completion, the ETag it left, and whether
         it is our completion (a retried `complete` of it is accepted without a write)."""
@@ -161,16 +165,13 @@ class CosmosIdempotencyStore:
                 "lease_expires_at": now + lease_seconds,
                 "deliveries": deliveries,
             }
+            written: Item
             try:
                 if row is None:
-                    written = self.container.create_item(fields)
+                    create = self.container.create_item
+                    written = send(self.throttle_retry, "a claim", create, fields)
                 else:
-                    written = self.container.replace_item(
-                        ident,
-                        fields,
-                        etag=row["_etag"],
-                        match_condition=MatchConditions.IfNotModified,
-                    )
+                    written = self._replace(ident, fields, str(row["_etag"]), "a claim")
             except (CosmosResourceExistsError, CosmosAccessConditionFailedError):
                 tried = attempt_claim
                 continue
@@ -210,9 +211,7 @@ class CosmosIdempotencyStore:
                 "ttl": int(self.ttl_seconds) + 60,
             }
             try:
-                written = self.container.replace_item(
-                    ident, fields, etag=etag, match_condition=MatchConditions.IfNotModified
-                )
+                written = self._replace(ident, fields, etag, "a completion")
             except CosmosAccessConditionFailedError:
                 etag = None  # our own earlier completion, or a takeover: read and see
                 continue
@@ -254,9 +253,7 @@ class CosmosIdempotencyStore:
         }
         # A refused replace means the lease moved on: nothing of ours to release.
         with contextlib.suppress(CosmosAccessConditionFailedError, CosmosResourceNotFoundError):
-            self.container.replace_item(
-                ident, fields, etag=etag, match_condition=MatchConditions.IfNotModified
-            )
+            self._replace(ident, fields, etag, "a release")
         with self._lock:
             self._etags.pop(claim.key, None)
 
@@ -273,7 +270,11 @@ class CosmosIdempotencyStore:
             id_list = list(ids)
             for start in range(0, len(id_list), QUERY_IDS):
                 chunk = id_list[start : start + QUERY_IDS]
-                items = self.container.query_items(
+                items = send(
+                    self.throttle_retry,
+                    "a query",
+                    listed,
+                    self.container.query_items,
                     "SELECT * FROM c WHERE c.pk = @pk AND ARRAY_CONTAINS(@ids, c.id)",
                     parameters=[
                         {"name": "@pk", "value": partition},
@@ -286,6 +287,19 @@ class CosmosIdempotencyStore:
                     if owner is not None:
                         found[owner] = dict(item)
         return found
+
+    def _replace(self, ident: str, fields: Item, etag: str, what: str) -> Item:
+        """An ETag-guarded replace of item `ident`."""
+        written: Item = send(
+            self.throttle_retry,
+            what,
+            self.container.replace_item,
+            ident,
+            fields,
+            etag=etag,
+            match_condition=MatchConditions.IfNotModified,
+        )
+        return written
 
     def _read_one(self, key: str) -> Item | None:
         # A query, not read_item: the local server answers a point read of a missing item

@@ -15,7 +15,9 @@ from azure.core.exceptions import (
 )
 from azure.storage.blob import BlobServiceClient, ContainerClient
 
+from onceflow.adapters.azure.throttling import default_retry, send
 from onceflow.records import ObjectInfo
+from onceflow.retry import RetryPolicy
 
 __all__ = ["BlobObjectStore"]
 
@@ -37,6 +39,7 @@ class BlobObjectStore:
         *,
         connection_string: str | None = None,
         create: bool = False,
+        throttle_retry: RetryPolicy | None = None,
     ) -> None:
         if isinstance(container, str):
             if connection_string is None:
@@ -47,15 +50,17 @@ class BlobObjectStore:
             container = service.get_container_client(container)
         self.container = container
         self.prefix = prefix
+        self.throttle_retry = throttle_retry or default_retry()
+        """Requests again while Blob storage throttles them (the SDK never retries a 429)."""
         if create:
             with contextlib.suppress(ResourceExistsError):
-                container.create_container()
+                send(self.throttle_retry, "a container creation", container.create_container)
 
     def _name(self, path: str) -> str:
         return self.prefix + path
 
     async def _call(self, func: Callable[[], T]) -> T:
-        return await anyio.to_thread.run_sync(func)
+        return await anyio.to_thread.run_sync(send, self.throttle_retry, "a blob request", func)
 
     async def get(self, path: str) -> bytes:
         """The object's bytes; `FileNotFoundError` when there is none."""

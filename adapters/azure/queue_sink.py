@@ -15,8 +15,10 @@ from azure.core.exceptions import ResourceExistsError
 from azure.storage.queue import QueueClient
 
 from onceflow.adapters.azure.objects import BlobObjectStore
+from onceflow.adapters.azure.throttling import default_retry, send
 from onceflow.errors import OutputRejected
 from onceflow.records import Output
+from onceflow.retry import RetryPolicy
 from onceflow.serialization import dumps
 
 __all__ = ["QueueSink", "decode_queue_output"]
@@ -44,6 +46,7 @@ class QueueSink:
         connection_string: str | None = None,
         spill: BlobObjectStore | None = None,
         create: bool = False,
+        throttle_retry: RetryPolicy | None = None,
     ) -> None:
         if isinstance(queue, str):
             if connection_string is None:
@@ -51,10 +54,12 @@ class QueueSink:
             queue = QueueClient.from_connection_string(connection_string, queue)
         self.queue = queue
         self.spill = spill
+        self.throttle_retry = throttle_retry or default_retry()
+        """Sends again while Queue storage throttles them (the SDK never retries a 429)."""
         self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="onceflow-queue")
         if create:
             with contextlib.suppress(ResourceExistsError):
-                queue.create_queue()
+                send(self.throttle_retry, "a queue creation", queue.create_queue)
 
     async def write(self, outputs: Sequence[Output]) -> None:
         """Send every output as one message, spilling large ones to Blob first."""
@@ -91,8 +96,10 @@ class QueueSink:
         for path, data in spills:
             # The blob lands before the message that points at it.
             await self.spill.put(path, data)  # type: ignore[union-attr]
-        send = self.queue.send_message
-        await anyio.to_thread.run_sync(lambda: list(self._pool.map(send, messages)))
+        await anyio.to_thread.run_sync(lambda: list(self._pool.map(self._send, messages)))
+
+    def _send(self, message: str) -> None:
+        send(self.throttle_retry, "a message", self.queue.send_message, message)
 
 
 def _encode(text: str) -> str:

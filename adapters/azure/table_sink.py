@@ -14,9 +14,11 @@ from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 from onceflow.adapters.azure.table_keys import OUTPUT, output_address
 from onceflow.adapters.azure.table_store import TableIdempotencyStore
 from onceflow.adapters.azure.table_transactions import Group, Operation, submit
+from onceflow.adapters.azure.throttling import default_retry, send
 from onceflow.errors import OutputRejected
 from onceflow.interfaces import IdempotencyStore
 from onceflow.records import Completion, Output
+from onceflow.retry import RetryPolicy
 from onceflow.serialization import dumps
 
 __all__ = ["TableSink"]
@@ -70,6 +72,7 @@ class TableSink:
         *,
         connection_string: str | None = None,
         create: bool = False,
+        throttle_retry: RetryPolicy | None = None,
     ) -> None:
         if isinstance(table, str):
             if connection_string is None:
@@ -78,9 +81,11 @@ class TableSink:
                 table
             )
         self.table = table
+        self.throttle_retry = throttle_retry or default_retry()
+        """Requests again while the service throttles them (`throttling.send`)."""
         if create:
             with contextlib.suppress(ResourceExistsError):
-                table.create_table()
+                send(self.throttle_retry, "a table creation", table.create_table)
 
     async def _call(self, func: Callable[[], T]) -> T:
         return await anyio.to_thread.run_sync(func)
@@ -98,7 +103,7 @@ class TableSink:
             Group(e["PartitionKey"], [("upsert", e, {"mode": UpdateMode.REPLACE})])
             for e in entities.values()
         ]
-        await self._call(lambda: submit(self.table, groups))
+        await self._call(lambda: submit(self.table, groups, self.throttle_retry))
 
     async def write_and_complete(
         self,

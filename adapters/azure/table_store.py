@@ -29,6 +29,7 @@ from onceflow.adapters.azure.lease_rows import (
 )
 from onceflow.adapters.azure.table_keys import MARKER, key_address, marker_row, numeric_row
 from onceflow.adapters.azure.table_transactions import MAX_OPERATIONS, Group, Operation, submit
+from onceflow.adapters.azure.throttling import default_retry, listed, send
 from onceflow.clock import SystemClock
 from onceflow.interfaces import Clock
 from onceflow.records import Claim, ClaimStatus, Completion
@@ -75,6 +76,7 @@ class TableIdempotencyStore:
         ttl_seconds: float = 86_400.0,
         clock: Clock | None = None,
         retry: RetryPolicy | None = None,
+        throttle_retry: RetryPolicy | None = None,
         create: bool = False,
     ) -> None:
         if isinstance(table, str):
@@ -90,6 +92,8 @@ class TableIdempotencyStore:
         self.clock: Clock = clock or SystemClock()
         self.retry = retry or contention_policy()
         """Rounds for one contended key (conflicting writes), and the wait between them."""
+        self.throttle_retry = throttle_retry or default_retry()
+        """Requests again while the service throttles them (`throttling.send`)."""
         self._etags: OrderedDict[tuple[str, str], tuple[str, str, bool]] = OrderedDict()
         """Per row: the token of our lease or completion, the ETag it left, and whether
         it is our completion (a retried `complete` of it is accepted without a write)."""
@@ -97,7 +101,7 @@ class TableIdempotencyStore:
         self._unanswered = UnansweredClaims()
         if create:
             with contextlib.suppress(ResourceExistsError):
-                table.create_table()
+                send(self.throttle_retry, "a table creation", table.create_table)
 
     def shares_table(self, table: TableClient) -> bool:
         """Whether `table` is this store's table (same account endpoint and name)."""
@@ -128,7 +132,7 @@ class TableIdempotencyStore:
             else:
                 self._unanswered.note(claim)
                 groups.append(Group(address[0], [operation], tag=claim))
-        submit(self.table, groups)
+        submit(self.table, groups, self.throttle_retry)
         for group in groups:
             claim = group.tag
             if group.conflict is None:
@@ -197,9 +201,17 @@ class TableIdempotencyStore:
             self._unanswered.note(claim)
             try:
                 if operation[0] == "create":
-                    written = self.table.create_entity(operation[1])
+                    written = send(
+                        self.throttle_retry, "a claim", self.table.create_entity, operation[1]
+                    )
                 else:
-                    written = self.table.update_entity(operation[1], **operation[2])
+                    written = send(
+                        self.throttle_retry,
+                        "a claim",
+                        self.table.update_entity,
+                        operation[1],
+                        **operation[2],
+                    )
             except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
                 attempted = claim
                 continue
@@ -267,7 +279,7 @@ class TableIdempotencyStore:
                 ops = [marker, *filed] if len(filed) < MAX_OPERATIONS else [*filed, marker]
                 groups.append(Group(key_address(completion.key)[0], ops, tag=i))
             try:
-                submit(self.table, groups)
+                submit(self.table, groups, self.throttle_retry)
             except Exception:
                 # The reply may be lost with the commit applied: a retry reads the rows
                 # first (one query) and finds its own commit, instead of meeting a
@@ -338,7 +350,8 @@ class TableIdempotencyStore:
             }
             update = ("update", entity, {"mode": UpdateMode.REPLACE, **_if_match(etag)})
             groups.append(Group(partition, [update], tag=c))
-        submit(self.table, groups)  # a conflict means the lease moved on: nothing to release
+        # A conflict means the lease moved on: nothing to release.
+        submit(self.table, groups, self.throttle_retry)
         self._forget([key_address(c.key) for c in held])
 
     # -- rows ------------------------------------------------------------------------------
@@ -352,15 +365,28 @@ class TableIdempotencyStore:
             by_partition.setdefault(partition, []).append(row_key)
         for partition, row_keys in by_partition.items():
             for query, parameters in _queries(partition, row_keys):
-                for entity in self.table.query_entities(query, parameters=parameters):
+                page = self._query(query, parameters)
+                for entity in page:
                     address = (partition, entity["RowKey"])
                     if address in wanted:
                         found[address] = dict(entity) | {"__etag": entity.metadata["etag"]}
         return found
 
+    def _query(self, query: str, parameters: dict[str, Any]) -> list[Any]:
+        """Every entity `query` matches (read again whole while it is throttled)."""
+        entities: list[Any] = send(
+            self.throttle_retry,
+            "a query",
+            listed,
+            self.table.query_entities,
+            query,
+            parameters=parameters,
+        )
+        return entities
+
     def _get(self, address: tuple[str, str]) -> Entity | None:
         try:
-            entity = self.table.get_entity(*address)
+            entity = send(self.throttle_retry, "a read", self.table.get_entity, *address)
         except ResourceNotFoundError:
             return None
         return dict(entity) | {"__etag": entity.metadata["etag"]}
@@ -420,7 +446,7 @@ class TableIdempotencyStore:
             query = "PartitionKey eq @p and " + query
             parameters["p"] = partition
         groups = []
-        for entity in self.table.query_entities(query, parameters=parameters):
+        for entity in self._query(query, parameters):
             done = entity.get("status") == COMPLETED and float(entity.get("expires_at", 0)) <= now
             lapsed = (
                 entity.get("status") == IN_PROGRESS
@@ -434,7 +460,7 @@ class TableIdempotencyStore:
                         [("delete", address, _if_match(str(entity.metadata["etag"])))],
                     )
                 )
-        submit(self.table, groups)
+        submit(self.table, groups, self.throttle_retry)
         return sum(1 for g in groups if g.conflict is None)
 
 

@@ -9,6 +9,9 @@ from typing import Any
 
 from azure.data.tables import TableClient, TableTransactionError
 
+from onceflow.adapters.azure.throttling import default_retry, send
+from onceflow.retry import RetryPolicy
+
 __all__ = ["MAX_OPERATIONS", "Group", "submit"]
 
 MAX_OPERATIONS = 100
@@ -57,20 +60,23 @@ def _chunks(groups: Sequence[Group]) -> Iterator[list[Group]]:
             yield chunk
 
 
-def submit(table: TableClient, groups: Sequence[Group]) -> None:
+def submit(table: TableClient, groups: Sequence[Group], retry: RetryPolicy | None = None) -> None:
     """Commit every group, packed into as few transactions as the limits allow.
 
     A group whose operation is refused with 409 (exists) or 412 (ETag changed) gets
     `conflict` set and is left out; the rest of its transaction is submitted again
     without it, so one contended key never blocks the others. Any other error raises.
-    A group larger than one transaction is submitted in pieces, not atomically.
+    A group larger than one transaction is submitted in pieces, not atomically. A
+    throttled transaction (applied not at all) is sent again under `retry`
+    (`onceflow.adapters.azure.throttling`).
     """
+    retry = retry or default_retry()
     for chunk in _chunks(groups):
         live = list(chunk)
         while live:
             operations = [op for group in live for op in group.operations]
             try:
-                results = _submit_in_pieces(table, operations)
+                results = _submit_in_pieces(table, operations, retry)
             except TableTransactionError as exc:
                 index = getattr(exc, "index", None)
                 if exc.status_code not in (409, 412) or index is None:
@@ -87,12 +93,15 @@ def submit(table: TableClient, groups: Sequence[Group]) -> None:
             break
 
 
-def _submit_in_pieces(table: TableClient, operations: list[Operation]) -> list[dict[str, Any]]:
+def _submit_in_pieces(
+    table: TableClient, operations: list[Operation], retry: RetryPolicy
+) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     for start in range(0, len(operations), MAX_OPERATIONS):
         piece = operations[start : start + MAX_OPERATIONS]
         try:
-            results.extend(dict(r) for r in table.submit_transaction(piece))
+            answer = send(retry, "an entity transaction", table.submit_transaction, piece)
+            results.extend(dict(r) for r in answer)
         except TableTransactionError as exc:
             if start and getattr(exc, "index", None) is not None:
                 exc.index = int(exc.index) + start
