@@ -684,18 +684,18 @@ def _sqs_read(templates: _Templates, raw: Mapping[str, Any]) -> tuple[Item, list
 def _sqs_attributes(raw: Mapping[str, Any], attrs: Mapping[str, Any]) -> dict[str, str]:
     """A message's attributes and the queue's own details that onceflow passes on."""
     out = _message_attributes(raw.get("messageAttributes"))
-    for name, value, field_name in (
-        ("aws.region", raw.get("awsRegion"), "awsRegion"),
-        (
-            "aws.deduplication_id",
-            attrs.get("MessageDeduplicationId"),
-            "attributes.MessageDeduplicationId",
-        ),
-        ("aws.sequence_number", attrs.get("SequenceNumber"), "attributes.SequenceNumber"),
-    ):
-        text = _optional_text(value, field_name)
-        if text is not None:
-            out[name] = text
+    region = _optional_text(raw.get("awsRegion"), "awsRegion")
+    if region is not None:
+        out["aws.region"] = region
+    if "MessageDeduplicationId" in attrs or "SequenceNumber" in attrs:  # FIFO queues only
+        dedup = _optional_text(
+            attrs.get("MessageDeduplicationId"), "attributes.MessageDeduplicationId"
+        )
+        if dedup is not None:
+            out["aws.deduplication_id"] = dedup
+        number = _optional_text(attrs.get("SequenceNumber"), "attributes.SequenceNumber")
+        if number is not None:
+            out["aws.sequence_number"] = number
     return out
 
 
