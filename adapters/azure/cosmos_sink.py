@@ -9,9 +9,11 @@ from typing import Any
 
 import anyio.to_thread
 from azure.cosmos import ContainerProxy
+from azure.cosmos.exceptions import CosmosHttpResponseError
 
-from onceflow.adapters.azure.cosmos_store import WORKERS, item_id
+from onceflow.adapters.azure.cosmos_store import WORKERS, item_id, partition_value
 from onceflow.adapters.azure.throttling import default_retry, send
+from onceflow.errors import OutputRejected
 from onceflow.identity import key_parts
 from onceflow.records import Output
 from onceflow.retry import RetryPolicy
@@ -21,6 +23,11 @@ __all__ = ["CosmosSink"]
 
 Item = dict[str, Any]
 
+ITEM_LIMIT = 2 * 1024 * 1024
+"""Cosmos DB's item limit: 2 MB of UTF-8 JSON."""
+SYSTEM_BYTES = 1024
+"""Room kept for the properties the service adds (`_rid`, `_self`, `_etag`, `_ts`, ...)."""
+
 
 class CosmosSink:
     """`onceflow.interfaces.Sink` upserting one item per output (id: escaped output_id).
@@ -28,7 +35,9 @@ class CosmosSink:
     Items are partitioned by their event key's group (the event source), like the store's.
     The sink does not commit atomically with `CosmosIdempotencyStore` (that needs
     transactional batches, which the local test server refuses, so no such path could be
-    verified): the runner writes, then completes with its fence.
+    verified): the runner writes, then completes with its fence. An output whose item
+    would pass Cosmos's 2 MB item limit is refused (`OutputRejected`: dead-lettered)
+    before anything is written, as is one the service answers 413 (too large).
     """
 
     def __init__(
@@ -44,16 +53,40 @@ class CosmosSink:
         if not outputs:
             return
         items = [self._item(o) for o in outputs]
-        await anyio.to_thread.run_sync(lambda: list(self._pool.map(self._upsert, items)))
+        too_big: dict[str, str] = {}
+        for output, item in zip(outputs, items, strict=True):
+            size = len(json.dumps(item, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+            if size > ITEM_LIMIT - SYSTEM_BYTES:
+                too_big[output.output_id] = (
+                    f"its item is {size} bytes of JSON, over Cosmos DB's 2 MB item limit "
+                    f"({ITEM_LIMIT} bytes, {SYSTEM_BYTES} of them kept for system properties)"
+                )
+        if too_big:
+            raise OutputRejected(too_big)
+        answers = await anyio.to_thread.run_sync(lambda: list(self._pool.map(self._upsert, items)))
+        refused = {
+            o.output_id: "Cosmos DB refused its item as over the 2 MB item limit (HTTP 413)"
+            for o, written in zip(outputs, answers, strict=True)
+            if not written
+        }
+        if refused:
+            raise OutputRejected(refused)
 
-    def _upsert(self, item: Item) -> None:
-        send(self.throttle_retry, "an output's upsert", self.container.upsert_item, item)
+    def _upsert(self, item: Item) -> bool:
+        """Upsert one item; False when the service refused it as too large."""
+        try:
+            send(self.throttle_retry, "an output's upsert", self.container.upsert_item, item)
+        except CosmosHttpResponseError as exc:
+            if exc.status_code != 413:
+                raise
+            return False
+        return True
 
     @staticmethod
     def _item(output: Output) -> Item:
         return {
             "id": item_id(output.output_id),
-            "pk": key_parts(output.event_key)[0],
+            "pk": partition_value(key_parts(output.event_key)[0]),
             "output_id": output.output_id,
             "event_key": output.event_key,
             "event_id": output.event_id,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import threading
 import uuid
 from collections import OrderedDict
@@ -38,7 +39,7 @@ from onceflow.interfaces import Clock
 from onceflow.records import Claim, ClaimStatus, Completion
 from onceflow.retry import RetryPolicy
 
-__all__ = ["CosmosIdempotencyStore", "cosmos_address", "item_id"]
+__all__ = ["CosmosIdempotencyStore", "cosmos_address", "item_id", "partition_value"]
 
 T = TypeVar("T")
 Item = dict[str, Any]
@@ -47,6 +48,8 @@ QUERY_IDS = 100  # ids per ARRAY_CONTAINS query
 WORKERS = 16  # concurrent point writes per call
 ETAG_CACHE = 200_000
 LONGEST_ID = 200  # Cosmos ids hold at most 255 characters
+LONGEST_PARTITION = 2048
+"""Bytes of UTF-8 in a partition key value: Cosmos refuses longer ones."""
 
 
 def item_id(identity: str) -> str:
@@ -54,9 +57,17 @@ def item_id(identity: str) -> str:
     return bounded(encode_part(identity), LONGEST_ID)
 
 
+def partition_value(group: str) -> str:
+    """The partition key value of a key's group: itself, or `sha256:<hex>` when too long."""
+    encoded = group.encode("utf-8", "surrogatepass")
+    if len(encoded) <= LONGEST_PARTITION:
+        return group
+    return "sha256:" + hashlib.sha256(encoded).hexdigest()
+
+
 def cosmos_address(key: str) -> tuple[str, str]:
     """(partition key value, item id) of `key`: its group (the event source), and its item id."""
-    return key_parts(key)[0], item_id(key)
+    return partition_value(key_parts(key)[0]), item_id(key)
 
 
 class CosmosIdempotencyStore:

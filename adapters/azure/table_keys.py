@@ -6,7 +6,11 @@ partition and commit in entity transactions; the rest (the event id) becomes the
 A numeric id (a sequence number) is zero-padded, so a batch of contiguous sequence
 numbers is one RowKey range, read with one query. Table keys may not hold `/ \\ # ?` or
 control characters, so both parts are escaped reversibly; parts too long for a key are
-replaced by their SHA-256.
+replaced by their SHA-256. The identities a row also holds as properties (a marker's
+`key`, an output's `output_id`, `event_key` and `event_id`) are kept whole up to
+`LONGEST_PROPERTY` characters and stored as their SHA-256 beyond it (`stored_identity`):
+a string property holds at most 64 KiB, an entity 1 MiB, so a longer key would fail its
+whole entity transaction, every time it came again.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ __all__ = [
     "marker_row",
     "numeric_row",
     "output_address",
+    "stored_identity",
 ]
 
 MARKER = "k"
@@ -36,6 +41,8 @@ NUMERIC = "n"
 TEXT = "s"
 PAD = 20  # int64 sequence numbers have at most 19 digits
 LONGEST = 400  # characters; Table keys hold at most 1 KiB
+LONGEST_PROPERTY = 4096
+"""Characters of an identity kept as is in a property (8 KiB of UTF-16 at most)."""
 
 
 def encode_part(text: str) -> str:
@@ -48,6 +55,14 @@ def bounded(encoded: str, longest: int = LONGEST) -> str:
     if len(encoded) <= longest:
         return encoded
     return "h" + hashlib.sha256(encoded.encode()).hexdigest()
+
+
+def stored_identity(identity: str) -> str:
+    """`identity` itself for a row's property, or `sha256:<hex>` when over `LONGEST_PROPERTY`."""
+    if len(identity) <= LONGEST_PROPERTY:
+        return identity
+    digest = hashlib.sha256(identity.encode("utf-8", "surrogatepass")).hexdigest()
+    return "sha256:" + digest
 
 
 def _row_id(event_id: str) -> str:

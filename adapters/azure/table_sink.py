@@ -11,7 +11,7 @@ import anyio.to_thread
 from azure.core.exceptions import ResourceExistsError
 from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
-from onceflow.adapters.azure.table_keys import OUTPUT, output_address
+from onceflow.adapters.azure.table_keys import OUTPUT, output_address, stored_identity
 from onceflow.adapters.azure.table_store import TableIdempotencyStore
 from onceflow.adapters.azure.table_transactions import Group, Operation, submit
 from onceflow.adapters.azure.throttling import default_retry, send
@@ -63,7 +63,9 @@ class TableSink:
     another table it is a plain idempotent sink and the runner writes, then
     completes. The value is stored as JSON text, split over properties `value0..` of at
     most 32,000 UTF-16 code units each (the service's 64 KiB); outputs over 480,000
-    units (960 KB of UTF-16) are refused with `OutputRejected` (dead-lettered).
+    units (960 KB of UTF-16) are refused with `OutputRejected` (dead-lettered), as are
+    outputs whose partition key is over one property's 32,000 units. Identities over
+    4,096 characters are stored as their SHA-256 (`table_keys.stored_identity`).
     """
 
     def __init__(
@@ -139,13 +141,19 @@ class TableSink:
                     f"({MAX_CHUNKS} string properties of {UNITS})"
                 )
                 continue
+            if output.partition_key is not None and len(split_utf16(output.partition_key)) > 1:
+                too_big[output.output_id] = (
+                    f"its partition key is over the {UNITS} UTF-16 code units a Table "
+                    "string property holds"
+                )
+                continue
             partition, row_key = output_address(output.event_key, output.output_id)
             entity: dict[str, Any] = {
                 "PartitionKey": partition,
                 "RowKey": row_key,
-                "output_id": output.output_id,
-                "event_key": output.event_key,
-                "event_id": output.event_id,
+                "output_id": stored_identity(output.output_id),
+                "event_key": stored_identity(output.event_key),
+                "event_id": stored_identity(output.event_id),
                 "index": output.index,
                 "chunks": len(pieces),
             }

@@ -27,7 +27,13 @@ from onceflow.adapters.azure.lease_rows import (
     released_fields,
     rounds,
 )
-from onceflow.adapters.azure.table_keys import MARKER, key_address, marker_row, numeric_row
+from onceflow.adapters.azure.table_keys import (
+    MARKER,
+    key_address,
+    marker_row,
+    numeric_row,
+    stored_identity,
+)
 from onceflow.adapters.azure.table_transactions import MAX_OPERATIONS, Group, Operation, submit
 from onceflow.adapters.azure.throttling import default_retry, listed, send
 from onceflow.clock import SystemClock
@@ -168,7 +174,7 @@ class TableIdempotencyStore:
         entity: Entity = {
             "PartitionKey": address[0],
             "RowKey": address[1],
-            "key": key,
+            "key": stored_identity(key),
             "status": IN_PROGRESS,
             "token": token,
             "lease_expires_at": expires,
@@ -244,6 +250,7 @@ class TableIdempotencyStore:
             "PartitionKey": partition,
             "RowKey": row_key,
             **completed_fields(completion, now, self.ttl_seconds),
+            "key": stored_identity(completion.key),
         }
 
     def _complete_with(
@@ -347,6 +354,7 @@ class TableIdempotencyStore:
                 "PartitionKey": partition,
                 "RowKey": row_key,
                 **released_fields(c, refund=refund, now=now),
+                "key": stored_identity(c.key),
             }
             update = ("update", entity, {"mode": UpdateMode.REPLACE, **_if_match(etag)})
             groups.append(Group(partition, [update], tag=c))
