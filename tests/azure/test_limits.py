@@ -26,6 +26,7 @@ from onceflow.adapters.memory import ManualClock, MemoryIdempotencyStore, Memory
 from onceflow.errors import PermanentError
 from onceflow.event import Event
 from onceflow.failures import FailureKind
+from onceflow.identity import output_id
 from onceflow.pipeline import Pipeline
 from onceflow.retry import RetryPolicy
 from tests.support.servers import Azurite, CosmosServer
@@ -172,3 +173,24 @@ async def test_event_hubs_function_takes_10000_events_with_bad_ones_dead_lettere
     # Delivered again (a host retry): every event is a duplicate, nothing written twice.
     await fn.get_user_function()(event_hub_batch(bodies))
     assert set(sink.write_counts().values()) == {1} and len(letters.write_counts()) == 11
+
+
+@pytest.mark.emulator
+@pytest.mark.anyio
+async def test_table_output_with_a_partition_key_over_a_property_is_dead_lettered_naming_it(
+    azurite_server: Azurite,
+) -> None:
+    name = f"limits{uuid.uuid4().hex[:10]}"
+    TableServiceClient.from_connection_string(azurite_server.connection_string).create_table(name)
+    table = TableClient.from_connection_string(azurite_server.connection_string, name)
+    sink, letters = TableSink(table), MemorySink()
+    pipe = pipeline(sink, TableIdempotencyStore(table), letters)
+    batch = [
+        Event(id="ok", source="pk", data=b"{}", partition_key="p"),
+        Event(id="long", source="pk", data=b"{}", partition_key="p" * 40_000),
+    ]
+    result = await pipe.process_batch(batch)
+    assert result.processed == ["ok"] and result.dead_lettered == ["long"]
+    failure = result.failures["long"]
+    assert failure.kind is FailureKind.OUTPUT_REJECTED and "32000 UTF-16" in failure.text
+    assert list(await sink.contents()) == [output_id(batch[0].key, 0)]
