@@ -35,7 +35,7 @@ from onceflow.metrics import NoopMetrics
 from onceflow.processing import chain
 from onceflow.records import ClaimStatus, InvalidRecord, Output
 from onceflow.results import BatchResult
-from onceflow.retry import RetryPolicy
+from onceflow.retry import RetryPolicy, deadline_in
 from onceflow.routing import routed_sink
 from onceflow.serialization import UnstorableValue
 from onceflow.steps import Step, StepHook
@@ -221,6 +221,15 @@ class Pipeline:
         if self.time_budget is not None:
             budget_end = self.clock.now() + self.time_budget
             deadline = budget_end if deadline is None else min(deadline, budget_end)
+        if deadline is None:
+            return await self._process(records, None, started)
+        # Store and sink retry loops read the deadline from the context: none sleeps past it.
+        with deadline_in(deadline - self.clock.now()):
+            return await self._process(records, deadline, started)
+
+    async def _process(
+        self, records: Iterable[Record], deadline: float | None, started: float
+    ) -> BatchResult:
         fresh, order = items_of(records, self.key)
         self.metrics.count("received", len(order))
         breaker = self.breaker
