@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import json
+import types
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -25,7 +26,7 @@ from azure.data.tables import TableClient, TableServiceClient
 from azure.storage.blob import ContainerClient
 from azure.storage.queue import QueueClient
 
-from onceflow.adapters.azure import QueueSink, TableIdempotencyStore, TableSink
+from onceflow.adapters.azure import QueueSink, TableIdempotencyStore, TableSink, throttling
 from onceflow.adapters.azure.cosmos_sink import CosmosSink
 from onceflow.adapters.azure.cosmos_store import CosmosIdempotencyStore
 from onceflow.adapters.azure.objects import BlobObjectStore
@@ -248,3 +249,26 @@ async def test_cosmos_store_and_sink_ride_out_throttling_past_the_sdks_retries(
     assert not letters.write_counts()
     again = await pipe.process_batch(events("busy-cosmos"))
     assert sorted(again.duplicates) == [str(n) for n in range(EVENTS)]
+
+
+@pytest.mark.anyio
+async def test_the_wait_the_service_asks_for_is_honoured(
+    azurite_server: Azurite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`Retry-After` (seconds) and `x-ms-retry-after-ms` lengthen the backoff, never shorten it."""
+    waits: list[float] = []
+    monkeypatch.setattr(throttling, "time", types.SimpleNamespace(sleep=waits.append))
+    port = azurite_server.blob_port
+    with FaultProxy(port) as proxy:
+        conn = endpoint_via(azurite_server.connection_string, "Blob", port, proxy)
+        # The SDK's default retries: it never retries a 429 itself.
+        container = ContainerClient.from_connection_string(conn, f"w{uuid.uuid4().hex[:10]}")
+        objects = BlobObjectStore(container, create=True, throttle_retry=QUICK)
+        asked = {"Retry-After": "7", "x-ms-error-code": "ServerBusy"}
+        proxy.add(Fault.answer(method("PUT"), http_response(429, b"", asked)))
+        asked_ms = {"x-ms-retry-after-ms": "1500", "x-ms-error-code": "ServerBusy"}
+        proxy.add(Fault.answer(method("PUT"), http_response(429, b"", asked_ms)))
+        proxy.add(Fault.answer(method("PUT"), azure_error(429, "ServerBusy")))
+        await objects.put("a", b"1")
+        assert await objects.get("a") == b"1"
+    assert waits[:2] == [7.0, 1.5] and 0 < waits[2] <= QUICK.backoff.cap
