@@ -29,7 +29,9 @@ from azure.storage.queue import QueueClient
 from onceflow.adapters.azure import QueueSink, TableIdempotencyStore, TableSink, throttling
 from onceflow.adapters.azure.cosmos_sink import CosmosSink
 from onceflow.adapters.azure.cosmos_store import CosmosIdempotencyStore
+from onceflow.adapters.azure.entry import BatchFailed, EventHubTrigger, function_app
 from onceflow.adapters.azure.objects import BlobObjectStore
+from onceflow.adapters.azure.testing import event_hub_batch, invocation_context
 from onceflow.adapters.memory import ManualClock, MemoryIdempotencyStore, MemorySink
 from onceflow.event import Event
 from onceflow.failures import FailureKind
@@ -272,3 +274,31 @@ async def test_the_wait_the_service_asks_for_is_honoured(
         await objects.put("a", b"1")
         assert await objects.get("a") == b"1"
     assert waits[:2] == [7.0, 1.5] and 0 < waits[2] <= QUICK.backoff.cap
+
+
+# -- through the Event Hubs function ----------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_event_hubs_function_on_a_throttled_table_applies_each_event_once(
+    azurite_server: Azurite, table_proxy: FaultProxy
+) -> None:
+    table = proxied_table(azurite_server, table_proxy)
+    clock = ManualClock()
+    store = TableIdempotencyStore(table, clock=clock, throttle_retry=QUICK)
+    sink, letters = TableSink(table, throttle_retry=QUICK), MemorySink()
+    pipe = Pipeline(Doubler(), sink, store, letters, clock=clock)
+    [fn] = function_app(pipe, EventHubTrigger("orders", retry_seconds=5)).get_functions()
+    bodies = [b"{}"] * EVENTS
+    # A throttle past every retry: the function holds, then raises for the retry policy.
+    outage = table_proxy.add(Fault.answer(every, azure_error(503, "ServerBusy"), times=None))
+    with pytest.raises(BatchFailed):
+        await fn.get_user_function()(event_hub_batch(bodies), invocation_context(0, 5))
+    assert outage.fired > 0 and not letters.write_counts()
+    table_proxy.clear()
+    # Recovering: a few throttles left, which the request loop rides out.
+    table_proxy.add(Fault.answer(every, azure_error(429, "TooManyRequests"), times=3))
+    clock.advance(60)
+    await fn.get_user_function()(event_hub_batch(bodies), invocation_context(1, 5))
+    contents = await sink.contents()
+    assert len(contents) == EVENTS and not letters.write_counts()
