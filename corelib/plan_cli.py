@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any
 
 from onceflow.capacity import (
@@ -83,39 +84,33 @@ def _designs(args: argparse.Namespace, known: tuple[str, ...]) -> list[str]:
 
 
 def _aws(args: argparse.Namespace) -> int:
-    designs = _designs(args, AWS_DESIGNS)
-    try:
-        figures = load_figures(args.figures)
-        prices = load_prices(AwsPrices, args.prices)
-        plans = [
-            plan_aws(
-                design,
-                events_per_second=args.events_per_second,
-                record_bytes=args.record_bytes,
-                figures=figures,
-                prices=prices,
-                batch_size=args.batch_size,
-                memory_mb=args.memory_mb,
-                work_ms=args.work_ms,
-                request_ms=args.request_ms,
-                capacity=args.capacity,
-                lake_puts_per_batch=args.lake_puts_per_batch,
-            )
-            for design in designs
-        ]
-    except ConfigurationError as exc:
-        raise CliError(str(exc)) from None
-    _print(plans, args)
-    return 0
+    return _plan(
+        args,
+        AWS_DESIGNS,
+        AwsPrices,
+        plan_aws,
+        capacity=args.capacity,
+        lake_puts_per_batch=args.lake_puts_per_batch,
+    )
 
 
 def _azure(args: argparse.Namespace) -> int:
-    designs = _designs(args, AZURE_DESIGNS)
+    return _plan(args, AZURE_DESIGNS, AzurePrices, plan_azure)
+
+
+def _plan(
+    args: argparse.Namespace,
+    known: tuple[str, ...],
+    prices_kind: type[Any],  # AwsPrices or AzurePrices
+    planner: Callable[..., Plan],
+    **extra: Any,
+) -> int:
+    designs = _designs(args, known)
     try:
         figures = load_figures(args.figures)
-        prices = load_prices(AzurePrices, args.prices)
+        prices = load_prices(prices_kind, args.prices)
         plans = [
-            plan_azure(
+            planner(
                 design,
                 events_per_second=args.events_per_second,
                 record_bytes=args.record_bytes,
@@ -125,6 +120,7 @@ def _azure(args: argparse.Namespace) -> int:
                 memory_mb=args.memory_mb,
                 work_ms=args.work_ms,
                 request_ms=args.request_ms,
+                **extra,
             )
             for design in designs
         ]

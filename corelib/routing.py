@@ -84,7 +84,10 @@ class RoutedSinks:
 
     async def write(self, outputs: Sequence[Output]) -> None:
         """Write each sink's outputs, sink by sink; refusals name their sink."""
-        parts = self.split(outputs)
+        await self._write_each(self.split(outputs))
+
+    async def _write_each(self, parts: Mapping[str, Sequence[Output]]) -> None:
+        """Each named part to its sink; the refusals of all of them, named, at the end."""
         refused: dict[str, str] = {}
         for name, part in parts.items():
             try:
@@ -135,14 +138,7 @@ class RoutedSinks:
             first = {n: p for n, p in parts.items() if n not in captured}
         else:
             first = {n: p for n, p in parts.items() if n != primary}
-        if first:
-            for name, part in first.items():
-                try:
-                    await self.sinks[name].write(part)
-                except OutputRejected as exc:
-                    refused.update(_named(name, exc))
-            if refused:
-                raise OutputRejected(refused)
+        await self._write_each(first)
         if merged is not None:
             return await store.complete_with(completions, merged)  # type: ignore[attr-defined, no-any-return]
         sink = self.sinks[primary]

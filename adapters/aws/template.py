@@ -204,21 +204,7 @@ class _Builder:
             }
             self.add(placed, {"Type": "AWS::Kinesis::Stream", **keep, "Properties": stream})
         elif kind is ResourceKind.S3_BUCKET:
-            bucket = {
-                "VersioningConfiguration": {"Status": "Enabled"},
-                "BucketEncryption": {
-                    "ServerSideEncryptionConfiguration": [
-                        {"ServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}
-                    ]
-                },
-                "PublicAccessBlockConfiguration": {
-                    "BlockPublicAcls": True,
-                    "BlockPublicPolicy": True,
-                    "IgnorePublicAcls": True,
-                    "RestrictPublicBuckets": True,
-                },
-            }
-            self.add(placed, {"Type": "AWS::S3::Bucket", **keep, "Properties": bucket})
+            self.add(placed, {"Type": "AWS::S3::Bucket", **keep, "Properties": _bucket()})
         else:
             bus = {"Name": {"Fn::Sub": f"${{AWS::StackName}}-{placed.logical}"}}
             self.add(placed, {"Type": "AWS::Events::EventBus", "Properties": bus})
@@ -408,21 +394,7 @@ class _Builder:
             "Type": "AWS::S3::Bucket",
             "DeletionPolicy": "Retain",
             "UpdateReplacePolicy": "Retain",
-            "Properties": {
-                "BucketName": name,
-                "VersioningConfiguration": {"Status": "Enabled"},
-                "BucketEncryption": {
-                    "ServerSideEncryptionConfiguration": [
-                        {"ServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}
-                    ]
-                },
-                "PublicAccessBlockConfiguration": {
-                    "BlockPublicAcls": True,
-                    "BlockPublicPolicy": True,
-                    "IgnorePublicAcls": True,
-                    "RestrictPublicBuckets": True,
-                },
-            },
+            "Properties": {"BucketName": name, **_bucket()},
         }
         self.allow(
             "ReadObjects",
@@ -634,3 +606,21 @@ class _Builder:
 def sam_template(deployment: Deployment, function: FunctionSettings) -> dict[str, Any]:
     """The SAM template (as a dict) for a function deployed as `deployment` declares."""
     return _Builder(deployment, function).build()
+
+
+def _bucket() -> dict[str, Any]:
+    """A bucket's properties: versioned, encrypted, never public."""
+    return {
+        "VersioningConfiguration": {"Status": "Enabled"},
+        "BucketEncryption": {
+            "ServerSideEncryptionConfiguration": [
+                {"ServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}
+            ]
+        },
+        "PublicAccessBlockConfiguration": {
+            "BlockPublicAcls": True,
+            "BlockPublicPolicy": True,
+            "IgnorePublicAcls": True,
+            "RestrictPublicBuckets": True,
+        },
+    }
