@@ -7,7 +7,6 @@ thread reuse; it is closed when the thread ends or, for the main thread, at exit
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import threading
 import weakref
@@ -25,6 +24,8 @@ class _Holder:
     def __init__(self) -> None:
         # The loop is never made the thread's current loop, so closing it from the thread
         # that collects the holder (or at exit) changes no thread's event-loop setting.
+        import asyncio  # on first use: importing onceflow costs no event loop machinery
+
         self.runner = asyncio.Runner(loop_factory=asyncio.new_event_loop)
         weakref.finalize(self, self.runner.close)
 
