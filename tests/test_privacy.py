@@ -103,7 +103,7 @@ def scan_logs(caplog: pytest.LogCaptureFixture) -> None:
 def test_no_payload_value_in_reasons_letters_or_logs(
     name: str, permanent: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="onceflow")
     letters = MemorySink()
     clock = ManualClock()
     errors = DEFAULT_PERMANENT + ((Exception,) if permanent else ())
@@ -133,7 +133,7 @@ def test_no_payload_value_in_reasons_letters_or_logs(
 def test_a_key_function_that_fails_on_a_value_leaks_nothing(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="onceflow")
     letters = MemorySink()
     owners: dict[str, str] = {}
     pipeline = Pipeline(
