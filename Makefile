@@ -74,7 +74,8 @@ typecheck: $(VENV)/.test-installed $(VENV)/.layout-$(LAYOUT)
 	$(BIN)/mypy
 
 # The long campaigns `make test` keeps small: delivery plans (crashes at every step,
-# duplicates, reordering, racing workers, expiring leases) on every store, and the kill tests.
+# duplicates, reordering, racing workers, expiring leases) on every store, and 60 s outages
+# in 10,000 events on DynamoDB (moto) and the Azurite Table store.
 SOAK_PLANS ?= 10000
 SOAK_REAL_PLANS ?= 1000
 soak: $(VENV)/.test-installed $(VENV)/.layout-$(LAYOUT) node_modules/.installed
@@ -83,6 +84,8 @@ soak: $(VENV)/.test-installed $(VENV)/.layout-$(LAYOUT) node_modules/.installed
 	ONCEFLOW_PLANS=$(SOAK_REAL_PLANS) $(PY) -m pytest -q -p no:randomly -k any_delivery_plan \
 		tests/aws/test_dynamodb_contracts.py tests/azure/test_table_store.py \
 		tests/azure/test_cosmos_store.py
+	ONCEFLOW_OUTAGE_EVENTS=10000 $(PY) -m pytest -q -p no:randomly \
+		tests/aws/test_outages.py tests/azure/test_outages.py
 
 bench: $(VENV)/.test-installed $(VENV)/.layout-$(LAYOUT)
 	$(PY) benchmarks/core_overhead.py

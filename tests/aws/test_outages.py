@@ -8,13 +8,15 @@ message). Time is a manual clock shared by the pipeline and the pollers. Nothing
 dead-lettered but a poison pill, which must be dead-lettered once, after max_deliveries;
 every effect lands once and per-key order holds for Kinesis and FIFO.
 
-On the memory backend with 10,000 events; on DynamoDB (the moto server) with 300, one
-store mode per trigger: FENCED for Kinesis, UPSERT for SQS standard, OPTIMISTIC for FIFO.
+On the memory backend with 10,000 events; on DynamoDB (the moto server) with 300 in
+`make test` and 10,000 in `make soak` (`ONCEFLOW_OUTAGE_EVENTS`), one store mode per
+trigger: FENCED for Kinesis, UPSERT for SQS standard, OPTIMISTIC for FIFO.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -164,7 +166,7 @@ def test_an_outage_through_the_lambda_handler_on_memory(trigger: str, poisoned: 
 
 # -- DynamoDB on the moto server --------------------------------------------------------------
 
-EVENTS = 300
+EVENTS = int(os.environ.get("ONCEFLOW_OUTAGE_EVENTS", "300"))
 """Fewer on moto: it copies a whole table for every transaction, so time grows with size."""
 DYNAMODB_POISON = {"kinesis": 101, "sqs": 201, "sqs-fifo": 201}
 MODES = {

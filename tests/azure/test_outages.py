@@ -11,6 +11,7 @@ checkpoint on only when the function returns. The downstream goes down for 60 se
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -160,13 +161,15 @@ async def test_an_outage_through_an_azurite_table_store(azurite_server: Azurite)
     sink, letters = TableSink(table, connection_string=conn), MemorySink()
     pipe = outage_pipeline(downstream, sink, store, letters, clock)
     [function] = function_app(pipe, EventHubTrigger("orders")).get_functions()
+    # 1,000 events in `make test`, 10,000 in `make soak` (ONCEFLOW_OUTAGE_EVENTS).
+    per_partition = int(os.environ.get("ONCEFLOW_OUTAGE_EVENTS", "1000")) // 2
     seen = await host(
-        function.get_user_function(), clock, partitions=2, per_partition=500, batch=50
+        function.get_user_function(), clock, partitions=2, per_partition=per_partition, batch=50
     )
     assert downstream.down_from is not None and seen["raised"] >= 1
     assert letters.values() == []
-    assert dict(downstream.applied) == expected(2, 500)
-    assert len(await sink.contents()) == 1_000
+    assert dict(downstream.applied) == expected(2, per_partition)
+    assert len(await sink.contents()) == 2 * per_partition
 
 
 # -- the re-invocation semantics -------------------------------------------------------------
