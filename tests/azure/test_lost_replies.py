@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from azure.cosmos import ContainerProxy, CosmosClient, PartitionKey
 from azure.data.tables import TableClient, TableServiceClient
 
 from onceflow.adapters.azure import TableIdempotencyStore, TableSink
@@ -27,6 +26,7 @@ from onceflow.identity import event_key, output_id
 from onceflow.pipeline import Pipeline
 from onceflow.records import ClaimStatus, Completion, Outcome, OutcomeStatus
 from onceflow.retry import Backoff, RetryPolicy
+from tests.azure.cosmos_proxy import proxied_containers
 from tests.support.proxy import Fault, FaultProxy, Request
 from tests.support.servers import Azurite, CosmosServer
 
@@ -148,32 +148,14 @@ def cosmos_replace(request: Request) -> bool:
     return request.method == "PUT" and "/docs/" in request.path
 
 
-@pytest.fixture
-def cosmos_proxy(cosmos: CosmosServer) -> Iterator[FaultProxy]:
-    port = int(cosmos.endpoint.rsplit(":", 1)[1])
-    with FaultProxy(port) as proxy:
-        yield proxy
-
-
-def proxied_container(
-    cosmos: CosmosServer, proxy: FaultProxy
-) -> tuple[ContainerProxy, ContainerProxy]:
-    """A container for the store, reached through the proxy, and one for outputs, direct."""
-    direct = CosmosClient(cosmos.endpoint, credential=cosmos.key, enable_endpoint_discovery=False)
-    name = f"db{uuid.uuid4().hex[:8]}"
-    database = direct.create_database(name)
-    for role in ("keys", "outputs"):
-        database.create_container(role, partition_key=PartitionKey(path="/pk"), default_ttl=-1)
-    client = CosmosClient(proxy.endpoint, credential=cosmos.key, enable_endpoint_discovery=False)
-    keys = client.get_database_client(name).get_container_client("keys")
-    return keys, database.get_container_client("outputs")
-
-
 @pytest.mark.anyio
 async def test_cosmos_claim_whose_reply_was_lost_is_ours_on_the_retried_claim(
     cosmos: CosmosServer, cosmos_proxy: FaultProxy
 ) -> None:
-    (container, _), clock = proxied_container(cosmos, cosmos_proxy), ManualClock()
+    (container, _), clock = (
+        proxied_containers(cosmos, cosmos_proxy, outputs_through_proxy=False),
+        ManualClock(),
+    )
     store = CosmosIdempotencyStore(container, clock=clock)
     sink = MemorySink()
     pipe = quick_pipeline(Doubler(), sink, store, clock)
@@ -188,7 +170,10 @@ async def test_cosmos_claim_whose_reply_was_lost_is_ours_on_the_retried_claim(
 async def test_cosmos_commit_whose_reply_was_lost_is_applied_once(
     cosmos: CosmosServer, cosmos_proxy: FaultProxy
 ) -> None:
-    (container, outputs), clock = proxied_container(cosmos, cosmos_proxy), ManualClock()
+    (container, outputs), clock = (
+        proxied_containers(cosmos, cosmos_proxy, outputs_through_proxy=False),
+        ManualClock(),
+    )
     store = CosmosIdempotencyStore(container, clock=clock)
     sink = CosmosSink(outputs)
     pipe = quick_pipeline(Doubler(), sink, store, clock)

@@ -21,7 +21,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from azure.cosmos import ContainerProxy, CosmosClient, PartitionKey
 from azure.data.tables import TableClient, TableServiceClient
 from azure.storage.blob import ContainerClient
 from azure.storage.queue import QueueClient
@@ -37,6 +36,7 @@ from onceflow.event import Event
 from onceflow.failures import FailureKind
 from onceflow.pipeline import Pipeline
 from onceflow.retry import Backoff, RetryPolicy
+from tests.azure.cosmos_proxy import proxied_containers
 from tests.support.proxy import Fault, FaultProxy, Request, azure_error, http_response
 from tests.support.servers import Azurite, CosmosServer
 
@@ -208,26 +208,6 @@ async def test_queue_sink_rides_out_throttling_with_each_message_sent_once(
 # -- Cosmos -------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def cosmos_proxy(cosmos: CosmosServer) -> Iterator[FaultProxy]:
-    with FaultProxy(int(cosmos.endpoint.rsplit(":", 1)[1])) as proxy:
-        yield proxy
-
-
-def proxied_containers(
-    cosmos: CosmosServer, proxy: FaultProxy
-) -> tuple[ContainerProxy, ContainerProxy]:
-    """The store's and the sink's containers, both reached through the proxy."""
-    direct = CosmosClient(cosmos.endpoint, credential=cosmos.key, enable_endpoint_discovery=False)
-    name = f"db{uuid.uuid4().hex[:8]}"
-    database = direct.create_database(name)
-    for role in ("keys", "outputs"):
-        database.create_container(role, partition_key=PartitionKey(path="/pk"), default_ttl=-1)
-    client = CosmosClient(proxy.endpoint, credential=cosmos.key, enable_endpoint_discovery=False)
-    db = client.get_database_client(name)
-    return db.get_container_client("keys"), db.get_container_client("outputs")
-
-
 def cosmos_write(request: Request) -> bool:
     return request.method in ("POST", "PUT") and "/docs" in request.path
 
@@ -236,7 +216,7 @@ def cosmos_write(request: Request) -> bool:
 async def test_cosmos_store_and_sink_ride_out_throttling_past_the_sdks_retries(
     cosmos: CosmosServer, cosmos_proxy: FaultProxy
 ) -> None:
-    keys, outputs = proxied_containers(cosmos, cosmos_proxy)
+    keys, outputs = proxied_containers(cosmos, cosmos_proxy, outputs_through_proxy=True)
     store = CosmosIdempotencyStore(keys, throttle_retry=QUICK)
     sink = CosmosSink(outputs, throttle_retry=QUICK)
     letters = MemorySink()
