@@ -33,6 +33,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.tables import table  # noqa: E402
 from onceflow.adapters.aws import (  # noqa: E402
     DynamoDBMode,
     create_table,
@@ -351,16 +352,6 @@ def write_figures(path: Path, rows: list[Row]) -> None:
         "designs": dict(sorted(merged.items())),
     }
     path.write_text(json.dumps(body, indent=2) + "\n")
-
-
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    line = "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |"
-    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    body = [
-        "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows
-    ]
-    return "\n".join([line, rule, *body])
 
 
 def main() -> None:

@@ -34,6 +34,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.tables import table  # noqa: E402
 from onceflow.adapters.aws import lambda_handler  # noqa: E402
 from onceflow.adapters.memory import MemoryIdempotencyStore, MemorySink  # noqa: E402
 from onceflow.event import Event  # noqa: E402
@@ -270,16 +271,6 @@ def timed(factory: Factory, kind: str, payload: dict[str, Any], records: int) ->
     assert not (answer or {}).get("batchItemFailures"), answer
     assert kept() == records, f"{kept()} of {records} records kept"
     return elapsed
-
-
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    line = "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |"
-    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    body = [
-        "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows
-    ]
-    return "\n".join([line, rule, *body])
 
 
 def main() -> None:
