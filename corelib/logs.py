@@ -9,7 +9,12 @@ from typing import Any
 
 from onceflow.failures import safe_traceback
 
-__all__ = ["JsonFormatter", "configure_json_logging"]
+__all__ = ["JsonFormatter", "configure_json_logging", "log_context"]
+
+log_context: dict[str, Any] = {}
+"""Fields every JSON line carries for the invocation in progress (the Lambda entry sets
+the request id, function name and cold start): one process serves one invocation at a
+time on Lambda, so a module-level mapping updated per invocation, not per event, is enough."""
 
 # Attributes every LogRecord has; anything else was passed through `extra=`.
 _STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
@@ -34,6 +39,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
             **self.static,
+            **log_context,
         }
         for name, value in vars(record).items():
             if name not in _STANDARD and not name.startswith("_"):

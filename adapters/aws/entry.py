@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from onceflow.adapters.aws.decode import Delivery, Item, decode
 from onceflow.deployment import Deployment
 from onceflow.errors import OnceflowError
+from onceflow.logs import log_context
 from onceflow.pipeline import BatchResult, Pipeline, built_once
 from onceflow.retry import deadline_in
 
@@ -40,6 +42,7 @@ class LambdaHandler:
         self.deployment = deployment
         """What the function needs deployed; `onceflow aws template` writes it."""
         self._warned = False
+        self._invocations = 0
 
     @property
     def pipeline(self) -> Pipeline:
@@ -48,6 +51,8 @@ class LambdaHandler:
 
     def __call__(self, event: Any, context: Any = None) -> dict[str, Any]:
         """Process one invocation; a partial batch response for stream and queue triggers."""
+        self._invocations += 1
+        _describe_invocation(context, cold_start=self._invocations == 1)
         delivery = decode(event)
         pipeline = self.pipeline
         if delivery.kind == "sqs-fifo" and not pipeline.ordered and not self._warned:
@@ -68,6 +73,19 @@ class LambdaHandler:
             with deadline_in(None if remaining is None else remaining - self.safety_margin):
                 result = pipeline.run_batch(delivery.records, deadline=deadline)
         return answer(delivery, result)
+
+
+def _describe_invocation(context: Any, *, cold_start: bool) -> None:
+    """Put the invocation's request id, function name and cold start on every JSON log line."""
+    log_context["cold_start"] = cold_start
+    request_id = getattr(context, "aws_request_id", None)
+    if request_id is not None:
+        log_context["aws_request_id"] = request_id
+    else:
+        log_context.pop("aws_request_id", None)
+    name = getattr(context, "function_name", None) or os.environ.get("AWS_LAMBDA_FUNCTION_NAME")
+    if name:
+        log_context["function_name"] = name
 
 
 def lambda_handler(

@@ -589,3 +589,34 @@ def test_sqs_hand_backs_of_the_breaker_do_not_count_towards_max_deliveries() -> 
     assert failures(answer) == ["m3"]
     assert letters.values() == []
     assert failures(handler(batch(13, "m3"), None)) == []
+
+
+def test_json_log_lines_carry_the_request_id_function_name_and_cold_start() -> None:
+    import logging
+
+    from onceflow.logs import JsonFormatter
+
+    world = World()
+    lines: list[dict[str, Any]] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(json.loads(JsonFormatter().format(record)))
+
+    logger = logging.getLogger("onceflow")
+    handler, level = Capture(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        for n in (1, 2):
+            event = aws.sqs_event(aws.sqs_record(f"m{n}", "plain text"))
+            world.handler(event, aws.LambdaContext(function_name="orders", aws_request_id=f"r-{n}"))
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert lines, "the undecodable message is logged"
+    first = [line for line in lines if line.get("aws_request_id") == "r-1"]
+    second = [line for line in lines if line.get("aws_request_id") == "r-2"]
+    assert first and all(line["cold_start"] is True for line in first)
+    assert all(line["cold_start"] is False for line in second)
+    assert {line["function_name"] for line in lines} == {"orders"}

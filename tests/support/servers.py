@@ -102,10 +102,15 @@ class MotoServer:
 
 @contextmanager
 def moto_server() -> Iterator[MotoServer]:
-    """Start `moto.server` in a subprocess on a free loopback port."""
+    """Start `moto.server` in a subprocess on a free loopback port.
+
+    Through `moto_main.py`: the same server with a rollback for DynamoDB transactions
+    that journals the touched items instead of copying whole tables (same semantics).
+    """
     port = free_port()
     env = {**os.environ, "MOTO_ALLOW_NONEXISTENT_REGION": "true"}
-    cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    main = str(Path(__file__).with_name("moto_main.py"))
+    cmd = [sys.executable, main, "-H", "127.0.0.1", "-p", str(port)]
     with _process(cmd, [port], "moto server", env=env):
         server = MotoServer(f"http://127.0.0.1:{port}")
         _wait_http(f"{server.endpoint}/moto-api/")
