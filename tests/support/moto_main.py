@@ -16,7 +16,7 @@ import copy
 import sys
 from typing import Any
 
-import moto.dynamodb.models as models
+from moto.dynamodb import models
 from moto.dynamodb.exceptions import MockValidationException, TransactionCanceledException
 from moto.dynamodb.models.dynamo_type import DynamoType
 from moto.server import main
