@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
             _unavailable(commands, entry.name, exc)
             continue
         register(commands)
+    from onceflow.reconcile_cli import register as reconcile  # core: reads state, no SDK
+
+    reconcile(commands)
     return parser
 
 

@@ -24,10 +24,12 @@ from onceflow.adapters.local.file_source import DirectorySource, FileSource
 from onceflow.adapters.local.runner import run_files
 from onceflow.adapters.local.state import LocalState
 from onceflow.adapters.local.totals import Tally
+from onceflow.adapters.local.window_counts import SqliteWindowCounts
 from onceflow.breaker import CircuitBreaker
 from onceflow.cli import CliError
 from onceflow.errors import OnceflowError
 from onceflow.pipeline import BatchResult, Pipeline
+from onceflow.reconcile import count_windows
 from onceflow.retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -63,6 +65,7 @@ def run_command(args: argparse.Namespace) -> int:
             name=args.processor,
             key=getattr(args, "key_field", None),
         )
+        count_windows(pipeline, SqliteWindowCounts(state.database))  # reconciliation counts
         run_id = 0 if args.report else state.start_run(args.processor, args.input, _options(args))
         tally = Tally()
         started = time.perf_counter()

@@ -1,0 +1,233 @@
+"""Reconciliation: per-window counts kept beside the idempotency state, and the gaps they show.
+
+`count_windows(pipeline, counts)` makes a pipeline add, after every batch, one increment per
+time window it touched to a `WindowCounts` (memory, the local SQLite state file, the
+DynamoDB state table, the Azure state Table: each backend's `window_counts.py`). The counts:
+
+- `received`: deliveries (a redelivered record counts again);
+- `processed`: records whose effect this batch committed; a redelivery of a committed
+  record comes back as a duplicate, so `processed` counts each event once, except that a
+  worker dying between the commit and the count write loses that batch's counts (an
+  undercount: reconcile then reports a gap, the safe direction);
+- `duplicates`: deliveries skipped because the key was already settled;
+- `filtered`: processed records the pipeline's filter dropped (no output);
+- `dead_lettered`, `failed` (to be delivered again).
+
+Windows are by processing time (when the batch finished, the default) or by event time
+(`Event.time`; records that failed to decode fall back to processing time), of
+`seconds` length (hourly by default). `reconcile` compares the totals with what the
+source held and with the sink's rows; a gap that duplicates, filtered or dead-lettered
+records do not explain is unexplained.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from onceflow.errors import ConfigurationError
+from onceflow.results import BatchResult
+
+if TYPE_CHECKING:
+    from onceflow.pipeline import Pipeline
+
+__all__ = [
+    "COUNTS",
+    "COUNTS_PREFIX",
+    "Reconciliation",
+    "WindowCounts",
+    "WindowPolicy",
+    "count_windows",
+    "reconcile",
+    "window_label",
+]
+
+COUNTS = ("received", "processed", "duplicates", "filtered", "dead_lettered", "failed")
+"""The counts kept per window, in the order reports show them."""
+
+COUNTS_PREFIX = "counts#"
+"""The key prefix of count rows in a shared state table (never an idempotency key's)."""
+
+Counts = dict[tuple[str, int], dict[str, int]]
+"""Counts by (pipeline name, window start in epoch seconds)."""
+
+
+class WindowCounts(Protocol):
+    """Where per-window counts are kept: beside the idempotency state, in its own rows."""
+
+    def add(self, pipeline: str, window: int, counts: Mapping[str, int]) -> None:
+        """Add `counts` to the window starting at `window` (epoch seconds) of `pipeline`."""
+        ...
+
+    def read(self, pipeline: str | None = None) -> Counts:
+        """Every window's counts (of one pipeline, or all of them)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class WindowPolicy:
+    """How records are put in windows: window length and which clock decides."""
+
+    seconds: int = 3600
+    by: Literal["processing", "event"] = "processing"
+
+    def __post_init__(self) -> None:
+        if self.seconds < 1:
+            raise ConfigurationError(f"window seconds={self.seconds}: at least 1")
+        if self.by not in ("processing", "event"):
+            raise ConfigurationError(f"window by={self.by!r}: 'processing' or 'event'")
+
+    def start(self, epoch: float) -> int:
+        """The start (epoch seconds) of the window holding `epoch`."""
+        return int(epoch // self.seconds) * self.seconds
+
+
+def window_label(start: int) -> str:
+    """A window start as UTC ISO time, to the minute."""
+    return datetime.fromtimestamp(start, UTC).strftime("%Y-%m-%dT%H:%MZ")
+
+
+def count_windows(
+    pipeline: Pipeline, counts: WindowCounts, policy: WindowPolicy | None = None
+) -> Pipeline:
+    """`pipeline`, made to add each batch's counts to `counts` (one add per window touched)."""
+    policy = policy or WindowPolicy()
+    filtered = _FilterTally(pipeline.metrics)
+    process_batch = pipeline.process_batch
+    name = pipeline.name
+
+    async def counted(records: Iterable[Any], *, deadline: float | None = None) -> BatchResult:
+        batch = list(records)
+        before = filtered.total
+        result = await process_batch(batch, deadline=deadline)
+        now = pipeline.clock.now()
+        by_window = _tally(batch, result, policy, now)
+        dropped = filtered.total - before
+        if dropped:
+            # The filter counts without ids: its drops go to the window of most processed.
+            busiest = max(by_window, key=lambda w: by_window[w]["processed"])
+            by_window[busiest]["filtered"] += dropped
+        for window, tally in by_window.items():
+            counts.add(name, window, {k: v for k, v in tally.items() if v})
+        return result
+
+    pipeline.process_batch = counted  # type: ignore[method-assign]
+    return pipeline
+
+
+class _FilterTally:
+    """Sees the pipeline's `filtered` counts: the filter holds the metrics object it was
+    built with, so the count is observed on that object rather than passed anew."""
+
+    def __init__(self, metrics: Any) -> None:
+        self.total = 0
+        inner: Callable[..., None] = metrics.count
+
+        def count(name: str, value: int = 1) -> None:
+            if name == "filtered":
+                self.total += value
+            inner(name, value)
+
+        metrics.count = count
+
+
+def _tally(
+    batch: list[Any], result: BatchResult, policy: WindowPolicy, now: float
+) -> dict[int, Counter[str]]:
+    here = policy.start(now)
+    by_window: dict[int, Counter[str]] = {}
+    if policy.by == "processing":
+        by_window[here] = Counter(
+            received=len(batch),
+            processed=len(result.processed),
+            duplicates=len(result.duplicates),
+            dead_lettered=len(result.dead_lettered),
+            failed=len(result.failed),
+        )
+        return by_window
+    window_of: dict[str, int] = {}
+    for record in batch:
+        time = getattr(record, "time", None)
+        window_of[record.id] = policy.start(time.timestamp()) if time is not None else here
+    for record in batch:
+        by_window.setdefault(window_of[record.id], Counter())["received"] += 1
+    for name, ids in (
+        ("processed", result.processed),
+        ("duplicates", result.duplicates),
+        ("dead_lettered", result.dead_lettered),
+        ("failed", result.failed),
+    ):
+        for event_id in ids:
+            by_window.setdefault(window_of.get(event_id, here), Counter())[name] += 1
+    return by_window
+
+
+@dataclass
+class Reconciliation:
+    """The windows' counts set against the source's and the sink's counts."""
+
+    windows: Counts
+    source: int | None = None
+    sink_rows: int | None = None
+    rows_per_event: int = 1
+    totals: dict[str, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.totals = {name: 0 for name in COUNTS}
+        for tally in self.windows.values():
+            for name in COUNTS:
+                self.totals[name] += tally.get(name, 0)
+
+    @staticmethod
+    def window_gap(tally: Mapping[str, int]) -> int:
+        """Deliveries of a window with no outcome recorded (0 when every batch settled)."""
+        settled = sum(tally.get(n, 0) for n in ("processed", "duplicates", "dead_lettered"))
+        return tally.get("received", 0) - settled - tally.get("failed", 0)
+
+    @property
+    def source_gap(self) -> int | None:
+        """Source records neither processed nor dead-lettered (negative: counted twice).
+
+        A source that repeats a key (a line twice in a file) shows as a gap the duplicates
+        explain; so does a redelivery, which is why the duplicates can mask a loss as large.
+        """
+        if self.source is None:
+            return None
+        return self.source - self.totals["processed"] - self.totals["dead_lettered"]
+
+    @property
+    def sink_gap(self) -> int | None:
+        """Rows the processed, unfiltered records should have written but the sink lacks."""
+        if self.sink_rows is None:
+            return None
+        kept = self.totals["processed"] - self.totals["filtered"]
+        return kept * self.rows_per_event - self.sink_rows
+
+    @property
+    def unexplained(self) -> bool:
+        """Whether any gap is left that duplicates, filters and dead letters do not explain."""
+        if any(self.window_gap(t) for t in self.windows.values()):
+            return True
+        return self.unexplained_source != 0 or bool(self.sink_gap)
+
+    @property
+    def unexplained_source(self) -> int:
+        """The source gap that repeated keys (duplicates) do not explain; 0 when none."""
+        gap = self.source_gap
+        if gap is None or 0 <= gap <= self.totals["duplicates"]:
+            return 0
+        return gap if gap < 0 else gap - self.totals["duplicates"]
+
+
+def reconcile(
+    windows: Counts,
+    *,
+    source: int | None = None,
+    sink_rows: int | None = None,
+    rows_per_event: int = 1,
+) -> Reconciliation:
+    """The reconciliation of `windows` against a source count and a sink row count."""
+    return Reconciliation(windows, source, sink_rows, rows_per_event)
