@@ -160,13 +160,16 @@ def _dynamodb_counts(args: argparse.Namespace) -> Counts:
     counts = DynamoDBWindowCounts(
         args.table, client=_boto_client(args, "dynamodb"), key_attribute=args.key_attribute
     )
-    return counts.read()
+    found: Counts = counts.read()
+    return found
 
 
 def _table_counts(args: argparse.Namespace) -> Counts:
     from onceflow.adapters.azure.window_counts import TableWindowCounts
 
-    return TableWindowCounts(args.table, connection_string=args.connection_string).read()
+    counts = TableWindowCounts(args.table, connection_string=args.connection_string)
+    found: Counts = counts.read()
+    return found
 
 
 def _boto_client(args: argparse.Namespace, service: str) -> Any:
