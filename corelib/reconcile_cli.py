@@ -341,8 +341,8 @@ def _shown(value: int | None) -> str:
 
 
 def _emf(report: Reconciliation, pipeline: str | None) -> dict[str, Any]:
-    """An EMF document: CloudWatch takes `ReconciliationGap` from the log line, no API call."""
-    gap = abs(report.source_gap or 0) + abs(report.sink_gap or 0)
+    """An EMF document of the unexplained gap: CloudWatch takes the metric from the line."""
+    gap = abs(report.unexplained_source) + abs(report.sink_gap or 0)
     gap += sum(abs(report.window_gap(t)) for t in report.windows.values())
     return {
         "_aws": {
