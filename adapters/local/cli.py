@@ -134,6 +134,22 @@ def register(subparsers: Any) -> None:
     )
     replay.add_argument("--key", action="append", help="replay only these keys (repeatable)")
     replay.add_argument("--max-attempts", type=_positive, default=3, metavar="N")
+    replay.add_argument(
+        "--max-deliveries",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="deliveries of a replayed event that keeps failing transiently before it is "
+        "dead-lettered again; between them the replay waits --retry-wait, doubling "
+        "(default 1: a failed event keeps its letter for the next replay)",
+    )
+    replay.add_argument(
+        "--retry-wait",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="wait before the second delivery, doubling after (default 1)",
+    )
     replay.set_defaults(func=dead_letters_replay)
 
     state = subparsers.add_parser(

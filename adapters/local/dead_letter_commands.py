@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import time
 from typing import Any
 
 import anyio
@@ -91,6 +92,7 @@ def dead_letters_replay(args: argparse.Namespace) -> int:
             state.sink,
             state.store,
             state.dead_letters,
+            max_deliveries=args.max_deliveries,
             ordered=True,  # per-key order: a lane per partition key, in sequence order
             retry=RetryPolicy(attempts=args.max_attempts),
             name=spec,
@@ -99,10 +101,15 @@ def dead_letters_replay(args: argparse.Namespace) -> int:
         by_id = {
             event.id: str(letter["key"]) for event, letter in zip(events, runnable, strict=True)
         }
-        for start in range(0, len(events), _REPLAY_BATCH):
-            result = anyio.run(pipeline.process_batch, events[start : start + _REPLAY_BATCH])
-            tally.add(result)
-            settled += [by_id[i] for i in result.processed if i in by_id]
+        pending = _in_lane_order(events)
+        for delivery in range(1, args.max_deliveries + 1):
+            if delivery > 1:
+                time.sleep(args.retry_wait * 2 ** (delivery - 2))
+            failed, processed = _replay_once(pipeline, pending, tally)
+            settled += [by_id[i] for i in processed if i in by_id]
+            pending = [event for event in pending if event.id in failed]
+            if not pending:
+                break
         # A replayed key that succeeded now (or had before) no longer needs its letter.
         state.dead_letters.delete([dead_letter_id(key) for key in settled])
         state.dead_letters.export()
@@ -118,6 +125,46 @@ def dead_letters_replay(args: argparse.Namespace) -> int:
     finally:
         state.close()
     return 0 if not tally.failed and not tally.dead_lettered else 1
+
+
+def _replay_once(
+    pipeline: Pipeline, events: list[Event], tally: Tally
+) -> tuple[set[str], list[str]]:
+    """One delivery of `events`, in batches; the ids to deliver again, and those processed.
+
+    A lane (partition key) with an event still to come again holds its later events back,
+    also in later batches, so no event of a key is applied before an earlier one.
+    """
+    failed: set[str] = set()
+    processed: list[str] = []
+    held: set[str] = set()
+    for start in range(0, len(events), _REPLAY_BATCH):
+        batch = events[start : start + _REPLAY_BATCH]
+        runnable = [e for e in batch if e.partition_key is None or e.partition_key not in held]
+        for event in batch:
+            if event.partition_key is not None and event.partition_key in held:
+                failed.add(event.id)
+                tally.failed[event.id] = "held behind an earlier event of its key"
+        result = anyio.run(pipeline.process_batch, runnable)
+        tally.add(result)
+        processed += result.processed
+        failed.update(result.failed)
+        held.update(e.partition_key for e in runnable if e.id in failed and e.partition_key)
+    return failed, processed
+
+
+def _in_lane_order(events: list[Event]) -> list[Event]:
+    """`events` with each partition key's events in sequence order, whatever the batches."""
+
+    def position(indexed: tuple[int, Event]) -> tuple[str, int, int]:
+        index, event = indexed
+        seq = event.sequence
+        number = int(seq) if seq is not None and seq.isascii() and seq.isdigit() else -1
+        return (event.partition_key or "", number, index)
+
+    keyed = [(i, e) for i, e in enumerate(events) if e.partition_key is not None]
+    ordered = iter(e for _, e in sorted(keyed, key=position))
+    return [next(ordered) if e.partition_key is not None else e for e in events]
 
 
 def _letters(state_dir: str) -> list[dict[str, Any]]:

@@ -73,3 +73,21 @@ class Echo:
     def process(self, event: Event) -> Any:
         """The body."""
         return event.json()
+
+
+REPLAY: dict[str, Any] = {"fail_once": set(), "always": set(), "applied": []}
+
+
+class FlakyReplay:
+    """Fails transiently the first call of `REPLAY["fail_once"]` ids and every call of
+    `REPLAY["always"]` ids; records the ids it applied, in order."""
+
+    def process(self, event: Event) -> dict[str, Any]:
+        """The event's `n`."""
+        if event.id in REPLAY["always"]:
+            raise ConnectionError("the downstream is still down")
+        if event.id in REPLAY["fail_once"]:
+            REPLAY["fail_once"].discard(event.id)
+            raise ConnectionError("the downstream blinked")
+        REPLAY["applied"].append(event.id)
+        return {"n": event.json()["n"]}

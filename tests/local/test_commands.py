@@ -186,3 +186,82 @@ def test_workers_split_the_input_and_apply_each_event_once(
                "--partition-field", "u", "--workers", "2", "--from-start")  # fmt: skip
     assert code == 0
     assert "duplicates    │    451" in capsys.readouterr().out
+
+
+FLAKY = "tests.local.processors:FlakyReplay"
+
+
+def one_key_of_letters(tmp_path: Path) -> Path:
+    """A state whose four dead letters are events e0..e3 of one partition key, in order."""
+    rows = [{"id": f"e{n}", "n": n, "lane": "p", "bad": True} for n in range(4)]
+    data = lines(tmp_path / "lane.jsonl", rows)
+    state = tmp_path / "st"
+    run(
+        DOUBLER,
+        "-i",
+        str(data),
+        "-s",
+        str(state),
+        "--id-field",
+        "id",
+        "--partition-field",
+        "lane",
+        "--ordered",
+    )
+    letters = (state / "dead-letters.jsonl").read_text().splitlines()
+    assert len(letters) == 4
+    return state
+
+
+def test_replay_keeps_a_keys_order_across_batches_and_deliveries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from onceflow.adapters.local import dead_letter_commands
+
+    state = one_key_of_letters(tmp_path)
+    monkeypatch.setattr(dead_letter_commands, "_REPLAY_BATCH", 2)
+    processors.REPLAY.update(fail_once={"e0"}, always=set(), applied=[])
+    capsys.readouterr()
+    code = main(
+        [
+            "dead-letters",
+            "replay",
+            FLAKY,
+            "-s",
+            str(state),
+            "--max-deliveries",
+            "3",
+            "--retry-wait",
+            "0",
+        ]
+    )
+    # e0 failed on the first delivery: e1 (same batch) and e2, e3 (the next batch) waited.
+    assert processors.REPLAY["applied"] == ["e0", "e1", "e2", "e3"]
+    assert code == 0, capsys.readouterr().out
+    assert (state / "dead-letters.jsonl").read_text() == ""
+
+
+def test_replay_dead_letters_again_after_max_deliveries(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = one_key_of_letters(tmp_path)
+    processors.REPLAY.update(fail_once=set(), always={"e0"}, applied=[])
+    capsys.readouterr()
+    code = main(
+        [
+            "dead-letters",
+            "replay",
+            FLAKY,
+            "-s",
+            str(state),
+            "--max-deliveries",
+            "2",
+            "--retry-wait",
+            "0",
+        ]
+    )
+    assert code == 1
+    assert processors.REPLAY["applied"] == ["e1", "e2", "e3"]
+    [letter] = [json.loads(x) for x in (state / "dead-letters.jsonl").read_text().splitlines()]
+    assert letter["key"].endswith("e0") and "failed 2 deliveries" in letter["message"]
+    assert "ConnectionError" in letter["message"]
