@@ -1,0 +1,80 @@
+"""Window counts in the DynamoDB state table (moto server) and `onceflow reconcile dynamodb`."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from onceflow import Event, PermanentError, Pipeline
+from onceflow.adapters.aws.dynamodb_sink import DynamoDBSink
+from onceflow.adapters.aws.dynamodb_store import DynamoDBIdempotencyStore
+from onceflow.adapters.aws.window_counts import DynamoDBWindowCounts
+from onceflow.adapters.memory import ManualClock, MemorySink
+from onceflow.cli import main
+from onceflow.reconcile import count_windows
+from tests.support.servers import MotoServer
+
+pytestmark = pytest.mark.emulator
+SECRET = "iban-DE89370400440532013000"
+
+
+def process(event: Event) -> dict[str, Any]:
+    body = event.json()
+    if body.get("bad"):
+        raise PermanentError("refused")
+    return {"n": body["n"]}
+
+
+@pytest.fixture
+def aws_env(moto: MotoServer, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", moto.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", moto.secret_key)
+    return ["--endpoint-url", moto.endpoint, "--region", moto.region]
+
+
+def test_counts_in_the_state_table_then_reconcile(
+    dynamodb_client: Any,
+    dynamodb_tables: Callable[[str], str],
+    aws_env: list[str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    clock = ManualClock()
+    state, outputs = dynamodb_tables("state"), dynamodb_tables("outputs")
+    store = DynamoDBIdempotencyStore(state, client=dynamodb_client, clock=clock)
+    sink = DynamoDBSink(outputs, client=dynamodb_client)
+    pipe = Pipeline(process, sink, store, MemorySink(), clock=clock, name="orders")
+    count_windows(pipe, DynamoDBWindowCounts(state, client=dynamodb_client))
+    ns = f"rc-{uuid.uuid4().hex[:6]}"
+    batch = [
+        Event(id=f"o{n}", source=ns, data=json.dumps({"n": n, "iban": SECRET}).encode())
+        for n in range(4)
+    ]
+    batch.append(Event(id="o9", source=ns, data=b'{"n": 9, "bad": true}'))
+    pipe.run_batch(batch)
+    pipe.run_batch(batch)  # redelivered: duplicates, not processed again
+    # The counts live in the store's own table, beside (not instead of) the markers.
+    [(key, tally)] = DynamoDBWindowCounts(state, client=dynamodb_client).read().items()
+    assert key[0] == "orders"
+    assert tally["received"] == 10 and tally["processed"] == 4
+    assert tally["duplicates"] == 5 and tally["dead_lettered"] == 1
+    base = ["reconcile", "dynamodb", "--table", state, *aws_env, "--expected", "5"]
+    assert main([*base, "--sink", f"dynamodb:{outputs}"]) == 0
+    shown = capsys.readouterr().out
+    assert "sink rows: 4  expected: 4  gap: 0" in shown and SECRET not in shown
+    key_of = sorted(sink.read_all())[0]
+    dynamodb_client.delete_item(TableName=outputs, Key={"pk": {"S": key_of}})
+    assert main([*base, "--sink", f"dynamodb:{outputs}"]) == 1
+    assert "sink rows: 3  expected: 4  gap: 1" in capsys.readouterr().out
+
+
+def test_a_state_table_without_counts(
+    dynamodb_tables: Callable[[str], str], aws_env: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = dynamodb_tables("old")
+    assert main(["reconcile", "dynamodb", "--table", state, *aws_env]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert "the state holds no window counts" in line
