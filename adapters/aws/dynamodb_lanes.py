@@ -1,0 +1,155 @@
+"""Lane watermarks as items of the DynamoDB state table: the building blocks (issue 15).
+
+One item per lane (a Kinesis or DynamoDB Streams shard, an SQS FIFO group) holds the
+highest source sequence up to which every event of the lane is settled. A redelivered
+event at or below it is a duplicate without a per-event read or write; the lane's item is
+read once per batch (in the claim's BatchGetItem) and written once per batch (with the
+outputs: a Put among the BatchWriteItem requests in `UPSERT` mode, a conditional Update
+in every transaction chunk in the atomic modes).
+
+Sequences are stored as zero-padded decimal strings, not numbers: Kinesis sequence
+numbers have up to 56+ digits and DynamoDB numbers keep 38, while fixed-width digit
+strings compare in a condition expression (`wm < :new`) as the numbers do.
+
+Not wired into `DynamoDBIdempotencyStore` yet: the core's watermark protocol (how the
+runner hands a batch's lanes and sequences to a store) decides the store's signatures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+from onceflow.adapters.aws.dynamodb_requests import (
+    TransactAction,
+    batch_get,
+    stored_key,
+    transact_action,
+)
+from onceflow.retry import RetryPolicy
+
+__all__ = [
+    "SEQUENCE_WIDTH",
+    "LaneMark",
+    "advance_actions",
+    "lane_put",
+    "new_watermark",
+    "read_lanes",
+    "sequence_text",
+]
+
+SEQUENCE_WIDTH = 128
+"""Digits a stored sequence is padded to (Kinesis sequence numbers have about 56)."""
+LANE_PREFIX = "lane#"
+WATERMARK = "wm"
+"""The lane item's attribute holding the padded watermark."""
+
+
+class LaneMark(NamedTuple):
+    """What a lane's item held when read: its padded watermark, None for a new lane."""
+
+    lane: str
+    watermark: str | None
+
+    def settles(self, sequence: str) -> bool:
+        """Whether an event at `sequence` is at or below the watermark (a duplicate)."""
+        padded = sequence_text(sequence)
+        return padded is not None and self.watermark is not None and padded <= self.watermark
+
+
+def sequence_text(sequence: str | None) -> str | None:
+    """`sequence` zero-padded to `SEQUENCE_WIDTH` digits; None when it is not a decimal.
+
+    None means the event has no usable lane position: it keeps its per-key marker.
+    """
+    if sequence is None or not sequence.isdigit() or not sequence.isascii():
+        return None
+    digits = sequence.lstrip("0") or "0"
+    if len(digits) > SEQUENCE_WIDTH:
+        return None
+    return digits.rjust(SEQUENCE_WIDTH, "0")
+
+
+def lane_pk(lane: str) -> str:
+    """The partition-key value of a lane's item (long lane names hashed, as keys are)."""
+    return stored_key(LANE_PREFIX + lane)
+
+
+def read_lanes(
+    client: Any, table: str, lanes: Sequence[str], retry: RetryPolicy, *, key_attribute: str
+) -> dict[str, LaneMark]:
+    """Every lane's mark, in one BatchGetItem per 100 lanes (consistent reads)."""
+    keys = [{key_attribute: {"S": lane_pk(lane)}} for lane in lanes]
+    found = batch_get(client, table, keys, retry, key_attribute=key_attribute)
+    marks = {}
+    for lane in lanes:
+        item = found.get(lane_pk(lane))
+        held = item.get(WATERMARK, {}).get("S") if item else None
+        marks[lane] = LaneMark(lane, held)
+    return marks
+
+
+def new_watermark(mark: LaneMark, batch: Sequence[tuple[str, bool]]) -> str | None:
+    """The lane's watermark after a batch: `(sequence, settled)` per event of the lane.
+
+    It moves up to the event before the first one not settled (a failed or held event is
+    a gap: what follows it keeps per-key markers), never down; None when it stays.
+    """
+    high = mark.watermark
+    for padded, settled in sorted((sequence_text(s) or "", ok) for s, ok in batch):
+        if not padded:
+            continue  # no position: not part of the lane's order
+        if not settled:
+            break
+        if high is None or padded > high:
+            high = padded
+    return high if high != mark.watermark else None
+
+
+def lane_put(table: str, lane: str, watermark: str, *, key_attribute: str) -> dict[str, Any]:
+    """The lane item as a BatchWriteItem PutRequest (`UPSERT` mode: one per batch per lane).
+
+    Unconditional (BatchWriteItem takes no conditions): a stale worker can only move the
+    watermark down, which makes later redeliveries reprocess keyed overwrites, never skip.
+    """
+    item = {key_attribute: {"S": lane_pk(lane)}, WATERMARK: {"S": watermark}}
+    return {"PutRequest": {"Item": item}}
+
+
+def advance_actions(
+    table: str,
+    lane: str,
+    read: LaneMark,
+    highs: Sequence[str],
+    *,
+    key_attribute: str,
+) -> list[TransactAction]:
+    """One conditional Update of the lane item per transaction chunk, chained.
+
+    Chunk i moves the watermark to `highs[i]` only if it is still `highs[i-1]` (the
+    first: the value read at claim time), so a second worker on the lane, or a chunk sent
+    after another worker moved on, is refused whole; a batch that failed half-way leaves
+    the watermark at its last committed chunk, and its resend starts from there.
+    """
+    actions = []
+    expected = read.watermark
+    for high in highs:
+        names = {"#w": WATERMARK}
+        values: dict[str, Any] = {":new": {"S": high}}
+        if expected is None:
+            condition = "attribute_not_exists(#w)"
+        else:
+            condition = "#w = :seen"
+            values[":seen"] = {"S": expected}
+        body = {
+            "TableName": table,
+            "Key": {key_attribute: {"S": lane_pk(lane)}},
+            "UpdateExpression": "SET #w = :new",
+            "ConditionExpression": condition,
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": values,
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+        }
+        actions.append(transact_action({"Update": body}, {key_attribute}))
+        expected = high
+    return actions
