@@ -231,6 +231,8 @@ def test_replay_keeps_a_keys_order_across_batches_and_deliveries(
             str(state),
             "--max-deliveries",
             "3",
+            "--max-attempts",
+            "1",
             "--retry-wait",
             "0",
         ]
