@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
@@ -20,16 +21,22 @@ from onceflow.errors import ConfigurationError
 
 __all__ = [
     "AWS_DESIGNS",
+    "AWS_PRICE_SETS",
     "AZURE_DESIGNS",
+    "RESULTS_FORMAT",
     "AwsPrices",
     "AzurePrices",
     "Figures",
     "Line",
     "Plan",
+    "dynamodb_line",
+    "find_figures",
     "load_figures",
     "load_prices",
     "plan_aws",
     "plan_azure",
+    "price_assumption",
+    "results_document",
 ]
 
 KIB = 1024
@@ -108,41 +115,154 @@ class Plan:
         return sum(line.dollars_per_hour for line in self.lines)
 
 
-def load_figures(path: str | Path | None = None) -> dict[str, Figures]:
-    """Per-design figures from `path`, or the `cost_figures.json` the package ships."""
-    if path is None:
-        text = resources.files("onceflow").joinpath("cost_figures.json").read_text()
-        where = "the shipped cost_figures.json"
-    else:
-        try:
-            text = Path(path).read_text()
-        except OSError as exc:
-            raise ConfigurationError(f"cannot read figures file {path}: {exc}") from None
-        where = str(path)
+RESULTS_FORMAT = "onceflow-benchmark-results/1"
+"""The `format` of `benchmarks/results.json`: the benchmarks' results, figures included."""
+RESULTS_PATH = Path("benchmarks") / "results.json"
+"""Where `onceflow plan` looks (from the current directory) for the benchmarks' results."""
+RESULTS_ENV = "ONCEFLOW_BENCHMARK_RESULTS"
+"""An environment variable naming another results file."""
+
+
+def results_document(figures: dict[str, Figures], *, measured: str, source: str) -> dict[str, Any]:
+    """A `benchmarks/results.json` document carrying `figures` (benchmarks may add tables)."""
+    return {
+        "format": RESULTS_FORMAT,
+        "measured": measured,
+        "cost_figures": {
+            "source": source,
+            "designs": {name: vars(each) for name, each in sorted(figures.items())},
+        },
+    }
+
+
+def _parse_figures(text: str, where: str) -> dict[str, Figures]:
     try:
-        raw = json.loads(text)["designs"]
+        document = json.loads(text)
+        if isinstance(document, dict) and "format" in document:
+            if document["format"] != RESULTS_FORMAT:
+                raise ConfigurationError(
+                    f"{where}: unknown results format {str(document['format'])[:40]!r}"
+                )
+            document = document["cost_figures"]
+        raw = document["designs"]
         return {name: Figures(**values) for name, values in raw.items()}
     except (ValueError, KeyError, TypeError) as exc:
         raise ConfigurationError(f"{where} is not a figures file: {type(exc).__name__}") from None
 
 
+def find_figures(path: str | Path | None = None) -> tuple[dict[str, Figures], str]:
+    """Per-design figures and where they came from.
+
+    `path` if given; else the benchmarks' results (`$ONCEFLOW_BENCHMARK_RESULTS`, or
+    `benchmarks/results.json` under the current directory) when present; else the
+    `cost_figures.json` the package ships.
+    """
+    if path is None:
+        named = os.environ.get(RESULTS_ENV)
+        if named:
+            path = named
+        elif RESULTS_PATH.is_file():
+            path = RESULTS_PATH
+    if path is None:
+        text = resources.files("onceflow").joinpath("cost_figures.json").read_text()
+        where = "the shipped cost_figures.json"
+        return _parse_figures(text, where), where
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read figures file {path}: {exc}") from None
+    return _parse_figures(text, str(path)), str(path)
+
+
+def load_figures(path: str | Path | None = None) -> dict[str, Figures]:
+    """Per-design figures from `path`, the benchmarks' results, or the shipped file."""
+    return find_figures(path)[0]
+
+
 P = TypeVar("P", AwsPrices, AzurePrices)
 
 
+# Reserved capacity (DynamoDB, US East): per 100 units, an upfront fee and an hourly rate;
+# the upfront fee is spread over the term's hours so a line stays dollars per hour.
+_YEAR = 8760.0
+AWS_PRICE_SETS: dict[str, tuple[str, dict[str, float]]] = {
+    "list": ("list prices, US East (N. Virginia), provisioned capacity without a reservation", {}),
+    "reserved-1y": (
+        "DynamoDB 1-year reserved capacity: $150 + $0.0128/h per 100 WCU, "
+        "$30 + $0.0025/h per 100 RCU, upfront spread over 8,760 h",
+        {
+            "dynamodb_wcu_hour": (150 / _YEAR + 0.0128) / 100,
+            "dynamodb_rcu_hour": (30 / _YEAR + 0.0025) / 100,
+        },
+    ),
+    "reserved-3y": (
+        "DynamoDB 3-year reserved capacity: $180 + $0.0081/h per 100 WCU, "
+        "$36 + $0.0016/h per 100 RCU, upfront spread over 26,280 h",
+        {
+            "dynamodb_wcu_hour": (180 / (3 * _YEAR) + 0.0081) / 100,
+            "dynamodb_rcu_hour": (36 / (3 * _YEAR) + 0.0016) / 100,
+        },
+    ),
+    "classic": (
+        "the classic back-of-the-envelope line, back-solved: $162.50/h for 1M WCU + 1M RCU "
+        "is $0.00008125 per unit-hour for both; no AWS price schedule we found gives it "
+        "(list prices give $780/h)",
+        {"dynamodb_wcu_hour": 0.00008125, "dynamodb_rcu_hour": 0.00008125},
+    ),
+}
+"""Named AWS price sets for `--prices`: the assumption each makes, and the prices it changes."""
+
+
+def price_assumption(name: str | None) -> str:
+    """The assumption a named AWS price set makes, or which file replaced the list prices."""
+    if name is None:
+        return AWS_PRICE_SETS["list"][0]
+    if name in AWS_PRICE_SETS:
+        return AWS_PRICE_SETS[name][0]
+    return f"list prices with those of {name} replacing them"
+
+
 def load_prices(kind: type[P], path: str | Path | None) -> P:
-    """Default `kind` prices, with the keys of the JSON file at `path` replacing them."""
+    """Default `kind` prices, changed by a named set (AWS) or the keys of a JSON file."""
     prices = kind()
     if path is None:
         return prices
+    if kind is AwsPrices and str(path) in AWS_PRICE_SETS:
+        return replace(prices, **AWS_PRICE_SETS[str(path)][1])
     try:
         given = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
-        raise ConfigurationError(f"cannot read prices file {path}: {exc}") from None
+        names = ", ".join(AWS_PRICE_SETS) if kind is AwsPrices else "none"
+        raise ConfigurationError(
+            f"cannot read prices file {path} (named sets: {names}): {type(exc).__name__}"
+        ) from None
+    if not isinstance(given, dict):
+        raise ConfigurationError(f"prices file {path} is not a JSON object")
     known = {f.name for f in fields(kind)}
     unknown = sorted(set(given) - known)
     if unknown:
         raise ConfigurationError(f"prices file {path}: unknown price {unknown[0]!r}")
     return replace(prices, **{k: float(v) for k, v in given.items()})
+
+
+def dynamodb_line(
+    prices: AwsPrices, *, writes_per_second: float = 1e6, reads_per_second: float = 1e6
+) -> tuple[float, str]:
+    """The back-of-the-envelope DynamoDB line: provisioned WCU + RCU, dollars per hour."""
+    dollars = writes_per_second * prices.dynamodb_wcu_hour + (
+        reads_per_second * prices.dynamodb_rcu_hour
+    )
+    text = (
+        f"{writes_per_second:,.0f} WCU x ${_price(prices.dynamodb_wcu_hour)} + "
+        f"{reads_per_second:,.0f} RCU x ${_price(prices.dynamodb_rcu_hour)} = "
+        f"${dollars:,.2f} per hour at provisioned prices for {writes_per_second:,.0f} writes "
+        f"and {reads_per_second:,.0f} reads per second"
+    )
+    return dollars, text
+
+
+def _price(value: float) -> str:
+    return f"{value:.10f}".rstrip("0").rstrip(".")
 
 
 def _check_load(events_per_second: float, record_bytes: int, batch_size: int) -> None:

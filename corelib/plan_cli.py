@@ -8,15 +8,18 @@ from typing import Any
 
 from onceflow.capacity import (
     AWS_DESIGNS,
+    AWS_PRICE_SETS,
     AZURE_DESIGNS,
     AwsPrices,
     AzurePrices,
     Plan,
-    load_figures,
+    dynamodb_line,
+    find_figures,
     load_prices,
     plan_aws,
     plan_azure,
     plans_table,
+    price_assumption,
 )
 from onceflow.cli import CliError
 from onceflow.errors import ConfigurationError
@@ -71,8 +74,13 @@ def _common(parser: argparse.ArgumentParser, designs: tuple[str, ...], memory: i
     parser.add_argument(
         "--request-ms", type=float, default=5.0, help="latency of one state-store request"
     )
-    parser.add_argument("--figures", help="per-event figures (default: the shipped file)")
-    parser.add_argument("--prices", help="a JSON file of prices replacing the list prices")
+    parser.add_argument(
+        "--figures",
+        help="per-event figures (default: benchmarks/results.json when present, else the "
+        "shipped cost_figures.json)",
+    )
+    named = f" or a named set ({', '.join(AWS_PRICE_SETS)})" if "naive" in designs else ""
+    parser.add_argument("--prices", help=f"a JSON file of prices replacing the list prices{named}")
 
 
 def _designs(args: argparse.Namespace, known: tuple[str, ...]) -> list[str]:
@@ -107,7 +115,7 @@ def _plan(
 ) -> int:
     designs = _designs(args, known)
     try:
-        figures = load_figures(args.figures)
+        figures, where = find_figures(args.figures)
         prices = load_prices(prices_kind, args.prices)
         plans = [
             planner(
@@ -127,7 +135,26 @@ def _plan(
     except ConfigurationError as exc:
         raise CliError(str(exc)) from None
     _print(plans, args)
+    print(f"\nfigures: {where}")
+    if isinstance(prices, AwsPrices):
+        print(f"prices: {price_assumption(args.prices)}")
+        _classic(plans, prices)
     return 0
+
+
+def _classic(plans: list[Plan], prices: AwsPrices) -> None:
+    """The back-of-the-envelope DynamoDB line at these prices, and ours beside it."""
+    _, text = dynamodb_line(prices)
+    print(f"naive design, the classic line: {text}")
+    ours = [
+        f"{p.design} ${line.dollars_per_hour:,.2f}"
+        for p in plans
+        if p.design not in ("naive", "powertools")
+        for line in p.lines
+        if line.component == "DynamoDB"
+    ]
+    if ours:
+        print(f"onceflow DynamoDB per hour at this load and these prices: {', '.join(ours)}")
 
 
 def _print(plans: list[Plan], args: argparse.Namespace) -> None:

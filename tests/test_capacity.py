@@ -11,10 +11,13 @@ from onceflow.capacity import (
     AWS_DESIGNS,
     AwsPrices,
     Figures,
+    dynamodb_line,
+    find_figures,
     load_figures,
     load_prices,
     plan_aws,
     plan_azure,
+    results_document,
 )
 from onceflow.cli import main
 from onceflow.errors import ConfigurationError
@@ -95,3 +98,58 @@ def test_plan_from_the_command_line(capsys: pytest.CaptureFixture[str], tmp_path
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_classic_line_is_162_50_with_its_assumption_named(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    classic = load_prices(AwsPrices, "classic")
+    dollars, text = dynamodb_line(classic)
+    assert dollars == pytest.approx(162.50)
+    assert "$162.50 per hour at provisioned prices for 1,000,000 writes" in text
+    assert dynamodb_line(AwsPrices())[0] == pytest.approx(780.0)
+    # The naive design's DynamoDB component is that line, whatever the price set.
+    figures = {"naive": Figures(requests=2, write_units=1, read_units=1, runner_us=0)}
+    plan = plan_aws(
+        "naive", events_per_second=MILLION, record_bytes=1024, figures=figures, prices=classic
+    )
+    assert line(plan, "DynamoDB") == pytest.approx(162.50)
+    argv = ["plan", "aws", "--events-per-second", "1000000", "--prices", "classic"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "naive design, the classic line:" in out and "$162.50 per hour" in out
+    assert "back-solved" in out  # the assumption is named
+    assert "onceflow DynamoDB per hour at this load and these prices: upsert $" in out
+    reserved = load_prices(AwsPrices, "reserved-1y")
+    assert dynamodb_line(reserved)[0] == pytest.approx(
+        1e4 * (150 / 8760 + 0.0128) + 1e4 * (30 / 8760 + 0.0025)
+    )
+
+
+def test_the_planner_reads_the_benchmarks_results_when_present(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    measured = {"naive": Figures(requests=2, write_units=1, read_units=1, runner_us=0)}
+    measured["upsert"] = Figures(requests=0.5, write_units=7, read_units=0, runner_us=1)
+    (tmp_path / "benchmarks").mkdir()
+    results = tmp_path / "benchmarks" / "results.json"
+    results.write_text(json.dumps(results_document(measured, measured="x", source="test")))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ONCEFLOW_BENCHMARK_RESULTS", raising=False)
+    figures, where = find_figures()
+    assert where == str(Path("benchmarks") / "results.json")
+    assert figures["upsert"].write_units == 7
+    assert main(["plan", "aws", "--events-per-second", "10", "--mode", "upsert"]) == 0
+    assert "figures: benchmarks/results.json" in capsys.readouterr().out
+    results.write_text(json.dumps({"format": "other/9", "cost_figures": {}}))
+    with pytest.raises(ConfigurationError, match="unknown results format 'other/9'"):
+        find_figures()
+    results.unlink()
+    assert find_figures()[1] == "the shipped cost_figures.json"
+
+
+def test_an_unknown_price_set_names_the_sets(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "aws", "--events-per-second", "5", "--prices", "cheap"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "named sets: list, reserved-1y, reserved-3y, classic" in err
+    assert len(err.splitlines()) == 1
