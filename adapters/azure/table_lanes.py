@@ -1,0 +1,104 @@
+"""Lane watermarks as rows of the Azure state Table: the building blocks (issue 15).
+
+A lane's row lives in the partition of its events' markers (`table_keys`: a key's group,
+one Event Hubs partition or queue), so it commits in the same entity transaction as the
+batch's markers and outputs. Entity transactions hold 100 operations: a batch is cut
+into chunks of 99 writes plus the lane row's write, each chunk guarded by the ETag the
+previous chunk left (the first: the ETag read at claim time, or a create for a new
+lane). A second worker on the lane, or a chunk resent after the lane moved on, is
+refused whole (412/409); a batch that failed half-way leaves the watermark at its last
+committed chunk. Sequences are zero-padded decimal strings (Event Hubs sequence numbers
+are int64; file checkpoints and others may be longer).
+
+Not wired into `TableIdempotencyStore` yet: the core's watermark protocol decides the
+store's signatures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
+
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceNotFoundError
+from azure.data.tables import TableClient, UpdateMode
+
+from onceflow.adapters.azure.table_keys import bounded, encode_part
+from onceflow.adapters.azure.table_transactions import MAX_OPERATIONS, Operation
+
+__all__ = [
+    "LANE",
+    "LaneRow",
+    "lane_address",
+    "lane_chunks",
+    "lane_operation",
+    "read_lane",
+    "sequence_text",
+]
+
+LANE = "w"
+"""RowKey prefix of a lane's watermark row (markers are `k`, outputs `o`)."""
+WATERMARK = "wm"
+SEQUENCE_WIDTH = 128
+
+
+class LaneRow(NamedTuple):
+    """A lane's row as read: its padded watermark and ETag, both None for a new lane."""
+
+    partition: str
+    lane: str
+    watermark: str | None
+    etag: str | None
+
+    def settles(self, sequence: str) -> bool:
+        """Whether an event at `sequence` is at or below the watermark (a duplicate)."""
+        padded = sequence_text(sequence)
+        return padded is not None and self.watermark is not None and padded <= self.watermark
+
+
+def sequence_text(sequence: str | None) -> str | None:
+    """`sequence` zero-padded to `SEQUENCE_WIDTH` digits; None when it is not a decimal."""
+    if sequence is None or not sequence.isascii() or not sequence.isdigit():
+        return None
+    digits = sequence.lstrip("0") or "0"
+    return digits.rjust(SEQUENCE_WIDTH, "0") if len(digits) <= SEQUENCE_WIDTH else None
+
+
+def lane_address(partition: str, lane: str) -> tuple[str, str]:
+    """(PartitionKey, RowKey) of a lane's row, in its events' marker partition."""
+    return partition, LANE + bounded(encode_part(lane))
+
+
+def read_lane(table: TableClient, partition: str, lane: str) -> LaneRow:
+    """The lane's row (one point read; a query per partition when several lanes share it)."""
+    pk, rk = lane_address(partition, lane)
+    try:
+        row = table.get_entity(pk, rk)
+    except ResourceNotFoundError:
+        return LaneRow(partition, lane, None, None)
+    return LaneRow(partition, lane, row.get(WATERMARK), str(row.metadata["etag"]))
+
+
+def lane_operation(row: LaneRow, watermark: str, etag: str | None) -> Operation:
+    """The lane row's write in a transaction: create for a new lane, else ETag-guarded."""
+    pk, rk = lane_address(row.partition, row.lane)
+    entity = {"PartitionKey": pk, "RowKey": rk, WATERMARK: watermark}
+    if etag is None:
+        return ("create", entity)
+    guard = {"etag": etag, "match_condition": MatchConditions.IfNotModified}
+    return ("update", entity, {"mode": UpdateMode.REPLACE, **guard})
+
+
+def lane_chunks(
+    writes: Sequence[tuple[str, Operation]],
+) -> Iterator[tuple[str, list[Operation]]]:
+    """`(padded sequence, operation)` pairs, in sequence order, cut into chunks of 99.
+
+    Yields each chunk's highest sequence and its writes; the caller adds the lane row's
+    operation (`lane_operation`, with the ETag the previous chunk's commit returned).
+    """
+    ordered = sorted(writes, key=lambda w: w[0])
+    room = MAX_OPERATIONS - 1
+    for start in range(0, len(ordered), room):
+        piece = ordered[start : start + room]
+        yield piece[-1][0], [op for _, op in piece]
