@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
@@ -34,9 +35,12 @@ __all__ = [
     "dynamodb_new_image",
     "dynamodb_old_image",
     "eventbridge",
+    "leading_traceparent",
     "payload_document",
     "raw",
     "sns",
+    "trace_fields",
+    "with_leading_traceparent",
 ]
 
 Envelope = Callable[[Event], Any]
@@ -169,3 +173,56 @@ def payload_document(payload: Any) -> Any:
         except ValueError as exc:
             raise DecodeError(f"the payload is not valid JSON ({exc})") from None
     return payload
+
+
+# -- trace context inside a body (transports without message attributes) ----------------
+#
+# Kinesis records and the Azure Queue envelope have no metadata of their own, so the W3C
+# `traceparent` travels as the first member of the JSON object body:
+# `{"traceparent":"00-<32 hex>-<16 hex>-<2 hex>",...}`. Being first, a decoder reads it
+# with one prefix comparison and a slice, never parsing the body (decoders are hot).
+
+_TRACE_PREFIX = b'{"traceparent":"'
+_TRACEPARENT_LENGTH = 55
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+def trace_fields(attributes: Mapping[str, str] | None) -> dict[str, str]:
+    """The W3C trace context (`traceparent`, `tracestate`) among `attributes`, if valid."""
+    if not attributes:
+        return {}
+    parent = attributes.get("traceparent")
+    if not isinstance(parent, str) or not _TRACEPARENT.fullmatch(parent):
+        return {}
+    found = {"traceparent": parent}
+    state = attributes.get("tracestate")
+    if isinstance(state, str) and state and state.isascii() and len(state) <= 512:
+        found["tracestate"] = state
+    return found
+
+
+def with_leading_traceparent(body: str, attributes: Mapping[str, str] | None) -> str:
+    """A JSON object body with the attributes' `traceparent` as its first member.
+
+    Any other body (an array, a string, an object already naming `traceparent`, or no
+    valid trace context) is returned as it is.
+    """
+    parent = trace_fields(attributes).get("traceparent")
+    if parent is None or not body.startswith("{") or body.startswith('{"traceparent"'):
+        return body
+    rest = body[1:]
+    return '{"traceparent":"' + parent + ('",' if rest != "}" else '"') + rest
+
+
+def leading_traceparent(data: bytes) -> str | None:
+    """The `traceparent` a body carries as its first member (`with_leading_traceparent`)."""
+    if not data.startswith(_TRACE_PREFIX):
+        return None
+    end = len(_TRACE_PREFIX) + _TRACEPARENT_LENGTH
+    if data[end : end + 1] != b'"':
+        return None
+    try:
+        parent = data[len(_TRACE_PREFIX) : end].decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    return parent if _TRACEPARENT.fullmatch(parent) else None

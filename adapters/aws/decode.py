@@ -24,6 +24,7 @@ from typing import Any, TypeGuard
 from urllib.parse import unquote_plus
 
 from onceflow.adapters.aws.kinesis_aggregation import deaggregate
+from onceflow.envelopes import leading_traceparent, trace_fields
 from onceflow.event import Event, EventTemplate
 from onceflow.records import InvalidRecord
 
@@ -508,12 +509,19 @@ def _kinesis_read(templates: _Templates, raw: Mapping[str, Any]) -> tuple[Item, 
     event = templates(arn, "aws.kinesis.record").event
     if len(parts) == 1:  # the common case, without a generator
         [(partition_key, payload)] = parts
-        return Item(seq, []), [event(ids[0], payload, partition_key, seq, attributes, time=time)]
+        traced = _traced(attributes, payload)
+        return Item(seq, []), [event(ids[0], payload, partition_key, seq, traced, time=time)]
     return Item(seq, []), [
         # User records of one carrier share its attributes: events never change them.
-        event(event_id, payload, partition_key, seq, attributes, time=time)
+        event(event_id, payload, partition_key, seq, _traced(attributes, payload), time=time)
         for (partition_key, payload), event_id in zip(parts, ids, strict=True)
     ]
+
+
+def _traced(attributes: dict[str, str], payload: bytes) -> dict[str, str]:
+    """The record's attributes with the `traceparent` its body leads with, if any."""
+    parent = leading_traceparent(payload)  # one prefix comparison when there is none
+    return attributes if parent is None else {**attributes, "traceparent": parent}
 
 
 def _kinesis(records: Sequence[Any]) -> Delivery:
@@ -917,6 +925,7 @@ def _eventbridge_read(payload: Mapping[str, Any]) -> Record:
                 "aws.account": _optional_text(payload.get("account"), "account"),
                 "aws.region": region,
                 "aws.resources": ",".join(names) or None,
+                **(trace_fields(detail) if _is_map(detail) and "traceparent" in detail else {}),
             }
         ),
     )

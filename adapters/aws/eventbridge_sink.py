@@ -1,4 +1,10 @@
-"""Outputs as EventBridge events on a bus."""
+"""Outputs as EventBridge events on a bus.
+
+An output's W3C `traceparent` (set when the pipeline traces) travels as a `traceparent`
+member of the event's `detail` when the detail is a JSON object (its first member); the
+EventBridge decoder reads it back into `Event.attributes['traceparent']`. The entry's
+`TraceHeader` is X-Ray's own format and is left alone; `tracestate` is not carried.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ from typing import Any
 from onceflow.adapters.aws.dynamodb_requests import error_code
 from onceflow.adapters.aws.sdk import run_blocking
 from onceflow.adapters.aws.send_loop import Entry, MessageSink, batches, encode, send_all
+from onceflow.envelopes import trace_fields, with_leading_traceparent
 from onceflow.records import Output
 from onceflow.retry import RetryPolicy
 
@@ -29,16 +36,24 @@ class EventBridgeSink(MessageSink):
         detail_type: str | Callable[[Output], str] = "onceflow.output",
         client: Any = None,
         retry: RetryPolicy | None = None,
+        trace_context: bool = True,
     ) -> None:
         super().__init__(client, retry)
         self.bus = bus
+        self.trace_context = trace_context
+        """Whether an output's `traceparent` leads its JSON object detail (see above)."""
         self.source = source
         self.detail_type = detail_type
 
     async def write(self, outputs: Sequence[Output]) -> None:
         """Put every output as an event; only refused entries are put again."""
         if outputs:
-            entries = encode(outputs, self.max_message_bytes, "EventBridge entry")
+            entries = encode(
+                outputs,
+                self.max_message_bytes,
+                "EventBridge entry",
+                lambda o: 72 if trace_fields(o.attributes) else 0,
+            )
             await run_blocking(self._write, entries)
 
     def _write(self, entries: list[Entry]) -> None:
@@ -52,7 +67,11 @@ class EventBridgeSink(MessageSink):
                 "EventBusName": self.bus,
                 "Source": self.source,
                 "DetailType": kind(e.output) if callable(kind) else kind,
-                "Detail": e.body.decode(),
+                "Detail": (
+                    with_leading_traceparent(e.body.decode(), e.output.attributes)
+                    if self.trace_context and e.output.attributes
+                    else e.body.decode()
+                ),
                 "Resources": [],
             }
             for e in batch

@@ -1,4 +1,10 @@
-"""Outputs as Kinesis records."""
+"""Outputs as Kinesis records.
+
+A record has no attributes: an output's W3C `traceparent` (set when the pipeline traces)
+travels as the first member of the record's JSON object, which the Kinesis decoder reads
+back into `Event.attributes['traceparent']` (`onceflow.envelopes.with_leading_traceparent`).
+Bodies that are not JSON objects carry no trace context; `tracestate` is not carried.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ from typing import Any
 
 from onceflow.adapters.aws.sdk import run_blocking
 from onceflow.adapters.aws.send_loop import Entry, MessageSink, batches, encode, send_all
+from onceflow.envelopes import trace_fields, with_leading_traceparent
 from onceflow.records import Output
 from onceflow.retry import RetryPolicy
 
@@ -27,15 +34,20 @@ class KinesisSink(MessageSink):
         client: Any = None,
         retry: RetryPolicy | None = None,
         partition_key: Callable[[Output], str] | None = None,
+        trace_context: bool = True,
     ) -> None:
         super().__init__(client, retry)
         self.stream = stream
+        self.trace_context = trace_context
+        """Whether an output's `traceparent` leads its JSON object record (see above)."""
         self.partition_key = partition_key or (lambda o: o.partition_key or o.event_key)
 
     async def write(self, outputs: Sequence[Output]) -> None:
         """Put every output; only the records Kinesis refused are put again."""
         if outputs:
-            entries = encode(outputs, self.max_message_bytes, "Kinesis record")
+            entries = encode(outputs, self.max_message_bytes, "Kinesis record", _trace_overhead)
+            if self.trace_context:
+                entries = _traced(entries)
             await run_blocking(self._write, entries)
 
     def _write(self, entries: list[Entry]) -> None:
@@ -58,3 +70,17 @@ class KinesisSink(MessageSink):
         return [
             e for e, r in zip(batch, response["Records"], strict=True) if r.get("ErrorCode")
         ], {}
+
+
+def _trace_overhead(output: Output) -> int:
+    return 72 if trace_fields(output.attributes) else 0
+
+
+def _traced(entries: list[Entry]) -> list[Entry]:
+    """Entries whose output brings a trace context, with it leading the JSON object."""
+    return [
+        Entry(e.output, with_leading_traceparent(e.body.decode(), e.output.attributes).encode())
+        if e.output.attributes and trace_fields(e.output.attributes)
+        else e
+        for e in entries
+    ]

@@ -12,6 +12,7 @@ from typing import Any
 import azure.functions as func
 from pydantic import ValidationError
 
+from onceflow.envelopes import leading_traceparent
 from onceflow.event import Event
 from onceflow.records import InvalidRecord
 
@@ -431,8 +432,17 @@ def _decode_queue_message(message: func.QueueMessage, queue_name: str) -> Record
         time=_aware(_readable(lambda: message.insertion_time)),
         data=body,
         delivery_count=_dequeues(_readable(lambda: message.dequeue_count)),
-        attributes={"queue.name": queue_name, "queue.message_id": ident},
+        attributes=_queue_attributes(queue_name, ident, body),
     )
+
+
+def _queue_attributes(queue_name: str, ident: str, body: bytes) -> dict[str, str]:
+    """The queue's details, and the `traceparent` a `QueueSink` envelope leads with."""
+    attributes = {"queue.name": queue_name, "queue.message_id": ident}
+    parent = leading_traceparent(body)  # one prefix comparison when there is none
+    if parent is not None:
+        attributes["traceparent"] = parent
+    return attributes
 
 
 def _dequeues(value: Any) -> int:

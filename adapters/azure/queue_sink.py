@@ -16,6 +16,7 @@ from azure.storage.queue import QueueClient
 
 from onceflow.adapters.azure.objects import BlobObjectStore
 from onceflow.adapters.azure.throttling import default_retry, send
+from onceflow.envelopes import trace_fields
 from onceflow.errors import OutputRejected
 from onceflow.records import Output
 from onceflow.retry import RetryPolicy
@@ -34,7 +35,10 @@ class QueueSink:
     A message is `{"output_id", "event_key", "event_id", "index", "value"}`; when its
     encoding would pass the 64 KiB limit, the JSON is written to `spill` (a
     `BlobObjectStore`) under `spilled/<sha256 of output_id>.json` and the message
-    carries `"spilled": <path>` instead of the value. A queue cannot overwrite, so a
+    carries `"spilled": <path>` instead of the value. When the output carries a W3C trace
+    context (the pipeline traces), the envelope starts with `"traceparent"` (and holds
+    `"tracestate"` when there is one), so the Queue decoder reads it back into
+    `Event.attributes` without parsing the body. A queue cannot overwrite, so a
     rewrite sends the output again: consumers keep the last message per `output_id`.
     Without `spill`, an output too large for a message is refused (`OutputRejected`).
     """
@@ -69,7 +73,9 @@ class QueueSink:
         spills: list[tuple[str, bytes]] = []
         too_big: dict[str, str] = {}
         for output in outputs:
+            # The trace context first: decoders find it by a prefix, not a parse.
             envelope: dict[str, Any] = {
+                **trace_fields(output.attributes),
                 "output_id": output.output_id,
                 "event_key": output.event_key,
                 "event_id": output.event_id,
