@@ -26,8 +26,7 @@ class DynamoDBWindowCounts:
     def __init__(self, table: str, *, client: Any = None, key_attribute: str = "pk") -> None:
         self.table = table
         self.key_attribute = key_attribute
-        if client is not None:
-            self.client = client
+        self._client = client  # None: made on first use (ClientOnFirstUse)
 
     def add(self, pipeline: str, window: int, counts: Mapping[str, int]) -> None:
         """Add `counts` to one window's item (created by the first add)."""
