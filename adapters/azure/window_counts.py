@@ -46,7 +46,8 @@ class TableWindowCounts:
             try:
                 entity: Any = self.table.get_entity(partition, row)
             except ResourceNotFoundError:
-                fresh = {"PartitionKey": partition, "RowKey": row, "pipeline": pipeline}
+                fresh: dict[str, Any] = {"PartitionKey": partition, "RowKey": row}
+                fresh["pipeline"] = pipeline
                 fresh.update({n: int(counts.get(n, 0)) for n in COUNTS})
                 try:
                     self.table.create_entity(fresh)
