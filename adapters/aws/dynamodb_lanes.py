@@ -3,9 +3,9 @@
 One item per lane (a Kinesis or DynamoDB Streams shard, an SQS FIFO group) holds the
 highest source sequence up to which every event of the lane is settled. A redelivered
 event at or below it is a duplicate without a per-event read or write; the lane's item is
-read once per batch (in the claim's BatchGetItem) and written once per batch (with the
-outputs: a Put among the BatchWriteItem requests in `UPSERT` mode, a conditional Update
-in every transaction chunk in the atomic modes).
+read once per batch (in the claim's BatchGetItem) and written once per batch (a Put
+after the outputs' BatchWriteItem calls landed in `UPSERT` mode, a conditional Update in
+every transaction chunk in the atomic modes).
 
 Sequences are stored as zero-padded decimal strings, not numbers: Kinesis sequence
 numbers have up to 56+ digits and DynamoDB numbers keep 38, while fixed-width digit
@@ -109,8 +109,12 @@ def new_watermark(mark: LaneMark, batch: Sequence[tuple[str, bool]]) -> str | No
 def lane_put(table: str, lane: str, watermark: str, *, key_attribute: str) -> dict[str, Any]:
     """The lane item as a BatchWriteItem PutRequest (`UPSERT` mode: one per batch per lane).
 
-    Unconditional (BatchWriteItem takes no conditions): a stale worker can only move the
-    watermark down, which makes later redeliveries reprocess keyed overwrites, never skip.
+    Send it only after every output of the batch landed, in a request of its own:
+    BatchWriteItem is not atomic (items come back unprocessed) and its chunks go in
+    parallel, so a watermark sent beside outputs could land above an output that never
+    does, and that output would be lost. Unconditional (BatchWriteItem takes no
+    conditions): a stale worker can only move the watermark down, which makes later
+    redeliveries reprocess keyed overwrites, never skip one.
     """
     item = {key_attribute: {"S": lane_pk(lane)}, WATERMARK: {"S": watermark}}
     return {"PutRequest": {"Item": item}}

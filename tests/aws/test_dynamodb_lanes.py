@@ -42,7 +42,7 @@ def test_watermark_stops_at_the_first_gap_and_never_moves_down() -> None:
 def test_upsert_put_then_one_read_settles_the_redelivery(
     dynamodb_client: Any, dynamodb_tables: Callable[[str], str]
 ) -> None:
-    """The lane's Put rides with the outputs' BatchWriteItem; redelivery reads one item."""
+    """The lane's Put follows the outputs' BatchWriteItem; redelivery reads one item."""
     table = dynamodb_tables("lanes")
     retry = default_retry()
     assert read_lanes(dynamodb_client, table, ["s1"], retry, key_attribute="pk") == {
@@ -50,9 +50,8 @@ def test_upsert_put_then_one_read_settles_the_redelivery(
     }
     high = sequence_text(KINESIS) or ""
     outputs = [(table, {"PutRequest": {"Item": {"pk": {"S": f"out-{i}"}}}}) for i in range(30)]
-    batch_write(
-        dynamodb_client, [*outputs, (table, lane_put(table, "s1", high, key_attribute="pk"))], retry
-    )
+    batch_write(dynamodb_client, outputs, retry)
+    batch_write(dynamodb_client, [(table, lane_put(table, "s1", high, key_attribute="pk"))], retry)
     [mark] = read_lanes(dynamodb_client, table, ["s1"], retry, key_attribute="pk").values()
     assert mark.settles(KINESIS) and not mark.settles(KINESIS + "1")
 
