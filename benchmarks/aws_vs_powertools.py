@@ -239,6 +239,74 @@ def onceflow_handler(
     return lambda_handler(Pipeline(OrderItem(), sink, store)), [state, orders]
 
 
+def lane_sketch_handler(
+    server: MotoServer, meter: Meter, atomic: bool
+) -> tuple[Callable[..., Any], list[str]]:
+    """The lane-watermark request pattern (issue 15), driven directly, not through the runner.
+
+    One BatchGetItem of the batch's lane items; events at or below their lane's watermark
+    are duplicates; the rest are written with the lane's new watermark: BatchWriteItem
+    Puts, then one lane Put once they all landed (upsert), or TransactWriteItems chunks
+    of 99 Puts plus the lane's chained conditional Update (atomic). It shows the figures
+    the store will reach once the core hands it lanes and sequences; the CPU column is
+    not the runner's.
+    """
+    from onceflow.adapters.aws.dynamodb_lanes import (
+        advance_actions,
+        lane_put,
+        read_lanes,
+        sequence_text,
+    )
+    from onceflow.adapters.aws.dynamodb_requests import batch_write, default_retry, transact
+
+    client = metered_client(server, meter)
+    state, orders = f"wm-state-{uuid.uuid4().hex[:6]}", f"wm-orders-{uuid.uuid4().hex[:6]}"
+    create_table(client, state)
+    create_table(client, orders, ttl_attribute=None)
+    retry = default_retry()
+
+    def item(order: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "pk": {"S": order["order_id"]},
+            "user_id": {"S": order["user_id"]},
+            "total": {"N": str(Decimal(order["total"]))},
+        }
+
+    def handler(event: Any, context: Any) -> Any:
+        by_lane: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        for record in event["Records"]:
+            lane = record["eventID"].split(":", 1)[0]
+            order = json.loads(base64.b64decode(record["kinesis"]["data"]))
+            by_lane.setdefault(lane, []).append((record["kinesis"]["sequenceNumber"], order))
+        marks = read_lanes(client, state, list(by_lane), retry, key_attribute="pk")
+        for lane, events in by_lane.items():
+            mark = marks[lane]
+            fresh = sorted((sequence_text(q) or "", o) for q, o in events if not mark.settles(q))
+            if not fresh:
+                continue
+            if not atomic:
+                requests = [(orders, {"PutRequest": {"Item": item(o)}}) for _, o in fresh]
+                batch_write(client, requests, retry)
+                # After every output landed (BatchWriteItem is not atomic and its chunks go
+                # in parallel): a watermark above an unwritten output would lose it.
+                top = lane_put(state, lane, fresh[-1][0], key_attribute="pk")
+                batch_write(client, [(state, top)], retry)
+                continue
+            pieces = [fresh[i : i + 99] for i in range(0, len(fresh), 99)]
+            lanes = advance_actions(
+                state, lane, mark, [p[-1][0] for p in pieces], key_attribute="pk"
+            )
+            for piece, update in zip(pieces, lanes, strict=True):
+                puts = [{"Put": {"TableName": orders, "Item": item(o)}} for _, o in piece]
+                if transact(client, [*puts, update.request]) is not None:
+                    raise RuntimeError("lane moved under the sketch")
+        return {"batchItemFailures": []}
+
+    meter.requests.clear()
+    meter.write_units = 0
+    return handler, [state, orders]
+
+
 # -- runs ------------------------------------------------------------------------------------
 
 
@@ -333,8 +401,8 @@ def write_figures(path: Path, rows: list[Row]) -> None:
     """The first-delivery figures per design, in the file `onceflow plan` reads."""
     designs: dict[str, dict[str, float]] = {}
     for r in rows:
-        if r.delivery != "first":
-            continue
+        if r.delivery != "first" or r.name.startswith("lane sketch"):
+            continue  # the sketch is not a deployable design yet
         per = r.events or 1
         designs[r.name.removeprefix("onceflow ")] = {
             "requests": round(r.requests / per, 4),
@@ -368,12 +436,29 @@ def main() -> None:
         type=Path,
         help="write the per-event figures the cost planner reads (corelib/cost_figures.json)",
     )
+    parser.add_argument(
+        "--no-sketch",
+        dest="sketch",
+        action="store_false",
+        help="skip the lane-watermark request pattern rows (issue 15 design, not the runner)",
+    )
     args = parser.parse_args()
     event = kinesis_batch(args.records)
     rows: list[Row] = []
     with moto_server() as server:
         meter = Meter.new()
         rows += run("powertools", powertools_handler(server, meter), meter, event, args.records)
+        for sketch_atomic in (False, True) if args.sketch else ():
+            meter = Meter.new()
+            handler, tables = lane_sketch_handler(server, meter, sketch_atomic)
+            rows += run(
+                f"lane sketch {'atomic' if sketch_atomic else 'upsert'}",
+                handler,
+                meter,
+                event,
+                args.records,
+                functools.partial(item_counts, server, tables),
+            )
         for mode in args.modes.split(","):
             meter = Meter.new()
             handler, tables = onceflow_handler(server, meter, mode)
