@@ -22,6 +22,7 @@ records do not explain is unexplained.
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -131,7 +132,9 @@ class _FilterTally:
                 self.total += value
             inner(name, value)
 
-        metrics.count = count
+        # A metrics object with __slots__ refuses the attribute: then no filtered counts.
+        with contextlib.suppress(AttributeError):
+            metrics.count = count
 
 
 def _tally(
