@@ -191,3 +191,26 @@ def test_no_state_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
 def test_no_target(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["reconcile"]) == 2
     assert "name a target" in capsys.readouterr().err
+
+
+def test_against_a_parquet_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pa = pytest.importorskip("pyarrow")
+    from onceflow import Event, Pipeline
+    from onceflow.adapters.local import LocalObjectStore
+    from onceflow.adapters.local.database import Database
+    from onceflow.adapters.local.window_counts import SqliteWindowCounts
+    from onceflow.adapters.memory import MemoryIdempotencyStore
+    from onceflow.lake import ParquetSink
+    from onceflow.reconcile import count_windows
+
+    sink = ParquetSink(
+        LocalObjectStore(tmp_path / "lake"), "ds", schema=pa.schema([("n", pa.int64())])
+    )
+    database = Database(tmp_path / "st" / "state.db")
+    pipe = Pipeline(lambda e: {"n": e.json()["n"]}, sink, MemoryIdempotencyStore(), name="lake")
+    count_windows(pipe, SqliteWindowCounts(database))
+    pipe.run_batch([Event(id=f"e{n}", source="s", data=b'{"n": %d}' % n) for n in range(5)])
+    database.close()
+    args = ["--state", str(tmp_path / "st"), "--expected", "5"]
+    assert reconcile(*args, "--sink", f"parquet:{tmp_path / 'lake' / 'ds'}") == 0
+    assert "sink rows: 5  expected: 5  gap: 0" in capsys.readouterr().out
