@@ -30,7 +30,8 @@ class EmfMetrics:
     """Collects a batch's counters and writes them as one EMF document when the batch ends.
 
     The runner reports `batch_seconds` last in every batch; that timing closes the document.
-    Dimensions are `pipeline` (default: the Lambda function's name) and `source`; the first
+    Dimensions are `pipeline` (default: the Lambda function's name) and `source` (left out
+    when empty, since CloudWatch takes no empty dimension value); the first
     document a process writes carries `ColdStart = 1`.
     """
 
@@ -84,13 +85,15 @@ class EmfMetrics:
                 "CloudWatchMetrics": [
                     {
                         "Namespace": self.namespace,
-                        "Dimensions": [["pipeline", "source"]],
+                        # CloudWatch refuses an empty dimension value: no source, no
+                        # source dimension (rather than the whole document dropped).
+                        "Dimensions": [["pipeline", "source"] if self.source else ["pipeline"]],
                         "Metrics": [{"Name": n, "Unit": units[n]} for n in values],
                     }
                 ],
             },
             "pipeline": self.pipeline,
-            "source": self.source,
+            **({"source": self.source} if self.source else {}),
             **values,
         }
         self.write(json.dumps(document, separators=(",", ":")))
