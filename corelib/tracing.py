@@ -10,9 +10,11 @@
   attributes and Event Hubs properties all land there. An event that brings no context is
   a child of the batch span; one that does links to the batch span.
 - The outputs of an event carry its span's context in `Output.attributes` (`traceparent`,
-  `tracestate`), and the canary mark `onceflow.canary` when the event had it; sinks that
-  send message metadata (SQS, Event Hubs, memory) pass them on, so the pipeline fed by
-  this one continues the trace.
+  `tracestate`), and the canary mark `onceflow.canary` when the event had it; sinks pass
+  them on (SQS message attributes, Event Hubs properties, the memory sink; Kinesis
+  records, EventBridge details and the Queue envelope with `traceparent` as the first
+  member of the JSON object, which their decoders read back), so the pipeline fed by this
+  one continues the trace.
 
 Span attributes name the event (id, source, key) and never hold its payload.
 """
