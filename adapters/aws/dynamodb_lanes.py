@@ -36,6 +36,7 @@ __all__ = [
     "new_watermark",
     "read_lanes",
     "sequence_text",
+    "settled_by",
 ]
 
 SEQUENCE_WIDTH = 128
@@ -157,3 +158,16 @@ def advance_actions(
         actions.append(transact_action({"Update": body}, {key_attribute}))
         expected = high
     return actions
+
+
+def settled_by(item: dict[str, Any] | None, high: str) -> bool:
+    """Whether a lane item a refused chunk returned (ALL_OLD) already settles up to `high`.
+
+    A chunk sent again after its reply was lost finds the watermark it set itself; one
+    refused because another worker committed the same or a later batch of the lane
+    finds that worker's. Either way the chunk's events are settled (their output ids are
+    deterministic, and an action applied by the other commit is applied once), so the
+    chunk counts as committed, not as a conflict.
+    """
+    held = (item or {}).get(WATERMARK, {}).get("S")
+    return held is not None and held >= high

@@ -14,6 +14,7 @@ from onceflow.adapters.aws.dynamodb_lanes import (
     new_watermark,
     read_lanes,
     sequence_text,
+    settled_by,
 )
 from onceflow.adapters.aws.dynamodb_requests import batch_write, default_retry, transact
 
@@ -82,3 +83,20 @@ def test_chained_chunks_refuse_a_second_worker_and_keep_a_half_failed_batch(
     assert transact(dynamodb_client, [put("c"), second.request]) is None
     mark = read_lanes(dynamodb_client, table, ["s1"], retry, key_attribute="pk")["s1"]
     assert mark.watermark == highs[1]
+
+
+def test_a_chunk_sent_again_after_a_lost_reply_is_recognised_as_settled(
+    dynamodb_client: Any, dynamodb_tables: Callable[[str], str]
+) -> None:
+    """The resend either succeeds (same ClientRequestToken) or finds its own watermark."""
+    table = dynamodb_tables("lanes")
+    read = read_lanes(dynamodb_client, table, ["s1"], default_retry(), key_attribute="pk")["s1"]
+    high = sequence_text("10") or ""
+    [update] = advance_actions(table, "s1", read, [high], key_attribute="pk")
+    chunk = [{"Put": {"TableName": table, "Item": {"pk": {"S": "a"}}}}, update.request]
+    assert transact(dynamodb_client, chunk) is None
+    again = transact(dynamodb_client, chunk)  # the first reply "lost": the worker resends
+    if again is not None:
+        assert again[1].code == "ConditionalCheckFailed" and settled_by(again[1].item, high)
+    assert not settled_by(None, high)
+    assert not settled_by({"wm": {"S": sequence_text("9") or ""}}, high)
