@@ -183,6 +183,59 @@ def run(service: TableServiceClient, conn: str, label: str, events: int) -> list
     return rows
 
 
+def lane_sketch(service: TableServiceClient, conn: str, events: int) -> list[list[str]]:
+    """The lane-watermark request pattern (issue 15) on one table, driven directly.
+
+    One point read of the lane row; events at or below its watermark are duplicates; the
+    rest go in entity transactions of 99 outputs plus the lane row, each guarded by the
+    ETag the previous one left (`onceflow.adapters.azure.table_lanes`). What the store
+    will do once the core hands it lanes and sequences; not through the function app.
+    """
+    from onceflow.adapters.azure.table_lanes import (
+        lane_chunks,
+        lane_operation,
+        read_lane,
+        sequence_text,
+    )
+
+    counter = RequestCounter()
+    name = f"benchlanes{uuid.uuid4().hex[:6]}"
+    service.create_table(name)
+    table = TableClient.from_connection_string(conn, name, per_retry_policies=[counter])
+    partition = "orders.0"
+    rows = []
+    for delivery in ("first delivery", "redelivery"):
+        before, writes_before = counter.count, counter.writes
+        started = time.perf_counter()
+        lane = read_lane(table, partition, "0")
+        fresh = []
+        for n in range(events):
+            sequence = str(5_000_000 + n)
+            if lane.settles(sequence):
+                continue
+            entity = {"PartitionKey": partition, "RowKey": f"o{sequence}", "n": n, "double": 2 * n}
+            fresh.append((sequence_text(sequence) or "", ("upsert", entity)))
+        etag = lane.etag
+        for high, operations in lane_chunks(fresh):
+            answer = table.submit_transaction([*operations, lane_operation(lane, high, etag)])
+            etag = dict(answer[-1])["etag"]
+        seconds = time.perf_counter() - started
+        used, writes = counter.count - before, counter.writes - writes_before
+        rows.append(
+            [
+                "lane sketch (outputs + lane row)",
+                delivery,
+                str(events),
+                str(used),
+                f"{used / events:.3f}",
+                "(included)",
+                f"{writes / events:.3f}",
+                f"{seconds:.2f}",
+            ]
+        )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=1000)
@@ -195,6 +248,7 @@ def main() -> None:
             for label in ("batched", "atomic", "naive")
             for row in run(service, conn, label, args.events)
         ]
+        rows += lane_sketch(service, conn, args.events)
     header = [
         "store",
         "delivery",
