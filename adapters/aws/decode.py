@@ -509,13 +509,18 @@ def _kinesis_read(templates: _Templates, raw: Mapping[str, Any]) -> tuple[Item, 
     event = templates(arn, "aws.kinesis.record").event
     if len(parts) == 1:  # the common case, without a generator
         [(partition_key, payload)] = parts
-        traced = _traced(attributes, payload)
+        # The common case (no leading traceparent) costs one startswith, no call.
+        traced = attributes if not payload.startswith(_TRACED) else _traced(attributes, payload)
         return Item(seq, []), [event(ids[0], payload, partition_key, seq, traced, time=time)]
     return Item(seq, []), [
         # User records of one carrier share its attributes: events never change them.
         event(event_id, payload, partition_key, seq, _traced(attributes, payload), time=time)
         for (partition_key, payload), event_id in zip(parts, ids, strict=True)
     ]
+
+
+_TRACED = b'{"traceparent":"'
+"""How a body that leads with its trace context starts (`onceflow.envelopes`)."""
 
 
 def _traced(attributes: dict[str, str], payload: bytes) -> dict[str, str]:
