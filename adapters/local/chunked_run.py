@@ -35,11 +35,13 @@ from onceflow.adapters.local.console import console, quiet_logs, run_summary
 from onceflow.adapters.local.objects import LocalObjectStore
 from onceflow.adapters.local.state import LocalState
 from onceflow.adapters.local.totals import Tally
+from onceflow.adapters.local.window_counts import SqliteWindowCounts
 from onceflow.breaker import CircuitBreaker
 from onceflow.chunks import DEFAULT_CHUNK_SIZE, ChunkFormat, ChunkPlan, chunk_format
 from onceflow.cli import CliError
 from onceflow.fan_in import ChunkBusy, ChunkIncomplete, ChunkLedger, Manifest, run_chunk
 from onceflow.pipeline import BatchResult, Pipeline
+from onceflow.reconcile import count_windows
 from onceflow.records import ObjectInfo
 from onceflow.retry import RetryPolicy
 
@@ -319,6 +321,7 @@ def worker_main(config: dict[str, Any], tasks: Any, events: Any, parent: int) ->
             lease_seconds=config["lease_seconds"],
             name=config["processor"],
         )
+        count_windows(pipeline, SqliteWindowCounts(state.database))  # reconciliation counts
         plan = ChunkPlan.from_plain(config["plan"])
         files = InputFiles(config["folder"])
         ledger = chunked_ledger(state.folder)
