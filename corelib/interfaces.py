@@ -10,17 +10,29 @@ from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from onceflow.event import Event
-from onceflow.records import Claim, Completion, InvalidRecord, ObjectInfo, Output
+from onceflow.records import (
+    Claim,
+    Completion,
+    InvalidRecord,
+    LaneClaim,
+    LaneCommit,
+    LaneRequest,
+    ObjectInfo,
+    Output,
+)
 
 __all__ = [
+    "AtomicLaneSink",
     "AtomicSink",
     "Clock",
     "IdempotencyStore",
+    "LaneStore",
     "Metrics",
     "ObjectStore",
     "Processor",
     "Sink",
     "Source",
+    "TransactionalLaneStore",
     "TransactionalStore",
 ]
 
@@ -146,6 +158,68 @@ class TransactionalStore(Protocol[W_contra]):
         backend's transactions are smaller). A retried call with the same claims is
         accepted, as `IdempotencyStore.complete` is.
         """
+        ...
+
+
+@runtime_checkable
+class LaneStore(Protocol):
+    """An idempotency store that also keeps one watermark record per ordered lane.
+
+    Optional: the runner uses it for events on a lane (`onceflow.watermarks.lane_of`)
+    under the pipeline's default key; other events keep per-key markers. The state logic
+    is the core's (`onceflow.watermarks`): a store reads the record, calls `take`,
+    `commit_record` or `release_record`, and writes the answer atomically (in one
+    transaction, or conditional on the version it read). See /docs/architecture.md.
+    """
+
+    async def claim_lanes(
+        self, requests: Sequence[LaneRequest], lease_seconds: float
+    ) -> list[LaneClaim]:
+        """One `LaneClaim` per request, in order: `watermarks.take` on each lane's record."""
+        ...
+
+    async def commit_lanes(self, commits: Sequence[LaneCommit]) -> list[bool]:
+        """Write each lane's new state where its fence holds (`watermarks.fence_holds`);
+        per commit, whether it held. A retried commit by the same claim is accepted."""
+        ...
+
+    async def release_lanes(self, claims: Sequence[LaneClaim]) -> None:
+        """End leases still held by these claims, charging their range a delivery."""
+        ...
+
+
+@runtime_checkable
+class TransactionalLaneStore(Protocol[W_contra]):
+    """A lane store whose lane commits join a sink's writes in one transaction."""
+
+    async def complete_with_lanes(
+        self,
+        completions: Sequence[Completion],
+        writes: Mapping[str, Sequence[W_contra]],
+        lanes: Sequence[LaneCommit],
+    ) -> tuple[list[bool], list[bool]]:
+        """`TransactionalStore.complete_with` plus lane commits; per completion and per lane
+        commit, whether its fence held. A refused lane commit applies none of the writes
+        filed under its `keys`."""
+        ...
+
+
+@runtime_checkable
+class AtomicLaneSink(AtomicSink, Protocol):
+    """An atomic sink that can also carry a lane store's lane commits in its transaction."""
+
+    def commits_lanes_with(self, store: IdempotencyStore) -> bool:
+        """Whether `write_and_commit_lanes` can span this sink and `store` atomically."""
+        ...
+
+    async def write_and_commit_lanes(
+        self,
+        store: IdempotencyStore,
+        outputs: Sequence[Output],
+        completions: Sequence[Completion],
+        lanes: Sequence[LaneCommit],
+    ) -> tuple[list[bool], list[bool]]:
+        """`write_and_complete` plus lane commits (via `complete_with_lanes`)."""
         ...
 
 

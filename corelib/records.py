@@ -19,6 +19,11 @@ __all__ = [
     "ClaimStatus",
     "Completion",
     "InvalidRecord",
+    "LaneClaim",
+    "LaneCommit",
+    "LaneRecord",
+    "LaneRequest",
+    "LaneState",
     "ObjectInfo",
     "Outcome",
     "OutcomeStatus",
@@ -133,3 +138,73 @@ class ObjectInfo(NamedTuple):
     size: int
     etag: str | None = None
     modified: float | None = None
+
+
+class LaneRequest(NamedTuple):
+    """A batch's ask to lease one watermark lane: the lane and its positions' range."""
+
+    lane: str
+    """The lane's id (`onceflow.watermarks.lane_of`): the store's key for its record."""
+    low: int
+    """The batch's lowest position on the lane."""
+    high: int
+    """The batch's highest position on the lane (kept while leased, to charge a crash)."""
+
+
+class LaneState(NamedTuple):
+    """A lane's progress: what is settled on it, and the deliveries of what is not.
+
+    Positions are non-negative integers. Every position at or below `watermark` is
+    settled; so is every position inside a `settled` interval (a run of one batch, so
+    no lane event lies between its ends that was not in it).
+    """
+
+    watermark: int = -1
+    """Every position up to here is settled (processed, duplicate or dead-lettered)."""
+    settled: tuple[tuple[int, int], ...] = ()
+    """Settled intervals (low, high) above a gap, sorted, disjoint, all above the watermark."""
+    failures: tuple[tuple[int, int], ...] = ()
+    """(position, deliveries charged so far) of events above the watermark that failed."""
+    crashed: tuple[tuple[int, int, int], ...] = ()
+    """(low, high, n): n deliveries of the positions in [low, high] whose holder never
+    committed (its lease lapsed): each counts against `max_deliveries`."""
+    inflight: tuple[int, int] | None = None
+    """The range (low, high) the lease holder is working on, None when not leased."""
+
+
+class LaneRecord(NamedTuple):
+    """What a store keeps per lane: its state plus the fence (token, lease) and a version."""
+
+    lane: str
+    state: LaneState
+    token: str = ""
+    """The token of the last claim that leased or committed it (the fence)."""
+    lease_expires_at: float = float("-inf")
+    """When the current lease runs out; -inf when no lease is held."""
+    version: int = 0
+    """Bumped by every write: an optimistic store's write is conditional on it."""
+    updated_at: float = 0.0
+
+
+class LaneClaim(NamedTuple):
+    """A store's answer for one lane: its state and, when NEW, the lease now held."""
+
+    lane: str
+    status: ClaimStatus
+    """NEW (leased to the caller) or IN_PROGRESS (another worker's live lease); never
+    COMPLETED: `state` says which positions are settled."""
+    state: LaneState
+    """The lane's state as read: positions it settles are duplicates either way."""
+    token: str | None = None
+    lease_expires_at: float | None = None
+    version: int = 0
+    """The record's version this claim wrote (or, for an optimistic store, read)."""
+
+
+class LaneCommit(NamedTuple):
+    """A request to write a lane's new state, fenced by the claim that leased it."""
+
+    claim: LaneClaim
+    state: LaneState
+    keys: frozenset[str] = frozenset()
+    """The event keys whose writes commit with it: refused, none of their writes apply."""

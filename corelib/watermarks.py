@@ -1,0 +1,256 @@
+"""Lane watermarks: one record per ordered lane instead of one marker per event.
+
+The state logic lives here, so every store does the same thing: a store reads a lane's
+record, calls `take`, `commit_record` or `release_record`, and writes what they return
+atomically (one transaction, or a write conditional on the version it read).
+
+Contract with the sources (why a watermark is sound): a lane's events reach the runner in
+batches that each start at the source's checkpoint for that lane and hold a contiguous
+run of the lane in increasing position (Kinesis and DynamoDB Streams shards with
+ParallelizationFactor 1, Event Hubs partitions, file checkpoints). So everything below a
+batch's first position was settled or given up by the source, and no lane event lies
+between two consecutive positions of one batch. A decoder declares a lane (the
+`LANE_ATTRIBUTE` attribute) only where this holds and positions are distinct per event.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+from onceflow.event import Event
+from onceflow.records import (
+    ClaimStatus,
+    LaneClaim,
+    LaneCommit,
+    LaneRecord,
+    LaneRequest,
+    LaneState,
+)
+
+__all__ = [
+    "LANE_ATTRIBUTE",
+    "commit_record",
+    "decode_state",
+    "deliveries",
+    "encode_state",
+    "fence_holds",
+    "lane_of",
+    "position_of",
+    "release_record",
+    "settle",
+    "settles",
+    "take",
+]
+
+LANE_ATTRIBUTE = "onceflow.lane"
+"""The attribute a decoder sets to put an event on a watermark lane (e.g. the shard id)."""
+
+_MAX_DIGITS = 160  # Kinesis sequence numbers have up to 129 digits
+
+
+def lane_of(event: Event) -> str | None:
+    """The event's lane id (`source` + declared lane), or None when it is on no lane."""
+    lane = event.attributes.get(LANE_ATTRIBUTE)
+    if not lane or position_of(event) is None:
+        return None
+    return f"{event.source}#lane#{lane}"
+
+
+def position_of(event: Event) -> int | None:
+    """The event's position on its lane: its sequence when that is a decimal integer."""
+    seq = event.sequence
+    if not seq or len(seq) > _MAX_DIGITS or not seq.isascii() or not seq.isdigit():
+        return None
+    return int(seq)
+
+
+def settles(state: LaneState, position: int) -> bool:
+    """Whether `position` is settled on the lane (a duplicate without a per-event read)."""
+    if position <= state.watermark:
+        return True
+    return any(low <= position <= high for low, high in state.settled)
+
+
+def deliveries(state: LaneState, position: int) -> int:
+    """This delivery's number for `position` (1 the first time), for `max_deliveries`."""
+    counted = 1
+    for pos, n in state.failures:
+        if pos == position:
+            counted += n
+    for low, high, n in state.crashed:
+        if low <= position <= high:
+            counted += n
+    return counted
+
+
+def take(
+    stored: LaneRecord | None,
+    request: LaneRequest,
+    *,
+    now: float,
+    lease_seconds: float,
+    token: str,
+) -> tuple[LaneClaim, LaneRecord | None]:
+    """The claim answer for a lane, and the record to write (None: write nothing).
+
+    `stored` is None for a lane never seen (or whose record outlived the store's TTL). A
+    live lease of another claim answers IN_PROGRESS with the state read. Otherwise the lane
+    is leased to `token`; a lapsed lease's range is charged one delivery (its holder
+    crashed before committing).
+    """
+    if stored is None:
+        stored = LaneRecord(request.lane, LaneState(), version=0)
+    state = stored.state
+    if stored.lease_expires_at > now and stored.token != token:
+        claim = LaneClaim(
+            request.lane, ClaimStatus.IN_PROGRESS, state, None, stored.lease_expires_at,
+            stored.version,
+        )  # fmt: skip
+        return claim, None
+    if state.inflight is not None:
+        state = state._replace(crashed=_charge(state.crashed, state.inflight, state.watermark))
+    state = state._replace(inflight=(request.low, request.high))
+    expires = now + lease_seconds
+    written = LaneRecord(request.lane, state, token, expires, stored.version + 1, now)
+    claim = LaneClaim(request.lane, ClaimStatus.NEW, state, token, expires, written.version)
+    return claim, written
+
+
+def fence_holds(stored: LaneRecord | None, commit: LaneCommit) -> bool:
+    """Whether `commit` may write: the stored token is still its claim's.
+
+    A takeover (a new claim after the lease lapsed or was released) changes the token; a
+    commit retried by the same claim (a lost reply) still matches and is accepted. An
+    optimistic store (no lease at claim) instead compares `version` with the claim's, or
+    accepts a stored token equal to the claim's (its own earlier commit).
+    """
+    return stored is not None and bool(commit.claim.token) and stored.token == commit.claim.token
+
+
+def commit_record(stored: LaneRecord, commit: LaneCommit, *, now: float) -> LaneRecord:
+    """The record to write for a commit whose fence held: the new state, lease ended."""
+    return LaneRecord(
+        stored.lane,
+        commit.state._replace(inflight=None),
+        stored.token,
+        float("-inf"),
+        stored.version + 1,
+        now,
+    )
+
+
+def release_record(stored: LaneRecord | None, claim: LaneClaim, *, now: float) -> LaneRecord | None:
+    """The record to write to give up a lease without committing (None: nothing to do).
+
+    The range worked on is charged one delivery, as a crash would be.
+    """
+    if stored is None or stored.token != claim.token or stored.state.inflight is None:
+        return None
+    state = stored.state
+    state = state._replace(
+        crashed=_charge(state.crashed, state.inflight, state.watermark),  # type: ignore[arg-type]
+        inflight=None,
+    )
+    return LaneRecord(stored.lane, state, stored.token, float("-inf"), stored.version + 1, now)
+
+
+def settle(
+    state: LaneState,
+    outcomes: Iterable[tuple[int, bool, int]],
+) -> LaneState:
+    """The lane's state after a batch: `outcomes` are (position, settled, deliveries to
+    keep) for every lane event of the batch (duplicates settled; a failed event keeps the
+    deliveries charged so far: this one, or one fewer when refunded).
+
+    Everything below the batch's first position is settled (the source's checkpoint is
+    there); each run of settled positions becomes an interval; intervals touching the
+    watermark raise it.
+    """
+    batch = sorted(outcomes)
+    if not batch:
+        return state
+    first, last = batch[0][0], batch[-1][0]
+    intervals = list(state.settled)
+    run: list[int] = []
+    failed: dict[int, int] = dict(state.failures)
+    for position, ok, kept in batch:
+        if ok:
+            run.append(position)
+            failed.pop(position, None)
+            continue
+        if run:
+            intervals.append((run[0], run[-1]))
+            run = []
+        if kept > 0:
+            failed[position] = kept
+        else:
+            failed.pop(position, None)
+    if run:
+        intervals.append((run[0], run[-1]))
+    watermark = max(state.watermark, first - 1)
+    merged: list[tuple[int, int]] = []
+    for low, high in sorted(intervals):
+        if high <= watermark:
+            continue
+        if low <= watermark + 1:
+            watermark = high
+        elif merged and low <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], high))
+        else:
+            merged.append((low, high))
+    settled = tuple((lo, hi) for lo, hi in merged if hi > watermark)
+    crashed = tuple((max(low, last + 1), high, n) for low, high, n in state.crashed if high > last)
+    crashed = tuple(c for c in crashed if c[1] > watermark)
+    failures = tuple(
+        sorted((p, n) for p, n in failed.items() if p > watermark and not _inside(p, settled))
+    )
+    return LaneState(watermark, settled, failures, crashed, state.inflight)
+
+
+def _inside(position: int, intervals: tuple[tuple[int, int], ...]) -> bool:
+    return any(low <= position <= high for low, high in intervals)
+
+
+def _charge(
+    crashed: tuple[tuple[int, int, int], ...], inflight: tuple[int, int], watermark: int
+) -> tuple[tuple[int, int, int], ...]:
+    low, high = inflight
+    out: list[tuple[int, int, int]] = []
+    found = False
+    for c_low, c_high, n in crashed:
+        if (c_low, c_high) == (low, high):
+            out.append((c_low, c_high, n + 1))
+            found = True
+        elif c_high > watermark:
+            out.append((c_low, c_high, n))
+    if not found and high > watermark:
+        out.append((low, high, 1))
+    return tuple(out)
+
+
+def encode_state(state: LaneState) -> str:
+    """The state as compact JSON (positions as decimal strings: they exceed 64 bits)."""
+    doc: dict[str, object] = {"w": str(state.watermark)}
+    if state.settled:
+        doc["s"] = [[str(lo), str(hi)] for lo, hi in state.settled]
+    if state.failures:
+        doc["f"] = [[str(p), n] for p, n in state.failures]
+    if state.crashed:
+        doc["c"] = [[str(lo), str(hi), n] for lo, hi, n in state.crashed]
+    if state.inflight is not None:
+        doc["i"] = [str(state.inflight[0]), str(state.inflight[1])]
+    return json.dumps(doc, separators=(",", ":"))
+
+
+def decode_state(text: str) -> LaneState:
+    """The state `encode_state` wrote."""
+    doc = json.loads(text)
+    inflight = doc.get("i")
+    return LaneState(
+        int(doc["w"]),
+        tuple((int(lo), int(hi)) for lo, hi in doc.get("s", ())),
+        tuple((int(p), int(n)) for p, n in doc.get("f", ())),
+        tuple((int(lo), int(hi), int(n)) for lo, hi, n in doc.get("c", ())),
+        None if inflight is None else (int(inflight[0]), int(inflight[1])),
+    )
