@@ -25,7 +25,7 @@ from onceflow.lake.partitions import (
     with_hour_columns,
 )
 from onceflow.lake.schema import OUTPUT_ID, arrow_schema, outputs_to_table
-from onceflow.lake.watermarks import SequenceOf, output_sequence, past_watermarks
+from onceflow.lake.watermarks import SequenceOf, lanes_of, output_sequence, past_watermarks
 from onceflow.records import Output
 
 __all__ = ["DeltaSink", "optimize_delta", "read_delta", "vacuum_delta"]
@@ -115,8 +115,8 @@ class DeltaSink:
                         f"column {self._hourly}: missing, and it is a partition column"
                     )
                 raise OutputRejected(rejected)
-        kept = [o for o in outputs if o.output_id not in rejected]
-        await anyio.to_thread.run_sync(self._commit, table, kept)
+        # Nothing was refused (refusals raise above): every output is in the table.
+        await anyio.to_thread.run_sync(self._commit, table, list(outputs))
 
     def transaction_id(self, partition: str | None) -> str:
         """The application transaction id for one source partition."""
@@ -133,17 +133,19 @@ class DeltaSink:
         if not self.ordered:
             self._merge(existing, table)
             return
-        keyed = [o.partition_key is not None for o in outputs]
-        if not all(keyed):
+        lanes = lanes_of(outputs)
+        if None in lanes:
             # Events without a partition key promise no order, so no version can vouch
             # for them: they are merged on their output ids instead.
-            mask = pa.array(keyed)
+            mask = pc.invert(pc.is_null(pa.array(lanes, pa.string())))
             self._merge(existing, table.filter(pc.invert(mask)))
             table = table.filter(mask)
+            keyed = mask.to_pylist()
             outputs = [o for o, k in zip(outputs, keyed, strict=True) if k]
+            lanes = lanes_of(outputs)
             existing = self._table()
         if outputs:
-            self._append_new(existing, table, outputs)
+            self._append_new(existing, table, outputs, lanes)
 
     def _merge(self, existing: DeltaTable | None, table: pa.Table) -> None:
         if existing is None:
@@ -163,7 +165,11 @@ class DeltaSink:
             )
 
     def _append_new(
-        self, existing: DeltaTable | None, table: pa.Table, outputs: list[Output]
+        self,
+        existing: DeltaTable | None,
+        table: pa.Table,
+        outputs: list[Output],
+        lanes: list[str | None] | None = None,
     ) -> None:
         def committed(lane: str) -> int | None:
             if existing is None:
@@ -171,7 +177,9 @@ class DeltaSink:
             version = existing.transaction_version(self.transaction_id(lane))
             return None if version is None else int(version)
 
-        keep, highest = past_watermarks(outputs, self.sequence_of, committed, sink="DeltaSink")
+        keep, highest = past_watermarks(
+            outputs, self.sequence_of, committed, sink="DeltaSink", lanes=lanes
+        )
         if not highest:
             log.info("every row of this batch is already in %s; skipped", self.table_uri)
             return

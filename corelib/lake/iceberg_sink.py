@@ -40,7 +40,7 @@ from pyiceberg.transforms import HourTransform, IdentityTransform
 from onceflow.errors import ConfigurationError, OutputRejected
 from onceflow.lake.partitions import EVENT_TIME, Hourly, PartitionSpec, normalise, with_event_time
 from onceflow.lake.schema import OUTPUT_ID, arrow_schema, outputs_to_table
-from onceflow.lake.watermarks import SequenceOf, output_sequence, past_watermarks
+from onceflow.lake.watermarks import SequenceOf, lanes_of, output_sequence, past_watermarks
 from onceflow.records import Output
 
 __all__ = ["IcebergSink", "expire_iceberg", "iceberg_catalog", "read_iceberg"]
@@ -182,10 +182,15 @@ class IcebergSink:
         return self._table
 
     def _commit_once(self, current: Table, table: pa.Table, outputs: list[Output]) -> None:
-        keyed = [self.ordered and o.partition_key is not None for o in outputs]
-        every, some = all(keyed), any(keyed)
+        lanes = lanes_of(outputs)
+        laneless = None in lanes  # a C-speed scan; the per-row mask is built only if mixed
+        every = self.ordered and not laneless
+        some = self.ordered and (every or any(lane is not None for lane in lanes))
         # Filtering copies every column: skip it when the whole batch takes one path.
-        mask = None if every or not some else pa.array(keyed, pa.bool_())
+        mask = None
+        if some and not every:
+            mask = pc.invert(pc.is_null(pa.array(lanes, pa.string())))
+            keyed = mask.to_pylist()
         parts: list[pa.Table] = []
         if not every:
             # No lane vouches for these rows: keep the ones whose output id is absent.
@@ -197,6 +202,7 @@ class IcebergSink:
                 current,
                 table if mask is None else table.filter(mask),
                 outputs if every else [o for o, k in zip(outputs, keyed, strict=True) if k],
+                lanes if every else None,
             )
             parts.append(fresh)
         rows = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
@@ -227,7 +233,11 @@ class IcebergSink:
         return table.filter(pc.invert(pc.is_in(table.column(OUTPUT_ID), value_set=found)))
 
     def _past_watermark(
-        self, current: Table, table: pa.Table, outputs: list[Output]
+        self,
+        current: Table,
+        table: pa.Table,
+        outputs: list[Output],
+        lanes: list[str | None] | None = None,
     ) -> tuple[pa.Table, dict[str, str]]:
         properties = current.properties
 
@@ -235,7 +245,9 @@ class IcebergSink:
             value = properties.get(self.watermark_key(lane))
             return None if value is None else int(value)
 
-        keep, highest = past_watermarks(outputs, self.sequence_of, committed, sink="IcebergSink")
+        keep, highest = past_watermarks(
+            outputs, self.sequence_of, committed, sink="IcebergSink", lanes=lanes
+        )
         fresh_rows = table.filter(keep) if keep.false_count else table
         return fresh_rows, {self.watermark_key(k): str(v) for k, v in highest.items()}
 

