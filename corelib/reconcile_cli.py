@@ -5,8 +5,9 @@ Targets name where the counts are: `local` (a state folder), `dynamodb` (the sta
 of `--source-lines` files (JSONL: one event a non-blank line), or the objects under
 `--source-objects` (a folder, or `s3://bucket/prefix`). The sink's rows: the local state's
 outputs (`--sink state`), a SQLite file's table (`--sink sqlite:PATH[#TABLE]`), a Parquet
-dataset (`--sink parquet:FOLDER`), a Delta table (`--sink delta:URI`) or a DynamoDB table
-(`--sink dynamodb:TABLE`, a Select=COUNT scan).
+dataset (`--sink parquet:FOLDER`), a Delta table (`--sink delta:URI`), a DynamoDB table
+(`--sink dynamodb:TABLE`, a Select=COUNT scan of items with a `value`) or an Azure Table
+(`--sink table:NAME`, TableSink's output rows).
 
 Exit status: 0 when every gap is explained (duplicates, filtered, dead letters), 1 when one
 is not, 2 on bad input (one line naming the cause; nothing is written).
@@ -227,7 +228,7 @@ def _sink_reader(args: argparse.Namespace) -> Callable[[], int]:
     if not where:
         raise CliError(
             f"--sink {spec!r}: one of state, sqlite:PATH[#TABLE], parquet:FOLDER, "
-            "delta:URI, dynamodb:TABLE"
+            "delta:URI, dynamodb:TABLE, table:NAME"
         )
     if kind == "sqlite":
         path, _, table = where.partition("#")
@@ -238,7 +239,9 @@ def _sink_reader(args: argparse.Namespace) -> Callable[[], int]:
         return lambda: _delta_rows(where)
     if kind == "dynamodb":
         return lambda: _dynamodb_rows(args, where)
-    raise CliError(f"--sink kind {kind!r}: one of state, sqlite, parquet, delta, dynamodb")
+    if kind == "table":
+        return lambda: _table_rows(args, where)
+    raise CliError(f"--sink kind {kind!r}: one of state, sqlite, parquet, delta, dynamodb, table")
 
 
 def _sqlite_rows(path: Path, table: str) -> int:
@@ -274,11 +277,30 @@ def _delta_rows(uri: str) -> int:
 
 
 def _dynamodb_rows(args: argparse.Namespace, table: str) -> int:
+    # Only items with a `value` are outputs (DynamoDBSink's shape): a sink sharing the
+    # state table also holds markers and counts, which this does not count.
     client = _boto_client(args, "dynamodb")
-    total = 0
-    for page in client.get_paginator("scan").paginate(TableName=table, Select="COUNT"):
-        total += int(page["Count"])
-    return total
+    pages = client.get_paginator("scan").paginate(
+        TableName=table,
+        Select="COUNT",
+        FilterExpression="attribute_exists(#v)",
+        ExpressionAttributeNames={"#v": "value"},
+    )
+    return sum(int(page["Count"]) for page in pages)
+
+
+def _table_rows(args: argparse.Namespace, table: str) -> int:
+    connection = getattr(args, "connection_string", None)
+    if connection is None:
+        raise CliError("--sink table:NAME is for the table target (its --connection-string)")
+    from azure.data.tables import TableClient
+
+    from onceflow.adapters.azure.table_keys import OUTPUT
+
+    client = TableClient.from_connection_string(connection, table)
+    # TableSink's output rows have RowKeys starting with its prefix; markers and counts not.
+    query = f"RowKey ge '{OUTPUT}' and RowKey lt '{chr(ord(OUTPUT) + 1)}'"
+    return sum(1 for _ in client.query_entities(query, select=["RowKey"]))
 
 
 # -- the report ---------------------------------------------------------------------------

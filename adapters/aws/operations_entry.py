@@ -55,7 +55,13 @@ def reconcile_handler(event: Any, context: Any) -> dict[str, Any]:
     if sink:
         rows = sum(
             int(page["Count"])
-            for page in client.get_paginator("scan").paginate(TableName=sink, Select="COUNT")
+            for page in client.get_paginator("scan").paginate(
+                TableName=sink,
+                Select="COUNT",
+                # DynamoDBSink's outputs have a `value`; a shared table's markers do not.
+                FilterExpression="attribute_exists(#v)",
+                ExpressionAttributeNames={"#v": "value"},
+            )
         )
     report = reconcile(windows, sink_rows=rows)
     gap = abs(report.sink_gap or 0) + sum(abs(report.window_gap(t)) for t in windows.values())

@@ -118,7 +118,7 @@ def test_reconcile_handler_emits_the_gap_as_emf(
     DynamoDBWindowCounts(state, client=dynamodb_client).add(
         "orders", 3600, {"received": 2, "processed": 2}
     )
-    dynamodb_client.put_item(TableName=sink, Item={"pk": {"S": "only-one"}})
+    dynamodb_client.put_item(TableName=sink, Item={"pk": {"S": "only-one"}, "value": {"S": "x"}})
     monkeypatch.setattr(operations_entry, "_clients", {"dynamodb": dynamodb_client})
     monkeypatch.setitem(os.environ, "ONCEFLOW_PIPELINE", "orders")
     monkeypatch.setitem(os.environ, "ONCEFLOW_STATE_TABLE", state)

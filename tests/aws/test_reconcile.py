@@ -69,6 +69,9 @@ def test_counts_in_the_state_table_then_reconcile(
     dynamodb_client.delete_item(TableName=outputs, Key={"pk": {"S": key_of}})
     assert main([*base, "--sink", f"dynamodb:{outputs}"]) == 1
     assert "sink rows: 3  expected: 4  gap: 1" in capsys.readouterr().out
+    # The state table's markers and counts are not outputs: none counted as a sink row.
+    assert main([*base, "--sink", f"dynamodb:{state}"]) == 1
+    assert "sink rows: 0  expected: 4" in capsys.readouterr().out
 
 
 def test_a_state_table_without_counts(

@@ -10,6 +10,7 @@ import pytest
 from azure.data.tables import TableServiceClient
 
 from onceflow import Event, PermanentError, Pipeline
+from onceflow.adapters.azure.table_sink import TableSink
 from onceflow.adapters.azure.table_store import TableIdempotencyStore
 from onceflow.adapters.azure.window_counts import TableWindowCounts
 from onceflow.adapters.memory import ManualClock, MemorySink
@@ -39,7 +40,8 @@ def test_counts_in_the_state_table_then_reconcile(
 ) -> None:
     conn, name, clock = azurite_server.connection_string, new_table(azurite_server), ManualClock()
     store = TableIdempotencyStore(name, connection_string=conn, clock=clock)
-    pipe = Pipeline(process, MemorySink(), store, MemorySink(), clock=clock, name="hub/orders#1")
+    sink = TableSink(name, connection_string=conn)  # outputs, markers and counts: one Table
+    pipe = Pipeline(process, sink, store, MemorySink(), clock=clock, name="hub/orders#1")
     count_windows(pipe, TableWindowCounts(name, connection_string=conn))
     batch = [
         Event(id=f"o{n}", source="hub", data=json.dumps({"n": n, "ssn": SECRET}).encode())
@@ -53,9 +55,10 @@ def test_counts_in_the_state_table_then_reconcile(
     assert tally["received"] == 8 and tally["processed"] == 3
     assert tally["duplicates"] == 4 and tally["dead_lettered"] == 1
     base = ["reconcile", "table", "--table", name, "--connection-string", conn]
-    assert main([*base, "--expected", "4"]) == 0
+    assert main([*base, "--expected", "4", "--sink", f"table:{name}"]) == 0
     shown = capsys.readouterr().out
     assert "gap: 0 (unexplained: 0)" in shown and SECRET not in shown
+    assert "sink rows: 3  expected: 3  gap: 0" in shown
     assert main([*base, "--expected", "9"]) == 1  # more than the duplicates explain
     capsys.readouterr()
 
