@@ -20,6 +20,7 @@ from onceflow.testing import (
     SinkContract,
     StoreContract,
 )
+from onceflow.testing.contracts import LaneStoreContract
 
 
 async def read_memory(sink: Sink) -> dict[str, Any]:
@@ -83,3 +84,14 @@ class TestMemoryExactlyOnce(MemoryFixtures, ExactlyOnceContract):
         if sink.atomic:
             repeated = {k: n for k, n in sink.write_counts().items() if k.startswith(ns) and n > 1}
             assert repeated == {}
+
+
+class TestMemoryLaneStore(LaneStoreContract):
+    @pytest.fixture
+    def store(self, clock: ManualClock) -> MemoryIdempotencyStore:
+        self._store = MemoryIdempotencyStore(clock=clock, ttl_seconds=3600.0)
+        return self._store
+
+    @pytest.fixture
+    def other_store(self, store: MemoryIdempotencyStore) -> MemoryIdempotencyStore:
+        return store.handle()

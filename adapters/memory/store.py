@@ -10,7 +10,19 @@ from onceflow.adapters.memory.faults import Faults
 from onceflow.clock import SystemClock
 from onceflow.errors import ConfigurationError
 from onceflow.interfaces import Clock
-from onceflow.records import Claim, ClaimStatus, Completion, Outcome, OutcomeStatus, Output
+from onceflow.records import (
+    Claim,
+    ClaimStatus,
+    Completion,
+    LaneClaim,
+    LaneCommit,
+    LaneRecord,
+    LaneRequest,
+    Outcome,
+    OutcomeStatus,
+    Output,
+)
+from onceflow.watermarks import commit_record, fence_holds, release_record, take
 
 __all__ = ["MemoryIdempotencyStore", "MemoryWrites"]
 
@@ -95,6 +107,8 @@ class MemoryIdempotencyStore:
         self.rows: dict[str, _Row] = {}
         self._tokens = itertools.count(1)
         self.calls: dict[str, int] = {"claim": 0, "complete": 0, "release": 0}
+        self.lanes: dict[str, LaneRecord] = {}
+        """One watermark record per lane (`onceflow.LaneStore`)."""
 
     def handle(self) -> MemoryIdempotencyStore:
         """Another worker's handle on the same state (same rows, lock and clock)."""
@@ -191,6 +205,90 @@ class MemoryIdempotencyStore:
                     count = row[8] - 1 if refund else row[8]
                     self.rows[claim.key] = (_IN_PROGRESS, "", -_NEVER, _NEVER, None, 0, None,
                                             None, count)  # fmt: skip
+
+    # -- the LaneStore protocol: one record per lane, under the same lock -----------------
+
+    def _lane(self, lane: str, now: float) -> LaneRecord | None:
+        record = self.lanes.get(lane)
+        if record is not None and record.updated_at + self.ttl_seconds <= now:
+            return None  # outlived the TTL: counts as absent
+        return record
+
+    async def claim_lanes(
+        self, requests: Sequence[LaneRequest], lease_seconds: float
+    ) -> list[LaneClaim]:
+        """Lease each lane; see `onceflow.LaneStore.claim_lanes`."""
+        self.faults.check("store.claim_lanes")
+        self.calls["claim_lanes"] = self.calls.get("claim_lanes", 0) + 1
+        claims = []
+        with self.lock:
+            now = self.clock.now()
+            for request in requests:
+                token = str(next(self._tokens))
+                claim, written = take(
+                    self._lane(request.lane, now),
+                    request,
+                    now=now,
+                    lease_seconds=lease_seconds,
+                    token=token,
+                )
+                if written is not None:
+                    self.lanes[request.lane] = written
+                claims.append(claim)
+        return claims
+
+    async def commit_lanes(self, commits: Sequence[LaneCommit]) -> list[bool]:
+        """Write each lane's state where its fence holds."""
+        self.faults.check("store.commit_lanes")
+        self.calls["commit_lanes"] = self.calls.get("commit_lanes", 0) + 1
+        with self.lock:
+            return self._commit_lanes(commits)
+
+    def _commit_lanes(self, commits: Sequence[LaneCommit]) -> list[bool]:
+        now = self.clock.now()
+        accepted = []
+        for commit in commits:
+            stored = self._lane(commit.claim.lane, now)
+            ok = fence_holds(stored, commit)
+            if ok and stored is not None:
+                self.lanes[stored.lane] = commit_record(stored, commit, now=now)
+            accepted.append(ok)
+        return accepted
+
+    async def complete_with_lanes(
+        self,
+        completions: Sequence[Completion],
+        writes: Mapping[str, Sequence[Output]],
+        lanes: Sequence[LaneCommit],
+    ) -> tuple[list[bool], list[bool]]:
+        """Complete keys, commit lanes and put the outputs of what held, in one step."""
+        if not isinstance(writes, MemoryWrites):
+            raise ConfigurationError(
+                f"a memory store commits MemoryWrites, not {type(writes).__name__}"
+            )
+        self.calls["complete"] += 1
+        with self.lock:
+            accepted = self._complete(completions)
+            lane_ok = self._commit_lanes(lanes)
+            refused = {c.key for c, ok in zip(completions, accepted, strict=True) if not ok}
+            for commit, ok in zip(lanes, lane_ok, strict=True):
+                if not ok:
+                    refused |= commit.keys
+            if not refused:
+                writes.apply()
+            else:
+                writes.apply({key for key in writes if key not in refused})
+            return accepted, lane_ok
+
+    async def release_lanes(self, claims: Sequence[LaneClaim]) -> None:
+        """End lane leases still held by these claims."""
+        self.faults.check("store.release_lanes")
+        with self.lock:
+            now = self.clock.now()
+            for claim in claims:
+                written = release_record(self._lane(claim.lane, now), claim, now=now)
+                if written is not None:
+                    self.lanes[claim.lane] = written
 
     def status(self, key: str) -> ClaimStatus | None:
         """The key's stored status as of now, or None when absent or expired."""

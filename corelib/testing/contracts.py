@@ -25,11 +25,14 @@ import pytest
 
 from onceflow.clock import ManualClock
 from onceflow.identity import output_id
-from onceflow.interfaces import AtomicSink, IdempotencyStore, ObjectStore, Sink
+from onceflow.interfaces import AtomicSink, IdempotencyStore, LaneStore, ObjectStore, Sink
 from onceflow.records import (
     Claim,
     ClaimStatus,
     Completion,
+    LaneCommit,
+    LaneRequest,
+    LaneState,
     Outcome,
     OutcomeStatus,
     Output,
@@ -38,6 +41,7 @@ from onceflow.records import (
 __all__ = [
     "AtomicSinkContract",
     "Capabilities",
+    "LaneStoreContract",
     "ObjectStoreContract",
     "ReadSink",
     "SinkContract",
@@ -344,6 +348,72 @@ class StoreContract(Capabilities):
         assert len(winners) == (1 if leases_at_claim else concurrent_claimers)
         assert len({c.token for c in winners}) == len(winners)
         assert len(results) == concurrent_claimers
+
+
+class LaneStoreContract:
+    """Lane watermark records: leases, fencing, lost replies, takeovers and TTL.
+
+    Needs fixtures `store` and `other_store` (two workers' handles on one backend), both
+    `LaneStore`s built with the `clock` fixture and a TTL of at least an hour.
+    """
+
+    @pytest.fixture
+    def clock(self) -> ManualClock:
+        """The clock the stores under test are built with."""
+        return ManualClock()
+
+    @pytest.mark.anyio
+    async def test_a_new_lane_is_leased_and_its_commit_is_read_back(
+        self, store: LaneStore, other_store: LaneStore
+    ) -> None:
+        lane = unique("lane")
+        big = 10**60
+        [claim] = await store.claim_lanes([LaneRequest(lane, big + 1, big + 9)], LEASE)
+        assert claim.status is ClaimStatus.NEW and claim.token
+        assert claim.state.watermark == -1
+        state = LaneState(big + 9, ((big + 20, big + 30),), ((big + 15, 2),))
+        assert await store.commit_lanes([LaneCommit(claim, state)]) == [True]
+        # A lost reply: the same commit again is accepted, and changes nothing.
+        assert await store.commit_lanes([LaneCommit(claim, state)]) == [True]
+        [seen] = await other_store.claim_lanes([LaneRequest(lane, big + 10, big + 40)], LEASE)
+        assert seen.status is ClaimStatus.NEW and seen.token != claim.token
+        assert seen.state._replace(inflight=None) == state
+
+    @pytest.mark.anyio
+    async def test_two_workers_one_lane_only_the_holder_commits(
+        self, store: LaneStore, other_store: LaneStore, clock: ManualClock
+    ) -> None:
+        lane = unique("lane")
+        [a] = await store.claim_lanes([LaneRequest(lane, 1, 5)], LEASE)
+        [b] = await other_store.claim_lanes([LaneRequest(lane, 1, 5)], LEASE)
+        assert a.status is ClaimStatus.NEW and b.status is ClaimStatus.IN_PROGRESS
+        clock.advance(LEASE + 1)  # a's lease lapses: b takes over, a's range is charged
+        [b] = await other_store.claim_lanes([LaneRequest(lane, 1, 5)], LEASE)
+        assert b.status is ClaimStatus.NEW
+        assert b.state.crashed == ((1, 5, 1),)
+        assert await store.commit_lanes([LaneCommit(a, LaneState(5))]) == [False]
+        assert await other_store.commit_lanes([LaneCommit(b, LaneState(5))]) == [True]
+        [c] = await store.claim_lanes([LaneRequest(lane, 6, 9)], LEASE)
+        assert c.status is ClaimStatus.NEW and c.state.watermark == 5
+
+    @pytest.mark.anyio
+    async def test_a_release_frees_the_lane_and_charges_its_range(
+        self, store: LaneStore, other_store: LaneStore
+    ) -> None:
+        lane = unique("lane")
+        [a] = await store.claim_lanes([LaneRequest(lane, 3, 7)], LEASE)
+        await store.release_lanes([a])
+        await store.release_lanes([a])  # stale: nothing more
+        [b] = await other_store.claim_lanes([LaneRequest(lane, 3, 7)], LEASE)
+        assert b.status is ClaimStatus.NEW and b.state.crashed == ((3, 7, 1),)
+
+    @pytest.mark.anyio
+    async def test_many_lanes_in_one_call_in_order(self, store: LaneStore) -> None:
+        lanes = [unique("lane") for _ in range(30)]
+        claims = await store.claim_lanes([LaneRequest(lane, 1, 2) for lane in lanes], LEASE)
+        assert [c.lane for c in claims] == lanes
+        commits = [LaneCommit(c, LaneState(2)) for c in claims]
+        assert await store.commit_lanes(commits) == [True] * 30
 
 
 class SinkContract:
