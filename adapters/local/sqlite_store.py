@@ -17,7 +17,25 @@ from onceflow.adapters.local.database import Database, StateError
 from onceflow.clock import SystemClock
 from onceflow.errors import ConfigurationError
 from onceflow.interfaces import Clock
-from onceflow.records import Claim, ClaimStatus, Completion, Outcome, OutcomeStatus
+from onceflow.records import (
+    Claim,
+    ClaimStatus,
+    Completion,
+    LaneClaim,
+    LaneCommit,
+    LaneRecord,
+    LaneRequest,
+    Outcome,
+    OutcomeStatus,
+)
+from onceflow.watermarks import (
+    commit_record,
+    decode_state,
+    encode_state,
+    fence_holds,
+    release_record,
+    take,
+)
 
 try:
     import fcntl
@@ -55,6 +73,17 @@ CREATE TABLE IF NOT EXISTS {KEYS_TABLE} (
     detail TEXT,
     updated_at REAL NOT NULL,
     deliveries INTEGER NOT NULL DEFAULT 1
+) WITHOUT ROWID
+"""
+LANES_TABLE = "onceflow_lanes"
+_LANES_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {LANES_TABLE} (
+    lane TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    token TEXT NOT NULL,
+    lease_expires_at REAL NOT NULL,
+    version INTEGER NOT NULL,
+    updated_at REAL NOT NULL
 ) WITHOUT ROWID
 """
 # Files made before delivery counting lack the column; their keys count from 1.
@@ -145,6 +174,7 @@ class SqliteIdempotencyStore:
         self.clock: Clock = clock or SystemClock()
         self.database.ensure(_SCHEMA)
         _add_deliveries_column(self.database)
+        self.database.ensure(_LANES_SCHEMA)
         self._json_each = _has_json_each(self.database)
         self._token_prefix = secrets.token_hex(6)
         self._tokens = itertools.count(1)
@@ -404,6 +434,102 @@ class SqliteIdempotencyStore:
                     conn.executemany(
                         update + "=?", [(_LONG_AGO, now, taken, token, key) for key in keys]
                     )
+
+    # -- the LaneStore protocol: one row per lane ------------------------------------------
+
+    def _lane(self, conn: sqlite3.Connection, lane: str, now: float) -> LaneRecord | None:
+        row = conn.execute(
+            f"SELECT state, token, lease_expires_at, version, updated_at FROM {LANES_TABLE} "
+            "WHERE lane=?",
+            (lane,),
+        ).fetchone()
+        if row is None or row[4] + self.ttl_seconds <= now:
+            return None  # absent, or outlived the TTL
+        return LaneRecord(lane, decode_state(row[0]), row[1], row[2], row[3], row[4])
+
+    def _put_lane(self, conn: sqlite3.Connection, record: LaneRecord) -> None:
+        conn.execute(
+            f"INSERT OR REPLACE INTO {LANES_TABLE} "
+            "(lane, state, token, lease_expires_at, version, updated_at) VALUES (?,?,?,?,?,?)",
+            (
+                record.lane,
+                encode_state(record.state),
+                record.token,
+                record.lease_expires_at,
+                record.version,
+                record.updated_at,
+            ),
+        )
+
+    async def claim_lanes(
+        self, requests: Sequence[LaneRequest], lease_seconds: float
+    ) -> list[LaneClaim]:
+        """Lease each lane, in one transaction; see `onceflow.LaneStore.claim_lanes`."""
+        claims = []
+        with self.database.transaction() as conn:
+            now = self.clock.now()
+            for request in requests:
+                claim, written = take(
+                    self._lane(conn, request.lane, now),
+                    request,
+                    now=now,
+                    lease_seconds=lease_seconds,
+                    token=self._token(),
+                )
+                if written is not None:
+                    self._put_lane(conn, written)
+                claims.append(claim)
+        return claims
+
+    async def commit_lanes(self, commits: Sequence[LaneCommit]) -> list[bool]:
+        """Write each lane's state where its fence holds, in one transaction."""
+        with self.database.transaction() as conn:
+            return self._commit_lanes(conn, commits)
+
+    def _commit_lanes(self, conn: sqlite3.Connection, commits: Sequence[LaneCommit]) -> list[bool]:
+        now = self.clock.now()
+        accepted = []
+        for commit in commits:
+            stored = self._lane(conn, commit.claim.lane, now)
+            ok = fence_holds(stored, commit)
+            if ok and stored is not None:
+                self._put_lane(conn, commit_record(stored, commit, now=now))
+            accepted.append(ok)
+        return accepted
+
+    async def complete_with_lanes(
+        self,
+        completions: Sequence[Completion],
+        writes: Mapping[str, Sequence[tuple[Any, ...]]],
+        lanes: Sequence[LaneCommit],
+    ) -> tuple[list[bool], list[bool]]:
+        """Complete keys, commit lanes and write the rows of what held, in one transaction."""
+        if not isinstance(writes, SqliteWrites):
+            raise ConfigurationError(
+                f"a SQLite store commits SqliteWrites, not {type(writes).__name__}"
+            )
+        with self.database.transaction() as conn:
+            accepted = self._complete_any(conn, completions) if completions else []
+            lane_ok = self._commit_lanes(conn, lanes)
+            refused = {c.key for c, ok in zip(completions, accepted, strict=True) if not ok}
+            for commit, ok in zip(lanes, lane_ok, strict=True):
+                if not ok:
+                    refused |= commit.keys
+            rows = writes.without(refused)
+            if rows:
+                writes.table.write_rows(conn, rows)
+        return accepted, lane_ok
+
+    async def release_lanes(self, claims: Sequence[LaneClaim]) -> None:
+        """End lane leases still held by these claims, in one transaction."""
+        if not claims:
+            return
+        with self.database.transaction() as conn:
+            now = self.clock.now()
+            for claim in claims:
+                written = release_record(self._lane(conn, claim.lane, now), claim, now=now)
+                if written is not None:
+                    self._put_lane(conn, written)
 
     # -- inspection and upkeep ---------------------------------------------------------------
 
