@@ -13,36 +13,37 @@ import pytest
 
 from onceflow.adapters.aws import operations_entry
 from onceflow.adapters.aws.operations_template import operations_resources
-from onceflow.adapters.aws.template import FunctionSettings, sam_template
-from onceflow.deployment import Deployment
+from onceflow.adapters.aws.template import FunctionSettings, _Builder
+from onceflow.deployment import Deployment, ResourceKind, TriggerKind
 from tests.aws.test_template import CFN_LINT, deployment, translated
 
 
-def placed(logical: str, existing: Any) -> dict[str, Any]:
-    """A created-or-existing value, as the template builder writes them."""
-    return {"Fn::If": [f"Create{logical}", {"Ref": logical}, existing]}
-
-
 def with_operations(d: Deployment) -> dict[str, Any]:
-    """The SAM template with the operations resources added, as template.py would add them."""
-    doc = sam_template(d, FunctionSettings(handler="app.handler"))
-    queue_url = "https://sqs.${AWS::Region}.amazonaws.com/${AWS::AccountId}/${SourceQueueName}"
-    resources = operations_resources(
-        d,
-        state_table=placed("StateTable", {"Ref": "StateTableName"}),
-        sink_table=placed("Output1", {"Ref": "Output1Name"}),
-        source_queue={
-            "Fn::If": [
-                "CreateSourceQueue",
-                {"Fn::GetAtt": ["SourceQueue", "QueueName"]},
-                {"Ref": "SourceQueueName"},
-            ]
-        }
-        if "SourceQueue" in doc["Resources"]
-        else None,
-        source_queue_url=placed("SourceQueue", {"Fn::Sub": queue_url}),
+    """The SAM template with the operations resources added by exactly the lines the report
+    proposes for `template.py`'s `_Builder.build` (run here on a built template)."""
+    builder = _Builder(d, FunctionSettings(handler="app.handler"))
+    doc = builder.build()
+    # -- the proposed lines, with `self` as `builder` --
+    state = builder.placed[d.state.env]
+    table = next(
+        (builder.placed[o.env] for o in d.outputs if o.kind is ResourceKind.DYNAMODB_TABLE), None
     )
-    doc["Resources"].update(resources)
+    queue = (
+        builder.placed[d.trigger.source.env]
+        if d.trigger.kind in (TriggerKind.SQS, TriggerKind.SQS_FIFO)
+        else None
+    )
+    builder.resources.update(
+        operations_resources(
+            d,
+            state_table=state.value(),
+            sink_table=None if table is None else table.value(),
+            source_queue=None
+            if queue is None
+            else queue.pick({"Fn::GetAtt": [queue.logical, "QueueName"]}, {"Ref": queue.parameter}),
+            source_queue_url=None if queue is None else queue.value(),
+        )
+    )
     return doc
 
 
