@@ -25,9 +25,11 @@ key's marker and the sink's actions for it in one transaction.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
+from onceflow import watermarks
+from onceflow.adapters.aws.dynamodb_lanes import decode_record, record_key, record_put
 from onceflow.adapters.aws.dynamodb_mode import DynamoDBMode
 from onceflow.adapters.aws.dynamodb_requests import (
     RETRYABLE_REASONS,
@@ -51,10 +53,22 @@ from onceflow.adapters.aws.dynamodb_requests import (
 from onceflow.adapters.aws.sdk import ClientOnFirstUse, run_blocking
 from onceflow.clock import SystemClock
 from onceflow.interfaces import Clock
-from onceflow.records import Claim, ClaimStatus, Completion, Outcome, OutcomeStatus
+from onceflow.records import (
+    Claim,
+    ClaimStatus,
+    Completion,
+    LaneClaim,
+    LaneCommit,
+    LaneRecord,
+    LaneRequest,
+    Outcome,
+    OutcomeStatus,
+)
 from onceflow.retry import RetryPolicy
 
 __all__ = ["DynamoDBIdempotencyStore", "create_table"]
+
+T = TypeVar("T")
 
 IN_PROGRESS = "IN_PROGRESS"
 COMPLETED = "COMPLETED"
@@ -151,6 +165,98 @@ class DynamoDBIdempotencyStore:
         if not claims or (refund and not self.mode.leases):
             return
         await run_blocking(self._release, list(claims), refund)
+
+    # -- the LaneStore protocol (onceflow.watermarks) ---------------------------------------
+
+    async def claim_lanes(
+        self, requests: Sequence[LaneRequest], lease_seconds: float
+    ) -> list[LaneClaim]:
+        """Lease each lane's record (`watermarks.take`): a read and a conditional Put per lane."""
+        if not requests:
+            return []
+        result: list[LaneClaim] = await run_blocking(
+            self._claim_lanes, list(requests), lease_seconds
+        )
+        return result
+
+    async def commit_lanes(self, commits: Sequence[LaneCommit]) -> list[bool]:
+        """Write each lane's new state where its fence holds (`watermarks.fence_holds`)."""
+        if not commits:
+            return []
+        result: list[bool] = await run_blocking(self._commit_lanes, list(commits))
+        return result
+
+    async def release_lanes(self, claims: Sequence[LaneClaim]) -> None:
+        """End leases these claims still hold, charging their range a delivery."""
+        if claims:
+            await run_blocking(self._release_lanes, list(claims))
+
+    def _lane_rmw(
+        self, lane: str, change: Callable[[LaneRecord | None, float], tuple[T, LaneRecord | None]]
+    ) -> T:
+        """Read a lane's record, `change` it, write the answer conditional on what was read;
+        on a condition failure (another worker wrote in between) read and decide again."""
+        for _ in range(MAX_REREADS):
+            key = record_key(lane, self.key_attribute)
+            now = self.clock.now()
+            item = send(
+                self.client.get_item,
+                self.retry,
+                TableName=self.table,
+                Key=key,
+                ConsistentRead=True,
+            ).get("Item")
+            answer, written = change(decode_record(lane, item, now), now)
+            if written is None:
+                return answer
+            body = record_put(
+                self.table,
+                written,
+                item,
+                self.ttl_seconds,
+                key_attribute=self.key_attribute,
+                ttl_attribute=self.ttl_attribute,
+            )
+            try:
+                send(self.client.put_item, self.retry, **body)
+            except Exception as exc:
+                if error_code(exc) != "ConditionalCheckFailedException":
+                    raise
+                continue
+            return answer
+        raise DynamoDBUnavailable(f"lane record kept changing under {MAX_REREADS} rounds")
+
+    def _claim_lanes(self, requests: list[LaneRequest], lease_seconds: float) -> list[LaneClaim]:
+        def claim(request: LaneRequest) -> LaneClaim:
+            token = uuid.uuid4().hex
+            return self._lane_rmw(
+                request.lane,
+                lambda stored, now: watermarks.take(
+                    stored, request, now=now, lease_seconds=lease_seconds, token=token
+                ),
+            )
+
+        return in_parallel(claim, requests)
+
+    def _commit_lanes(self, commits: list[LaneCommit]) -> list[bool]:
+        def commit(lane_commit: LaneCommit) -> bool:
+            def change(stored: LaneRecord | None, now: float) -> tuple[bool, LaneRecord | None]:
+                if stored is None or not watermarks.fence_holds(stored, lane_commit):
+                    return False, None
+                return True, watermarks.commit_record(stored, lane_commit, now=now)
+
+            return self._lane_rmw(lane_commit.claim.lane, change)
+
+        return in_parallel(commit, commits)
+
+    def _release_lanes(self, claims: list[LaneClaim]) -> None:
+        def release(claim: LaneClaim) -> None:
+            self._lane_rmw(
+                claim.lane,
+                lambda stored, now: (None, watermarks.release_record(stored, claim, now=now)),
+            )
+
+        in_parallel(release, claims)
 
     # -- the TransactionalStore protocol ----------------------------------------------------
 
