@@ -214,3 +214,16 @@ def test_against_a_parquet_dataset(tmp_path: Path, capsys: pytest.CaptureFixture
     args = ["--state", str(tmp_path / "st"), "--expected", "5"]
     assert reconcile(*args, "--sink", f"parquet:{tmp_path / 'lake' / 'ds'}") == 0
     assert "sink rows: 5  expected: 5  gap: 0" in capsys.readouterr().out
+
+
+def test_source_objects_in_a_folder(
+    ran: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state, _ = ran
+    landing = tmp_path / "landing"
+    (landing / "sub").mkdir(parents=True)
+    for n in range(4):
+        (landing / ("sub" if n else "") / f"o{n}.json").write_text("{}")
+    (landing / ".hidden").write_text("")  # a file being written, not an object yet
+    assert reconcile("--state", str(state), "--source-objects", str(landing)) == 0
+    assert "source: 4  processed + dead-lettered: 4  gap: 0" in capsys.readouterr().out
