@@ -81,3 +81,23 @@ def test_a_state_table_without_counts(
     assert main(["reconcile", "dynamodb", "--table", state, *aws_env]) == 2
     [line] = capsys.readouterr().err.splitlines()
     assert "the state holds no window counts" in line
+
+
+def test_source_objects_under_an_s3_prefix(
+    dynamodb_client: Any,
+    dynamodb_tables: Callable[[str], str],
+    s3_client: Any,
+    s3_bucket: str,
+    aws_env: list[str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    state = dynamodb_tables("state")
+    DynamoDBWindowCounts(state, client=dynamodb_client).add("p", 0, {"received": 3, "processed": 3})
+    prefix = f"in-{uuid.uuid4().hex[:6]}/"
+    for n in range(3):
+        s3_client.put_object(Bucket=s3_bucket, Key=f"{prefix}o{n}.json", Body=b"{}")
+    base = ["reconcile", "dynamodb", "--table", state, *aws_env]
+    assert main([*base, "--source-objects", f"s3://{s3_bucket}/{prefix}"]) == 0
+    s3_client.put_object(Bucket=s3_bucket, Key=f"{prefix}late.json", Body=b"{}")
+    assert main([*base, "--source-objects", f"s3://{s3_bucket}/{prefix}"]) == 1
+    assert "source: 4  processed + dead-lettered: 3  gap: 1" in capsys.readouterr().out
