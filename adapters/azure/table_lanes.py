@@ -17,7 +17,7 @@ store's signatures.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceNotFoundError
@@ -25,14 +25,22 @@ from azure.data.tables import TableClient, UpdateMode
 
 from onceflow.adapters.azure.table_keys import bounded, encode_part
 from onceflow.adapters.azure.table_transactions import MAX_OPERATIONS, Operation
+from onceflow.identity import key_parts
+from onceflow.records import LaneRecord
+from onceflow.watermarks import decode_state, encode_state
+
+Entity = dict[str, Any]
 
 __all__ = [
     "LANE",
     "LaneRow",
+    "decode_record",
+    "encode_record",
     "lane_address",
     "lane_chunks",
     "lane_operation",
     "read_lane",
+    "record_address",
     "sequence_text",
 ]
 
@@ -102,3 +110,46 @@ def lane_chunks(
     for start in range(0, len(ordered), room):
         piece = ordered[start : start + room]
         yield piece[-1][0], [op for _, op in piece]
+
+
+# -- the core's LaneStore protocol (onceflow.watermarks): one record row per lane -------------
+
+
+def record_address(lane: str) -> tuple[str, str]:
+    """(PartitionKey, RowKey) of a lane's record: in the partition of its source's markers."""
+    source, marker, name = lane.rpartition("#lane#")
+    if not marker:
+        source, name = key_parts(lane)
+    return lane_address(bounded(encode_part(source)), name)
+
+
+def decode_record(lane: str, row: Entity | None, now: float) -> LaneRecord | None:
+    """The stored record, or None when absent or past the store's TTL (counted as absent)."""
+    if row is None or "state" not in row or float(row["expires"]) <= now:
+        return None
+    lease = row.get("lease_expires_at")
+    return LaneRecord(
+        lane,
+        decode_state(row["state"]),
+        row.get("token", ""),
+        float(lease) if lease is not None else float("-inf"),
+        int(row["version"]),
+        float(row["updated_at"]),
+    )
+
+
+def encode_record(record: LaneRecord, ttl_seconds: float) -> Entity:
+    """The record as an entity (no lease property when none is held)."""
+    pk, rk = record_address(record.lane)
+    entity: Entity = {
+        "PartitionKey": pk,
+        "RowKey": rk,
+        "state": encode_state(record.state),
+        "token": record.token,
+        "version": record.version,
+        "updated_at": record.updated_at,
+        "expires": record.updated_at + ttl_seconds,
+    }
+    if record.lease_expires_at != float("-inf"):
+        entity["lease_expires_at"] = record.lease_expires_at
+    return entity

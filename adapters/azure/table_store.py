@@ -14,6 +14,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
+from onceflow import watermarks
 from onceflow.adapters.azure.lease_rows import (
     COMPLETED,
     IN_PROGRESS,
@@ -34,11 +35,22 @@ from onceflow.adapters.azure.table_keys import (
     numeric_row,
     stored_identity,
 )
+from onceflow.adapters.azure.table_lanes import decode_record as decode_lane
+from onceflow.adapters.azure.table_lanes import encode_record as encode_lane
+from onceflow.adapters.azure.table_lanes import record_address
 from onceflow.adapters.azure.table_transactions import MAX_OPERATIONS, Group, Operation, submit
 from onceflow.adapters.azure.throttling import default_retry, listed, send
 from onceflow.clock import SystemClock
 from onceflow.interfaces import Clock
-from onceflow.records import Claim, ClaimStatus, Completion
+from onceflow.records import (
+    Claim,
+    ClaimStatus,
+    Completion,
+    LaneClaim,
+    LaneCommit,
+    LaneRecord,
+    LaneRequest,
+)
 from onceflow.retry import RetryPolicy
 
 __all__ = ["TableIdempotencyStore"]
@@ -48,6 +60,7 @@ T = TypeVar("T")
 OR_LIMIT = 14  # Azure Table filters allow 15 comparisons; one is the PartitionKey
 DENSE = 2.0  # read a numeric RowKey range when it holds at most this many rows per key
 ETAG_CACHE = 200_000
+MAX_LANE_ROUNDS = 32  # rereads of a lane row another worker wrote under us
 
 Entity = dict[str, Any]
 
@@ -118,6 +131,85 @@ class TableIdempotencyStore:
 
     async def _call(self, func: Callable[[], T]) -> T:
         return await anyio.to_thread.run_sync(func)
+
+    # -- the LaneStore protocol (onceflow.watermarks) ---------------------------------------
+
+    async def claim_lanes(
+        self, requests: Sequence[LaneRequest], lease_seconds: float
+    ) -> list[LaneClaim]:
+        """Lease each lane's record (`watermarks.take`): a read and an ETag-guarded write."""
+
+        def claim(request: LaneRequest) -> LaneClaim:
+            token = uuid.uuid4().hex
+            return self._lane_rmw(
+                request.lane,
+                lambda stored, now: watermarks.take(
+                    stored, request, now=now, lease_seconds=lease_seconds, token=token
+                ),
+            )
+
+        return await self._call(lambda: [claim(r) for r in requests])
+
+    async def commit_lanes(self, commits: Sequence[LaneCommit]) -> list[bool]:
+        """Write each lane's new state where its fence holds (`watermarks.fence_holds`)."""
+
+        def commit(lane_commit: LaneCommit) -> bool:
+            def change(stored: LaneRecord | None, now: float) -> tuple[bool, LaneRecord | None]:
+                if stored is None or not watermarks.fence_holds(stored, lane_commit):
+                    return False, None
+                return True, watermarks.commit_record(stored, lane_commit, now=now)
+
+            return self._lane_rmw(lane_commit.claim.lane, change)
+
+        return await self._call(lambda: [commit(c) for c in commits])
+
+    async def release_lanes(self, claims: Sequence[LaneClaim]) -> None:
+        """End leases these claims still hold, charging their range a delivery."""
+
+        def release(claim: LaneClaim) -> None:
+            self._lane_rmw(
+                claim.lane,
+                lambda stored, now: (None, watermarks.release_record(stored, claim, now=now)),
+            )
+
+        def release_all() -> None:
+            for claim in claims:
+                release(claim)
+
+        await self._call(release_all)
+
+    def _lane_rmw(
+        self, lane: str, change: Callable[[LaneRecord | None, float], tuple[T, LaneRecord | None]]
+    ) -> T:
+        """Read a lane's row, `change` it, write the answer guarded by the ETag read (create
+        when there was none); when another worker wrote in between, read and decide again."""
+        pk, rk = record_address(lane)
+        for _ in range(MAX_LANE_ROUNDS):
+            now = self.clock.now()
+            try:
+                row = send(self.throttle_retry, "a lane read", self.table.get_entity, pk, rk)
+            except ResourceNotFoundError:
+                row = None
+            answer, written = change(decode_lane(lane, row, now), now)
+            if written is None:
+                return answer
+            entity = encode_lane(written, self.ttl_seconds)
+            try:
+                if row is None:
+                    send(self.throttle_retry, "a lane write", self.table.create_entity, entity)
+                else:
+                    send(
+                        self.throttle_retry,
+                        "a lane write",
+                        self.table.update_entity,
+                        entity,
+                        mode=UpdateMode.REPLACE,
+                        **_if_match(str(row.metadata["etag"])),
+                    )
+            except (ResourceExistsError, ResourceModifiedError):
+                continue
+            return answer
+        raise RuntimeError(f"lane record kept changing under {MAX_LANE_ROUNDS} rounds")
 
     # -- claim -----------------------------------------------------------------------------
 
