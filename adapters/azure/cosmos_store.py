@@ -20,6 +20,7 @@ from azure.cosmos.exceptions import (
     CosmosResourceNotFoundError,
 )
 
+from onceflow import watermarks
 from onceflow.adapters.azure.lease_rows import (
     IN_PROGRESS,
     UnansweredClaims,
@@ -36,7 +37,15 @@ from onceflow.adapters.azure.throttling import default_retry, listed, send
 from onceflow.clock import SystemClock
 from onceflow.identity import key_parts
 from onceflow.interfaces import Clock
-from onceflow.records import Claim, ClaimStatus, Completion
+from onceflow.records import (
+    Claim,
+    ClaimStatus,
+    Completion,
+    LaneClaim,
+    LaneCommit,
+    LaneRecord,
+    LaneRequest,
+)
 from onceflow.retry import RetryPolicy
 
 __all__ = ["CosmosIdempotencyStore", "cosmos_address", "item_id", "partition_value"]
@@ -49,6 +58,9 @@ WORKERS = 16  # concurrent point writes per call
 ETAG_CACHE = 200_000
 LONGEST_ID = 200  # Cosmos ids hold at most 255 characters
 LONGEST_PARTITION = 2048
+MAX_LANE_ROUNDS = 32  # rereads of a lane item another worker wrote under us
+LANE_ID = "lane#"
+"""Id prefix of a lane's record item (escaped like every id)."""
 """Bytes of UTF-8 in a partition key value: Cosmos refuses longer ones."""
 
 
@@ -113,6 +125,90 @@ class CosmosIdempotencyStore:
 
     async def _call(self, func: Callable[[], T]) -> T:
         return await anyio.to_thread.run_sync(func)
+
+    # -- the LaneStore protocol (onceflow.watermarks) ---------------------------------------
+
+    async def claim_lanes(
+        self, requests: Sequence[LaneRequest], lease_seconds: float
+    ) -> list[LaneClaim]:
+        """Lease each lane's record (`watermarks.take`): a read and an ETag-guarded write."""
+
+        def claim(request: LaneRequest) -> LaneClaim:
+            token = uuid.uuid4().hex
+            return self._lane_rmw(
+                request.lane,
+                lambda stored, now: watermarks.take(
+                    stored, request, now=now, lease_seconds=lease_seconds, token=token
+                ),
+            )
+
+        return await self._call(lambda: [claim(r) for r in requests])
+
+    async def commit_lanes(self, commits: Sequence[LaneCommit]) -> list[bool]:
+        """Write each lane's new state where its fence holds (`watermarks.fence_holds`)."""
+
+        def commit(lane_commit: LaneCommit) -> bool:
+            def change(stored: LaneRecord | None, now: float) -> tuple[bool, LaneRecord | None]:
+                if stored is None or not watermarks.fence_holds(stored, lane_commit):
+                    return False, None
+                return True, watermarks.commit_record(stored, lane_commit, now=now)
+
+            return self._lane_rmw(lane_commit.claim.lane, change)
+
+        return await self._call(lambda: [commit(c) for c in commits])
+
+    async def release_lanes(self, claims: Sequence[LaneClaim]) -> None:
+        """End leases these claims still hold, charging their range a delivery."""
+
+        def release(claim: LaneClaim) -> None:
+            self._lane_rmw(
+                claim.lane,
+                lambda stored, now: (None, watermarks.release_record(stored, claim, now=now)),
+            )
+
+        def release_all() -> None:
+            for claim in claims:
+                release(claim)
+
+        await self._call(release_all)
+
+    def _lane_rmw(
+        self, lane: str, change: Callable[[LaneRecord | None, float], tuple[T, LaneRecord | None]]
+    ) -> T:
+        """Read a lane's item, `change` it, write the answer guarded by the ETag read (create
+        when there was none); when another worker wrote in between, read and decide again."""
+        partition, ident = lane_address(lane)
+        for _ in range(MAX_LANE_ROUNDS):
+            now = self.clock.now()
+            # A query, not read_item: the local server answers a missing point read with a 500.
+            rows = send(
+                self.throttle_retry,
+                "a lane read",
+                lambda: list(
+                    self.container.query_items(
+                        "SELECT * FROM c WHERE c.pk = @pk AND c.id = @id",
+                        parameters=[
+                            {"name": "@pk", "value": partition},
+                            {"name": "@id", "value": ident},
+                        ],
+                        partition_key=partition,
+                    )
+                ),
+            )
+            row = rows[0] if rows else None
+            answer, written = change(_decode_lane(lane, row, now), now)
+            if written is None:
+                return answer
+            item = _encode_lane(written, partition, ident, self.ttl_seconds)
+            try:
+                if row is None:
+                    send(self.throttle_retry, "a lane write", self.container.create_item, item)
+                else:
+                    self._replace(ident, item, str(row["_etag"]), "a lane write")
+            except (CosmosResourceExistsError, CosmosAccessConditionFailedError):
+                continue
+            return answer
+        raise RuntimeError(f"lane record kept changing under {MAX_LANE_ROUNDS} rounds")
 
     # -- claim -----------------------------------------------------------------------------
 
@@ -347,3 +443,42 @@ class CosmosIdempotencyStore:
             self._etags.move_to_end(key)
             while len(self._etags) > ETAG_CACHE:
                 self._etags.popitem(last=False)
+
+
+def lane_address(lane: str) -> tuple[str, str]:
+    """(partition key value, item id) of a lane's record: in its source's partition."""
+    source, marker, _ = lane.rpartition("#lane#")
+    group = source if marker else key_parts(lane)[0]
+    return partition_value(group), item_id(LANE_ID + lane)
+
+
+def _decode_lane(lane: str, row: Item | None, now: float) -> LaneRecord | None:
+    """The stored record, or None when absent or past the store's TTL (counted as absent)."""
+    if row is None or "state" not in row or float(row["expires"]) <= now:
+        return None
+    lease = row.get("lease_expires_at")
+    return LaneRecord(
+        lane,
+        watermarks.decode_state(row["state"]),
+        row.get("token", ""),
+        float(lease) if lease is not None else float("-inf"),
+        int(row["version"]),
+        float(row["updated_at"]),
+    )
+
+
+def _encode_lane(record: LaneRecord, partition: str, ident: str, ttl_seconds: float) -> Item:
+    """The record as an item (no lease field when none is held; `ttl` for the sweep)."""
+    item: Item = {
+        "id": ident,
+        "pk": partition,
+        "state": watermarks.encode_state(record.state),
+        "token": record.token,
+        "version": record.version,
+        "updated_at": record.updated_at,
+        "expires": record.updated_at + ttl_seconds,
+        "ttl": int(ttl_seconds) + 60,
+    }
+    if record.lease_expires_at != float("-inf"):
+        item["lease_expires_at"] = record.lease_expires_at
+    return item
