@@ -14,6 +14,7 @@ from onceflow.adapters.aws import DynamoDBIdempotencyStore
 from onceflow.clock import ManualClock
 from onceflow.interfaces import LaneStore
 from onceflow.records import ClaimStatus, LaneCommit, LaneRequest
+from onceflow.testing.contracts import LaneStoreContract
 
 pytestmark = pytest.mark.emulator
 
@@ -71,3 +72,18 @@ def test_two_workers_one_lane_lost_reply_takeover_and_expiry(
         assert fresh.status is ClaimStatus.NEW and fresh.state.watermark == -1
 
     anyio.run(scenario)
+
+
+class TestDynamoDBLaneStore(LaneStoreContract):
+    """The core's lane store contract on the moto server (two handles, one table)."""
+
+    @pytest.fixture
+    def store(
+        self, clock: ManualClock, dynamodb_client: Any, dynamodb_tables: Callable[[str], str]
+    ) -> DynamoDBIdempotencyStore:
+        self._pair = stores(dynamodb_client, dynamodb_tables("lanes"), clock)
+        return self._pair[0]  # type: ignore[no-any-return]
+
+    @pytest.fixture
+    def other_store(self, store: DynamoDBIdempotencyStore) -> DynamoDBIdempotencyStore:
+        return self._pair[1]  # type: ignore[no-any-return]

@@ -14,6 +14,7 @@ from onceflow.adapters.azure import CosmosIdempotencyStore
 from onceflow.clock import ManualClock
 from onceflow.interfaces import LaneStore
 from onceflow.records import ClaimStatus, LaneCommit, LaneRequest
+from onceflow.testing.contracts import LaneStoreContract
 from tests.support.servers import CosmosServer
 
 pytestmark = pytest.mark.emulator
@@ -74,3 +75,16 @@ def test_two_workers_one_lane_lost_reply_takeover_and_expiry(cosmos: CosmosServe
         assert fresh.status is ClaimStatus.NEW and fresh.state.watermark == -1
 
     anyio.run(scenario)
+
+
+class TestCosmosLaneStore(LaneStoreContract):
+    """The core's lane store contract on the Cosmos server (two handles, one container)."""
+
+    @pytest.fixture
+    def store(self, clock: ManualClock, cosmos: CosmosServer) -> CosmosIdempotencyStore:
+        self._pair = stores(cosmos, clock)
+        return self._pair[0]  # type: ignore[no-any-return]
+
+    @pytest.fixture
+    def other_store(self, store: CosmosIdempotencyStore) -> CosmosIdempotencyStore:
+        return self._pair[1]  # type: ignore[no-any-return]

@@ -14,6 +14,7 @@ from onceflow.adapters.azure import TableIdempotencyStore
 from onceflow.clock import ManualClock
 from onceflow.interfaces import LaneStore
 from onceflow.records import ClaimStatus, LaneCommit, LaneRequest
+from onceflow.testing.contracts import LaneStoreContract
 from tests.support.servers import Azurite
 
 pytestmark = pytest.mark.emulator
@@ -73,3 +74,16 @@ def test_two_workers_one_lane_lost_reply_takeover_and_expiry(azurite_server: Azu
         assert fresh.status is ClaimStatus.NEW and fresh.state.watermark == -1
 
     anyio.run(scenario)
+
+
+class TestTableLaneStore(LaneStoreContract):
+    """The core's lane store contract on Azurite (two handles, one table)."""
+
+    @pytest.fixture
+    def store(self, clock: ManualClock, azurite_server: Azurite) -> TableIdempotencyStore:
+        self._pair = stores(azurite_server, clock)
+        return self._pair[0]  # type: ignore[no-any-return]
+
+    @pytest.fixture
+    def other_store(self, store: TableIdempotencyStore) -> TableIdempotencyStore:
+        return self._pair[1]  # type: ignore[no-any-return]
