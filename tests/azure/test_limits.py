@@ -194,3 +194,32 @@ async def test_table_output_with_a_partition_key_over_a_property_is_dead_lettere
     failure = result.failures["long"]
     assert failure.kind is FailureKind.OUTPUT_REJECTED and "32000 UTF-16" in failure.text
     assert list(await sink.contents()) == [output_id(batch[0].key, 0)]
+
+
+@pytest.mark.emulator
+@pytest.mark.anyio
+async def test_table_output_over_the_1_mb_entity_is_dead_lettered_and_the_rest_commits(
+    azurite_server: Azurite,
+) -> None:
+    # Store and sink share the table: outputs and markers commit in entity transactions,
+    # so one oversized entity must not cancel its neighbours' transaction.
+    name = f"limits{uuid.uuid4().hex[:10]}"
+    TableServiceClient.from_connection_string(azurite_server.connection_string).create_table(name)
+    table = TableClient.from_connection_string(azurite_server.connection_string, name)
+    sink, letters = TableSink(table), MemorySink()
+    pipe = pipeline(sink, TableIdempotencyStore(table), letters)
+    # 200,000 chars: 7 properties of 32,000 UTF-16 units; 600,000: over the 480,000 the sink
+    # keeps under an entity's 1 MiB (the rest is room for keys and the marker's fields).
+    pads = {"small": 10, "split": 200_000, "big": 600_000}
+    batch = [
+        Event(id=i, source="same", data=json.dumps({"pad": n}).encode()) for i, n in pads.items()
+    ]
+    result = await pipe.process_batch(batch)
+    assert sorted(result.processed) == ["small", "split"] and result.dead_lettered == ["big"]
+    failure = result.failures["big"]
+    assert failure.kind is FailureKind.OUTPUT_REJECTED and "xxx" not in failure.text
+    assert "Table entity of at most 1 MiB" in failure.text
+    stored = await sink.contents()
+    assert sorted(v["id"] for v in stored.values()) == ["small", "split"]
+    assert stored[output_id(batch[1].key, 0)]["pad"] == "x" * 200_000
+    assert len(letters.write_counts()) == 1
