@@ -461,6 +461,36 @@ class _Builder:
 
     # -- the whole -------------------------------------------------------------------------------
 
+    def operations(self) -> None:
+        """The scheduled reconciliation and canary functions, and their alarms."""
+        from onceflow.adapters.aws.operations_template import operations_resources
+
+        d = self.d
+        state = self.placed[d.state.env]
+        table = next(
+            (self.placed[o.env] for o in d.outputs if o.kind is ResourceKind.DYNAMODB_TABLE),
+            None,
+        )
+        queue = None
+        if d.trigger.kind in (TriggerKind.SQS, TriggerKind.SQS_FIFO):
+            queue = self.placed[d.trigger.source.env]
+        self.resources.update(
+            operations_resources(
+                d,
+                state_table=state.value(),
+                sink_table=None if table is None else table.value(),
+                source_queue=None
+                if queue is None
+                else queue.pick(
+                    {"Fn::GetAtt": [queue.logical, "QueueName"]}, {"Ref": queue.parameter}
+                ),
+                source_queue_url=None if queue is None else queue.value(),
+                # The processor's code and runtime: `sam build` builds the functions once.
+                code_uri=self.f.code_uri,
+                runtime=self.f.runtime,
+            )
+        )
+
     def build(self) -> dict[str, Any]:
         d, f = self.d, self.f
         self.parameters["AlarmTopicArn"] = {
@@ -526,6 +556,7 @@ class _Builder:
             [{"Name": "FunctionName", "Value": {"Ref": "Processor"}}],
             0,
         )
+        self.operations()
         self.resources["FunctionRole"] = {
             "Type": "AWS::IAM::Role",
             "Properties": {

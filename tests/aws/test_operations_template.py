@@ -14,37 +14,13 @@ import pytest
 from onceflow.adapters.aws import operations_entry
 from onceflow.adapters.aws.operations_template import operations_resources
 from onceflow.adapters.aws.template import FunctionSettings, _Builder
-from onceflow.deployment import Deployment, ResourceKind, TriggerKind
+from onceflow.deployment import Deployment
 from tests.aws.test_template import CFN_LINT, deployment, translated
 
 
 def with_operations(d: Deployment) -> dict[str, Any]:
-    """The SAM template with the operations resources added by exactly the lines the report
-    proposes for `template.py`'s `_Builder.build` (run here on a built template)."""
-    builder = _Builder(d, FunctionSettings(handler="app.handler"))
-    doc = builder.build()
-    # -- the proposed lines, with `self` as `builder` --
-    state = builder.placed[d.state.env]
-    table = next(
-        (builder.placed[o.env] for o in d.outputs if o.kind is ResourceKind.DYNAMODB_TABLE), None
-    )
-    queue = (
-        builder.placed[d.trigger.source.env]
-        if d.trigger.kind in (TriggerKind.SQS, TriggerKind.SQS_FIFO)
-        else None
-    )
-    builder.resources.update(
-        operations_resources(
-            d,
-            state_table=state.value(),
-            sink_table=None if table is None else table.value(),
-            source_queue=None
-            if queue is None
-            else queue.pick({"Fn::GetAtt": [queue.logical, "QueueName"]}, {"Ref": queue.parameter}),
-            source_queue_url=None if queue is None else queue.value(),
-        )
-    )
-    return doc
+    """The SAM template `onceflow aws template` writes, operations resources included."""
+    return _Builder(d, FunctionSettings(handler="app.handler")).build()
 
 
 def packaged(doc: dict[str, Any]) -> dict[str, Any]:

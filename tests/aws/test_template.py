@@ -65,7 +65,9 @@ def translated(doc: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> dict[str
 
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     doc = json.loads(json.dumps(doc))
-    doc["Resources"]["Processor"]["Properties"]["CodeUri"] = "s3://bucket/code.zip"
+    for resource in doc["Resources"].values():
+        if resource["Type"] == "AWS::Serverless::Function":
+            resource["Properties"]["CodeUri"] = "s3://bucket/code.zip"
     out: dict[str, Any] = transform(doc, {}, NoManagedPolicies())
     return out
 
@@ -186,7 +188,13 @@ def test_alarms_tracing_logging_and_a_retained_state_table() -> None:
         for r in stream["Resources"].values()
         if r["Type"] == "AWS::CloudWatch::Alarm"
     }
-    assert metrics == {"IteratorAge", "ApproximateNumberOfMessagesVisible", "Errors", "pipeline"}
+    assert metrics == {
+        "IteratorAge",
+        "ApproximateNumberOfMessagesVisible",
+        "Errors",
+        "pipeline",
+        "ReconciliationGap",
+    }
     assert "ApproximateAgeOfOldestMessage" in json.dumps(queue["Resources"]["OldestMessageAlarm"])
     depth = [n for n, r in stream["Resources"].items() if "Depth" in n]
     assert sorted(depth) == ["DeadLetterDepth", "OnFailureQueueDepth"]
