@@ -37,14 +37,12 @@ from onceflow.adapters.azure.throttling import default_retry, listed, send
 from onceflow.clock import SystemClock
 from onceflow.identity import key_parts
 from onceflow.interfaces import Clock
+from onceflow.lane_records import ReadModifyWriteLanes
 from onceflow.records import (
     Claim,
     ClaimStatus,
     Completion,
-    LaneClaim,
-    LaneCommit,
     LaneRecord,
-    LaneRequest,
 )
 from onceflow.retry import RetryPolicy
 
@@ -82,7 +80,7 @@ def cosmos_address(key: str) -> tuple[str, str]:
     return partition_value(key_parts(key)[0]), item_id(key)
 
 
-class CosmosIdempotencyStore:
+class CosmosIdempotencyStore(ReadModifyWriteLanes):
     """`onceflow.interfaces.IdempotencyStore` on a Cosmos DB container partitioned by `/pk`.
 
     A claim reads the batch's items in one query per partition (up to 100 ids each),
@@ -126,51 +124,7 @@ class CosmosIdempotencyStore:
     async def _call(self, func: Callable[[], T]) -> T:
         return await anyio.to_thread.run_sync(func)
 
-    # -- the LaneStore protocol (onceflow.watermarks) ---------------------------------------
-
-    async def claim_lanes(
-        self, requests: Sequence[LaneRequest], lease_seconds: float
-    ) -> list[LaneClaim]:
-        """Lease each lane's record (`watermarks.take`): a read and an ETag-guarded write."""
-
-        def claim(request: LaneRequest) -> LaneClaim:
-            token = uuid.uuid4().hex
-            return self._lane_rmw(
-                request.lane,
-                lambda stored, now: watermarks.take(
-                    stored, request, now=now, lease_seconds=lease_seconds, token=token
-                ),
-            )
-
-        return await self._call(lambda: [claim(r) for r in requests])
-
-    async def commit_lanes(self, commits: Sequence[LaneCommit]) -> list[bool]:
-        """Write each lane's new state where its fence holds (`watermarks.fence_holds`)."""
-
-        def commit(lane_commit: LaneCommit) -> bool:
-            def change(stored: LaneRecord | None, now: float) -> tuple[bool, LaneRecord | None]:
-                if stored is None or not watermarks.fence_holds(stored, lane_commit):
-                    return False, None
-                return True, watermarks.commit_record(stored, lane_commit, now=now)
-
-            return self._lane_rmw(lane_commit.claim.lane, change)
-
-        return await self._call(lambda: [commit(c) for c in commits])
-
-    async def release_lanes(self, claims: Sequence[LaneClaim]) -> None:
-        """End leases these claims still hold, charging their range a delivery."""
-
-        def release(claim: LaneClaim) -> None:
-            self._lane_rmw(
-                claim.lane,
-                lambda stored, now: (None, watermarks.release_record(stored, claim, now=now)),
-            )
-
-        def release_all() -> None:
-            for claim in claims:
-                release(claim)
-
-        await self._call(release_all)
+    # -- the LaneStore protocol (onceflow.watermarks): ReadModifyWriteLanes over this --
 
     def _lane_rmw(
         self, lane: str, change: Callable[[LaneRecord | None, float], tuple[T, LaneRecord | None]]

@@ -14,7 +14,6 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
-from onceflow import watermarks
 from onceflow.adapters.azure.lease_rows import (
     COMPLETED,
     IN_PROGRESS,
@@ -42,14 +41,12 @@ from onceflow.adapters.azure.table_transactions import MAX_OPERATIONS, Group, Op
 from onceflow.adapters.azure.throttling import default_retry, listed, send
 from onceflow.clock import SystemClock
 from onceflow.interfaces import Clock
+from onceflow.lane_records import ReadModifyWriteLanes
 from onceflow.records import (
     Claim,
     ClaimStatus,
     Completion,
-    LaneClaim,
-    LaneCommit,
     LaneRecord,
-    LaneRequest,
 )
 from onceflow.retry import RetryPolicy
 
@@ -69,7 +66,7 @@ def _if_match(etag: str) -> dict[str, Any]:
     return {"etag": etag, "match_condition": MatchConditions.IfNotModified}
 
 
-class TableIdempotencyStore:
+class TableIdempotencyStore(ReadModifyWriteLanes):
     """`onceflow.interfaces.TransactionalStore` on one Azure Table, in bulk entity transactions.
 
     One marker entity per key (see `onceflow.adapters.azure.table_keys` for its address). A claim
@@ -132,51 +129,7 @@ class TableIdempotencyStore:
     async def _call(self, func: Callable[[], T]) -> T:
         return await anyio.to_thread.run_sync(func)
 
-    # -- the LaneStore protocol (onceflow.watermarks) ---------------------------------------
-
-    async def claim_lanes(
-        self, requests: Sequence[LaneRequest], lease_seconds: float
-    ) -> list[LaneClaim]:
-        """Lease each lane's record (`watermarks.take`): a read and an ETag-guarded write."""
-
-        def claim(request: LaneRequest) -> LaneClaim:
-            token = uuid.uuid4().hex
-            return self._lane_rmw(
-                request.lane,
-                lambda stored, now: watermarks.take(
-                    stored, request, now=now, lease_seconds=lease_seconds, token=token
-                ),
-            )
-
-        return await self._call(lambda: [claim(r) for r in requests])
-
-    async def commit_lanes(self, commits: Sequence[LaneCommit]) -> list[bool]:
-        """Write each lane's new state where its fence holds (`watermarks.fence_holds`)."""
-
-        def commit(lane_commit: LaneCommit) -> bool:
-            def change(stored: LaneRecord | None, now: float) -> tuple[bool, LaneRecord | None]:
-                if stored is None or not watermarks.fence_holds(stored, lane_commit):
-                    return False, None
-                return True, watermarks.commit_record(stored, lane_commit, now=now)
-
-            return self._lane_rmw(lane_commit.claim.lane, change)
-
-        return await self._call(lambda: [commit(c) for c in commits])
-
-    async def release_lanes(self, claims: Sequence[LaneClaim]) -> None:
-        """End leases these claims still hold, charging their range a delivery."""
-
-        def release(claim: LaneClaim) -> None:
-            self._lane_rmw(
-                claim.lane,
-                lambda stored, now: (None, watermarks.release_record(stored, claim, now=now)),
-            )
-
-        def release_all() -> None:
-            for claim in claims:
-                release(claim)
-
-        await self._call(release_all)
+    # -- the LaneStore protocol (onceflow.watermarks): ReadModifyWriteLanes over this --
 
     def _lane_rmw(
         self, lane: str, change: Callable[[LaneRecord | None, float], tuple[T, LaneRecord | None]]
