@@ -29,6 +29,7 @@ from onceflow.failures import FailureKind, safe_text
 from onceflow.interfaces import AtomicSink, IdempotencyStore, Metrics, Sink
 from onceflow.records import Completion, InvalidRecord, Outcome, OutcomeStatus, Output
 from onceflow.steps import Step
+from onceflow.watermarks import LaneBatch
 
 __all__ = [
     "AtomicCommit",
@@ -348,6 +349,8 @@ class Committer:
         self.hooked = hooked
         """Whether a step hook is set now (tests set one after construction)."""
         self.hold = hold
+        self.lane_store: Any = store
+        """The store as a `LaneStore` (used only when the pipeline runs lanes)."""
 
     def _resplit(
         self, items: list[Item], stops: Collection[Item] = ()
@@ -357,7 +360,7 @@ class Committer:
             self.hold(stops)
         return split(items)
 
-    async def commit(self, items: list[Item]) -> None:
+    async def commit(self, items: list[Item], lanes: LaneBatch | None = None) -> None:
         """Write outputs and dead letters, then complete their keys (atomically where chosen)."""
         hook = self.hook if self.hooked() else None
         outputs, letters = self.outputs, self.letters
@@ -397,10 +400,45 @@ class Committer:
             marked += done
         if letters.marks_separately:
             marked += dead
+        if lanes is not None:
+            marked = [i for i in marked if i not in lanes.positions]
         if marked:
             await self._complete(marked)
+        if lanes is not None:
+            await self.commit_lanes(items, lanes)
         if hook is not None:
             hook(Step.AFTER_COMPLETE, [i for i in items if i.state in (State.DONE, State.DEAD)])
+
+    async def commit_lanes(self, items: list[Item], lanes: LaneBatch) -> None:
+        """Write the batch's lanes' new states (after every write landed); what a lane does
+        not settle, or whose fence failed, is failed for redelivery."""
+        commits = lanes.commits()
+        if not commits:
+            return
+        try:
+            accepted = await self.call(
+                "commit lanes", partial(self.lane_store.commit_lanes, commits)
+            )
+        except Exception as exc:
+            text = f"lane commit failed: {safe_text(exc)}"
+            for item in lanes.items_of(commits):
+                if item.state in (State.DONE, State.DEAD):
+                    item.fail(FailureKind.STORE_FAILED, text)
+            try:
+                await self.lane_store.release_lanes([c.claim for c in commits])
+            except Exception as again:
+                log.warning("releasing lanes failed: %s", safe_text(again))
+            return
+        for commit, ok in zip(commits, accepted, strict=True):
+            if ok:
+                continue
+            self.metrics.count("lease_lost")
+            for item in lanes.items_of([commit]):
+                if item.state in (State.DONE, State.DEAD):
+                    item.fail(
+                        FailureKind.LEASE_LOST,
+                        "lane lease lost to another worker before commit; it commits instead",
+                    )
 
     async def _complete(self, items: list[Item]) -> None:
         completions = self.completions.all(items)

@@ -21,24 +21,32 @@ from onceflow.attempts import Attempts
 from onceflow.batch import Item, Record, State, items_of, log_extra, result_of
 from onceflow.breaker import CircuitBreaker, RateLimit
 from onceflow.clock import SystemClock
-from onceflow.commit import Committer, Completions, fingerprint, strategy_for
+from onceflow.commit import (
+    Committer,
+    Completions,
+    NoDeadLetters,
+    WriteThenComplete,
+    fingerprint,
+    strategy_for,
+)
 from onceflow.dead_letters import dead_letter
 from onceflow.envelopes import Envelope, auto
 from onceflow.errors import ConfigurationError, OutputRejected, PermanentError
 from onceflow.event import Event
 from onceflow.failures import Failure, FailureKind, safe_text
-from onceflow.interfaces import Clock, IdempotencyStore, Metrics, Processor, Sink
+from onceflow.interfaces import Clock, IdempotencyStore, LaneStore, Metrics, Processor, Sink
 from onceflow.keys import business_key
 from onceflow.lanes import Lanes
 from onceflow.loops import run_on_thread_loop
 from onceflow.metrics import NoopMetrics
 from onceflow.processing import chain
-from onceflow.records import ClaimStatus, InvalidRecord, Output
+from onceflow.records import Claim, ClaimStatus, InvalidRecord, Outcome, OutcomeStatus, Output
 from onceflow.results import BatchResult
 from onceflow.retry import RetryPolicy, deadline_in
 from onceflow.routing import routed_sink
 from onceflow.serialization import UnstorableValue
 from onceflow.steps import Step, StepHook
+from onceflow.watermarks import LaneBatch, deliveries, lane_of, position_of, settles
 
 if TYPE_CHECKING:
     from onceflow.filters import Filter
@@ -189,16 +197,28 @@ class Pipeline:
             # In ordered mode the commit holds a lane at an event that will come again.
             "hold": self._lanes.hold if ordered else None,
         }
+        outputs = strategy_for(
+            sink,
+            store,
+            to_outputs=_outputs if tracing is None else tracing.outputs,
+            letters=False,
+            pace=self._pace,
+            **common,
+        )
+        letters = strategy_for(dead_letter, store, to_outputs=self._letters, letters=True, **common)
+        # Lane watermarks: for the default key, on a store that keeps lanes, where every
+        # write lands before completion (an atomic sink keeps per-key markers for now).
+        plain = (WriteThenComplete, NoDeadLetters)
+        self.watermarks = (
+            key is None
+            and isinstance(store, LaneStore)
+            and isinstance(outputs, plain)
+            and isinstance(letters, plain)
+        )
+        """Whether events on a lane are settled by their lane's watermark record."""
         self._committer = Committer(
-            strategy_for(
-                sink,
-                store,
-                to_outputs=_outputs if tracing is None else tracing.outputs,
-                letters=False,
-                pace=self._pace,
-                **common,
-            ),
-            strategy_for(dead_letter, store, to_outputs=self._letters, letters=True, **common),
+            outputs,
+            letters,
             store,
             hook=self._step,
             hooked=lambda: self.on_step is not None,
@@ -241,14 +261,17 @@ class Pipeline:
             for item in fresh:
                 self._attempts.hold_back(item)
             self._report_held_back(fresh)
-        elif fresh and await self._claim(fresh):
+        elif fresh and await self._claim(fresh, lanes := self._lane_batch(fresh)):
             self._step(Step.AFTER_CLAIM, fresh)
             self._attempts.start_batch()
             await self._lanes.run(fresh, deadline)
             self._step(Step.AFTER_PROCESS, fresh)
-            await self._committer.commit(self._lanes.in_sequence(fresh))
+            await self._committer.commit(self._lanes.in_sequence(fresh), lanes)
             self._report_held_back(fresh)  # after the commit, which may hold more in order
-            await self._release([i for i in fresh if i.state is State.FAILED])
+            failed = [i for i in fresh if i.state is State.FAILED]
+            if lanes is not None:
+                failed = [i for i in failed if i not in lanes.positions]
+            await self._release(failed)
         result = result_of(order, self.metrics)
         self.metrics.timing("batch_seconds", time.perf_counter() - started)
         return result
@@ -358,7 +381,37 @@ class Pipeline:
 
     # -- claims and releases ---------------------------------------------------------------
 
-    async def _claim(self, items: list[Item]) -> bool:
+    def _lane_batch(self, items: list[Item]) -> LaneBatch | None:
+        """The batch's items on watermark lanes (None when there are none)."""
+        if not self.watermarks:
+            return None
+        batch = LaneBatch()
+        seen: set[tuple[str, int]] = set()
+        shared: set[tuple[str, int]] = set()
+        for item in items:
+            record = item.record
+            if isinstance(record, InvalidRecord):
+                continue
+            lane = lane_of(record)
+            position = position_of(record) if lane is not None else None
+            if lane is None or position is None:
+                continue
+            spot = (lane, position)
+            if spot in seen:
+                shared.add(spot)  # two events at one position: per-key markers for both
+            seen.add(spot)
+            batch.positions[item] = spot
+        for item in [i for i, spot in batch.positions.items() if spot in shared]:
+            del batch.positions[item]
+        return batch if batch.positions else None
+
+    async def _claim(self, items: list[Item], lanes: LaneBatch | None = None) -> bool:
+        if lanes is not None:
+            if not await self._claim_lanes(lanes):
+                return False
+            items = [i for i in items if i not in lanes.positions]
+            if not items:
+                return True
         keys = [item.key for item in items]
         lease = self.lease_seconds
         try:
@@ -385,6 +438,36 @@ class Pipeline:
                 self._check_reuse(item)
             else:
                 item.fail(FailureKind.LEASED_ELSEWHERE, "another worker holds this key's lease")
+        return True
+
+    async def _claim_lanes(self, lanes: LaneBatch) -> bool:
+        """Lease the batch's lanes: one record per lane; settled positions are duplicates."""
+        store: Any = self.store
+        requests = lanes.requests()
+        lease = self.lease_seconds
+        try:
+            claims = await self._backend("claim lanes", lambda: store.claim_lanes(requests, lease))
+        except Exception as exc:
+            reason = f"idempotency store unavailable: {safe_text(exc)}"
+            log.error("lane claim failed for %d lanes: %s", len(requests), reason)
+            for item in lanes.positions:
+                item.fail(FailureKind.STORE_FAILED, reason)
+            return False
+        lanes.claims = {claim.lane: claim for claim in claims}
+        new, completed = ClaimStatus.NEW, ClaimStatus.COMPLETED
+        done = Outcome(OutcomeStatus.SUCCEEDED)
+        for item, (lane, position) in lanes.positions.items():
+            claim = lanes.claims[lane]
+            if settles(claim.state, position):
+                item.claim = Claim(item.key, completed, outcome=done)
+                item.state = State.DUPLICATE
+            elif claim.status is new:
+                count = deliveries(claim.state, position)
+                item.claim = Claim(
+                    item.key, new, claim.token, None, claim.lease_expires_at, None, count
+                )
+            else:
+                item.fail(FailureKind.LEASED_ELSEWHERE, "another worker holds this lane's lease")
         return True
 
     def _check_reuse(self, item: Item) -> None:

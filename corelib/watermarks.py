@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
+from onceflow.batch import Item, State
 from onceflow.event import Event
 from onceflow.records import (
     ClaimStatus,
@@ -30,6 +31,7 @@ from onceflow.records import (
 
 __all__ = [
     "LANE_ATTRIBUTE",
+    "LaneBatch",
     "commit_record",
     "decode_state",
     "deliveries",
@@ -254,3 +256,43 @@ def decode_state(text: str) -> LaneState:
         tuple((int(lo), int(hi), int(n)) for lo, hi, n in doc.get("c", ())),
         None if inflight is None else (int(inflight[0]), int(inflight[1])),
     )
+
+
+class LaneBatch:
+    """The lane items of one batch: each item's lane and position, and each lane's claim."""
+
+    def __init__(self) -> None:
+        self.positions: dict[Item, tuple[str, int]] = {}
+        self.claims: dict[str, LaneClaim] = {}
+
+    def requests(self) -> list[LaneRequest]:
+        """One lease request per lane, covering its positions in this batch."""
+        ranges: dict[str, tuple[int, int]] = {}
+        for lane, position in self.positions.values():
+            low, high = ranges.get(lane, (position, position))
+            ranges[lane] = (min(low, position), max(high, position))
+        return [LaneRequest(lane, low, high) for lane, (low, high) in ranges.items()]
+
+    def commits(self) -> list[LaneCommit]:
+        """The new state of every lane this batch leased, from its items' states now."""
+        outcomes: dict[str, list[tuple[int, bool, int]]] = {}
+        keys: dict[str, set[str]] = {}
+        for item, (lane, position) in self.positions.items():
+            if lane not in self.claims or self.claims[lane].status is not ClaimStatus.NEW:
+                continue
+            state = item.state
+            ok = state in (State.DONE, State.DEAD, State.DUPLICATE)
+            counted = item.claim.deliveries if item.claim is not None else 1
+            kept = counted - 1 if item.unprocessed else counted
+            outcomes.setdefault(lane, []).append((position, ok, 0 if ok else kept))
+            keys.setdefault(lane, set()).add(item.key)
+        return [
+            LaneCommit(claim, settle(claim.state, outcomes[lane]), frozenset(keys[lane]))
+            for lane, claim in self.claims.items()
+            if lane in outcomes
+        ]
+
+    def items_of(self, commits: Iterable[LaneCommit]) -> list[Item]:
+        """The items on the lanes of `commits`."""
+        lanes = {c.claim.lane for c in commits}
+        return [item for item, (lane, _) in self.positions.items() if lane in lanes]
