@@ -204,10 +204,18 @@ class DynamoDBSink:
         rejected: dict[str, str] = {}
         for output in outputs:
             try:
-                size = len(dumps(output.value).encode())
+                if self.action is None:
+                    plain = {"Put": {"Item": self.item(output)}}
+                    size = len(dumps(output.value).encode())
+                else:
+                    # An action may build an item much larger than the output (a padded or
+                    # denormalised copy): measure what it writes, not the value.
+                    plain = self.action(output)
+                    [body] = plain.values()
+                    written = [body.get(f) for f in ("Item", "ExpressionAttributeValues")]
+                    size = len(dumps([w for w in written if w]).encode())
                 if size > MAX_ITEM_BYTES:
                     raise ValueError(f"{size} bytes is over DynamoDB's 400 KB item limit")
-                plain = self.action(output) if self.action else {"Put": {"Item": self.item(output)}}
                 actions.append(self._typed(plain))
             except (ValueError, TypeError, ArithmeticError) as exc:
                 rejected[output.output_id] = f"{type(exc).__name__}: {exc}"

@@ -24,12 +24,6 @@ Tables = Callable[[str], str]
 FAST = RetryPolicy(attempts=3, backoff=Backoff(base=0.001, cap=0.01))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: DynamoDBSink._actions measures output.value, not the item an action= "
-    "builds; the 450 KB item reaches DynamoDB, whose ValidationException fails the batch "
-    "(patch in /tmp/dynamodb_action_limit.patch, not applied: file frozen after 19:40)",
-)
 def test_an_action_item_over_400_kb_is_dead_lettered_and_the_rest_commits(
     dynamodb_client: Any, dynamodb_tables: Tables
 ) -> None:
