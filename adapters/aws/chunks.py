@@ -13,6 +13,15 @@ version so a notification delivered twice starts it once. The state machine
 reads its slice with ranged GETs and runs it through the pipeline exactly once
 (`onceflow.fan_in.run_chunk`); the fan-in writes the manifest and `_SUCCESS` once every
 chunk has its receipt.
+
+Every read of the object is pinned to the version planned (`S3ObjectStore.pinned`): by
+`VersionId` when the notification names one, else by `If-Match: <ETag>`, so an object
+rewritten mid-run fails its chunks with `ObjectChanged` (caught, dead-lettered) rather
+than mixing two versions. A worker watches its invocation's time left
+(`context.get_remaining_time_in_millis()`): when the next batch might not fit, it stops
+between batches with `ChunkOutOfTime`, the chunk left uncommitted for the state
+machine's next attempt (whose records already committed are duplicates, so each attempt
+gets further), never timed out half-way through a commit.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import hashlib
 import json
 import os
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,15 +43,56 @@ from onceflow.adapters.aws.entry import answer
 from onceflow.adapters.aws.objects import S3ObjectStore
 from onceflow.adapters.aws.sdk import boto3_client, run_blocking
 from onceflow.chunks import DEFAULT_CHUNK_SIZE, ChunkPlan
+from onceflow.deployment import Deployment
+from onceflow.errors import OnceflowError
 from onceflow.event import Event
-from onceflow.fan_in import ChunkLedger, run_chunk
+from onceflow.fan_in import ChunkLedger, ChunkRun, run_chunk
 from onceflow.pipeline import BatchResult, Pipeline, built_once
 from onceflow.records import InvalidRecord
+from onceflow.retry import deadline_in
 
-__all__ = ["ChunkedHandlers", "chunked_handlers", "execution_name"]
+__all__ = ["ChunkOutOfTime", "ChunkedHandlers", "chunked_handlers", "execution_name"]
 
 STATE_MACHINE_ENV = "ONCEFLOW_STATE_MACHINE_ARN"
 LEDGER_BUCKET_ENV = "ONCEFLOW_LEDGER_BUCKET"
+PIN_VERSION, PIN_ETAG = "version", "etag"
+"""How the execution's input says the plan's `version` pins reads: a VersionId, an ETag."""
+
+
+class ChunkOutOfTime(OnceflowError):
+    """The invocation's time ran low before the chunk was done: it is left uncommitted."""
+
+
+class _TimeGuard:
+    """Stops a chunk between batches while its invocation still has time to hand it back.
+
+    The margin grows with the slowest batch seen, so the next batch is not started when
+    it might not end before the function's timeout.
+    """
+
+    def __init__(self, context: Any, margin: float, what: str) -> None:
+        remaining = getattr(context, "get_remaining_time_in_millis", None)
+        self._remaining: Callable[[], Any] | None = remaining
+        self.margin = margin
+        self.what = what
+        self._last = time.monotonic()
+        self.slowest = 0.0
+
+    def left(self) -> float | None:
+        """Seconds the invocation has left, None without a Lambda context."""
+        return None if self._remaining is None else float(self._remaining()) / 1000.0
+
+    def check(self, _result: BatchResult | None = None) -> None:
+        """Raise `ChunkOutOfTime` when another batch might not fit in the time left."""
+        now = time.monotonic()
+        self.slowest = max(self.slowest, now - self._last)
+        self._last = now
+        left = self.left()
+        if left is not None and left <= self.margin + 2 * self.slowest:
+            raise ChunkOutOfTime(
+                f"{self.what}: {left:.1f} s left of the invocation, a batch takes up to "
+                f"{self.slowest:.1f} s: stopped between batches, the chunk is run again"
+            )
 
 
 def execution_name(bucket: str, key: str, version: str) -> str:
@@ -67,6 +118,10 @@ class ChunkedHandlers:
     id_field: str | None = None
     partition_field: str | None = None
     batch_size: int = 500
+    safety_margin: float = 10.0
+    """Seconds kept free before the function's timeout: a chunk stops between batches."""
+    deployment: Deployment | None = None
+    """What the functions need deployed (an S3 trigger); `onceflow aws template` reads it."""
     s3: Any = None
     stepfunctions: Any = None
     _built: Callable[[], Pipeline] = field(init=False, repr=False)
@@ -79,9 +134,43 @@ class ChunkedHandlers:
     def _objects(self, bucket: str) -> S3ObjectStore:
         return S3ObjectStore(bucket, client=self.s3)
 
+    def _pinned(self, bucket: str, version: str, pin: str) -> S3ObjectStore:
+        """The bucket, every read pinned to the planned version (`pin`: what `version` is)."""
+        objects = self._objects(bucket)
+        if pin == PIN_VERSION:
+            return objects.pinned(version_id=version)
+        return objects.pinned(etag=version)
+
+    def _ledger_bucket(self, bucket: str) -> str:
+        return self.ledger_bucket or os.environ.get(LEDGER_BUCKET_ENV) or bucket
+
     def _ledger(self, bucket: str) -> ChunkLedger:
-        where = self.ledger_bucket or os.environ.get(LEDGER_BUCKET_ENV) or bucket
+        where = self._ledger_bucket(bucket)
         return ChunkLedger(S3ObjectStore(where, client=self.s3), self.ledger_prefix)
+
+    async def _run(
+        self,
+        objects: S3ObjectStore,
+        ledger: ChunkLedger,
+        plan: ChunkPlan,
+        index: int,
+        guard: _TimeGuard,
+    ) -> ChunkRun:
+        """Chunk `index` through the pipeline, stopping between batches when time runs low."""
+        guard.check()
+        left = guard.left()
+        # Store and sink retry loops see the same deadline and never sleep past it.
+        with deadline_in(None if left is None else left - self.safety_margin):
+            return await run_chunk(
+                self._built(),
+                objects,
+                ledger,
+                plan,
+                index,
+                batch_size=self.batch_size,
+                on_batch=guard.check,
+                **self._reader(),
+            )
 
     def _reader(self) -> dict[str, Any]:
         return {
@@ -110,37 +199,40 @@ class ChunkedHandlers:
         ):
             if found.event_name.startswith("ObjectRemoved") or found.event_name == "s3:TestEvent":
                 continue
-            if not anyio.run(self._route, found):
+            if not anyio.run(self._route, found, context):
                 failed.append(record.id)
         return answer(delivery, BatchResult(failed=failed))
 
-    async def _route(self, found: S3Object) -> bool:
+    async def _route(self, found: S3Object, context: Any) -> bool:
         """Run or start one object; whether its records are all settled or handed over."""
+        ledger_bucket = self._ledger_bucket(found.bucket)
+        if ledger_bucket == found.bucket and found.key.startswith(
+            self.ledger_prefix.strip("/") + "/"
+        ):
+            return True  # the ledger's own files, written in the landing bucket: not input
         objects = self._objects(found.bucket)
         ledger = self._ledger(found.bucket)
         info = await objects.head(found.key)
         if info is None:
             return True  # deleted since: nothing to read
+        pin = PIN_VERSION if found.version_id else PIN_ETAG
+        pinned = self._pinned(found.bucket, found.version_id or info.etag or "", pin)
         chunk_size = self.chunk_size if info.size > self.inline_limit else info.size + 1
         plan = await ledger.plan(
-            objects, found.key, chunk_size=chunk_size, version=found.version_id
+            pinned, found.key, chunk_size=chunk_size, version=found.version_id or info.etag
         )
         if len(plan.chunks) == 1:
-            run = await run_chunk(
-                self._built(),
-                objects,
-                ledger,
-                plan,
-                0,
-                batch_size=self.batch_size,
-                **self._reader(),
-            )
+            guard = _TimeGuard(context, self.safety_margin, f"s3://{found.bucket}/{found.key}")
+            try:
+                run = await self._run(pinned, ledger, plan, 0, guard)
+            except ChunkOutOfTime:
+                return False  # handed back: Lambda invokes again, committed records skip
             failed = any(r.failed for r in run.results)
             return not failed and await ledger.fan_in(plan) is not None
-        await self._start(found.bucket, plan)
+        await self._start(found.bucket, plan, pin)
         return True
 
-    async def _start(self, bucket: str, plan: ChunkPlan) -> None:
+    async def _start(self, bucket: str, plan: ChunkPlan, pin: str) -> None:
         arn = self.state_machine_arn or os.environ.get(STATE_MACHINE_ENV)
         if not arn:
             raise RuntimeError(
@@ -151,6 +243,7 @@ class ChunkedHandlers:
             "bucket": bucket,
             "key": plan.path,
             "version": plan.version,
+            "pin": pin,
             "chunks": [{"index": c.index, "bytes": c.bytes} for c in plan.chunks],
         }
         sfn = self._sfn()
@@ -179,23 +272,22 @@ class ChunkedHandlers:
         return ledger, plan
 
     def chunk_worker(self, event: dict[str, Any], context: Any = None) -> dict[str, Any]:
-        """One chunk, from the Map state's item: `{bucket, key, version, index}`; its receipt.
+        """One chunk, from the Map state's item: `{bucket, key, version, pin, index}`; its receipt.
 
-        Raises `ChunkBusy` or `ChunkIncomplete` (the state machine retries them with
-        backoff) while the chunk cannot be committed yet.
+        Raises `ChunkBusy`, `ChunkIncomplete` or `ChunkOutOfTime` (the state machine retries
+        them with backoff) while the chunk cannot be committed yet, and `ObjectChanged`
+        (caught and dead-lettered) when the object was rewritten since its plan.
         """
 
         async def work() -> dict[str, Any]:
             ledger, plan = await self._plan(event)
-            run = await run_chunk(
-                self._built(),
-                self._objects(event["bucket"]),
-                ledger,
-                plan,
-                int(event["index"]),
-                batch_size=self.batch_size,
-                **self._reader(),
-            )
+            index = int(event["index"])
+            what = f"chunk {index} of s3://{event['bucket']}/{plan.path}"
+            guard = _TimeGuard(context, self.safety_margin, what)
+            # Without a pin (an execution started by hand) reads are pinned by ETag: a
+            # mismatch fails clearly, never mixes versions.
+            pinned = self._pinned(event["bucket"], plan.version, event.get("pin") or PIN_ETAG)
+            run = await self._run(pinned, ledger, plan, index, guard)
             dead = sum(len(r.dead_lettered) for r in run.results)
             return {**run.receipt.as_plain(), "skipped": run.skipped, "dead_lettered": dead}
 

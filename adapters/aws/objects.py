@@ -1,21 +1,33 @@
-"""An object store in one S3 bucket under a prefix."""
+"""An object store in one S3 bucket under a prefix, and a view of it pinned to one version.
+
+`S3ObjectStore.pinned` is what the chunked path reads through: every GET and HEAD names
+the object version the chunk plan was made from (`VersionId`), or, in an unversioned
+bucket, carries `If-Match: <ETag>`, so an object rewritten mid-run fails the read with
+`ObjectChanged` instead of mixing bytes of two versions.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from onceflow.adapters.aws.sdk import ClientOnFirstUse, run_blocking
+from onceflow.errors import OnceflowError
 from onceflow.records import ObjectInfo
 
-__all__ = ["S3ObjectStore"]
+__all__ = ["ObjectChanged", "S3ObjectStore"]
 
-_MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
+_MISSING_CODES = {"NoSuchKey", "404", "NotFound", "NoSuchVersion"}
+_CHANGED_CODES = {"PreconditionFailed", "412"}
 _TAKEN_CODES = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
 
 
 def _code(exc: Exception) -> str:
     response = getattr(exc, "response", None) or {}
     return str(response.get("Error", {}).get("Code", ""))
+
+
+class ObjectChanged(OnceflowError):
+    """The object was rewritten since it was planned: its old version cannot be read."""
 
 
 class S3ObjectStore:
@@ -28,6 +40,27 @@ class S3ObjectStore:
         # A prefix names a folder: "lake" and "lake/" mean the same place.
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self._client = client
+        self._pin: dict[str, str] = {}
+
+    def pinned(self, *, version_id: str | None = None, etag: str | None = None) -> S3ObjectStore:
+        """This store with every read of an object pinned: to `version_id`, else to `etag`.
+
+        Reads of a pinned view send `VersionId` (the version stays readable after an
+        overwrite) or `If-Match` (an overwrite fails the read with `ObjectChanged`).
+        """
+        if not version_id and not etag:
+            raise ValueError("pin an object read to a version_id or an etag")
+        view = S3ObjectStore(self.bucket, self.prefix, client=self.client)
+        view._pin = {"VersionId": version_id} if version_id else {"IfMatch": f'"{etag}"'}
+        return view
+
+    def _changed(self, path: str) -> ObjectChanged:
+        where = f"s3://{self.bucket}/{self._key(path)}"
+        return ObjectChanged(
+            f"{where} was rewritten since its chunk plan (its ETag is no longer "
+            f"{self._pin.get('IfMatch', '?')}): that version can no longer be read; the new "
+            "version's own notification runs it"
+        )
 
     def _key(self, path: str) -> str:
         return self.prefix + path.lstrip("/")
@@ -51,7 +84,7 @@ class S3ObjectStore:
         return await self._get(path, f"bytes={start}-{end - 1}")
 
     async def _get(self, path: str, byte_range: str | None) -> bytes:
-        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(path)}
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(path), **self._pin}
         if byte_range:
             kwargs["Range"] = byte_range
 
@@ -63,6 +96,8 @@ class S3ObjectStore:
             except Exception as exc:
                 if _code(exc) in _MISSING_CODES:
                     raise FileNotFoundError(path) from exc
+                if self._pin and _code(exc) in _CHANGED_CODES:
+                    raise self._changed(path) from exc
                 if _code(exc) == "InvalidRange":  # a range past the end reads as empty
                     return b""
                 raise
@@ -123,10 +158,12 @@ class S3ObjectStore:
 
         def look() -> ObjectInfo | None:
             try:
-                response = self.client.head_object(Bucket=self.bucket, Key=key)
+                response = self.client.head_object(Bucket=self.bucket, Key=key, **self._pin)
             except Exception as exc:
                 if _code(exc) in _MISSING_CODES:
                     return None
+                if self._pin and _code(exc) in _CHANGED_CODES:
+                    raise self._changed(path) from exc
                 raise
             return self._info(
                 key, response["ContentLength"], response.get("ETag"), response.get("LastModified")

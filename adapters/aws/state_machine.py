@@ -5,28 +5,40 @@ or a Distributed Map for plans of thousands of chunks) running the chunk worker 
 retries and exponential backoff; a chunk that still fails is caught and its error sent
 to the dead-letter queue (the chunk's name and error, never its records); then the
 fan-in, and a Choice that fails the execution when a chunk is missing.
-`chunked_resources` is what a SAM template needs for it: the three functions, the state
-machine with its substitutions and policies. The template generator
-(`onceflow aws template`) merges them into its `Resources`.
+`state_machine_resource` is the `AWS::Serverless::StateMachine` running it, with its
+substitutions and least-privilege policies: the template generator (`template.py`, for
+an S3 pipeline built with `FunctionSettings(chunked=...)`) adds it next to the pipeline's
+own functions. `chunked_resources` is a standalone set (the three functions and the
+state machine) for a template of your own.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["RETRIED_ERRORS", "chunked_resources", "chunked_state_machine"]
+__all__ = [
+    "RETRIED_ERRORS",
+    "chunked_resources",
+    "chunked_state_machine",
+    "state_machine_resource",
+]
 
 RETRIED_ERRORS = [
     "ChunkBusy",
     "ChunkIncomplete",
+    "ChunkOutOfTime",
+    "Sandbox.Timedout",
     "Lambda.ServiceException",
     "Lambda.AWSLambdaException",
     "Lambda.SdkClientException",
     "Lambda.TooManyRequestsException",
 ]
-"""Errors worth another attempt: a chunk leased elsewhere, an outage, Lambda's own trouble."""
+"""Errors worth another attempt: a chunk leased elsewhere, an outage, a worker that ran out
+of time (its committed records are duplicates next time, so each attempt gets further),
+Lambda's own trouble. `ObjectChanged` (the object was rewritten) is not: it is caught."""
 
 _OBJECT = {"bucket.$": "$.bucket", "key.$": "$.key", "version.$": "$.version"}
+_ITEM = {**_OBJECT, "pin.$": "$.pin", "index.$": "$$.Map.Item.Value.index"}
 
 
 def chunked_state_machine(
@@ -85,7 +97,7 @@ def chunked_state_machine(
             "Chunks": {
                 "Type": "Map",
                 "ItemsPath": "$.chunks",
-                "ItemSelector": {**_OBJECT, "index.$": "$$.Map.Item.Value.index"},
+                "ItemSelector": _ITEM,
                 "MaxConcurrency": max_concurrency,
                 "ItemProcessor": {
                     "ProcessorConfig": processor,
@@ -135,6 +147,78 @@ def chunked_state_machine(
             },
         },
     }
+
+
+def state_machine_resource(
+    *,
+    worker: str,
+    fan_in: str,
+    dead_letter_queue_url: Any,
+    dead_letter_queue_arn: Any,
+    max_concurrency: int = 10,
+    distributed: bool = False,
+    name: Any = None,
+) -> dict[str, Any]:
+    """The `AWS::Serverless::StateMachine` of the chunked path, mapping function `worker`.
+
+    `worker` and `fan_in` are logical ids of functions in the same template; the
+    dead-letter queue is given by URL and ARN (created or existing, as the template
+    decides). A Distributed Map starts child executions of its own state machine, so it
+    is given a fixed `name` (default `<stack>-chunks`) its policy can name without a cycle.
+    """
+    definition = chunked_state_machine(
+        worker_arn="${ChunkWorkerArn}",
+        fan_in_arn="${ChunkFanInArn}",
+        dead_letter_queue_url="${DeadLetterQueueUrl}",
+        max_concurrency=max_concurrency,
+        distributed=distributed,
+    )
+    policies: list[Any] = [
+        {"LambdaInvokePolicy": {"FunctionName": {"Ref": worker}}},
+        {"LambdaInvokePolicy": {"FunctionName": {"Ref": fan_in}}},
+        {
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Action": ["sqs:SendMessage"],
+                    "Resource": [dead_letter_queue_arn],
+                }
+            ]
+        },
+    ]
+    properties: dict[str, Any] = {
+        "Type": "STANDARD",
+        "Definition": definition,
+        "DefinitionSubstitutions": {
+            "ChunkWorkerArn": {"Fn::GetAtt": [worker, "Arn"]},
+            "ChunkFanInArn": {"Fn::GetAtt": [fan_in, "Arn"]},
+            "DeadLetterQueueUrl": dead_letter_queue_url,
+        },
+        "Policies": policies,
+    }
+    if distributed:
+        name = name or {"Fn::Sub": "${AWS::StackName}-chunks"}
+        properties["Name"] = name
+        where = "arn:${AWS::Partition}:states:${AWS::Region}:${AWS::AccountId}"
+        policies.append(
+            {
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Action": ["states:StartExecution"],
+                        "Resource": [
+                            {"Fn::Sub": [where + ":stateMachine:${Name}", {"Name": name}]}
+                        ],
+                    },
+                    {
+                        "Effect": "Allow",
+                        "Action": ["states:DescribeExecution", "states:StopExecution"],
+                        "Resource": [{"Fn::Sub": [where + ":execution:${Name}/*", {"Name": name}]}],
+                    },
+                ]
+            }
+        )
+    return {"Type": "AWS::Serverless::StateMachine", "Properties": properties}
 
 
 def chunked_resources(
@@ -198,34 +282,16 @@ def chunked_resources(
         ],
         **({"Events": router_events} if router_events else {}),
     )
-    definition = chunked_state_machine(
-        worker_arn="${ChunkWorkerArn}",
-        fan_in_arn="${ChunkFanInArn}",
-        dead_letter_queue_url="${DeadLetterQueueUrl}",
-        max_concurrency=max_concurrency,
-        distributed=distributed,
-    )
-    machine_policies: list[Any] = [
-        {"LambdaInvokePolicy": {"FunctionName": {"Ref": "ChunkWorkerFunction"}}},
-        {"LambdaInvokePolicy": {"FunctionName": {"Ref": "ChunkFanInFunction"}}},
-        {"SQSSendMessagePolicy": {"QueueName": {"Fn::GetAtt": [dead_letter_queue, "QueueName"]}}},
-    ]
-    if distributed:
-        machine_policies.append({"StepFunctionsExecutionPolicy": {"StateMachineName": "*"}})
     return {
         "ChunkRouterFunction": router,
         "ChunkWorkerFunction": function("chunk_worker", Policies=read_write),
         "ChunkFanInFunction": function("fan_in", Policies=read_write),
-        "ChunkStateMachine": {
-            "Type": "AWS::Serverless::StateMachine",
-            "Properties": {
-                "Definition": definition,
-                "DefinitionSubstitutions": {
-                    "ChunkWorkerArn": {"Fn::GetAtt": ["ChunkWorkerFunction", "Arn"]},
-                    "ChunkFanInArn": {"Fn::GetAtt": ["ChunkFanInFunction", "Arn"]},
-                    "DeadLetterQueueUrl": {"Ref": dead_letter_queue},
-                },
-                "Policies": machine_policies,
-            },
-        },
+        "ChunkStateMachine": state_machine_resource(
+            worker="ChunkWorkerFunction",
+            fan_in="ChunkFanInFunction",
+            dead_letter_queue_url={"Ref": dead_letter_queue},
+            dead_letter_queue_arn={"Fn::GetAtt": [dead_letter_queue, "Arn"]},
+            max_concurrency=max_concurrency,
+            distributed=distributed,
+        ),
     }

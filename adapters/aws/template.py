@@ -5,6 +5,13 @@ resource, give a name to reuse an existing one) and the environment variable the
 handler reads. The role allows exactly what the commit mode and each sink's calls need
 on exactly those resources. Records Lambda itself gives up on go to an on-failure queue
 of their own, apart from the pipeline's dead letters.
+
+An S3 pipeline deployed with `FunctionSettings(chunked=ChunkedSettings())` reads large
+objects in chunks: its function is the router (`ChunkedHandlers.router`), and the
+template adds the chunk-worker and fan-in functions (same role, environment and logs),
+the ledger bucket, and the state machine (`state_machine.state_machine_resource`: a Map
+over the chunk plan, retries with backoff, a catch path to the dead-letter queue) with
+an alarm on its failed executions.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from typing import Any
 from onceflow.deployment import Deployment, Resource, ResourceKind, TriggerKind
 from onceflow.errors import ConfigurationError
 
-__all__ = ["AWS_TRIGGERS", "SQS_RECEIVES", "FunctionSettings", "sam_template"]
+__all__ = ["AWS_TRIGGERS", "SQS_RECEIVES", "ChunkedSettings", "FunctionSettings", "sam_template"]
 
 AWS_TRIGGERS = (
     TriggerKind.KINESIS,
@@ -61,6 +68,36 @@ TABLE_OUTPUT_ACTIONS = {
 
 
 @dataclass(frozen=True)
+class ChunkedSettings:
+    """The chunked path of an S3 pipeline: the chunk worker and fan-in functions, the Map."""
+
+    worker_handler: str | None = None
+    """Default: `chunk_worker` in the router's module (what `chunked_handlers` gives)."""
+    fan_in_handler: str | None = None
+    """Default: `fan_in` in the router's module."""
+    timeout: int = 900
+    """The chunk worker's and fan-in's timeout, seconds (Lambda allows up to 900)."""
+    memory: int = 2048
+    max_concurrency: int = 10
+    """Chunks run at once by the Map state."""
+    distributed: bool = False
+    """A Distributed Map (child executions): for plans of thousands of chunks."""
+
+    def handlers(self, router: str) -> tuple[str, str]:
+        """The chunk worker's and the fan-in's Handler strings, next to `router`'s."""
+        module = router.rpartition(".")[0]
+        if not module:
+            raise ConfigurationError(
+                f"the router's Handler {router!r} has no module: give MODULE.router, or "
+                "ChunkedSettings(worker_handler=..., fan_in_handler=...)"
+            )
+        return (
+            self.worker_handler or f"{module}.chunk_worker",
+            self.fan_in_handler or f"{module}.fan_in",
+        )
+
+
+@dataclass(frozen=True)
 class FunctionSettings:
     """The function's own settings, which the pipeline does not decide."""
 
@@ -70,6 +107,8 @@ class FunctionSettings:
     architecture: str = "arm64"
     timeout: int = 120
     memory: int = 1024
+    chunked: ChunkedSettings | None = None
+    """S3 only: `handler` is the chunked router, and the chunked path is deployed with it."""
 
 
 def _arn(name: str) -> dict[str, Any]:
@@ -459,6 +498,117 @@ class _Builder:
             condition=condition,
         )
 
+    # -- large objects in chunks ---------------------------------------------------------------
+
+    def chunked_parts(self) -> None:
+        """The ledger bucket, its role statements, and where failed chunks are dead-lettered."""
+        chunked = self.f.chunked
+        if chunked is None:
+            return
+        if self.d.trigger.kind is not TriggerKind.S3:
+            raise ConfigurationError(
+                f"chunked= deploys the large-object path of an S3 trigger, not of a "
+                f"{self.d.trigger.kind} trigger: drop chunked= or read an S3 bucket"
+            )
+        chunked.handlers(self.f.handler)  # refuses a Handler without a module
+        self.resources["ChunkLedgerBucket"] = {
+            "Type": "AWS::S3::Bucket",
+            # Receipts keep a rerun from redoing committed chunks: kept like the state table.
+            "DeletionPolicy": "Retain",
+            "UpdateReplacePolicy": "Retain",
+            "Properties": _bucket(),
+        }
+        ledger = _arn("ChunkLedgerBucket")
+        self.allow(
+            "ChunkLedgerObjects",
+            ["s3:GetObject", "s3:PutObject"],
+            [{"Fn::Sub": ["${Bucket}/*", {"Bucket": ledger}]}],
+        )
+        self.allow("ChunkLedgerList", ["s3:ListBucket"], [ledger])
+        # HEAD of a deleted object answers 404 (not 403) only with ListBucket.
+        source = "arn:${AWS::Partition}:s3:::${AWS::StackName}-${AWS::AccountId}-input"
+        self.allow("ListSource", ["s3:ListBucket"], [{"Fn::Sub": source}])
+        self.outputs["ChunkLedgerBucketValue"] = {"Value": {"Ref": "ChunkLedgerBucket"}}
+
+    def chunk_dead_letters(self) -> tuple[Any, Any]:
+        """(URL, ARN) of the queue a chunk failing all its attempts is sent to."""
+        letters = self.d.dead_letters
+        if letters is not None and letters.kind is ResourceKind.SQS_QUEUE:
+            placed = self.placed[letters.env]
+            return placed.value(), placed.arn()
+        # No dead-letter queue of the pipeline's: the queue Lambda's own failures go to.
+        return {"Ref": "OnFailureQueue"}, _arn("OnFailureQueue")
+
+    def chunked_functions(self, function: dict[str, Any]) -> None:
+        """The chunk worker, the fan-in and the state machine, beside the router `function`."""
+        chunked = self.f.chunked
+        if chunked is None:
+            return
+        from onceflow.adapters.aws.chunks import LEDGER_BUCKET_ENV, STATE_MACHINE_ENV
+        from onceflow.adapters.aws.state_machine import state_machine_resource
+
+        worker_handler, fan_in_handler = chunked.handlers(self.f.handler)
+        variables = function["Environment"]["Variables"]
+        variables[LEDGER_BUCKET_ENV] = {"Ref": "ChunkLedgerBucket"}
+        for logical, handler, name in (
+            ("ChunkWorkerFunction", worker_handler, "chunk-worker"),
+            ("ChunkFanInFunction", fan_in_handler, "chunk-fan-in"),
+        ):
+            properties = {
+                **function,
+                "FunctionName": {"Fn::Sub": f"${{AWS::StackName}}-{name}"},
+                "Handler": handler,
+                "Timeout": chunked.timeout,
+                "MemorySize": chunked.memory,
+                "Environment": {"Variables": dict(variables)},
+            }
+            # Step Functions invokes them synchronously: no trigger, no async destination.
+            properties.pop("Events", None)
+            properties.pop("EventInvokeConfig", None)
+            self.resources[logical] = {
+                "Type": "AWS::Serverless::Function",
+                "Metadata": {"BuildMethod": self.f.runtime},
+                "Properties": properties,
+            }
+        url, arn = self.chunk_dead_letters()
+        self.resources["ChunkStateMachine"] = state_machine_resource(
+            worker="ChunkWorkerFunction",
+            fan_in="ChunkFanInFunction",
+            dead_letter_queue_url=url,
+            dead_letter_queue_arn=arn,
+            max_concurrency=chunked.max_concurrency,
+            distributed=chunked.distributed,
+        )
+        # Only the router starts executions; a policy of its own, since the state machine
+        # names the functions that use the role (in the role itself it would be a cycle).
+        self.resources["ChunkStartPolicy"] = {
+            "Type": "AWS::IAM::Policy",
+            "Properties": {
+                "PolicyName": "onceflow-start-chunked-executions",
+                "Roles": [{"Ref": "FunctionRole"}],
+                "PolicyDocument": {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Effect": "Allow",
+                            "Action": ["states:StartExecution"],
+                            "Resource": [{"Ref": "ChunkStateMachine"}],
+                        }
+                    ],
+                },
+            },
+        }
+        variables[STATE_MACHINE_ENV] = {"Ref": "ChunkStateMachine"}
+        self.alarm(
+            "ChunkExecutionsFailedAlarm",
+            "a large object's run failed: a chunk was dead-lettered, no manifest, no _SUCCESS",
+            "AWS/States",
+            "ExecutionsFailed",
+            [{"Name": "StateMachineArn", "Value": {"Ref": "ChunkStateMachine"}}],
+            0,
+        )
+        self.outputs["ChunkStateMachineArn"] = {"Value": {"Ref": "ChunkStateMachine"}}
+
     # -- the whole -------------------------------------------------------------------------------
 
     def operations(self) -> None:
@@ -502,6 +652,7 @@ class _Builder:
             "Fn::Not": [{"Fn::Equals": [{"Ref": "AlarmTopicArn"}, ""]}]
         }
         event = self.trigger()
+        self.chunked_parts()
         self.state()
         for n, output in enumerate(d.outputs):
             self.sink(output, "an output the pipeline writes", f"Output{n + 1}")
@@ -615,12 +766,15 @@ class _Builder:
                     "OnFailure": {"Type": "SQS", "Destination": _arn("OnFailureQueue")}
                 },
             }
+        self.chunked_functions(function)
         self.resources["Processor"] = {
             "Type": "AWS::Serverless::Function",
             # `sam build` installs CodeUri's requirements.txt (onceflow among them).
             "Metadata": {"BuildMethod": f.runtime},
             "Properties": function,
         }
+        if f.chunked is not None:
+            self.resources["Processor"]["DependsOn"] = ["ChunkStartPolicy"]
         self.outputs["FunctionArn"] = {"Value": _arn("Processor")}
         return {
             "AWSTemplateFormatVersion": "2010-09-09",

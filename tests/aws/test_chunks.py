@@ -281,7 +281,13 @@ def test_moto_interpreter_sends_a_failing_chunk_to_the_dead_letter_queue(
         fan_in_arn=lambda_function(interpreter, f"f-{uuid.uuid4().hex[:6]}"),
         dead_letter_queue_url=queue,
     )  # fmt: skip
-    doc = {"bucket": "b", "key": "k.jsonl", "version": "v1", "chunks": [{"index": 0}]}
+    doc = {
+        "bucket": "b",
+        "key": "k.jsonl",
+        "version": "v1",
+        "pin": "etag",
+        "chunks": [{"index": 0}],
+    }
     found = run_execution(interpreter, definition, doc)
     assert found["status"] == "FAILED" and found.get("error") == "ChunksMissing", found
     (letter,) = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10)["Messages"]
