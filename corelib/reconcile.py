@@ -1,28 +1,35 @@
 """Reconciliation: per-window counts kept beside the idempotency state, and the gaps they show.
 
-`count_windows(pipeline, counts)` makes a pipeline add, after every batch, one increment per
-time window it touched to a `WindowCounts` (memory, the local SQLite state file, the
-DynamoDB state table, the Azure state Table: each backend's `window_counts.py`). The counts:
+`count_windows(pipeline, counts)` makes a pipeline write, after every batch, one count row
+per time window the batch touched to a `WindowCounts` (memory, the local SQLite state file,
+the DynamoDB state table, the Azure state Table or Cosmos container: each backend's
+`window_counts.py`). A row is keyed by (pipeline, window, batch): the batch is an attempt
+identity made once per `process_batch` call (`attempt_id`), so writing the row again (an
+SDK retry after a lost reply, a second try) replaces it, never adds to it; a window's counts
+are the sum of its rows. The counts:
 
 - `received`: deliveries (a redelivered record counts again);
 - `processed`: records whose effect this batch committed; a redelivery of a committed
   record comes back as a duplicate, so `processed` counts each event once, except that a
-  worker dying between the commit and the count write loses that batch's counts (an
-  undercount: reconcile then reports a gap, the safe direction);
+  worker dying between the commit and the count write loses that batch's row (see
+  docs/operations.md, "What is atomic");
 - `duplicates`: deliveries skipped because the key was already settled;
 - `filtered`: processed records the pipeline's filter dropped (no output);
 - `dead_lettered`, `failed` (to be delivered again).
 
 Windows are by processing time (when the batch finished, the default) or by event time
 (`Event.time`; records that failed to decode fall back to processing time), of
-`seconds` length (hourly by default). `reconcile` compares the totals with what the
-source held and with the sink's rows; a gap that duplicates, filtered or dead-lettered
-records do not explain is unexplained.
+`seconds` length (hourly by default); rows expire `retention_seconds` after they are
+written (35 days by default). `reconcile` compares the totals with what the source held and
+with the sink's rows; a gap that duplicates, filtered or dead-lettered records do not
+explain is unexplained.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -38,13 +45,19 @@ if TYPE_CHECKING:
 __all__ = [
     "COUNTS",
     "COUNTS_PREFIX",
+    "RETENTION_SECONDS",
+    "CountRow",
     "Reconciliation",
     "WindowCounts",
     "WindowPolicy",
+    "attempt_id",
     "count_windows",
     "reconcile",
+    "sum_rows",
     "window_label",
 ]
+
+logger = logging.getLogger("onceflow.reconcile")
 
 COUNTS = ("received", "processed", "duplicates", "filtered", "dead_lettered", "failed")
 """The counts kept per window, in the order reports show them."""
@@ -52,34 +65,81 @@ COUNTS = ("received", "processed", "duplicates", "filtered", "dead_lettered", "f
 COUNTS_PREFIX = "counts#"
 """The key prefix of count rows in a shared state table (never an idempotency key's)."""
 
+RETENTION_SECONDS = 35 * 86_400
+"""How long count rows are kept by default: a month of windows and a few days to reconcile."""
+
 Counts = dict[tuple[str, int], dict[str, int]]
 """Counts by (pipeline name, window start in epoch seconds)."""
 
 
+def attempt_id() -> str:
+    """A fresh identity for one `process_batch` call's count rows (the only place one is made).
+
+    Random rather than derived from the batch: a platform redelivering the same records
+    (a Kinesis retry after the rows were written) is another delivery whose counts add to
+    the first's; a content-derived id would let it overwrite them.
+    """
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True, slots=True)
+class CountRow:
+    """One batch's counts for one window: the unit a `WindowCounts` writes and replaces."""
+
+    pipeline: str
+    window: int
+    """Window start, epoch seconds."""
+    batch: str
+    """The attempt identity (`attempt_id`): a second write of the same row replaces it."""
+    counts: Mapping[str, int]
+    written: float
+    """Epoch seconds (the pipeline's clock) when the batch finished."""
+    expires: float
+    """Epoch seconds after which the row no longer counts (and a backend may delete it)."""
+
+    @property
+    def key(self) -> str:
+        """The row's key in a shared key-value table: `counts#<pipeline>#<window>#<batch>`."""
+        return f"{COUNTS_PREFIX}{self.pipeline}#{self.window}#{self.batch}"
+
+
 class WindowCounts(Protocol):
-    """Where per-window counts are kept: beside the idempotency state, in its own rows."""
+    """Where per-window counts are kept: beside the idempotency state, in their own rows."""
 
-    def add(self, pipeline: str, window: int, counts: Mapping[str, int]) -> None:
-        """Add `counts` to the window starting at `window` (epoch seconds) of `pipeline`."""
+    def put(self, row: CountRow) -> None:
+        """Write `row`, replacing a row of the same (pipeline, window, batch) if there is one."""
         ...
 
-    def read(self, pipeline: str | None = None) -> Counts:
-        """Every window's counts (of one pipeline, or all of them)."""
+    def read(self, pipeline: str | None = None, *, now: float | None = None) -> Counts:
+        """Every window's summed counts (of one pipeline, or all), unexpired rows at `now`."""
         ...
+
+
+def sum_rows(rows: Iterable[tuple[str, int, Mapping[str, Any]]]) -> Counts:
+    """Rows' counts summed per (pipeline, window), in key order; missing counts are 0."""
+    found: Counts = {}
+    for pipeline, window, counts in rows:
+        tally = found.setdefault((pipeline, int(window)), dict.fromkeys(COUNTS, 0))
+        for name in COUNTS:
+            tally[name] += int(counts.get(name) or 0)
+    return dict(sorted(found.items()))
 
 
 @dataclass(frozen=True, slots=True)
 class WindowPolicy:
-    """How records are put in windows: window length and which clock decides."""
+    """How records are put in windows (length, which clock decides) and how long rows last."""
 
     seconds: int = 3600
     by: Literal["processing", "event"] = "processing"
+    retention_seconds: float = RETENTION_SECONDS
 
     def __post_init__(self) -> None:
         if self.seconds < 1:
             raise ConfigurationError(f"window seconds={self.seconds}: at least 1")
         if self.by not in ("processing", "event"):
             raise ConfigurationError(f"window by={self.by!r}: 'processing' or 'event'")
+        if not self.retention_seconds > 0:
+            raise ConfigurationError(f"retention_seconds={self.retention_seconds}: above 0")
 
     def start(self, epoch: float) -> int:
         """The start (epoch seconds) of the window holding `epoch`."""
@@ -94,7 +154,12 @@ def window_label(start: int) -> str:
 def count_windows(
     pipeline: Pipeline, counts: WindowCounts, policy: WindowPolicy | None = None
 ) -> Pipeline:
-    """`pipeline`, made to add each batch's counts to `counts` (one add per window touched)."""
+    """`pipeline`, made to write each batch's counts to `counts` (one row per window touched).
+
+    The rows are written after `process_batch` returns, so after its commit: a row that
+    cannot be written is logged and counted (`window_counts_lost`), and the batch's result
+    stands (failing a committed batch would only redeliver it).
+    """
     policy = policy or WindowPolicy()
     filtered = _FilterTally(pipeline.metrics)
     process_batch = pipeline.process_batch
@@ -102,6 +167,7 @@ def count_windows(
 
     async def counted(records: Iterable[Any], *, deadline: float | None = None) -> BatchResult:
         batch = list(records)
+        attempt = attempt_id()
         before = filtered.total
         result = await process_batch(batch, deadline=deadline)
         now = pipeline.clock.now()
@@ -111,8 +177,20 @@ def count_windows(
             # The filter counts without ids: its drops go to the window of most processed.
             busiest = max(by_window, key=lambda w: by_window[w]["processed"])
             by_window[busiest]["filtered"] += dropped
+        expires = now + policy.retention_seconds
         for window, tally in by_window.items():
-            counts.add(name, window, {k: v for k, v in tally.items() if v})
+            kept = {k: v for k, v in tally.items() if v}
+            row = CountRow(name, window, attempt, kept, now, expires)
+            try:
+                counts.put(row)
+            except Exception as exc:  # the batch committed: its counts are lost, its result stands
+                logger.warning(
+                    "window counts of pipeline %r, window %s not written: %s",
+                    name,
+                    window_label(window),
+                    type(exc).__name__,
+                )
+                pipeline.metrics.count("window_counts_lost", 1)
         return result
 
     pipeline.process_batch = counted  # type: ignore[method-assign]

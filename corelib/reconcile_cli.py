@@ -1,13 +1,14 @@
 """`onceflow reconcile`: the per-window counts kept with the state against the source and sink.
 
 Targets name where the counts are: `local` (a state folder), `dynamodb` (the state table),
-`table` (the Azure state Table). The source count is a supplied `--expected N`, the lines
-of `--source-lines` files (JSONL: one event a non-blank line), or the objects under
-`--source-objects` (a folder, or `s3://bucket/prefix`). The sink's rows: the local state's
-outputs (`--sink state`), a SQLite file's table (`--sink sqlite:PATH[#TABLE]`), a Parquet
-dataset (`--sink parquet:FOLDER`), a Delta table (`--sink delta:URI`), a DynamoDB table
-(`--sink dynamodb:TABLE`, a Select=COUNT scan of items with a `value`) or an Azure Table
-(`--sink table:NAME`, TableSink's output rows).
+`table` (the Azure state Table), `cosmos` (the Cosmos state container). The source count is
+a supplied `--expected N`, the lines of `--source-lines` files (JSONL: one event a
+non-blank line), or the objects under `--source-objects` (a folder, or `s3://bucket/prefix`).
+The sink's rows: the local state's outputs (`--sink state`), a SQLite file's table
+(`--sink sqlite:PATH[#TABLE]`), a Parquet dataset (`--sink parquet:FOLDER`), a Delta table
+(`--sink delta:URI`), a DynamoDB table (`--sink dynamodb:TABLE`, a Select=COUNT scan of
+items with a `value`), an Azure Table (`--sink table:NAME`, TableSink's output rows) or a
+Cosmos container (`--sink cosmos:CONTAINER`, CosmosSink's items: those with an `output_id`).
 
 Exit status: 0 when every gap is explained (duplicates, filtered, dead letters), 1 when one
 is not, 2 on bad input (one line naming the cause; nothing is written).
@@ -55,6 +56,17 @@ def register(subparsers: Any) -> None:
     )
     _common(table)
     table.set_defaults(func=_run, read=_table_counts)
+    cosmos = targets.add_parser("cosmos", help="counts in the Cosmos DB state container")
+    cosmos.add_argument("--endpoint", required=True, help="the account's endpoint URL")
+    cosmos.add_argument(
+        "--key-env",
+        default="COSMOS_KEY",
+        help="the environment variable holding the account key (default COSMOS_KEY)",
+    )
+    cosmos.add_argument("--database", required=True)
+    cosmos.add_argument("--container", required=True, help="the idempotency state container")
+    _common(cosmos)
+    cosmos.set_defaults(func=_run, read=_cosmos_counts)
     command.set_defaults(func=_missing_target)
 
 
@@ -73,7 +85,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _missing_target(args: argparse.Namespace) -> int:
-    raise CliError("name a target: onceflow reconcile local|dynamodb|table ...")
+    raise CliError("name a target: onceflow reconcile local|dynamodb|table|cosmos ...")
 
 
 def _integer(value: str | None, flag: str, least: int) -> int | None:
@@ -173,6 +185,35 @@ def _table_counts(args: argparse.Namespace) -> Counts:
     return found
 
 
+def _cosmos_database(args: argparse.Namespace) -> Any:
+    import os
+
+    key = os.environ.get(args.key_env)
+    if not key:
+        raise CliError(f"no Cosmos DB key: set the environment variable {args.key_env}")
+    try:
+        from azure.cosmos import CosmosClient
+    except ImportError:
+        raise CliError(
+            "`onceflow reconcile cosmos` needs azure-cosmos: pip install 'onceflow[azure]'"
+        ) from None
+    client = CosmosClient(args.endpoint, credential=key, enable_endpoint_discovery=False)
+    return client.get_database_client(args.database)
+
+
+def _cosmos_counts(args: argparse.Namespace) -> Counts:
+    from azure.cosmos.exceptions import CosmosHttpResponseError
+
+    from onceflow.adapters.azure.window_counts import CosmosWindowCounts
+
+    container = _cosmos_database(args).get_container_client(args.container)
+    try:
+        found: Counts = CosmosWindowCounts(container).read()
+    except CosmosHttpResponseError as exc:
+        raise CliError(f"cannot read container {args.container}: HTTP {exc.status_code}") from None
+    return found
+
+
 def _boto_client(args: argparse.Namespace, service: str) -> Any:
     try:
         import boto3
@@ -228,7 +269,7 @@ def _sink_reader(args: argparse.Namespace) -> Callable[[], int]:
     if not where:
         raise CliError(
             f"--sink {spec!r}: one of state, sqlite:PATH[#TABLE], parquet:FOLDER, "
-            "delta:URI, dynamodb:TABLE, table:NAME"
+            "delta:URI, dynamodb:TABLE, table:NAME, cosmos:CONTAINER"
         )
     if kind == "sqlite":
         path, _, table = where.partition("#")
@@ -240,8 +281,16 @@ def _sink_reader(args: argparse.Namespace) -> Callable[[], int]:
     if kind == "dynamodb":
         return lambda: _dynamodb_rows(args, where)
     if kind == "table":
+        if getattr(args, "connection_string", None) is None:
+            raise CliError("--sink table:NAME is for the table target (its --connection-string)")
         return lambda: _table_rows(args, where)
-    raise CliError(f"--sink kind {kind!r}: one of state, sqlite, parquet, delta, dynamodb, table")
+    if kind == "cosmos":
+        if getattr(args, "endpoint", None) is None:
+            raise CliError("--sink cosmos:CONTAINER is for the cosmos target (its --endpoint)")
+        return lambda: _cosmos_rows(args, where)
+    raise CliError(
+        f"--sink kind {kind!r}: one of state, sqlite, parquet, delta, dynamodb, table, cosmos"
+    )
 
 
 def _sqlite_rows(path: Path, table: str) -> int:
@@ -289,10 +338,15 @@ def _dynamodb_rows(args: argparse.Namespace, table: str) -> int:
     return sum(int(page["Count"]) for page in pages)
 
 
+def _cosmos_rows(args: argparse.Namespace, name: str) -> int:
+    # CosmosSink's items carry `output_id`; the store's markers and count items do not.
+    container = _cosmos_database(args).get_container_client(name)
+    query = "SELECT c.id FROM c WHERE IS_DEFINED(c.output_id)"
+    return sum(1 for _ in container.query_items(query, enable_cross_partition_query=True))
+
+
 def _table_rows(args: argparse.Namespace, table: str) -> int:
-    connection = getattr(args, "connection_string", None)
-    if connection is None:
-        raise CliError("--sink table:NAME is for the table target (its --connection-string)")
+    connection = args.connection_string
     from azure.data.tables import TableClient
 
     from onceflow.adapters.azure.table_keys import OUTPUT

@@ -12,7 +12,15 @@ from onceflow.adapters.memory import ManualClock, MemoryIdempotencyStore, Memory
 from onceflow.adapters.memory.window_counts import MemoryWindowCounts
 from onceflow.errors import ConfigurationError
 from onceflow.filters import Filter
-from onceflow.reconcile import WindowPolicy, count_windows, reconcile, window_label
+from onceflow.metrics import CountingMetrics
+from onceflow.reconcile import (
+    RETENTION_SECONDS,
+    CountRow,
+    WindowPolicy,
+    count_windows,
+    reconcile,
+    window_label,
+)
 
 START = 1_800_000_000.0  # 2027-01-15T08:00Z: a window boundary for hours
 HOUR = 3600
@@ -121,3 +129,60 @@ def test_gaps_duplicates_explain_and_those_they_do_not() -> None:
 def test_bad_window_policies_are_refused(policy: Any) -> None:
     with pytest.raises(ConfigurationError):
         WindowPolicy(**policy)
+
+
+def row(batch: str, written: float, **counts: int) -> CountRow:
+    return CountRow("p", int(START), batch, counts, written, written + HOUR)
+
+
+def test_a_second_write_of_a_batchs_row_replaces_it() -> None:
+    counts = MemoryWindowCounts()
+    counts.put(row("b1", START, received=3, processed=3))
+    counts.put(row("b1", START, received=3, processed=3))  # a retry whose first reply was lost
+    counts.put(row("b2", START, received=2, duplicates=2))
+    assert counts.read(now=START)[("p", int(START))]["received"] == 5
+
+
+def test_rows_expire_after_the_retention() -> None:
+    clock = ManualClock(START)
+    pipe, _ = pipeline(clock)
+    counts = MemoryWindowCounts()
+    count_windows(pipe, counts, WindowPolicy(retention_seconds=2 * HOUR))
+    pipe.run_batch([ev(1)])
+    assert counts.read(now=START + 2 * HOUR - 1)
+    assert counts.read(now=START + 2 * HOUR) == {}
+    assert WindowPolicy().retention_seconds == RETENTION_SECONDS == 35 * 86_400
+
+
+def test_every_call_is_its_own_attempt() -> None:
+    clock = ManualClock(START)
+    pipe, _ = pipeline(clock)
+    counts = MemoryWindowCounts()
+    count_windows(pipe, counts)
+    pipe.run_batch([ev(1)])
+    pipe.run_batch([ev(1)])  # the same records again: a delivery of its own, added
+    assert len({batch for _, _, batch in counts.rows}) == 2
+
+
+class Refusing(MemoryWindowCounts):
+    def put(self, row: CountRow) -> None:
+        raise ConnectionError("unreachable")
+
+
+def test_a_count_write_that_fails_leaves_the_batch_committed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = ManualClock(START)
+    metrics = CountingMetrics()
+    pipe, sink = pipeline(clock, metrics=metrics)
+    count_windows(pipe, Refusing())
+    result = pipe.run_batch([ev(1), ev(2)])
+    assert result.processed == ["e1", "e2"] and len(sink.values_by_id) == 2
+    assert metrics.counters["window_counts_lost"] == 1
+    assert "window counts of pipeline 'p'" in caplog.text and "ConnectionError" in caplog.text
+
+
+@pytest.mark.parametrize("retention", [0, -1.0])
+def test_a_retention_must_be_positive(retention: float) -> None:
+    with pytest.raises(ConfigurationError):
+        WindowPolicy(retention_seconds=retention)

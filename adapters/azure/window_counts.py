@@ -1,31 +1,38 @@
-"""Per-window counts as entities of the Azure state Table, in partitions `~counts~<pipeline>`."""
+"""Per-window counts in the Azure state: entities of the state Table (partitions
+`~counts~<pipeline>`) or items of the Cosmos state container (partition `~counts~<pipeline>`)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
 from typing import Any
 
-from azure.core import MatchConditions
-from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
 from onceflow.adapters.azure.table_keys import bounded, encode_part
-from onceflow.reconcile import COUNTS
+from onceflow.reconcile import COUNTS, CountRow, Counts, sum_rows
 
-__all__ = ["PARTITION_PREFIX", "TableWindowCounts"]
+__all__ = ["PARTITION_PREFIX", "CosmosWindowCounts", "TableWindowCounts"]
 
 PARTITION_PREFIX = "~counts~"
-"""PartitionKey prefix of count rows: an escaped key part never holds `~c` (`~` + hex)."""
+"""Partition prefix of count rows: an escaped key part never holds `~c` (`~` + hex)."""
 
-ROUNDS = 20  # optimistic rounds for one window when many workers add at once
+
+def _partition(pipeline: str) -> str:
+    return PARTITION_PREFIX + bounded(encode_part(pipeline))
+
+
+def _row_key(row: CountRow) -> str:
+    # Zero-padded so a partition's rows sort by window, then batch.
+    return f"{row.window:012d}-{row.batch}"
 
 
 class TableWindowCounts:
-    """Adds a batch's counts to one entity per window: read, then replace on the ETag.
+    """One entity per (pipeline, window, batch), written with an upsert in replace mode: a
+    second write of a batch's entity (the SDK retrying a lost reply) replaces it.
 
-    Tables have no atomic increment, so an add reads the entity and replaces it only if
-    its ETag still holds (or inserts it if absent), again on a conflict: two workers
-    adding to one window both land. The entities share the idempotency store's Table.
+    Tables have no TTL: each entity carries `expires`, `read` skips expired ones, and a
+    writer deletes its pipeline's expired entities when it first writes to a new window (a
+    query on `expires` within one partition, at most once per window per process).
     """
 
     def __init__(self, table: TableClient | str, *, connection_string: str | None = None) -> None:
@@ -35,50 +42,94 @@ class TableWindowCounts:
             service = TableServiceClient.from_connection_string(connection_string)
             table = service.get_table_client(table)
         self.table = table
+        self._swept: dict[str, int] = {}
 
-    def add(self, pipeline: str, window: int, counts: Mapping[str, int]) -> None:
-        """Add `counts` to one window's entity."""
-        names = [n for n in COUNTS if counts.get(n)]
-        if not names:
-            return
-        partition, row = PARTITION_PREFIX + bounded(encode_part(pipeline)), f"{window:012d}"
-        for _ in range(ROUNDS):
-            try:
-                entity: Any = self.table.get_entity(partition, row)
-            except ResourceNotFoundError:
-                fresh: dict[str, Any] = {"PartitionKey": partition, "RowKey": row}
-                fresh["pipeline"] = pipeline
-                fresh.update({n: int(counts.get(n, 0)) for n in COUNTS})
-                try:
-                    self.table.create_entity(fresh)
-                    return
-                except ResourceExistsError:
-                    continue  # another worker made it first: add to theirs
-            updated = dict(entity)
-            for n in names:
-                updated[n] = int(entity.get(n, 0)) + int(counts[n])
-            try:
-                self.table.update_entity(
-                    updated,
-                    mode=UpdateMode.REPLACE,
-                    etag=entity.metadata["etag"],
-                    match_condition=MatchConditions.IfNotModified,
-                )
-                return
-            except (ResourceModifiedError, ResourceNotFoundError):
-                continue
-        raise RuntimeError(f"window {window} of {pipeline!r}: {ROUNDS} conflicting adds in a row")
+    def put(self, row: CountRow) -> None:
+        """Write one batch's entity for one window, replacing one of the same key."""
+        partition = _partition(row.pipeline)
+        entity: dict[str, Any] = {"PartitionKey": partition, "RowKey": _row_key(row)}
+        entity["pipeline"] = row.pipeline
+        entity["window"] = row.window
+        entity["expires"] = float(row.expires)
+        entity.update({n: int(row.counts.get(n, 0)) for n in COUNTS})
+        self.table.upsert_entity(entity, mode=UpdateMode.REPLACE)
+        if self._swept.get(partition) != row.window:
+            self._sweep(partition, row.written)
+            self._swept[partition] = row.window
 
-    def read(self, pipeline: str | None = None) -> dict[tuple[str, int], dict[str, int]]:
+    def _sweep(self, partition: str, now: float) -> None:
+        expired = self.table.query_entities(
+            "PartitionKey eq @p and expires le @now",
+            parameters={"p": partition, "now": float(now)},
+            select=["PartitionKey", "RowKey"],
+        )
+        for entity in expired:
+            self.table.delete_entity(entity["PartitionKey"], entity["RowKey"])
+
+    def read(self, pipeline: str | None = None, *, now: float | None = None) -> Counts:
         """Every window's counts (of one pipeline, or all); empty when none were kept."""
+        moment = time.time() if now is None else now
         if pipeline is None:
             query = "PartitionKey ge @low and PartitionKey lt @high"
-            params = {"low": PARTITION_PREFIX, "high": PARTITION_PREFIX[:-1] + "\x7f"}
+            params: dict[str, Any] = {
+                "low": PARTITION_PREFIX,
+                "high": PARTITION_PREFIX[:-1] + "\x7f",
+            }
         else:
-            query = "PartitionKey eq @p"
-            params = {"p": PARTITION_PREFIX + bounded(encode_part(pipeline))}
-        found: dict[tuple[str, int], dict[str, int]] = {}
+            query, params = "PartitionKey eq @p", {"p": _partition(pipeline)}
+        rows = []
         for entity in self.table.query_entities(query, parameters=params):
-            key = (str(entity["pipeline"]), int(entity["RowKey"]))
-            found[key] = {n: int(entity.get(n, 0)) for n in COUNTS}
-        return dict(sorted(found.items()))
+            if "expires" in entity and float(entity["expires"]) <= moment:
+                continue  # entities of states from before expiry carry none: kept
+            window = int(entity["window"]) if "window" in entity else int(entity["RowKey"])
+            rows.append((str(entity["pipeline"]), window, {n: entity.get(n, 0) for n in COUNTS}))
+        return sum_rows(rows)
+
+
+class CosmosWindowCounts:
+    """One item per (pipeline, window, batch) in the Cosmos state container, written with
+    `upsert_item`: a second write of a batch's item replaces it.
+
+    The items sit in their own partition per pipeline (`~counts~<pipeline>`, under the
+    container's partition key path, `/pk` as `CosmosIdempotencyStore` has it) and carry
+    Cosmos's per-item `ttl` (the retention in seconds; the container needs TTL on, as the
+    store's does with `default_ttl=-1`), and `expires`, which `read` checks itself.
+    """
+
+    def __init__(self, container: Any, *, partition_path: str = "/pk") -> None:
+        self.container = container
+        self.partition_field = partition_path.lstrip("/")
+
+    def put(self, row: CountRow) -> None:
+        """Write one batch's item for one window, replacing one of the same id."""
+        item: dict[str, Any] = {
+            "id": _row_key(row),
+            self.partition_field: _partition(row.pipeline),
+            "pipeline": row.pipeline,
+            "window": row.window,
+            "expires": float(row.expires),
+            "ttl": max(1, int(row.expires - row.written)),
+        }
+        item.update({n: int(row.counts.get(n, 0)) for n in COUNTS})
+        self.container.upsert_item(item)
+
+    def read(self, pipeline: str | None = None, *, now: float | None = None) -> Counts:
+        """Every window's counts (of one pipeline, or all); empty when none were kept."""
+        moment = time.time() if now is None else now
+        names = ", ".join(f"c.{n}" for n in ("pipeline", "window", "expires", *COUNTS))
+        if pipeline is None:
+            items = self.container.query_items(
+                f"SELECT {names} FROM c WHERE STARTSWITH(c.{self.partition_field}, @prefix)",
+                parameters=[{"name": "@prefix", "value": PARTITION_PREFIX}],
+                enable_cross_partition_query=True,
+            )
+        else:
+            items = self.container.query_items(
+                f"SELECT {names} FROM c", partition_key=_partition(pipeline)
+            )
+        rows = [
+            (str(item["pipeline"]), int(item["window"]), {n: item.get(n, 0) for n in COUNTS})
+            for item in items
+            if float(item.get("expires", moment + 1)) > moment
+        ]
+        return sum_rows(rows)

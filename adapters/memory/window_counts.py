@@ -2,31 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
 
-from onceflow.reconcile import COUNTS
+from onceflow.reconcile import CountRow, Counts, sum_rows
 
 __all__ = ["MemoryWindowCounts"]
 
 
 class MemoryWindowCounts:
-    """Keeps per-window counts in a dict; `adds` counts the writes (one per window per batch)."""
+    """Keeps count rows in a dict keyed (pipeline, window, batch); `adds` counts the writes."""
 
     def __init__(self) -> None:
-        self.windows: dict[tuple[str, int], dict[str, int]] = {}
+        self.rows: dict[tuple[str, int, str], CountRow] = {}
         self.adds = 0
 
-    def add(self, pipeline: str, window: int, counts: Mapping[str, int]) -> None:
-        """Add `counts` to one window."""
+    def put(self, row: CountRow) -> None:
+        """Write one row, replacing one of the same key."""
         self.adds += 1
-        tally = self.windows.setdefault((pipeline, window), dict.fromkeys(COUNTS, 0))
-        for name, value in counts.items():
-            tally[name] = tally.get(name, 0) + value
+        self.rows[(row.pipeline, row.window, row.batch)] = row
 
-    def read(self, pipeline: str | None = None) -> dict[tuple[str, int], dict[str, int]]:
-        """Every window's counts (of one pipeline, or all)."""
-        return {
-            key: dict(tally)
-            for key, tally in sorted(self.windows.items())
-            if pipeline is None or key[0] == pipeline
-        }
+    def read(self, pipeline: str | None = None, *, now: float | None = None) -> Counts:
+        """Every window's summed counts (of one pipeline, or all), unexpired at `now`."""
+        moment = time.time() if now is None else now
+        return sum_rows(
+            (row.pipeline, row.window, row.counts)
+            for row in self.rows.values()
+            if (pipeline is None or row.pipeline == pipeline) and row.expires > moment
+        )

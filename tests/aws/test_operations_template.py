@@ -4,14 +4,12 @@ accepts them inside the generated SAM template, before and after the SAM transfo
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from onceflow.adapters.aws import operations_entry
 from onceflow.adapters.aws.operations_template import operations_resources
 from onceflow.adapters.aws.template import FunctionSettings, _Builder
 from onceflow.deployment import Deployment
@@ -81,25 +79,3 @@ def test_cfn_lint_accepts_them_before_and_after_the_sam_transform(
         [CFN_LINT, *paths, "--regions", "us-east-1"], capture_output=True, text=True, check=False
     )
     assert lint.returncode == 0, lint.stdout + lint.stderr
-
-
-def test_reconcile_handler_emits_the_gap_as_emf(
-    dynamodb_client: Any,
-    dynamodb_tables: Any,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    from onceflow.adapters.aws.window_counts import DynamoDBWindowCounts
-
-    state, sink = dynamodb_tables("state"), dynamodb_tables("out")
-    DynamoDBWindowCounts(state, client=dynamodb_client).add(
-        "orders", 3600, {"received": 2, "processed": 2}
-    )
-    dynamodb_client.put_item(TableName=sink, Item={"pk": {"S": "only-one"}, "value": {"S": "x"}})
-    monkeypatch.setattr(operations_entry, "_clients", {"dynamodb": dynamodb_client})
-    monkeypatch.setitem(os.environ, "ONCEFLOW_PIPELINE", "orders")
-    monkeypatch.setitem(os.environ, "ONCEFLOW_STATE_TABLE", state)
-    monkeypatch.setitem(os.environ, "ONCEFLOW_SINK_TABLE", sink)
-    assert operations_entry.reconcile_handler({}, None)["gap"] == 1
-    emf = json.loads(capsys.readouterr().out.splitlines()[-1])
-    assert emf["ReconciliationGap"] == 1 and emf["pipeline"] == "orders"

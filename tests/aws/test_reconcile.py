@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -15,7 +16,7 @@ from onceflow.adapters.aws.dynamodb_store import DynamoDBIdempotencyStore
 from onceflow.adapters.aws.window_counts import DynamoDBWindowCounts
 from onceflow.adapters.memory import ManualClock, MemorySink
 from onceflow.cli import main
-from onceflow.reconcile import count_windows
+from onceflow.reconcile import CountRow, WindowPolicy, count_windows
 from tests.support.servers import MotoServer
 
 pytestmark = pytest.mark.emulator
@@ -42,7 +43,7 @@ def test_counts_in_the_state_table_then_reconcile(
     aws_env: list[str],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    clock = ManualClock()
+    clock = ManualClock(time.time())  # rows expire by the reader's real clock
     state, outputs = dynamodb_tables("state"), dynamodb_tables("outputs")
     store = DynamoDBIdempotencyStore(state, client=dynamodb_client, clock=clock)
     sink = DynamoDBSink(outputs, client=dynamodb_client)
@@ -92,7 +93,8 @@ def test_source_objects_under_an_s3_prefix(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     state = dynamodb_tables("state")
-    DynamoDBWindowCounts(state, client=dynamodb_client).add("p", 0, {"received": 3, "processed": 3})
+    row = CountRow("p", 0, "b1", {"received": 3, "processed": 3}, time.time(), time.time() + 60)
+    DynamoDBWindowCounts(state, client=dynamodb_client).put(row)
     prefix = f"in-{uuid.uuid4().hex[:6]}/"
     for n in range(3):
         s3_client.put_object(Bucket=s3_bucket, Key=f"{prefix}o{n}.json", Body=b"{}")
@@ -101,3 +103,41 @@ def test_source_objects_under_an_s3_prefix(
     s3_client.put_object(Bucket=s3_bucket, Key=f"{prefix}late.json", Body=b"{}")
     assert main([*base, "--source-objects", f"s3://{s3_bucket}/{prefix}"]) == 1
     assert "source: 4  processed + dead-lettered: 3  gap: 1" in capsys.readouterr().out
+
+
+def test_rows_replace_on_a_second_write_and_carry_the_ttl_attribute(
+    dynamodb_client: Any, dynamodb_tables: Callable[[str], str]
+) -> None:
+    state = dynamodb_tables("state")
+    counts = DynamoDBWindowCounts(state, client=dynamodb_client)
+    now = time.time()
+    counts.put(CountRow("p", 3600, "b1", {"received": 2, "processed": 2}, now, now + 100))
+    counts.put(CountRow("p", 3600, "b1", {"received": 2, "processed": 2}, now, now + 100))
+    counts.put(CountRow("p#2", 3600, "b1", {"received": 7}, now, now + 100))
+    counts.put(CountRow("p", 3600, "old", {"received": 5}, now - 200, now - 100))
+    assert counts.read("p")[("p", 3600)]["received"] == 2  # expired and other pipelines: not
+    assert counts.read(now=now - 150)[("p", 3600)]["received"] == 7
+    item = dynamodb_client.get_item(
+        TableName=state, Key={"pk": {"S": CountRow("p", 3600, "b1", {}, 0, 0).key}}
+    )["Item"]
+    assert item["expires_at"] == {"N": str(int(now + 100))}  # the table's TTL attribute
+
+
+def test_the_pipeline_writes_one_item_per_batch_expiring_after_the_retention(
+    dynamodb_client: Any, dynamodb_tables: Callable[[str], str]
+) -> None:
+    clock = ManualClock(time.time())
+    state, outputs = dynamodb_tables("state"), dynamodb_tables("outputs")
+    store = DynamoDBIdempotencyStore(state, client=dynamodb_client, clock=clock)
+    pipe = Pipeline(process, DynamoDBSink(outputs, client=dynamodb_client), store, clock=clock)
+    count_windows(pipe, DynamoDBWindowCounts(state, client=dynamodb_client), WindowPolicy())
+    ns = f"ttl-{uuid.uuid4().hex[:6]}"
+    pipe.run_batch([Event(id="a", source=ns, data=b'{"n": 1}')])
+    pipe.run_batch([Event(id="b", source=ns, data=b'{"n": 2}')])
+    items = dynamodb_client.scan(
+        TableName=state,
+        FilterExpression="begins_with(pk, :c)",
+        ExpressionAttributeValues={":c": {"S": "counts#"}},
+    )["Items"]
+    assert len(items) == 2
+    assert {int(i["expires_at"]["N"]) for i in items} == {int(clock.now() + 35 * 86_400)}

@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from onceflow.adapters.local.database import Database
+from onceflow.adapters.local.window_counts import LEGACY_TABLE, TABLE, SqliteWindowCounts
 from onceflow.cli import main
+from onceflow.reconcile import COUNTS, CountRow
 
 DOUBLER = "tests.local.processors:Doubler"
 SECRET = "card-4111-1111-1111-1111"
@@ -171,7 +174,7 @@ def test_a_state_from_before_counts_were_kept(
 ) -> None:
     state, _ = ran
     with sqlite3.connect(state / "state.db") as conn:
-        conn.execute("DROP TABLE onceflow_window_counts")
+        conn.execute(f"DROP TABLE {TABLE}")
     before = digest(state)
     assert reconcile("--state", str(state)) == 2
     [line] = capsys.readouterr().err.splitlines()
@@ -179,7 +182,38 @@ def test_a_state_from_before_counts_were_kept(
     assert digest(state) == before
     with sqlite3.connect(state / "state.db") as conn:  # reading made no table
         names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
-    assert "onceflow_window_counts" not in names
+    assert TABLE not in names and LEGACY_TABLE not in names
+
+
+def test_a_state_with_the_summed_counts_of_earlier_versions_is_read(
+    ran: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    state, _ = ran
+    with sqlite3.connect(state / "state.db") as conn:
+        conn.execute(f"DROP TABLE {TABLE}")
+        conn.execute(
+            f"CREATE TABLE {LEGACY_TABLE} (pipeline TEXT, window INTEGER, received INTEGER, "
+            "processed INTEGER, duplicates INTEGER, filtered INTEGER, dead_lettered INTEGER, "
+            "failed INTEGER, PRIMARY KEY (pipeline, window))"
+        )
+        conn.execute(f"INSERT INTO {LEGACY_TABLE} VALUES ('p', 0, 3, 3, 0, 0, 0, 0)")
+    assert reconcile("--state", str(state), "--expected", "3") == 0
+    assert "no unexplained gap" in capsys.readouterr().out
+
+
+def test_expired_rows_are_skipped_and_swept_on_a_new_window(tmp_path: Path) -> None:
+    database = Database(tmp_path / "state.db")
+    counts = SqliteWindowCounts(database)
+    counts.put(CountRow("p", 0, "b1", {"received": 1}, 10.0, 100.0))
+    counts.put(CountRow("p", 0, "b2", {"received": 2}, 20.0, 200.0))
+    assert counts.read(now=150.0) == {("p", 0): {**dict.fromkeys(COUNTS, 0), "received": 2}}
+    counts.put(CountRow("p", 0, "b2", {"received": 2}, 20.0, 200.0))  # replaced, not added
+    assert counts.read(now=0.0)[("p", 0)]["received"] == 3
+    SqliteWindowCounts(database).put(CountRow("p", 3600, "b3", {"received": 4}, 150.0, 9e9))
+    with database.reading() as conn:
+        left = [r[0] for r in conn.execute(f"SELECT batch FROM {TABLE} ORDER BY batch")]
+    assert left == ["b2", "b3"]  # b1 had expired when b3 was written
+    database.close()
 
 
 def test_no_state_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
