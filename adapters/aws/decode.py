@@ -27,6 +27,7 @@ from onceflow.adapters.aws.kinesis_aggregation import deaggregate
 from onceflow.envelopes import leading_traceparent, trace_fields
 from onceflow.event import Event, EventTemplate
 from onceflow.records import InvalidRecord
+from onceflow.watermarks import LANE_ATTRIBUTE
 
 __all__ = [
     "SUPPORTED_SOURCES",
@@ -96,14 +97,23 @@ class Delivery:
             item.record_ids.extend(r.id for r in records)
 
 
-def decode(payload: Any) -> Delivery:
-    """The records in one Lambda payload; `UnrecognisedEvent` for any other shape."""
+def decode(payload: Any, *, lanes: bool = True) -> Delivery:
+    """The records in one Lambda payload; `UnrecognisedEvent` for any other shape.
+
+    With `lanes` (the default), records of an ordered lane carry `LANE_ATTRIBUTE` and a
+    decimal sequence, so the runner settles them with one watermark per lane: a Kinesis
+    shard (records that are no KPL aggregate) and an SQS FIFO message group. Pass
+    `lanes=False` where a lane's batches are not contiguous runs of it: a Kinesis event
+    source mapping with a ParallelizationFactor above 1 (one shard's records split by
+    partition key over concurrent batches). DynamoDB Streams records name no shard, so
+    they never carry a lane.
+    """
     if _is_map(payload):
         records = payload.get("Records")
         if isinstance(records, list) and records:
             source = _batch_source(records)
             if source is not None:
-                return _BATCH_DECODERS[source](records)
+                return _BATCH_DECODERS[source](records, lanes)
         if "detail-type" in payload and "source" in payload:
             return _eventbridge(payload)
     if _is_map(payload):
@@ -317,19 +327,22 @@ class _Templates:
     """One batch's `EventTemplate` per (source, type): its events are built without
     validating each again (every field the decoders hand over is already checked)."""
 
-    __slots__ = ("_by", "_shards")
+    __slots__ = ("_by", "_shards", "lanes")
 
-    def __init__(self) -> None:
+    def __init__(self, *, lanes: bool = True) -> None:
         self._by: dict[tuple[str, str], EventTemplate] = {}
-        self._shards: dict[tuple[str | None, str | None], dict[str, str]] = {}
+        self._shards: dict[tuple[str | None, str | None, bool], dict[str, str]] = {}
+        self.lanes = lanes
+        """Whether records of ordered lanes carry `LANE_ATTRIBUTE` (see `decode`)."""
 
-    def attributes(self, shard: str | None, region: str | None) -> dict[str, str]:
-        """A stream record's attributes, one mapping per shard and region (events never
-        change theirs, so the records of one shard share it)."""
-        found = self._shards.get((shard, region))
+    def attributes(self, shard: str | None, region: str | None, *, lane: bool) -> dict[str, str]:
+        """A stream record's attributes, one mapping per shard, region and whether it is on
+        its shard's lane (events never change theirs, so the records of one shard share it)."""
+        found = self._shards.get((shard, region, lane))
         if found is None:
-            found = self._shards[shard, region] = _attributes(
-                {"aws.shard": shard, "aws.region": region}
+            on_lane = shard if lane and self.lanes else None
+            found = self._shards[shard, region, lane] = _attributes(
+                {"aws.shard": shard, "aws.region": region, LANE_ATTRIBUTE: on_lane}
             )
         return found
 
@@ -492,8 +505,8 @@ def _kinesis_read(templates: _Templates, raw: Mapping[str, Any]) -> tuple[Item, 
     except (binascii.Error, ValueError):
         raise _Unreadable("kinesis.data is not valid base64") from None
     time = _seconds(body.get("approximateArrivalTimestamp"), "kinesis.approximateArrivalTimestamp")
-    shard = record_id.split(":", 1)[0] if ":" in record_id else None
-    attributes = templates.attributes(shard, _optional_text(raw.get("awsRegion"), "awsRegion"))
+    shard = _kinesis_shard(record_id, seq)
+    region = _optional_text(raw.get("awsRegion"), "awsRegion")
     try:
         user_records = deaggregate(data)
     except ValueError as exc:  # its messages name the fault, never the data
@@ -501,11 +514,15 @@ def _kinesis_read(templates: _Templates, raw: Mapping[str, Any]) -> tuple[Item, 
     if user_records is None:
         parts = [(_identity(body.get("partitionKey"), "kinesis.partitionKey"), data)]
         ids = [record_id]
+        # On its shard's lane: the source is the stream's ARN, so the lane is ARN + shard.
+        attributes = templates.attributes(shard, region, lane=True)
     else:
         parts = user_records
         # KPL user records share their carrier's sequence number: a failure reports the
-        # carrier, and the ones already done come back as duplicates.
+        # carrier, and the ones already done come back as duplicates. Sharing a position,
+        # they are on no lane: each keeps its own per-key marker.
         ids = [f"{record_id}:{n}" for n in range(len(parts))]
+        attributes = templates.attributes(shard, region, lane=False)
     event = templates(arn, "aws.kinesis.record").event
     if len(parts) == 1:  # the common case, without a generator
         [(partition_key, payload)] = parts
@@ -529,8 +546,20 @@ def _traced(attributes: dict[str, str], payload: bytes) -> dict[str, str]:
     return attributes if parent is None else {**attributes, "traceparent": parent}
 
 
-def _kinesis(records: Sequence[Any]) -> Delivery:
-    read = functools.partial(_kinesis_read, _Templates())
+def _kinesis_shard(event_id: str, seq: str) -> str | None:
+    """The shard of a Kinesis record, from Lambda's `eventID` (`<shard id>:<sequence>`).
+
+    The one place a shard id is read out of a string: a Kinesis record in a Lambda event
+    carries its shard in no field of its own (`eventSourceARN` is the stream). Only an
+    `eventID` ending in the record's own sequence number names a shard; any other names
+    none, and the record is on no lane.
+    """
+    shard, colon, tail = event_id.rpartition(":")
+    return shard if colon and shard and tail == seq else None
+
+
+def _kinesis(records: Sequence[Any], lanes: bool = True) -> Delivery:
+    read = functools.partial(_kinesis_read, _Templates(lanes=lanes))
     return _each(Delivery("kinesis"), records, read, _kinesis_named, "aws:kinesis")
 
 
@@ -622,8 +651,11 @@ def _check_image(image: Any, name: str) -> None:
         raise _Unreadable(f"{name} is not a DynamoDB image") from None
 
 
-def _dynamodb(records: Sequence[Any]) -> Delivery:
-    read = functools.partial(_dynamodb_read, _Templates())
+def _dynamodb(records: Sequence[Any], lanes: bool = True) -> Delivery:
+    # No lane: a DynamoDB Streams record names its stream (eventSourceARN) but not its
+    # shard (eventID is a random identifier), and the shards of one stream are read in
+    # parallel, so the stream alone is no ordered lane.
+    read = functools.partial(_dynamodb_read, _Templates(lanes=False))
     return _each(Delivery("dynamodb"), records, read, _dynamodb_named, "aws:dynamodb")
 
 
@@ -674,20 +706,28 @@ def _sqs_read(templates: _Templates, raw: Mapping[str, Any]) -> tuple[Item, list
         found: list[Record] = []
         for n, notice in enumerate(notices):
             where = f"{arn} message {message_id}, "
-            inner = _s3_record(notice, n, where, (f"{message_id}#s3-{n}", arn))
+            inner = _s3_record(templates, notice, n, where, (f"{message_id}#s3-{n}", arn))
             if isinstance(inner, Event) and count > 1:
                 inner = inner.model_copy(update={"delivery_count": count})
             found.append(inner)
         return Item(message_id, [], group), found
+    attributes = _sqs_attributes(raw, attrs)
+    # Lambda hands a FIFO group over in order already; a message id as the sequence
+    # keeps that order (the runner sorts numeric sequences only). A FIFO message with its
+    # group's SequenceNumber is on the group's lane (queue ARN + group), at that number.
+    sequence = message_id
+    number = _readable_sequence(attributes.get("aws.sequence_number"))
+    # A fair (standard) queue's messages have groups too, but no order: only a .fifo.
+    if templates.lanes and group and number is not None and arn.endswith(".fifo"):
+        sequence = number
+        attributes[LANE_ATTRIBUTE] = group
     return Item(message_id, [], group), [
         templates(arn, "aws.sqs.message").event(
             message_id,
             body.encode("utf-8"),
             group,
-            # Lambda hands a FIFO group over in order already; a message id as the
-            # sequence keeps that order (the runner sorts numeric sequences only).
-            message_id,
-            _sqs_attributes(raw, attrs),
+            sequence,
+            attributes,
             time=_milliseconds(attrs.get("SentTimestamp"), "attributes.SentTimestamp"),
             delivery_count=_receive_count(attrs),
         )
@@ -697,6 +737,7 @@ def _sqs_read(templates: _Templates, raw: Mapping[str, Any]) -> tuple[Item, list
 def _sqs_attributes(raw: Mapping[str, Any], attrs: Mapping[str, Any]) -> dict[str, str]:
     """A message's attributes and the queue's own details that onceflow passes on."""
     out = _message_attributes(raw.get("messageAttributes"))
+    out.pop(LANE_ATTRIBUTE, None)  # only the decoder puts a message on a lane
     region = _optional_text(raw.get("awsRegion"), "awsRegion")
     if region is not None:
         out["aws.region"] = region
@@ -712,12 +753,12 @@ def _sqs_attributes(raw: Mapping[str, Any], attrs: Mapping[str, Any]) -> dict[st
     return out
 
 
-def _sqs(records: Sequence[Any]) -> Delivery:
+def _sqs(records: Sequence[Any], lanes: bool = True) -> Delivery:
     arns = (
         r.get("eventSourceARN") for r in records if _is_map(r) and r.get("eventSource") == "aws:sqs"
     )
     fifo = next((a for a in arns if type(a) is str), "").endswith(".fifo")
-    read = functools.partial(_sqs_read, _Templates())
+    read = functools.partial(_sqs_read, _Templates(lanes=lanes))
     return _each(Delivery("sqs-fifo" if fifo else "sqs"), records, read, _sqs_named, "aws:sqs")
 
 
@@ -790,15 +831,22 @@ def s3_object(event: Event) -> S3Object:
     return S3Object(**json.loads(event.data))
 
 
-def _s3(records: Sequence[Any]) -> Delivery:
+def _s3(records: Sequence[Any], lanes: bool = True) -> Delivery:
     delivery = Delivery("s3")
+    templates = _Templates(lanes=False)  # S3 notifications are unordered: no lane
     for index, raw in enumerate(records):
-        record = _s3_record(raw, index, "", None)
+        record = _s3_record(templates, raw, index, "", None)
         delivery.add(Item(record.id, []), [record])
     return delivery
 
 
-def _s3_record(raw: Any, index: int, where: str, fallback: tuple[str, str] | None) -> Record:
+def _s3_record(
+    templates: Callable[[str, str], EventTemplate],
+    raw: Any,
+    index: int,
+    where: str,
+    fallback: tuple[str, str] | None,
+) -> Record:
     """One S3 notification record; `fallback` is the (id, source) to name a broken one by."""
     here = f"{where}S3 notification record {index}"
     s3 = _part(raw, "s3")
@@ -832,6 +880,7 @@ def _s3_record(raw: Any, index: int, where: str, fallback: tuple[str, str] | Non
             _optional_text(obj.get("eTag"), "s3.object.eTag"),
         )
         return _s3_event(
+            templates,
             found,
             _iso_time(raw.get("eventTime"), "eventTime"),
             _optional_text(raw.get("awsRegion"), "awsRegion"),
@@ -845,7 +894,12 @@ def _s3_record(raw: Any, index: int, where: str, fallback: tuple[str, str] | Non
 _VERBS = {"ObjectCreated": "", "ObjectRemoved": "#removed", "ObjectDeleted": "#removed"}
 
 
-def _s3_event(obj: S3Object, time: datetime, region: str | None) -> Event:
+def _s3_event(
+    templates: Callable[[str, str], EventTemplate],
+    obj: S3Object,
+    time: datetime,
+    region: str | None,
+) -> Event:
     if not obj.version_id and not obj.sequencer:
         raise _Unreadable("the notification has neither a versionId nor a sequencer")
     # The same object version (or, unversioned, the same write) is one event however
@@ -855,17 +909,13 @@ def _s3_event(obj: S3Object, time: datetime, region: str | None) -> Event:
     sequencer = (obj.sequencer or "").lstrip("0").upper()
     version = f"v={obj.version_id}" if obj.version_id else f"seq={sequencer}"
     verb = _VERBS.get(obj.event_name.split(":", 1)[0], f"#{obj.event_name}")
-    return Event(
-        id=f"{obj.bucket}/{obj.key}#{version}{verb}",
-        source=f"arn:aws:s3:::{obj.bucket}",
-        type=f"aws.s3.{obj.event_name}",
+    return templates(f"arn:aws:s3:::{obj.bucket}", f"aws.s3.{obj.event_name}").event(
+        f"{obj.bucket}/{obj.key}#{version}{verb}",
+        json.dumps(_s3_doc(obj), ensure_ascii=False).encode(),
+        f"{obj.bucket}/{obj.key}",
+        None,
+        _attributes({"aws.region": region, "aws.s3.bucket": obj.bucket, "aws.s3.key": obj.key}),
         time=time,
-        partition_key=f"{obj.bucket}/{obj.key}",
-        sequence=None,
-        data=json.dumps(_s3_doc(obj), ensure_ascii=False).encode(),
-        attributes=_attributes(
-            {"aws.region": region, "aws.s3.bucket": obj.bucket, "aws.s3.key": obj.key}
-        ),
     )
 
 
@@ -914,17 +964,14 @@ def _eventbridge_read(payload: Mapping[str, Any]) -> Record:
             _size(obj.get("size"), "detail.object.size"),
             _optional_text(obj.get("etag"), "detail.object.etag"),
         )
-        return _s3_event(s3, time, region)
+        return _s3_event(_template, s3, time, region)
     resources = payload.get("resources") or []
     if not isinstance(resources, list):
         raise _Unreadable(f"resources is {_kind(resources)}, not an array")
     names = [_text(r, "a resources member") for r in resources]
-    return Event(
-        id=event_id,
-        source=source,
-        type=detail_type,
-        time=time,
-        data=_json_bytes(detail, "detail"),
+    return _template(source, detail_type).event(
+        event_id,
+        _json_bytes(detail, "detail"),
         attributes=_attributes(
             {
                 "aws.account": _optional_text(payload.get("account"), "account"),
@@ -933,10 +980,18 @@ def _eventbridge_read(payload: Mapping[str, Any]) -> Record:
                 **(trace_fields(detail) if _is_map(detail) and "traceparent" in detail else {}),
             }
         ),
+        time=time,
     )
 
 
-_BATCH_DECODERS: dict[str, Callable[[Sequence[Any]], Delivery]] = {
+@functools.lru_cache(maxsize=256)
+def _template(source: str, type: str) -> EventTemplate:
+    """The template of single-event invocations (EventBridge) from `source` of `type`, kept
+    across invocations: a warm container validates it once, not once per event."""
+    return EventTemplate(source=source, type=type)
+
+
+_BATCH_DECODERS: dict[str, Callable[[Sequence[Any], bool], Delivery]] = {
     "aws:kinesis": _kinesis,
     "aws:dynamodb": _dynamodb,
     "aws:sqs": _sqs,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,8 +13,9 @@ import azure.functions as func
 from pydantic import ValidationError
 
 from onceflow.envelopes import leading_traceparent
-from onceflow.event import Event
+from onceflow.event import Event, EventTemplate
 from onceflow.records import InvalidRecord
+from onceflow.watermarks import LANE_ATTRIBUTE
 
 __all__ = ["decode_blob", "decode_event_hub", "decode_queue_message", "event_hub_context"]
 
@@ -122,7 +123,10 @@ def decode_event_hub(
     is that field of the JSON body instead (the source drops the partition, since a
     business key may move between partitions). The ordering lane is the publisher's
     partition key, else the partition. Offset, enqueued time and the user properties
-    become attributes. Total: an event that cannot be decoded (a mistyped field, a body
+    become attributes. Without `key_field`, and when the trigger names the partition, each
+    event is on its partition's watermark lane (`LANE_ATTRIBUTE`, at its sequence number):
+    the runner settles a batch with one lane record instead of a marker per event. Total:
+    an event that cannot be decoded (a mistyped field, a body
     that is no JSON object with the key field, text that is not valid Unicode) becomes
     an `InvalidRecord` naming it and the cause; the rest of the batch decodes.
     """
@@ -133,6 +137,7 @@ def decode_event_hub(
         partition=_scalar(context.get("PartitionId"), "unknown"),
         group=_scalar(context.get("ConsumerGroup"), consumer_group),
         key_field=key_field,
+        known=[name for name in context if _scalar(context[name], "") != ""],
     )
     properties = _metadata(events).get("PropertiesArray")
     if not isinstance(properties, list):
@@ -153,10 +158,17 @@ def decode_event_hub(
 class _Batch:
     """What every event of one Event Hubs batch shares, and how one event decodes."""
 
-    __slots__ = ("fixed", "hub", "key_field", "partition", "source", "space")
+    __slots__ = ("fixed", "hub", "key_field", "keyed", "partition", "plain", "source", "space")
 
     def __init__(
-        self, *, hub: str, space: str, partition: str, group: str, key_field: str | None
+        self,
+        *,
+        hub: str,
+        space: str,
+        partition: str,
+        group: str,
+        key_field: str | None,
+        known: Collection[str] = (),
     ) -> None:
         self.hub, self.space, self.partition, self.key_field = hub, space, partition, key_field
         self.source = f"{space}/{hub}/{partition}"
@@ -167,6 +179,16 @@ class _Batch:
             "eventhub.consumer_group": group,
         }
         """The attributes every event of the batch carries."""
+        if key_field is None and "PartitionId" in known:
+            # The partition's lane (source = namespace/hub/partition): sequence numbers
+            # rise along it and a batch is a contiguous run of it from its checkpoint.
+            # With a key field the event is known by a business key instead, which may
+            # come again at another sequence number: per-key markers then.
+            self.fixed[LANE_ATTRIBUTE] = partition
+        # Every event of the batch from one template, so none is validated again: the
+        # fields `decode` hands over are checked first (or made text) there.
+        self.plain = EventTemplate(source=self.source, type="azure.eventhub.event")
+        self.keyed = EventTemplate(source=f"{space}/{hub}", type="azure.eventhub.event")
 
     def locator(self, sequence: object) -> str:
         return (
@@ -183,6 +205,8 @@ class _Batch:
         if not isinstance(body, bytes):
             body = body.encode("utf-8") if isinstance(body, str) else bytes(body or b"")
         lane = event.partition_key or f"partition-{self.partition}"
+        if type(lane) is not str:
+            raise TypeError("the partition key is not text")
         if clean is not None:
             lane = clean(lane)
         if not _is_sequence(sequence):
@@ -202,19 +226,22 @@ class _Batch:
                 attributes = {str(k): _text(v) for k, v in user_props.items()}
             else:
                 attributes = {clean(str(k)): clean(_text(v)) for k, v in user_props.items()}
+        # Only the decoder puts an event on a lane: a publisher's property of that name
+        # is dropped (it would make a keyed event's position its identity).
+        attributes.pop(LANE_ATTRIBUTE, None)
         attributes.update(self.fixed)
         attributes["eventhub.sequence_number"] = number
         offset = event.offset
         if offset is not None:
             attributes["eventhub.offset"] = str(offset) if clean is None else clean(str(offset))
-        source, event_id = self.source, number
+        template, event_id = self.plain, number
         if self.key_field is not None:
             value, problem = _key_value(body, self.key_field)
             if problem:
                 locator = self.locator(number)
                 return InvalidRecord(
                     id=event_id,
-                    source=source,
+                    source=self.source,
                     reason=f"{locator}: the key field {self.key_field!r} {problem}",
                     raw=body,
                     locator=locator,
@@ -222,16 +249,9 @@ class _Batch:
                     sequence=number,
                     attributes={_clean(k): _clean(v) for k, v in attributes.items()},
                 )
-            source, event_id = f"{self.space}/{self.hub}", value
-        return Event(
-            id=event_id,
-            source=source,
-            type="azure.eventhub.event",
-            time=_aware(event.enqueued_time),
-            partition_key=lane,
-            sequence=number,
-            data=body,
-            attributes=attributes,
+            template, event_id = self.keyed, value
+        return template.event(
+            event_id, body, lane, number, attributes, time=_aware(event.enqueued_time)
         )
 
     def invalid(self, index: int, event: func.EventHubEvent, cause: str) -> InvalidRecord:
