@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -13,7 +14,7 @@ from onceflow.adapters.aws.window_counts import DynamoDBWindowCounts
 from onceflow.canary_cli import sqs_canary
 from onceflow.reconcile import reconcile
 
-__all__ = ["canary_handler", "reconcile_handler"]
+__all__ = ["OperationsError", "canary_handler", "reconcile_handler"]
 
 _clients: dict[str, Any] = {}
 
@@ -45,11 +46,33 @@ def _emf(pipeline: str, metrics: dict[str, float], units: dict[str, str]) -> Non
     sys.stdout.flush()
 
 
+class OperationsError(RuntimeError):
+    """A scheduled operations function cannot run: one line naming the cause (a Lambda error)."""
+
+
+def _setting(name: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        raise OperationsError(f"the function's environment has no {name}")
+    return value
+
+
 def reconcile_handler(event: Any, context: Any) -> dict[str, Any]:
-    """Reconcile the state table's counts with the sink table's items; emit the gap."""
-    pipeline = os.environ["ONCEFLOW_PIPELINE"]
+    """Reconcile the state table's counts with the sink table's items; emit the gap.
+
+    A state table holding no counts for the pipeline (a deployment from before counts were
+    kept, or a pipeline not wired with `count_windows`) raises `OperationsError` and emits
+    no metric: a gap of 0 would hide the misconfiguration, a gap of every row would be false.
+    """
+    pipeline = _setting("ONCEFLOW_PIPELINE")
+    state = _setting("ONCEFLOW_STATE_TABLE")
     client = _client("dynamodb")
-    windows = DynamoDBWindowCounts(os.environ["ONCEFLOW_STATE_TABLE"], client=client).read(pipeline)
+    windows = DynamoDBWindowCounts(state, client=client).read(pipeline)
+    if not windows:
+        raise OperationsError(
+            f"the state table {state} holds no window counts for pipeline {pipeline!r} "
+            "(a deployment from before counts were kept, or no count_windows); nothing emitted"
+        )
     sink = os.environ.get("ONCEFLOW_SINK_TABLE")
     rows = None
     if sink:
@@ -72,11 +95,15 @@ def reconcile_handler(event: Any, context: Any) -> dict[str, Any]:
 def canary_handler(event: Any, context: Any) -> dict[str, Any]:
     """Send a canary through the source queue; raise (a Lambda error) when it is not seen."""
     pipeline = os.environ.get("ONCEFLOW_PIPELINE", "onceflow")
-    outcome = sqs_canary(
-        os.environ["ONCEFLOW_CANARY_QUEUE_URL"],
-        os.environ["ONCEFLOW_CANARY_TABLE"],
-        deadline=float(os.environ.get("ONCEFLOW_CANARY_DEADLINE", "60")),
-    )
+    queue_url, table = _setting("ONCEFLOW_CANARY_QUEUE_URL"), _setting("ONCEFLOW_CANARY_TABLE")
+    text = os.environ.get("ONCEFLOW_CANARY_DEADLINE", "60")
+    try:
+        deadline = float(text)
+    except ValueError:
+        deadline = math.nan
+    if not math.isfinite(deadline) or deadline <= 0:
+        raise OperationsError(f"ONCEFLOW_CANARY_DEADLINE {text!r}: a positive number of seconds")
+    outcome = sqs_canary(queue_url, table, deadline=deadline)
     seen = outcome.waited is not None
     metrics = {"CanaryFailed": 0.0 if seen else 1.0}
     units = {"CanaryFailed": "Count", "CanarySeconds": "Seconds"}
