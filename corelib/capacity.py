@@ -41,6 +41,8 @@ __all__ = [
 
 KIB = 1024
 HOUR = 3600.0
+EVENTHUB_STANDARD_TUS = 40
+"""The most throughput units one Standard-tier Event Hubs namespace takes."""
 
 AWS_DESIGNS = ("upsert", "optimistic", "atomic", "powertools", "naive")
 """onceflow's three DynamoDB modes, a Powertools-style per-event design, and the classic
@@ -403,7 +405,13 @@ def plan_azure(
             "TU",
             units * price.eventhub_tu_hour + eps * HOUR / 1e6 * price.eventhub_million_events,
             f"max(ceil({eps:g} x {record_bytes} B / 1 MiB/s), ceil({eps:g} / 1,000 ev/s)) "
-            f"throughput units x ${price.eventhub_tu_hour}/h + ingress events",
+            f"throughput units x ${price.eventhub_tu_hour}/h + ingress events"
+            + (
+                f"; {units:,} TUs is over the Standard tier's {EVENTHUB_STANDARD_TUS} per "
+                "namespace: spread over namespaces, or price Premium/Dedicated"
+                if units > EVENTHUB_STANDARD_TUS
+                else ""
+            ),
         )
     )
     invocations = eps / batch_size

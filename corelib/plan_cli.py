@@ -117,44 +117,51 @@ def _plan(
     try:
         figures, where = find_figures(args.figures)
         prices = load_prices(prices_kind, args.prices)
-        plans = [
-            planner(
-                design,
-                events_per_second=args.events_per_second,
-                record_bytes=args.record_bytes,
-                figures=figures,
-                prices=prices,
-                batch_size=args.batch_size,
-                memory_mb=args.memory_mb,
-                work_ms=args.work_ms,
-                request_ms=args.request_ms,
-                **extra,
-            )
-            for design in designs
-        ]
+        common: dict[str, Any] = {
+            "events_per_second": args.events_per_second,
+            "record_bytes": args.record_bytes,
+            "figures": figures,
+            "prices": prices,
+            "batch_size": args.batch_size,
+            "memory_mb": args.memory_mb,
+            "work_ms": args.work_ms,
+            "request_ms": args.request_ms,
+        }
+        plans = [planner(design, **common, **extra) for design in designs]
     except ConfigurationError as exc:
         raise CliError(str(exc)) from None
     _print(plans, args)
     print(f"\nfigures: {where}")
     if isinstance(prices, AwsPrices):
         print(f"prices: {price_assumption(args.prices)}")
-        _classic(plans, prices)
+
+        def rerun(design: str, other: AwsPrices) -> Plan:
+            return planner(design, **{**common, "prices": other}, **extra)
+
+        _classic(plans, prices, rerun)
     return 0
 
 
-def _classic(plans: list[Plan], prices: AwsPrices) -> None:
-    """The back-of-the-envelope DynamoDB line at these prices, and ours beside it."""
-    _, text = dynamodb_line(prices)
-    print(f"naive design, the classic line: {text}")
-    ours = [
-        f"{p.design} ${line.dollars_per_hour:,.2f}"
-        for p in plans
-        if p.design not in ("naive", "powertools")
-        for line in p.lines
-        if line.component == "DynamoDB"
-    ]
-    if ours:
-        print(f"onceflow DynamoDB per hour at this load and these prices: {', '.join(ours)}")
+def _classic(plans: list[Plan], prices: AwsPrices, rerun: Callable[[str, AwsPrices], Plan]) -> None:
+    """The back-of-the-envelope DynamoDB line, at its own prices and at these, and ours beside."""
+    classic = load_prices(AwsPrices, "classic")
+    _, text = dynamodb_line(classic)
+    print(f"naive design, the classic line: {text} (`--prices classic`: back-solved, see docs)")
+    if prices != classic:
+        _, here = dynamodb_line(prices)
+        print(f"naive design at these prices: {here}")
+    ours = [p for p in plans if p.design not in ("naive", "powertools")]
+    if not ours:
+        return
+
+    def dynamodb(plan: Plan) -> float:
+        return sum(line.dollars_per_hour for line in plan.lines if line.component == "DynamoDB")
+
+    here_text = ", ".join(f"{p.design} ${dynamodb(p):,.2f}" for p in ours)
+    print(f"onceflow DynamoDB per hour at this load and these prices: {here_text}")
+    if prices != classic:
+        there = ", ".join(f"{p.design} ${dynamodb(rerun(p.design, classic)):,.2f}" for p in ours)
+        print(f"onceflow DynamoDB per hour at this load and the classic prices: {there}")
 
 
 def _print(plans: list[Plan], args: argparse.Namespace) -> None:

@@ -10,6 +10,7 @@ import pytest
 from onceflow.capacity import (
     AWS_DESIGNS,
     AwsPrices,
+    AzurePrices,
     Figures,
     dynamodb_line,
     find_figures,
@@ -153,3 +154,77 @@ def test_an_unknown_price_set_names_the_sets(capsys: pytest.CaptureFixture[str])
     err = capsys.readouterr().err.strip()
     assert "named sets: list, reserved-1y, reserved-3y, classic" in err
     assert len(err.splitlines()) == 1
+
+
+def test_the_issues_command_prints_the_classic_line_and_ours_beside_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["plan", "aws", "--events-per-second", "1000000", "--record-bytes", "1024"]
+    assert main([*argv, "--mode", "upsert"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "naive design, the classic line: 1,000,000 WCU x $0.00008125 + 1,000,000 RCU x "
+        "$0.00008125 = $162.50 per hour at provisioned prices for 1,000,000 writes and "
+        "1,000,000 reads per second (`--prices classic`: back-solved, see docs)"
+    ) in out
+    assert "naive design at these prices: " in out and "= $780.00 per hour" in out
+    figures = load_figures()
+    classic = load_prices(AwsPrices, "classic")
+    ours = plan_aws(
+        "upsert", events_per_second=MILLION, record_bytes=1024, figures=figures, prices=classic
+    )
+    assert (
+        "onceflow DynamoDB per hour at this load and the classic prices: "
+        f"upsert ${line(ours, 'DynamoDB'):,.2f}"
+    ) in out
+
+
+def test_the_azure_variant_on_known_inputs() -> None:
+    figures = {
+        "azure-table": Figures(requests=0.02, write_units=1, read_units=0, runner_us=100),
+        "azure-cosmos": Figures(requests=1, write_units=2, read_units=1, runner_us=100),
+    }
+    prices = AzurePrices()
+    table = plan_azure(
+        "table", events_per_second=20_000, record_bytes=2048, figures=figures, batch_size=100
+    )
+    [hubs] = [x for x in table.lines if x.component == "Event Hubs"]
+    # 20,000 x 2 KiB = 39.06 MiB/s: 40 TUs by bytes, 20 by events.
+    assert hubs.quantity == 40 and "over the Standard tier" not in hubs.basis
+    assert hubs.dollars_per_hour == pytest.approx(
+        40 * prices.eventhub_tu_hour + 20_000 * 3600 / 1e6 * prices.eventhub_million_events
+    )
+    # 200 executions/s, each 100 x (0.1 ms + 0.02 x 5 ms) = 20 ms, at 1.5 GB.
+    gb_seconds = 200 * 0.020 * 1.5 * 3600
+    [compute] = [x for x in table.lines if x.component == "Functions compute"]
+    assert compute.quantity == pytest.approx(gb_seconds)
+    assert compute.dollars_per_hour == pytest.approx(
+        gb_seconds * prices.functions_gb_second
+        + 200 * 3600 / 1e6 * prices.functions_million_executions
+    )
+    assert line(table, "Table storage") == pytest.approx(
+        20_000 * 0.02 * 3600 / 1e4 * prices.table_ten_thousand_transactions
+    )
+    cosmos = plan_azure("cosmos", events_per_second=20_000, record_bytes=2048, figures=figures)
+    # 2 writes x 5 RU per KB x 2 KB + 1 read x 1 RU = 21 RU per event.
+    [rus] = [x for x in cosmos.lines if x.component == "Cosmos DB"]
+    assert rus.quantity == 20_000 * 21
+    assert rus.dollars_per_hour == pytest.approx(20_000 * 21 / 100 * prices.cosmos_hundred_rus_hour)
+    big = plan_azure("table", events_per_second=MILLION, record_bytes=1024, figures=figures)
+    assert "over the Standard tier's 40 per namespace" in big.lines[0].basis
+
+
+def test_the_azure_command_and_its_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["plan", "azure", "--events-per-second", "20000"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    for component in ("Event Hubs", "Functions compute", "Table storage", "Cosmos DB"):
+        assert component in out
+    assert "classic line" not in out  # a DynamoDB line has no place in an Azure plan
+    for extra, message in (
+        (["--mode", "dynamodb"], "unknown --mode 'dynamodb': one of all, table, cosmos"),
+        (["--prices", "classic"], "cannot read prices file classic (named sets: none)"),
+    ):
+        assert main([*argv, *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1
