@@ -27,7 +27,9 @@ from typing import Any
 import pytest
 
 from onceflow import Event, Pipeline
-from onceflow.adapters.aws.chunks import chunked_handlers, execution_name
+from onceflow.adapters.aws.chunks import ChunkOutOfTime, chunked_handlers, execution_name
+from onceflow.adapters.aws.entry import BatchFailed
+from onceflow.adapters.aws.objects import ObjectChanged
 from onceflow.adapters.aws.state_machine import chunked_resources, chunked_state_machine
 from onceflow.adapters.memory import MemoryIdempotencyStore, MemorySink
 from tests.support.servers import MotoServer, moto_server
@@ -51,7 +53,10 @@ def body(count: int) -> bytes:
     )
 
 
-def notification(bucket: str, key: str, size: int) -> dict[str, Any]:
+def notification(bucket: str, key: str, size: int, version_id: str | None = None) -> dict[str, Any]:
+    found: dict[str, Any] = {"key": key, "size": size, "sequencer": "0055AED6DCD90281E5"}
+    if version_id:
+        found["versionId"] = version_id
     return {
         "Records": [
             {
@@ -60,7 +65,7 @@ def notification(bucket: str, key: str, size: int) -> dict[str, Any]:
                 "eventTime": "2026-12-01T00:00:00.000Z",
                 "s3": {
                     "bucket": {"name": bucket},
-                    "object": {"key": key, "size": size, "sequencer": "0055AED6DCD90281E5"},
+                    "object": found,
                 },
             }
         ]
@@ -68,16 +73,18 @@ def notification(bucket: str, key: str, size: int) -> dict[str, Any]:
 
 
 class Ranges:
-    """The Range of every GetObject the client sends for the object `key`."""
+    """The Range (and the pin) of every GetObject the client sends for the object `key`."""
 
     def __init__(self, client: Any, key: str) -> None:
         self.key = key
         self.seen: list[str | None] = []
+        self.pins: list[tuple[str | None, str | None]] = []
         client.meta.events.register("provide-client-params.s3.GetObject", self._record)
 
     def _record(self, params: Any, **_: Any) -> None:
         if params.get("Key") == self.key:
             self.seen.append(params.get("Range"))
+            self.pins.append((params.get("VersionId"), params.get("IfMatch")))
 
 
 def state_machine_role(moto: Any) -> str:
@@ -124,6 +131,8 @@ def test_chunk_workers_read_ranged_slices_and_fan_in_equals_one_read(
     replies = [handlers.chunk_worker({**item, "index": c["index"]}) for c in started["chunks"]]
     assert all(r["skipped"] for r in [handlers.chunk_worker({**item, "index": 0})])
     assert ranges.seen and all(r is not None and r.startswith("bytes=") for r in ranges.seen)
+    # An unversioned bucket: every read carries the planned ETag.
+    assert {pin for pin in ranges.pins} == {(None, f'"{started["version"]}"')}
     read = sum(int(b) - int(a) + 1 for a, b in (r[6:].split("-") for r in ranges.seen if r))
     assert read == len(data)  # each byte once, never the whole object in one GET
     fanned = handlers.fan_in(item)
@@ -307,3 +316,160 @@ class _Recorder:
 
     def start_execution(self, **kwargs: Any) -> None:
         self.inputs.append(json.loads(kwargs["input"]))
+
+
+# -- reads pinned to the planned version -------------------------------------------------------
+
+
+def started_handlers(s3: Any, pipeline: Pipeline, **options: Any) -> tuple[Any, _Recorder]:
+    recorder = _Recorder()
+    settings = {"inline_limit": 1, "chunk_size": 40_000, **options}
+    handlers = chunked_handlers(
+        pipeline, s3=s3, stepfunctions=recorder, state_machine_arn="arn:t", **settings
+    )
+    return handlers, recorder
+
+
+def test_an_object_rewritten_mid_run_fails_its_chunks_clearly(
+    moto: MotoServer, s3_bucket: str
+) -> None:
+    s3 = moto.client("s3")
+    key = f"rewritten/{uuid.uuid4().hex[:6]}.jsonl"
+    data = body(4_000)
+    s3.put_object(Bucket=s3_bucket, Key=key, Body=data)
+    sink = MemorySink()
+    pipeline = Pipeline(Doubler(), sink, MemoryIdempotencyStore(), MemorySink())
+    handlers, recorder = started_handlers(s3, pipeline)
+    handlers.router(notification(s3_bucket, key, len(data)))
+    (doc,) = recorder.inputs
+    assert doc["pin"] == "etag" and len(doc["chunks"]) > 2
+    item = {k: doc[k] for k in ("bucket", "key", "version", "pin")}
+    first = handlers.chunk_worker({**item, "index": 0})
+    # Rewritten between chunks, to the same size: no chunk may read the new bytes.
+    s3.put_object(Bucket=s3_bucket, Key=key, Body=data.replace(b'"n": 3', b'"n": 9'))
+    with pytest.raises(ObjectChanged, match="rewritten since its chunk plan") as caught:
+        handlers.chunk_worker({**item, "index": 1})
+    assert '"n"' not in str(caught.value)  # names the object, never its contents
+    assert first["rows"] > 0 and len(sink) == first["rows"]  # chunk 1 applied nothing
+    fanned = handlers.fan_in({k: doc[k] for k in ("bucket", "key", "version")})
+    assert not fanned["complete"] and 1 in fanned["missing"]
+
+
+def test_a_versioned_object_is_read_at_its_version_after_an_overwrite(moto: MotoServer) -> None:
+    s3 = moto.client("s3")
+    bucket = f"versioned-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket)
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    key = "orders.jsonl"
+    ranges = Ranges(s3, key)
+    data = body(4_000)
+    version = s3.put_object(Bucket=bucket, Key=key, Body=data)["VersionId"]
+    sink = MemorySink()
+    pipeline = Pipeline(Doubler(), sink, MemoryIdempotencyStore(), MemorySink())
+    handlers, recorder = started_handlers(s3, pipeline)
+    handlers.router(notification(bucket, key, len(data), version_id=version))
+    (doc,) = recorder.inputs
+    assert (doc["version"], doc["pin"]) == (version, "version")
+    s3.put_object(Bucket=bucket, Key=key, Body=body(10))  # overwritten before any chunk ran
+    item = {k: doc[k] for k in ("bucket", "key", "version", "pin")}
+    for chunk in doc["chunks"]:
+        handlers.chunk_worker({**item, "index": chunk["index"]})
+    assert handlers.fan_in(item)["complete"]
+    assert sorted(v["n"] for v in sink.values()) == list(range(4_000))  # the planned version
+    assert {pin for pin in ranges.pins} == {(version, None)}
+
+
+# -- the invocation's time left ----------------------------------------------------------------
+
+
+class FakeContext:
+    """A Lambda context whose time left is spent by the work done (`spend`)."""
+
+    def __init__(self, remaining_ms: int) -> None:
+        self.remaining_ms = remaining_ms
+
+    def spend(self, ms: int) -> None:
+        self.remaining_ms = max(0, self.remaining_ms - ms)
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self.remaining_ms
+
+
+class Counting(Doubler):
+    """Counts its calls; each spends `ms_per_event` of `context`'s time, if given one."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.context: FakeContext | None = None
+        self.ms_per_event = 0
+
+    def process(self, event: Event) -> dict[str, int]:
+        self.calls += 1
+        if self.context is not None:
+            self.context.spend(self.ms_per_event)
+        return super().process(event)
+
+
+def test_a_chunk_worker_stops_between_batches_before_its_timeout(
+    moto: MotoServer, s3_bucket: str
+) -> None:
+    s3 = moto.client("s3")
+    key = f"deadline/{uuid.uuid4().hex[:6]}.jsonl"
+    data = body(3_000)
+    s3.put_object(Bucket=s3_bucket, Key=key, Body=data)
+    processor, sink = Counting(), MemorySink()
+    pipeline = Pipeline(processor, sink, MemoryIdempotencyStore(), MemorySink())
+    handlers, recorder = started_handlers(s3, pipeline, batch_size=100, safety_margin=10.0)
+    handlers.router(notification(s3_bucket, key, len(data)))
+    (doc,) = recorder.inputs
+    item = {k: doc[k] for k in ("bucket", "key", "version", "pin")}
+    # 30 s left, 5 s a batch: stops after four batches, with the margin still left.
+    context = FakeContext(30_000)
+    processor.context, processor.ms_per_event = context, 50
+    with pytest.raises(ChunkOutOfTime, match="stopped between batches"):
+        handlers.chunk_worker({**item, "index": 0}, context)
+    assert processor.calls == len(sink) == 400 and context.remaining_ms == 10_000
+    processor.context = None
+    # Left uncommitted and released: the retry claims it at once (not ChunkBusy) and
+    # finishes it; what the first attempt committed is a duplicate, not applied again.
+    reply = handlers.chunk_worker({**item, "index": 0}, FakeContext(900_000))
+    assert not reply["skipped"] and reply["rows"] > 400
+    assert processor.calls == len(sink) == reply["rows"]
+    for chunk in doc["chunks"][1:]:
+        handlers.chunk_worker({**item, "index": chunk["index"]}, FakeContext(900_000))
+    assert handlers.fan_in(item)["rows"] == processor.calls == len(sink) == 3_000
+
+
+def test_too_little_time_left_starts_nothing(moto: MotoServer, s3_bucket: str) -> None:
+    s3 = moto.client("s3")
+    key = f"late/{uuid.uuid4().hex[:6]}.jsonl"
+    data = body(2_000)
+    s3.put_object(Bucket=s3_bucket, Key=key, Body=data)
+    processor = Counting()
+    pipeline = Pipeline(processor, MemorySink(), MemoryIdempotencyStore(), MemorySink())
+    handlers, recorder = started_handlers(s3, pipeline)
+    handlers.router(notification(s3_bucket, key, len(data)))
+    (doc,) = recorder.inputs
+    item = {k: doc[k] for k in ("bucket", "key", "version", "pin")}
+    ranges = Ranges(s3, key)
+    with pytest.raises(ChunkOutOfTime):
+        handlers.chunk_worker({**item, "index": 0}, FakeContext(5_000))
+    assert processor.calls == 0 and ranges.seen == []
+    # The router's inline run hands the object back the same way: Lambda invokes again.
+    small = f"late/{uuid.uuid4().hex[:6]}.jsonl"
+    s3.put_object(Bucket=s3_bucket, Key=small, Body=data)
+    inline = chunked_handlers(pipeline, s3=s3, state_machine_arn="arn:unused")
+    with pytest.raises(BatchFailed):
+        inline.router(notification(s3_bucket, small, len(data)), FakeContext(5_000))
+    assert processor.calls == 0
+
+
+def test_the_router_ignores_the_ledgers_own_files(moto: MotoServer, s3_bucket: str) -> None:
+    s3 = moto.client("s3")
+    key = f"_onceflow/chunked/{uuid.uuid4().hex[:6]}/plan.json"
+    s3.put_object(Bucket=s3_bucket, Key=key, Body=b'{"path": "x"}\n')
+    processor = Counting()
+    pipeline = Pipeline(processor, MemorySink(), MemoryIdempotencyStore(), MemorySink())
+    handlers = chunked_handlers(pipeline, s3=s3, state_machine_arn="arn:unused")
+    assert handlers.router(notification(s3_bucket, key, 14))["failed"] == 0
+    assert processor.calls == 0
