@@ -8,7 +8,14 @@ delivered again. DynamoDB requests are counted with a botocore event hook and wr
 units as DynamoDB bills them (1 per KB written, 2 per KB in a transaction). Cold
 start is the import of each handler's modules in a fresh interpreter.
 
+The per-event figures (DynamoDB requests, write and read units per event per design and
+delivery, client CPU microseconds per record, cold starts) go to `benchmarks/results.json`
+(`onceflow.capacity.results_document`), which `onceflow plan` reads. `measure()`,
+`figures_of()`, `write_results()` and `cold_starts()` are importable: importing this module
+does no work.
+
 Run: .venv/bin/python benchmarks/aws_vs_powertools.py [--records N] [--imports N]
+     [--results PATH | --no-results]
 """
 
 from __future__ import annotations
@@ -40,11 +47,16 @@ from onceflow.adapters.aws import (  # noqa: E402
     dynamodb_pipeline_parts,
     lambda_handler,
 )
+from onceflow.capacity import Figures, find_figures, results_document  # noqa: E402
+from onceflow.errors import ConfigurationError  # noqa: E402
 from onceflow.event import Event  # noqa: E402
 from onceflow.pipeline import Pipeline  # noqa: E402
 from tests.support.servers import MotoServer, moto_server  # noqa: E402
 
 STREAM_ARN = "arn:aws:kinesis:us-east-1:123456789012:stream/orders"
+RESULTS = ROOT / "benchmarks" / "results.json"
+TABLE = "benchmarks/aws_vs_powertools.py"
+"""This benchmark's name in the results document's `tables`."""
 MODES = {
     "upsert": DynamoDBMode.UPSERT,
     "optimistic": DynamoDBMode.OPTIMISTIC,
@@ -397,29 +409,155 @@ def import_seconds(code: str, repeats: int) -> float:
     return statistics.median(times)
 
 
-def write_figures(path: Path, rows: list[Row]) -> None:
-    """The first-delivery figures per design, in the file `onceflow plan` reads."""
-    designs: dict[str, dict[str, float]] = {}
+def figures_of(rows: list[Row]) -> dict[str, Figures]:
+    """The first-delivery figures per design (the cost planner's per-event inputs)."""
+    designs: dict[str, Figures] = {}
     for r in rows:
         if r.delivery != "first" or r.name.startswith("lane sketch"):
             continue  # the sketch is not a deployable design yet
         per = r.events or 1
-        designs[r.name.removeprefix("onceflow ")] = {
-            "requests": round(r.requests / per, 4),
-            "write_units": round(r.write_units / per, 4),
-            "read_units": round(r.read_units / per, 4),
-            "runner_us": round(r.cpu_seconds * 1e6 / per, 1),
-            "items_written": 1.0,
-        }
+        designs[r.name.removeprefix("onceflow ")] = Figures(
+            requests=round(r.requests / per, 4),
+            write_units=round(r.write_units / per, 4),
+            read_units=round(r.read_units / per, 4),
+            runner_us=round(r.cpu_seconds * 1e6 / per, 1),
+            items_written=1.0,
+        )
+    return designs
+
+
+def per_event_table(rows: list[Row]) -> list[dict[str, Any]]:
+    """Every row (both deliveries, sketches too) per event, for `benchmarks/results.json`."""
+    out = []
+    for r in rows:
+        per = r.events or 1
+        out.append(
+            {
+                "design": r.name.removeprefix("onceflow "),
+                "delivery": r.delivery,
+                "events": r.events,
+                "requests_per_event": round(r.requests / per, 4),
+                "write_units_per_event": round(r.write_units / per, 4),
+                "read_units_per_event": round(r.read_units / per, 4),
+                "us_per_record": round(r.cpu_seconds * 1e6 / per, 1),
+                "wall_seconds": round(r.seconds, 3),
+                "failures": r.failures,
+            }
+        )
+    return out
+
+
+def write_figures(path: Path, rows: list[Row]) -> None:
+    """The first-delivery figures per design, in the file the package ships (`--figures`)."""
     old = json.loads(path.read_text()) if path.exists() else {}
     # Designs this script does not measure (the naive line, Azure) are kept as they were.
-    merged = {**old.get("designs", {}), **designs}
+    merged = {**old.get("designs", {}), **{k: vars(v) for k, v in figures_of(rows).items()}}
     body = {
         "measured": time.strftime("%Y-%m-%d"),
         "source": "benchmarks/aws_vs_powertools.py (Kinesis batch, one item per event, moto)",
         "designs": dict(sorted(merged.items())),
     }
     path.write_text(json.dumps(body, indent=2) + "\n")
+
+
+def write_results(
+    path: Path, rows: list[Row], *, cold_start_ms: dict[str, float] | None = None
+) -> dict[str, Any]:
+    """Write `rows` into the results document at `path` (`onceflow.capacity`'s format).
+
+    The per-design figures join those already there (designs not measured now, the naive
+    line and Azure, keep theirs); this benchmark's own table replaces its previous one;
+    other benchmarks' tables are kept.
+    """
+    old: dict[str, Any] = {}
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except ValueError:
+            old = {}
+    kept: dict[str, Figures] = {}
+    if old:
+        try:
+            kept = find_figures(path)[0]
+        except ConfigurationError:
+            kept = {}
+    figures = {**kept, **figures_of(rows)}
+    today = time.strftime("%Y-%m-%d")
+    document = results_document(
+        figures,
+        measured=today,
+        source=f"{TABLE} (Kinesis batch, one item per event, moto server)",
+    )
+    tables = dict(old.get("tables", {})) if isinstance(old.get("tables"), dict) else {}
+    tables[TABLE] = {"measured": today, "rows": per_event_table(rows)}
+    if cold_start_ms:
+        tables[TABLE]["cold_start_ms"] = {k: round(v, 1) for k, v in cold_start_ms.items()}
+    document["tables"] = dict(sorted(tables.items()))
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    return document
+
+
+def measure(
+    records: int = 1000, modes: tuple[str, ...] = tuple(MODES), *, sketch: bool = True
+) -> list[Row]:
+    """One run of every design on a fresh moto server: Powertools, the lane sketches, and
+    onceflow in each of `modes`; each design delivers the batch twice."""
+    event = kinesis_batch(records)
+    rows: list[Row] = []
+    with moto_server() as server:
+        meter = Meter.new()
+        rows += run("powertools", powertools_handler(server, meter), meter, event, records)
+        for sketch_atomic in (False, True) if sketch else ():
+            meter = Meter.new()
+            handler, tables = lane_sketch_handler(server, meter, sketch_atomic)
+            rows += run(
+                f"lane sketch {'atomic' if sketch_atomic else 'upsert'}",
+                handler,
+                meter,
+                event,
+                records,
+                functools.partial(item_counts, server, tables),
+            )
+        for mode in modes:
+            meter = Meter.new()
+            handler, tables = onceflow_handler(server, meter, mode)
+            rows += run(
+                f"onceflow {mode}",
+                handler,
+                meter,
+                event,
+                records,
+                functools.partial(item_counts, server, tables),
+            )
+    return rows
+
+
+COLD_START = {
+    "onceflow handler import": "import examples.orders.lambda_function",
+    # What the first invocation adds when it builds the pipeline: the DynamoDB/SQS modules.
+    "onceflow + DynamoDB/SQS modules and a boto3 client": (
+        "import examples.orders.lambda_function, onceflow.adapters.aws.dynamodb_sink, "
+        "onceflow.adapters.aws.sqs_sink, boto3; boto3.client('dynamodb')"
+    ),
+    "powertools batch + idempotency import": (
+        "import aws_lambda_powertools.utilities.batch, aws_lambda_powertools.utilities.idempotency"
+    ),
+    "powertools + a boto3 DynamoDB client": (
+        "import aws_lambda_powertools.utilities.batch, aws_lambda_powertools.utilities.idempotency"
+        ", boto3; boto3.client('dynamodb')"
+    ),
+}
+"""Cold-start probes: what each handler imports (and builds) before its first record."""
+
+
+def cold_starts(repeats: int) -> dict[str, float]:
+    """Median milliseconds of each `COLD_START` probe, the probes interleaved round by round
+    so a loaded machine slows them alike."""
+    times: dict[str, list[float]] = {name: [] for name in COLD_START}
+    for _ in range(repeats):
+        for name, code in COLD_START.items():
+            times[name].append(import_seconds(code, 1) * 1000)
+    return {name: statistics.median(each) for name, each in times.items()}
 
 
 def main() -> None:
@@ -437,39 +575,22 @@ def main() -> None:
         help="write the per-event figures the cost planner reads (corelib/cost_figures.json)",
     )
     parser.add_argument(
+        "--results",
+        type=Path,
+        default=RESULTS,
+        help="the results document the cost planner reads (default: benchmarks/results.json)",
+    )
+    parser.add_argument(
+        "--no-results", dest="results", action="store_const", const=None, help="write none"
+    )
+    parser.add_argument(
         "--no-sketch",
         dest="sketch",
         action="store_false",
         help="skip the lane-watermark request pattern rows (issue 15 design, not the runner)",
     )
     args = parser.parse_args()
-    event = kinesis_batch(args.records)
-    rows: list[Row] = []
-    with moto_server() as server:
-        meter = Meter.new()
-        rows += run("powertools", powertools_handler(server, meter), meter, event, args.records)
-        for sketch_atomic in (False, True) if args.sketch else ():
-            meter = Meter.new()
-            handler, tables = lane_sketch_handler(server, meter, sketch_atomic)
-            rows += run(
-                f"lane sketch {'atomic' if sketch_atomic else 'upsert'}",
-                handler,
-                meter,
-                event,
-                args.records,
-                functools.partial(item_counts, server, tables),
-            )
-        for mode in args.modes.split(","):
-            meter = Meter.new()
-            handler, tables = onceflow_handler(server, meter, mode)
-            rows += run(
-                f"onceflow {mode}",
-                handler,
-                meter,
-                event,
-                args.records,
-                functools.partial(item_counts, server, tables),
-            )
+    rows = measure(args.records, tuple(args.modes.split(",")), sketch=args.sketch)
     print(
         f"Kinesis batch of {args.records} records, one DynamoDB item written per event, "
         "moto server on loopback\n"
@@ -502,37 +623,16 @@ def main() -> None:
             why = "" if ratio >= 1 else " (moto copies every table a transaction touches)"
             print(f"{r.name}: {verdict} than Powertools on first delivery{why}")
 
-    ours = import_seconds("import examples.orders.lambda_function", args.imports)
-    # What the first invocation adds when it builds the pipeline: the DynamoDB/SQS modules.
-    ours_built = import_seconds(
-        "import examples.orders.lambda_function, onceflow.adapters.aws.dynamodb_sink, "
-        "onceflow.adapters.aws.sqs_sink, boto3; boto3.client('dynamodb')",
-        args.imports,
-    )
-    theirs = import_seconds(
-        "import aws_lambda_powertools.utilities.batch, aws_lambda_powertools.utilities.idempotency",
-        args.imports,
-    )
-    theirs_built = import_seconds(
-        "import aws_lambda_powertools.utilities.batch, aws_lambda_powertools.utilities.idempotency"
-        ", boto3; boto3.client('dynamodb')",
-        args.imports,
-    )
+    cold = cold_starts(args.imports)
     print()
-    print(
-        table(
-            ["cold start: import of", "median ms"],
-            [
-                ["examples.orders.lambda_function (onceflow handler)", f"{ours * 1000:.0f}"],
-                [
-                    "  + DynamoDB/SQS modules and a boto3 client (1st call)",
-                    f"{ours_built * 1000:.0f}",
-                ],
-                ["powertools batch + idempotency modules", f"{theirs * 1000:.0f}"],
-                ["  + a boto3 DynamoDB client (1st call)", f"{theirs_built * 1000:.0f}"],
-            ],
-        )
-    )
+    print(table(["cold start: import of", "median ms"], [[k, f"{v:.0f}"] for k, v in cold.items()]))
+    ours = cold["onceflow + DynamoDB/SQS modules and a boto3 client"]
+    theirs = cold["powertools + a boto3 DynamoDB client"]
+    verdict = "meets" if ours <= theirs else "misses"
+    print(f"cold start with a client: onceflow {ours / theirs:.2f}x Powertools ({verdict})")
+    if args.results is not None:
+        write_results(args.results, rows, cold_start_ms=cold)
+        print(f"\nwrote {args.results}")
 
 
 if __name__ == "__main__":

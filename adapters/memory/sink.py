@@ -35,16 +35,26 @@ class MemorySink:
         self.faults = faults or Faults()
         self.max_value_bytes = max_value_bytes
         self.lock = threading.RLock()
-        # Plain tuples, not Output named tuples: the garbage collector stops tracking
-        # them, so holding millions of outputs costs nothing in later collections. The
-        # values live in a dict of their own for the same reason: a tuple holding a dict
-        # is always tracked.
-        self.values_by_id: dict[str, Any] = {}
-        self.meta: dict[str, tuple[Any, ...]] = {}
+        # The outputs themselves, by output_id: putting one is a dict entry and a log line,
+        # nothing built per output (this sink sits in every memory benchmark's hot path).
+        self.outputs: dict[str, Output] = {}
         self.writes: list[str] = []
         """Every output_id written, in the order written (rewrites included)."""
-        self.attributes: dict[str, Mapping[str, str]] = {}
+
+    @property
+    def meta(self) -> dict[str, tuple[Any, ...]]:
+        """(event_key, event_id, index, partition_key) of each stored output, by output_id."""
+        with self.lock:
+            return {
+                oid: (o.event_key, o.event_id, o.index, o.partition_key)
+                for oid, o in self.outputs.items()
+            }
+
+    @property
+    def attributes(self) -> dict[str, Mapping[str, str]]:
         """The message metadata of the outputs that carry any (trace context), by output_id."""
+        with self.lock:
+            return {oid: o.attributes for oid, o in self.outputs.items() if o.attributes}
 
     def commits_with(self, store: IdempotencyStore) -> bool:
         """True for a memory store when this sink is atomic."""
@@ -69,15 +79,12 @@ class MemorySink:
         return await store.complete_with(completions, MemoryWrites(self._put, outputs))
 
     def _put(self, outputs: Sequence[Output]) -> None:
-        values, meta, writes = self.values_by_id, self.meta, self.writes
+        kept, log = self.outputs, self.writes.append
         with self.lock:
             for output in outputs:
                 oid = output.output_id
-                values[oid] = output.value
-                meta[oid] = (output.event_key, output.event_id, output.index, output.partition_key)
-                writes.append(oid)
-                if output.attributes:
-                    self.attributes[oid] = output.attributes
+                kept[oid] = output
+                log(oid)
 
     def _check_size(self, outputs: Sequence[Output]) -> None:
         if self.max_value_bytes is None:
@@ -95,12 +102,12 @@ class MemorySink:
     def values(self) -> list[Any]:
         """Stored values, in the order their output_id was first written."""
         with self.lock:
-            return list(self.values_by_id.values())
+            return [o.value for o in self.outputs.values()]
 
     def contents(self) -> dict[str, Any]:
         """Stored values by output_id."""
         with self.lock:
-            return dict(self.values_by_id)
+            return {oid: o.value for oid, o in self.outputs.items()}
 
     def write_counts(self) -> dict[str, int]:
         """How many times each output_id was written."""
@@ -110,4 +117,4 @@ class MemorySink:
         return counts
 
     def __len__(self) -> int:
-        return len(self.values_by_id)
+        return len(self.outputs)
