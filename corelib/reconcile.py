@@ -3,10 +3,11 @@
 `count_windows(pipeline, counts)` makes a pipeline write, after every batch, one count row
 per time window the batch touched to a `WindowCounts` (memory, the local SQLite state file,
 the DynamoDB state table, the Azure state Table or Cosmos container: each backend's
-`window_counts.py`). A row is keyed by (pipeline, window, batch): the batch is an attempt
-identity made once per `process_batch` call (`attempt_id`), so writing the row again (an
-SDK retry after a lost reply, a second try) replaces it, never adds to it; a window's counts
-are the sum of its rows. The counts:
+`window_counts.py`). A row carries an attempt identity made once per `process_batch` call
+(`attempt_id`), and a backend applies a row once: writing it again (an SDK retry after a
+lost reply) changes nothing. Local and memory keep a row per attempt (replaced on a second
+write); the cloud backends add it to one item per window and writer that remembers the last
+attempt it added. A window's counts are the sum of its rows. The counts:
 
 - `received`: deliveries (a redelivered record counts again);
 - `processed`: records whose effect this batch committed; a redelivery of a committed
@@ -84,30 +85,25 @@ def attempt_id() -> str:
 
 @dataclass(frozen=True, slots=True)
 class CountRow:
-    """One batch's counts for one window: the unit a `WindowCounts` writes and replaces."""
+    """One attempt's counts for one window: the unit a `WindowCounts` applies, once."""
 
     pipeline: str
     window: int
     """Window start, epoch seconds."""
     batch: str
-    """The attempt identity (`attempt_id`): a second write of the same row replaces it."""
+    """The attempt identity (`attempt_id`): applying the same row again changes nothing."""
     counts: Mapping[str, int]
     written: float
     """Epoch seconds (the pipeline's clock) when the batch finished."""
     expires: float
     """Epoch seconds after which the row no longer counts (and a backend may delete it)."""
 
-    @property
-    def key(self) -> str:
-        """The row's key in a shared key-value table: `counts#<pipeline>#<window>#<batch>`."""
-        return f"{COUNTS_PREFIX}{self.pipeline}#{self.window}#{self.batch}"
-
 
 class WindowCounts(Protocol):
     """Where per-window counts are kept: beside the idempotency state, in their own rows."""
 
     def put(self, row: CountRow) -> None:
-        """Write `row`, replacing a row of the same (pipeline, window, batch) if there is one."""
+        """Apply `row`'s counts to its window; applying the same row again changes nothing."""
         ...
 
     def read(self, pipeline: str | None = None, *, now: float | None = None) -> Counts:

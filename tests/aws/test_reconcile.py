@@ -17,6 +17,8 @@ from onceflow.adapters.aws.window_counts import DynamoDBWindowCounts
 from onceflow.adapters.memory import ManualClock, MemorySink
 from onceflow.cli import main
 from onceflow.reconcile import CountRow, WindowPolicy, count_windows
+from tests.aws.moto_clients import proxied_dynamodb_client
+from tests.support.proxy import Fault, FaultProxy, amz_target
 from tests.support.servers import MotoServer
 
 pytestmark = pytest.mark.emulator
@@ -105,25 +107,27 @@ def test_source_objects_under_an_s3_prefix(
     assert "source: 4  processed + dead-lettered: 3  gap: 1" in capsys.readouterr().out
 
 
-def test_rows_replace_on_a_second_write_and_carry_the_ttl_attribute(
+def test_an_attempt_is_added_once_and_items_carry_the_ttl_attribute(
     dynamodb_client: Any, dynamodb_tables: Callable[[str], str]
 ) -> None:
     state = dynamodb_tables("state")
-    counts = DynamoDBWindowCounts(state, client=dynamodb_client)
+    counts = DynamoDBWindowCounts(state, client=dynamodb_client, writer="w1")
     now = time.time()
-    counts.put(CountRow("p", 3600, "b1", {"received": 2, "processed": 2}, now, now + 100))
-    counts.put(CountRow("p", 3600, "b1", {"received": 2, "processed": 2}, now, now + 100))
+    first = CountRow("p", 3600, "b1", {"received": 2, "processed": 2}, now, now + 100)
+    counts.put(first)
+    counts.put(first)  # botocore retrying an update whose reply was lost
+    counts.put(CountRow("p", 3600, "b2", {"received": 1, "duplicates": 1}, now, now + 100))
+    DynamoDBWindowCounts(state, client=dynamodb_client, writer="w2").put(first)  # another writer
     counts.put(CountRow("p#2", 3600, "b1", {"received": 7}, now, now + 100))
-    counts.put(CountRow("p", 3600, "old", {"received": 5}, now - 200, now - 100))
-    assert counts.read("p")[("p", 3600)]["received"] == 2  # expired and other pipelines: not
-    assert counts.read(now=now - 150)[("p", 3600)]["received"] == 7
-    item = dynamodb_client.get_item(
-        TableName=state, Key={"pk": {"S": CountRow("p", 3600, "b1", {}, 0, 0).key}}
-    )["Item"]
+    tally = counts.read("p")[("p", 3600)]
+    assert (tally["received"], tally["processed"], tally["duplicates"]) == (5, 4, 1)
+    item = dynamodb_client.get_item(TableName=state, Key={"pk": {"S": counts.key(first)}})["Item"]
     assert item["expires_at"] == {"N": str(int(now + 100))}  # the table's TTL attribute
+    assert counts.read("p", now=now + 100) == {}  # expired, though TTL has not deleted it
+    assert counts.read()[("p#2", 3600)]["received"] == 7
 
 
-def test_the_pipeline_writes_one_item_per_batch_expiring_after_the_retention(
+def test_the_pipeline_adds_to_one_item_per_window_expiring_after_the_retention(
     dynamodb_client: Any, dynamodb_tables: Callable[[str], str]
 ) -> None:
     clock = ManualClock(time.time())
@@ -139,5 +143,20 @@ def test_the_pipeline_writes_one_item_per_batch_expiring_after_the_retention(
         FilterExpression="begins_with(pk, :c)",
         ExpressionAttributeValues={":c": {"S": "counts#"}},
     )["Items"]
-    assert len(items) == 2
-    assert {int(i["expires_at"]["N"]) for i in items} == {int(clock.now() + 35 * 86_400)}
+    [item] = items  # two batches, one writer, one window: one item
+    assert item["received"] == {"N": "2"} and item["processed"] == {"N": "2"}
+    assert int(item["expires_at"]["N"]) == int(clock.now() + 35 * 86_400)
+
+
+def test_botocore_retrying_a_count_update_whose_reply_was_lost_adds_it_once(
+    moto: MotoServer, moto_proxy: FaultProxy, dynamodb_tables: Callable[[str], str]
+) -> None:
+    state = dynamodb_tables("state")
+    client = proxied_dynamodb_client(moto, moto_proxy, attempts=3)
+    counts = DynamoDBWindowCounts(state, client=client)
+    lost = moto_proxy.add(Fault.drop_reply(amz_target("UpdateItem")))
+    now = time.time()
+    counts.put(CountRow("p", 0, "b1", {"received": 4, "processed": 4}, now, now + 60))
+    assert moto_proxy.fired == 1 and lost is not None  # applied, reply lost, retried
+    tally = counts.read("p")[("p", 0)]
+    assert (tally["received"], tally["processed"]) == (4, 4)

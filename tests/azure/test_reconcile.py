@@ -94,16 +94,31 @@ def test_concurrent_writers_to_one_window_all_land_and_a_rewrite_replaces(
 
 def test_expired_entities_are_skipped_and_swept_on_a_new_window(azurite_server: Azurite) -> None:
     conn, name = azurite_server.connection_string, new_table(azurite_server)
-    counts = TableWindowCounts(name, connection_string=conn)
-    counts.put(CountRow("p", 0, "b1", {"received": 1}, 10.0, 100.0))
-    counts.put(CountRow("p", 0, "b2", {"received": 2}, 20.0, 200.0))
-    assert counts.read(now=150.0) == {("p", 0): {**dict.fromkeys(COUNTS, 0), "received": 2}}
-    TableWindowCounts(name, connection_string=conn).put(
-        CountRow("p", 3600, "b3", {"received": 4}, 150.0, 9e9)
-    )
+
+    def writer(w: str) -> TableWindowCounts:
+        return TableWindowCounts(name, connection_string=conn, writer=w)
+
+    writer("w1").put(CountRow("p", 0, "b1", {"received": 1}, 10.0, 100.0))
+    writer("w2").put(CountRow("p", 0, "b2", {"received": 2}, 20.0, 200.0))
+    assert writer("r").read(now=150.0) == {("p", 0): {**dict.fromkeys(COUNTS, 0), "received": 2}}
+    writer("w3").put(CountRow("p", 3600, "b3", {"received": 4}, 150.0, 9e9))
     client = TableServiceClient.from_connection_string(conn).get_table_client(name)
     left = sorted(e["RowKey"] for e in client.list_entities())
-    assert left == [f"{0:012d}-b2", f"{3600:012d}-b3"]  # b1 had expired when b3 was written
+    assert left == [f"{0:012d}-w2", f"{3600:012d}-w3"]  # w1's had expired when w3 wrote
+
+
+def test_a_writers_adds_accumulate_in_one_entity_once_per_attempt(azurite_server: Azurite) -> None:
+    conn, name = azurite_server.connection_string, new_table(azurite_server)
+    counts = TableWindowCounts(name, connection_string=conn, writer="w1")
+    now = time.time()
+    first = CountRow("p", 0, "b1", {"received": 3, "processed": 3}, now, now + 60)
+    counts.put(first)
+    counts.put(first)  # the same attempt again: nothing added
+    counts.put(CountRow("p", 0, "b2", {"received": 1, "duplicates": 1}, now, now + 60))
+    client = TableServiceClient.from_connection_string(conn).get_table_client(name)
+    [entity] = list(client.list_entities())
+    assert (entity["received"], entity["processed"], entity["duplicates"]) == (4, 3, 1)
+    assert entity["last_batch"] == "b2"
 
 
 def test_a_state_table_without_counts(
@@ -156,3 +171,22 @@ def test_counts_in_the_cosmos_state_container_then_reconcile(
     monkeypatch.delenv("COSMOS_KEY")
     assert main([*base, "--container", "state"]) == 2
     assert "set the environment variable COSMOS_KEY" in capsys.readouterr().err
+
+
+def test_a_cosmos_writer_adds_once_per_attempt_and_reads_one_pipeline(cosmos: CosmosServer) -> None:
+    client = CosmosClient(cosmos.endpoint, credential=cosmos.key, enable_endpoint_discovery=False)
+    database = client.create_database_if_not_exists(f"db{uuid.uuid4().hex[:8]}")
+    state = database.create_container("s", partition_key=PartitionKey(path="/pk"), default_ttl=-1)
+    counts = CosmosWindowCounts(state, writer="w1")
+    now = time.time()
+    first = CountRow("p", 0, "b1", {"received": 3, "processed": 3}, now, now + 60)
+    counts.put(first)
+    counts.put(first)  # the same attempt again: nothing added
+    counts.put(CountRow("p", 0, "b2", {"received": 1, "duplicates": 1}, now, now + 60))
+    CosmosWindowCounts(state, writer="w2").put(
+        CountRow("q", 0, "b1", {"received": 9}, now, now + 60)
+    )
+    tally = counts.read("p")[("p", 0)]
+    assert (tally["received"], tally["processed"], tally["duplicates"]) == (4, 3, 1)
+    assert set(counts.read()) == {("p", 0), ("q", 0)}
+    assert counts.read("p", now=now + 60) == {}  # expired by its stored time
