@@ -325,7 +325,8 @@ def _attributes(values: Mapping[str, str | None]) -> dict[str, str]:
 
 class _Templates:
     """One batch's `EventTemplate` per (source, type): its events are built without
-    validating each again (every field the decoders hand over is already checked)."""
+    validating each again (every field the decoders hand over is already checked). The
+    templates come from `_template`, kept across invocations."""
 
     __slots__ = ("_by", "_shards", "lanes")
 
@@ -349,7 +350,7 @@ class _Templates:
     def __call__(self, source: str, type: str) -> EventTemplate:
         template = self._by.get((source, type))
         if template is None:
-            template = self._by[source, type] = EventTemplate(source=source, type=type)
+            template = self._by[source, type] = _template(source, type)
         return template
 
 
@@ -986,8 +987,9 @@ def _eventbridge_read(payload: Mapping[str, Any]) -> Record:
 
 @functools.lru_cache(maxsize=256)
 def _template(source: str, type: str) -> EventTemplate:
-    """The template of single-event invocations (EventBridge) from `source` of `type`, kept
-    across invocations: a warm container validates it once, not once per event."""
+    """The template of events from `source` of `type`, kept across invocations: a warm
+    container validates it once, not once per batch (S3 and EventBridge deliver one event
+    per invocation). Every decoder gives each event its own time."""
     return EventTemplate(source=source, type=type)
 
 
