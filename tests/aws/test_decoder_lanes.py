@@ -143,7 +143,7 @@ def test_the_runner_settles_a_kinesis_batch_with_one_lane_record() -> None:
     assert handler(payload, aws.LambdaContext()) == {"batchItemFailures": []}
     assert store.calls["claim"] == 0 and store.calls["claim_lanes"] == 1
     assert list(store.lanes) == [f"{aws.STREAM_ARN}#lane#{SHARD}"]
-    assert len(sink.values_by_id) == 50
+    assert len(sink) == 50
     writes = len(sink.writes)
     answer = handler(payload, aws.LambdaContext())
     assert answer == {"batchItemFailures": []}
