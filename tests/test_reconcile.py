@@ -110,9 +110,9 @@ def test_filtered_events_are_counted_and_explain_missing_rows() -> None:
     pipe.run_batch([ev(1), ev(2), ev(3)])
     tally = counts.read()[("p", int(START))]
     assert tally["processed"] == 3 and tally["filtered"] == 1
-    report = reconcile(counts.read(), source=3, sink_rows=len(sink.values_by_id))
+    report = reconcile(counts.read(), source=3, sink_rows=len(sink.outputs))
     assert report.sink_gap == 0 and not report.unexplained
-    dropped = reconcile(counts.read(), source=3, sink_rows=len(sink.values_by_id) - 1)
+    dropped = reconcile(counts.read(), source=3, sink_rows=len(sink.outputs) - 1)
     assert dropped.sink_gap == 1 and dropped.unexplained
 
 
@@ -177,7 +177,7 @@ def test_a_count_write_that_fails_leaves_the_batch_committed(
     pipe, sink = pipeline(clock, metrics=metrics)
     count_windows(pipe, Refusing())
     result = pipe.run_batch([ev(1), ev(2)])
-    assert result.processed == ["e1", "e2"] and len(sink.values_by_id) == 2
+    assert result.processed == ["e1", "e2"] and len(sink.outputs) == 2
     assert metrics.counters["window_counts_lost"] == 1
     assert "window counts of pipeline 'p'" in caplog.text and "ConnectionError" in caplog.text
 
