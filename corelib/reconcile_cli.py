@@ -127,7 +127,8 @@ def _run(args: argparse.Namespace) -> int:
         where = f" for pipeline {args.pipeline!r}" if args.pipeline else ""
         raise CliError(
             f"the state holds no window counts{where} (a run from before counts were kept, "
-            "or a pipeline not wired with count_windows); nothing to reconcile"
+            "counts past their retention, or a pipeline not wired with count_windows); "
+            "nothing to reconcile"
         )
     if window is not None:
         windows = {k: v for k, v in windows.items() if k[1] == window}

@@ -150,6 +150,8 @@ def test_a_source_event_never_processed_is_an_unexplained_gap(
         (["--rows-per-event", "0"], "--rows-per-event '0': at least 1"),
         (["--sink", "redis:x"], "--sink kind 'redis'"),
         (["--sink", "parquet"], "--sink 'parquet': one of"),
+        (["--sink", "table:out"], "--sink table:NAME is for the table target"),
+        (["--sink", "cosmos:out"], "--sink cosmos:CONTAINER is for the cosmos target"),
         (["--expected", "1", "--source-lines", "x"], "give one of --expected"),
         (["--source-lines", "nowhere.jsonl"], "--source-lines nowhere.jsonl: no such file"),
         (["--pipeline", "other"], "no window counts for pipeline 'other'"),
