@@ -7,10 +7,19 @@ kept in the plan and carried to every chunk); Parquet splits between row groups,
 from its footer; a gzip file is one compressed stream, so it is one chunk read by one
 worker (`ChunkPlan.note` says so).
 
-Every record keeps its own id (the object, and the byte offset of its line or its row
-number), so one bad line is dead-lettered alone and the ids do not depend on the chunk
-size. The identities of this module (`chunk_key`, `object_source`, `record_id`) are
-built here and nowhere else, in the style of `onceflow.identity`.
+Every record keeps its own line-level id, so one bad line is dead-lettered alone and the
+ids do not depend on the chunk size: the object's name and the record's 1-based line (or
+Parquet row) number, `record_id`, the same id the unchunked file reader gives. A plan
+knows its chunks' first line numbers when it was made with `lines=True` (one streamed
+pass over the object counting newlines; CSV always takes it, see below); a plan made
+without it names a line by its byte offset instead (`offset_id`). The identities of this
+module (`chunk_key`, `object_source`, `record_id`, `offset_id`) are built here and
+nowhere else, in the style of `onceflow.identity`.
+
+A CSV record may hold a newline inside a quoted field, so a newline is a record boundary
+only where the quotes before it pair up (RFC 4180 doubles a quote inside a quoted
+field): a CSV plan counts quotes from the object's start in the same streamed pass, and
+a chunk reader joins a record's physical lines by the same rule.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from pydantic_core import from_json
 from onceflow.event import Event, EventTemplate
 from onceflow.records import InvalidRecord, ObjectInfo
 from onceflow.serialization import UnstorableValue, dumps, to_plain
+from onceflow.watermarks import LANE_ATTRIBUTE
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -44,6 +54,7 @@ __all__ = [
     "chunk_format",
     "chunk_key",
     "object_source",
+    "offset_id",
     "plan_chunks",
     "record_id",
 ]
@@ -64,6 +75,7 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _BOM = b"\xef\xbb\xbf"
 _PROBE = 4 << 10  # most lines end within a few KiB; a longer one doubles the probe
 _READ_SIZE = 1 << 20
+_SCAN_SIZE = 8 << 20  # the line-counting pass: few calls, still a bounded piece
 
 
 class RangedObjects(Protocol):
@@ -91,9 +103,18 @@ def object_source(path: str, version: str) -> str:
     return f"object:{path}@{version}"
 
 
-def record_id(path: str, position: int, fmt: ChunkFormat) -> str:
-    """A record's id: its line's byte offset (JSONL, CSV) or its row number (Parquet)."""
-    return f"{path}@row{position}" if fmt == "parquet" else f"{path}@{position}"
+def record_id(name: str, number: int) -> str:
+    """A record's id: its file's name and its 1-based line (JSONL, CSV) or row (Parquet).
+
+    The same id whether the file is read whole (`onceflow.adapters.local.file_records`)
+    or in chunks, so one bad line is the same dead letter either way.
+    """
+    return f"{name}:{number}"
+
+
+def offset_id(name: str, offset: int) -> str:
+    """A line's id when its plan was made without counting lines: its byte offset."""
+    return f"{name}@{offset}"
 
 
 # -- the plan --------------------------------------------------------------------------------
@@ -112,6 +133,9 @@ class Chunk:
     """Parquet: the object-wide number of the chunk's first row."""
     rows: int | None = None
     """Parquet: the chunk's rows, known from the footer; None for text formats."""
+    first_line: int | None = None
+    """Text formats: the 1-based line number of the chunk's first line, when the plan
+    counted lines (`plan_chunks(lines=True)`); None when it did not."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,11 +200,15 @@ async def plan_chunks(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     fmt: ChunkFormat | None = None,
     version: str | None = None,
+    lines: bool | None = None,
 ) -> ChunkPlan:
     """Split object `path` into chunks of about `chunk_size` bytes, at record boundaries.
 
     Reads the object's size and, near each boundary, a small range to find the next line
-    start (Parquet: the footer). `version` (an S3 version id) defaults to the object's etag.
+    start (Parquet: the footer). With `lines` (the default for CSV, whose boundaries need
+    it) it streams the object once in bounded pieces instead, counting newlines (each
+    chunk's `first_line`, for line-numbered ids) and, for CSV, quotes (a newline inside a
+    quoted field is no boundary). `version` (an S3 version id) defaults to the etag.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size}: at least 1 byte")
@@ -204,12 +232,24 @@ async def plan_chunks(
     if compression is not None:
         note = "gzip is one compressed stream: one worker reads it from the start"
         header = await _gzip_header(objects, path, size) if fmt == "csv" else None
-        chunk = Chunk(0, 0, size, size)
+        chunk = Chunk(0, 0, size, size, first_line=1)
         return ChunkPlan(
             **common, chunks=(chunk,), compression=compression, header=header, note=note
         )
     if fmt == "parquet":
         return ChunkPlan(**common, chunks=await _parquet_chunks(objects, path, size, chunk_size))
+    if lines is None:
+        lines = fmt == "csv"
+    if lines:
+        starts, first_lines = await _scan(objects, path, size, chunk_size, csv_quotes=fmt == "csv")
+        header = None
+        if fmt == "csv":
+            raw = await objects.get_range(path, 0, starts[0])
+            header = _strip_bom(raw).rstrip(b"\r\n").decode("utf-8", "replace")
+        ends = [*starts[1:], size]
+        spans = zip(starts, ends, first_lines, strict=True)
+        chunks = tuple(Chunk(i, a, b, b - a, first_line=n) for i, (a, b, n) in enumerate(spans))
+        return ChunkPlan(**common, chunks=chunks, header=header)
     header = None
     data_start = 0
     if fmt == "csv":
@@ -228,6 +268,60 @@ async def plan_chunks(
     ends = [*starts[1:], size]
     chunks = tuple(Chunk(i, a, b, b - a) for i, (a, b) in enumerate(zip(starts, ends, strict=True)))
     return ChunkPlan(**common, chunks=chunks, header=header)
+
+
+async def _scan(
+    objects: RangedObjects, path: str, size: int, chunk_size: int, *, csv_quotes: bool
+) -> tuple[list[int], list[int]]:
+    """Chunk starts and their 1-based first line numbers, from one pass over the object.
+
+    Every boundary is just after a newline at or after its target (and, with `csv_quotes`,
+    one with an even count of quotes before it: not inside a quoted field). With
+    `csv_quotes` the first boundary ends the header record, which chunk 0 starts after.
+    """
+    starts: list[int] = []
+    first_lines: list[int] = []
+    # The first boundary: after the CSV header, else the object's start.
+    search = 0 if csv_quotes else -1
+    if not csv_quotes:
+        starts.append(0)
+        first_lines.append(1)
+        search = chunk_size - 1
+    position = newlines = quotes = 0
+    while position < size and search < size:
+        piece = await objects.get_range(path, position, min(size, position + _SCAN_SIZE))
+        if not piece:
+            raise EOFError(f"{path} ended at byte {position}, before its size {size}")
+        length = len(piece)
+        at = max(0, search - position)
+        quoted = quotes + piece.count(b'"', 0, at) if csv_quotes else 0
+        while at < length:
+            found = piece.find(b"\n", at)
+            if found < 0:
+                break
+            if csv_quotes:
+                quoted += piece.count(b'"', at, found)
+                if quoted % 2:  # inside a quoted field: the record goes on
+                    at = found + 1
+                    continue
+            boundary = position + found + 1
+            if boundary >= size and starts:
+                search = size
+                break
+            starts.append(boundary)
+            first_lines.append(newlines + piece.count(b"\n", 0, found + 1) + 1)
+            search = max(boundary, search + 1) + chunk_size - 1
+            if search >= position + length:
+                break
+            at = search - position
+            if csv_quotes:
+                quoted += piece.count(b'"', found, at)
+        newlines += piece.count(b"\n")
+        quotes += piece.count(b'"') if csv_quotes else 0
+        position += length
+    if not starts:  # a CSV that is all header (or one unfinished record)
+        starts, first_lines = [size], [newlines + 1]
+    return starts, first_lines
 
 
 async def _line_end(objects: RangedObjects, path: str, position: int, size: int) -> int:
@@ -352,7 +446,9 @@ class ChunkReader:
     """The records of one chunk, read in bounded pieces, with the chunk's running totals.
 
     Memory stays at one piece (`read_size`) and one batch whatever the object's size. Ids
-    come from the object and the line's offset (or row), or from `id_field` with `source`.
+    come from the object and the record's line (or row) number, `record_id` (its byte
+    offset, `offset_id`, when the plan did not count lines), or from `id_field` with
+    `source`. Each event's sequence is that number.
     """
 
     objects: RangedObjects
@@ -366,11 +462,30 @@ class ChunkReader:
     event_type: str = "onceflow.object.record"
     on_bytes: Callable[[int], None] | None = None
     """Called with the bytes just read, for progress bars."""
+    lane: bool = False
+    """Declare the chunk a watermark lane (`onceflow.watermarks.LANE_ATTRIBUTE`): every
+    read of a chunk starts at its start and gives its records in increasing position,
+    the contract a lane needs, so a runner may settle them by one lane record instead
+    of a marker per record."""
     rows: int = 0
     """Records read so far (events and invalid records)."""
     invalid: int = 0
     bytes_read: int = 0
     _digest: Any = field(default_factory=hashlib.sha256)
+    _unit: str = field(init=False)
+    """What a record's position counts: row, line, or (a plan without line numbers) byte."""
+    _shared: dict[str, str] = field(init=False)
+    """The attributes every record of the chunk shares (built once: a record copies them)."""
+
+    def __post_init__(self) -> None:
+        plan = self.plan
+        if plan.fmt == "parquet":
+            self._unit = "row"
+        else:
+            self._unit = "byte" if self.chunk.first_line is None else "line"
+        self._shared = {"object": plan.path, "chunk": str(self.index)}
+        if self.lane:
+            self._shared[LANE_ATTRIBUTE] = f"{plan.version}#{self.index}"
 
     @property
     def chunk(self) -> Chunk:
@@ -461,20 +576,41 @@ class ChunkReader:
     async def _text(self) -> AsyncIterator[Record]:
         template = self._template()
         plan = self.plan
-        skip_header = plan.fmt == "csv" and plan.compression is not None
+        is_csv = plan.fmt == "csv"
+        skip_header = is_csv and plan.compression is not None
         header = [h.strip() for h in next(csv.reader([plan.header]))] if plan.header else []
-        async for offset, line in self._lines():
-            body = line[:-1] if line.endswith(b"\r") else line
+        first = self.chunk.first_line
+        number = first if first is not None else 0
+        # CSV: the physical lines of a record whose quoted field holds newlines, joined
+        # when its quotes pair up again (the rule the plan's boundaries follow).
+        pending: list[bytes] = []
+        quotes = started = 0
+        async for offset, physical in self._lines():
+            position = offset if first is None else number
+            number += 1
+            line = physical
             if offset == 0:
-                body = _strip_bom(body)
+                line = _strip_bom(line)
                 if skip_header:
                     continue
+            if is_csv and (pending or line.count(b'"') % 2):
+                if not pending:
+                    started, quotes = position, 0
+                pending.append(line)
+                quotes += line.count(b'"')
+                if quotes % 2:
+                    continue
+                line, position = b"\n".join(pending), started
+                pending = []
+            body = line[:-1] if line.endswith(b"\r") else line
             if not body.strip():
                 continue
-            if plan.fmt == "csv":
-                yield self._csv(template, offset, body, header)
+            if is_csv:
+                yield self._csv(template, position, body, header)
             else:
-                yield self._jsonl(template, offset, body)
+                yield self._jsonl(template, position, body)
+        if pending:  # a quoted field never closed: the csv reader says so
+            yield self._csv(template, started, b"\n".join(pending), header)
 
     def _jsonl(self, template: EventTemplate, offset: int, body: bytes) -> Record:
         try:
@@ -494,10 +630,10 @@ class ChunkReader:
             why = f"not valid UTF-8 (byte 0x{body[exc.start]:02x} at column {exc.start + 1})"
             return self._invalid(offset, why, body)
         try:
-            row = next(csv.reader([text], strict=True))
+            # Not strict, as the unchunked reader: a file reads the same either way.
+            row = next(csv.reader([text]), [])
         except csv.Error as exc:
-            why = f"not valid CSV ({exc}); a quoted field across lines cannot be read in chunks"
-            return self._invalid(offset, why, body)
+            return self._invalid(offset, f"not valid CSV ({exc})", body)
         if len(row) != len(header):
             missing = header[len(row) :]
             why = f"expected {len(header)} columns, found {len(row)}" + (
@@ -525,7 +661,7 @@ class ChunkReader:
             batch = next(opened[0], None)
             return None if batch is None else list(batch.to_pylist())
 
-        row = chunk.first_row
+        row = chunk.first_row + 1  # 1-based, as the unchunked reader counts rows
         while (rows := await anyio.to_thread.run_sync(next_rows)) is not None:
             for fields in rows:
                 try:
@@ -542,14 +678,18 @@ class ChunkReader:
 
     # -- building records --------------------------------------------------------------------
 
+    def _id(self, position: int) -> str:
+        if self._unit == "byte":
+            return offset_id(self.plan.path, position)
+        return record_id(self.plan.path, position)
+
     def _where(self, position: int) -> str:
-        unit = "row" if self.plan.fmt == "parquet" else "byte"
-        return f"{self.plan.path} {unit} {position} (chunk {self.index})"
+        return f"{self.plan.path} {self._unit} {position} (chunk {self.index})"
 
     def _invalid(self, position: int, why: str, raw: bytes) -> InvalidRecord:
         plan = self.plan
         return InvalidRecord(
-            id=record_id(plan.path, position, plan.fmt),
+            id=self._id(position),
             source=self.source or object_source(plan.path, plan.version),
             reason=f"{self._where(position)}: {why}",
             raw=raw,
@@ -558,11 +698,12 @@ class ChunkReader:
         )
 
     def _attributes(self, position: int) -> dict[str, str]:
-        unit = "row" if self.plan.fmt == "parquet" else "offset"
-        return {"object": self.plan.path, unit: str(position), "chunk": str(self.index)}
+        found = self._shared.copy()
+        found["offset" if self._unit == "byte" else self._unit] = str(position)
+        return found
 
     def _event(self, template: EventTemplate, position: int, data: bytes, fields: Any) -> Record:
-        event_id = record_id(self.plan.path, position, self.plan.fmt)
+        event_id = self._id(position)
         partition = None
         if self.id_field is not None or self.partition_field is not None:
             if not isinstance(fields, dict):

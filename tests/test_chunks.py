@@ -8,6 +8,7 @@ import dataclasses
 import gzip
 import io
 import json
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -87,9 +88,71 @@ async def test_one_bad_line_is_one_invalid_record_naming_object_and_offset() -> 
     invalid = [r for r in records if isinstance(r, InvalidRecord)]
     assert len(records) == 2_000 and len(invalid) == 1
     offset = data.index(b'{"n": 1234, oops')
-    assert invalid[0].id == f"a.jsonl@{offset}"
+    assert invalid[0].id == f"a.jsonl@{offset}"  # a plan that did not count lines
     assert f"a.jsonl byte {offset}" in invalid[0].reason and "not valid JSON" in invalid[0].reason
     assert "1234" not in invalid[0].reason.replace(str(offset), "")  # no payload values
+
+
+@pytest.mark.parametrize("chunk_size", [1, 997, 4_000, 1 << 30])
+async def test_a_plan_that_counts_lines_gives_the_unchunked_readers_ids(
+    chunk_size: int, tmp_path: Path
+) -> None:
+    from onceflow.adapters.local.file_records import RecordReader
+
+    data = b"\xef\xbb\xbf" + jsonl(2_000, bad={0, 1234, 1999}).replace(b'{"n": 7,', b'\n{"n": 7,')
+    (tmp_path / "a.jsonl").write_bytes(data)
+    store = MemoryObjectStore()
+    await store.put("a.jsonl", data)
+    plan = await plan_chunks(store, "a.jsonl", chunk_size=chunk_size, lines=True)
+    assert all(c.first_line is not None for c in plan.chunks)
+    chunked = await read_all(store, plan, source="file:a.jsonl")
+    whole = [
+        p.record
+        for p in RecordReader(tmp_path / "a.jsonl", "a.jsonl", "jsonl", "file:a.jsonl").read()
+    ]
+    assert [(type(r), r.id, r.source) for r in chunked] == [
+        (type(r), r.id, r.source) for r in whole
+    ]
+    bad = [r.id for r in chunked if isinstance(r, InvalidRecord)]
+    assert bad == ["a.jsonl:1", "a.jsonl:1236", "a.jsonl:2001"]  # a blank line at 8
+    assert [r.key for r in chunked if isinstance(r, Event)] == [
+        r.key for r in whole if isinstance(r, Event)
+    ]
+
+
+@pytest.mark.parametrize("chunk_size", [1, 50, 333, 1 << 20])
+async def test_csv_boundaries_never_split_a_quoted_field_holding_newlines(
+    chunk_size: int, tmp_path: Path
+) -> None:
+    from onceflow.adapters.local.file_records import RecordReader
+
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["id", "note"])
+    for i in range(300):
+        # Every third note spans lines (some with "quoted" words): a planner looking only
+        # for newlines would cut such a record in two.
+        note = f'line one\n"two"\n\nfour {i}' if i % 3 == 0 else f"plain {i}"
+        writer.writerow([i, note])
+    data = text.getvalue().encode()
+    (tmp_path / "t.csv").write_bytes(data)
+    store = MemoryObjectStore()
+    await store.put("t.csv", data)
+    plan = await plan_chunks(store, "t.csv", chunk_size=chunk_size)
+    assert len(plan.chunks) > (1 if chunk_size < 1000 else 0)
+    rows = list(csv.reader(io.StringIO(text.getvalue())))
+    for chunk in plan.chunks:  # every chunk starts at a record's start
+        assert (
+            data[: chunk.start].count(b'"') % 2 == 0
+            and data[chunk.start - 1 : chunk.start] == b"\n"
+        )
+    records = await read_all(store, plan, source="file:t.csv")
+    assert all(isinstance(r, Event) for r in records)
+    assert [list(r.json().values()) for r in records] == rows[1:]
+    whole = [
+        p.record for p in RecordReader(tmp_path / "t.csv", "t.csv", "csv", "file:t.csv").read()
+    ]
+    assert [(r.id, r.data) for r in records] == [(r.id, r.data) for r in whole]
 
 
 async def test_csv_header_is_carried_to_every_chunk() -> None:
@@ -124,7 +187,7 @@ async def test_parquet_splits_by_row_group_with_ranged_reads() -> None:
     assert [c.first_row for c in plan.chunks] == list(range(0, 10_000, 1_000))
     records = await read_all(store, plan)
     assert [r.json()["n"] for r in records if isinstance(r, Event)] == list(range(10_000))
-    assert records[5].id == "t.parquet@row5"
+    assert records[5].id == "t.parquet:6"  # 1-based, as the unchunked reader numbers rows
 
 
 async def test_gzip_is_one_chunk_streamed_by_one_worker_even_of_two_members() -> None:

@@ -23,7 +23,9 @@ import hashlib
 import multiprocessing
 import os
 import queue
+import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +42,10 @@ from onceflow.breaker import CircuitBreaker
 from onceflow.chunks import DEFAULT_CHUNK_SIZE, ChunkFormat, ChunkPlan, chunk_format
 from onceflow.cli import CliError
 from onceflow.fan_in import ChunkBusy, ChunkIncomplete, ChunkLedger, Manifest, run_chunk
+from onceflow.interfaces import Sink
 from onceflow.pipeline import BatchResult, Pipeline
 from onceflow.reconcile import count_windows
-from onceflow.records import ObjectInfo
+from onceflow.records import ObjectInfo, Output
 from onceflow.retry import RetryPolicy
 
 __all__ = ["InputFiles", "chunked_ledger", "run_chunked", "wants_chunks"]
@@ -131,7 +134,7 @@ def run_chunked(args: argparse.Namespace) -> int:
             out.print(f"{path.name}: {plan.note}")
         run_id = state.start_run(args.processor, args.input, _options(args))
         started = time.perf_counter()
-        tally, failures = _run_pending(args, path.parent, plan, pending)
+        tally, failures, peaks = _run_pending(args, path.parent, plan, pending)
         manifest: Manifest | None = anyio.run(ledger.fan_in, plan)
         wall = time.perf_counter() - started
         state.finish_run(run_id, tally.counts())
@@ -144,6 +147,9 @@ def run_chunked(args: argparse.Namespace) -> int:
         out.print(
             f"{len(plan.chunks)} chunks of {path.name}: {len(pending)} run, {skipped} done before"
         )
+        if peaks:
+            mb = ", ".join(f"{peak / (1 << 20):.0f}" for peak in peaks)
+            out.print(f"peak memory (RSS) per worker: {mb} MB")
         for text in failures[:5]:
             out.print(f"[red]{text}[/]", markup=True)
         if manifest is not None:
@@ -159,7 +165,9 @@ def run_chunked(args: argparse.Namespace) -> int:
 async def _plan(
     ledger: ChunkLedger, files: InputFiles, name: str, chunk_size: int, fmt: ChunkFormat | None
 ) -> tuple[ChunkPlan, list[int]]:
-    plan = await ledger.plan(files, name, chunk_size=chunk_size, fmt=fmt)
+    # Counting lines costs one streamed pass (a second or so per GB), and buys the
+    # unchunked path's line-numbered ids.
+    plan = await ledger.plan(files, name, chunk_size=chunk_size, fmt=fmt, lines=True)
     return plan, await ledger.pending(plan)
 
 
@@ -192,8 +200,11 @@ def _config(args: argparse.Namespace, folder: Path, plan: ChunkPlan) -> dict[str
 
 def _run_pending(
     args: argparse.Namespace, folder: Path, plan: ChunkPlan, pending: list[int]
-) -> tuple[Tally, list[str]]:
-    """Run the pending chunks on `args.workers` processes, showing progress; the totals."""
+) -> tuple[Tally, list[str], list[int]]:
+    """Run the pending chunks on `args.workers` processes, showing progress.
+
+    The totals, the failures, and each worker's peak resident memory in bytes.
+    """
     context = multiprocessing.get_context("spawn")
     tasks: Any = context.Queue()
     events: Any = context.Queue()
@@ -206,8 +217,9 @@ def _run_pending(
     todo_bytes = sum(plan.chunks[i].bytes for i in pending)
     tally = Tally()
     failures: list[str] = []
+    peaks: dict[int, int] = {}
     if not pending:
-        return tally, failures
+        return tally, failures, []
     workers = [
         context.Process(target=worker_main, args=(config, tasks, events, os.getpid()))
         for _ in range(workers_count)
@@ -229,6 +241,7 @@ def _run_pending(
                     show.advance(message[1], message[2])
                 elif kind == "chunk":
                     tally.add_plain(message[2])
+                    peaks[message[3]] = max(peaks.get(message[3], 0), message[4])
                     show.chunk_done()
                 elif kind == "failed":
                     failures.append(message[2])
@@ -242,7 +255,7 @@ def _run_pending(
     for worker in workers:
         if worker.exitcode not in (0, None) and not failures:
             raise CliError(f"a worker process failed (exit status {worker.exitcode}); see above")
-    return tally, failures
+    return tally, failures, sorted(peaks.values())
 
 
 class _ChunkProgress:
@@ -306,15 +319,38 @@ class _ChunkProgress:
 
 
 def worker_main(config: dict[str, Any], tasks: Any, events: Any, parent: int) -> None:
-    """A worker process: run chunks from `tasks` until it hands out None."""
+    """A worker process: run chunks from `tasks` until it hands out None.
+
+    With `ONCEFLOW_PROFILE=<folder>` in the environment each worker writes its cProfile
+    statistics to `<folder>/worker-<pid>.prof` (for `python -m pstats`).
+    """
+    folder = os.environ.get("ONCEFLOW_PROFILE")
+    if not folder:
+        _worker_main(config, tasks, events, parent)
+        return
+    import cProfile
+
+    profile = cProfile.Profile()
+    try:
+        profile.runcall(_worker_main, config, tasks, events, parent)
+    finally:
+        profile.dump_stats(Path(folder) / f"worker-{os.getpid()}.prof")
+
+
+def _worker_main(config: dict[str, Any], tasks: Any, events: Any, parent: int) -> None:
     quiet_logs(bool(config["verbose"]))
     state = LocalState(config["state"])
     try:
+        # Each chunk is a watermark lane (`ChunkReader.lane`) and the sinks are given
+        # without their atomic commit: a batch is then one upsert per output (idempotent by
+        # output_id) and one lane record, instead of a claimed and a completed marker per
+        # record besides. The shared state file's write lock is what N workers queue for,
+        # so this is what lets them run side by side (see docs/large-files.md).
         pipeline = Pipeline(
             load_processor(config["processor"]),
-            state.sink,
+            _Overwrites(state.sink),
             state.store,
-            state.dead_letters,
+            _Overwrites(state.dead_letters),
             retry=RetryPolicy(attempts=config["max_attempts"]),
             max_deliveries=config["max_deliveries"],
             breaker=CircuitBreaker(cool_down=config["cool_down"]),
@@ -355,8 +391,10 @@ def worker_main(config: dict[str, Any], tasks: Any, events: Any, parent: int) ->
                         on_batch=on_batch,
                         id_field=config["id_field"],
                         partition_field=config["partition_field"],
-                        source="files" if config["id_field"] else None,
+                        # The unchunked path's source: the same ids give the same keys.
+                        source="files" if config["id_field"] else f"file:{plan.path}",
                         on_bytes=on_bytes,
+                        lane=True,
                     )
                 )
             except (ChunkBusy, ChunkIncomplete) as exc:
@@ -366,12 +404,33 @@ def worker_main(config: dict[str, Any], tasks: Any, events: Any, parent: int) ->
                 events.put(("bytes", plan.chunks[index].bytes, 0))
             elif read[0]:
                 events.put(("bytes", read[0], 0))
-            events.put(("chunk", index, tally.as_plain()))
+            events.put(("chunk", index, tally.as_plain(), os.getpid(), _peak_rss()))
     except Exception as exc:  # e.g. the processor's setup() failed: say so, then stop
         events.put(("error", f"a worker stopped: {type(exc).__name__}: {exc}"))
         raise SystemExit(1) from None
     finally:
         state.close()
+
+
+class _Overwrites:
+    """A sink seen only as idempotent writes, so the runner commits by lane watermarks."""
+
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+
+    async def write(self, outputs: Sequence[Output]) -> None:
+        """Write (an overwrite by output_id on a repeat)."""
+        await self.sink.write(outputs)
+
+
+def _peak_rss() -> int:
+    """This process's peak resident memory in bytes (0 where it cannot be told)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return 0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)  # macOS counts bytes
 
 
 def _next_task(tasks: Any, parent: int) -> int | None:

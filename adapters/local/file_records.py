@@ -17,6 +17,7 @@ from typing import IO, Any, Literal, NamedTuple
 
 from pydantic_core import from_json
 
+from onceflow.chunks import record_id
 from onceflow.event import Event, EventTemplate
 from onceflow.records import InvalidRecord
 from onceflow.serialization import UnstorableValue, dumps, to_plain
@@ -91,7 +92,7 @@ class RecordReader:
 
     def _invalid(self, line: int, why: str, raw: bytes) -> InvalidRecord:
         return InvalidRecord(
-            id=f"{self.name}:{line}",
+            id=record_id(self.name, line),
             source=f"file:{self.name}",
             reason=f"{self.name} line {line}: {why}",
             raw=raw,
@@ -111,7 +112,7 @@ class RecordReader:
         self, line: int, data: bytes, fields: Any, raw: bytes, template: EventTemplate
     ) -> Event | InvalidRecord:
         number = str(line)
-        event_id = f"{self.name}:{number}"
+        event_id = record_id(self.name, line)
         partition = None
         if self.id_field is not None or self.partition_field is not None:
             if not isinstance(fields, dict):

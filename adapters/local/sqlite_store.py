@@ -83,9 +83,12 @@ CREATE TABLE IF NOT EXISTS {LANES_TABLE} (
     token TEXT NOT NULL,
     lease_expires_at REAL NOT NULL,
     version INTEGER NOT NULL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    owner TEXT
 ) WITHOUT ROWID
 """
+# Files made before lanes knew their lease's owner lack the column: their leases run out.
+_LANE_OWNER_COLUMN = f"ALTER TABLE {LANES_TABLE} ADD COLUMN owner TEXT"
 # Files made before delivery counting lack the column; their keys count from 1.
 _DELIVERIES_COLUMN = f"ALTER TABLE {KEYS_TABLE} ADD COLUMN deliveries INTEGER NOT NULL DEFAULT 1"
 
@@ -175,6 +178,7 @@ class SqliteIdempotencyStore:
         self.database.ensure(_SCHEMA)
         _add_deliveries_column(self.database)
         self.database.ensure(_LANES_SCHEMA)
+        _add_column(self.database, LANES_TABLE, "owner", _LANE_OWNER_COLUMN)
         self._json_each = _has_json_each(self.database)
         self._token_prefix = secrets.token_hex(6)
         self._tokens = itertools.count(1)
@@ -439,18 +443,24 @@ class SqliteIdempotencyStore:
 
     def _lane(self, conn: sqlite3.Connection, lane: str, now: float) -> LaneRecord | None:
         row = conn.execute(
-            f"SELECT state, token, lease_expires_at, version, updated_at FROM {LANES_TABLE} "
-            "WHERE lane=?",
+            f"SELECT state, token, lease_expires_at, version, updated_at, owner "
+            f"FROM {LANES_TABLE} WHERE lane=?",
             (lane,),
         ).fetchone()
         if row is None or row[4] + self.ttl_seconds <= now:
             return None  # absent, or outlived the TTL
-        return LaneRecord(lane, decode_state(row[0]), row[1], row[2], row[3], row[4])
+        lease_end = row[2]
+        if lease_end > now and self._owners.is_dead(row[5]):
+            # Its holder's process is gone: the lease is over now, as for a key
+            # (`take` charges the range it held one delivery, as for any crash).
+            lease_end = _LONG_AGO
+        return LaneRecord(lane, decode_state(row[0]), row[1], lease_end, row[3], row[4])
 
     def _put_lane(self, conn: sqlite3.Connection, record: LaneRecord) -> None:
         conn.execute(
             f"INSERT OR REPLACE INTO {LANES_TABLE} "
-            "(lane, state, token, lease_expires_at, version, updated_at) VALUES (?,?,?,?,?,?)",
+            "(lane, state, token, lease_expires_at, version, updated_at, owner) "
+            "VALUES (?,?,?,?,?,?,?)",
             (
                 record.lane,
                 encode_state(record.state),
@@ -458,6 +468,7 @@ class SqliteIdempotencyStore:
                 record.lease_expires_at,
                 record.version,
                 record.updated_at,
+                self._owners.me if self._owners.enabled else None,
             ),
         )
 
@@ -622,6 +633,22 @@ def _add_deliveries_column(database: Database) -> None:
     except StateError:
         if not _has_deliveries(database):  # else another process added it just now
             raise
+
+
+def _add_column(database: Database, table: str, column: str, statement: str) -> None:
+    """Give a state file made before `column` existed that column of `table`."""
+    if _has_column(database, table, column):
+        return
+    try:
+        database.ensure(statement)
+    except StateError:
+        if not _has_column(database, table, column):  # else another process added it
+            raise
+
+
+def _has_column(database: Database, table: str, column: str) -> bool:
+    with database.reading() as conn:
+        return column in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
 
 
 def _has_deliveries(database: Database) -> bool:
