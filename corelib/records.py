@@ -149,6 +149,9 @@ class LaneRequest(NamedTuple):
     """The batch's lowest position on the lane."""
     high: int
     """The batch's highest position on the lane (kept while leased, to charge a crash)."""
+    positions: tuple[int, ...] = ()
+    """Every position of the batch on the lane, when known: if the stored state settles
+    them all, the claim writes nothing (a redelivered batch of duplicates costs a read)."""
 
 
 class LaneState(NamedTuple):
@@ -191,8 +194,9 @@ class LaneClaim(NamedTuple):
 
     lane: str
     status: ClaimStatus
-    """NEW (leased to the caller) or IN_PROGRESS (another worker's live lease); never
-    COMPLETED: `state` says which positions are settled."""
+    """NEW (leased to the caller), IN_PROGRESS (another worker's live lease), or COMPLETED
+    (every position of the request is settled: nothing leased, nothing written); `state`
+    says which positions are settled."""
     state: LaneState
     """The lane's state as read: positions it settles are duplicates either way."""
     token: str | None = None

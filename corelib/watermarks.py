@@ -31,6 +31,7 @@ from onceflow.records import (
 
 __all__ = [
     "LANE_ATTRIBUTE",
+    "LANE_TTL_SECONDS",
     "LaneBatch",
     "commit_record",
     "decode_state",
@@ -42,11 +43,18 @@ __all__ = [
     "release_record",
     "settle",
     "settles",
+    "settles_all",
     "take",
 ]
 
 LANE_ATTRIBUTE = "onceflow.lane"
 """The attribute a decoder sets to put an event on a watermark lane (e.g. the shard id)."""
+
+LANE_TTL_SECONDS = 400 * 86_400.0
+"""How long a lane record outlives its last write, by default: longer than any source
+keeps a lane (a Kinesis stream retains up to 365 days). A lane record that expired while
+the source can still redeliver below its watermark would make those events new again;
+there is one small record per lane, so keeping it long costs next to nothing."""
 
 _MAX_DIGITS = 160  # Kinesis sequence numbers have up to 129 digits
 
@@ -74,6 +82,16 @@ def settles(state: LaneState, position: int) -> bool:
     return any(low <= position <= high for low, high in state.settled)
 
 
+def settles_all(state: LaneState, request: LaneRequest) -> bool:
+    """Whether the state settles every position of `request` (its `positions`, or, when
+    it names none, its whole range)."""
+    if request.high <= state.watermark:
+        return True
+    if request.positions:
+        return all(settles(state, p) for p in request.positions)
+    return any(low <= request.low and request.high <= high for low, high in state.settled)
+
+
 def deliveries(state: LaneState, position: int) -> int:
     """This delivery's number for `position` (1 the first time), for `max_deliveries`."""
     counted = 1
@@ -96,14 +114,21 @@ def take(
 ) -> tuple[LaneClaim, LaneRecord | None]:
     """The claim answer for a lane, and the record to write (None: write nothing).
 
-    `stored` is None for a lane never seen (or whose record outlived the store's TTL). A
-    live lease of another claim answers IN_PROGRESS with the state read. Otherwise the lane
-    is leased to `token`; a lapsed lease's range is charged one delivery (its holder
-    crashed before committing).
+    `stored` is None for a lane never seen (or whose record outlived its TTL). When the
+    stored state settles every position of the request (a redelivered batch of duplicates)
+    the answer is COMPLETED and nothing is written, whoever holds the lease. A live lease
+    of another claim answers IN_PROGRESS with the state read. Otherwise the lane is leased
+    to `token`; a lapsed lease's range is charged one delivery (its holder crashed before
+    committing).
     """
     if stored is None:
         stored = LaneRecord(request.lane, LaneState(), version=0)
     state = stored.state
+    if settles_all(state, request):
+        claim = LaneClaim(
+            request.lane, ClaimStatus.COMPLETED, state, None, None, stored.version
+        )  # fmt: skip
+        return claim, None
     if stored.lease_expires_at > now and stored.token != token:
         claim = LaneClaim(
             request.lane, ClaimStatus.IN_PROGRESS, state, None, stored.lease_expires_at,
@@ -267,11 +292,13 @@ class LaneBatch:
 
     def requests(self) -> list[LaneRequest]:
         """One lease request per lane, covering its positions in this batch."""
-        ranges: dict[str, tuple[int, int]] = {}
+        by_lane: dict[str, list[int]] = {}
         for lane, position in self.positions.values():
-            low, high = ranges.get(lane, (position, position))
-            ranges[lane] = (min(low, position), max(high, position))
-        return [LaneRequest(lane, low, high) for lane, (low, high) in ranges.items()]
+            by_lane.setdefault(lane, []).append(position)
+        return [
+            LaneRequest(lane, min(positions), max(positions), tuple(positions))
+            for lane, positions in by_lane.items()
+        ]
 
     def commits(self) -> list[LaneCommit]:
         """The new state of every lane this batch leased, from its items' states now."""

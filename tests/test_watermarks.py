@@ -61,3 +61,15 @@ def test_a_lapsed_lease_charges_its_range_and_a_new_claim_takes_over() -> None:
 def test_state_round_trips_through_its_encoding() -> None:
     state = LaneState(BIG, ((BIG + 5, BIG + 9),), ((BIG + 2, 3),), ((BIG + 1, BIG + 9, 1),), (1, 2))
     assert decode_state(encode_state(state)) == state
+
+
+def test_a_request_the_state_settles_is_completed_without_a_write() -> None:
+    first, written = take(None, LaneRequest("l", 1, 9), now=0, lease_seconds=10, token="a")
+    assert written is not None
+    done = commit_record(written, LaneCommit(first, LaneState(5, ((8, 9),))), now=1)
+    for request in (LaneRequest("l", 1, 5), LaneRequest("l", 8, 9), LaneRequest("l", 4, 9, (4, 9))):
+        claim, none = take(done, request, now=2, lease_seconds=10, token="b")
+        assert claim.status is ClaimStatus.COMPLETED and none is None
+        assert claim.version == done.version and claim.token is None
+    claim, taken = take(done, LaneRequest("l", 4, 9), now=2, lease_seconds=10, token="b")
+    assert claim.status is ClaimStatus.NEW and taken is not None  # 6 and 7 may lie between

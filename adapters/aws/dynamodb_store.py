@@ -116,6 +116,7 @@ class DynamoDBIdempotencyStore:
         key_attribute: str = "pk",
         ttl_attribute: str = "expires_at",
         retry: RetryPolicy | None = None,
+        lane_ttl_seconds: float = watermarks.LANE_TTL_SECONDS,
     ) -> None:
         self.table = table
         self.mode = mode
@@ -124,6 +125,9 @@ class DynamoDBIdempotencyStore:
         includes the breaker's hand-backs, is not needed (`Attempts.deliveries`)."""
         self.clock: Clock = clock or SystemClock()
         self.ttl_seconds = ttl_seconds
+        self.lane_ttl_seconds = lane_ttl_seconds
+        """How long a lane record outlives its last write (`watermarks.LANE_TTL_SECONDS`:
+        past the longest a source can redeliver below its watermark)."""
         self.key_attribute = key_attribute
         self.ttl_attribute = ttl_attribute
         self.retry = retry or default_retry()
@@ -213,7 +217,7 @@ class DynamoDBIdempotencyStore:
                 self.table,
                 written,
                 item,
-                self.ttl_seconds,
+                self.lane_ttl_seconds,
                 key_attribute=self.key_attribute,
                 ttl_attribute=self.ttl_attribute,
             )

@@ -106,9 +106,13 @@ class CosmosIdempotencyStore(ReadModifyWriteLanes):
         clock: Clock | None = None,
         retry: RetryPolicy | None = None,
         throttle_retry: RetryPolicy | None = None,
+        lane_ttl_seconds: float = watermarks.LANE_TTL_SECONDS,
     ) -> None:
         self.container = container
         self.ttl_seconds = ttl_seconds
+        self.lane_ttl_seconds = lane_ttl_seconds
+        """How long a lane record outlives its last write (`watermarks.LANE_TTL_SECONDS`:
+        past the longest a source can redeliver below its watermark)."""
         self.clock: Clock = clock or SystemClock()
         self.retry = retry or contention_policy()
         """Rounds for one contended key (conflicting writes), and the wait between them."""
@@ -153,7 +157,7 @@ class CosmosIdempotencyStore(ReadModifyWriteLanes):
             answer, written = change(_decode_lane(lane, row, now), now)
             if written is None:
                 return answer
-            item = _encode_lane(written, partition, ident, self.ttl_seconds)
+            item = _encode_lane(written, partition, ident, self.lane_ttl_seconds)
             try:
                 if row is None:
                     send(self.throttle_retry, "a lane write", self.container.create_item, item)
@@ -407,7 +411,7 @@ def lane_address(lane: str) -> tuple[str, str]:
 
 
 def _decode_lane(lane: str, row: Item | None, now: float) -> LaneRecord | None:
-    """The stored record, or None when absent or past the store's TTL (counted as absent)."""
+    """The stored record, or None when absent or past the lane TTL (counted as absent)."""
     if row is None or "state" not in row or float(row["expires"]) <= now:
         return None
     lease = row.get("lease_expires_at")

@@ -14,6 +14,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
+from onceflow import watermarks
 from onceflow.adapters.azure.lease_rows import (
     COMPLETED,
     IN_PROGRESS,
@@ -94,6 +95,7 @@ class TableIdempotencyStore(ReadModifyWriteLanes):
         retry: RetryPolicy | None = None,
         throttle_retry: RetryPolicy | None = None,
         create: bool = False,
+        lane_ttl_seconds: float = watermarks.LANE_TTL_SECONDS,
     ) -> None:
         if isinstance(table, str):
             if connection_string is None:
@@ -105,6 +107,9 @@ class TableIdempotencyStore(ReadModifyWriteLanes):
             )
         self.table = table
         self.ttl_seconds = ttl_seconds
+        self.lane_ttl_seconds = lane_ttl_seconds
+        """How long a lane record outlives its last write (`watermarks.LANE_TTL_SECONDS`:
+        past the longest a source can redeliver below its watermark)."""
         self.clock: Clock = clock or SystemClock()
         self.retry = retry or contention_policy()
         """Rounds for one contended key (conflicting writes), and the wait between them."""
@@ -146,7 +151,7 @@ class TableIdempotencyStore(ReadModifyWriteLanes):
             answer, written = change(decode_lane(lane, row, now), now)
             if written is None:
                 return answer
-            entity = encode_lane(written, self.ttl_seconds)
+            entity = encode_lane(written, self.lane_ttl_seconds)
             try:
                 if row is None:
                     send(self.throttle_retry, "a lane write", self.table.create_entity, entity)

@@ -22,7 +22,13 @@ from onceflow.records import (
     OutcomeStatus,
     Output,
 )
-from onceflow.watermarks import commit_record, fence_holds, release_record, take
+from onceflow.watermarks import (
+    LANE_TTL_SECONDS,
+    commit_record,
+    fence_holds,
+    release_record,
+    take,
+)
 
 __all__ = ["MemoryIdempotencyStore", "MemoryWrites"]
 
@@ -96,11 +102,14 @@ class MemoryIdempotencyStore:
         clock: Clock | None = None,
         faults: Faults | None = None,
         counts_every_delivery: bool = True,
+        lane_ttl_seconds: float = LANE_TTL_SECONDS,
     ) -> None:
         self.counts_every_delivery = counts_every_delivery
         """Each claim counts (a takeover after a lapsed lease too) and a refund takes it
         back, so the pipeline needs no platform's delivery count (`Attempts.deliveries`)."""
         self.ttl_seconds = ttl_seconds
+        self.lane_ttl_seconds = lane_ttl_seconds
+        """How long a lane record outlives its last write (`watermarks.LANE_TTL_SECONDS`)."""
         self.clock: Clock = clock or SystemClock()
         self.faults = faults or Faults()
         self.lock = threading.RLock()
@@ -210,8 +219,8 @@ class MemoryIdempotencyStore:
 
     def _lane(self, lane: str, now: float) -> LaneRecord | None:
         record = self.lanes.get(lane)
-        if record is not None and record.updated_at + self.ttl_seconds <= now:
-            return None  # outlived the TTL: counts as absent
+        if record is not None and record.updated_at + self.lane_ttl_seconds <= now:
+            return None  # outlived the lane TTL: counts as absent
         return record
 
     async def claim_lanes(

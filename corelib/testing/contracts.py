@@ -37,6 +37,7 @@ from onceflow.records import (
     OutcomeStatus,
     Output,
 )
+from onceflow.watermarks import LANE_TTL_SECONDS
 
 __all__ = [
     "AtomicSinkContract",
@@ -354,7 +355,8 @@ class LaneStoreContract:
     """Lane watermark records: leases, fencing, lost replies, takeovers and TTL.
 
     Needs fixtures `store` and `other_store` (two workers' handles on one backend), both
-    `LaneStore`s built with the `clock` fixture and a TTL of at least an hour.
+    `LaneStore`s built with the `clock` fixture and a TTL of at least an hour, and the
+    default lane TTL (`watermarks.LANE_TTL_SECONDS`).
     """
 
     @pytest.fixture
@@ -406,6 +408,49 @@ class LaneStoreContract:
         await store.release_lanes([a])  # stale: nothing more
         [b] = await other_store.claim_lanes([LaneRequest(lane, 3, 7)], LEASE)
         assert b.status is ClaimStatus.NEW and b.state.crashed == ((3, 7, 1),)
+
+    @pytest.mark.anyio
+    async def test_a_claim_of_settled_positions_writes_nothing(
+        self, store: LaneStore, other_store: LaneStore
+    ) -> None:
+        """A redelivered batch of duplicates costs a read: the record's version stays."""
+        lane = unique("lane")
+        [a] = await store.claim_lanes([LaneRequest(lane, 10, 50)], LEASE)
+        state = LaneState(30, ((40, 50),), ((35, 1),))
+        assert await store.commit_lanes([LaneCommit(a, state)]) == [True]
+        requests = [
+            LaneRequest(lane, 5, 30),  # at or below the watermark
+            LaneRequest(lane, 42, 48),  # inside a settled interval above a gap
+            LaneRequest(lane, 20, 50, (20, 30, 40, 50)),  # positions that skip the gap
+        ]
+        versions = set()
+        for request in requests:
+            [done] = await other_store.claim_lanes([request], LEASE)
+            assert done.status is ClaimStatus.COMPLETED and done.token is None, request
+            assert done.state == state
+            versions.add(done.version)
+        assert len(versions) == 1
+        # Another worker's live lease does not hide what is settled.
+        [b] = await store.claim_lanes([LaneRequest(lane, 20, 50)], LEASE)
+        assert b.status is ClaimStatus.NEW and b.version > versions.pop()
+        [c] = await other_store.claim_lanes([LaneRequest(lane, 1, 25)], LEASE)
+        assert c.status is ClaimStatus.COMPLETED
+
+    @pytest.mark.anyio
+    async def test_a_lane_outlives_the_key_ttl_until_the_lane_ttl(
+        self, store: LaneStore, other_store: LaneStore, clock: ManualClock
+    ) -> None:
+        """A source redelivers below a watermark for as long as it keeps the lane (a
+        Kinesis stream up to 365 days): the record outlives keys, expiring by its own TTL."""
+        lane = unique("lane")
+        [a] = await store.claim_lanes([LaneRequest(lane, 1, 9)], LEASE)
+        assert await store.commit_lanes([LaneCommit(a, LaneState(9))]) == [True]
+        clock.advance(30 * 86_400.0)
+        [kept] = await other_store.claim_lanes([LaneRequest(lane, 1, 9)], LEASE)
+        assert kept.status is ClaimStatus.COMPLETED and kept.state.watermark == 9
+        clock.advance(LANE_TTL_SECONDS)
+        [gone] = await other_store.claim_lanes([LaneRequest(lane, 1, 9)], LEASE)
+        assert gone.status is ClaimStatus.NEW and gone.state.watermark == -1
 
     @pytest.mark.anyio
     async def test_many_lanes_in_one_call_in_order(self, store: LaneStore) -> None:

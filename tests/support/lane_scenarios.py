@@ -32,9 +32,14 @@ def two_workers_one_lane(one: Any, two: Any, clock: ManualClock) -> None:
         commit = LaneCommit(mine, state)
         assert await one.commit_lanes([commit]) == [True]
         assert await one.commit_lanes([commit]) == [True]  # sent again: a lost reply
-        [again] = await two.claim_lanes([request], 60)
+        # Redelivery of settled positions only: duplicates, nothing leased or written.
+        [settled] = await two.claim_lanes([request], 60)
+        assert settled.status is ClaimStatus.COMPLETED and settled.token is None
+        assert watermarks.settles(settled.state, BIG + 99)
+        # A redelivery reaching past the watermark takes the lane over.
+        [again] = await two.claim_lanes([LaneRequest(lane, BIG, BIG + 100)], 60)
         assert again.status is ClaimStatus.NEW
-        assert watermarks.settles(again.state, BIG + 99)  # redelivery: duplicates
+        assert watermarks.settles(again.state, BIG + 99)  # its first 100: duplicates
         assert not watermarks.settles(again.state, BIG + 100)
         # The first worker's stale commit after the takeover is refused.
         assert await one.commit_lanes([commit]) == [False]
@@ -49,8 +54,13 @@ def two_workers_one_lane(one: Any, two: Any, clock: ManualClock) -> None:
         await one.release_lanes([taken])
         [after] = await two.claim_lanes([nxt], 60)
         assert after.status is ClaimStatus.NEW and watermarks.settles(after.state, BIG + 99)
-        # A record past the store's TTL counts as absent.
+        # A lane record outlives the keys' TTL (the source may redeliver below it for
+        # as long as it keeps the lane), and counts as absent past the lane TTL.
+        await two.release_lanes([after])
         clock.advance(3_601)
+        [kept] = await one.claim_lanes([nxt], 60)
+        assert kept.status is ClaimStatus.NEW and watermarks.settles(kept.state, BIG + 99)
+        clock.advance(watermarks.LANE_TTL_SECONDS + 1)
         [fresh] = await one.claim_lanes([nxt], 60)
         assert fresh.status is ClaimStatus.NEW and fresh.state.watermark == -1
 
