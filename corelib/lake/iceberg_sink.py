@@ -15,6 +15,7 @@ sink reloads the table and decides again, so two workers never both add the same
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -34,7 +35,7 @@ from pyiceberg.exceptions import (
     TableAlreadyExistsError,
 )
 from pyiceberg.expressions import In
-from pyiceberg.table import Table
+from pyiceberg.table import Table, Transaction
 from pyiceberg.transforms import HourTransform, IdentityTransform
 
 from onceflow.errors import ConfigurationError, OutputRejected
@@ -72,7 +73,9 @@ class IcebergSink:
     `partition_by` takes the ParquetSink forms: `Hourly(EVENT_TIME)` adds an `_event_time`
     column partitioned by `hours(...)`, `Hourly("ts")` partitions a timestamp column by
     hour, a plain name by identity (hidden partitioning: engines prune on the column).
-    `max_bytes` becomes the table's `write.target-file-size-bytes`.
+    `max_bytes` becomes the table's `write.target-file-size-bytes`; a batch over `max_rows`
+    is written as a data file (or more, for `max_bytes`) per `max_rows` slice, still in one
+    snapshot. `properties` are table properties set when the sink creates the table.
     """
 
     def __init__(
@@ -82,6 +85,7 @@ class IcebergSink:
         *,
         schema: pa.Schema | type[BaseModel],
         partition_by: PartitionSpec = None,
+        max_rows: int = 5_000_000,
         max_bytes: int = 256 * MiB,
         ordered: bool = True,
         app_id: str = "onceflow",
@@ -90,8 +94,8 @@ class IcebergSink:
     ) -> None:
         if "." not in identifier:
             raise ConfigurationError(f"name the table as namespace.table, not {identifier!r}")
-        if max_bytes < 1:
-            raise ConfigurationError("max_bytes must be positive")
+        if max_rows < 1 or max_bytes < 1:
+            raise ConfigurationError("max_rows and max_bytes must be positive")
         self.catalog = catalog
         self.identifier = identifier
         self.schema = arrow_schema(schema)
@@ -112,7 +116,14 @@ class IcebergSink:
         self.ordered = ordered
         self.app_id = app_id
         self.sequence_of = sequence_of
-        self.properties = {"write.target-file-size-bytes": str(max_bytes), **(properties or {})}
+        self.max_rows = max_rows
+        self.properties = {
+            "write.target-file-size-bytes": str(max_bytes),
+            # pyiceberg's default (2 MiB) builds dictionaries twice as long as pyarrow's
+            # before giving up on high-cardinality columns (ids, urls): a fifth of the write.
+            "write.parquet.dict-size-bytes": str(MiB),
+            **(properties or {}),
+        }
         self._table: Table | None = None
 
     async def write(self, outputs: Sequence[Output]) -> None:
@@ -215,9 +226,36 @@ class IcebergSink:
                 {k[len(WATERMARK) :]: int(v) for k, v in watermarks.items()}, sort_keys=True
             )
         with current.transaction() as transaction:
-            transaction.append(rows, snapshot_properties=summary)
+            if rows.num_rows <= self.max_rows:
+                transaction.append(rows, snapshot_properties=summary)
+            else:
+                self._append_sliced(transaction, current, rows, summary)
             if watermarks:
                 transaction.set_properties(watermarks)
+
+    def _append_sliced(
+        self, transaction: Transaction, current: Table, rows: pa.Table, summary: dict[str, str]
+    ) -> None:
+        """One snapshot adding a data file (or more, for `max_bytes`) per `max_rows` slice."""
+        # What `Transaction.append` does, a slice at a time: pyiceberg bins by size only.
+        from pyiceberg.io.pyarrow import _check_pyarrow_schema_compatible, _dataframe_to_data_files
+
+        metadata = transaction.table_metadata
+        _check_pyarrow_schema_compatible(
+            metadata.schema(), provided_schema=rows.schema, format_version=metadata.format_version
+        )
+        counter = itertools.count(0)  # shared, so slices' file names never collide
+        update = transaction.update_snapshot(snapshot_properties=summary)
+        with update.fast_append() as append:
+            for start in range(0, rows.num_rows, self.max_rows):
+                for data_file in _dataframe_to_data_files(
+                    table_metadata=metadata,
+                    df=rows.slice(start, self.max_rows),
+                    io=current.io,
+                    write_uuid=append.commit_uuid,
+                    counter=counter,
+                ):
+                    append.append_data_file(data_file)
 
     def _absent(self, current: Table, table: pa.Table) -> pa.Table:
         if not table.num_rows or current.current_snapshot() is None:
