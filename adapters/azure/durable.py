@@ -13,6 +13,9 @@ the ledger (`<run>/dead-letters/<chunk>.json`: the chunk and the error, never it
 records) and the orchestration ends incomplete; starting it again redoes only the
 missing chunks. The blob trigger starts one orchestration per blob version: its instance
 id is derived from the blob's name and etag, so a trigger fired twice starts it once.
+Every read of the blob carries `If-Match` of the etag planned (`BlobObjectStore.pinned`):
+a blob rewritten mid-run fails its chunks with `ObjectChanged` (retried, then
+dead-lettered) rather than mixing two versions; the new version has its own run.
 
 The orchestrator is a generator over the context, as Durable Functions replays it: it
 only yields tasks and decides, and every side effect is in an activity.
@@ -92,12 +95,16 @@ class DurableChunks:
 
     def orchestrate(self, context: Any) -> Generator[Any, Any, dict[str, Any]]:
         """Plan, fan out one activity per chunk, fan in; dead-letter what is still missing."""
-        blob = context.get_input()
-        plan = yield context.call_activity(PLAN, blob)
+        # Every payload is plain JSON: its type is given, as the library's strict typing
+        # (AZURE_FUNCTIONS_DURABLE_STRICT_TYPING=1) asks.
+        blob = context.get_input(expected_type=dict)
+        plan = yield context.call_activity(PLAN, blob, expected_type=dict)
         item = {"path": plan["path"], "version": plan["version"]}
         retry = df.RetryOptions(self.first_retry_ms, self.attempts)
         chunks = [
-            context.call_activity_with_retry(CHUNK, retry, {**item, "index": index})
+            context.call_activity_with_retry(
+                CHUNK, retry, {**item, "index": index}, expected_type=dict
+            )
             for index in plan["chunks"]
         ]
         error = None
@@ -105,10 +112,12 @@ class DurableChunks:
             yield context.task_all(chunks)
         except Exception as exc:  # a chunk failed all its attempts: the fan-in says which
             error = f"{type(exc).__name__}: {exc}"
-        result = yield context.call_activity(FAN_IN, item)
+        result = yield context.call_activity(FAN_IN, item, expected_type=dict)
         if not result["complete"]:
             yield context.call_activity(
-                DEAD_LETTER, {**item, "chunks": result["missing"], "error": error or "missing"}
+                DEAD_LETTER,
+                {**item, "chunks": result["missing"], "error": error or "missing"},
+                expected_type=list,
             )
         return dict(result)
 
@@ -118,8 +127,16 @@ class DurableChunks:
         """Activity: the blob's chunk plan (the saved one if planned before)."""
 
         async def plan() -> dict[str, Any]:
+            store = self._store()
+            version = blob.get("version")
+            if version is None:  # started by hand: the blob as it is now
+                info = await store.head(blob["path"])
+                if info is None:
+                    raise FileNotFoundError(f"no blob {blob['path']!r} to plan")
+                version = info.etag
+            pinned = store.pinned(version) if version else store
             made = await self._ledger().plan(
-                self._store(), blob["path"], chunk_size=self.chunk_size, version=blob.get("version")
+                pinned, blob["path"], chunk_size=self.chunk_size, version=version
             )
             return {
                 "path": made.path,
@@ -141,7 +158,7 @@ class DurableChunks:
                 raise FileNotFoundError(f"no chunk plan for {item['path']} {item['version']}")
             run = await run_chunk(
                 self._built(),
-                self._store(),
+                self._store().pinned(plan.version),  # the version is the planned etag
                 ledger,
                 plan,
                 int(item["index"]),

@@ -1,12 +1,18 @@
-"""An object store on Azure Blob Storage: one container, paths under an optional prefix."""
+"""An object store on Azure Blob Storage: one container, paths under an optional prefix.
+
+`BlobObjectStore.pinned` is what the chunked path reads through: every read carries
+`If-Match: <ETag>` of the blob version planned, so a blob rewritten mid-run fails the
+read with `ObjectChanged` instead of mixing bytes of two versions.
+"""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio.to_thread
+from azure.core import MatchConditions
 from azure.core.exceptions import (
     HttpResponseError,
     ResourceExistsError,
@@ -16,12 +22,17 @@ from azure.core.exceptions import (
 from azure.storage.blob import BlobServiceClient, ContainerClient
 
 from onceflow.adapters.azure.throttling import default_retry, send
+from onceflow.errors import OnceflowError
 from onceflow.records import ObjectInfo
 from onceflow.retry import RetryPolicy
 
-__all__ = ["BlobObjectStore"]
+__all__ = ["BlobObjectStore", "ObjectChanged"]
 
 T = TypeVar("T")
+
+
+class ObjectChanged(OnceflowError):
+    """The blob was rewritten since it was planned: its old version cannot be read."""
 
 
 class BlobObjectStore:
@@ -52,9 +63,23 @@ class BlobObjectStore:
         self.prefix = prefix
         self.throttle_retry = throttle_retry or default_retry()
         """Requests again while Blob storage throttles them (the SDK never retries a 429)."""
+        self._pin: dict[str, Any] = {}
         if create:
             with contextlib.suppress(ResourceExistsError):
                 send(self.throttle_retry, "a container creation", container.create_container)
+
+    def pinned(self, etag: str) -> BlobObjectStore:
+        """This store with every read sent `If-Match: etag`: a rewritten blob fails to read."""
+        view = BlobObjectStore(self.container, self.prefix, throttle_retry=self.throttle_retry)
+        view._pin = {"etag": etag, "match_condition": MatchConditions.IfNotModified}
+        return view
+
+    def _changed(self, path: str) -> ObjectChanged:
+        return ObjectChanged(
+            f"blob {self._name(path)!r} was rewritten since its chunk plan (its ETag is no "
+            f"longer {self._pin['etag']}): that version can no longer be read; the new "
+            "version's own trigger runs it"
+        )
 
     def _name(self, path: str) -> str:
         return self.prefix + path
@@ -66,9 +91,11 @@ class BlobObjectStore:
         """The object's bytes; `FileNotFoundError` when there is none."""
         blob = self.container.get_blob_client(self._name(path))
         try:
-            return await self._call(lambda: blob.download_blob().readall())
+            return await self._call(lambda: blob.download_blob(**self._pin).readall())
         except ResourceNotFoundError as exc:
             raise FileNotFoundError(f"no blob {self._name(path)!r}") from exc
+        except ResourceModifiedError as exc:
+            raise self._changed(path) from exc
 
     async def get_range(self, path: str, start: int, end: int) -> bytes:
         """Bytes `start` up to, not including, `end`; `FileNotFoundError` when absent."""
@@ -79,10 +106,12 @@ class BlobObjectStore:
             return b""
         try:
             return await self._call(
-                lambda: blob.download_blob(offset=start, length=end - start).readall()
+                lambda: blob.download_blob(offset=start, length=end - start, **self._pin).readall()
             )
         except ResourceNotFoundError as exc:
             raise FileNotFoundError(f"no blob {self._name(path)!r}") from exc
+        except ResourceModifiedError as exc:
+            raise self._changed(path) from exc
         except HttpResponseError as exc:
             if exc.status_code == 416:  # start at or past the end: an empty slice, like bytes[a:b]
                 return b""
@@ -131,8 +160,10 @@ class BlobObjectStore:
         """The object's info, or None when absent."""
         blob = self.container.get_blob_client(self._name(path))
         try:
-            props = await self._call(blob.get_blob_properties)
+            props = await self._call(lambda: blob.get_blob_properties(**self._pin))
         except ResourceNotFoundError:
             return None
+        except ResourceModifiedError as exc:
+            raise self._changed(path) from exc
         modified = props.last_modified.timestamp() if props.last_modified else None
         return ObjectInfo(path, int(props.size), props.etag, modified)
