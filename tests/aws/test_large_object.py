@@ -48,7 +48,6 @@ ROOT = Path(__file__).resolve().parents[2]
 MB = int(os.environ.get("ONCEFLOW_LARGE_OBJECT_MB", "4"))
 PAD = "x" * 1_000  # about 1 KB a line
 BAD_EVERY = 9_973  # `"bad": true` lines: the Doubler refuses them (dead letters)
-READ_SIZE = 1 << 20  # ChunkReader's piece: no GET of a chunk asks for more
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +117,7 @@ def test_a_large_object_through_the_chunk_workers_equals_the_local_run(
     moto: MotoServer, s3_bucket: str, interpreter: MotoServer, tmp_path: Path
 ) -> None:
     size = MB << 20
-    chunk_size = max(READ_SIZE, size // 12)
+    chunk_size = max(1 << 20, size // 12)
     source = tmp_path / "big.jsonl"
     lines, refused = make_input(source, size)
     size = source.stat().st_size
@@ -174,7 +173,7 @@ def test_a_large_object_through_the_chunk_workers_equals_the_local_run(
     # Ranged GETs only, each at most one read piece, pinned, every byte read once.
     spans = [r[6:].split("-") for r in ranges.seen if r]
     assert len(spans) == len(ranges.seen) and all(
-        int(b) - int(a) + 1 <= READ_SIZE for a, b in spans
+        int(b) - int(a) + 1 <= handlers.read_size for a, b in spans
     )
     assert sum(int(b) - int(a) + 1 for a, b in spans) == size
     assert {pin for pin in ranges.pins} == {(None, f'"{doc["version"]}"')}
@@ -201,7 +200,8 @@ def test_a_large_object_through_the_chunk_workers_equals_the_local_run(
     assert json.loads(found["output"])["fan_in"]["result"]["rows"] == lines
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"\n{size / 1e6:.0f} MB, {lines} lines, {len(replies)} chunks of {chunk_size} bytes")
+    print(f"\n{size / 1e6:.0f} MB, {lines} lines, {len(replies)} chunks of {chunk_size} bytes, "
+          f"{len(spans)} ranged GETs")  # fmt: skip
     for what, seconds in timings.items():
         print(f"  {what:28} {seconds:7.1f} s")
     print(f"  peak RSS of the test process {peak:.0f} MB (its MemorySink holds every output)")
