@@ -406,6 +406,7 @@ class Pipeline:
         return batch if batch.positions else None
 
     async def _claim(self, items: list[Item], lanes: LaneBatch | None = None) -> bool:
+        """Claim the batch (its lanes, then per-key markers); whether anything was claimed."""
         if lanes is not None:
             if not await self._claim_lanes(lanes):
                 return False
@@ -421,7 +422,9 @@ class Pipeline:
             log.error("claim failed for %d keys: %s", len(keys), reason)
             for item in items:
                 item.fail(FailureKind.STORE_FAILED, reason)
-            return False
+            # Leased lanes go on (an ordered lane waits behind what failed here): stopping
+            # would leave their leases to lapse, blocking them a lease and charging them all.
+            return lanes is not None
         if len(claims) != len(items):
             raise ConfigurationError(
                 f"{type(self.store).__name__}.claim returned {len(claims)} claims for "

@@ -56,6 +56,19 @@ keeps a lane (a Kinesis stream retains up to 365 days). A lane record that expir
 the source can still redeliver below its watermark would make those events new again;
 there is one small record per lane, so keeping it long costs next to nothing."""
 
+MAX_SETTLED = 100
+"""Settled intervals a lane keeps above its watermark; the highest beyond are forgotten."""
+MAX_FAILURES = 100
+"""Failed positions whose deliveries a lane counts; the highest beyond start again at 1."""
+MAX_CRASHED = 20
+"""Crashed ranges a lane counts; the highest beyond are forgotten."""
+# Why bounded: a lane's state is one stored item (an Azure Table property holds 32K UTF-16
+# characters, a DynamoDB item 400 KB), and an ordered batch of 10,000 whose partition keys
+# alternate failing would otherwise keep 5,000 intervals: its commit would fail every time.
+# Forgetting a run only means its events are processed again when the source redelivers
+# them behind the gap (keyed overwrites); forgetting a count, a poison pill takes longer.
+# At the caps a state encodes to about 21,000 characters with Kinesis-sized positions.
+
 _MAX_DIGITS = 160  # Kinesis sequence numbers have up to 129 digits
 
 
@@ -226,12 +239,12 @@ def settle(
             merged[-1] = (merged[-1][0], max(merged[-1][1], high))
         else:
             merged.append((low, high))
-    settled = tuple((lo, hi) for lo, hi in merged if hi > watermark)
+    settled = tuple((lo, hi) for lo, hi in merged if hi > watermark)[:MAX_SETTLED]
     crashed = tuple((max(low, last + 1), high, n) for low, high, n in state.crashed if high > last)
-    crashed = tuple(c for c in crashed if c[1] > watermark)
+    crashed = tuple(sorted(c for c in crashed if c[1] > watermark))[:MAX_CRASHED]
     failures = tuple(
         sorted((p, n) for p, n in failed.items() if p > watermark and not _inside(p, settled))
-    )
+    )[:MAX_FAILURES]
     return LaneState(watermark, settled, failures, crashed, state.inflight)
 
 
@@ -253,7 +266,7 @@ def _charge(
             out.append((c_low, c_high, n))
     if not found and high > watermark:
         out.append((low, high, 1))
-    return tuple(out)
+    return tuple(sorted(out))[:MAX_CRASHED]
 
 
 def encode_state(state: LaneState) -> str:

@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
-from onceflow.records import ClaimStatus, LaneCommit, LaneRequest, LaneState
+from onceflow.adapters.memory import ManualClock, MemoryIdempotencyStore, MemorySink
+from onceflow.adapters.memory.faults import Faults
+from onceflow.event import Event
+from onceflow.failures import FailureKind
+from onceflow.pipeline import Pipeline
+from onceflow.records import ClaimStatus, InvalidRecord, LaneCommit, LaneRequest, LaneState
+from onceflow.retry import RetryPolicy
 from onceflow.watermarks import (
+    LANE_ATTRIBUTE,
+    MAX_CRASHED,
+    MAX_FAILURES,
+    MAX_SETTLED,
     commit_record,
     decode_state,
     deliveries,
@@ -73,3 +83,47 @@ def test_a_request_the_state_settles_is_completed_without_a_write() -> None:
         assert claim.version == done.version and claim.token is None
     claim, taken = take(done, LaneRequest("l", 4, 9), now=2, lease_seconds=10, token="b")
     assert claim.status is ClaimStatus.NEW and taken is not None  # 6 and 7 may lie between
+
+
+def test_a_lane_state_stays_small_enough_for_one_stored_item() -> None:
+    # An ordered batch whose partition keys alternate failing: every other event a gap.
+    batch = [(BIG + 7 * i, i % 2 == 0, 1) for i in range(10_000)]
+    state = settle(LaneState(), batch)
+    assert len(state.settled) == MAX_SETTLED and len(state.failures) == MAX_FAILURES
+    assert state.settled[0] == (BIG + 14, BIG + 14)  # the lowest runs are the ones kept
+    assert state.failures[0] == (BIG + 7, 1)
+    crashed = LaneState(crashed=tuple((BIG + i, BIG + i, 1) for i in range(3 * MAX_CRASHED)))
+    kept = settle(crashed, [(BIG - 1, True, 0)]).crashed
+    assert len(kept) == MAX_CRASHED
+    assert len(encode_state(state._replace(crashed=kept, inflight=(BIG, BIG)))) < 32_000
+    # What was forgotten is not settled: the source redelivers it behind the gap.
+    assert not settles(state, BIG + 7 * 9_998)
+
+
+def test_a_failed_key_claim_does_not_strand_the_batchs_lanes() -> None:
+    """A batch mixing lane events and a per-key record (one the decoder could not read):
+    the per-key claim fails, the leased lane is still processed and committed, so the
+    redelivery finds it free and settled instead of leased for a whole lease."""
+    clock = ManualClock()
+    faults = Faults()
+    store = MemoryIdempotencyStore(clock=clock, faults=faults)
+    sink, letters = MemorySink(atomic=False), MemorySink(atomic=False)
+    lane = {LANE_ATTRIBUTE: "shard-0"}
+    events: list[Event | InvalidRecord] = [
+        Event(id=f"e{n}", source="s", sequence=str(BIG + n), data=b"{}", attributes=lane)
+        for n in range(5)
+    ]
+    events.append(InvalidRecord(id="bad", source="s", reason="not JSON", sequence=str(BIG + 9)))
+    pipeline = Pipeline(
+        lambda event: {"id": event.id}, sink, store, letters, clock=clock,
+        backend_retry=RetryPolicy(attempts=1),
+    )  # fmt: skip
+    assert pipeline.watermarks
+    faults.fail("store.claim")
+    first = pipeline.run_batch(events)
+    assert sorted(first.processed) == [f"e{n}" for n in range(5)] and first.failed == ["bad"]
+    assert first.failures["bad"].kind is FailureKind.STORE_FAILED
+    again = pipeline.run_batch(events)  # at once: no lease left behind
+    assert sorted(again.duplicates) == [f"e{n}" for n in range(5)]
+    assert again.dead_lettered == ["bad"]
+    assert len(sink.contents()) == 5
