@@ -38,6 +38,7 @@ from onceflow.event import Event
 from onceflow.pipeline import Pipeline
 from onceflow.retry import RetryPolicy
 from onceflow.serialization import dumps
+from onceflow.watermarks import LANE_ATTRIBUTE, lane_of, position_of
 
 SECRET = "SECRET"
 """Marks every payload value of the valid payloads: no reason or log line may carry it."""
@@ -320,6 +321,9 @@ def handled(payload: Any, good: list[str], refusable: bool) -> Outcome:
         if isinstance(record, Event):
             if record.key not in keys_seen:
                 return Outcome(f"event {record.id} neither processed nor dead-lettered")
+            problem = lane_problem(record, delivery.kind)
+            if problem is not None:
+                return Outcome(problem)
         elif record.id not in letter_ids:
             return Outcome(f"invalid record {record.id} not dead-lettered")
     for letter in letters:
@@ -331,6 +335,26 @@ def handled(payload: Any, good: list[str], refusable: bool) -> Outcome:
         if SECRET in message or SECRET in letter["traceback"]:
             return Outcome(f"a payload value in the reason: {message}")
     return Outcome(letters=letters)
+
+
+def lane_problem(event: Event, kind: str) -> str | None:
+    """What is wrong with the lane an event is on, whatever was mutated (None: all is well).
+
+    Only Kinesis and SQS FIFO records are put on lanes, at a decimal position: a Kinesis
+    record on the shard its eventID names (`<shard>:<sequence>`), a FIFO one on its group.
+    """
+    lane = event.attributes.get(LANE_ATTRIBUTE)
+    if lane is None:
+        return None
+    if kind not in {"kinesis", "sqs-fifo"} or lane_of(event) is None:
+        return f"event {event.id} of a {kind} batch is on a lane"
+    if position_of(event) is None:
+        return f"event {event.id} is on a lane without a decimal position"
+    if kind == "kinesis" and event.id != f"{lane}:{event.sequence}":
+        return f"event {event.id} is on a lane that is not its eventID's shard"
+    if kind == "sqs-fifo" and lane != event.partition_key:
+        return f"event {event.id} is on a lane that is not its message group"
+    return None
 
 
 def judge(
@@ -498,6 +522,11 @@ def _value(drawn: Any) -> Any:
     return _deep(3000) if drawn is DEEP else drawn
 
 
+def _replacing(drawn: Any) -> Callable[[Any], Any]:
+    """A mutation putting `drawn` in place of whatever was there."""
+    return lambda _: _value(drawn)
+
+
 _SCALARS = st.one_of(
     st.none(),
     st.booleans(),
@@ -534,7 +563,7 @@ def test_random_malformed_records_never_escape_the_handler(data: st.DataObject) 
         for _ in range(data.draw(st.integers(1, 3), label="mutations")):
             path = data.draw(st.sampled_from(list(paths(records[index]))[1:]), label="path")
             value = data.draw(VALUES | st.just(DELETE), label="value")
-            records[index] = mutated(records[index], path, lambda v, value=value: _value(value))
+            records[index] = mutated(records[index], path, _replacing(value))
     delivery = decode(trigger.payload())
     good = [
         record.key
