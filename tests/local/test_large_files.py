@@ -1,17 +1,13 @@
-"""`onceflow run` on one large file: chunks on `--workers N`, fan-in, and SIGKILL at random
-points followed by a rerun (a few kills here; `benchmarks/large_file.py` does 20 on a
-bigger file). Files are a few MB, split into many small chunks with `--chunk-size`."""
+"""`onceflow run` on one large file: chunks on `--workers N`, fan-in, and ids equal to the
+unchunked path's (SIGKILLs and reruns: `test_chunk_kills.py`). Files are a few MB, split
+into many small chunks with `--chunk-size`."""
 
 from __future__ import annotations
 
 import json
-import os
-import random
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +59,12 @@ def stored(state: Path, table: str) -> int:
         return 0
 
 
+def letters(state: Path) -> list[str]:
+    query = "SELECT event_id FROM dead_letters ORDER BY event_id"
+    with sqlite3.connect(f"{(state / 'state.db').as_uri()}?mode=ro", uri=True) as conn:
+        return [row[0] for row in conn.execute(query)]
+
+
 def ledger_files(state: Path) -> tuple[ChunkPlan | None, set[str]]:
     runs = state / "chunked" / "runs"
     if not runs.exists():
@@ -102,55 +104,13 @@ def test_chunked_run_on_two_workers_equals_one_reader(
     manifest = json.loads(next((state / "chunked").rglob("manifest.json")).read_text())
     assert (manifest["rows"], manifest["invalid"]) == (EVENTS + 1, 1)
     assert stored(state, "dead_letters") == len(BAD) + 1
+    # The same line-numbered ids as the unchunked run: the broken line is the same letter.
+    assert letters(state) == letters(source.parent / "clean")
+    assert f"big.jsonl:{EVENTS + 1}" in letters(state)
     # Run again: every chunk is skipped, nothing is written again.
     code, text = finish(onceflow(*args, "--chunk-size", CHUNK))
     assert f"{len(plan.chunks)} chunks of big.jsonl: 0 run, {len(plan.chunks)} done" in text
     assert outputs(out) == expected
-
-
-@pytest.mark.slow
-def test_sigkill_at_random_points_then_rerun_equals_one_clean_run(
-    clean: tuple[Path, list[Any]], tmp_path: Path
-) -> None:
-    source, expected = clean
-    state, out = tmp_path / "state", tmp_path / "out.jsonl"
-    args = ("--input", str(source), "--state", str(state), "--workers", "2", "--chunk-size", CHUNK)
-    rng = random.Random(13)
-    kills = 0
-    cut_at: list[int] = []
-    for _ in range(5):
-        run = onceflow(*args, start_new_session=True)
-        target = stored(state, "outputs") + rng.randrange(500, EVENTS // 4)
-        deadline = time.monotonic() + 60
-        while run.poll() is None and stored(state, "outputs") < target:
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.01)
-        if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)  # the parent and its workers, at once
-            kills += 1
-        run.communicate()
-        plan, files = ledger_files(state)
-        if plan is None:
-            continue
-        receipts = {f for f in files if "/chunks/" in f}
-        cut_at.append(len(receipts))
-        succeeded = any(f.endswith("/_SUCCESS") for f in files)
-        # _SUCCESS only at the end: never without the manifest and every chunk's receipt.
-        assert not succeeded or (
-            len(receipts) == len(plan.chunks) and any(f.endswith("/manifest.json") for f in files)
-        )
-    print(f"{kills} kills; receipts after each: {cut_at}")
-    assert kills >= 1
-    code, text = finish(onceflow(*args, "--out", str(out)))
-    assert code == 1, text  # the dead letters of the input, nothing else
-    assert outputs(out) == expected  # nothing lost, nothing doubled
-    assert stored(state, "outputs") == EVENTS - len(BAD)
-    assert stored(state, "dead_letters") == len(BAD) + 1
-    plan, files = ledger_files(state)
-    assert plan is not None
-    assert len({f for f in files if "/chunks/" in f}) == len(plan.chunks)
-    assert sum(f.endswith("/_SUCCESS") for f in files) == 1
 
 
 def test_only_one_large_file_takes_the_chunked_path(tmp_path: Path) -> None:
