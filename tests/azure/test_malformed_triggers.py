@@ -28,6 +28,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from onceflow.adapters.azure import TableIdempotencyStore, TableSink
+from onceflow.adapters.azure.decode import decode_event_hub
 from onceflow.adapters.azure.entry import (
     BlobTrigger,
     EventHubTrigger,
@@ -45,6 +46,8 @@ from onceflow.adapters.memory import ManualClock, MemoryIdempotencyStore, Memory
 from onceflow.event import Event
 from onceflow.failures import FailureKind
 from onceflow.pipeline import BatchResult, Pipeline
+from onceflow.records import InvalidRecord
+from onceflow.watermarks import LANE_ATTRIBUTE, lane_of, position_of
 from tests.support.servers import Azurite
 
 SECRET = "SECRET-7f3a"  # a payload value that must never reach a reason
@@ -63,10 +66,15 @@ class Measure:
         return {"bytes": len(event.data)}
 
 
-def pipeline(letters: MemorySink) -> Pipeline:
+def pipeline(letters: MemorySink, *, atomic: bool = True) -> Pipeline:
+    """A memory pipeline; `atomic=False` writes then completes, so lanes settle events."""
     clock = ManualClock()
     return Pipeline(
-        Measure(), MemorySink(), MemoryIdempotencyStore(clock=clock), letters, clock=clock
+        Measure(),
+        MemorySink(atomic=atomic),
+        MemoryIdempotencyStore(clock=clock),
+        letters,
+        clock=clock,
     )
 
 
@@ -211,15 +219,35 @@ FUZZ = settings(
 
 
 @FUZZ
-@given(events=event_hub_batches(), key_field=st.sampled_from([None, "order_id"]))
+@given(
+    events=event_hub_batches(),
+    key_field=st.sampled_from([None, "order_id"]),
+    atomic=st.booleans(),
+)
 @pytest.mark.anyio
 async def test_malformed_event_hub_batches_settle_every_event(
-    events: list[func.EventHubEvent], key_field: str | None
+    events: list[func.EventHubEvent], key_field: str | None, atomic: bool
 ) -> None:
+    for record in decode_event_hub(events, event_hub_name=HUB, key_field=key_field):
+        check_lane(record, key_field)
     letters = MemorySink()
-    handler = FunctionHandler(pipeline(letters), EventHubTrigger("orders", key_field=key_field))
+    handler = FunctionHandler(
+        pipeline(letters, atomic=atomic), EventHubTrigger("orders", key_field=key_field)
+    )
     result = await handler.event_hub(events, invocation_context(0, 5))
     check_settled(result, letters, len(events))
+
+
+def check_lane(record: Event | InvalidRecord, key_field: str | None) -> None:
+    """An event is on its partition's lane, at its sequence number, only without a key
+    field and when the trigger names the partition; an invalid record never."""
+    lane = record.attributes.get(LANE_ATTRIBUTE)
+    if lane is None:
+        return
+    assert isinstance(record, Event) and key_field is None
+    assert lane == record.attributes["eventhub.partition"]
+    assert record.source.endswith(f"/{lane}") and lane_of(record) is not None
+    assert position_of(record) == int(record.attributes["eventhub.sequence_number"])
 
 
 @st.composite
