@@ -2,10 +2,11 @@
 
 Four measurements, each against a peer in the same run:
 
-1. events/s with `--workers 2` against `--workers 1` on the largest file (target: 1.7x
-   on a quiet 2-core machine);
-2. peak RSS of the run's processes (the parent and every chunk worker; the largest is a
-   worker) for each file size (target: at most 150 MB, flat from 100 MB to 1 GB);
+1. events/s with `--workers 2` against `--workers 1` on each file (target: 1.7x on a
+   quiet 2-core machine), the median of `--repeat` runs taken in turns (1, 2, 1, 2...);
+2. peak RSS of each chunk worker (as the run reports it: `getrusage` in the worker) and
+   of the largest process of the run (the parent included), for each file size (target:
+   at most 150 MB per worker, flat from 100 MB to 1 GB);
 3. SIGKILL of the whole run (parent and workers) at random points, `--kills` times, then a
    rerun: its outputs equal one clean run's, no chunk receipt is written twice, and
    `_SUCCESS` never appears before every chunk is committed;
@@ -14,7 +15,11 @@ Four measurements, each against a peer in the same run:
 
 Files are generated in a temporary folder (under /tmp) and deleted afterwards.
 
-Run: .venv/bin/python benchmarks/large_file.py [--sizes 100,1000] [--kills 20] [--s3-mb 200]
+The CPU seconds of the run (every process) are printed too: on a shared machine the
+wall-clock ratio says as much about the neighbours as about the workers.
+
+Run: .venv/bin/python benchmarks/large_file.py [--sizes 100,1000] [--repeat 3] [--kills 20]
+     [--s3-mb 200]
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,14 +46,18 @@ sys.path.insert(0, str(ROOT))
 PROCESSOR = "large_file:Work"  # this module, on the workers' path (see `cli`)
 CHUNK = 32 << 20
 
-# Runs one command and prints the wall time and the peak RSS of it and its descendants.
+# Runs one command; prints its wall time, CPU seconds and the peak RSS of the largest of
+# it and its descendants, then its output.
 _MEASURE = """
 import resource, subprocess, sys, time
 started = time.perf_counter()
-code = subprocess.call(sys.argv[1:], stdout=subprocess.DEVNULL)
+run = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 wall = time.perf_counter() - started
-print(code, wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+use = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(run.returncode, wall, use.ru_utime + use.ru_stime, use.ru_maxrss)
+print(run.stdout)
 """
+_WORKER_RSS = re.compile(r"peak memory \(RSS\) per worker: ([\d, ]+) MB")
 
 
 def make_jsonl(path: Path, megabytes: int) -> int:
@@ -84,42 +95,62 @@ def cli(*args: str) -> list[str]:
     return [str(Path(sys.executable).with_name("onceflow")), "run", PROCESSOR, *args, "--quiet"]
 
 
-def measured(command: list[str]) -> tuple[int, float, float]:
-    """(exit status, wall seconds, peak RSS in MB of any process of the run)."""
-    out = subprocess.run(
-        [sys.executable, "-c", _MEASURE, *command],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    return int(out[0]), float(out[1]), int(out[2]) / 1024
+class Measured:
+    """One run: exit status, wall and CPU seconds, peak RSS (MB) of its largest process and
+    of each chunk worker."""
+
+    def __init__(self, command: list[str]) -> None:
+        out = subprocess.run(
+            [sys.executable, "-c", _MEASURE, *command],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        head, _, text = out.partition("\n")
+        code, wall, cpu, rss = head.split()
+        self.code, self.wall, self.cpu = int(code), float(wall), float(cpu)
+        self.rss = int(rss) / 1024
+        found = _WORKER_RSS.search(text)
+        self.workers = [float(mb) for mb in found.group(1).split(",")] if found else []
+        self.text = text
 
 
-def scaling(folder: Path, sizes: list[int]) -> None:
-    print(f"\n1-2. events/s and peak RSS (chunk size {CHUNK >> 20} MiB)")
+def scaling(folder: Path, sizes: list[int], repeat: int) -> None:
+    print(f"\n1-2. events/s and peak RSS (chunk size {CHUNK >> 20} MiB, median of {repeat} runs)")
     print(
-        f"{'input':>8} {'workers':>7} {'events':>11} {'wall s':>8} {'events/s':>10} "
-        f"{'peak RSS MB':>12}"
+        f"{'input':>8} {'workers':>7} {'events':>11} {'wall s':>8} {'CPU s':>7} {'events/s':>10} "
+        f"{'RSS per worker MB':>18} {'largest RSS MB':>15}  load"
     )
-    rates: dict[tuple[int, int], float] = {}
+    ratios: list[str] = []
     for size in sizes:
         source = folder / f"in-{size}.jsonl"
         events = make_jsonl(source, size)
-        for workers in (1, 2):
-            state = folder / f"state-{size}-{workers}"
-            code, wall, rss = measured(
-                cli("--input", str(source), "--state", str(state), "--workers", str(workers),
-                    "--chunk-size", str(CHUNK))
-            )  # fmt: skip
-            rates[size, workers] = events / wall
-            print(f"{size:>6}MB {workers:>7} {events:>11,} {wall:>8.1f} "
-                  f"{events / wall:>10,.0f} {rss:>12.0f}"
-                  + ("" if code in (0, 1) else f"  exit {code}"))  # fmt: skip
-            shutil.rmtree(state)
+        runs: dict[int, list[Measured]] = {1: [], 2: []}
+        for _ in range(repeat):
+            for workers in (1, 2):  # in turns, so a busy spell falls on both alike
+                state = folder / f"state-{size}-{workers}"
+                runs[workers].append(Measured(
+                    cli("--input", str(source), "--state", str(state), "--workers", str(workers),
+                        "--chunk-size", str(CHUNK))
+                ))  # fmt: skip
+                shutil.rmtree(state)
+        rates = {}
+        for workers, measured in runs.items():
+            wall = statistics.median(m.wall for m in measured)
+            cpu = statistics.median(m.cpu for m in measured)
+            rates[workers] = events / wall
+            per_worker = max((mb for m in measured for mb in m.workers), default=0.0)
+            largest = max(m.rss for m in measured)
+            bad = [m.code for m in measured if m.code not in (0, 1)]
+            print(f"{size:>6}MB {workers:>7} {events:>11,} {wall:>8.1f} {cpu:>7.1f} "
+                  f"{rates[workers]:>10,.0f} {per_worker:>18.0f} {largest:>15.0f}  "
+                  f"{os.getloadavg()[0]:.1f}" + (f"  exit {bad}" if bad else ""))  # fmt: skip
+            walls = ", ".join(f"{m.wall:.1f}" for m in measured)
+            print(f"{'':>8} {'':>7} walls: {walls}")
+        ratios.append(f"{size} MB: {rates[2] / rates[1]:.2f}x")
         source.unlink()
-    largest = max(sizes)
-    print(f"2 workers / 1 worker on {largest} MB: {rates[largest, 2] / rates[largest, 1]:.2f}x")
+    print(f"2 workers / 1 worker (median events/s): {'; '.join(ratios)}")
 
 
 def ledger(state: Path) -> tuple[int, set[str]]:
@@ -258,6 +289,7 @@ def main() -> None:
     parser.add_argument("--kill-mb", type=int, default=100)
     parser.add_argument("--s3-mb", type=int, default=200)
     parser.add_argument("--chunk-mb", type=int, default=32)
+    parser.add_argument("--repeat", type=int, default=3, help="runs per measurement (median)")
     args = parser.parse_args()
     global CHUNK
     CHUNK = args.chunk_mb << 20
@@ -269,7 +301,7 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="onceflow-large-", dir="/tmp"))
     try:
         if sizes:
-            scaling(folder, sizes)
+            scaling(folder, sizes, args.repeat)
         if args.kills:
             kills(folder, args.kill_mb, args.kills)
         if args.s3_mb:
