@@ -1,18 +1,15 @@
-"""Lane watermarks as items of the DynamoDB state table: the building blocks (issue 15).
+"""Lane records as items of the DynamoDB state table.
 
-One item per lane (a Kinesis or DynamoDB Streams shard, an SQS FIFO group) holds the
-highest source sequence up to which every event of the lane is settled. A redelivered
-event at or below it is a duplicate without a per-event read or write; the lane's item is
-read once per batch (in the claim's BatchGetItem) and written once per batch (a Put
-after the outputs' BatchWriteItem calls landed in `UPSERT` mode, a conditional Update in
-every transaction chunk in the atomic modes).
+The store's code path is the second half (`record_key`, `decode_record`,
+`encode_record`, `record_put`): one item per lane holding the `LaneRecord` the core's
+`onceflow.watermarks` decides, written by a Put conditional on the version read.
 
-Sequences are stored as zero-padded decimal strings, not numbers: Kinesis sequence
-numbers have up to 56+ digits and DynamoDB numbers keep 38, while fixed-width digit
-strings compare in a condition expression (`wm < :new`) as the numbers do.
-
-Not wired into `DynamoDBIdempotencyStore` yet: the core's watermark protocol (how the
-runner hands a batch's lanes and sequences to a store) decides the store's signatures.
+The first half (`LaneMark`, `read_lanes`, `lane_put`, `advance_actions`) is the request
+pattern sketched before the runner kept lanes: a bare watermark string per lane, advanced
+by chained conditional Updates, one per 99-output transaction chunk. Only
+`benchmarks/aws_vs_powertools.py` (`lane_sketch_handler`) still drives it; it writes
+items of another shape under the same keys, so never point it at a store's table. It
+goes once that benchmark measures the runner's own lane path.
 """
 
 from __future__ import annotations
@@ -38,12 +35,10 @@ __all__ = [
     "decode_record",
     "encode_record",
     "lane_put",
-    "new_watermark",
     "read_lanes",
     "record_key",
     "record_put",
     "sequence_text",
-    "settled_by",
 ]
 
 SEQUENCE_WIDTH = 128
@@ -97,23 +92,6 @@ def read_lanes(
     return marks
 
 
-def new_watermark(mark: LaneMark, batch: Sequence[tuple[str, bool]]) -> str | None:
-    """The lane's watermark after a batch: `(sequence, settled)` per event of the lane.
-
-    It moves up to the event before the first one not settled (a failed or held event is
-    a gap: what follows it keeps per-key markers), never down; None when it stays.
-    """
-    high = mark.watermark
-    for padded, settled in sorted((sequence_text(s) or "", ok) for s, ok in batch):
-        if not padded:
-            continue  # no position: not part of the lane's order
-        if not settled:
-            break
-        if high is None or padded > high:
-            high = padded
-    return high if high != mark.watermark else None
-
-
 def lane_put(table: str, lane: str, watermark: str, *, key_attribute: str) -> dict[str, Any]:
     """The lane item as a BatchWriteItem PutRequest (`UPSERT` mode: one per batch per lane).
 
@@ -165,19 +143,6 @@ def advance_actions(
         actions.append(transact_action({"Update": body}, {key_attribute}))
         expected = high
     return actions
-
-
-def settled_by(item: dict[str, Any] | None, high: str) -> bool:
-    """Whether a lane item a refused chunk returned (ALL_OLD) already settles up to `high`.
-
-    A chunk sent again after its reply was lost finds the watermark it set itself; one
-    refused because another worker committed the same or a later batch of the lane
-    finds that worker's. Either way the chunk's events are settled (their output ids are
-    deterministic, and an action applied by the other commit is applied once), so the
-    chunk counts as committed, not as a conflict.
-    """
-    held = (item or {}).get(WATERMARK, {}).get("S")
-    return held is not None and held >= high
 
 
 # -- the core's LaneStore protocol (onceflow.watermarks): one record per lane ----------------
@@ -246,6 +211,9 @@ def record_put(
     if read is None:
         body["ConditionExpression"] = "attribute_not_exists(#k)"
         body["ExpressionAttributeNames"] = {"#k": key_attribute}
+    elif "version" not in read:  # an item of another shape (the sketch's): replaced once
+        body["ConditionExpression"] = "attribute_not_exists(#v)"
+        body["ExpressionAttributeNames"] = {"#v": "version"}
     else:
         body["ConditionExpression"] = "#v = :v"
         body["ExpressionAttributeNames"] = {"#v": "version"}

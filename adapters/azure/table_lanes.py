@@ -1,17 +1,15 @@
-"""Lane watermarks as rows of the Azure state Table: the building blocks (issue 15).
+"""Lane records as rows of the Azure state Table.
 
-A lane's row lives in the partition of its events' markers (`table_keys`: a key's group,
-one Event Hubs partition or queue), so it commits in the same entity transaction as the
-batch's markers and outputs. Entity transactions hold 100 operations: a batch is cut
-into chunks of 99 writes plus the lane row's write, each chunk guarded by the ETag the
-previous chunk left (the first: the ETag read at claim time, or a create for a new
-lane). A second worker on the lane, or a chunk resent after the lane moved on, is
-refused whole (412/409); a batch that failed half-way leaves the watermark at its last
-committed chunk. Sequences are zero-padded decimal strings (Event Hubs sequence numbers
-are int64; file checkpoints and others may be longer).
+The store's code path is the second half (`record_address`, `decode_record`,
+`encode_record`): one row per lane, in the partition of its source's markers, holding
+the `LaneRecord` the core's `onceflow.watermarks` decides, written guarded by the ETag
+read (`TableIdempotencyStore._lane_rmw`).
 
-Not wired into `TableIdempotencyStore` yet: the core's watermark protocol decides the
-store's signatures.
+The first half (`LaneRow`, `read_lane`, `lane_operation`, `lane_chunks`) is the request
+pattern sketched before the runner kept lanes: a bare watermark string per lane in
+entity transactions of 99 outputs plus the lane row, each guarded by the ETag the
+previous one left. Only `benchmarks/azure_stores.py` (`lane_sketch`) still drives it, on
+a table of its own; it goes once that benchmark measures the runner's own lane path.
 """
 
 from __future__ import annotations

@@ -1,20 +1,19 @@
-"""Lane watermark items on the moto server: padding, one read per batch, chained commits."""
+"""The sketched lane request pattern (benchmarks/aws_vs_powertools.py) on the moto server."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
+import anyio
 import pytest
 
 from onceflow.adapters.aws.dynamodb_lanes import (
     LaneMark,
     advance_actions,
     lane_put,
-    new_watermark,
     read_lanes,
     sequence_text,
-    settled_by,
 )
 from onceflow.adapters.aws.dynamodb_requests import batch_write, default_retry, transact
 
@@ -29,15 +28,6 @@ def test_padded_sequences_compare_as_numbers() -> None:
     assert (sequence_text("9") or "") < (sequence_text("10") or "")
     assert sequence_text("007") == sequence_text("7")
     assert sequence_text("abc") is None and sequence_text(None) is None
-
-
-def test_watermark_stops_at_the_first_gap_and_never_moves_down() -> None:
-    """A failed event is a gap: the watermark stops before it; an older batch leaves it."""
-    mark = LaneMark("s1", None)
-    assert new_watermark(mark, [("3", True), ("1", True), ("2", False)]) == sequence_text("1")
-    high = LaneMark("s1", sequence_text("5"))
-    assert new_watermark(high, [("2", True), ("3", True)]) is None
-    assert high.settles("5") and not high.settles("6") and not high.settles("x")
 
 
 def test_upsert_put_then_one_read_settles_the_redelivery(
@@ -85,18 +75,22 @@ def test_chained_chunks_refuse_a_second_worker_and_keep_a_half_failed_batch(
     assert mark.watermark == highs[1]
 
 
-def test_a_chunk_sent_again_after_a_lost_reply_is_recognised_as_settled(
+def test_a_sketch_item_under_a_lane_key_is_replaced_by_the_lane_record(
     dynamodb_client: Any, dynamodb_tables: Callable[[str], str]
 ) -> None:
-    """The resend either succeeds (same ClientRequestToken) or finds its own watermark."""
+    """An item of the sketch's shape where the store keeps a lane: read as absent, and
+    the store's conditional Put replaces it instead of failing on its missing version."""
+    from onceflow.adapters.aws import DynamoDBIdempotencyStore
+    from onceflow.records import ClaimStatus, LaneRequest
+
     table = dynamodb_tables("lanes")
-    read = read_lanes(dynamodb_client, table, ["s1"], default_retry(), key_attribute="pk")["s1"]
-    high = sequence_text("10") or ""
-    [update] = advance_actions(table, "s1", read, [high], key_attribute="pk")
-    chunk = [{"Put": {"TableName": table, "Item": {"pk": {"S": "a"}}}}, update.request]
-    assert transact(dynamodb_client, chunk) is None
-    again = transact(dynamodb_client, chunk)  # the first reply "lost": the worker resends
-    if again is not None:
-        assert again[1].code == "ConditionalCheckFailed" and settled_by(again[1].item, high)
-    assert not settled_by(None, high)
-    assert not settled_by({"wm": {"S": sequence_text("9") or ""}}, high)
+    lane = "orders#lane#shardId-1"
+    sketch = lane_put(table, lane, sequence_text("5") or "", key_attribute="pk")
+    batch_write(dynamodb_client, [(table, sketch)], default_retry())
+    store = DynamoDBIdempotencyStore(table, client=dynamodb_client)
+
+    async def claim() -> None:
+        [leased] = await store.claim_lanes([LaneRequest(lane, 1, 9)], 30)
+        assert leased.status is ClaimStatus.NEW and leased.state.watermark == -1
+
+    anyio.run(claim)
