@@ -51,6 +51,7 @@ log = logging.getLogger("onceflow.lake")
 MiB = 1024 * 1024
 WATERMARK = "onceflow.watermark."
 COMMIT_ATTEMPTS = 8
+AZURE_SCHEMES = ("abfs", "abfss", "wasb", "wasbs")
 
 
 def iceberg_catalog(uri: str, warehouse: str, **properties: str) -> SqlCatalog:
@@ -59,9 +60,21 @@ def iceberg_catalog(uri: str, warehouse: str, **properties: str) -> SqlCatalog:
     `warehouse` is a directory (`file:///lake`), `s3://bucket/prefix` (FileIO properties
     `s3.endpoint`, `s3.region`, ...) or `abfs://container/prefix` (`adls.account-name`,
     `adls.account-key`, ...: pyiceberg's pyarrow FileIO takes the container from the URI
-    and the account from the properties).
+    and the account from the properties; `az://` and the `container@account` form are
+    refused, as that FileIO cannot read them).
     """
-    if warehouse.split("://", maxsplit=1)[0] in ("abfs", "abfss", "wasb", "wasbs"):
+    scheme, _, rest = warehouse.partition("://")
+    if scheme == "az":
+        raise ConfigurationError(
+            "an Iceberg warehouse on Azure Blob is abfs://<container>/<prefix>, not az://"
+        )
+    if scheme in AZURE_SCHEMES:
+        if "@" in rest.split("/", 1)[0]:
+            # pyarrow's FileIO reads the authority as the container name, whole.
+            raise ConfigurationError(
+                f"name the warehouse {scheme}://<container>/<prefix> and the account in the "
+                "adls.account-name property, not <container>@<account>.dfs.core.windows.net"
+            )
         # pyiceberg would pick its fsspec FileIO (adlfs) first; pyarrow's needs no extra.
         properties.setdefault("py-io-impl", "pyiceberg.io.pyarrow.PyArrowFileIO")
     return SqlCatalog("onceflow", uri=uri, warehouse=warehouse, **properties)

@@ -7,13 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
 from onceflow.adapters.memory import ManualClock, MemoryIdempotencyStore, MemorySink
 from onceflow.cli import main
-from onceflow.errors import OutputRejected
+from onceflow.errors import ConfigurationError, OutputRejected
 from onceflow.event import Event
 from onceflow.lake import DeltaSink, read_delta
 from onceflow.pipeline import Pipeline, Step
@@ -156,6 +157,30 @@ async def test_new_nullable_columns_evolve_the_schema(tmp_path: Path) -> None:
     )
     rows = sorted(read_delta(uri).to_pylist(), key=lambda r: r["n"])
     assert [r["country"] for r in rows] == [None, "DE"]
+
+
+@pytest.mark.anyio
+async def test_files_are_zstd_like_parquet_sinks_and_ids_carry_no_dictionary(
+    tmp_path: Path,
+) -> None:
+    uri = str(tmp_path / "t")
+    sink = DeltaSink(uri, schema=SCHEMA, ordered=False)
+    await sink.write(
+        [
+            Output(f"c#e{n}#0", f"c#e{n}", f"e{n}", 0, {"n": n, "seq": n, "lane": "a"})
+            for n in range(5)
+        ]
+    )
+    [path] = DeltaTable(uri).file_uris()
+    columns = pq.ParquetFile(path.removeprefix("file://")).metadata.row_group(0)
+    by_name = {
+        columns.column(i).path_in_schema: columns.column(i) for i in range(columns.num_columns)
+    }
+    assert {c.compression for c in by_name.values()} == {"ZSTD"}
+    assert "RLE_DICTIONARY" not in by_name["_output_id"].encodings
+    assert "RLE_DICTIONARY" in by_name["lane"].encodings
+    with pytest.raises(ConfigurationError, match="compression must be one of"):
+        DeltaSink(uri, schema=SCHEMA, compression="lzo")
 
 
 @pytest.mark.anyio

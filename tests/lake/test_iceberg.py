@@ -14,7 +14,7 @@ from pyiceberg.catalog.sql import SqlCatalog
 from onceflow.adapters.azure import BlobObjectStore
 from onceflow.adapters.memory import ManualClock, MemoryIdempotencyStore, MemorySink
 from onceflow.cli import main
-from onceflow.errors import OutputRejected, SimulatedCrash
+from onceflow.errors import ConfigurationError, OutputRejected, SimulatedCrash
 from onceflow.event import Event
 from onceflow.lake import EVENT_TIME, Hourly, IcebergSink, iceberg_catalog, read_iceberg
 from onceflow.pipeline import Pipeline, Step
@@ -184,6 +184,42 @@ async def test_resuming_mid_lane_writes_only_new_rows_and_keyless_rows_once(
     await sink.write(loose[::-1] + outputs[4:])  # resent from an earlier checkpoint
     rows = read_iceberg(catalog, "lake.t")
     assert sorted(rows.column("n").to_pylist()) == [*range(10), 50, 51, 52]
+
+
+@pytest.mark.anyio
+async def test_a_batch_over_max_rows_is_written_as_slices_in_one_snapshot(tmp_path: Path) -> None:
+    catalog = iceberg_catalog(f"sqlite:///{tmp_path / 'c.db'}", (tmp_path / "w").as_uri())
+    sink = IcebergSink(catalog, "lake.t", schema=LANES, partition_by="lane", max_rows=5)
+    outputs = [
+        Output(
+            f"c#e{n}#0", f"c#e{n}", f"e{n}", 0, to_row(e), partition_key="p0", sequence=e.sequence
+        )
+        for n, e in zip(range(25), lane_events(range(25)), strict=True)
+    ]
+    await sink.write(outputs)
+    await sink.write(outputs[::-1])  # redelivered: below the watermark, skipped
+    table = catalog.load_table("lake.t")
+    assert len(table.snapshots()) == 1
+    files = table.inspect.files().to_pylist()
+    # Five slices of five rows, each split by lane: no file over max_rows.
+    assert len(files) == 10 and max(f["record_count"] for f in files) <= 5
+    assert table.properties["onceflow.watermark.onceflow/p0"] == "124"
+    rows = read_iceberg(catalog, "lake.t")
+    assert sorted(rows.column("n").to_pylist()) == list(range(25))
+
+
+@pytest.mark.parametrize(
+    ("warehouse", "cause"),
+    [
+        ("az://lake/warehouse", "not az://"),
+        ("abfs://lake@acct.dfs.core.windows.net/warehouse", "adls.account-name"),
+    ],
+)
+def test_azure_warehouses_are_named_as_pyarrows_fileio_reads_them(
+    tmp_path: Path, warehouse: str, cause: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=cause):
+        iceberg_catalog(f"sqlite:///{tmp_path / 'c.db'}", warehouse)
 
 
 @pytest.mark.anyio
