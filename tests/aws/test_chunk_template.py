@@ -1,13 +1,15 @@
 """The chunked path in the generated SAM template: an S3 pipeline with `chunked=`.
 
 Offline, as `test_template.py`: cfn-lint on the SAM template and on the CloudFormation
-the SAM translator expands it into (which also catches a dependency cycle), and the
-state machine's definition, as the template carries it, by `asl-validator` (npm).
+the SAM translator expands it into (which also catches a dependency cycle), `sam validate
+--lint` (the SAM CLI in `.venv-sam`, as `test_runtime.py` uses it), and the state
+machine's definition, as the template carries it, by `asl-validator` (npm).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from tests.aws.test_template import CFN_LINT, deployment, translated
 
 ROOT = Path(__file__).resolve().parents[2]
 ASL_VALIDATOR = ROOT / "node_modules" / ".bin" / "asl-validator"
+SAM = ROOT / ".venv-sam" / "bin" / "sam"
 ARN = "arn:aws:lambda:us-east-1:123456789012:function:"
 
 
@@ -61,6 +64,20 @@ def test_the_chunked_template_passes_cfn_lint_before_and_after_the_sam_transform
         [CFN_LINT, *paths, "--regions", "us-east-1"], capture_output=True, text=True, check=False
     )
     assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+@pytest.mark.slow
+def test_sam_validate_lint_accepts_the_chunked_template(tmp_path: Path) -> None:
+    if not SAM.exists():
+        pytest.skip("aws-sam-cli is not installed in .venv-sam: run `make test`")
+    path = tmp_path / "template.json"
+    path.write_text(json.dumps(chunked(deployment("s3"), distributed=True)))
+    env = {**os.environ, "SAM_CLI_TELEMETRY": "0", "AWS_DEFAULT_REGION": "us-east-1"}
+    done = subprocess.run(
+        [str(SAM), "validate", "--lint", "-t", str(path)],
+        capture_output=True, text=True, check=False, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_the_templates_definition_passes_asl_validator(tmp_path: Path) -> None:
