@@ -93,13 +93,15 @@ def test_sigkill_at_random_moments_then_rerun_equals_one_clean_run(tmp_path: Pat
     args = ("--input", str(source), "--state", str(state), "--workers", "2", "--chunk-size", CHUNK)
     rng = random.Random(13)
     landed = 0
+    after: list[str] = []  # committed chunks of all, after each kill
     frozen: dict[str, int] = {}  # ledger files seen: never rewritten
     settled: dict[str, float] = {}  # outputs of committed chunks: never written again
     lanes: dict[str, int] = {}  # lane records of committed chunks: never claimed again
     for _ in range(KILLS):
         start = len(rows(state, "SELECT 1 FROM outputs"))
-        goal = start + max(1, int((EVENTS - start) * rng.uniform(0.02, 0.6)))
-        wait = rng.uniform(0.2, 4.0) if rng.random() < 1 / 3 else None
+        # A share of what is left, smaller the more kills there are, so most land mid-run.
+        goal = start + max(1, int((EVENTS - start) * rng.uniform(0.02, min(0.6, 3 / KILLS))))
+        wait = rng.uniform(0.2, 3.0) if rng.random() < 1 / 3 else None
         proc = onceflow(*args, start_new_session=True)
         began = time.monotonic()
         while proc.poll() is None and time.monotonic() - began < 120:
@@ -119,6 +121,7 @@ def test_sigkill_at_random_moments_then_rerun_equals_one_clean_run(tmp_path: Pat
         if plan is None:
             continue
         done = receipts(files)
+        after.append(f"{len(done)}/{len(plan.chunks)}")
         success = any(f.endswith("/_SUCCESS") for f in files)
         manifest = any(f.endswith("/manifest.json") for f in files)
         assert not success or (done == {c.index for c in plan.chunks} and manifest)
@@ -130,13 +133,14 @@ def test_sigkill_at_random_moments_then_rerun_equals_one_clean_run(tmp_path: Pat
         for lane, version in rows(state, "SELECT lane, version FROM onceflow_lanes"):
             if int(lane.rsplit("#", 1)[1]) in done:
                 assert lanes.setdefault(lane, version) == version, f"{lane} run again"
-    print(f"{landed} of {KILLS} kills landed mid-run; chunks committed: {len(settled)} outputs")
+    print(f"{landed} of {KILLS} kills landed mid-run; chunks committed after each: {after}")
     assert landed >= KILLS // 2
 
     out = tmp_path / "out.jsonl"
     final = onceflow(*args, "--out", str(out))
     text = final.communicate(timeout=300)[0].decode()
-    assert final.returncode == 1, text  # the input's dead letters, nothing else
+    # 1: the input's dead letters, written now; 0: the killed runs had finished every chunk.
+    assert final.returncode in (0, 1), text
     assert sorted(out.read_text().splitlines()) == expected  # nothing lost, nothing doubled
     assert sorted(r[0] for r in rows(state, "SELECT event_id FROM dead_letters")) == letters
     plan, files = ledger(state)
