@@ -127,3 +127,25 @@ def test_a_failed_key_claim_does_not_strand_the_batchs_lanes() -> None:
     assert sorted(again.duplicates) == [f"e{n}" for n in range(5)]
     assert again.dead_lettered == ["bad"]
     assert len(sink.contents()) == 5
+
+
+def test_a_redelivered_batch_of_duplicates_writes_no_lane_record() -> None:
+    """First delivery: one lease and one commit per lane; redelivery: a read, no write."""
+    clock = ManualClock()
+    store = MemoryIdempotencyStore(clock=clock)
+    sink, letters = MemorySink(atomic=False), MemorySink(atomic=False)
+    events = [
+        Event(
+            id=f"e{n}", source="s", sequence=str(BIG + 3 * n), data=b"{}",
+            attributes={LANE_ATTRIBUTE: f"shard-{n % 2}"},
+        )
+        for n in range(1_000)
+    ]  # fmt: skip
+    pipeline = Pipeline(lambda event: {"id": event.id}, sink, store, letters, clock=clock)
+    assert len(pipeline.run_batch(events).processed) == 1_000
+    versions = {lane: record.version for lane, record in store.lanes.items()}
+    assert len(versions) == 2 and store.calls["commit_lanes"] == 1
+    again = pipeline.run_batch(list(reversed(events)))
+    assert len(again.duplicates) == 1_000
+    assert {lane: record.version for lane, record in store.lanes.items()} == versions
+    assert store.calls["commit_lanes"] == 1 and store.calls["claim"] == 0
