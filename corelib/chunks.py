@@ -54,6 +54,7 @@ __all__ = [
     "chunk_format",
     "chunk_key",
     "object_source",
+    "object_version",
     "offset_id",
     "plan_chunks",
     "record_id",
@@ -96,6 +97,11 @@ class RangedObjects(Protocol):
 def chunk_key(path: str, version: str, index: int) -> str:
     """The exactly-once key of chunk `index` of version `version` of object `path`."""
     return f"chunk:{path}@{version}#{index}"
+
+
+def object_version(info: ObjectInfo, version: str | None = None) -> str:
+    """The version a plan of the object is filed under: `version`, else its etag."""
+    return version or info.etag or f"{info.size}-{info.modified}"
 
 
 def object_source(path: str, version: str) -> str:
@@ -217,7 +223,7 @@ async def plan_chunks(
         raise FileNotFoundError(f"no object {path!r} to plan")
     fmt, compression = chunk_format(path, fmt)
     size = info.size
-    version = version or info.etag or f"{size}-{info.modified}"
+    version = object_version(info, version)
     # A gzip file under a plain name is still one stream: its first two bytes say so.
     plain = compression is None and size >= 2 and fmt != "parquet"
     if plain and await objects.get_range(path, 0, 2) == _GZIP_MAGIC:

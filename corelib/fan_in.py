@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from onceflow.chunks import ChunkPlan, ChunkReader, RangedObjects, plan_chunks
+from onceflow.chunks import ChunkPlan, ChunkReader, RangedObjects, object_version, plan_chunks
 from onceflow.errors import OnceflowError
 from onceflow.interfaces import ObjectStore
 from onceflow.pipeline import BatchResult, Pipeline
@@ -116,6 +116,11 @@ class ChunkLedger:
         The first plan saved wins, so every worker and every rerun splits the object the
         same way even when they were given another `chunk_size`.
         """
+        info = await inputs.head(path)
+        if info is not None:  # a plan saved before is not made again (it may read it all)
+            saved = await self.saved_plan(path, object_version(info, version))
+            if saved is not None:
+                return saved
         fresh = await plan_chunks(inputs, path, version=version, **options)
         saved = await self.saved_plan(fresh.path, fresh.version)
         if saved is not None:

@@ -8,11 +8,10 @@ its memory is one read piece and one batch whatever the file's size. When every 
 has its receipt the parent writes the manifest and `_SUCCESS` (`ChunkLedger.fan_in`).
 
 A killed run is rerun as it was: committed chunks are skipped, a chunk cut short is read
-again and its committed records are duplicates. A worker whose parent died exits at its
-next batch. Event ids are the file's name and each line's byte offset (Parquet: row), or
-`--id-field` with the source `files` as in the unchunked path, so with `--id-field` a file
-read whole once and chunked later has the same keys; without it, the ids differ from the
-unchunked path's `<file>:<line>`.
+again and its settled records are duplicates. A worker whose parent died exits at its
+next batch. Events have the unchunked path's source and ids (`file:<name>` and
+`<name>:<line>`, or `files` and the `--id-field` value), so a file read whole once and
+chunked later has the same keys and outputs.
 """
 
 from __future__ import annotations
