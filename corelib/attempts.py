@@ -23,6 +23,7 @@ __all__ = ["Attempts", "summary"]
 log = logging.getLogger("onceflow")
 
 _tuple = tuple.__new__
+_DONE = State.DONE
 
 
 class Attempts:
@@ -85,12 +86,13 @@ class Attempts:
                 except UnstorableValue as exc:
                     raise UnstorableValue(f"output 0 cannot be stored: {exc}") from None
                 key = item.key
-                item.outputs = [
+                # A one-tuple, not a list: smaller, and made from the interpreter's free list.
+                item.outputs = (
                     _tuple(Output, (
                         first_output_id(key), key, record.id, 0, plain, record.partition_key,
                         record.time, record.sequence, None,
-                    ))
-                ]  # fmt: skip
+                    )),
+                )  # fmt: skip
             elif inspect.isawaitable(produced):
                 if self.is_async:
                     return self._finish(item, produced)
@@ -103,7 +105,7 @@ class Attempts:
         except Exception as exc:
             self.failed(item, exc)
         else:
-            item.state = State.DONE
+            item.state = _DONE
             if alert and breaker is not None:
                 breaker.succeeded()
         return None

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 __all__ = ["UnstorableValue", "dumps", "to_plain"]
 
 _SCALARS = frozenset({str, int, bool, type(None)})
+_DECIMAL = Decimal
 
 
 class UnstorableValue(TypeError):
@@ -26,7 +27,7 @@ class UnstorableValue(TypeError):
 def to_plain(value: Any, _path: str = "$") -> Any:
     """`value` as dicts with string keys, lists, str, int, float, bool, None, Decimal and bytes.
 
-    A dict that is already plain is returned as it is, not copied.
+    A dict or list that is already plain is returned as it is, not copied.
 
     Pydantic models, dataclasses, tuples, sets, enums, UUIDs and dates are converted;
     anything else raises `UnstorableValue` naming where in the value it sits.
@@ -39,9 +40,17 @@ def to_plain(value: Any, _path: str = "$") -> Any:
             raise UnstorableValue(f"{_path} is {value}, which no sink can store")
         return value
     if kind is dict:
+        scalars = _SCALARS
         for k, v in value.items():
-            if type(k) is not str or type(v) not in _SCALARS:
+            if type(k) is not str:
                 break
+            if type(v) in scalars:
+                continue
+            # Finite floats and decimals are plain too (`v - v` is 0 only when finite).
+            t = type(v)
+            if (t is float and v - v == 0.0) or (t is _DECIMAL and v.is_finite()):
+                continue
+            break
         else:
             # Already plain (string keys, scalar values): no copy, the common case.
             return value
@@ -54,10 +63,22 @@ def to_plain(value: Any, _path: str = "$") -> Any:
                 else:
                     raise UnstorableValue(f"{_path} has a key of type {type(k).__name__}")
             # Scalars are copied as they are: the common case, kept off the recursive path.
-            out[k] = v if type(v) in _SCALARS else to_plain(v, f"{_path}.{k}")
+            out[k] = v if type(v) in scalars else to_plain(v, f"{_path}.{k}")
         return out
     if kind is list or kind is tuple:
-        return [to_plain(v, f"{_path}[{i}]") for i, v in enumerate(value)]
+        scalars = _SCALARS
+        for v in value:
+            if type(v) in scalars:
+                continue
+            t = type(v)
+            if (t is float and v - v == 0.0) or (t is _DECIMAL and v.is_finite()):
+                continue
+            break
+        else:
+            return value if kind is list else list(value)
+        return [
+            v if type(v) in scalars else to_plain(v, f"{_path}[{i}]") for i, v in enumerate(value)
+        ]
     return _to_plain_slow(value, _path)
 
 

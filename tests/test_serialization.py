@@ -35,6 +35,28 @@ def test_plain_dict_is_returned_as_is() -> None:
     assert to_plain(value) is value
 
 
+def test_finite_floats_and_decimals_keep_a_dict_or_list_as_is() -> None:
+    value = {"a": 1.5, "b": Decimal("2.25"), "c": "x"}
+    assert to_plain(value) is value
+    items = [1, 2.5, Decimal("3"), None, "s"]
+    assert to_plain(items) is items
+    assert to_plain((1, 2.5)) == [1, 2.5]
+
+
+@pytest.mark.parametrize(
+    ("value", "where"),
+    [
+        ({"a": float("inf")}, r"\$\.a is inf"),
+        ({"a": 1.0, "b": float("-inf")}, r"\$\.b is -inf"),
+        ([1.0, float("nan")], r"\$\[1\] is nan"),
+        ({"l": [Decimal("NaN")]}, r"\$\.l\[0\] is NaN"),
+    ],
+)
+def test_non_finite_numbers_are_refused_where_they_are(value: object, where: str) -> None:
+    with pytest.raises(UnstorableValue, match=where):
+        to_plain(value)
+
+
 def test_rich_values_become_plain() -> None:
     value = {
         "model": Model(name="n", price=Decimal("1.10"), when=datetime(2026, 1, 1, tzinfo=UTC)),
