@@ -4,6 +4,7 @@ into many small chunks with `--chunk-size`."""
 
 from __future__ import annotations
 
+import csv
 import json
 import sqlite3
 import subprocess
@@ -137,3 +138,25 @@ def test_the_plan_is_made_from_ranged_reads_of_the_file(tmp_path: Path) -> None:
     plan = anyio.run(lambda: ledger.plan(InputFiles(tmp_path), "big.jsonl", chunk_size=9_000))
     assert len(plan.chunks) == 10 and plan.chunks[-1].end == 90_000
     assert not (tmp_path / ".onceflow-staging").exists()  # nothing written next to the input
+
+
+@pytest.mark.slow
+def test_a_csv_whose_quoted_fields_hold_newlines_runs_chunked_as_it_runs_whole(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "notes.csv"
+    with source.open("w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["n", "note"])
+        for n in range(3_000):
+            writer.writerow([n, f'first\n"second"\n{n}' if n % 4 == 0 else f"note {n}"])
+    whole, chunked = tmp_path / "whole.jsonl", tmp_path / "chunked.jsonl"
+    code, text = finish(onceflow("--input", str(source), "--state", str(tmp_path / "w"),
+                                 "--out", str(whole)))  # fmt: skip
+    assert code == 0, text
+    args = ("--out", str(chunked), "--workers", "2", "--chunk-size", "5000")
+    code, text = finish(onceflow("--input", str(source), "--state", str(tmp_path / "c"), *args))
+    assert code == 0, text
+    plan, _ = ledger_files(tmp_path / "c")
+    assert plan is not None and len(plan.chunks) > 5
+    assert outputs(chunked) == outputs(whole) and len(outputs(whole)) == 3_000
