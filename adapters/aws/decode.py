@@ -717,11 +717,12 @@ def _sqs_read(templates: _Templates, raw: Mapping[str, Any]) -> tuple[Item, list
     # keeps that order (the runner sorts numeric sequences only). A FIFO message with its
     # group's SequenceNumber is on the group's lane (queue ARN + group), at that number.
     sequence = message_id
-    number = _readable_sequence(attributes.get("aws.sequence_number"))
     # A fair (standard) queue's messages have groups too, but no order: only a .fifo.
-    if templates.lanes and group and number is not None and arn.endswith(".fifo"):
-        sequence = number
-        attributes[LANE_ATTRIBUTE] = group
+    if group and templates.lanes and arn.endswith(".fifo"):
+        number = attributes.get("aws.sequence_number")
+        if number is not None and _readable_sequence(number) is not None:
+            sequence = number
+            attributes[LANE_ATTRIBUTE] = group
     return Item(message_id, [], group), [
         templates(arn, "aws.sqs.message").event(
             message_id,
@@ -738,7 +739,8 @@ def _sqs_read(templates: _Templates, raw: Mapping[str, Any]) -> tuple[Item, list
 def _sqs_attributes(raw: Mapping[str, Any], attrs: Mapping[str, Any]) -> dict[str, str]:
     """A message's attributes and the queue's own details that onceflow passes on."""
     out = _message_attributes(raw.get("messageAttributes"))
-    out.pop(LANE_ATTRIBUTE, None)  # only the decoder puts a message on a lane
+    if LANE_ATTRIBUTE in out:
+        del out[LANE_ATTRIBUTE]  # only the decoder puts a message on a lane
     region = _optional_text(raw.get("awsRegion"), "awsRegion")
     if region is not None:
         out["aws.region"] = region
