@@ -497,6 +497,31 @@ def write_results(
     return document
 
 
+def merge_table(path: Path, name: str, body: dict[str, Any]) -> None:
+    """Put one benchmark's table into the results document at `path` under `tables[name]`.
+
+    Figures and other tables in it are kept; a missing document starts from the figures
+    the package ships, so `onceflow plan` can always read it.
+    """
+    document: dict[str, Any] = {}
+    if path.exists():
+        try:
+            document = json.loads(path.read_text())
+        except ValueError:
+            document = {}
+    if not isinstance(document, dict) or "cost_figures" not in document:
+        shipped = ROOT / "corelib" / "cost_figures.json"
+        figures, _ = find_figures(shipped)
+        document = results_document(
+            figures, measured=time.strftime("%Y-%m-%d"), source=f"{shipped.name} (shipped)"
+        )
+    tables = document.get("tables")
+    tables = dict(tables) if isinstance(tables, dict) else {}
+    tables[name] = {"measured": time.strftime("%Y-%m-%d"), **body}
+    document["tables"] = dict(sorted(tables.items()))
+    path.write_text(json.dumps(document, indent=2) + "\n")
+
+
 def measure(
     records: int = 1000, modes: tuple[str, ...] = tuple(MODES), *, sketch: bool = True
 ) -> list[Row]:

@@ -121,6 +121,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=ROOT / "benchmarks" / "results.json",
+        help="where the table goes (benchmarks/results.json, the cost planner's file)",
+    )
+    parser.add_argument("--no-results", dest="results", action="store_const", const=None)
     args = parser.parse_args()
     events = make_events(args.events)
     # The input is built before timing; keep it out of every garbage collection that follows.
@@ -152,6 +159,26 @@ def main() -> None:
         print(
             f"{name:<44} {args.events / elapsed:>12,.0f} {elapsed / args.events * 1e6:>10.2f}"
             f" {elapsed / bare:>7.1f}x"
+        )
+
+    if args.results is not None:
+        from benchmarks.aws_vs_powertools import merge_table
+
+        merge_table(
+            args.results,
+            "benchmarks/core_overhead.py",
+            {
+                "events": args.events,
+                "batch": args.batch,
+                "rows": [
+                    {
+                        "run": name,
+                        "us_per_event": round(elapsed / args.events * 1e6, 2),
+                        "vs_bare": round(elapsed / bare, 2),
+                    }
+                    for name, elapsed in rows
+                ],
+            },
         )
 
     base = import_cost("import pydantic, anyio")

@@ -279,6 +279,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--only", choices=sorted(DESIGNS), help="run one design only")
     parser.add_argument("--kinds", default="kinesis,sqs")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=ROOT / "benchmarks" / "results.json",
+        help="where the table goes (benchmarks/results.json, the cost planner's file)",
+    )
+    parser.add_argument("--no-results", dest="results", action="store_const", const=None)
     args = parser.parse_args()
     kinds = args.kinds.split(",")
     payloads = {"kinesis": kinesis_batch(args.records), "sqs": sqs_batch(args.records)}
@@ -309,6 +316,19 @@ def main() -> None:
             rows,
         )
     )
+    if args.results is not None and not args.only:
+        from benchmarks.aws_vs_powertools import merge_table
+
+        medians = {
+            f"{name} {kind}": round(statistics.median(times[name, kind]) * 1e6 / args.records, 2)
+            for name in designs
+            for kind in kinds
+        }
+        merge_table(
+            args.results,
+            "benchmarks/lambda_overhead.py",
+            {"records": args.records, "rounds": args.rounds, "us_per_record": medians},
+        )
     if PEER in designs and "onceflow" in designs:
         for kind in kinds:
             ours = statistics.median(times["onceflow", kind])
