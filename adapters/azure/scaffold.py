@@ -4,12 +4,18 @@ The target is read, not guessed: a `FunctionApp` built by `function_app(...)` gi
 triggers (hub, queue or blob path, connection, consumer group) and its `Deployment`
 (the state table and the other resources); the user's module (its top-level package) is
 copied beside the generated `function_app.py`, so the folder runs as it is.
+
+An app that registers the large-blob path (`DurableChunks(...).blueprint()` on a
+`df.DFApp`) gets what Durable Functions needs with it: `azure-functions-durable` in
+requirements.txt, a task hub and activity concurrency in host.json, the blob extension
+for its landing trigger, and the trigger's connection setting.
 """
 
 from __future__ import annotations
 
 import inspect
 import json
+import re
 import shutil
 import sys
 from dataclasses import dataclass
@@ -42,6 +48,10 @@ tests
 """
 EVENT_HUB_BATCH = 500
 QUEUE_BATCH = 16
+CHUNK_ACTIVITIES = 4
+"""Chunk activities one instance runs at once: each holds one read piece and one batch."""
+_DURABLE_ORCHESTRATOR = "onceflow_chunked"  # durable.ORCHESTRATOR, without importing the SDK
+_DURABLE_LANDED = "onceflow_chunked_landed"
 
 
 @dataclass
@@ -82,11 +92,18 @@ class Scaffold:
 
 
 def host_json(
-    triggers: list[Trigger], batch_size: int | None = None, batch_for: str | None = None
+    triggers: list[Trigger],
+    batch_size: int | None = None,
+    batch_for: str | None = None,
+    *,
+    durable_hub: str | None = None,
+    landing: bool = False,
 ) -> dict[str, Any]:
     """host.json sized for the triggers used: only their extensions, their batch sizes.
 
     `batch_size` (the deployment's) applies to the trigger of kind `batch_for` only.
+    `durable_hub` names the Durable Functions task hub of the large-blob path, `landing`
+    says it has a blob trigger.
     """
     extensions: dict[str, Any] = {}
     hold = 0.0
@@ -119,6 +136,14 @@ def host_json(
             }
         else:
             extensions["blobs"] = {"maxDegreeOfParallelism": 4}
+    if landing:
+        extensions.setdefault("blobs", {"maxDegreeOfParallelism": 4})
+    if durable_hub is not None:
+        extensions["durableTask"] = {
+            "hubName": durable_hub,
+            "maxConcurrentActivityFunctions": CHUNK_ACTIVITIES,
+            "maxConcurrentOrchestratorFunctions": 10,
+        }
     # An Event Hubs function holds failures in-process for retry_seconds: leave room.
     timeout = int(min(max(300.0, hold + 120.0), 600.0))
     return {
@@ -147,12 +172,17 @@ def plan_scaffold(
     target = load_object(spec)
     module_name, _, attribute = spec.partition(":")
     handlers: dict[str, FunctionHandler] = {}
-    if isinstance(target, func.FunctionApp):
-        handlers = HANDLERS.get(target, {})
-        if not handlers:
+    durable: dict[str, Any] = {}
+    # A FunctionApp, or a df.DFApp (a function register of its own, not a FunctionApp).
+    if isinstance(target, func.FunctionRegister):
+        if isinstance(target, func.FunctionApp):
+            handlers = HANDLERS.get(target, {})
+        durable = _durable_functions(target)
+        if not handlers and _DURABLE_ORCHESTRATOR not in durable:
             raise CliError(
                 f"{spec} is a FunctionApp with no onceflow function: build it with "
-                "onceflow.adapters.azure.function_app(pipeline, trigger)"
+                "onceflow.adapters.azure.function_app(pipeline, trigger), or register "
+                "onceflow.adapters.azure.durable.DurableChunks(...).blueprint() on it"
             )
         triggers = [h.trigger for h in handlers.values()]
         app_code = _import_app(spec, module_name, attribute)
@@ -184,13 +214,26 @@ def plan_scaffold(
             settings.setdefault(resource.env, resource.default or "")
             if resource.connection:
                 settings.setdefault(resource.connection, "")
+    for bindings in durable.values():
+        for binding in bindings:
+            connection = binding.get("connection")
+            if connection and connection != "AzureWebJobsStorage":
+                settings.setdefault(connection, "")
     requirement = requirement or f"onceflow[azure]=={version('onceflow')}"
+    hub = None
+    if _DURABLE_ORCHESTRATOR in durable:
+        # A task hub name: letters and digits, starting with a letter, 3 to 45 of them.
+        hub = ("onceflow" + re.sub(r"[^A-Za-z0-9]", "", name))[:45]
+    host = host_json(
+        triggers, batch, batch_for, durable_hub=hub, landing=_DURABLE_LANDED in durable
+    )
+    extra = "azure-functions-durable\n" if hub else ""
     files = {
         "function_app.py": app_code,
-        "host.json": json.dumps(host_json(triggers, batch, batch_for), indent=2) + "\n",
+        "host.json": json.dumps(host, indent=2) + "\n",
         "requirements.txt": (
             "# The Functions host installs these into the app's environment.\n"
-            f"azure-functions\n{requirement}\n"
+            f"azure-functions\n{extra}{requirement}\n"
         ),
         ".funcignore": FUNCIGNORE,
         "local.settings.json": json.dumps({"IsEncrypted": False, "Values": settings}, indent=2)
@@ -200,6 +243,24 @@ def plan_scaffold(
     if "function_app.py" in copies:
         del files["function_app.py"]  # the user's module is the app itself
     return Scaffold(directory, files, copies)
+
+
+def _durable_functions(app: func.FunctionRegister) -> dict[str, list[dict[str, Any]]]:
+    """The app's functions of the large-blob path, by name, with their bindings."""
+    try:
+        functions = app.get_functions()
+    except Exception as exc:  # the SDK validates the app as it lists it
+        raise CliError(f"the function app does not index: {type(exc).__name__}: {exc}") from exc
+    found: dict[str, list[dict[str, Any]]] = {}
+    durable_types = {"orchestrationTrigger", "activityTrigger"}
+    for function in functions:
+        name = function.get_function_name() or ""
+        if not name.startswith("onceflow_"):
+            continue
+        bindings = json.loads(function.get_function_json()).get("bindings", [])
+        if name == _DURABLE_LANDED or any(b.get("type") in durable_types for b in bindings):
+            found[name] = bindings
+    return found
 
 
 def _kind(target: Any) -> str | None:

@@ -186,3 +186,70 @@ def test_the_app_installs_indexes_and_runs_in_a_fresh_environment(
 
     letters = QueueClient.from_connection_string(azurite_server.connection_string, "shop-letters")
     assert len(letters.peek_messages(max_messages=32)) == 1
+
+
+DURABLE_APP = '''
+"""A user's app for large blobs: the chunked path as Durable Functions, blobs landing."""
+
+import os
+
+import azure.durable_functions as df
+
+from onceflow import Pipeline
+from onceflow.adapters.azure.durable import DurableChunks
+from onceflow.adapters.memory import MemoryIdempotencyStore, MemorySink
+
+
+class Keep:
+    def process(self, event):
+        return event.json()
+
+
+def build():
+    return Pipeline(Keep(), MemorySink(), MemoryIdempotencyStore())
+
+
+chunks = DurableChunks(build, "landing", connection_setting="LANDING_STORAGE")
+app = df.DFApp()
+app.register_functions(chunks.blueprint(trigger_path="landing/{name}"))
+'''
+
+INDEX = """
+import json
+import function_app
+
+functions = {f.get_function_name(): f for f in function_app.app.get_functions()}
+print(json.dumps({n: json.loads(f.get_function_json())["bindings"] for n, f in functions.items()}))
+"""
+
+
+def test_a_durable_app_is_scaffolded_with_what_durable_functions_needs(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "blob_chunks_app.py").write_text(DURABLE_APP)
+    folder = tmp_path / "app"
+    sys.path.insert(0, str(source))
+    try:
+        status = main(["azure", "scaffold", "blob_chunks_app:app", str(folder), "--name", "big"])
+    finally:
+        sys.path.remove(str(source))
+        sys.modules.pop("blob_chunks_app", None)
+    assert status == 0
+    assert "azure-functions-durable" in (folder / "requirements.txt").read_text().split()
+    host = json.loads((folder / "host.json").read_text())
+    assert host["extensions"]["durableTask"]["hubName"] == "onceflowbig"
+    assert host["extensions"]["durableTask"]["maxConcurrentActivityFunctions"] >= 1
+    assert "blobs" in host["extensions"]  # the landing trigger
+    settings = json.loads((folder / "local.settings.json").read_text())["Values"]
+    assert "LANDING_STORAGE" in settings
+    # The folder indexes on its own (its copy of the user's module, not the source).
+    done = subprocess.run(
+        [sys.executable, "-c", INDEX], cwd=folder, capture_output=True, text=True, check=False,
+        env={**os.environ, "PYTHONPATH": str(folder)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    bindings = json.loads(done.stdout.splitlines()[-1])
+    assert bindings["onceflow_chunked"][0]["type"] == "orchestrationTrigger"
+    assert bindings["onceflow_chunk"][0]["type"] == "activityTrigger"
+    landed = {b["type"] for b in bindings["onceflow_chunked_landed"]}
+    assert {"blobTrigger", "durableClient"} <= landed
