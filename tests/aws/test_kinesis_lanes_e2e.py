@@ -19,6 +19,7 @@ from onceflow.adapters.aws import testing as aws
 from onceflow.adapters.aws.dynamodb_store import create_table
 from onceflow.event import Event
 from onceflow.pipeline import Pipeline
+from onceflow.retry import RetryPolicy
 from tests.aws.moto_clients import SerializedClient
 from tests.aws.test_lambda_handler import _kpl
 from tests.support.servers import MotoServer
@@ -168,3 +169,45 @@ def test_kpl_aggregated_records_keep_per_key_markers_beside_the_lane(moto: MotoS
     assert "BatchWriteItem" not in meter.requests
     scanned = SerializedClient(moto.client("dynamodb")).scan(TableName=orders, Select="COUNT")
     assert scanned["Count"] == 3
+
+
+class FlakyOrders(OrderItem):
+    """Fails each order in `flaky` once (a transient error), then writes it."""
+
+    def __init__(self, flaky: set[str]) -> None:
+        self.flaky = set(flaky)
+
+    def process(self, event: Event) -> dict[str, Any]:
+        order = json.loads(event.data)["order_id"]
+        if order in self.flaky:
+            self.flaky.discard(order)
+            raise ConnectionError("downstream busy")
+        return super().process(event)
+
+
+def test_a_half_failed_batch_comes_back_from_its_failure_and_writes_only_that(
+    moto: MotoServer,
+) -> None:
+    """Lambda restarts the shard at the failed record: the rest of the batch is settled
+    above the gap, so only the failed record is written on the redelivery."""
+    meter = Meter()
+    raw = moto.client("dynamodb")
+    raw.meta.events.register("before-parameter-build.dynamodb.*", meter.hook)
+    client = SerializedClient(raw)
+    state, orders = f"lanes-state-{uuid.uuid4().hex[:6]}", f"lanes-orders-{uuid.uuid4().hex[:6]}"
+    create_table(client, state)
+    create_table(client, orders, ttl_attribute=None)
+    store, sink = dynamodb_pipeline_parts(state, orders, mode=DynamoDBMode.UPSERT, client=client)
+    pipeline = Pipeline(FlakyOrders({"o30"}), sink, store, retry=RetryPolicy(attempts=1))
+    handler = lambda_handler(pipeline)
+    event = _batch(100)
+    answer = handler(event, aws.LambdaContext())
+    failed = event["Records"][30]["kinesis"]["sequenceNumber"]
+    assert answer == {"batchItemFailures": [{"itemIdentifier": failed}]}
+    meter.reset()
+    again = {"Records": event["Records"][30:]}  # what Lambda delivers next
+    assert handler(again, aws.LambdaContext()) == {"batchItemFailures": []}
+    outputs = meter.write_units - meter.requests["PutItem"]  # PutItem: the lane record only
+    assert outputs == 1, dict(meter.requests)
+    scanned = client.scan(TableName=orders, Select="COUNT")
+    assert scanned["Count"] == 100
