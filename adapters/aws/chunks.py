@@ -43,8 +43,8 @@ from onceflow.adapters.aws.entry import answer
 from onceflow.adapters.aws.objects import S3ObjectStore
 from onceflow.adapters.aws.sdk import boto3_client, run_blocking
 from onceflow.chunks import DEFAULT_CHUNK_SIZE, ChunkPlan
-from onceflow.deployment import Deployment
-from onceflow.errors import OnceflowError
+from onceflow.deployment import Deployment, TriggerKind
+from onceflow.errors import ConfigurationError, OnceflowError
 from onceflow.event import Event
 from onceflow.fan_in import ChunkLedger, ChunkRun, run_chunk
 from onceflow.pipeline import BatchResult, Pipeline, built_once
@@ -131,6 +131,11 @@ class ChunkedHandlers:
 
     def __post_init__(self) -> None:
         self._built = built_once(self.pipeline)
+        if self.deployment is not None and self.deployment.trigger.kind is not TriggerKind.S3:
+            raise ConfigurationError(
+                f"the chunked handlers read S3 objects: their deployment declares a "
+                f"{self.deployment.trigger.kind} trigger; declare Trigger(TriggerKind.S3, ...)"
+            )
 
     # -- the pieces each handler needs -------------------------------------------------------
 

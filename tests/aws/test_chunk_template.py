@@ -185,3 +185,13 @@ def test_no_chunked_resources_without_chunked_and_none_for_other_triggers() -> N
         sam_template(
             deployment("s3"), FunctionSettings(handler="router", chunked=ChunkedSettings())
         )
+
+
+def test_the_handlers_deployment_must_read_s3() -> None:
+    from onceflow import Pipeline
+    from onceflow.adapters.aws.chunks import chunked_handlers
+
+    d = deployment("s3")
+    assert chunked_handlers(lambda: Pipeline(object()), deployment=d).deployment is d
+    with pytest.raises(ConfigurationError, match="declares a kinesis trigger"):
+        chunked_handlers(lambda: Pipeline(object()), deployment=deployment("kinesis"))
