@@ -22,6 +22,7 @@ from pydantic import BaseModel  # noqa: E402
 
 from onceflow import Event, Pipeline  # noqa: E402
 from onceflow.adapters.memory import MemoryIdempotencyStore, MemorySink  # noqa: E402
+from onceflow.interfaces import Processor  # noqa: E402
 
 
 class Trivial:
@@ -78,7 +79,7 @@ def bare_loop(events: list[Event]) -> float:
 
 
 def pipeline_run(
-    events: list[Event], batch: int, ordered: bool, processor: object | None = None
+    events: list[Event], batch: int, ordered: bool, processor: Processor | None = None
 ) -> float:
     sink = MemorySink()
     pipeline = Pipeline(
