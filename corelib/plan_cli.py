@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +27,8 @@ from onceflow.errors import ConfigurationError
 
 __all__ = ["register"]
 
+CAPACITIES = ("provisioned", "on-demand")
+
 
 def register(subparsers: Any) -> None:
     """Add `onceflow plan` and its two clouds."""
@@ -37,14 +40,12 @@ def register(subparsers: Any) -> None:
     _common(aws, AWS_DESIGNS, memory=1024)
     aws.add_argument(
         "--capacity",
-        choices=("provisioned", "on-demand"),
         default="provisioned",
-        help="DynamoDB capacity mode (default provisioned)",
+        help="DynamoDB capacity mode: provisioned (default) or on-demand",
     )
     aws.add_argument(
         "--lake-puts-per-batch",
-        type=float,
-        default=0.0,
+        default="0",
         help="S3 PUTs per batch when the pipeline writes a lake (files + manifest entry)",
     )
     aws.set_defaults(func=_aws)
@@ -59,21 +60,19 @@ def _missing_cloud() -> int:
 
 
 def _common(parser: argparse.ArgumentParser, designs: tuple[str, ...], memory: int) -> None:
-    parser.add_argument("--events-per-second", type=float, required=True)
-    parser.add_argument("--record-bytes", type=int, default=1024)
+    # Values are read as text and checked here, so a bad one is one line naming the flag
+    # (argparse's own type errors print the whole usage first).
+    parser.add_argument("--events-per-second", required=True)
+    parser.add_argument("--record-bytes", default="1024")
     parser.add_argument(
         "--mode",
         default="all",
         help=f"one design or all (default): {', '.join(designs)}",
     )
-    parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--memory-mb", type=int, default=memory)
-    parser.add_argument(
-        "--work-ms", type=float, default=0.0, help="your processor's own time per event"
-    )
-    parser.add_argument(
-        "--request-ms", type=float, default=5.0, help="latency of one state-store request"
-    )
+    parser.add_argument("--batch-size", default="100")
+    parser.add_argument("--memory-mb", default=str(memory))
+    parser.add_argument("--work-ms", default="0", help="your processor's own time per event")
+    parser.add_argument("--request-ms", default="5", help="latency of one state-store request")
     parser.add_argument(
         "--figures",
         help="per-event figures (default: benchmarks/results.json when present, else the "
@@ -81,6 +80,30 @@ def _common(parser: argparse.ArgumentParser, designs: tuple[str, ...], memory: i
     )
     named = f" or a named set ({', '.join(AWS_PRICE_SETS)})" if "naive" in designs else ""
     parser.add_argument("--prices", help=f"a JSON file of prices replacing the list prices{named}")
+
+
+def _number(args: argparse.Namespace, name: str, whole: bool = False) -> Any:
+    text = getattr(args, name)
+    flag = "--" + name.replace("_", "-")
+    try:
+        value = int(text) if whole else float(text)
+    except ValueError:
+        kind = "a whole number" if whole else "a number"
+        raise CliError(f"{flag} {text!r} is not {kind}") from None
+    if not math.isfinite(value) or value < 0:
+        raise CliError(f"{flag} {text!r}: give a finite number, 0 or more")
+    return value
+
+
+def _numbers(args: argparse.Namespace) -> None:
+    """Every numeric flag parsed in place, before anything is read."""
+    for name in ("events_per_second", "work_ms", "request_ms", "lake_puts_per_batch"):
+        if hasattr(args, name):
+            setattr(args, name, _number(args, name))
+    for name in ("record_bytes", "batch_size", "memory_mb"):
+        setattr(args, name, _number(args, name, whole=True))
+    if getattr(args, "capacity", "provisioned") not in CAPACITIES:
+        raise CliError(f"unknown --capacity {args.capacity!r}: one of {', '.join(CAPACITIES)}")
 
 
 def _designs(args: argparse.Namespace, known: tuple[str, ...]) -> list[str]:
@@ -92,6 +115,7 @@ def _designs(args: argparse.Namespace, known: tuple[str, ...]) -> list[str]:
 
 
 def _aws(args: argparse.Namespace) -> int:
+    _numbers(args)
     return _plan(
         args,
         AWS_DESIGNS,
@@ -103,6 +127,7 @@ def _aws(args: argparse.Namespace) -> int:
 
 
 def _azure(args: argparse.Namespace) -> int:
+    _numbers(args)
     return _plan(args, AZURE_DESIGNS, AzurePrices, plan_azure)
 
 

@@ -228,3 +228,24 @@ def test_the_azure_command_and_its_bad_input(capsys: pytest.CaptureFixture[str])
         assert main([*argv, *extra]) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--capacity", "cheap"], "unknown --capacity 'cheap': one of provisioned, on-demand"),
+        (["--record-bytes", "1.5"], "--record-bytes '1.5' is not a whole number"),
+        (["--batch-size", "many"], "--batch-size 'many' is not a whole number"),
+        (["--work-ms", "nan"], "--work-ms 'nan': give a finite number, 0 or more"),
+        (["--lake-puts-per-batch", "-1"], "--lake-puts-per-batch '-1': give a finite number"),
+        (["--events-per-second", "fast"], "--events-per-second 'fast' is not a number"),
+    ],
+)
+def test_a_bad_flag_value_is_one_line_naming_the_flag(
+    extra: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["plan", "aws", "--events-per-second", "5", *extra]) == 2
+    shown = capsys.readouterr()
+    assert shown.out == ""
+    [line] = shown.err.strip().splitlines()
+    assert message in line
