@@ -236,6 +236,7 @@ async def run_chunk(
     batch_size: int = 500,
     rounds: int = 4,
     on_batch: Callable[[BatchResult], None] | None = None,
+    keep_results: bool = True,
     **reader: Any,
 ) -> ChunkRun:
     """Run chunk `index` of `plan` through `pipeline` once; its receipt.
@@ -245,7 +246,9 @@ async def run_chunk(
     pipeline batch by batch (a failing batch is delivered again `rounds` more times;
     `ChunkIncomplete` if some still fail, leaving the chunk to be run again), then the
     receipt is filed and the key completed. `reader` goes to `ChunkReader` (`source`,
-    `id_field`, `partition_field`, `on_bytes`).
+    `id_field`, `partition_field`, `on_bytes`). Without `keep_results` the batches'
+    results go only to `on_batch`: `ChunkRun.results` stays empty, and memory stays one
+    batch's whatever the chunk's size.
     """
     done = await ledger.receipt(plan, index)
     if done is not None:
@@ -264,7 +267,8 @@ async def run_chunk(
     try:
         async for batch in chunk_reader.batches(batch_size):
             result = await pipeline.redeliver(batch, rounds=rounds)
-            run.results.append(result)
+            if keep_results:
+                run.results.append(result)
             if on_batch is not None:
                 on_batch(result)
             if result.failed:

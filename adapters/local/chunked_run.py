@@ -388,6 +388,7 @@ def _worker_main(config: dict[str, Any], tasks: Any, events: Any, parent: int) -
                         index,
                         batch_size=config["batch_size"],
                         on_batch=on_batch,
+                        keep_results=False,  # tallied by on_batch: memory stays one batch's
                         id_field=config["id_field"],
                         partition_field=config["partition_field"],
                         # The unchunked path's source: the same ids give the same keys.

@@ -29,6 +29,7 @@ from onceflow.records import (
     OutcomeStatus,
 )
 from onceflow.watermarks import (
+    LANE_TTL_SECONDS,
     commit_record,
     decode_state,
     encode_state,
@@ -170,10 +171,13 @@ class SqliteIdempotencyStore:
         busy_timeout: float = 10.0,
         database: Database | None = None,
         detect_dead_owners: bool = True,
+        lane_ttl_seconds: float = LANE_TTL_SECONDS,
     ) -> None:
         self.database = database or Database.shared(path, busy_timeout=busy_timeout)
         self.path = self.database.path
         self.ttl_seconds = ttl_seconds
+        self.lane_ttl_seconds = lane_ttl_seconds
+        """How long a lane record outlives its last write (`watermarks.LANE_TTL_SECONDS`)."""
         self.clock: Clock = clock or SystemClock()
         self.database.ensure(_SCHEMA)
         _add_deliveries_column(self.database)
@@ -447,8 +451,8 @@ class SqliteIdempotencyStore:
             f"FROM {LANES_TABLE} WHERE lane=?",
             (lane,),
         ).fetchone()
-        if row is None or row[4] + self.ttl_seconds <= now:
-            return None  # absent, or outlived the TTL
+        if row is None or row[4] + self.lane_ttl_seconds <= now:
+            return None  # absent, or outlived the lanes' TTL
         lease_end = row[2]
         if lease_end > now and self._owners.is_dead(row[5]):
             # Its holder's process is gone: the lease is over now, as for a key
