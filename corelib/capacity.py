@@ -1,10 +1,10 @@
 """A capacity and cost model: what a pipeline at a given event rate needs, and costs per hour.
 
 The per-event figures (store requests, write and read units, runner time) are the ones the
-benchmarks measure (`benchmarks/aws_vs_powertools.py --figures` writes `cost_figures.json`,
-shipped with the package); prices are list prices, overridable with a JSON file of the same
-keys as `AwsPrices` / `AzurePrices`. Every formula is in docs/operations.md and in the
-`basis` text of each line, so a reader can redo the arithmetic.
+benchmarks measure (`benchmarks/cost_figures.py` writes `benchmarks/results.json` and the
+`cost_figures.json` shipped with the package); prices are list prices, overridable with a
+JSON file of the same keys as `AwsPrices` / `AzurePrices`. Every formula is in
+docs/operations.md and in the `basis` text of each line, so a reader can redo the arithmetic.
 """
 
 from __future__ import annotations
