@@ -309,6 +309,9 @@ class ExactlyOnceContract(Capabilities):
     """
 
     max_examples = 40
+    lane_examples: int | None = None
+    """Lane delivery plans per run; None: half of `max_examples` (at least 4), so the
+    lane plans add half to a backend's plan budget (`ONCEFLOW_PLANS` raises both)."""
 
     @pytest.fixture
     def clock(self) -> ManualClock:
@@ -644,8 +647,10 @@ class ExactlyOnceContract(Capabilities):
         step, batches failing half-way, duplicate invocations racing on one lane, lapsed
         leases, shard splits and merges) leave every effect exactly once."""
 
+        lane_examples = self.lane_examples or max(4, self.max_examples // 2)
+
         @settings(
-            max_examples=plan_budget(self.max_examples),
+            max_examples=plan_budget(lane_examples),
             deadline=None,
             suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
         )
