@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+import anyio.to_thread
+
 from onceflow.errors import ConfigurationError
 from onceflow.results import BatchResult
 
@@ -161,6 +163,19 @@ def count_windows(
     process_batch = pipeline.process_batch
     name = pipeline.name
 
+    def write(rows: list[CountRow]) -> None:
+        for row in rows:
+            try:
+                counts.put(row)
+            except Exception as exc:  # the batch committed: its counts are lost, its result stands
+                logger.warning(
+                    "window counts of pipeline %r, window %s not written: %s",
+                    name,
+                    window_label(row.window),
+                    type(exc).__name__,
+                )
+                pipeline.metrics.count("window_counts_lost", 1)
+
     async def counted(records: Iterable[Any], *, deadline: float | None = None) -> BatchResult:
         batch = list(records)
         attempt = attempt_id()
@@ -174,19 +189,13 @@ def count_windows(
             busiest = max(by_window, key=lambda w: by_window[w]["processed"])
             by_window[busiest]["filtered"] += dropped
         expires = now + policy.retention_seconds
-        for window, tally in by_window.items():
-            kept = {k: v for k, v in tally.items() if v}
-            row = CountRow(name, window, attempt, kept, now, expires)
-            try:
-                counts.put(row)
-            except Exception as exc:  # the batch committed: its counts are lost, its result stands
-                logger.warning(
-                    "window counts of pipeline %r, window %s not written: %s",
-                    name,
-                    window_label(window),
-                    type(exc).__name__,
-                )
-                pipeline.metrics.count("window_counts_lost", 1)
+        rows = [
+            CountRow(name, window, attempt, {k: v for k, v in tally.items() if v}, now, expires)
+            for window, tally in by_window.items()
+        ]
+        # A cloud backend's write is a blocking request: off the event loop, so batches
+        # other tasks run meanwhile are not held up by it.
+        await anyio.to_thread.run_sync(write, rows)
         return result
 
     pipeline.process_batch = counted  # type: ignore[method-assign]
