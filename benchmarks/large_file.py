@@ -58,6 +58,7 @@ print(run.returncode, wall, use.ru_utime + use.ru_stime, use.ru_maxrss)
 print(run.stdout)
 """
 _WORKER_RSS = re.compile(r"peak memory \(RSS\) per worker: ([\d, ]+) MB")
+_WORKER_WAIT = re.compile(r"([\d.]+) of ([\d.]+)")
 
 
 def make_jsonl(path: Path, megabytes: int) -> int:
@@ -113,6 +114,10 @@ class Measured:
         self.rss = int(rss) / 1024
         found = _WORKER_RSS.search(text)
         self.workers = [float(mb) for mb in found.group(1).split(",")] if found else []
+        waits = next((line for line in text.splitlines() if "write lock" in line), "")
+        pairs = [(float(w), float(r)) for w, r in _WORKER_WAIT.findall(waits)]
+        # The share of the workers' time spent queueing for the state file's write lock.
+        self.waiting = sum(w for w, _ in pairs) / max(1e-9, sum(r for _, r in pairs))
         self.text = text
 
 
@@ -120,7 +125,7 @@ def scaling(folder: Path, sizes: list[int], repeat: int) -> None:
     print(f"\n1-2. events/s and peak RSS (chunk size {CHUNK >> 20} MiB, median of {repeat} runs)")
     print(
         f"{'input':>8} {'workers':>7} {'events':>11} {'wall s':>8} {'CPU s':>7} {'events/s':>10} "
-        f"{'RSS per worker MB':>18} {'largest RSS MB':>15}  load"
+        f"{'RSS per worker MB':>18} {'largest RSS MB':>15} {'lock wait':>9}  load"
     )
     ratios: list[str] = []
     for size in sizes:
@@ -143,8 +148,10 @@ def scaling(folder: Path, sizes: list[int], repeat: int) -> None:
             per_worker = max((mb for m in measured for mb in m.workers), default=0.0)
             largest = max(m.rss for m in measured)
             bad = [m.code for m in measured if m.code not in (0, 1)]
+            waiting = statistics.median(m.waiting for m in measured)
             print(f"{size:>6}MB {workers:>7} {events:>11,} {wall:>8.1f} {cpu:>7.1f} "
-                  f"{rates[workers]:>10,.0f} {per_worker:>18.0f} {largest:>15.0f}  "
+                  f"{rates[workers]:>10,.0f} {per_worker:>18.0f} {largest:>15.0f} "
+                  f"{waiting:>9.0%}  "
                   f"{os.getloadavg()[0]:.1f}" + (f"  exit {bad}" if bad else ""))  # fmt: skip
             walls = ", ".join(f"{m.wall:.1f}" for m in measured)
             print(f"{'':>8} {'':>7} walls: {walls}")

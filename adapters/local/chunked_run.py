@@ -147,8 +147,10 @@ def run_chunked(args: argparse.Namespace) -> int:
             f"{len(plan.chunks)} chunks of {path.name}: {len(pending)} run, {skipped} done before"
         )
         if peaks:
-            mb = ", ".join(f"{peak / (1 << 20):.0f}" for peak in peaks)
+            mb = ", ".join(f"{peak / (1 << 20):.0f}" for peak, _, _ in peaks)
             out.print(f"peak memory (RSS) per worker: {mb} MB")
+            waits = ", ".join(f"{waited:.1f} of {ran:.1f}" for _, waited, ran in peaks)
+            out.print(f"waited for the state's write lock, per worker: {waits} s")
         for text in failures[:5]:
             out.print(f"[red]{text}[/]", markup=True)
         if manifest is not None:
@@ -199,10 +201,11 @@ def _config(args: argparse.Namespace, folder: Path, plan: ChunkPlan) -> dict[str
 
 def _run_pending(
     args: argparse.Namespace, folder: Path, plan: ChunkPlan, pending: list[int]
-) -> tuple[Tally, list[str], list[int]]:
+) -> tuple[Tally, list[str], list[tuple[int, float, float]]]:
     """Run the pending chunks on `args.workers` processes, showing progress.
 
-    The totals, the failures, and each worker's peak resident memory in bytes.
+    The totals, the failures, and per worker: its peak resident memory in bytes, and the
+    seconds it waited for the state file's write lock out of the seconds it ran.
     """
     context = multiprocessing.get_context("spawn")
     tasks: Any = context.Queue()
@@ -216,7 +219,7 @@ def _run_pending(
     todo_bytes = sum(plan.chunks[i].bytes for i in pending)
     tally = Tally()
     failures: list[str] = []
-    peaks: dict[int, int] = {}
+    peaks: dict[int, tuple[int, float, float]] = {}
     if not pending:
         return tally, failures, []
     workers = [
@@ -240,7 +243,7 @@ def _run_pending(
                     show.advance(message[1], message[2])
                 elif kind == "chunk":
                     tally.add_plain(message[2])
-                    peaks[message[3]] = max(peaks.get(message[3], 0), message[4])
+                    peaks[message[3]] = message[4]  # the worker's figures so far
                     show.chunk_done()
                 elif kind == "failed":
                     failures.append(message[2])
@@ -360,6 +363,7 @@ def _worker_main(config: dict[str, Any], tasks: Any, events: Any, parent: int) -
         plan = ChunkPlan.from_plain(config["plan"])
         files = InputFiles(config["folder"])
         ledger = chunked_ledger(state.folder)
+        began = time.perf_counter()
         while True:
             index = _next_task(tasks, parent)
             if index is None:
@@ -404,7 +408,8 @@ def _worker_main(config: dict[str, Any], tasks: Any, events: Any, parent: int) -
                 events.put(("bytes", plan.chunks[index].bytes, 0))
             elif read[0]:
                 events.put(("bytes", read[0], 0))
-            events.put(("chunk", index, tally.as_plain(), os.getpid(), _peak_rss()))
+            usage = (_peak_rss(), state.database.waited, time.perf_counter() - began)
+            events.put(("chunk", index, tally.as_plain(), os.getpid(), usage))
     except Exception as exc:  # e.g. the processor's setup() failed: say so, then stop
         events.put(("error", f"a worker stopped: {type(exc).__name__}: {exc}"))
         raise SystemExit(1) from None

@@ -89,6 +89,8 @@ class Database:
             self.connection.execute("PRAGMA foreign_keys=OFF")
         except sqlite3.Error as exc:
             raise _explain(self.path, exc, busy_timeout) from exc
+        self.waited = 0.0
+        """Seconds this process spent waiting for other writers of the file (the queue)."""
         self._queue: int | None = None
         if _HAVE_FCNTL:
             with contextlib.suppress(OSError):  # a read-only folder: the busy handler only
@@ -145,18 +147,24 @@ class Database:
         if fd is None or self.connection.in_transaction:
             yield
             return
-        deadline = time.monotonic() + self.busy_timeout
-        pause = 50e-6
         held = False
-        while not held:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                held = True
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    break  # BEGIN IMMEDIATE then waits its own busy timeout and says so
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held = True
+        except BlockingIOError:
+            started = time.monotonic()
+            deadline = started + self.busy_timeout
+            pause = 50e-6
+            while not held:
                 time.sleep(pause)
                 pause = min(pause * 2, 1e-3)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    held = True
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        break  # BEGIN IMMEDIATE then waits its own busy timeout, says so
+            self.waited += time.monotonic() - started
         try:
             yield
         finally:
