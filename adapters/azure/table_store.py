@@ -35,9 +35,9 @@ from onceflow.adapters.azure.table_keys import (
     numeric_row,
     stored_identity,
 )
+from onceflow.adapters.azure.table_lanes import LANE, record_address
 from onceflow.adapters.azure.table_lanes import decode_record as decode_lane
 from onceflow.adapters.azure.table_lanes import encode_record as encode_lane
-from onceflow.adapters.azure.table_lanes import record_address
 from onceflow.adapters.azure.table_transactions import MAX_OPERATIONS, Group, Operation, submit
 from onceflow.adapters.azure.throttling import default_retry, listed, send
 from onceflow.clock import SystemClock
@@ -489,7 +489,8 @@ class TableIdempotencyStore(ReadModifyWriteLanes):
                 self._etags.popitem(last=False)
 
     async def purge(self, *, partition: str | None = None) -> int:
-        """Delete completed rows past their TTL, and leases ended a TTL ago; how many went.
+        """Delete completed rows past their TTL, leases ended a TTL ago, and lane records
+        past the lane TTL (Table storage has no TTL of its own); how many went.
 
         A lease that ended (released, or its holder gone) is kept for `ttl_seconds` more:
         its row holds the key's delivery count, which recognises a poison pill.
@@ -518,6 +519,17 @@ class TableIdempotencyStore(ReadModifyWriteLanes):
                         [("delete", address, _if_match(str(entity.metadata["etag"])))],
                     )
                 )
+        lanes = f"RowKey ge '{LANE}' and RowKey lt '{chr(ord(LANE) + 1)}' and expires le @now"
+        if partition is not None:
+            lanes = "PartitionKey eq @p and " + lanes
+        for entity in self._query(lanes, {**parameters, "now": now}):
+            address = {"PartitionKey": entity["PartitionKey"], "RowKey": entity["RowKey"]}
+            groups.append(
+                Group(
+                    entity["PartitionKey"],
+                    [("delete", address, _if_match(str(entity.metadata["etag"])))],
+                )
+            )
         submit(self.table, groups, self.throttle_retry)
         return sum(1 for g in groups if g.conflict is None)
 

@@ -9,8 +9,11 @@ import pytest
 from azure.data.tables import TableServiceClient
 
 from onceflow.adapters.azure import TableIdempotencyStore
+from onceflow.adapters.azure.table_lanes import record_address
 from onceflow.clock import ManualClock
+from onceflow.records import LaneCommit, LaneRequest, LaneState
 from onceflow.testing.contracts import LaneStoreContract
+from onceflow.watermarks import LANE_TTL_SECONDS
 from tests.support.lane_scenarios import two_workers_one_lane
 from tests.support.servers import Azurite
 
@@ -46,3 +49,20 @@ class TestTableLaneStore(LaneStoreContract):
     @pytest.fixture
     def other_store(self, store: TableIdempotencyStore) -> TableIdempotencyStore:
         return self._pair[1]  # type: ignore[no-any-return]
+
+
+@pytest.mark.anyio
+async def test_purge_deletes_a_lane_record_only_past_the_lane_ttl(azurite_server: Azurite) -> None:
+    """A lane row outlives the keys' TTL; `purge` deletes it once the lane TTL passed."""
+    clock = ManualClock()
+    store, _ = stores(azurite_server, clock)
+    lane = "orders#lane#0"
+    [claim] = await store.claim_lanes([LaneRequest(lane, 1, 9)], 30)
+    assert await store.commit_lanes([LaneCommit(claim, LaneState(9))]) == [True]
+    partition = record_address(lane)[0]
+    clock.advance(30 * 86_400.0)
+    assert await store.purge(partition=partition) == 0
+    clock.advance(LANE_TTL_SECONDS)
+    assert await store.purge(partition=partition) == 1
+    [fresh] = await store.claim_lanes([LaneRequest(lane, 1, 9)], 30)
+    assert fresh.state.watermark == -1
