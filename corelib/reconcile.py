@@ -102,7 +102,11 @@ class CountRow:
 
 
 class WindowCounts(Protocol):
-    """Where per-window counts are kept: beside the idempotency state, in their own rows."""
+    """Where per-window counts are kept: beside the idempotency state, in their own rows.
+
+    A backend whose `put` is a network request sets a class attribute `remote = True`, so
+    `count_windows` calls it from a worker thread rather than on the event loop.
+    """
 
     def put(self, row: CountRow) -> None:
         """Apply `row`'s counts to its window; applying the same row again changes nothing."""
@@ -162,6 +166,7 @@ def count_windows(
     filtered = _FilterTally(pipeline.metrics)
     process_batch = pipeline.process_batch
     name = pipeline.name
+    remote = bool(getattr(counts, "remote", False))
 
     def write(rows: list[CountRow]) -> None:
         for row in rows:
@@ -193,9 +198,12 @@ def count_windows(
             CountRow(name, window, attempt, {k: v for k, v in tally.items() if v}, now, expires)
             for window, tally in by_window.items()
         ]
-        # A cloud backend's write is a blocking request: off the event loop, so batches
-        # other tasks run meanwhile are not held up by it.
-        await anyio.to_thread.run_sync(write, rows)
+        if remote:
+            # A cloud backend's write is a blocking request: off the event loop, so other
+            # tasks' batches are not held up by it. A local write costs less than the hop.
+            await anyio.to_thread.run_sync(write, rows)
+        else:
+            write(rows)
         return result
 
     pipeline.process_batch = counted  # type: ignore[method-assign]

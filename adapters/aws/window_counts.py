@@ -33,6 +33,7 @@ class DynamoDBWindowCounts:
     scans the table for the prefix: a reconciliation command's cost, never the pipeline's.
     """
 
+    remote = True  # count_windows writes from a worker thread
     client = ClientOnFirstUse("dynamodb")
 
     def __init__(

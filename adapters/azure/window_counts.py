@@ -63,6 +63,8 @@ class TableWindowCounts:
     per window per process).
     """
 
+    remote = True  # count_windows writes from a worker thread
+
     def __init__(
         self,
         table: TableClient | str,
@@ -153,6 +155,8 @@ class CosmosWindowCounts:
     Cosmos's per-item `ttl` (the retention in seconds; the container needs TTL on, as the
     store's does with `default_ttl=-1`), and `expires`, which `read` checks itself.
     """
+
+    remote = True  # count_windows writes from a worker thread
 
     def __init__(
         self, container: Any, *, partition_path: str = "/pk", writer: str | None = None
