@@ -91,6 +91,16 @@ class DurableChunks:
             self.ledger = ChunkLedger(self._store())
         return self.ledger
 
+    def ledger_file(self, path: str) -> bool:
+        """Whether `path` (in the landing container) is one of the ledger's own files."""
+        ledger, store = self._ledger(), self._store()
+        mine = ledger.objects
+        if not isinstance(mine, BlobObjectStore):
+            return False
+        if mine.container.container_name != store.container.container_name:
+            return False
+        return (store.prefix + path).startswith(f"{mine.prefix}{ledger.prefix}/")
+
     # -- the orchestrator: decisions only ------------------------------------------------------
 
     def orchestrate(self, context: Any) -> Generator[Any, Any, dict[str, Any]]:
@@ -247,6 +257,8 @@ class DurableChunks:
 
             async def landed(blob: func.InputStream, client: df.DurableOrchestrationClient) -> None:
                 path = (blob.name or "").split("/", 1)[-1] if blob.name else ""
+                if self.ledger_file(path):
+                    return  # the ledger's own plans and receipts, beside the landed blobs
                 info = await self._store().head(path) if path else None
                 if info is None:
                     return  # deleted since it landed: nothing to read

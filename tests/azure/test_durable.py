@@ -38,6 +38,7 @@ from onceflow.adapters.azure.durable import (
 )
 from onceflow.adapters.azure.objects import BlobObjectStore, ObjectChanged
 from onceflow.adapters.memory import ManualClock, MemoryIdempotencyStore, MemorySink
+from onceflow.fan_in import ChunkLedger
 from tests.support.servers import Azurite
 
 pytestmark = pytest.mark.emulator
@@ -333,3 +334,22 @@ def test_a_blob_rewritten_mid_run_fails_its_chunks_clearly(landing: BlobObjectSt
     assert '"n"' not in str(caught.value)
     assert len(sink) == first["rows"]  # nothing of the new version was applied
     assert not chunks.fan_in(item)["complete"]
+
+
+def test_the_landing_trigger_ignores_the_ledgers_own_blobs(landing: BlobObjectStore) -> None:
+    pipeline = Pipeline(Doubler(), MemorySink(), MemoryIdempotencyStore(), MemorySink())
+    chunks = DurableChunks(pipeline, landing.container.container_name, objects=landing)
+    assert chunks.ledger_file("_onceflow/chunked/in%2Fa.jsonl/0x1/plan.json")
+    assert not chunks.ledger_file("in/a.jsonl")
+    elsewhere = BlobObjectStore(landing.container, "ledgers/")
+    chunks = DurableChunks(
+        pipeline, landing.container.container_name, objects=landing,
+        ledger=ChunkLedger(elsewhere),
+    )  # fmt: skip
+    assert chunks.ledger_file("ledgers/_onceflow/chunked/in%2Fa.jsonl/0x1/plan.json")
+    assert not chunks.ledger_file("_onceflow/chunked/in%2Fa.jsonl/0x1/plan.json")
+    other = BlobObjectStore(
+        f"{landing.container.container_name}-x", connection_string="UseDevelopmentStorage=true"
+    )
+    chunks.ledger = ChunkLedger(other)
+    assert not chunks.ledger_file("_onceflow/chunked/in%2Fa.jsonl/0x1/plan.json")
