@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextvars
 import json
 from decimal import Decimal
 from typing import Any
@@ -620,3 +621,37 @@ def test_json_log_lines_carry_the_request_id_function_name_and_cold_start() -> N
     assert first and all(line["cold_start"] is True for line in first)
     assert all(line["cold_start"] is False for line in second)
     assert {line["function_name"] for line in lines} == {"orders"}
+
+
+class _Flaky:
+    """Raises a non-Exception once (as Ctrl-C would), then works; sees a context variable."""
+
+    def __init__(self) -> None:
+        self.interrupt = True
+        self.seen: list[str] = []
+
+    def process(self, event: Event) -> Any:
+        self.seen.append(_REQUEST.get())
+        _REQUEST.set(event.id)  # set inside one invocation, never seen by the next
+        if self.interrupt:
+            self.interrupt = False
+            raise KeyboardInterrupt
+        return {"id": event.id}
+
+
+_REQUEST: contextvars.ContextVar[str] = contextvars.ContextVar("request", default="unset")
+
+
+def test_invocations_share_one_loop_and_an_interrupted_one_leaves_it_clean() -> None:
+    processor = _Flaky()
+    sink = MemorySink()
+    handler = lambda_handler(Pipeline(processor, sink, MemoryIdempotencyStore(), MemorySink()))
+    body = json.dumps({"n": 1})
+    with pytest.raises(KeyboardInterrupt):
+        handler(aws.sqs_event(aws.sqs_record("m0", body)), aws.LambdaContext())
+    # Many small batches on the same thread's loop, one task each, nothing carried over.
+    for n in range(1, 30):
+        answer = handler(aws.sqs_event(aws.sqs_record(f"m{n}", body)), aws.LambdaContext())
+        assert answer == {"batchItemFailures": []}
+    assert len(sink) == 29
+    assert set(processor.seen) == {"unset"}
