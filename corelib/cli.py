@@ -8,7 +8,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
-from typing import Any
+from typing import Any, NoReturn
 
 from onceflow.errors import OnceflowError
 
@@ -50,9 +50,17 @@ def load_object(spec: str) -> Any:
     return target
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line naming the cause and `--help`."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print one line (not the whole usage) and exit 2, as argparse does."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser with every installed backend's sub-commands."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="onceflow",
         description="Run event processors with every event's effect applied exactly once.",
     )

@@ -29,3 +29,21 @@ def test_load_object_errors_are_one_sentence(spec: str, message: str) -> None:
 def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 2
     assert "usage: onceflow" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "cause"),
+    [
+        (["plan", "aws", "--events-per-second", "1", "--record-bytes", "1", "--bogus"], "--bogus"),
+        (["plan", "aws", "--record-bytes", "1"], "--events-per-second"),
+        (["nope"], "'nope'"),
+    ],
+)
+def test_a_usage_error_is_one_line_naming_the_cause(
+    argv: list[str], cause: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert cause in line and "--help" in line
