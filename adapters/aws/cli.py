@@ -11,7 +11,12 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from onceflow.adapters.aws.template import AWS_TRIGGERS, FunctionSettings, sam_template
+from onceflow.adapters.aws.template import (
+    AWS_TRIGGERS,
+    ChunkedSettings,
+    FunctionSettings,
+    sam_template,
+)
 from onceflow.cli import CliError
 from onceflow.deployment import Deployment
 from onceflow.errors import ConfigurationError
@@ -68,15 +73,20 @@ def register(subparsers: Any) -> None:
 class LoadedHandler:
     """A handler found for the command line: its Lambda Handler string and deployment."""
 
-    def __init__(self, handler: str, deployment: Deployment, factory: str | None) -> None:
+    def __init__(
+        self, handler: str, deployment: Deployment, factory: str | None, chunked: bool = False
+    ) -> None:
         self.handler = handler
         self.deployment = deployment
         self.factory = factory
         """`MODULE:NAME` of the factory the function calls at cold start, if the target is one."""
+        self.chunked = chunked
+        """Whether the target is chunked handlers (router, chunk worker, fan-in)."""
 
 
 def load_handler(target: str) -> LoadedHandler:
     """The handler `MODULE[:NAME]` names; a `CliError` naming the fix for anything else."""
+    from onceflow.adapters.aws.chunks import ChunkedHandlers
     from onceflow.adapters.aws.entry import LambdaHandler
 
     module_name, _, name = target.partition(":")
@@ -102,6 +112,8 @@ def load_handler(target: str) -> LoadedHandler:
             f"module {module_name!r} has no `{name} = onceflow.adapters.aws.lambda_handler(...)`: "
             "add one, or name the handler as MODULE:NAME"
         )
+    if isinstance(found, ChunkedHandlers):
+        return _chunked(module, module_name, name, found)
     factory = None
     handler = found
     if not isinstance(found, LambdaHandler):
@@ -132,6 +144,25 @@ def load_handler(target: str) -> LoadedHandler:
     return LoadedHandler(string, handler.deployment, factory)
 
 
+def _chunked(module: Any, module_name: str, name: str, found: Any) -> LoadedHandler:
+    """Chunked handlers: the module exposes the three functions the template names."""
+    where = f"{module_name}:{name}"
+    roles = ("router", "chunk_worker", "fan_in")
+    missing = [role for role in roles if not callable(getattr(module, role, None))]
+    if missing:
+        wanted = ", ".join(f"{name}.{role}" for role in roles)
+        raise CliError(
+            f"{where} is chunked handlers: {module_name} must also expose "
+            f"{', '.join(missing)} (router, chunk_worker, fan_in = {wanted})"
+        )
+    if found.deployment is None:
+        raise CliError(
+            f"{where} declares no deployment: chunked_handlers(build, deployment="
+            "Deployment(Trigger(TriggerKind.S3, ...), ...))"
+        )
+    return LoadedHandler(f"{module_name}.router", found.deployment, None, chunked=True)
+
+
 def _needs_arguments(function: Any) -> bool:
     try:
         signature = inspect.signature(function)
@@ -159,6 +190,7 @@ def _run(args: argparse.Namespace) -> int:
         architecture=args.architecture,
         timeout=args.timeout,
         memory=args.memory,
+        chunked=ChunkedSettings() if loaded.chunked else None,
     )
     try:
         doc = sam_template(loaded.deployment, settings)

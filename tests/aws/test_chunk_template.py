@@ -195,3 +195,36 @@ def test_the_handlers_deployment_must_read_s3() -> None:
     assert chunked_handlers(lambda: Pipeline(object()), deployment=d).deployment is d
     with pytest.raises(ConfigurationError, match="declares a kinesis trigger"):
         chunked_handlers(lambda: Pipeline(object()), deployment=deployment("kinesis"))
+
+
+CHUNKED_APP = """
+from onceflow import Pipeline
+from onceflow.adapters.aws.chunks import chunked_handlers
+from onceflow.deployment import Deployment, Resource, ResourceKind, Trigger, TriggerKind
+
+DEPLOYMENT = Deployment(
+    Trigger(TriggerKind.S3, Resource(ResourceKind.S3_BUCKET, "LANDING")),
+    state=Resource(ResourceKind.DYNAMODB_TABLE, "STATE"),
+    dead_letters=Resource(ResourceKind.SQS_QUEUE, "DEAD_LETTERS"),
+)
+handlers = chunked_handlers(lambda: Pipeline(object()), deployment=DEPLOYMENT)
+router, chunk_worker, fan_in = handlers.router, handlers.chunk_worker, handlers.fan_in
+"""
+
+
+def test_the_command_generates_the_chunked_template_from_chunked_handlers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from onceflow.cli import main
+
+    (tmp_path / "chunked_app.py").write_text(CHUNKED_APP)
+    (tmp_path / "half_app.py").write_text(CHUNKED_APP.rsplit("\n", 2)[0] + "\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["aws", "template", "chunked_app:handlers"]) == 0
+    resources = json.loads(capsys.readouterr().out)["Resources"]
+    assert resources["Processor"]["Properties"]["Handler"] == "chunked_app.router"
+    assert {"ChunkWorkerFunction", "ChunkFanInFunction", "ChunkStateMachine"} <= set(resources)
+    # A module that names the handlers but not the three functions: one line naming them.
+    assert main(["aws", "template", "half_app:handlers"]) == 2
+    err = capsys.readouterr().err
+    assert "router, chunk_worker, fan_in" in err and err.count("\n") == 1, err
