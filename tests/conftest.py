@@ -58,11 +58,11 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if not os.environ.get("ONCEFLOW_PLANS") or not PLANS_RUN.plans:
         return
     terminalreporter.section("exactly-once campaign")
-    header = ("contract", "plans", "deliveries", "effects", "lost", "doubled")
-    terminalreporter.write_line("{:<44} {:>7} {:>11} {:>9} {:>5} {:>8}".format(*header))
+    header = ("contract", "plans", "deliveries", "faults", "effects", "lost", "doubled")
+    terminalreporter.write_line("{:<44} {:>7} {:>11} {:>8} {:>9} {:>5} {:>8}".format(*header))
     for name, plans in sorted(PLANS_RUN.plans.items()):
         # A plan that lost or doubled an effect fails its check and the run; these passed.
         terminalreporter.write_line(
-            f"{name:<44} {plans:>7} {PLANS_RUN.deliveries[name]:>11} "
+            f"{name:<44} {plans:>7} {PLANS_RUN.deliveries[name]:>11} {PLANS_RUN.faults[name]:>8} "
             f"{PLANS_RUN.effects[name]:>9} {0:>5} {0:>8}"
         )

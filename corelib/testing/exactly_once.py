@@ -286,12 +286,31 @@ class PlanTally:
     plans: Counter[str] = field(default_factory=Counter)
     effects: Counter[str] = field(default_factory=Counter)
     deliveries: Counter[str] = field(default_factory=Counter)
+    faults: Counter[str] = field(default_factory=Counter)
 
-    def record(self, name: str, effects: int, deliveries: int) -> None:
-        """One plan of `name` passed its check of `effects` events."""
+    def record(self, name: str, effects: int, deliveries: int, faults: int = 0) -> None:
+        """One plan of `name` passed its check of `effects` events after `faults` faults."""
         self.plans[name] += 1
         self.effects[name] += effects
         self.deliveries[name] += deliveries
+        self.faults[name] += faults
+
+
+def plan_faults(
+    plan: Sequence[tuple[list[int], Step | None, bool, bool]], count: int, flaky: set[int]
+) -> int:
+    """The faults a plan injects: crashes, lapsed leases, worker switches, redeliveries
+    and transient failures."""
+    seen: set[int] = set()
+    faults = sum(n < count for n in flaky)
+    previous = False
+    for picks, crash, second, expire in plan:
+        faults += (crash is not None) + expire + (second != previous)
+        previous = second
+        for n in picks:
+            faults += (n % count) in seen
+            seen.add(n % count)
+    return faults
 
 
 PLANS_RUN = PlanTally()
@@ -605,7 +624,9 @@ class ExactlyOnceContract(Capabilities):
                 final = await self._settle(workers[0], events, clock)
                 assert final.ok, final.reasons
                 await self._check(ns, events, bad, sink, dead_letter_sink, read_sink)
-                PLANS_RUN.record(type(self).__name__, len(events), len(plan))
+                PLANS_RUN.record(
+                    type(self).__name__, len(events), len(plan), plan_faults(plan, count, flaky)
+                )
 
             anyio.run(main)
             if ordered:
@@ -737,7 +758,12 @@ class ExactlyOnceContract(Capabilities):
                 marks.append((len(processors[0].calls), len(processors[1].calls)))
                 await self._read_to_end(workers[0], stream, clock)
                 await self._check(ns, stream.records, dead, sink, dead_letter_sink, read_sink)
-                PLANS_RUN.record(type(self).__name__ + "/lanes", len(stream.records), len(plan))
+                # Faults: crashes, lapsed leases, racing invocations, reversed batches,
+                # transient and stubborn failures (every delivery re-reads from a checkpoint).
+                faults = sum((c is not None) + e + (w == "both") + b for _, c, w, e, b in plan)
+                faults += len(flaky) + len(stubborn)
+                name = type(self).__name__ + "/lanes"
+                PLANS_RUN.record(name, len(stream.records), len(plan), faults)
 
             anyio.run(main)
             if ordered:
