@@ -3,9 +3,10 @@ rerun: its outputs and dead letters equal one clean unchunked run's, no committe
 run again, and `_SUCCESS` appears only once every chunk is committed (issue 13).
 
 A few kills here (`ONCEFLOW_KILLS`, default 5; `make soak` runs 20). Each kill lands at a
-seeded random moment: after a random share of what is left of the outputs is written, or
-(one time in three) a random time after the start, which may fall in start-up, planning
-or between chunks. The process group is killed (the parent and its workers together).
+seeded random moment: once a random share of what is left of the outputs is written, or
+(one time in three) a random time after the start if that comes first, which may fall in
+start-up, planning or between chunks. The process group is killed (the parent and its
+workers together).
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def test_sigkill_at_random_moments_then_rerun_equals_one_clean_run(tmp_path: Pat
         while proc.poll() is None and time.monotonic() - began < 120:
             if wait is not None and time.monotonic() - began >= wait:
                 break
-            if wait is None and len(rows(state, "SELECT 1 FROM outputs")) >= goal:
+            if len(rows(state, "SELECT 1 FROM outputs")) >= goal:
                 break
             time.sleep(0.01)
         if proc.poll() is None:
