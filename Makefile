@@ -87,6 +87,7 @@ soak: $(VENV)/.test-installed $(VENV)/.layout-$(LAYOUT) node_modules/.installed
 	ONCEFLOW_PLANS=$(SOAK_REAL_PLANS) $(PY) -m pytest -q -p no:randomly $(SOAK_SELECT) \
 		tests/aws/test_dynamodb_contracts.py tests/azure/test_table_store.py \
 		tests/azure/test_cosmos_store.py
+	ONCEFLOW_KILLS=20 $(PY) -m pytest -q -p no:randomly tests/local/test_chunk_kills.py
 	ONCEFLOW_OUTAGE_EVENTS=10000 $(PY) -m pytest -q -p no:randomly \
 		tests/aws/test_outages.py tests/azure/test_outages.py
 

@@ -237,6 +237,7 @@ async def run_chunk(
     rounds: int = 4,
     on_batch: Callable[[BatchResult], None] | None = None,
     keep_results: bool = True,
+    deadline: float | None = None,
     **reader: Any,
 ) -> ChunkRun:
     """Run chunk `index` of `plan` through `pipeline` once; its receipt.
@@ -248,7 +249,8 @@ async def run_chunk(
     receipt is filed and the key completed. `reader` goes to `ChunkReader` (`source`,
     `id_field`, `partition_field`, `on_bytes`). Without `keep_results` the batches'
     results go only to `on_batch`: `ChunkRun.results` stays empty, and memory stays one
-    batch's whatever the chunk's size.
+    batch's whatever the chunk's size. `deadline` (in the pipeline's clock) bounds each
+    batch's redelivery rounds and their waits, as `Pipeline.redeliver` does.
     """
     done = await ledger.receipt(plan, index)
     if done is not None:
@@ -266,7 +268,7 @@ async def run_chunk(
     run = ChunkRun(ChunkReceipt(index, 0, 0, 0, 0, 0, ""))
     try:
         async for batch in chunk_reader.batches(batch_size):
-            result = await pipeline.redeliver(batch, rounds=rounds)
+            result = await pipeline.redeliver(batch, rounds=rounds, deadline=deadline)
             if keep_results:
                 run.results.append(result)
             if on_batch is not None:

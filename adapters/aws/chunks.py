@@ -168,15 +168,20 @@ class ChunkedHandlers:
         guard.check()
         left = guard.left()
         # Store and sink retry loops see the same deadline and never sleep past it.
-        with deadline_in(None if left is None else left - self.safety_margin):
+        budget = None if left is None else left - self.safety_margin
+        pipeline = self._built()
+        # Redelivery rounds inside a batch (and their backoff waits) stop at it too.
+        deadline = None if budget is None else pipeline.clock.now() + budget
+        with deadline_in(budget):
             return await run_chunk(
-                self._built(),
+                pipeline,
                 objects,
                 ledger,
                 plan,
                 index,
                 batch_size=self.batch_size,
                 on_batch=guard.check,
+                deadline=deadline,
                 **self._reader(),
             )
 

@@ -473,3 +473,38 @@ def test_the_router_ignores_the_ledgers_own_files(moto: MotoServer, s3_bucket: s
     handlers = chunked_handlers(pipeline, s3=s3, state_machine_arn="arn:unused")
     assert handlers.router(notification(s3_bucket, key, 14))["failed"] == 0
     assert processor.calls == 0
+
+
+class Outage(Doubler):
+    """A downstream outage: every event fails transiently."""
+
+    def process(self, event: Event) -> dict[str, int]:
+        raise ConnectionError("the downstream service is down")
+
+
+def test_redelivery_rounds_inside_a_batch_stop_at_the_invocations_deadline(
+    moto: MotoServer, s3_bucket: str
+) -> None:
+    from onceflow.clock import ManualClock
+    from onceflow.fan_in import ChunkIncomplete
+    from onceflow.retry import Backoff, RetryPolicy
+
+    s3 = moto.client("s3")
+    key = f"outage/{uuid.uuid4().hex[:6]}.jsonl"
+    data = body(3_000)
+    s3.put_object(Bucket=s3_bucket, Key=key, Body=data)
+    clock = ManualClock()
+    # Rounds back off 10, 20, 40, 80 s: 150 s of waiting without a deadline.
+    slow = RetryPolicy(attempts=1, backoff=Backoff(base=10.0, cap=80.0, jitter=False))
+    pipeline = Pipeline(
+        Outage(), MemorySink(), MemoryIdempotencyStore(), MemorySink(), clock=clock, retry=slow
+    )
+    handlers, recorder = started_handlers(s3, pipeline, batch_size=100, safety_margin=10.0)
+    handlers.router(notification(s3_bucket, key, len(data)))
+    (doc,) = recorder.inputs
+    item = {k: doc[k] for k in ("bucket", "key", "version", "pin")}
+    start = clock.now()
+    with pytest.raises(ChunkIncomplete):
+        handlers.chunk_worker({**item, "index": 0}, FakeContext(30_000))
+    # 30 s left less the 10 s margin: the rounds' waits end within 20 s of the start.
+    assert clock.now() - start <= 20.0
