@@ -95,7 +95,10 @@ def items_of(
     """The distinct-key items of a batch, and every record as an item in delivery order."""
     if key is None:
         batch = records if isinstance(records, list) else list(records)
-        order = list(map(Item, batch, event_keys(batch)))
+        keys = event_keys(batch)
+        order = list(map(Item, batch, keys))
+        if len(set(keys)) == len(keys):
+            return order.copy(), order  # the common case: no key twice, nothing to link
     else:
         order = [_keyed(record, key) for record in records]
     by_key: dict[str, Item] = {}

@@ -78,6 +78,9 @@ _NEW = ClaimStatus.NEW
 _IN_PROGRESS = ClaimStatus.IN_PROGRESS.value
 _COMPLETED = ClaimStatus.COMPLETED.value
 _NEVER = float("inf")
+_tuple = tuple.__new__
+_STATUS = {status: status.value for status in OutcomeStatus}
+"""Each outcome status's stored text, without the enum's `value` property per key."""
 
 
 def _outcome(row: _Row) -> Outcome:
@@ -149,9 +152,8 @@ class MemoryIdempotencyStore:
         token = str(next(self._tokens))
         expires = now + lease_seconds
         self.rows[key] = (_IN_PROGRESS, token, expires, _NEVER, None, 0, None, None, deliveries)
-        if deliveries == 1:  # the common case: the default keeps the tuple short to build
-            return Claim(key, _NEW, token, None, expires)
-        return Claim(key, _NEW, token, None, expires, None, deliveries)
+        # Built as the tuple it is: the named tuple's own __new__ is one more Python call.
+        return _tuple(Claim, (key, _NEW, token, None, expires, None, deliveries))
 
     async def complete(self, completions: Sequence[Completion]) -> list[bool]:
         """Mark keys completed where the fence holds."""
@@ -182,21 +184,23 @@ class MemoryIdempotencyStore:
         expires_at = self.clock.now() + self.ttl_seconds
         rows = self.rows
         accepted = []
+        status = _STATUS
         for claim, outcome in completions:
-            row = rows.get(claim.key)
+            key = claim[0]
+            row = rows.get(key)
             # A repeated completion by the same holder is accepted: a retried call whose
             # first answer was lost must not look like a lost lease.
-            ok = row is not None and row[1] == claim.token
+            ok = row is not None and row[1] == claim[2]
             if ok and row is not None:
-                rows[claim.key] = (
+                rows[key] = (
                     _COMPLETED,
                     row[1],
                     row[2],
                     expires_at,
-                    outcome.status.value,
-                    outcome.outputs,
-                    outcome.fingerprint,
-                    outcome.detail,
+                    status[outcome[0]],
+                    outcome[1],
+                    outcome[2],
+                    outcome[3],
                     row[8],
                 )
             accepted.append(ok)
