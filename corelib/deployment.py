@@ -127,6 +127,10 @@ class Trigger:
     """Streams: MaximumRecordAgeInSeconds (-1: the stream's retention)."""
     batching_window: int = 1
     """Seconds Lambda may wait to fill a stream's batch."""
+    parallelization_factor: int = 1
+    """Streams: concurrent batches per shard (1-10). Above 1 a shard's batches are no
+    contiguous runs of it, so the handler settles its records by per-key markers, not
+    by shard watermarks."""
 
     def __post_init__(self) -> None:
         expected = _TRIGGER_SOURCES[self.kind]
@@ -138,6 +142,15 @@ class Trigger:
             )
         if self.batch_size < 1:
             raise ConfigurationError(f"batch_size is {self.batch_size}: use 1 or more")
+        if not 1 <= self.parallelization_factor <= 10:
+            raise ConfigurationError(
+                f"parallelization_factor is {self.parallelization_factor}: use 1 to 10"
+            )
+        streams = {TriggerKind.KINESIS, TriggerKind.DYNAMODB}
+        if self.parallelization_factor != 1 and self.kind not in streams:
+            raise ConfigurationError(
+                f"parallelization_factor is for stream triggers, not {self.kind}: drop it"
+            )
 
 
 @dataclass(frozen=True)

@@ -36,11 +36,14 @@ class LambdaHandler:
         *,
         safety_margin: float = DEFAULT_SAFETY_MARGIN,
         deployment: Deployment | None = None,
+        lanes: bool | None = None,
     ) -> None:
         self._pipeline = built_once(pipeline)
         self.safety_margin = safety_margin
         self.deployment = deployment
         """What the function needs deployed; `onceflow aws template` writes it."""
+        self.lanes = lanes_for(deployment) if lanes is None else lanes
+        """Whether ordered lanes (Kinesis shards, FIFO groups) are settled by watermarks."""
         self._warned = False
         self._invocations = 0
 
@@ -53,7 +56,7 @@ class LambdaHandler:
         """Process one invocation; a partial batch response for stream and queue triggers."""
         self._invocations += 1
         _describe_invocation(context, cold_start=self._invocations == 1)
-        delivery = decode(event)
+        delivery = decode(event, lanes=self.lanes)
         pipeline = self.pipeline
         if delivery.kind == "sqs-fifo" and not pipeline.ordered and not self._warned:
             self._warned = True
@@ -75,6 +78,19 @@ class LambdaHandler:
         return answer(delivery, result)
 
 
+LANES_ENV = "ONCEFLOW_LANES"
+"""Set to `off` where a stream's event source mapping is managed outside the template with
+a ParallelizationFactor above 1 (a shard's batches then interleave)."""
+
+
+def lanes_for(deployment: Deployment | None) -> bool:
+    """Lane watermarks unless the mapping runs a shard's batches concurrently, or
+    `ONCEFLOW_LANES=off`: a watermark is safe only over contiguous runs of a lane."""
+    if os.environ.get(LANES_ENV, "").strip().lower() in {"0", "off", "false", "no"}:
+        return False
+    return deployment is None or deployment.trigger.parallelization_factor == 1
+
+
 def _describe_invocation(context: Any, *, cold_start: bool) -> None:
     """Put the invocation's request id, function name and cold start on every JSON log line."""
     log_context["cold_start"] = cold_start
@@ -93,12 +109,15 @@ def lambda_handler(
     *,
     safety_margin: float = DEFAULT_SAFETY_MARGIN,
     deployment: Deployment | None = None,
+    lanes: bool | None = None,
 ) -> LambdaHandler:
     """A Lambda handler for `pipeline`, or for the pipeline a zero-argument factory builds.
 
     `deployment` declares the trigger and resources it needs (see `onceflow.deployment`).
+    `lanes` (default: on, unless the deployment's trigger has a ParallelizationFactor above
+    1 or `ONCEFLOW_LANES=off`) settles Kinesis shards and SQS FIFO groups by watermarks.
     """
-    return LambdaHandler(pipeline, safety_margin=safety_margin, deployment=deployment)
+    return LambdaHandler(pipeline, safety_margin=safety_margin, deployment=deployment, lanes=lanes)
 
 
 def answer(delivery: Delivery, result: BatchResult) -> dict[str, Any]:

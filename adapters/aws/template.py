@@ -354,6 +354,7 @@ class _Builder:
                     "BisectBatchOnFunctionError": True,
                     "MaximumRetryAttempts": t.max_retries,
                     "MaximumRecordAgeInSeconds": t.max_record_age,
+                    "ParallelizationFactor": t.parallelization_factor,
                     "FunctionResponseTypes": ["ReportBatchItemFailures"],
                     "DestinationConfig": {
                         "OnFailure": {"Type": "SQS", "Destination": _arn("OnFailureQueue")}

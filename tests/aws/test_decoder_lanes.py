@@ -148,3 +148,42 @@ def test_the_runner_settles_a_kinesis_batch_with_one_lane_record() -> None:
     answer = handler(payload, aws.LambdaContext())
     assert answer == {"batchItemFailures": []}
     assert store.calls["claim"] == 0 and len(sink.writes) == writes
+
+
+def test_a_parallelized_mapping_or_lanes_off_settles_by_per_key_markers(
+    monkeypatch: Any,
+) -> None:
+    """A ParallelizationFactor above 1 (declared, or ONCEFLOW_LANES=off for a mapping
+    managed elsewhere) interleaves a shard's batches: no watermark may settle them."""
+    import pytest
+
+    from onceflow.adapters.aws.template import FunctionSettings, sam_template
+    from onceflow.deployment import Deployment, Resource, ResourceKind, Trigger, TriggerKind
+    from onceflow.errors import ConfigurationError
+
+    def deployment(factor: int) -> Deployment:
+        stream = Resource(ResourceKind.KINESIS_STREAM, "STREAM")
+        trigger = Trigger(TriggerKind.KINESIS, stream, parallelization_factor=factor)
+        return Deployment(trigger, state=Resource(ResourceKind.DYNAMODB_TABLE, "STATE"))
+
+    payload = aws.kinesis_event(*[aws.kinesis_record(n, b'{"n": 1}') for n in range(5)])
+
+    def claims(handler: Any) -> tuple[int, int]:
+        store = MemoryIdempotencyStore(clock=ManualClock())
+        pipeline = Pipeline(Orders(), MemorySink(atomic=False), store, clock=store.clock)
+        handler._pipeline = lambda: pipeline
+        handler(payload, aws.LambdaContext())
+        return store.calls.get("claim", 0), store.calls.get("claim_lanes", 0)
+
+    assert claims(lambda_handler(Orders, deployment=deployment(1))) == (0, 1)
+    assert claims(lambda_handler(Orders, deployment=deployment(4))) == (1, 0)
+    monkeypatch.setenv("ONCEFLOW_LANES", "off")
+    assert claims(lambda_handler(Orders, deployment=deployment(1))) == (1, 0)
+    monkeypatch.delenv("ONCEFLOW_LANES")
+    assert claims(lambda_handler(Orders, lanes=False)) == (1, 0)
+    # The template deploys the factor the handler reads.
+    doc = sam_template(deployment(4), FunctionSettings(handler="app.handler"))
+    [event] = doc["Resources"]["Processor"]["Properties"]["Events"].values()
+    assert event["Properties"]["ParallelizationFactor"] == 4
+    with pytest.raises(ConfigurationError, match="for stream triggers"):
+        Trigger(TriggerKind.SQS, Resource(ResourceKind.SQS_QUEUE, "Q"), parallelization_factor=2)
