@@ -84,6 +84,27 @@ class RecordingProcessor:
         return {"n": n, "double": 2 * n}
 
 
+class StallingProcessor(RecordingProcessor):
+    """Stalls past its lease at its first event while `other` processes `batch` (and takes
+    the keys or lanes over); `taken_over` receives the other worker's result."""
+
+    def __init__(
+        self, clock: ManualClock, other: Pipeline, batch: Sequence[Event | InvalidRecord]
+    ) -> None:
+        super().__init__()
+        self.clock, self.other, self.batch = clock, other, list(batch)
+        self.taken_over: list[BatchResult] = []
+        self.stalled = False
+
+    async def process(self, event: Event) -> Any:
+        """Outputs for one test event, after the stall the first time."""
+        if not self.stalled:
+            self.stalled = True  # before the await: the batch's other events run meanwhile
+            self.clock.advance(LEASE + 1)
+            self.taken_over.append(await self.other.process_batch(self.batch))
+        return await super().process(event)
+
+
 def make_events(
     ns: str, count: int, partitions: int, bad: set[int], *, lanes: bool = False
 ) -> list[Event]:
@@ -523,20 +544,11 @@ class ExactlyOnceContract(Capabilities):
         _, fresh = self._pipelines(
             RecordingProcessor(), (store, other_store), sink, dead_letter_sink, clock, False
         )
-        taken_over: list[BatchResult] = []
-        stalled: list[str] = []
-
-        class Stalls(RecordingProcessor):
-            async def process(self, event: Event) -> Any:
-                if not stalled:
-                    # This worker stalls past its lease; the other one claims and commits all.
-                    stalled.append(event.id)
-                    clock.advance(LEASE + 1)
-                    taken_over.append(await fresh.process_batch(events))
-                return await super().process(event)
-
+        # This worker stalls past its lease; the other one claims and commits all.
+        stalls = StallingProcessor(clock, fresh, events)
+        taken_over = stalls.taken_over
         stale, _ = self._pipelines(
-            Stalls(), (store, other_store), sink, dead_letter_sink, clock, False
+            stalls, (store, other_store), sink, dead_letter_sink, clock, False
         )
         result = await stale.process_batch(events)
         assert len(taken_over[0].processed) == 5 and taken_over[0].dead_lettered == ["e3"]
@@ -900,20 +912,11 @@ class ExactlyOnceContract(Capabilities):
         # The rest of the lane on a worker that stalls past its lease while the other one
         # takes the lane over and commits it: the stale commit is refused.
         rest = [stream.records[i] for i in stream.shards["s0"]]
-        taken_over: list[BatchResult] = []
-        stalled: list[str] = []
-
-        class Stalls(RecordingProcessor):
-            async def process(self, event: Event) -> Any:
-                if not stalled:
-                    stalled.append(event.id)
-                    clock.advance(LEASE + 1)
-                    taken_over.append(await b.process_batch(rest))
-                return await super().process(event)
-
+        stalls = StallingProcessor(clock, b, rest)
+        taken_over = stalls.taken_over
         clock.advance(LEASE + 1)
         stale, _ = self._pipelines(
-            Stalls(), (store, other_store), sink, dead_letter_sink, clock, ordered=False
+            stalls, (store, other_store), sink, dead_letter_sink, clock, ordered=False
         )
         result = await stale.process_batch(rest)
         assert taken_over[0].ok, taken_over[0].reasons
