@@ -1,4 +1,5 @@
-"""Runs `moto.server` with a cheaper rollback for DynamoDB transactions.
+"""Runs `moto.server` with a cheaper rollback for DynamoDB transactions, and SQS FIFO
+sequence numbers that increase as the service's do.
 
 moto 5 makes `TransactWriteItems` all-or-nothing by deep-copying a table once per action
 before applying any of them, so a transaction of n actions on a table of m items costs
@@ -8,11 +9,16 @@ cancellation leaves every item as it was) by journalling only the items the tran
 touches and restoring those on a cancellation. Not restored: stream records a cancelled
 transaction's writes appended on a table with a stream (moto's own copy restores them;
 no test here streams a table it writes transactions to).
+
+moto draws a FIFO message's `SequenceNumber` at random; SQS promises that it keeps
+increasing within a message group, which the FIFO decoder's lanes rely on. Here every
+message that gets one takes the next number of a counter (20 digits, as SQS's).
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import sys
 from typing import Any
 
@@ -20,6 +26,7 @@ from moto.dynamodb import models
 from moto.dynamodb.exceptions import MockValidationException, TransactionCanceledException
 from moto.dynamodb.models.dynamo_type import DynamoType
 from moto.server import main
+from moto.sqs import models as sqs_models
 
 _original = models.DynamoDBBackend.transact_write_items
 
@@ -78,6 +85,20 @@ def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> Non
 
 models.copy = _NoTableCopies  # type: ignore[assignment]
 models.DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
+
+_send_message = sqs_models.SQSBackend.send_message
+_sequence = itertools.count(10**19)
+
+
+def send_message(self: Any, *args: Any, **kwargs: Any) -> Any:
+    """moto's send, with the next sequence number where moto drew a random one."""
+    message = _send_message(self, *args, **kwargs)
+    if message.sequence_number is not None:
+        message.sequence_number = str(next(_sequence))
+    return message
+
+
+sqs_models.SQSBackend.send_message = send_message  # type: ignore[method-assign]
 
 if __name__ == "__main__":
     main(sys.argv[1:])
