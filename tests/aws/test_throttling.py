@@ -102,6 +102,15 @@ _ANSWERS: dict[str, list[Callable[[dict[str, Any]], dict[str, Any]]]] = {
         lambda body: error("ProvisionedThroughputExceededException"),
         lambda body: error("RequestLimitExceeded"),
     ],
+    # A shard's watermark record: read and written once per batch in UPSERT mode.
+    "GetItem": [
+        lambda body: error("ProvisionedThroughputExceededException"),
+        lambda body: error("ThrottlingException"),
+    ],
+    "PutItem": [
+        lambda body: error("ThrottlingException"),
+        lambda body: error("RequestLimitExceeded"),
+    ],
 }
 
 
@@ -165,10 +174,13 @@ def test_throttling_at_the_wire_loses_and_doubles_nothing(
     else:
         assert sorted(v["n"] for v in sink.read_all().values()) == list(range(EVENTS))
     # Every kind of throttle was met (a FENCED store leases in transactions, releases with
-    # UpdateItem; UPSERT writes in batches and counts a failed delivery with UpdateItem).
+    # UpdateItem; UPSERT settles the shard by its watermark record, GetItem and PutItem,
+    # and writes outputs in batches).
     kinds = {kind.split(": ")[0] for kind in throttler.throttled}
-    assert {"BatchGetItem", "UpdateItem"} <= kinds
-    assert ("TransactWriteItems" if mode.atomic else "BatchWriteItem") in kinds
+    if mode.atomic:
+        assert {"BatchGetItem", "UpdateItem", "TransactWriteItems"} <= kinds
+    else:
+        assert {"GetItem", "PutItem", "BatchWriteItem"} <= kinds
 
 
 def test_throttled_retries_stop_at_the_invocation_deadline(
