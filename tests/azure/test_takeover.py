@@ -80,6 +80,10 @@ class Relay:
         self.keys: list[str] = []
 
     def __getattr__(self, name: str) -> Any:
+        if name.endswith("_lanes"):
+            # Per-key leases only: a partition's lane has its own takeover scenario
+            # (tests/support/lane_scenarios.py), so this store keeps no lanes.
+            raise AttributeError(name)
         return getattr(self.store, name)
 
     async def claim(self, keys: Sequence[str], lease_seconds: float) -> list[Claim]:
