@@ -24,13 +24,11 @@ import argparse
 import base64
 import functools
 import json
-import math
 import statistics
 import subprocess
 import sys
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -47,6 +45,7 @@ from onceflow.adapters.aws import (  # noqa: E402
     dynamodb_pipeline_parts,
     lambda_handler,
 )
+from onceflow.adapters.aws.testing import CapacityMeter  # noqa: E402
 from onceflow.capacity import Figures, find_figures, results_document  # noqa: E402
 from onceflow.errors import ConfigurationError  # noqa: E402
 from onceflow.event import Event  # noqa: E402
@@ -108,63 +107,13 @@ class Context:
 # -- counting DynamoDB requests and write units ----------------------------------------------
 
 
-def _item_wcu(item: dict[str, Any], factor: int = 1) -> int:
-    size = len(json.dumps(item, separators=(",", ":"), default=str).encode())
-    return factor * max(1, math.ceil(size / 1024))
-
-
-@dataclass
-class Meter:
-    """DynamoDB requests by operation, and write units as billed."""
-
-    requests: Counter[str]
-    write_units: int = 0
-    read_units: float = 0.0
-
-    @classmethod
-    def new(cls) -> Meter:
-        return cls(Counter())
-
-    def hook(self, params: dict[str, Any], model: Any, **_: Any) -> None:
-        name = model.name
-        self.requests[name] += 1
-        # Reads as billed for items under 4 KB: 1 strongly consistent, 0.5 eventually.
-        read = 1.0 if params.get("ConsistentRead") else 0.5
-        if name == "GetItem":
-            self.read_units += read
-        elif name == "BatchGetItem":
-            for request in params["RequestItems"].values():
-                self.read_units += len(request["Keys"]) * (
-                    1.0 if request.get("ConsistentRead") else 0.5
-                )
-        elif name == "TransactGetItems":
-            self.read_units += 2.0 * len(params["TransactItems"])
-        if name in {"PutItem", "UpdateItem", "DeleteItem"}:
-            self.write_units += _item_wcu(params.get("Item") or params.get("Key") or {})
-        elif name == "BatchWriteItem":
-            for requests in params["RequestItems"].values():
-                for request in requests:
-                    body = request.get("PutRequest", {}).get("Item") or request.get(
-                        "DeleteRequest", {}
-                    ).get("Key", {})
-                    self.write_units += _item_wcu(body)
-        elif name == "TransactWriteItems":
-            for action in params["TransactItems"]:
-                [(kind, body)] = action.items()
-                if kind != "ConditionCheck":
-                    self.write_units += _item_wcu(body.get("Item") or body.get("Key") or {}, 2)
-
-    def total(self) -> int:
-        return sum(self.requests.values())
+Meter = CapacityMeter
+"""DynamoDB requests by operation, and write units as billed."""
 
 
 def metered_client(server: MotoServer, meter: Meter) -> Any:
-    client = server.client("dynamodb")
     # Counted before the request is sent; failed conditional writes are billed too.
-    client.meta.events.register(
-        "before-parameter-build.dynamodb.*", lambda params, model, **kw: meter.hook(params, model)
-    )
-    return client
+    return meter.attach(server.client("dynamodb"))
 
 
 # -- the two contenders ---------------------------------------------------------------------
@@ -374,7 +323,7 @@ def run(
                 name,
                 delivery,
                 seconds,
-                meter.total(),
+                meter.total,
                 meter.write_units,
                 events,
                 failures,
@@ -530,10 +479,10 @@ def measure(
     event = kinesis_batch(records)
     rows: list[Row] = []
     with moto_server() as server:
-        meter = Meter.new()
+        meter = Meter()
         rows += run("powertools", powertools_handler(server, meter), meter, event, records)
         for sketch_atomic in (False, True) if sketch else ():
-            meter = Meter.new()
+            meter = Meter()
             handler, tables = lane_sketch_handler(server, meter, sketch_atomic)
             rows += run(
                 f"lane sketch {'atomic' if sketch_atomic else 'upsert'}",
@@ -544,7 +493,7 @@ def measure(
                 functools.partial(item_counts, server, tables),
             )
         for mode in modes:
-            meter = Meter.new()
+            meter = Meter()
             handler, tables = onceflow_handler(server, meter, mode)
             rows += run(
                 f"onceflow {mode}",

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import base64
 import json
+import math
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -36,6 +38,7 @@ __all__ = [
     "STREAM_ARN",
     "TABLE_STREAM_ARN",
     "TOPIC_ARN",
+    "CapacityMeter",
     "LambdaContext",
     "PollRound",
     "SimulatedQueue",
@@ -523,3 +526,68 @@ class SimulatedQueue:
             self.concurrency = min(self.max_concurrency, self.concurrency + 1)
         self.clock.advance(self.poll_interval)
         return done
+
+
+@dataclass
+class CapacityMeter:
+    """DynamoDB requests by operation, and read and write units as DynamoDB bills them.
+
+    `attach(client)` counts every call of a boto3 DynamoDB client before it is sent (a
+    failed conditional write is billed too). Units follow the price sheet for items under
+    4 KB read and 1 KB per write unit, an item's JSON size standing in for DynamoDB's
+    count; transactions bill twice.
+    """
+
+    requests: Counter[str] = field(default_factory=Counter)
+    write_units: int = 0
+    read_units: float = 0.0
+
+    def attach(self, client: Any) -> Any:
+        """Count `client`'s calls from now on; the client."""
+        client.meta.events.register("before-parameter-build.dynamodb.*", self.hook)
+        return client
+
+    def hook(self, params: dict[str, Any], model: Any, **_: Any) -> None:
+        """botocore's before-parameter-build event: one call, billed."""
+        name = model.name
+        self.requests[name] += 1
+        if name == "GetItem":
+            self.read_units += _read_unit(params)
+        elif name == "BatchGetItem":
+            for request in params["RequestItems"].values():
+                self.read_units += len(request["Keys"]) * _read_unit(request)
+        elif name == "TransactGetItems":
+            self.read_units += 2.0 * len(params["TransactItems"])
+        elif name in {"PutItem", "UpdateItem", "DeleteItem"}:
+            self.write_units += _write_units(params.get("Item") or params.get("Key") or {})
+        elif name == "BatchWriteItem":
+            for requests in params["RequestItems"].values():
+                for request in requests:
+                    put = request.get("PutRequest", {}).get("Item")
+                    self.write_units += _write_units(put or request["DeleteRequest"]["Key"])
+        elif name == "TransactWriteItems":
+            for action in params["TransactItems"]:
+                [(kind, body)] = action.items()
+                if kind != "ConditionCheck":
+                    item = body.get("Item") or body.get("Key") or {}
+                    self.write_units += 2 * _write_units(item)
+
+    @property
+    def total(self) -> int:
+        """Requests of every operation."""
+        return sum(self.requests.values())
+
+    def reset(self) -> None:
+        """Start counting again from zero."""
+        self.requests.clear()
+        self.write_units, self.read_units = 0, 0.0
+
+
+def _read_unit(request: dict[str, Any]) -> float:
+    # 1 per strongly consistent read of an item under 4 KB, 0.5 eventually consistent.
+    return 1.0 if request.get("ConsistentRead") else 0.5
+
+
+def _write_units(item: dict[str, Any]) -> int:
+    size = len(json.dumps(item, separators=(",", ":"), default=str).encode())
+    return max(1, math.ceil(size / 1024))

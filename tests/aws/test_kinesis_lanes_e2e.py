@@ -4,11 +4,8 @@ store and sink in upsert mode: the shard's lane settles it, billed as issue 15 t
 from __future__ import annotations
 
 import json
-import math
 import os
 import uuid
-from collections import Counter
-from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -29,52 +26,7 @@ pytestmark = pytest.mark.emulator
 RECORDS = int(os.environ.get("ONCEFLOW_LANE_E2E_RECORDS", "1000"))
 
 
-@dataclass
-class Meter:
-    """DynamoDB requests by operation, and read and write units as DynamoDB bills them."""
-
-    requests: Counter[str] = field(default_factory=Counter)
-    write_units: int = 0
-    read_units: float = 0.0
-
-    def hook(self, params: dict[str, Any], model: Any, **_: Any) -> None:
-        name = model.name
-        self.requests[name] += 1
-        if name == "GetItem":
-            self.read_units += 1.0 if params.get("ConsistentRead") else 0.5
-        elif name == "BatchGetItem":
-            for request in params["RequestItems"].values():
-                self.read_units += len(request["Keys"]) * (
-                    1.0 if request.get("ConsistentRead") else 0.5
-                )
-        elif name == "TransactGetItems":
-            self.read_units += 2.0 * len(params["TransactItems"])
-        elif name in {"PutItem", "UpdateItem", "DeleteItem"}:
-            self.write_units += _units(params.get("Item") or params.get("Key") or {})
-        elif name == "BatchWriteItem":
-            for requests in params["RequestItems"].values():
-                for request in requests:
-                    put = request.get("PutRequest", {}).get("Item")
-                    self.write_units += _units(put or request["DeleteRequest"]["Key"])
-        elif name == "TransactWriteItems":
-            for action in params["TransactItems"]:
-                [(kind, body)] = action.items()
-                if kind != "ConditionCheck":
-                    self.write_units += 2 * _units(body.get("Item") or body.get("Key") or {})
-
-    @property
-    def total(self) -> int:
-        return sum(self.requests.values())
-
-    def reset(self) -> None:
-        self.requests.clear()
-        self.write_units, self.read_units = 0, 0.0
-
-
-def _units(item: dict[str, Any]) -> int:
-    """Write units of an item: one per KB (its JSON size stands in for DynamoDB's count)."""
-    size = len(json.dumps(item, separators=(",", ":"), default=str).encode())
-    return max(1, math.ceil(size / 1024))
+Meter = aws.CapacityMeter
 
 
 class OrderItem:
@@ -87,7 +39,7 @@ class OrderItem:
 
 def _handler(moto: MotoServer, meter: Meter) -> tuple[Any, Pipeline, str]:
     raw = moto.client("dynamodb")
-    raw.meta.events.register("before-parameter-build.dynamodb.*", meter.hook)
+    meter.attach(raw)
     client = SerializedClient(raw)
     state, orders = f"lanes-state-{uuid.uuid4().hex[:6]}", f"lanes-orders-{uuid.uuid4().hex[:6]}"
     create_table(client, state)
@@ -192,7 +144,7 @@ def test_a_half_failed_batch_comes_back_from_its_failure_and_writes_only_that(
     above the gap, so only the failed record is written on the redelivery."""
     meter = Meter()
     raw = moto.client("dynamodb")
-    raw.meta.events.register("before-parameter-build.dynamodb.*", meter.hook)
+    meter.attach(raw)
     client = SerializedClient(raw)
     state, orders = f"lanes-state-{uuid.uuid4().hex[:6]}", f"lanes-orders-{uuid.uuid4().hex[:6]}"
     create_table(client, state)
