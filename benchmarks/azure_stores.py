@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 import uuid
@@ -25,8 +24,6 @@ from typing import Any
 import anyio.to_thread
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
-from azure.core.pipeline import PipelineRequest
-from azure.core.pipeline.policies import SansIOHTTPPolicy
 from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -35,40 +32,11 @@ from onceflow import Claim, ClaimStatus, Completion, Event, IdempotencyStore, Pi
 from onceflow.adapters.azure import EventHubTrigger, TableIdempotencyStore, TableSink, function_app
 from onceflow.adapters.azure.lease_rows import completed_fields, held_answer
 from onceflow.adapters.azure.table_keys import key_address
-from onceflow.adapters.azure.testing import event_hub_batch
+from onceflow.adapters.azure.testing import TableRequestCounter, event_hub_batch
 from onceflow.adapters.memory import MemorySink
 from tests.support.servers import azurite
 
-WRITE_METHODS = ("POST", "PUT", "MERGE", "PATCH", "DELETE")
-CHANGESET_WRITE = re.compile(rb"^(?:POST|PUT|MERGE|PATCH|DELETE) https?://", re.MULTILINE)
-
-
-class RequestCounter(SansIOHTTPPolicy):  # type: ignore[type-arg]
-    """Counts every HTTP request a client sends (retries included) and the entity writes
-    in them: one per write request, one per operation of an entity transaction."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.writes = 0
-
-    def on_request(self, request: PipelineRequest) -> None:  # type: ignore[type-arg]
-        self.count += 1
-        http = request.http_request
-        if "$batch" in http.url:
-            self.writes += _operations(http)
-        elif http.method in WRITE_METHODS and "/Tables" not in http.url:
-            self.writes += 1
-
-
-def _operations(http: Any) -> int:
-    """The entity operations of an entity transaction: the leaves of its multipart parts."""
-    info = getattr(http, "multipart_mixed_info", None)
-    if info:
-        return sum(_operations(part) for part in info[0])
-    body = http.body if isinstance(http.body, bytes) else str(http.body or "").encode()
-    if b"--changeset" in body or b"--batch" in body:
-        return len(CHANGESET_WRITE.findall(body))
-    return 1 if http.method in WRITE_METHODS else 0
+RequestCounter = TableRequestCounter
 
 
 class NaiveTableStore:
@@ -156,12 +124,12 @@ def run(service: TableServiceClient, conn: str, label: str, events: int) -> list
     rows = []
     for delivery in ("first delivery", "redelivery"):
         batch = event_hub_batch(bodies, partition="0", first_sequence=5_000_000)
-        before, sink_before = counter.count, sink_counter.count
+        before, sink_before = counter.requests, sink_counter.requests
         writes_before = counter.writes + sink_counter.writes
         started = time.perf_counter()
         anyio.run(invoke, batch)
         seconds = time.perf_counter() - started
-        used = counter.count - before
+        used = counter.requests - before
         writes = counter.writes + sink_counter.writes - writes_before
         names = {
             "batched": "TableIdempotencyStore",
@@ -175,7 +143,7 @@ def run(service: TableServiceClient, conn: str, label: str, events: int) -> list
                 str(events),
                 str(used),
                 f"{used / events:.3f}",
-                "(included)" if label == "atomic" else str(sink_counter.count - sink_before),
+                "(included)" if label == "atomic" else str(sink_counter.requests - sink_before),
                 f"{writes / events:.3f}",
                 f"{seconds:.2f}",
             ]
@@ -205,7 +173,7 @@ def lane_sketch(service: TableServiceClient, conn: str, events: int) -> list[lis
     partition = "orders.0"
     rows = []
     for delivery in ("first delivery", "redelivery"):
-        before, writes_before = counter.count, counter.writes
+        before, writes_before = counter.requests, counter.writes
         started = time.perf_counter()
         lane = read_lane(table, partition, "0")
         fresh = []
@@ -220,7 +188,7 @@ def lane_sketch(service: TableServiceClient, conn: str, events: int) -> list[lis
             answer = table.submit_transaction([*operations, lane_operation(lane, high, etag)])
             etag = dict(answer[-1])["etag"]
         seconds = time.perf_counter() - started
-        used, writes = counter.count - before, counter.writes - writes_before
+        used, writes = counter.requests - before, counter.writes - writes_before
         rows.append(
             [
                 "lane sketch (outputs + lane row)",

@@ -8,6 +8,7 @@ Python worker would pass, metadata included.
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -15,6 +16,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import azure.functions as func
+from azure.core.pipeline import PipelineRequest
+from azure.core.pipeline.policies import SansIOHTTPPolicy
 from azure.functions._abc import RetryContext, RpcException, TraceContext
 from azure.functions.blob import BlobConverter
 from azure.functions.eventhub import EventHubTriggerConverter
@@ -25,6 +28,7 @@ __all__ = [
     "HUB",
     "NAMESPACE",
     "InvocationContext",
+    "TableRequestCounter",
     "blob_stream",
     "event_hub_batch",
     "invocation_context",
@@ -198,3 +202,41 @@ def invocation_context(
     """The context of an invocation that is retry number `retry_count` (0: the first run)
     of a function whose `@app.retry` policy allows `max_retry_count` retries."""
     return InvocationContext(_Retry(retry_count, max_retry_count, exception))
+
+
+_WRITE_METHODS = ("POST", "PUT", "MERGE", "PATCH", "DELETE")
+_CHANGESET_WRITE = re.compile(rb"^(?:POST|PUT|MERGE|PATCH|DELETE) https?://", re.MULTILINE)
+
+
+class TableRequestCounter(SansIOHTTPPolicy):  # type: ignore[type-arg]
+    """HTTP requests a Table client sends (retries included), the entity operations in
+    them (one per single request, one per operation of an entity transaction) and the
+    writes among those. Give it as `TableClient(..., per_retry_policies=[counter])`."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.operations = 0
+        self.writes = 0
+
+    def on_request(self, request: PipelineRequest) -> None:  # type: ignore[type-arg]
+        """azure-core's hook: one request, counted."""
+        self.requests += 1
+        http = request.http_request
+        if "$batch" in http.url:
+            found = _batch_writes(http)
+            self.operations += found
+            self.writes += found
+        else:
+            self.operations += 1
+            self.writes += http.method in _WRITE_METHODS and "/Tables" not in http.url
+
+
+def _batch_writes(http: Any) -> int:
+    """The entity operations of an entity transaction: the leaves of its multipart parts."""
+    info = getattr(http, "multipart_mixed_info", None)
+    if info:
+        return sum(_batch_writes(part) for part in info[0])
+    body = http.body if isinstance(http.body, bytes) else str(http.body or "").encode()
+    if b"--changeset" in body or b"--batch" in body:
+        return len(_CHANGESET_WRITE.findall(body))
+    return 1 if http.method in _WRITE_METHODS else 0

@@ -5,18 +5,16 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import uuid
 from typing import Any
 
 import pytest
-from azure.core.pipeline import PipelineRequest
-from azure.core.pipeline.policies import SansIOHTTPPolicy
 from azure.data.tables import TableClient
 
 from onceflow.adapters.azure.entry import EventHubTrigger, FunctionHandler
 from onceflow.adapters.azure.table_sink import TableSink
 from onceflow.adapters.azure.table_store import TableIdempotencyStore
+from onceflow.adapters.azure.testing import TableRequestCounter as Counter
 from onceflow.adapters.azure.testing import event_hub_batch
 from onceflow.adapters.memory import MemorySink
 from onceflow.event import Event
@@ -26,39 +24,6 @@ from tests.support.servers import Azurite
 pytestmark = pytest.mark.emulator
 
 EVENTS = int(os.environ.get("ONCEFLOW_LANE_E2E_RECORDS", "1000"))
-_WRITES = ("POST", "PUT", "MERGE", "PATCH", "DELETE")
-_CHANGESET_WRITE = re.compile(rb"^(?:POST|PUT|MERGE|PATCH|DELETE) https?://", re.MULTILINE)
-
-
-class Counter(SansIOHTTPPolicy):  # type: ignore[type-arg]
-    """HTTP requests a client sends (retries included) and the entity operations in them:
-    one per single request, one per operation of an entity transaction."""
-
-    def __init__(self) -> None:
-        self.requests = 0
-        self.operations = 0
-        self.writes = 0
-
-    def on_request(self, request: PipelineRequest) -> None:  # type: ignore[type-arg]
-        self.requests += 1
-        http = request.http_request
-        if "$batch" in http.url:
-            found = _batch_writes(http)
-            self.operations += found
-            self.writes += found
-        else:
-            self.operations += 1
-            self.writes += http.method in _WRITES and "/Tables" not in http.url
-
-
-def _batch_writes(http: Any) -> int:
-    info = getattr(http, "multipart_mixed_info", None)
-    if info:
-        return sum(_batch_writes(part) for part in info[0])
-    body = http.body if isinstance(http.body, bytes) else str(http.body or "").encode()
-    if b"--changeset" in body or b"--batch" in body:
-        return len(_CHANGESET_WRITE.findall(body))
-    return 1 if http.method in _WRITES else 0
 
 
 class Doubler:
