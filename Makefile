@@ -76,20 +76,34 @@ typecheck: $(VENV)/.test-installed $(VENV)/.layout-$(LAYOUT)
 # The long campaigns `make test` keeps small: delivery plans (crashes at every step,
 # duplicates, reordering, racing workers, expiring leases) and shard-ordered lane plans
 # (redelivery below the watermark, half-failed batches, splits and merges) on every store,
-# and 60 s outages in 10,000 events on DynamoDB (moto) and the Azurite Table store. Hours on
-# two cores (each DynamoDB mode runs its own plans); the summary prints a table per contract.
-SOAK_PLANS ?= 10000
-SOAK_REAL_PLANS ?= 1000
-SOAK_SELECT = -k 'any_delivery_plan or any_lane_plan'
+# a 20-kill chunked run, and 60 s outages in 10,000 events on DynamoDB (moto) and the
+# Azurite Table store. Plan budgets are per backend, split over its contract tests (memory
+# and SQLite: 2 x 5,000 delivery plans; DynamoDB: 4 store modes x 250; Table: 2 x 500),
+# on two pytest-xdist workers; the end prints one table per backend from .soak/report.json.
+SOAK_MEMORY ?= 5000
+SOAK_SQLITE ?= 5000
+SOAK_DYNAMODB ?= 250
+SOAK_TABLE ?= 500
+SOAK_COSMOS ?= 250
+SOAK_LANES ?= 0.2
+SOAK_PYTEST = ONCEFLOW_SOAK_REPORT=$(CURDIR)/.soak/report.json $(PY) -m pytest -q -p no:randomly -n 2
+lanes = $(shell $(PY) -c 'print(max(4, int($(1) * $(SOAK_LANES))))')
 soak: $(VENV)/.test-installed $(VENV)/.layout-$(LAYOUT) node_modules/.installed
-	ONCEFLOW_PLANS=$(SOAK_PLANS) $(PY) -m pytest -q -p no:randomly $(SOAK_SELECT) \
-		tests/test_memory_contracts.py tests/local/test_sqlite_contracts.py
-	ONCEFLOW_PLANS=$(SOAK_REAL_PLANS) $(PY) -m pytest -q -p no:randomly $(SOAK_SELECT) \
-		tests/aws/test_dynamodb_contracts.py tests/azure/test_table_store.py \
-		tests/azure/test_cosmos_store.py
+	rm -rf .soak && mkdir -p .soak
+	ONCEFLOW_PLANS=$(SOAK_MEMORY) $(SOAK_PYTEST) -k any_delivery_plan tests/test_memory_contracts.py
+	ONCEFLOW_PLANS=$(call lanes,$(SOAK_MEMORY)) $(SOAK_PYTEST) -k any_lane_plan tests/test_memory_contracts.py
+	ONCEFLOW_PLANS=$(SOAK_SQLITE) $(SOAK_PYTEST) -k any_delivery_plan tests/local/test_sqlite_contracts.py
+	ONCEFLOW_PLANS=$(call lanes,$(SOAK_SQLITE)) $(SOAK_PYTEST) -k any_lane_plan tests/local/test_sqlite_contracts.py
+	ONCEFLOW_PLANS=$(SOAK_DYNAMODB) $(SOAK_PYTEST) -k any_delivery_plan tests/aws/test_dynamodb_contracts.py
+	ONCEFLOW_PLANS=$(call lanes,$(SOAK_DYNAMODB)) $(SOAK_PYTEST) -k any_lane_plan tests/aws/test_dynamodb_contracts.py
+	ONCEFLOW_PLANS=$(SOAK_TABLE) $(SOAK_PYTEST) -k any_delivery_plan tests/azure/test_table_store.py
+	ONCEFLOW_PLANS=$(call lanes,$(SOAK_TABLE)) $(SOAK_PYTEST) -k any_lane_plan tests/azure/test_table_store.py
+	ONCEFLOW_PLANS=$(SOAK_COSMOS) $(SOAK_PYTEST) -k any_delivery_plan tests/azure/test_cosmos_store.py
+	ONCEFLOW_PLANS=$(call lanes,$(SOAK_COSMOS)) $(SOAK_PYTEST) -k any_lane_plan tests/azure/test_cosmos_store.py
 	ONCEFLOW_KILLS=20 $(PY) -m pytest -q -p no:randomly tests/local/test_chunk_kills.py
-	ONCEFLOW_OUTAGE_EVENTS=10000 $(PY) -m pytest -q -p no:randomly \
+	ONCEFLOW_OUTAGE_EVENTS=10000 $(PY) -m pytest -q -p no:randomly -n 2 \
 		tests/aws/test_outages.py tests/azure/test_outages.py
+	$(PY) -m tests.support.soak .soak/report.json
 
 bench: $(VENV)/.test-installed $(VENV)/.layout-$(LAYOUT)
 	$(PY) benchmarks/core_overhead.py
@@ -104,4 +118,4 @@ constraints: $(VENV)/.test-installed
 	$(PY) -m pip freeze --all --exclude-editable | grep -v "^pip==" > constraints.txt
 
 clean:
-	rm -rf $(VENV) $(SAM_VENV) build dist node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis .demo
+	rm -rf $(VENV) $(SAM_VENV) build dist node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis .demo .soak

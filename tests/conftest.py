@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -49,20 +50,56 @@ def cosmos() -> Iterator[CosmosServer]:
         pytest.skip(str(exc))
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """With `ONCEFLOW_PLANS` set (`make soak`), the delivery plans each backend passed."""
-    import os
-
+def _tally() -> dict[str, dict[str, int]]:
+    """This process's passing plans per contract, as plain counters."""
     from onceflow.testing.exactly_once import PLANS_RUN
 
-    if not os.environ.get("ONCEFLOW_PLANS") or not PLANS_RUN.plans:
+    return {
+        name: {
+            "plans": plans,
+            "deliveries": PLANS_RUN.deliveries[name],
+            "faults": PLANS_RUN.faults[name],
+            "effects": PLANS_RUN.effects[name],
+        }
+        for name, plans in PLANS_RUN.plans.items()
+    }
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """An xdist worker hands its plans to the controller, which prints them."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["onceflow_plans"] = _tally()
+
+
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """The controller adds a finished xdist worker's plans to its own tally."""
+    from onceflow.testing.exactly_once import PLANS_RUN
+
+    for name, row in getattr(node, "workeroutput", {}).get("onceflow_plans", {}).items():
+        PLANS_RUN.plans[name] += row["plans"]
+        PLANS_RUN.deliveries[name] += row["deliveries"]
+        PLANS_RUN.faults[name] += row["faults"]
+        PLANS_RUN.effects[name] += row["effects"]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """With `ONCEFLOW_PLANS` set (`make soak`), the delivery plans each contract passed;
+    with `ONCEFLOW_SOAK_REPORT` also, they are added to that file (`tests/support/soak.py`)."""
+    import os
+
+    if (
+        not os.environ.get("ONCEFLOW_PLANS")
+        or getattr(terminalreporter.config, "workeroutput", None) is not None
+    ):
         return
+    tally = _tally()
+    if not tally:
+        return
+    from tests.support.soak import add_to_report, table_lines
+
     terminalreporter.section("exactly-once campaign")
-    header = ("contract", "plans", "deliveries", "faults", "effects", "lost", "doubled")
-    terminalreporter.write_line("{:<44} {:>7} {:>11} {:>8} {:>9} {:>5} {:>8}".format(*header))
-    for name, plans in sorted(PLANS_RUN.plans.items()):
-        # A plan that lost or doubled an effect fails its check and the run; these passed.
-        terminalreporter.write_line(
-            f"{name:<44} {plans:>7} {PLANS_RUN.deliveries[name]:>11} {PLANS_RUN.faults[name]:>8} "
-            f"{PLANS_RUN.effects[name]:>9} {0:>5} {0:>8}"
-        )
+    for line in table_lines(tally):
+        terminalreporter.write_line(line)
+    if report := os.environ.get("ONCEFLOW_SOAK_REPORT"):
+        add_to_report(report, tally)
