@@ -31,6 +31,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from onceflow.adapters.aws import BatchFailed, UnrecognisedEvent, lambda_handler
+from onceflow.adapters.aws import decode as decoders
 from onceflow.adapters.aws import testing as aws
 from onceflow.adapters.aws.decode import decode
 from onceflow.adapters.memory import ManualClock, MemoryIdempotencyStore, MemorySink
@@ -172,6 +173,13 @@ def _sqs(n: int, group: str | None = None) -> dict[str, Any]:
     return record
 
 
+def _sqs_plain(n: int) -> dict[str, Any]:
+    """A standard queue's message without message attributes: the one-pass reader's shape."""
+    record = aws.sqs_record(f"m{n}", json.dumps({"email": f"{SECRET}{n}@x"}))
+    record["messageAttributes"] = {}
+    return record
+
+
 def _s3(n: int) -> dict[str, Any]:
     return aws.s3_record("bkt", f"in/report+{n}.csv", version_id=f"v{n}")
 
@@ -209,6 +217,7 @@ BATCH_REFUSABLE = frozenset({(), ("Records",)})
 TRIGGERS = [
     Trigger("kinesis", _batch(_kinesis), ("Records", 1), BATCH_REFUSABLE),
     Trigger("sqs", _batch(_sqs), ("Records", 1), BATCH_REFUSABLE),
+    Trigger("sqs-plain", _batch(_sqs_plain), ("Records", 1), BATCH_REFUSABLE),
     Trigger("sqs-fifo", _batch(lambda n: _sqs(n, f"g-{SECRET}")), ("Records", 1), BATCH_REFUSABLE),
     Trigger("s3", _batch(_s3), ("Records", 1), BATCH_REFUSABLE),
     Trigger(
@@ -575,3 +584,70 @@ def test_random_malformed_records_never_escape_the_handler(data: st.DataObject) 
     # With every record broken, none may name its trigger: then a refusal is right.
     outcome = handled({"Records": records}, good, len(bad) == len(records))
     assert outcome.problem is None, outcome.problem
+
+
+# -- the one-pass readers read exactly what the field-by-field readers read --------------------
+
+ONE_PASS = {"kinesis": "_kinesis_fast", "sqs": "_sqs_fast", "sqs-plain": "_sqs_fast"}
+
+
+def _field_by_field(payload: Any, monkeypatch: pytest.MonkeyPatch, reader: str) -> Any:
+    """`decode(payload)` with the one-pass reader turned off (it gives up on every record)."""
+    with monkeypatch.context() as patched:
+        patched.setattr(decoders, reader, lambda templates: lambda raw: None)
+        return decode(payload)
+
+
+def _same_delivery(fast: Any, careful: Any) -> str | None:
+    """Why two decodings of one payload differ, or None (a time read as now may differ)."""
+    if fast.kind != careful.kind or fast.items != careful.items:
+        return f"items differ: {fast.items[:3]} / {careful.items[:3]}"
+    for mine, theirs in zip(fast.records, careful.records, strict=True):
+        if type(mine) is not type(theirs):
+            return f"{mine.id}: {type(mine).__name__} / {type(theirs).__name__}"
+        if isinstance(mine, Event):
+            drift = abs((mine.time - theirs.time).total_seconds())
+            if mine.model_copy(update={"time": theirs.time}) != theirs or drift > 60:
+                return f"{mine.id}: {mine!r} / {theirs!r}"
+            if mine.model_fields_set != theirs.model_fields_set:
+                return f"{mine.id}: fields set {mine.model_fields_set} / {theirs.model_fields_set}"
+        elif mine != theirs:
+            return f"{mine.id}: {mine!r} / {theirs!r}"
+    return None
+
+
+@pytest.mark.parametrize("name", sorted(ONE_PASS))
+def test_the_one_pass_readers_agree_with_the_field_by_field_readers(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trigger = next(t for t in TRIGGERS if t.name == name)
+    base = trigger.payload()
+    assert isinstance(decode(base).records[1], Event)
+    problems: list[str] = []
+    read = 0
+    for path in [p for p in paths(base) if p[: len(trigger.target)] == trigger.target]:
+        for label, change in MUTATIONS.items():
+            payload = mutated(base, path, change)
+            fast = decode(payload)
+            read += isinstance(fast.records[1], Event)
+            problem = _same_delivery(fast, _field_by_field(payload, monkeypatch, ONE_PASS[name]))
+            if problem is not None:
+                problems.append(f"{_show(path)} {label}: {problem}")
+    assert not problems, "\n".join(problems[:10])
+    assert read > 10  # mutations the records survive (an extra field, another region...)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_random_records_read_alike_in_one_pass_and_field_by_field(data: st.DataObject) -> None:
+    name = data.draw(st.sampled_from(sorted(ONE_PASS)), label="trigger")
+    trigger = next(t for t in TRIGGERS if t.name == name)
+    records = trigger.payload()["Records"]
+    for index in sorted(data.draw(st.sets(st.integers(0, len(records) - 1)), label="records")):
+        path = data.draw(st.sampled_from(list(paths(records[index]))[1:]), label="path")
+        value = data.draw(VALUES | st.just(DELETE), label="value")
+        records[index] = mutated(records[index], path, _replacing(value))
+    payload = {"Records": records}
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        careful = _field_by_field(payload, monkeypatch, ONE_PASS[name])
+    assert _same_delivery(decode(payload), careful) is None
