@@ -17,9 +17,12 @@ module (`chunk_key`, `object_source`, `record_id`, `offset_id`) are built here a
 nowhere else, in the style of `onceflow.identity`.
 
 A CSV record may hold a newline inside a quoted field, so a newline is a record boundary
-only where the quotes before it pair up (RFC 4180 doubles a quote inside a quoted
-field): a CSV plan counts quotes from the object's start in the same streamed pass, and
-a chunk reader joins a record's physical lines by the same rule.
+only outside one. Where a field is quoted is decided as Python's `csv` module reads it
+(RFC 4180, not strict, the reader the unchunked path uses): a quote opens a quoted field
+only at a field's start, `""` inside one is a quote, and any other quote (`a,b"c`, or
+after a closing quote) is an ordinary character. A CSV plan follows that from the
+object's start in the same streamed pass (`_CsvScan`), and a chunk reader joins a
+record's physical lines by the same rule.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -282,7 +286,7 @@ async def _scan(
     """Chunk starts and their 1-based first line numbers, from one pass over the object.
 
     Every boundary is just after a newline at or after its target (and, with `csv_quotes`,
-    one with an even count of quotes before it: not inside a quoted field). With
+    one that ends a CSV record: not inside a quoted field, see `_CsvScan`). With
     `csv_quotes` the first boundary ends the header record, which chunk 0 starts after.
     """
     starts: list[int] = []
@@ -293,23 +297,30 @@ async def _scan(
         starts.append(0)
         first_lines.append(1)
         search = chunk_size - 1
-    position = newlines = quotes = 0
+    scan = _CsvScan() if csv_quotes else None
+    position = newlines = 0
     while position < size and search < size:
         piece = await objects.get_range(path, position, min(size, position + _SCAN_SIZE))
         if not piece:
             raise EOFError(f"{path} ended at byte {position}, before its size {size}")
         length = len(piece)
-        at = max(0, search - position)
-        quoted = quotes + piece.count(b'"', 0, at) if csv_quotes else 0
+        at = 0
         while at < length:
-            found = piece.find(b"\n", at)
-            if found < 0:
+            target = max(0, search - position)
+            if target >= length:
+                if scan is not None:
+                    scan.skip(piece, at, length)
                 break
-            if csv_quotes:
-                quoted += piece.count(b'"', at, found)
-                if quoted % 2:  # inside a quoted field: the record goes on
-                    at = found + 1
-                    continue
+            if scan is not None:
+                scan.skip(piece, at, target)
+                ended = scan.record_end(piece, target, length)
+                if ended < 0:
+                    break
+                found = ended - 1
+            else:
+                found = piece.find(b"\n", target)
+                if found < 0:
+                    break
             boundary = position + found + 1
             if boundary >= size and starts:
                 search = size
@@ -317,17 +328,87 @@ async def _scan(
             starts.append(boundary)
             first_lines.append(newlines + piece.count(b"\n", 0, found + 1) + 1)
             search = max(boundary, search + 1) + chunk_size - 1
-            if search >= position + length:
-                break
-            at = search - position
-            if csv_quotes:
-                quoted += piece.count(b'"', found, at)
+            at = found + 1
         newlines += piece.count(b"\n")
-        quotes += piece.count(b'"') if csv_quotes else 0
         position += length
     if not starts:  # a CSV that is all header (or one unfinished record)
         starts, first_lines = [size], [newlines + 1]
     return starts, first_lines
+
+
+# -- where a CSV record ends, as Python's csv module reads it ---------------------------------
+
+_FIELD_START, _UNQUOTED, _QUOTED, _QUOTE_IN_QUOTED = range(4)
+_PLAIN_FIELDS = re.compile(rb'(?:"[^"]*+(?:""[^"]*+)*+"[,\n]|[^",\n]*+[,\n])*+')
+"""Whole well-formed fields with their separators, from a field's start (C speed)."""
+_FIELD_END = re.compile(rb"[,\n]")
+
+
+class _CsvScan:
+    """The state of Python's csv reader (excel dialect, not strict) over a byte stream.
+
+    Quotes, commas and newlines are ASCII, never inside a UTF-8 sequence, so the bytes
+    give the reader's own decisions. Runs of well-formed fields go by one regular
+    expression; a field it stops at (a quote inside an unquoted field, text after a
+    closing quote, a field cut by the piece's end) is stepped through by hand.
+    """
+
+    __slots__ = ("state",)
+
+    def __init__(self) -> None:
+        self.state = _FIELD_START
+
+    def skip(self, buf: bytes, at: int, end: int) -> None:
+        """Read `buf[at:end]`."""
+        while at < end:
+            if self.state == _FIELD_START:
+                match = _PLAIN_FIELDS.match(buf, at, end)
+                at = match.end() if match else at
+                if at >= end:
+                    return
+            at, _ = self._step(buf, at, end)
+
+    def record_end(self, buf: bytes, at: int, end: int) -> int:
+        """Read on from `at` to the end of a record; the offset after its newline, or -1."""
+        while at < end:
+            at, ended = self._step(buf, at, end)
+            if ended:
+                return at
+        return -1
+
+    def line_ends_record(self, line: bytes) -> bool:
+        """Read one physical line (without its newline); whether its newline ends a record."""
+        buf = line + b"\n"
+        self.skip(buf, 0, len(buf) - 1)
+        return self.record_end(buf, len(buf) - 1, len(buf)) >= 0
+
+    def _step(self, buf: bytes, at: int, end: int) -> tuple[int, bool]:
+        """Read at least one byte of `buf[at:end]`; the offset reached, and whether a
+        record ended there (at a newline outside a quoted field)."""
+        state = self.state
+        if state == _QUOTED:
+            found = buf.find(b'"', at, end)
+            if found < 0:
+                return end, False
+            self.state = _QUOTE_IN_QUOTED
+            return found + 1, False
+        if state in (_FIELD_START, _QUOTE_IN_QUOTED):
+            byte = buf[at]
+            if byte == 0x22:  # a quote: a quoted field opens, or an escaped quote
+                self.state = _QUOTED
+                return at + 1, False
+            if byte == 0x2C:  # a comma: the next field
+                self.state = _FIELD_START
+                return at + 1, False
+            if byte == 0x0A:
+                self.state = _FIELD_START
+                return at + 1, True
+            self.state = _UNQUOTED  # csv keeps any other byte, quotes included, as text
+        sep = _FIELD_END.search(buf, at, end)
+        if sep is None:
+            return end, False
+        self.state = _FIELD_START
+        return sep.end(), buf[sep.start()] == 0x0A
 
 
 async def _line_end(objects: RangedObjects, path: str, position: int, size: int) -> int:
@@ -588,9 +669,10 @@ class ChunkReader:
         first = self.chunk.first_line
         number = first if first is not None else 0
         # CSV: the physical lines of a record whose quoted field holds newlines, joined
-        # when its quotes pair up again (the rule the plan's boundaries follow).
+        # until a newline ends the record (the rule the plan's boundaries follow).
         pending: list[bytes] = []
-        quotes = started = 0
+        started = 0
+        scan = _CsvScan()
         async for offset, physical in self._lines():
             position = offset if first is None else number
             number += 1
@@ -599,12 +681,11 @@ class ChunkReader:
                 line = _strip_bom(line)
                 if skip_header:
                     continue
-            if is_csv and (pending or line.count(b'"') % 2):
+            if is_csv and (pending or b'"' in line):
                 if not pending:
-                    started, quotes = position, 0
+                    started = position
                 pending.append(line)
-                quotes += line.count(b'"')
-                if quotes % 2:
+                if not scan.line_ends_record(line):
                     continue
                 line, position = b"\n".join(pending), started
                 pending = []

@@ -3,6 +3,7 @@
 `ChunkLedger` keeps a chunked run of one object version in an object store folder:
 
     <prefix>/<object>/<version>/plan.json            the plan, fixed by the first planner
+    <prefix>/<object>/<version>/items.json           `[{"index": 0}, ...]`, for a Map's reader
     <prefix>/<object>/<version>/chunks/00000.json    one receipt per committed chunk
     <prefix>/<object>/<version>/manifest.json        chunks, rows, bytes, checksums
     <prefix>/<object>/<version>/_SUCCESS             written last, once
@@ -13,6 +14,14 @@ fan-ins, leave one copy; the manifest is written only once every receipt is ther
 its records are each exactly once by their own keys, and the chunk itself is a key in the
 pipeline's store (`chunk_key`), leased while it runs and completed after its receipt, so
 a rerun skips committed chunks and redoes only the rest.
+
+Plans are filed by object version (an S3 VersionId, else the ETag), so a rewritten object
+gets a plan of its own, never the old version's; a saved plan whose size is not the
+object's is refused (`ChunkPlanMismatch`), never read against other bytes.
+
+A chunk that fails all its attempts is dead-lettered as a `chunk_event` (the object,
+version, chunk and how reads are pinned, never its records) in the pipeline's own letter
+format, under the chunk's key; `chunk_of` reads it back from a letter, to run it again.
 """
 
 from __future__ import annotations
@@ -24,23 +33,38 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from onceflow.chunks import ChunkPlan, ChunkReader, RangedObjects, object_version, plan_chunks
+from onceflow.chunks import (
+    ChunkPlan,
+    ChunkReader,
+    RangedObjects,
+    object_source,
+    object_version,
+    plan_chunks,
+)
 from onceflow.errors import OnceflowError
+from onceflow.event import Event
 from onceflow.interfaces import ObjectStore
 from onceflow.pipeline import BatchResult, Pipeline
 from onceflow.records import ClaimStatus, Completion, Outcome, OutcomeStatus
 
 __all__ = [
+    "CHUNK_EVENT_TYPE",
     "ChunkBusy",
     "ChunkIncomplete",
     "ChunkLedger",
+    "ChunkPlanMismatch",
     "ChunkReceipt",
     "ChunkRun",
     "Manifest",
+    "chunk_event",
+    "chunk_of",
     "run_chunk",
 ]
 
 SUCCESS = "_SUCCESS"
+ITEMS = "items.json"
+CHUNK_EVENT_TYPE = "onceflow.object.chunk"
+"""The type of the event a dead-lettered chunk is filed as."""
 
 
 class ChunkBusy(OnceflowError):
@@ -49,6 +73,39 @@ class ChunkBusy(OnceflowError):
 
 class ChunkIncomplete(OnceflowError):
     """Some of the chunk's records are still failing (an outage): the chunk is not committed."""
+
+
+class ChunkPlanMismatch(OnceflowError):
+    """A plan saved under the object's version does not describe the object's bytes."""
+
+
+def chunk_event(path: str, version: str, index: int, where: dict[str, Any]) -> Event:
+    """The event a chunk of `path` at `version` is dead-lettered as; `where` finds the object.
+
+    `where` (plain JSON, e.g. `{"bucket": ..., "pin": ...}`) is kept in the event's data with
+    the path, version and index; its source is the object version's, as its records'.
+    """
+    data = {**where, "key": path, "version": version, "index": index}
+    return Event(
+        id=f"chunk-{index:05d}",
+        source=object_source(path, version),
+        type=CHUNK_EVENT_TYPE,
+        data=json.dumps(data, sort_keys=True).encode(),
+        attributes={"object": path, "chunk": str(index)},
+    )
+
+
+def chunk_of(letter: dict[str, Any]) -> dict[str, Any] | None:
+    """The chunk a dead letter names (`chunk_event`'s data), or None for another letter."""
+    doc = letter.get("event")
+    if not isinstance(doc, dict) or doc.get("type") != CHUNK_EVENT_TYPE:
+        return None
+    try:
+        found = Event.from_cloudevent(doc).json()
+    except ValueError:
+        return None
+    ok = isinstance(found, dict) and {"key", "version", "index"} <= found.keys()
+    return found if ok else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +151,17 @@ def _dump(plain: dict[str, Any]) -> bytes:
     return json.dumps(plain, sort_keys=True, separators=(",", ":")).encode()
 
 
+def _checked(plan: ChunkPlan, size: int) -> ChunkPlan:
+    """`plan`, when it describes an object of `size` bytes (else another object's bytes)."""
+    if plan.size != size:
+        raise ChunkPlanMismatch(
+            f"the plan saved for {plan.path} version {plan.version} covers {plan.size} "
+            f"bytes, the object has {size}: two contents under one version; plan it "
+            "under its own version (an S3 VersionId or the ETag of these bytes)"
+        )
+    return plan
+
+
 class ChunkLedger:
     """Plans, receipts, manifests and `_SUCCESS` markers of chunked runs, in `objects`."""
 
@@ -120,16 +188,23 @@ class ChunkLedger:
         if info is not None:  # a plan saved before is not made again (it may read it all)
             saved = await self.saved_plan(path, object_version(info, version))
             if saved is not None:
-                return saved
+                return _checked(saved, info.size)
         fresh = await plan_chunks(inputs, path, version=version, **options)
         saved = await self.saved_plan(fresh.path, fresh.version)
         if saved is not None:
-            return saved
+            return _checked(saved, fresh.size)
         where = f"{self.folder(fresh.path, fresh.version)}/plan.json"
         if await self.objects.put_if_absent(where, _dump(fresh.as_plain())):
             return fresh
         raced = await self.saved_plan(fresh.path, fresh.version)
-        return raced if raced is not None else fresh
+        return _checked(raced, fresh.size) if raced is not None else fresh
+
+    async def items(self, plan: ChunkPlan) -> str:
+        """The path of the plan's items file (`[{"index": i}, ...]`), written once."""
+        where = f"{self.folder(plan.path, plan.version)}/{ITEMS}"
+        listed = json.dumps([{"index": chunk.index} for chunk in plan.chunks])
+        await self.objects.put_if_absent(where, listed.encode())
+        return where
 
     async def saved_plan(self, path: str, version: str) -> ChunkPlan | None:
         """The plan saved for this object version, or None."""

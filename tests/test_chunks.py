@@ -271,3 +271,74 @@ async def _tiny_plan() -> ChunkPlan:
     store = MemoryObjectStore()
     await store.put("a.jsonl", jsonl(100))
     return await plan_chunks(store, "a.jsonl", chunk_size=500)
+
+
+_ODD_CSV = (
+    '{i},a"b,c\n'  # a quote inside an unquoted field is text
+    '{i},"quoted ""x"" with , comma",z\n'
+    '{i},"multi\nline "" here\n",q\n'
+    '{i},"closed"tail,w\n'  # text after a closing quote joins the field
+    '{i},b"c"d,"e"\n'
+    '{i},"a""","""\n"\n'
+    "{i},x,y\r\n"
+    '{i},"crlf inside\r\nfield",z\r\n'
+    '{i},",",x"\n'
+    '{i},"open"  ,"x""y"\n'
+    '{i},,"\n\n"\n'
+)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 50, 333, 4096, 1 << 20])
+async def test_csv_quotes_inside_unquoted_fields_read_as_the_csv_module_reads_them(
+    chunk_size: int, tmp_path: Path
+) -> None:
+    from onceflow.adapters.local.file_records import RecordReader
+
+    text = "id,note,extra\n" + "".join(_ODD_CSV.format(i=i) for i in range(60))
+    data = text.encode()
+    (tmp_path / "q.csv").write_bytes(data)
+    store = MemoryObjectStore()
+    await store.put("q.csv", data)
+    plan = await plan_chunks(store, "q.csv", chunk_size=chunk_size)
+    assert len(plan.chunks) > (1 if chunk_size < 4096 else 0)
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    records = await read_all(store, plan, source="file:q.csv")
+    assert all(isinstance(r, Event) for r in records)
+    assert [list(r.json().values()) for r in records] == rows[1:]
+    whole = [
+        p.record for p in RecordReader(tmp_path / "q.csv", "q.csv", "csv", "file:q.csv").read()
+    ]
+    assert [(r.id, r.data) for r in records] == [(r.id, r.data) for r in whole]
+
+
+async def test_a_rewritten_object_gets_its_own_plan() -> None:
+    inputs, ledger = MemoryObjectStore(), ChunkLedger(MemoryObjectStore())
+    await inputs.put("a.jsonl", jsonl(2_000))
+    first = await ledger.plan(inputs, "a.jsonl", chunk_size=5_000)
+    await inputs.put("a.jsonl", jsonl(5_000))
+    second = await ledger.plan(inputs, "a.jsonl", chunk_size=5_000)
+    assert second.version != first.version and second.size == len(jsonl(5_000))
+    assert await ledger.saved_plan("a.jsonl", first.version) == first
+    assert await ledger.plan(inputs, "a.jsonl", chunk_size=50_000) == second
+
+
+async def test_a_saved_plan_of_other_bytes_under_the_same_version_is_refused() -> None:
+    from onceflow.fan_in import ChunkPlanMismatch
+
+    inputs, ledger = MemoryObjectStore(), ChunkLedger(MemoryObjectStore())
+    await inputs.put("a.jsonl", jsonl(2_000))
+    await ledger.plan(inputs, "a.jsonl", chunk_size=5_000, version="v1")
+    await inputs.put("a.jsonl", jsonl(3_000))
+    with pytest.raises(ChunkPlanMismatch, match=r"covers .* bytes, the object has"):
+        await ledger.plan(inputs, "a.jsonl", chunk_size=5_000, version="v1")
+
+
+def test_a_chunk_event_names_its_chunk_and_reads_back_from_its_letter() -> None:
+    from onceflow.dead_letters import dead_letter
+    from onceflow.fan_in import chunk_event, chunk_of
+
+    event = chunk_event("in/a.jsonl", "v1", 3, {"bucket": "b"})
+    letter = dead_letter(event, "boom", key="chunk:in/a.jsonl@v1#3", now=0.0, pipeline="p")
+    found = chunk_of(json.loads(json.dumps(letter.value)))
+    assert found == {"bucket": "b", "key": "in/a.jsonl", "version": "v1", "index": 3}
+    assert chunk_of({"event": {"type": "other"}}) is None

@@ -5,10 +5,13 @@
     router, chunk_worker, fan_in = handlers.router, handlers.chunk_worker, handlers.fan_in
 
 The router takes S3 notifications (direct, through SQS or SNS, through EventBridge). An
-object up to `inline_limit` bytes is read and run in the router itself, as one chunk; a
-larger one is planned (a few ranged GETs near the boundaries), its plan filed in the
-ledger, and one execution of the state machine started for it, named after the object
-version so a notification delivered twice starts it once. The state machine
+object up to `inline_limit` bytes is read and run in the router itself, as one chunk,
+when the invocation's time left (less `safety_margin`) reads it at `inline_rate` bytes a
+second (so a router deployed with a short timeout sends a 64 MiB object to the state
+machine rather than run out of time on it); any other is planned (a few ranged GETs
+near the boundaries), its plan and items file filed in the ledger, and one execution of
+the state machine started for it, named after the object version so a notification
+delivered twice starts it once. The state machine
 (`state_machine.chunked_state_machine`) maps the chunk worker over the plan: each worker
 reads its slice with ranged GETs and runs it through the pipeline exactly once
 (`onceflow.fan_in.run_chunk`); the fan-in writes the manifest and `_SUCCESS` once every
@@ -17,7 +20,10 @@ chunk has its receipt.
 Every read of the object is pinned to the version planned (`S3ObjectStore.pinned`): by
 `VersionId` when the notification names one, else by `If-Match: <ETag>`, so an object
 rewritten mid-run fails its chunks with `ObjectChanged` (caught, dead-lettered) rather
-than mixing two versions. A worker watches its invocation's time left
+than mixing two versions. A chunk that fails all its attempts comes back to the chunk
+worker with its error (`chunk_failed`), which writes a dead letter in the pipeline's own
+format to the pipeline's dead-letter sink; `replay` runs such letters' chunks again.
+A worker watches its invocation's time left
 (`context.get_remaining_time_in_millis()`): when the next batch might not fit, it stops
 between batches with `ChunkOutOfTime`, the chunk left uncommitted for the state
 machine's next attempt (whose records already committed are duplicates, so each attempt
@@ -42,11 +48,11 @@ from onceflow.adapters.aws.decode import S3Object, decode, s3_object
 from onceflow.adapters.aws.entry import answer
 from onceflow.adapters.aws.objects import S3ObjectStore
 from onceflow.adapters.aws.sdk import boto3_client, run_blocking
-from onceflow.chunks import DEFAULT_CHUNK_SIZE, ChunkPlan
+from onceflow.chunks import DEFAULT_CHUNK_SIZE, ChunkPlan, chunk_key
 from onceflow.deployment import Deployment, TriggerKind
 from onceflow.errors import ConfigurationError, OnceflowError
 from onceflow.event import Event
-from onceflow.fan_in import ChunkLedger, ChunkRun, run_chunk
+from onceflow.fan_in import ChunkLedger, ChunkRun, chunk_event, chunk_of, run_chunk
 from onceflow.pipeline import BatchResult, Pipeline, built_once
 from onceflow.records import InvalidRecord
 from onceflow.retry import deadline_in
@@ -57,6 +63,9 @@ STATE_MACHINE_ENV = "ONCEFLOW_STATE_MACHINE_ARN"
 LEDGER_BUCKET_ENV = "ONCEFLOW_LEDGER_BUCKET"
 PIN_VERSION, PIN_ETAG = "version", "etag"
 """How the execution's input says the plan's `version` pins reads: a VersionId, an ETag."""
+INLINE_ITEMS_BYTES = 192 << 10
+"""The execution input carries `chunks` (for an inline Map) up to this many bytes of them:
+the input's limit is 256 KB. A Distributed Map reads the ledger's items file instead."""
 
 
 class ChunkOutOfTime(OnceflowError):
@@ -110,7 +119,11 @@ class ChunkedHandlers:
     state_machine_arn: str | None = None
     """Where the router starts executions; default the `ONCEFLOW_STATE_MACHINE_ARN` variable."""
     inline_limit: int = DEFAULT_CHUNK_SIZE
-    """Objects up to this size run in the router, as one chunk."""
+    """Objects up to this size may run in the router, as one chunk (see `inline_rate`)."""
+    inline_rate: int = 1 << 20
+    """Bytes a second the router counts on reading and processing inline: an object runs
+    inline only when the invocation's time left, less `safety_margin`, covers its size at
+    this rate (1 MiB/s: 64 MiB needs 74 s); otherwise it goes to the state machine."""
     chunk_size: int = DEFAULT_CHUNK_SIZE
     ledger_bucket: str | None = None
     """The ledger's bucket; default `ONCEFLOW_LEDGER_BUCKET`, else each object's own bucket."""
@@ -231,35 +244,47 @@ class ChunkedHandlers:
             return True  # deleted since: nothing to read
         pin = PIN_VERSION if found.version_id else PIN_ETAG
         pinned = self._pinned(found.bucket, found.version_id or info.etag or "", pin)
-        chunk_size = self.chunk_size if info.size > self.inline_limit else info.size + 1
+        guard = _TimeGuard(context, self.safety_margin, f"s3://{found.bucket}/{found.key}")
+        inline = self.inline(info.size, guard.left())
+        chunk_size = info.size + 1 if inline else self.chunk_size
         plan = await ledger.plan(
             pinned, found.key, chunk_size=chunk_size, version=found.version_id or info.etag
         )
-        if len(plan.chunks) == 1:
-            guard = _TimeGuard(context, self.safety_margin, f"s3://{found.bucket}/{found.key}")
+        if inline and len(plan.chunks) == 1:
             try:
                 run = await self._run(pinned, ledger, plan, 0, guard)
             except ChunkOutOfTime:
                 return False  # handed back: Lambda invokes again, committed records skip
             failed = any(r.failed for r in run.results)
             return not failed and await ledger.fan_in(plan) is not None
-        await self._start(found.bucket, plan, pin)
+        await self._start(found.bucket, ledger, plan, pin)
         return True
 
-    async def _start(self, bucket: str, plan: ChunkPlan, pin: str) -> None:
+    def inline(self, size: int, left: float | None) -> bool:
+        """Whether an object of `size` bytes runs in the router, with `left` seconds left."""
+        if size > self.inline_limit:
+            return False
+        return left is None or size <= (left - self.safety_margin) * self.inline_rate
+
+    async def _start(self, bucket: str, ledger: ChunkLedger, plan: ChunkPlan, pin: str) -> None:
         arn = self.state_machine_arn or os.environ.get(STATE_MACHINE_ENV)
         if not arn:
             raise RuntimeError(
                 f"{plan.path} needs the chunked state machine: set {STATE_MACHINE_ENV} "
                 "(onceflow's SAM template sets it)"
             )
-        body = {
+        body: dict[str, Any] = {
             "bucket": bucket,
             "key": plan.path,
             "version": plan.version,
             "pin": pin,
-            "chunks": [{"index": c.index, "bytes": c.bytes} for c in plan.chunks],
+            # A Distributed Map reads the items from the ledger: any number of chunks.
+            "ledger_bucket": self._ledger_bucket(bucket),
+            "items": await ledger.items(plan),
         }
+        chunks = [{"index": c.index} for c in plan.chunks]
+        if len(json.dumps(chunks)) <= INLINE_ITEMS_BYTES:
+            body["chunks"] = chunks  # for an inline Map
         sfn = self._sfn()
 
         def start() -> None:
@@ -290,8 +315,11 @@ class ChunkedHandlers:
 
         Raises `ChunkBusy`, `ChunkIncomplete` or `ChunkOutOfTime` (the state machine retries
         them with backoff) while the chunk cannot be committed yet, and `ObjectChanged`
-        (caught and dead-lettered) when the object was rewritten since its plan.
+        (caught and dead-lettered) when the object was rewritten since its plan. An item
+        with `failed` (the catch path's error) is dead-lettered instead (`chunk_failed`).
         """
+        if "failed" in event:
+            return self.chunk_failed(event, context)
 
         async def work() -> dict[str, Any]:
             ledger, plan = await self._plan(event)
@@ -306,6 +334,77 @@ class ChunkedHandlers:
             return {**run.receipt.as_plain(), "skipped": run.skipped, "dead_lettered": dead}
 
         result: dict[str, Any] = anyio.run(work)
+        return result
+
+    def chunk_failed(self, event: dict[str, Any], context: Any = None) -> dict[str, Any]:
+        """The catch path: dead-letter a chunk that failed all its attempts, in the
+        pipeline's own letter format, to the pipeline's dead-letter sink.
+
+        `event` is the Map item with `failed`, the error Step Functions caught (`Error`,
+        `Cause`: for a Lambda error, its JSON with `errorMessage`, `errorType` and
+        `stackTrace`). The letter's event is the chunk (`fan_in.chunk_event`: bucket, key,
+        version, pin and index, never the chunk's records), its key the chunk's key.
+        """
+        pipeline = self._built()
+        if pipeline.dead_letter is None:
+            raise ConfigurationError(
+                "the pipeline has no dead-letter sink for a failed chunk's letter: give "
+                "Pipeline(dead_letter=...)"
+            )
+        index = int(event["index"])
+        error = event.get("failed") or {}
+        error_type, message, trace = _caught(error)
+        where = {"bucket": event["bucket"], "pin": event.get("pin") or PIN_ETAG}
+        record = chunk_event(event["key"], event["version"], index, where)
+        message = f"chunk {index} of s3://{event['bucket']}/{event['key']} failed: {message}"
+        letter = pipeline.dead_letter_for(
+            record,
+            message,
+            error_type=error_type,
+            traceback=trace,
+            key=chunk_key(event["key"], event["version"], index),
+        )
+        anyio.run(pipeline.dead_letter.write, [letter])
+        return {"dead_lettered": letter.event_key, "error": error_type}
+
+    def replay(self, letters: Any, context: Any = None) -> dict[str, Any]:
+        """Run the chunks named by dead letters again (those `chunk_failed` wrote), then fan in.
+
+        `letters`: letters as the dead-letter sink holds them (dicts), one letter, or an
+        SQS event whose bodies are letters (a redrive of the dead-letter queue to this
+        function). Other letters are left alone (`ignored`). A chunk committed since is
+        skipped; its records committed before are duplicates, never applied twice.
+        """
+        found = [chunk_of(letter) for letter in _letters(letters)]
+        chunks = [c for c in found if c is not None]
+
+        async def again() -> dict[str, Any]:
+            done: list[str] = []
+            failed: dict[str, str] = {}
+            complete: list[str] = []
+            plans: dict[tuple[str, str, str], tuple[ChunkLedger, ChunkPlan]] = {}
+            for chunk in chunks:
+                item = {k: chunk[k] for k in ("bucket", "key", "version")}
+                key = chunk_key(item["key"], item["version"], int(chunk["index"]))
+                try:
+                    ledger, plan = await self._plan(item)
+                    pinned = self._pinned(
+                        item["bucket"], plan.version, chunk.get("pin") or PIN_ETAG
+                    )
+                    guard = _TimeGuard(context, self.safety_margin, key)
+                    await self._run(pinned, ledger, plan, int(chunk["index"]), guard)
+                except Exception as exc:  # this chunk stays dead-lettered: say why, go on
+                    failed[key] = f"{type(exc).__name__}: {exc}"
+                    continue
+                done.append(key)
+                plans[(item["bucket"], plan.path, plan.version)] = (ledger, plan)
+            for (bucket, path, _), (ledger, plan) in plans.items():
+                if await ledger.fan_in(plan) is not None:
+                    complete.append(f"s3://{bucket}/{path}@{plan.version}")
+            ignored = len(found) - len(chunks)
+            return {"replayed": done, "failed": failed, "complete": complete, "ignored": ignored}
+
+        result: dict[str, Any] = anyio.run(again)
         return result
 
     def fan_in(self, event: dict[str, Any], context: Any = None) -> dict[str, Any]:
@@ -330,6 +429,39 @@ class ChunkedHandlers:
 
         result: dict[str, Any] = anyio.run(gather)
         return result
+
+
+def _caught(error: dict[str, Any]) -> tuple[str, str, str]:
+    """(error type, message, traceback) of an error Step Functions caught."""
+    kind = str(error.get("Error") or "Error")
+    cause = error.get("Cause")
+    try:
+        parsed = json.loads(cause) if isinstance(cause, str) else None
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict) and "errorMessage" in parsed:
+        trace = parsed.get("stackTrace") or ""
+        if isinstance(trace, list):
+            trace = "".join(str(line) for line in trace)
+        return str(parsed.get("errorType") or kind), str(parsed["errorMessage"]), str(trace)
+    return kind, str(cause or kind), ""
+
+
+def _letters(given: Any) -> list[dict[str, Any]]:
+    """Letters from a list, one letter, or an SQS event whose bodies are letters."""
+    if isinstance(given, dict) and isinstance(given.get("Records"), list):
+        found = []
+        for record in given["Records"]:
+            try:
+                body = json.loads(record.get("body", ""))
+            except (TypeError, ValueError):
+                continue
+            if isinstance(body, dict):
+                found.append(body)
+        return found
+    if isinstance(given, dict):
+        return [given]
+    return [letter for letter in given if isinstance(letter, dict)]
 
 
 def chunked_handlers(

@@ -1,10 +1,16 @@
 """The Amazon States Language definition and SAM resources of the chunked path.
 
-`chunked_state_machine` is the definition: a Map over the execution's `chunks` (inline,
-or a Distributed Map for plans of thousands of chunks) running the chunk worker with
-retries and exponential backoff; a chunk that still fails is caught and its error sent
-to the dead-letter queue (the chunk's name and error, never its records); then the
-fan-in, and a Choice that fails the execution when a chunk is missing.
+`chunked_state_machine` is the definition: a Map running the chunk worker with retries and
+exponential backoff over the chunks, inline over the execution's `chunks`, or as a
+Distributed Map whose ItemReader reads the plan's items file (`items.json`, one
+`{"index": i}` per chunk, next to `plan.json` in the ledger) from S3, so a plan of any
+number of chunks fits (the execution input is at most 256 KB: ~8,000 chunks inline). A
+chunk that still fails is caught and handed back to the chunk worker with its error,
+which writes a dead letter in the pipeline's own format to the pipeline's dead-letter
+sink (`ChunkedHandlers.chunk_failed`: the object, version, chunk and cause, never its
+records), so `ChunkedHandlers.replay` runs it again; should that fail too, the chunk's
+name and error go to the dead-letter queue as they are. Then the fan-in, and a Choice
+that fails the execution when a chunk is missing.
 `state_machine_resource` is the `AWS::Serverless::StateMachine` running it, with its
 substitutions and least-privilege policies: the template generator (`template.py`, for
 an S3 pipeline built with `FunctionSettings(chunked=...)`) adds it next to the pipeline's
@@ -39,6 +45,9 @@ Lambda's own trouble. `ObjectChanged` (the object was rewritten) is not: it is c
 
 _OBJECT = {"bucket.$": "$.bucket", "key.$": "$.key", "version.$": "$.version"}
 _ITEM = {**_OBJECT, "pin.$": "$.pin", "index.$": "$$.Map.Item.Value.index"}
+_FAILED = {**_OBJECT, "pin.$": "$.pin", "index.$": "$.index", "failed.$": "$.error"}
+"""The chunk worker's payload on the catch path: the item and the error caught."""
+_LAMBDA_TRANSIENT = [e for e in RETRIED_ERRORS if e.startswith("Lambda.")]
 
 
 def chunked_state_machine(
@@ -51,67 +60,96 @@ def chunked_state_machine(
     first_interval: int = 2,
     distributed: bool = False,
 ) -> dict[str, Any]:
-    """The state machine: Map the chunk worker over `$.chunks`, dead-letter, fan in."""
+    """The state machine: Map the chunk worker over the chunks, dead-letter, fan in.
+
+    Inline, the Map iterates the execution's `$.chunks`; `distributed`, its ItemReader
+    reads `s3://$.ledger_bucket/$.items` (what `ChunkedHandlers.router` puts in the input).
+    """
     processor: dict[str, Any] = {"Mode": "INLINE"}
     if distributed:
         processor = {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"}
+    retry = {
+        "IntervalSeconds": first_interval,
+        "BackoffRate": 2.0,
+        "MaxAttempts": attempts,
+        "JitterStrategy": "FULL",
+    }
     run_chunk = {
         "Type": "Task",
         "Resource": "arn:aws:states:::lambda:invoke",
         "Parameters": {"FunctionName": worker_arn, "Payload.$": "$"},
         "ResultSelector": {"receipt.$": "$.Payload"},
-        "Retry": [
-            {
-                "ErrorEquals": RETRIED_ERRORS,
-                "IntervalSeconds": first_interval,
-                "BackoffRate": 2.0,
-                "MaxAttempts": attempts,
-                "JitterStrategy": "FULL",
-            }
-        ],
+        "Retry": [{"ErrorEquals": RETRIED_ERRORS, **retry}],
         "Catch": [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": "DeadLetter"}],
         "End": True,
     }
+    # The letter is the pipeline's own (its dead-letter sink, its format): the chunk
+    # worker writes it; only if that fails too does the chunk's bare name reach the queue.
     dead_letter = {
+        "Type": "Task",
+        "Resource": "arn:aws:states:::lambda:invoke",
+        "Parameters": {"FunctionName": worker_arn, "Payload": _FAILED},
+        "ResultPath": None,
+        "Retry": [{"ErrorEquals": _LAMBDA_TRANSIENT, **retry}],
+        "Catch": [
+            {
+                "ErrorEquals": ["States.ALL"],
+                "ResultPath": "$.letter_error",
+                "Next": "DeadLetterQueue",
+            }
+        ],
+        "Next": "ChunkDeadLettered",
+    }
+    dead_letter_queue = {
         "Type": "Task",
         "Resource": "arn:aws:states:::sqs:sendMessage",
         "Parameters": {
             "QueueUrl": dead_letter_queue_url,
             "MessageBody": {
-                "reason": "a chunk failed after its retries",
+                "reason": "a chunk failed after its retries, and so did writing its dead letter",
                 "bucket.$": "$.bucket",
                 "key.$": "$.key",
                 "version.$": "$.version",
                 "chunk.$": "$.index",
                 "error.$": "$.error.Error",
                 "cause.$": "$.error.Cause",
+                "letter_error.$": "$.letter_error.Error",
             },
         },
         "ResultPath": None,
         "Next": "ChunkDeadLettered",
     }
+    chunks: dict[str, Any] = {
+        "Type": "Map",
+        "ItemsPath": "$.chunks",
+        "ItemSelector": _ITEM,
+        "MaxConcurrency": max_concurrency,
+        "ItemProcessor": {
+            "ProcessorConfig": processor,
+            "StartAt": "RunChunk",
+            "States": {
+                "RunChunk": run_chunk,
+                "DeadLetter": dead_letter,
+                "DeadLetterQueue": dead_letter_queue,
+                "ChunkDeadLettered": {"Type": "Pass", "End": True},
+            },
+        },
+        # The receipts are in the ledger: the execution's state stays small.
+        "ResultPath": None,
+        "Next": "FanIn",
+    }
+    if distributed:
+        del chunks["ItemsPath"]
+        chunks["ItemReader"] = {
+            "Resource": "arn:aws:states:::s3:getObject",
+            "ReaderConfig": {"InputType": "JSON"},
+            "Parameters": {"Bucket.$": "$.ledger_bucket", "Key.$": "$.items"},
+        }
     return {
         "Comment": "onceflow: one large object in chunks, each exactly once, then fan-in",
         "StartAt": "Chunks",
         "States": {
-            "Chunks": {
-                "Type": "Map",
-                "ItemsPath": "$.chunks",
-                "ItemSelector": _ITEM,
-                "MaxConcurrency": max_concurrency,
-                "ItemProcessor": {
-                    "ProcessorConfig": processor,
-                    "StartAt": "RunChunk",
-                    "States": {
-                        "RunChunk": run_chunk,
-                        "DeadLetter": dead_letter,
-                        "ChunkDeadLettered": {"Type": "Pass", "End": True},
-                    },
-                },
-                # The receipts are in the ledger: the execution's state stays small.
-                "ResultPath": None,
-                "Next": "FanIn",
-            },
+            "Chunks": chunks,
             "FanIn": {
                 "Type": "Task",
                 "Resource": "arn:aws:states:::lambda:invoke",
@@ -158,13 +196,16 @@ def state_machine_resource(
     max_concurrency: int = 10,
     distributed: bool = False,
     name: Any = None,
+    ledger_bucket_arn: Any = None,
 ) -> dict[str, Any]:
     """The `AWS::Serverless::StateMachine` of the chunked path, mapping function `worker`.
 
     `worker` and `fan_in` are logical ids of functions in the same template; the
     dead-letter queue is given by URL and ARN (created or existing, as the template
     decides). A Distributed Map starts child executions of its own state machine, so it
-    is given a fixed `name` (default `<stack>-chunks`) its policy can name without a cycle.
+    is given a fixed `name` (default `<stack>-chunks`) its policy can name without a cycle,
+    and reads the plan's items from the ledger bucket `ledger_bucket_arn` (default: any
+    bucket, for a ledger kept in each landing bucket).
     """
     definition = chunked_state_machine(
         worker_arn="${ChunkWorkerArn}",
@@ -200,9 +241,13 @@ def state_machine_resource(
         name = name or {"Fn::Sub": "${AWS::StackName}-chunks"}
         properties["Name"] = name
         where = "arn:${AWS::Partition}:states:${AWS::Region}:${AWS::AccountId}"
+        items: Any = {"Fn::Sub": "arn:${AWS::Partition}:s3:::*/*"}
+        if ledger_bucket_arn is not None:
+            items = {"Fn::Sub": ["${Bucket}/*", {"Bucket": ledger_bucket_arn}]}
         policies.append(
             {
                 "Statement": [
+                    {"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": [items]},
                     {
                         "Effect": "Allow",
                         "Action": ["states:StartExecution"],
@@ -293,5 +338,6 @@ def chunked_resources(
             dead_letter_queue_arn={"Fn::GetAtt": [dead_letter_queue, "Arn"]},
             max_concurrency=max_concurrency,
             distributed=distributed,
+            ledger_bucket_arn={"Fn::GetAtt": [bucket, "Arn"]} if bucket else None,
         ),
     }

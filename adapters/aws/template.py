@@ -579,6 +579,7 @@ class _Builder:
             dead_letter_queue_arn=arn,
             max_concurrency=chunked.max_concurrency,
             distributed=chunked.distributed,
+            ledger_bucket_arn=_arn("ChunkLedgerBucket"),
         )
         # Only the router starts executions; a policy of its own, since the state machine
         # names the functions that use the role (in the role itself it would be a cycle).

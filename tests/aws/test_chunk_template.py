@@ -159,7 +159,15 @@ def test_the_state_machine_maps_retries_and_dead_letters_to_the_pipelines_queue(
     assert "ChunkOutOfTime" in retry["ErrorEquals"] == RETRIED_ERRORS
     assert "ObjectChanged" not in retry["ErrorEquals"]
     assert task["Catch"][0]["Next"] == "DeadLetter"
-    # The catch path sends to the pipeline's own dead-letter queue (created or given).
+    # The catch path hands the chunk and its error to the chunk worker, which writes the
+    # pipeline's own letter; only if that fails does the bare name go to the queue.
+    states = chunks["ItemProcessor"]["States"]
+    letter = states["DeadLetter"]
+    assert letter["Parameters"]["FunctionName"] == "${ChunkWorkerArn}"
+    assert letter["Parameters"]["Payload"]["failed.$"] == "$.error"
+    assert letter["Catch"][0]["Next"] == "DeadLetterQueue"
+    assert states["DeadLetterQueue"]["Resource"] == "arn:aws:states:::sqs:sendMessage"
+    # The fallback sends to the pipeline's own dead-letter queue (created or given).
     url = machine["DefinitionSubstitutions"]["DeadLetterQueueUrl"]
     assert url["Fn::If"][0] == "CreateDeadLetters" and url["Fn::If"][1] == {"Ref": "DeadLetters"}
     statements = [p for p in machine["Policies"] if "Statement" in p]
@@ -169,6 +177,20 @@ def test_the_state_machine_maps_retries_and_dead_letters_to_the_pipelines_queue(
     assert invoked == [{"Ref": "ChunkWorkerFunction"}, {"Ref": "ChunkFanInFunction"}]
     alarm = resources["ChunkExecutionsFailedAlarm"]["Properties"]
     assert (alarm["Namespace"], alarm["MetricName"]) == ("AWS/States", "ExecutionsFailed")
+
+
+def test_a_distributed_map_reads_the_plans_items_from_the_ledger_bucket() -> None:
+    resources = chunked(deployment("s3"), distributed=True)["Resources"]
+    machine = resources["ChunkStateMachine"]["Properties"]
+    chunks = machine["Definition"]["States"]["Chunks"]
+    assert "ItemsPath" not in chunks
+    reader = chunks["ItemReader"]
+    assert reader["Resource"] == "arn:aws:states:::s3:getObject"
+    assert reader["Parameters"] == {"Bucket.$": "$.ledger_bucket", "Key.$": "$.items"}
+    statements = [s for p in machine["Policies"] if "Statement" in p for s in p["Statement"]]
+    (get,) = [s for s in statements if s["Action"] == ["s3:GetObject"]]
+    ledger = {"Fn::GetAtt": ["ChunkLedgerBucket", "Arn"]}
+    assert get["Resource"] == [{"Fn::Sub": ["${Bucket}/*", {"Bucket": ledger}]}]
 
 
 def test_without_a_dead_letter_queue_failed_chunks_go_to_the_on_failure_queue() -> None:

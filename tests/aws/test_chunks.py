@@ -198,10 +198,21 @@ def test_the_sam_resources_pass_cfn_lint(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def interpreter() -> Iterator[MotoServer]:
-    with moto_server() as server:
-        config = {"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}}
-        post(server, "/moto-api/config", config)
-        yield server
+    from tests.support import servers
+
+    # A Distributed Map's ItemReader calls S3 from inside the server, at localhost:MOTO_PORT:
+    # the server is told its own port.
+    port = servers.free_port()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MOTO_PORT", str(port))
+        patch.setattr(servers, "free_port", lambda: port)
+        with moto_server() as server:
+            config = {
+                "stepfunctions": {"execute_state_machine": True},
+                "lambda": {"use_docker": False},
+            }
+            post(server, "/moto-api/config", config)
+            yield server
 
 
 def post(server: MotoServer, path: str, doc: Any) -> None:
@@ -275,16 +286,17 @@ def test_moto_interpreter_runs_the_map_and_the_fan_in(interpreter: MotoServer) -
     assert json.loads(found["output"])["fan_in"]["result"]["rows"] == 8_000
 
 
-def test_moto_interpreter_sends_a_failing_chunk_to_the_dead_letter_queue(
+def test_moto_interpreter_sends_a_chunk_whose_letter_fails_too_to_the_dead_letter_queue(
     interpreter: MotoServer,
 ) -> None:
     sqs = interpreter.client("sqs")
     queue = sqs.create_queue(QueueName=f"dlq-{uuid.uuid4().hex[:8]}")["QueueUrl"]
     # moto's Lambda fails an invocation whose reply is over 6 MB (a function error, as a
-    # crashed worker's): the only failure its Docker-less Lambda can give.
+    # crashed worker's): the only failure its Docker-less Lambda can give. Here the chunk
+    # and then writing its letter fail: the chunk's bare name reaches the queue.
     too_big = "x" * 6_100_000
-    post(interpreter, "/moto-api/static/lambda-simple/response",
-         {"results": [too_big, json.dumps({"complete": False, "missing": [0]})]})  # fmt: skip
+    results = [too_big, too_big, json.dumps({"complete": False, "missing": [0]})]
+    post(interpreter, "/moto-api/static/lambda-simple/response", {"results": results})
     definition = chunked_state_machine(
         worker_arn=lambda_function(interpreter, f"w-{uuid.uuid4().hex[:6]}"),
         fan_in_arn=lambda_function(interpreter, f"f-{uuid.uuid4().hex[:6]}"),
@@ -303,6 +315,144 @@ def test_moto_interpreter_sends_a_failing_chunk_to_the_dead_letter_queue(
     sent = json.loads(letter["Body"])
     assert (sent["key"], sent["version"], sent["chunk"]) == ("k.jsonl", "v1", 0)
     assert sent["error"] == "Function.ResponseSizeTooLarge" and "x" * 20 not in letter["Body"]
+    assert sent["letter_error"] == "Function.ResponseSizeTooLarge"
+
+
+def scheduled_payloads(moto: MotoServer, arn: str) -> list[dict[str, Any]]:
+    """The Payload of every Lambda task the execution scheduled, in order."""
+    events = moto.client("stepfunctions").get_execution_history(executionArn=arn)["events"]
+    found = []
+    for event in events:
+        details = event.get("taskScheduledEventDetails")
+        if details and details.get("resourceType") == "lambda":
+            found.append(json.loads(details["parameters"])["Payload"])
+    return found
+
+
+def test_moto_interpreter_dead_letters_a_failed_chunk_in_the_pipelines_format_to_replay(
+    interpreter: MotoServer,
+) -> None:
+    from onceflow.chunks import chunk_key
+    from onceflow.fan_in import CHUNK_EVENT_TYPE
+
+    s3 = interpreter.client("s3")
+    bucket = f"letters-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket)
+    data = body(6_000)
+    s3.put_object(Bucket=bucket, Key="in.jsonl", Body=data)
+    sink, letters = MemorySink(), MemorySink()
+    handlers = chunked_handlers(
+        Pipeline(Doubler(), sink, MemoryIdempotencyStore(), letters, name="orders"),
+        s3=s3, inline_limit=1, chunk_size=60_000, stepfunctions=_Recorder(),
+        state_machine_arn="arn:t",
+    )  # fmt: skip
+    handlers.router(notification(bucket, "in.jsonl", len(data)))
+    (doc,) = handlers.stepfunctions.inputs
+    item = {k: doc[k] for k in ("bucket", "key", "version", "pin")}
+    count = len(doc["chunks"])
+    assert count >= 3
+    # Chunk 1 fails in the state machine; the others are run by the real handler.
+    replies = [
+        json.dumps(handlers.chunk_worker({**item, "index": i})) for i in range(count) if i != 1
+    ]
+    too_big = "x" * 6_100_000
+    fanned = json.dumps(handlers.fan_in(item))
+    results = [replies[0], too_big, json.dumps({"dead_lettered": "k"}), *replies[1:], fanned]
+    post(interpreter, "/moto-api/static/lambda-simple/response", {"results": results})
+    sfn = interpreter.client("stepfunctions")
+    worker = lambda_function(interpreter, f"w-{uuid.uuid4().hex[:6]}")
+    definition = chunked_state_machine(
+        worker_arn=worker,
+        fan_in_arn=lambda_function(interpreter, f"f-{uuid.uuid4().hex[:6]}"),
+        dead_letter_queue_url=interpreter.client("sqs").create_queue(QueueName=f"d{uuid.uuid4().hex[:8]}")["QueueUrl"],
+        max_concurrency=1,
+    )  # fmt: skip
+    machine = sfn.create_state_machine(
+        name=f"chunks-{uuid.uuid4().hex[:8]}", definition=json.dumps(definition),
+        roleArn=state_machine_role(interpreter),
+    )["stateMachineArn"]  # fmt: skip
+    arn = sfn.start_execution(stateMachineArn=machine, input=json.dumps(doc))["executionArn"]
+    deadline = time.monotonic() + 60
+    while (found := sfn.describe_execution(executionArn=arn))["status"] == "RUNNING":
+        assert time.monotonic() < deadline, "the execution never finished"
+        time.sleep(0.1)
+    assert found["status"] == "FAILED" and found.get("error") == "ChunksMissing", found
+    # What the catch path handed the chunk worker, as the interpreter scheduled it.
+    (caught,) = [p for p in scheduled_payloads(interpreter, arn) if "failed" in p]
+    assert caught["index"] == 1 and caught["failed"]["Error"] == "Function.ResponseSizeTooLarge"
+    assert handlers.chunk_worker(caught)["error"] == "Function.ResponseSizeTooLarge"
+    (letter,) = letters.values()
+    key = chunk_key("in.jsonl", doc["version"], 1)
+    assert letter["key"] == key and letter["pipeline"] == "orders"
+    assert letter["error_type"] == "Function.ResponseSizeTooLarge"
+    assert letter["event"]["type"] == CHUNK_EVENT_TYPE and "chunk 1 of s3://" in letter["message"]
+    assert '"n"' not in json.dumps(letter)  # names the chunk, never its records
+    assert Event.from_cloudevent(letter["event"]).json()["index"] == 1
+    # Replayed (here as a redrive of the dead-letter queue would deliver it): chunk 1 runs,
+    # the fan-in completes, every record is applied once.
+    redrive = {"Records": [{"body": json.dumps(letter)}, {"body": json.dumps({"key": "x"})}]}
+    replayed = handlers.replay(redrive)
+    assert replayed["replayed"] == [key] and replayed["ignored"] == 1 and not replayed["failed"]
+    assert replayed["complete"] == [f"s3://{bucket}/in.jsonl@{doc['version']}"]
+    assert sorted(v["n"] for v in sink.values()) == list(range(6_000))
+    assert handlers.replay([letter])["replayed"] == [key]  # again: skipped, nothing doubled
+    assert len(sink) == 6_000
+
+
+def test_moto_interpreter_runs_a_distributed_map_reading_its_items_from_s3(
+    interpreter: MotoServer,
+) -> None:
+    s3 = interpreter.client("s3")
+    bucket = f"items-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket)
+    data = body(4_000)
+    s3.put_object(Bucket=bucket, Key="in.jsonl", Body=data)
+    handlers = chunked_handlers(
+        Pipeline(Doubler(), MemorySink(), MemoryIdempotencyStore(), MemorySink()),
+        s3=s3, inline_limit=1, chunk_size=40_000, stepfunctions=_Recorder(),
+        state_machine_arn="arn:t",
+    )  # fmt: skip
+    handlers.router(notification(bucket, "in.jsonl", len(data)))
+    (doc,) = handlers.stepfunctions.inputs
+    items = json.loads(s3.get_object(Bucket=doc["ledger_bucket"], Key=doc["items"])["Body"].read())
+    assert items == [{"index": c["index"]} for c in doc["chunks"]] and len(items) > 2
+    del doc["chunks"]  # as for a plan too large for the input: only the items file
+    item = {k: doc[k] for k in ("bucket", "key", "version")}
+    replies = [handlers.chunk_worker({**item, "index": c["index"]}) for c in items]
+    fanned = handlers.fan_in(item)
+    post(interpreter, "/moto-api/static/lambda-simple/response",
+         {"results": [json.dumps(r) for r in [*replies, fanned]]})  # fmt: skip
+    definition = chunked_state_machine(
+        worker_arn=lambda_function(interpreter, f"w-{uuid.uuid4().hex[:6]}"),
+        fan_in_arn=lambda_function(interpreter, f"f-{uuid.uuid4().hex[:6]}"),
+        dead_letter_queue_url="https://unused", max_concurrency=1, distributed=True,
+    )  # fmt: skip
+    found = run_execution(interpreter, definition, doc)
+    # The fan-in's reply is the last queued: it answers the FanIn task only once the Map
+    # invoked the worker once per item read from S3 (the child executions' own histories
+    # are not the parent's).
+    assert found["status"] == "SUCCEEDED", found
+    assert json.loads(found["output"])["fan_in"]["result"]["rows"] == 4_000
+
+
+def test_a_plan_too_large_for_the_execution_input_keeps_only_the_items_file(
+    moto: MotoServer, s3_bucket: str
+) -> None:
+    from onceflow.adapters.aws import chunks
+
+    s3 = moto.client("s3")
+    key = f"many/{uuid.uuid4().hex[:6]}.jsonl"
+    data = body(3_000)
+    s3.put_object(Bucket=s3_bucket, Key=key, Body=data)
+    pipeline = Pipeline(Doubler(), MemorySink(), MemoryIdempotencyStore(), MemorySink())
+    handlers, recorder = started_handlers(s3, pipeline, chunk_size=200)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(chunks, "INLINE_ITEMS_BYTES", 1_000)  # ~60 chunks' worth
+        handlers.router(notification(s3_bucket, key, len(data)))
+    (doc,) = recorder.inputs
+    assert "chunks" not in doc
+    listed = json.loads(s3.get_object(Bucket=doc["ledger_bucket"], Key=doc["items"])["Body"].read())
+    assert len(listed) > 200 and len(json.dumps(doc)) < 1_000
 
 
 class _Recorder:
@@ -379,7 +529,85 @@ def test_a_versioned_object_is_read_at_its_version_after_an_overwrite(moto: Moto
     assert {pin for pin in ranges.pins} == {(version, None)}
 
 
+def test_an_object_rewritten_after_its_run_gets_a_plan_and_run_of_its_own(
+    moto: MotoServer, s3_bucket: str
+) -> None:
+    s3 = moto.client("s3")
+    key = f"rewrite/{uuid.uuid4().hex[:6]}.jsonl"
+    first = body(3_000)
+    s3.put_object(Bucket=s3_bucket, Key=key, Body=first)
+    sink = MemorySink()
+    pipeline = Pipeline(Doubler(), sink, MemoryIdempotencyStore(), MemorySink())
+    handlers, recorder = started_handlers(s3, pipeline)
+    handlers.router(notification(s3_bucket, key, len(first)))
+    second = body(7_000)  # rewritten: a new ETag, another size, more chunks
+    s3.put_object(Bucket=s3_bucket, Key=key, Body=second)
+    handlers.router(notification(s3_bucket, key, len(second)))
+    old, new = recorder.inputs
+    assert old["version"] != new["version"] and len(new["chunks"]) > len(old["chunks"])
+    item = {k: new[k] for k in ("bucket", "key", "version", "pin")}
+    for chunk in new["chunks"]:
+        handlers.chunk_worker({**item, "index": chunk["index"]})
+    fanned = handlers.fan_in(item)
+    assert fanned["complete"] and fanned["rows"] == 7_000 and fanned["bytes"] == len(second)
+    assert sorted({v["n"] for v in sink.values()}) == list(range(7_000))
+    # The old version's plan is its own: its chunks cannot read the new bytes.
+    before = {k: old[k] for k in ("bucket", "key", "version", "pin")}
+    with pytest.raises(ObjectChanged):
+        handlers.chunk_worker({**before, "index": 0})
+    assert not handlers.fan_in(before)["complete"]
+
+
+def test_a_late_notification_of_an_old_version_plans_that_version(moto: MotoServer) -> None:
+    s3 = moto.client("s3")
+    bucket = f"versioned-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket)
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    first, second = body(2_000), body(5_000)
+    v1 = s3.put_object(Bucket=bucket, Key="o.jsonl", Body=first)["VersionId"]
+    v2 = s3.put_object(Bucket=bucket, Key="o.jsonl", Body=second)["VersionId"]
+    pipeline = Pipeline(Doubler(), MemorySink(), MemoryIdempotencyStore(), MemorySink())
+    handlers, recorder = started_handlers(s3, pipeline)
+    handlers.router(notification(bucket, "o.jsonl", len(second), version_id=v2))
+    handlers.router(notification(bucket, "o.jsonl", len(first), version_id=v1))  # late
+    new, old = recorder.inputs
+    assert (new["version"], old["version"]) == (v2, v1)
+    for doc, rows, size in ((new, 5_000, len(second)), (old, 2_000, len(first))):
+        item = {k: doc[k] for k in ("bucket", "key", "version", "pin")}
+        for chunk in doc["chunks"]:
+            handlers.chunk_worker({**item, "index": chunk["index"]})
+        fanned = handlers.fan_in(item)
+        assert (fanned["rows"], fanned["bytes"]) == (rows, size)
+
+
 # -- the invocation's time left ----------------------------------------------------------------
+
+
+def test_the_router_runs_inline_only_what_its_time_left_can_read(
+    moto: MotoServer, s3_bucket: str
+) -> None:
+    s3 = moto.client("s3")
+    key = f"timed/{uuid.uuid4().hex[:6]}.jsonl"
+    data = body(3_000)  # ~100 KB: well under the 64 MiB inline limit
+    s3.put_object(Bucket=s3_bucket, Key=key, Body=data)
+    processor = Counting()
+    pipeline = Pipeline(processor, MemorySink(), MemoryIdempotencyStore(), MemorySink())
+    recorder = _Recorder()
+    handlers = chunked_handlers(
+        pipeline, s3=s3, stepfunctions=recorder, state_machine_arn="arn:t",
+        inline_rate=100_000, safety_margin=10.0,
+    )  # fmt: skip
+    # 10.5 s left: 0.5 s at 100 KB/s reads 50 KB, not this object: the state machine runs it.
+    assert handlers.router(notification(s3_bucket, key, len(data)), FakeContext(10_500))
+    (doc,) = recorder.inputs
+    assert processor.calls == 0 and len(doc["chunks"]) == 1
+    # With time enough (a router deployed with a longer timeout) it runs inline.
+    other = f"timed/{uuid.uuid4().hex[:6]}.jsonl"
+    s3.put_object(Bucket=s3_bucket, Key=other, Body=data)
+    handlers.router(notification(s3_bucket, other, len(data)), FakeContext(300_000))
+    assert processor.calls == 3_000 and len(recorder.inputs) == 1
+    assert handlers.inline(64 << 20, 900.0) and not handlers.inline(64 << 20, 60.0)
+    assert handlers.inline(1 << 30, None) is False  # over inline_limit whatever the time
 
 
 class FakeContext:
@@ -455,13 +683,21 @@ def test_too_little_time_left_starts_nothing(moto: MotoServer, s3_bucket: str) -
     with pytest.raises(ChunkOutOfTime):
         handlers.chunk_worker({**item, "index": 0}, FakeContext(5_000))
     assert processor.calls == 0 and ranges.seen == []
-    # The router's inline run hands the object back the same way: Lambda invokes again.
+    # The router runs nothing inline without the time to: it starts the state machine.
     small = f"late/{uuid.uuid4().hex[:6]}.jsonl"
     s3.put_object(Bucket=s3_bucket, Key=small, Body=data)
-    inline = chunked_handlers(pipeline, s3=s3, state_machine_arn="arn:unused")
+    inline, started = started_handlers(s3, pipeline, inline_limit=1 << 20)
+    inline.router(notification(s3_bucket, small, len(data)), FakeContext(5_000))
+    assert processor.calls == 0 and [d["key"] for d in started.inputs] == [small]
+    # Should the time run out inline all the same, the object is handed back: Lambda
+    # invokes the router again (its committed records are duplicates then).
+    processor.context, processor.ms_per_event = FakeContext(12_000), 1
+    late = f"late/{uuid.uuid4().hex[:6]}.jsonl"
+    s3.put_object(Bucket=s3_bucket, Key=late, Body=data)
+    slow = chunked_handlers(pipeline, s3=s3, state_machine_arn="arn:unused", batch_size=100)
     with pytest.raises(BatchFailed):
-        inline.router(notification(s3_bucket, small, len(data)), FakeContext(5_000))
-    assert processor.calls == 0
+        slow.router(notification(s3_bucket, late, len(data)), processor.context)
+    assert 0 < processor.calls < 2_000
 
 
 def test_the_router_ignores_the_ledgers_own_files(moto: MotoServer, s3_bucket: str) -> None:
