@@ -2,7 +2,9 @@
 
 Azure refuses a request for load with 503 Server Busy (`x-ms-error-code: ServerBusy`:
 Storage's Blob, Queue and Table services) or 429 Too Many Requests (Cosmos DB, and Table
-on Cosmos DB), in both cases before applying it. The SDKs' own policies retry some of
+on Cosmos DB), in both cases before applying it. Cosmos DB also answers a write 449 Retry
+With (a transient conflict on the replica, not applied, "safe to retry"), which its Python
+SDK raises at once: it is sent again here the same way. The SDKs' own policies retry some of
 these (Tables retries 429 and 503; Cosmos retries 429 up to 9 times; Blob and Queue retry
 503 but never 429), each with its own budget; what gets past them reaches this loop,
 which sends the request again with the `RetryPolicy`'s backoff, waiting at least what
@@ -25,6 +27,7 @@ from typing import Any, TypeVar
 from onceflow.retry import Backoff, RetryPolicy
 
 __all__ = [
+    "RETRY_WITH",
     "THROTTLING_STATUSES",
     "AzureThrottled",
     "default_retry",
@@ -38,6 +41,8 @@ T = TypeVar("T")
 
 THROTTLING_STATUSES = frozenset({429, 503})
 """HTTP statuses Azure answers a request it refused for load with (not applied)."""
+RETRY_WITH = 449
+"""Cosmos DB's answer to a write it did not apply for a transient conflict: send it again."""
 LONGEST_WAIT = 30.0
 """Seconds at most waited for one `Retry-After` (Cosmos's own policy stops at 30 s)."""
 
@@ -52,8 +57,10 @@ def default_retry() -> RetryPolicy:
 
 
 def throttling(exc: BaseException) -> bool:
-    """Whether `exc` is an Azure SDK's error for a request refused for load."""
-    return getattr(exc, "status_code", None) in THROTTLING_STATUSES
+    """Whether `exc` is an Azure SDK's error for a request refused for load (or Cosmos's
+    449 Retry With: refused, not applied, to be sent again)."""
+    status = getattr(exc, "status_code", None)
+    return status in THROTTLING_STATUSES or status == RETRY_WITH
 
 
 def requested_wait(exc: BaseException) -> float:
