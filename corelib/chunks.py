@@ -339,8 +339,12 @@ async def _scan(
 # -- where a CSV record ends, as Python's csv module reads it ---------------------------------
 
 _FIELD_START, _UNQUOTED, _QUOTED, _QUOTE_IN_QUOTED = range(4)
-_PLAIN_FIELDS = re.compile(rb'(?:"[^"]*+(?:""[^"]*+)*+"[,\n]|[^",\n]*+[,\n])*+')
-"""Whole well-formed fields with their separators, from a field's start (C speed)."""
+_QUOTED_TEXT = rb'"[^"]*+(?:""[^"]*+)*+"'  # a quoted field, `""` inside it a quote
+_FIELD = rb"(?:[,\n]|[^\",\n][^,\n]*+[,\n])"  # the separator, or text and the separator
+_PLAIN_FIELDS = re.compile(rb"(?:" + _QUOTED_TEXT + _FIELD + rb"|" + _FIELD + rb")*+")
+"""Whole fields with their separators, from a field's start, at C speed: a quoted field
+(`""` inside it a quote, text after its closing quote joining it) or a field of text
+(quotes in it are text)."""
 _FIELD_END = re.compile(rb"[,\n]")
 
 
@@ -348,9 +352,8 @@ class _CsvScan:
     """The state of Python's csv reader (excel dialect, not strict) over a byte stream.
 
     Quotes, commas and newlines are ASCII, never inside a UTF-8 sequence, so the bytes
-    give the reader's own decisions. Runs of well-formed fields go by one regular
-    expression; a field it stops at (a quote inside an unquoted field, text after a
-    closing quote, a field cut by the piece's end) is stepped through by hand.
+    give the reader's own decisions. Runs of whole fields go by one regular expression;
+    a field cut by the piece's end is stepped through by hand.
     """
 
     __slots__ = ("state",)
@@ -361,9 +364,21 @@ class _CsvScan:
     def skip(self, buf: bytes, at: int, end: int) -> None:
         """Read `buf[at:end]`."""
         while at < end:
-            if self.state == _FIELD_START:
-                match = _PLAIN_FIELDS.match(buf, at, end)
-                at = match.end() if match else at
+            state = self.state
+            if state in (_FIELD_START, _UNQUOTED):
+                # Outside quoted fields only a quote can change anything: go to the next.
+                quote = buf.find(b'"', at, end)
+                if quote < 0:
+                    self.state = _FIELD_START if buf[end - 1] in b",\n" else _UNQUOTED
+                    return
+                opens = state == _FIELD_START if quote == at else buf[quote - 1] in b",\n"
+                if not opens:  # a quote inside an unquoted field: text
+                    self.state = _UNQUOTED
+                    at = quote + 1
+                    continue
+                self.state = _FIELD_START
+                match = _PLAIN_FIELDS.match(buf, quote, end)
+                at = match.end() if match else quote
                 if at >= end:
                     return
             at, _ = self._step(buf, at, end)
@@ -692,12 +707,16 @@ class ChunkReader:
             body = line[:-1] if line.endswith(b"\r") else line
             if not body.strip():
                 continue
-            if is_csv:
-                yield self._csv(template, position, body, header)
-            else:
+            if not is_csv:
                 yield self._jsonl(template, position, body)
-        if pending:  # a quoted field never closed: the csv reader says so
-            yield self._csv(template, started, b"\n".join(pending), header)
+            elif (record := self._csv(template, position, body, header)) is not None:
+                yield record
+        if pending:  # a quoted field never closed: it holds the rest, as the csv reader says
+            rest = b"\n".join(pending)
+            if plan.compression is None and offset + len(physical) < self.chunk.end:
+                rest += b"\n"  # the last line's own newline, inside the open field
+            if (record := self._csv(template, started, rest, header)) is not None:
+                yield record
 
     def _jsonl(self, template: EventTemplate, offset: int, body: bytes) -> Record:
         try:
@@ -710,7 +729,10 @@ class ChunkReader:
                 return self._invalid(offset, why, body)
         return self._event(template, offset, body, fields)
 
-    def _csv(self, template: EventTemplate, offset: int, body: bytes, header: list[str]) -> Record:
+    def _csv(
+        self, template: EventTemplate, offset: int, body: bytes, header: list[str]
+    ) -> Record | None:
+        """The record of one CSV row; None for a blank row (`""` alone), as the file reader."""
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -721,6 +743,8 @@ class ChunkReader:
             row = next(csv.reader([text]), [])
         except csv.Error as exc:
             return self._invalid(offset, f"not valid CSV ({exc})", body)
+        if not row or (len(row) == 1 and not row[0].strip()):
+            return None
         if len(row) != len(header):
             missing = header[len(row) :]
             why = f"expected {len(header)} columns, found {len(row)}" + (

@@ -558,6 +558,44 @@ def test_an_object_rewritten_after_its_run_gets_a_plan_and_run_of_its_own(
     assert not handlers.fan_in(before)["complete"]
 
 
+def lambda_error(exc: BaseException) -> dict[str, str]:
+    """What Step Functions catches when a Lambda raises `exc`: Lambda's own error shape."""
+    import traceback
+
+    trace = traceback.format_exception(exc)
+    cause = {"errorMessage": str(exc), "errorType": type(exc).__name__, "stackTrace": trace}
+    return {"Error": type(exc).__name__, "Cause": json.dumps(cause)}
+
+
+def test_a_chunk_of_a_rewritten_object_is_dead_lettered_as_object_changed(
+    moto: MotoServer, s3_bucket: str
+) -> None:
+    s3 = moto.client("s3")
+    key = f"changed/{uuid.uuid4().hex[:6]}.jsonl"
+    data = body(3_000)
+    s3.put_object(Bucket=s3_bucket, Key=key, Body=data)
+    letters = MemorySink()
+    pipeline = Pipeline(Doubler(), MemorySink(), MemoryIdempotencyStore(), letters)
+    handlers, recorder = started_handlers(s3, pipeline)
+    handlers.router(notification(s3_bucket, key, len(data)))
+    (doc,) = recorder.inputs
+    item = {k: doc[k] for k in ("bucket", "key", "version", "pin")}
+    s3.put_object(Bucket=s3_bucket, Key=key, Body=data + body(10))
+    with pytest.raises(ObjectChanged) as caught:
+        handlers.chunk_worker({**item, "index": 1})
+    # moto's interpreter cannot raise a Lambda error of our type (its Docker-less Lambda
+    # only fails on a reply over 6 MB): the catch path's payload is built as Step
+    # Functions builds it from Lambda's error, and handed to the real handler.
+    handlers.chunk_worker({**item, "index": 1, "failed": lambda_error(caught.value)})
+    (letter,) = letters.values()
+    assert letter["error_type"] == "ObjectChanged"
+    assert "rewritten since its chunk plan" in letter["message"]
+    assert "ObjectChanged" in letter["traceback"]
+    # Replaying it cannot read the old version either: it says so, and stays a letter.
+    replayed = handlers.replay([letter])
+    assert replayed["replayed"] == [] and "ObjectChanged" in replayed["failed"][letter["key"]]
+
+
 def test_a_late_notification_of_an_old_version_plans_that_version(moto: MotoServer) -> None:
     s3 = moto.client("s3")
     bucket = f"versioned-{uuid.uuid4().hex[:8]}"
