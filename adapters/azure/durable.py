@@ -8,9 +8,10 @@ The orchestrator plans the blob (an activity: a few ranged reads near the bounda
 fans out one activity per chunk (with retries and backoff; each reads its slice with
 ranged reads and runs it through the pipeline exactly once, `onceflow.fan_in.run_chunk`)
 and fans in: the fan-in activity writes the manifest and `_SUCCESS` once every chunk has
-its receipt. A chunk that still fails after its retries is dead-lettered as a blob in
-the ledger (`<run>/dead-letters/<chunk>.json`: the chunk and the error, never its
-records) and the orchestration ends incomplete; starting it again redoes only the
+its receipt. A chunk that still fails after its retries is dead-lettered in the
+pipeline's own letter format, to its dead-letter sink and as a blob in the ledger
+(`<run>/dead-letters/<chunk>.json`: the chunk and the error, never its records), and the
+orchestration ends incomplete; starting it again redoes only the
 missing chunks. The blob trigger starts one orchestration per blob version: its instance
 id is derived from the blob's name and etag, so a trigger fired twice starts it once.
 Every read of the blob carries `If-Match` of the etag planned (`BlobObjectStore.pinned`):
@@ -36,8 +37,8 @@ import azure.durable_functions as df
 import azure.functions as func
 
 from onceflow.adapters.azure.objects import BlobObjectStore
-from onceflow.chunks import DEFAULT_CHUNK_SIZE
-from onceflow.fan_in import ChunkLedger, run_chunk
+from onceflow.chunks import DEFAULT_CHUNK_SIZE, chunk_key
+from onceflow.fan_in import ChunkLedger, chunk_event, run_chunk
 from onceflow.pipeline import Pipeline, built_once
 
 __all__ = ["ORCHESTRATOR", "DurableChunks", "instance_id"]
@@ -205,23 +206,36 @@ class DurableChunks:
         return result
 
     def dead_letter(self, item: dict[str, Any]) -> list[str]:
-        """Activity: one dead-letter blob per chunk that failed all its attempts."""
+        """Activity: a dead letter per chunk that failed all its attempts; their blobs.
+
+        Each letter is in the pipeline's own format (`Pipeline.dead_letter_for`; its event
+        the chunk, `fan_in.chunk_event`, never the chunk's records; its key the chunk's
+        key), written to the pipeline's dead-letter sink when it has one, and always kept
+        as a blob in the ledger (`<run>/dead-letters/<chunk>.json`).
+        """
 
         async def write() -> list[str]:
             ledger = self._ledger()
-            folder = ledger.folder(item["path"], item["version"])
-            written = []
+            pipeline = self._built()
+            path, version = item["path"], item["version"]
+            folder = ledger.folder(path, version)
+            error = str(item.get("error") or "missing")
+            kind = error.split(":", 1)[0].strip() if ":" in error else "ChunksMissing"
+            written, letters = [], []
             for index in item["chunks"]:
+                record = chunk_event(path, version, int(index), {"container": self.container})
+                letter = pipeline.dead_letter_for(
+                    record,
+                    f"chunk {index} of {self.container}/{path} failed: {error}",
+                    error_type=kind,
+                    key=chunk_key(path, version, int(index)),
+                )
                 where = f"{folder}/dead-letters/{int(index):05d}.json"
-                letter = {
-                    "reason": "a chunk failed after its retries",
-                    "path": item["path"],
-                    "version": item["version"],
-                    "chunk": index,
-                    "error": item["error"],
-                }
-                await ledger.objects.put(where, json.dumps(letter).encode())
+                await ledger.objects.put(where, json.dumps(letter.value).encode())
                 written.append(where)
+                letters.append(letter)
+            if pipeline.dead_letter is not None and letters:
+                await pipeline.dead_letter.write(letters)
             return written
 
         result: list[str] = anyio.run(write)

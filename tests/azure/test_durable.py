@@ -38,7 +38,9 @@ from onceflow.adapters.azure.durable import (
 )
 from onceflow.adapters.azure.objects import BlobObjectStore, ObjectChanged
 from onceflow.adapters.memory import ManualClock, MemoryIdempotencyStore, MemorySink
-from onceflow.fan_in import ChunkLedger
+from onceflow.chunks import chunk_key
+from onceflow.fan_in import ChunkLedger, chunk_of
+from onceflow.identity import dead_letter_id
 from tests.support.servers import Azurite
 
 pytestmark = pytest.mark.emulator
@@ -150,14 +152,22 @@ def test_fan_out_to_chunks_then_fan_in_writes_the_manifest(landing: BlobObjectSt
     assert context.calls.count(CHUNK) == len(plan["chunks"]) + 1  # the last one twice
     folder = chunks._ledger().folder("in/orders.jsonl", plan["version"])
     letter = json.loads(anyio.run(landing.get, f"{folder}/dead-letters/{last:05d}.json"))
-    assert letter["chunk"] == last and "ChunkIncomplete" in letter["error"]
+    # The pipeline's own letter, in its sink too: the chunk, never its records.
+    key = chunk_key("in/orders.jsonl", plan["version"], last)
+    assert letter == letters.contents()[dead_letter_id(key)] and letter["key"] == key
+    assert "ChunkIncomplete" in letter["message"]
+    assert chunk_of(letter) == {
+        "container": landing.container.container_name, "key": "in/orders.jsonl",
+        "version": plan["version"], "index": last,
+    }  # fmt: skip
     assert anyio.run(landing.head, f"{folder}/_SUCCESS") is None
     # Fixed downstream, run again: only the missing chunk is read.
     processor.broken = set()
     result, context = orchestrate(chunks, {"path": "in/orders.jsonl"})
     assert result["complete"] and result["rows"] == 6_001 and result["invalid"] == 1
     assert anyio.run(landing.head, f"{folder}/_SUCCESS") is not None
-    assert sorted(v["n"] for v in sink.values()) == list(range(6_000)) and len(letters) == 1
+    # The chunk's letter stays (the sink's tooling removes it), beside the bad line's.
+    assert sorted(v["n"] for v in sink.values()) == list(range(6_000)) and len(letters) == 2
 
 
 def test_the_blueprint_registers_the_orchestrator_activities_and_trigger() -> None:
