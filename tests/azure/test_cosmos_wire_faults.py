@@ -38,7 +38,8 @@ from azure.cosmos.exceptions import CosmosHttpResponseError
 from onceflow.adapters.azure.cosmos_sink import CosmosSink
 from onceflow.adapters.azure.cosmos_store import CosmosIdempotencyStore
 from onceflow.adapters.azure.decode import decode_event_hub
-from onceflow.adapters.azure.testing import event_hub_batch
+from onceflow.adapters.azure.entry import BatchFailed, EventHubTrigger, function_app
+from onceflow.adapters.azure.testing import event_hub_batch, invocation_context
 from onceflow.adapters.azure.window_counts import CosmosWindowCounts
 from onceflow.adapters.memory import ManualClock, MemorySink
 from onceflow.event import Event
@@ -373,3 +374,45 @@ async def test_a_count_write_refused_before_it_landed_is_made_again(
     run = await run_once(proxied, direct, cosmos_proxy, "keyed", "reset", 10_000)
     assert armed.fired >= 1
     assert run.lost_counts == 0 and run.processed == EVENTS
+
+
+@pytest.mark.anyio
+async def test_an_event_hubs_function_through_a_cosmos_outage_dead_letters_nothing(
+    cosmos: CosmosServer, cosmos_proxy: FaultProxy
+) -> None:
+    """Cosmos throttles every request for a whole invocation, then recovers: the function
+    raises for its retry policy (nothing checkpointed past a lost event, nothing
+    dead-lettered), and the retry applies each event once on the partition's lane."""
+    proxied, direct = proxied_database(cosmos, cosmos_proxy)
+    keys = proxied.get_container_client("keys")
+    clock = ManualClock()
+    store = CosmosIdempotencyStore(keys, clock=clock, throttle_retry=FAST)
+    sink, letters = (
+        CosmosSink(proxied.get_container_client("outputs"), throttle_retry=FAST),
+        (MemorySink()),
+    )
+    processor = FailsOnce()
+    processor.failed = True
+    pipeline = count_windows(
+        Pipeline(processor, sink, store, letters, clock=clock, backend_retry=FAST, name="hub"),
+        CosmosWindowCounts(keys, writer="w"),
+    )
+    [function] = function_app(pipeline, EventHubTrigger("orders", retry_seconds=1)).get_functions()
+    bodies = [json.dumps({"n": n}).encode() for n in range(EVENTS)]
+    batch = event_hub_batch(bodies, partition="3", first_sequence=40, hub="outage-hub")
+    busy = cosmos_error(429, retry_after_ms=1)
+    outage = cosmos_proxy.add(Fault.answer(lambda r: True, busy, times=None))
+    with pytest.raises(BatchFailed):
+        await function.get_user_function()(batch, invocation_context(0, 5))
+    assert outage.fired > SDK_THROTTLE_RETRIES and not letters.write_counts()
+    cosmos_proxy.clear()
+    cosmos_proxy.add(Fault.answer(lambda r: True, busy, times=12))
+    clock.advance(60)
+    await function.get_user_function()(batch, invocation_context(1, 5))
+    outputs = direct.get_container_client("outputs").query_items(
+        "SELECT * FROM c", enable_cross_partition_query=True
+    )
+    assert sorted(int(item["value"]["double"]) for item in outputs) == [0, 2, 4]
+    assert processor.runs == {0: 1, 1: 1, 2: 1} and not letters.write_counts()
+    counts = CosmosWindowCounts(direct.get_container_client("keys")).read("hub", now=clock.now())
+    assert sum(tally["processed"] for tally in counts.values()) == EVENTS
