@@ -352,6 +352,16 @@ class ChunkedHandlers:
                 "Pipeline(dead_letter=...)"
             )
         index = int(event["index"])
+
+        async def committed() -> bool:
+            try:
+                ledger, plan = await self._plan(event)
+            except FileNotFoundError:
+                return False
+            return await ledger.receipt(plan, index) is not None
+
+        if anyio.run(committed):  # committed after all (a retry of it won a race)
+            return {"dead_lettered": None, "committed": True}
         error = event.get("failed") or {}
         error_type, message, trace = _caught(error)
         where = {"bucket": event["bucket"], "pin": event.get("pin") or PIN_ETAG}
