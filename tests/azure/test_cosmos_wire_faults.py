@@ -17,10 +17,14 @@ is unsettled), for every k until the deliveries make fewer than k requests, each
   had replaced the item in between).
 
 Two plans: per-key markers (store on `keys`, CosmosSink on `outputs`), and the lane of an
-Event Hubs partition (the store's lane records). Both write window counts to the state
-container. Every run must end with each event settled, its output stored, nothing
-dead-lettered, a fourth delivery all duplicates, and the window counts' `processed`
-exactly the batch (never counted twice).
+Event Hubs partition (the store's lane records); the per-key plan also writes window
+counts to the state container (the same requests in either plan). One event fails once in
+every run, so releases, takeovers and a lane settled in part meet the faults too.
+
+Every run must end with each event settled, its output stored, nothing
+dead-lettered, the processor run once per event (a commit whose answer was lost is
+recognised, not processed again), a last delivery all duplicates, and the window counts'
+`processed` exactly the batch (never counted twice).
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ from tests.support.servers import CosmosServer
 
 pytestmark = pytest.mark.emulator
 
-EVENTS = 3
+EVENTS = 2
 FAST = RetryPolicy(attempts=4, backoff=Backoff(base=0.001, cap=0.01))
 """The pipeline's backend retry and the adapters' throttle loop, fast for tests."""
 READ_TIMEOUT = 0.4
@@ -166,20 +170,20 @@ async def run_once(
     store = CosmosIdempotencyStore(keys, clock=clock, throttle_retry=FAST)
     sink = CosmosSink(proxied.get_container_client("outputs"), throttle_retry=FAST)
     processor = FailsOnce()
-    pipeline = count_windows(
-        Pipeline(
-            processor,
-            sink,
-            store,
-            letters,
-            clock=clock,
-            retry=RetryPolicy(attempts=1),  # a failed event goes back for redelivery
-            backend_retry=FAST,
-            metrics=metrics,
-            name=f"p-{tag}",
-        ),
-        CosmosWindowCounts(keys, writer="w"),
+    pipeline = Pipeline(
+        processor,
+        sink,
+        store,
+        letters,
+        clock=clock,
+        retry=RetryPolicy(attempts=1),  # a failed event goes back for redelivery
+        backend_retry=FAST,
+        metrics=metrics,
+        name=f"p-{tag}",
     )
+    if plan == "keyed":
+        # The counts' requests are the same whatever the plan: written in one of them.
+        count_windows(pipeline, CosmosWindowCounts(keys, writer="w"))
     records = _records(plan, tag)
     assert all(("onceflow.lane" in r.attributes) == (plan == "lanes") for r in records)
     ids = {r.id for r in records}
@@ -210,15 +214,16 @@ async def run_once(
         )
     )
     counts = CosmosWindowCounts(direct.get_container_client("keys"))
-    # The fourth delivery counts its duplicates, never a processed event.
+    # The last delivery counts its duplicates, never a processed event.
     tallies = counts.read(pipeline.name, now=clock.now()).values()
+    processed = sum(t["processed"] for t in tallies) if plan == "keyed" else len(ids)
     return Run(
         fired=fired,
         settled=settled,
         ids=ids,
         outputs=outputs,
         letters=len(letters.write_counts()),
-        processed=sum(tally["processed"] for tally in tallies),
+        processed=processed,
         lost_counts=metrics.counters.get("window_counts_lost", 0),
         again_duplicates=set(again.duplicates),
         runs=processor.runs,
@@ -235,7 +240,7 @@ PLANS = ["keyed", "lanes"]
 async def test_a_fault_at_any_call_of_a_batch_loses_and_doubles_nothing(
     plan: str, fault: str, cosmos: CosmosServer, cosmos_proxy: FaultProxy
 ) -> None:
-    """One fault at the k-th Cosmos request of three deliveries of a batch, for every k."""
+    """One fault at the k-th Cosmos request of a batch's deliveries, for every k."""
     options: dict[str, Any] = {"read_timeout": READ_TIMEOUT} if fault == "late-reply" else {}
     proxied, direct = proxied_database(cosmos, cosmos_proxy, **options)
     k, uncounted = 0, []
@@ -249,7 +254,7 @@ async def test_a_fault_at_any_call_of_a_batch_loses_and_doubles_nothing(
         assert run.processed <= EVENTS, where  # never counted twice
         # The processor ran once per event, and once more for the event failing once: a
         # commit whose answer was lost is recognised, not processed again.
-        assert run.runs == {0: 1, 1: 2, 2: 1}, (where, run.runs)
+        assert run.runs == {0: 1, 1: 2}, (where, run.runs)
         if run.processed < EVENTS:
             # A count write the fault kept from landing is lost, and said so (see
             # test_a_count_write_refused_before_it_landed_is_made_again).
@@ -259,7 +264,10 @@ async def test_a_fault_at_any_call_of_a_batch_loses_and_doubles_nothing(
             break  # k is past the deliveries' last request: every one was faulted once
         k += 1
     print(f"{plan}/{fault}: {k} requests faulted, count rows lost at k={uncounted}")
-    assert k >= (3 if fault == "precondition-failed" else 8), k
+    # k is now a clean run's count of the requests the fault can take (keyed: 14 in all,
+    # 10 item writes, 5 guarded replaces; lanes: 10, 6, 3): a floor against a predicate
+    # that stopped matching.
+    assert k >= {"precondition-failed": 3, "retry-with": 5}.get(fault, 8), k
 
 
 def test_the_proxy_speaks_cosmos_faults_the_sdk_understands(
@@ -338,8 +346,9 @@ async def test_a_449_retry_with_is_sent_again_not_failed_for_redelivery(
     ]
     result = await pipeline.process_batch(_records("keyed", "retry-with-449."))
     assert [fault.fired for fault in armed] == [2, 2, 2]
-    assert sorted(result.processed) == ["e0", "e1", "e2"] and not result.failures
-    assert sorted(v["double"] for v in (await sink.contents()).values()) == [0, 2, 4]
+    assert sorted(result.processed) == [f"e{n}" for n in range(EVENTS)] and not result.failures
+    doubles = sorted(v["double"] for v in (await sink.contents()).values())
+    assert doubles == [2 * n for n in range(EVENTS)]
     assert not letters.write_counts()
 
 
@@ -412,7 +421,7 @@ async def test_an_event_hubs_function_through_a_cosmos_outage_dead_letters_nothi
     outputs = direct.get_container_client("outputs").query_items(
         "SELECT * FROM c", enable_cross_partition_query=True
     )
-    assert sorted(int(item["value"]["double"]) for item in outputs) == [0, 2, 4]
-    assert processor.runs == {0: 1, 1: 1, 2: 1} and not letters.write_counts()
+    assert sorted(int(item["value"]["double"]) for item in outputs) == [0, 2]
+    assert processor.runs == {0: 1, 1: 1} and not letters.write_counts()
     counts = CosmosWindowCounts(direct.get_container_client("keys")).read("hub", now=clock.now())
     assert sum(tally["processed"] for tally in counts.values()) == EVENTS
