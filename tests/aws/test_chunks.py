@@ -598,6 +598,36 @@ def test_a_chunk_of_a_rewritten_object_is_dead_lettered_as_object_changed(
     assert replayed["replayed"] == [] and "ObjectChanged" in replayed["failed"][letter["key"]]
 
 
+def test_a_chunk_letter_in_the_sqs_dead_letter_queue_is_replayed_from_a_redrive(
+    moto: MotoServer, s3_bucket: str
+) -> None:
+    from onceflow.adapters.aws.sqs_sink import SQSSink
+
+    s3, sqs = moto.client("s3"), moto.client("sqs")
+    queue = sqs.create_queue(QueueName=f"letters-{uuid.uuid4().hex[:8]}")["QueueUrl"]
+    key = f"redrive/{uuid.uuid4().hex[:6]}.jsonl"
+    data = body(3_000)
+    s3.put_object(Bucket=s3_bucket, Key=key, Body=data)
+    processor, sink = Counting(), MemorySink()
+    pipeline = Pipeline(processor, sink, MemoryIdempotencyStore(), SQSSink(queue, client=sqs))
+    handlers, recorder = started_handlers(s3, pipeline)
+    handlers.router(notification(s3_bucket, key, len(data)))
+    (doc,) = recorder.inputs
+    item = {k: doc[k] for k in ("bucket", "key", "version", "pin")}
+    for chunk in doc["chunks"][1:]:
+        handlers.chunk_worker({**item, "index": chunk["index"]})
+    # Chunk 0 ran out of attempts: the catch path's payload, as Step Functions builds it.
+    failed = lambda_error(ChunkOutOfTime("chunk 0: 1.0 s left of the invocation"))
+    handlers.chunk_worker({**item, "index": 0, "failed": failed})
+    (message,) = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10)["Messages"]
+    letter = json.loads(message["Body"])
+    assert letter["error_type"] == "ChunkOutOfTime"
+    assert Event.from_cloudevent(letter["event"]).json()["index"] == 0
+    # The queue redriven to the function: an SQS event whose body is the letter.
+    replayed = handlers.replay({"Records": [{"messageId": "1", "body": message["Body"]}]})
+    assert replayed["complete"] and processor.calls == len(sink) == 3_000
+
+
 def test_a_late_notification_of_an_old_version_plans_that_version(moto: MotoServer) -> None:
     s3 = moto.client("s3")
     bucket = f"versioned-{uuid.uuid4().hex[:8]}"
