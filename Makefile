@@ -82,31 +82,40 @@ typecheck: $(VENV)/.test-installed $(VENV)/.layout-$(LAYOUT)
 # a 20-kill chunked run, and 60 s outages in 10,000 events on DynamoDB (moto) and the
 # Azurite Table store. Plan budgets are per backend, split over its contract tests (memory
 # and SQLite: 2 x 5,000 delivery plans; DynamoDB: 4 store modes x 250; Table: 2 x 500),
-# on two pytest-xdist workers; the end prints one table per backend from .soak/report.json.
+# lane plans a fifth of that. Backends run side by side (SOAK_JOBS), each on two
+# pytest-xdist workers, and each adds its plans to .soak/; the end prints one table.
 SOAK_MEMORY ?= 5000
 SOAK_SQLITE ?= 5000
 SOAK_DYNAMODB ?= 250
 SOAK_TABLE ?= 500
 SOAK_COSMOS ?= 250
 SOAK_LANES ?= 0.2
-SOAK_PYTEST = ONCEFLOW_SOAK_REPORT=$(CURDIR)/.soak/report.json $(PY) -m pytest -q -p no:randomly -n 2
+SOAK_JOBS ?= 3
+SOAK_PIECES = memory sqlite dynamodb table cosmos kills outages
+soak_pytest = ONCEFLOW_SOAK_REPORT=$(CURDIR)/.soak/$(1).json $(PY) -m pytest -q -p no:randomly -n 2
 lanes = $(shell $(PY) -c 'print(max(4, int($(1) * $(SOAK_LANES))))')
 soak: $(VENV)/.test-installed $(VENV)/.layout-$(LAYOUT) node_modules/.installed
 	rm -rf .soak && mkdir -p .soak
-	ONCEFLOW_PLANS=$(SOAK_MEMORY) $(SOAK_PYTEST) -k any_delivery_plan tests/test_memory_contracts.py
-	ONCEFLOW_PLANS=$(call lanes,$(SOAK_MEMORY)) $(SOAK_PYTEST) -k any_lane_plan tests/test_memory_contracts.py
-	ONCEFLOW_PLANS=$(SOAK_SQLITE) $(SOAK_PYTEST) -k any_delivery_plan tests/local/test_sqlite_contracts.py
-	ONCEFLOW_PLANS=$(call lanes,$(SOAK_SQLITE)) $(SOAK_PYTEST) -k any_lane_plan tests/local/test_sqlite_contracts.py
-	ONCEFLOW_PLANS=$(SOAK_DYNAMODB) $(SOAK_PYTEST) -k any_delivery_plan tests/aws/test_dynamodb_contracts.py
-	ONCEFLOW_PLANS=$(call lanes,$(SOAK_DYNAMODB)) $(SOAK_PYTEST) -k any_lane_plan tests/aws/test_dynamodb_contracts.py
-	ONCEFLOW_PLANS=$(SOAK_TABLE) $(SOAK_PYTEST) -k any_delivery_plan tests/azure/test_table_store.py
-	ONCEFLOW_PLANS=$(call lanes,$(SOAK_TABLE)) $(SOAK_PYTEST) -k any_lane_plan tests/azure/test_table_store.py
-	ONCEFLOW_PLANS=$(SOAK_COSMOS) $(SOAK_PYTEST) -k any_delivery_plan tests/azure/test_cosmos_store.py
-	ONCEFLOW_PLANS=$(call lanes,$(SOAK_COSMOS)) $(SOAK_PYTEST) -k any_lane_plan tests/azure/test_cosmos_store.py
+	$(MAKE) --no-print-directory -j$(SOAK_JOBS) $(addprefix soak-,$(SOAK_PIECES))
+	$(PY) -m tests.support.soak .soak
+
+# backend, its budget, its contract file
+define soak_plans
+soak-$(1):
+	ONCEFLOW_PLANS=$(2) $$(call soak_pytest,$(1)) -k any_delivery_plan $(3)
+	ONCEFLOW_PLANS=$$(call lanes,$(2)) $$(call soak_pytest,$(1)) -k any_lane_plan $(3)
+endef
+$(eval $(call soak_plans,memory,$(SOAK_MEMORY),tests/test_memory_contracts.py))
+$(eval $(call soak_plans,sqlite,$(SOAK_SQLITE),tests/local/test_sqlite_contracts.py))
+$(eval $(call soak_plans,dynamodb,$(SOAK_DYNAMODB),tests/aws/test_dynamodb_contracts.py))
+$(eval $(call soak_plans,table,$(SOAK_TABLE),tests/azure/test_table_store.py))
+$(eval $(call soak_plans,cosmos,$(SOAK_COSMOS),tests/azure/test_cosmos_store.py))
+soak-kills:
 	ONCEFLOW_KILLS=20 $(PY) -m pytest -q -p no:randomly tests/local/test_chunk_kills.py
+soak-outages:
 	ONCEFLOW_OUTAGE_EVENTS=10000 $(PY) -m pytest -q -p no:randomly -n 2 \
 		tests/aws/test_outages.py tests/azure/test_outages.py
-	$(PY) -m tests.support.soak .soak/report.json
+.PHONY: soak $(addprefix soak-,$(SOAK_PIECES))
 
 bench: $(VENV)/.test-installed $(VENV)/.layout-$(LAYOUT)
 	$(PY) benchmarks/core_overhead.py

@@ -1,7 +1,7 @@
 """The `make soak` report: passing delivery plans per contract, summed over its pytest runs.
 
-Each soak run adds its tally to one JSON file (`ONCEFLOW_SOAK_REPORT`); `python -m
-tests.support.soak FILE` prints the whole campaign per backend at the end. A plan that
+Each soak run adds its tally to a JSON file (`ONCEFLOW_SOAK_REPORT`, one per backend);
+`python -m tests.support.soak DIR` prints the whole campaign per backend at the end. A plan that
 loses or doubles an effect fails its check and the run, so every counted plan lost and
 doubled nothing: the `lost` and `doubled` columns are 0 by construction.
 """
@@ -65,9 +65,14 @@ def table_lines(tally: Tally, *, by_backend: bool = False) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    """Print the campaign's table per backend from a report file."""
-    (path,) = argv
-    tally: Tally = json.loads(Path(path).read_text())
+    """Print the campaign's table per backend from the report files in a folder."""
+    (folder,) = argv
+    tally: Tally = {}
+    for file in sorted(Path(folder).glob("*.json")):
+        for name, row in json.loads(file.read_text()).items():
+            into = tally.setdefault(name, dict.fromkeys(COLUMNS, 0))
+            for column in COLUMNS:
+                into[column] += row[column]
     print("\n".join(table_lines(tally, by_backend=True)))
     print()
     print("\n".join(table_lines(tally)))
