@@ -200,74 +200,6 @@ def onceflow_handler(
     return lambda_handler(Pipeline(OrderItem(), sink, store)), [state, orders]
 
 
-def lane_sketch_handler(
-    server: MotoServer, meter: Meter, atomic: bool
-) -> tuple[Callable[..., Any], list[str]]:
-    """The lane-watermark request pattern (issue 15), driven directly, not through the runner.
-
-    One BatchGetItem of the batch's lane items; events at or below their lane's watermark
-    are duplicates; the rest are written with the lane's new watermark: BatchWriteItem
-    Puts, then one lane Put once they all landed (upsert), or TransactWriteItems chunks
-    of 99 Puts plus the lane's chained conditional Update (atomic). It shows the figures
-    the store will reach once the core hands it lanes and sequences; the CPU column is
-    not the runner's.
-    """
-    from onceflow.adapters.aws.dynamodb_lanes import (
-        advance_actions,
-        lane_put,
-        read_lanes,
-        sequence_text,
-    )
-    from onceflow.adapters.aws.dynamodb_requests import batch_write, default_retry, transact
-
-    client = metered_client(server, meter)
-    state, orders = f"wm-state-{uuid.uuid4().hex[:6]}", f"wm-orders-{uuid.uuid4().hex[:6]}"
-    create_table(client, state)
-    create_table(client, orders, ttl_attribute=None)
-    retry = default_retry()
-
-    def item(order: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "pk": {"S": order["order_id"]},
-            "user_id": {"S": order["user_id"]},
-            "total": {"N": str(Decimal(order["total"]))},
-        }
-
-    def handler(event: Any, context: Any) -> Any:
-        by_lane: dict[str, list[tuple[str, dict[str, Any]]]] = {}
-        for record in event["Records"]:
-            lane = record["eventID"].split(":", 1)[0]
-            order = json.loads(base64.b64decode(record["kinesis"]["data"]))
-            by_lane.setdefault(lane, []).append((record["kinesis"]["sequenceNumber"], order))
-        marks = read_lanes(client, state, list(by_lane), retry, key_attribute="pk")
-        for lane, events in by_lane.items():
-            mark = marks[lane]
-            fresh = sorted((sequence_text(q) or "", o) for q, o in events if not mark.settles(q))
-            if not fresh:
-                continue
-            if not atomic:
-                requests = [(orders, {"PutRequest": {"Item": item(o)}}) for _, o in fresh]
-                batch_write(client, requests, retry)
-                # After every output landed (BatchWriteItem is not atomic and its chunks go
-                # in parallel): a watermark above an unwritten output would lose it.
-                top = lane_put(state, lane, fresh[-1][0], key_attribute="pk")
-                batch_write(client, [(state, top)], retry)
-                continue
-            pieces = [fresh[i : i + 99] for i in range(0, len(fresh), 99)]
-            lanes = advance_actions(
-                state, lane, mark, [p[-1][0] for p in pieces], key_attribute="pk"
-            )
-            for piece, update in zip(pieces, lanes, strict=True):
-                puts = [{"Put": {"TableName": orders, "Item": item(o)}} for _, o in piece]
-                if transact(client, [*puts, update.request]) is not None:
-                    raise RuntimeError("lane moved under the sketch")
-        return {"batchItemFailures": []}
-
-    meter.requests.clear()
-    meter.write_units = 0
-    return handler, [state, orders]
-
-
 # -- runs ------------------------------------------------------------------------------------
 
 
@@ -362,8 +294,8 @@ def figures_of(rows: list[Row]) -> dict[str, Figures]:
     """The first-delivery figures per design (the cost planner's per-event inputs)."""
     designs: dict[str, Figures] = {}
     for r in rows:
-        if r.delivery != "first" or r.name.startswith("lane sketch"):
-            continue  # the sketch is not a deployable design yet
+        if r.delivery != "first":
+            continue
         per = r.events or 1
         designs[r.name.removeprefix("onceflow ")] = Figures(
             requests=round(r.requests / per, 4),
@@ -376,7 +308,7 @@ def figures_of(rows: list[Row]) -> dict[str, Figures]:
 
 
 def per_event_table(rows: list[Row]) -> list[dict[str, Any]]:
-    """Every row (both deliveries, sketches too) per event, for `benchmarks/results.json`."""
+    """Every row (both deliveries) per event, for `benchmarks/results.json`."""
     out = []
     for r in rows:
         per = r.events or 1
@@ -471,27 +403,15 @@ def merge_table(path: Path, name: str, body: dict[str, Any]) -> None:
     path.write_text(json.dumps(document, indent=2) + "\n")
 
 
-def measure(
-    records: int = 1000, modes: tuple[str, ...] = tuple(MODES), *, sketch: bool = True
-) -> list[Row]:
-    """One run of every design on a fresh moto server: Powertools, the lane sketches, and
-    onceflow in each of `modes`; each design delivers the batch twice."""
+def measure(records: int = 1000, modes: tuple[str, ...] = tuple(MODES)) -> list[Row]:
+    """One run of every design on a fresh moto server: Powertools, then onceflow in each
+    of `modes` (its own runner: on a Kinesis shard every mode settles by the lane's
+    watermark); each design delivers the batch twice."""
     event = kinesis_batch(records)
     rows: list[Row] = []
     with moto_server() as server:
         meter = Meter()
         rows += run("powertools", powertools_handler(server, meter), meter, event, records)
-        for sketch_atomic in (False, True) if sketch else ():
-            meter = Meter()
-            handler, tables = lane_sketch_handler(server, meter, sketch_atomic)
-            rows += run(
-                f"lane sketch {'atomic' if sketch_atomic else 'upsert'}",
-                handler,
-                meter,
-                event,
-                records,
-                functools.partial(item_counts, server, tables),
-            )
         for mode in modes:
             meter = Meter()
             handler, tables = onceflow_handler(server, meter, mode)
@@ -578,7 +498,7 @@ def main() -> None:
     parser.add_argument(
         "--modes",
         default="upsert,optimistic,atomic",
-        help="onceflow modes to run (atomic is slow on moto: see the note)",
+        help="onceflow modes to run",
     )
     parser.add_argument(
         "--figures",
@@ -594,14 +514,8 @@ def main() -> None:
     parser.add_argument(
         "--no-results", dest="results", action="store_const", const=None, help="write none"
     )
-    parser.add_argument(
-        "--no-sketch",
-        dest="sketch",
-        action="store_false",
-        help="skip the lane-watermark request pattern rows (issue 15 design, not the runner)",
-    )
     args = parser.parse_args()
-    rows = measure(args.records, tuple(args.modes.split(",")), sketch=args.sketch)
+    rows = measure(args.records, tuple(args.modes.split(",")))
     print(
         f"Kinesis batch of {args.records} records, one DynamoDB item written per event, "
         "moto server on loopback\n"

@@ -41,7 +41,7 @@ FIELDS = ("requests", "write_units", "read_units", "runner_us", "items_written")
 
 def measure_aws(records: int, modes: list[str]) -> dict[str, Figures]:
     """One run's first-delivery figures per design (`aws_vs_powertools.measure`, `figures_of`)."""
-    return aws.figures_of(aws.measure(records, tuple(modes), sketch=False))
+    return aws.figures_of(aws.measure(records, tuple(modes)))
 
 
 def measure_azure(events: int) -> dict[str, Figures]:

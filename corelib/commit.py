@@ -5,6 +5,10 @@ Each sink (the outputs' and the dead letters') gets one strategy:
 - `AtomicCommit`: the sink commits its writes and the keys' completion markers in one
   transaction (`AtomicSink.write_and_complete`, which hands the store its writes through
   `TransactionalStore.complete_with`);
+- `AtomicLaneCommit`: the same for events off a lane; events on a watermark lane commit
+  their writes with their lane's record instead of a marker each
+  (`AtomicLaneSink.write_and_commit_lanes`, through
+  `TransactionalLaneStore.complete_with_lanes`);
 - `WriteThenComplete`: an idempotent write keyed by `output_id`, then a fenced
   `IdempotencyStore.complete` for the keys whose writes landed;
 - `NoDeadLetters`: no dead-letter sink, so an event that should be dead-lettered is handed
@@ -26,13 +30,21 @@ from typing import Any, Protocol
 from onceflow.batch import Item, State, describe, split
 from onceflow.errors import ConfigurationError, OutputRejected
 from onceflow.failures import FailureKind, safe_text
-from onceflow.interfaces import AtomicSink, IdempotencyStore, Metrics, Sink
-from onceflow.records import Completion, InvalidRecord, Outcome, OutcomeStatus, Output
+from onceflow.interfaces import AtomicLaneSink, AtomicSink, IdempotencyStore, Metrics, Sink
+from onceflow.records import (
+    Completion,
+    InvalidRecord,
+    LaneCommit,
+    Outcome,
+    OutcomeStatus,
+    Output,
+)
 from onceflow.steps import Step
 from onceflow.watermarks import LaneBatch
 
 __all__ = [
     "AtomicCommit",
+    "AtomicLaneCommit",
     "Committer",
     "NoDeadLetters",
     "SinkStrategy",
@@ -263,6 +275,39 @@ class AtomicCommit:
         return settle(items, accepted, self.metrics)
 
 
+class AtomicLaneCommit(AtomicCommit):
+    """`AtomicCommit` for events off a lane; events on a watermark lane commit their writes
+    with their lane's record (`AtomicLaneSink.write_and_commit_lanes`), no marker each."""
+
+    def __init__(
+        self,
+        writer: _Writer,
+        sink: AtomicLaneSink,
+        store: IdempotencyStore,
+        completions: Completions,
+        metrics: Metrics,
+    ) -> None:
+        super().__init__(writer, sink, store, completions, metrics)
+        self.lane_sink = sink
+
+    async def commit_lanes(
+        self, items: list[Item], lanes: Sequence[LaneCommit]
+    ) -> tuple[list[bool], list[bool]]:
+        """Commit the items' writes with the lane commits; per lane commit, its fence held.
+
+        Raises `OutputRejected` for writes the sink refused (nothing of those items lands;
+        the lanes stay leased where the store stopped, for the commit sent after them).
+        """
+        if self.writer.pace is not None and items:
+            await self.writer.pace(len(items))
+        outputs = self.writer.outputs(items)
+        result: tuple[list[bool], list[bool]] = await self.writer.call(
+            "commit",
+            partial(self.lane_sink.write_and_commit_lanes, self.store, outputs, [], lanes),
+        )
+        return result
+
+
 class NoDeadLetters:
     """No dead-letter sink: what should be dead-lettered is handed back for redelivery."""
 
@@ -299,8 +344,33 @@ def strategy_for(
         return NoDeadLetters()
     writer = _Writer(sink, to_outputs, call, letters=letters, pace=pace, hold=hold)
     if isinstance(sink, AtomicSink) and sink.commits_with(store):
+        if isinstance(sink, AtomicLaneSink) and sink.commits_lanes_with(store):
+            return AtomicLaneCommit(writer, sink, store, completions, metrics)
         return AtomicCommit(writer, sink, store, completions, metrics)
     return WriteThenComplete(writer)
+
+
+class _OffLane:
+    """A lane-atomic strategy seen by the per-key steps: it commits only the events off a
+    lane (the lane events commit with their lanes' records afterwards)."""
+
+    marks_separately = False
+
+    def __init__(self, strategy: SinkStrategy, lanes: LaneBatch) -> None:
+        self.strategy = strategy
+        self.lanes = lanes
+        self.marks_separately = strategy.marks_separately
+        self.lane_atomic = isinstance(strategy, AtomicLaneCommit)
+
+    async def write(self, items: list[Item]) -> bool:
+        """The strategy's write."""
+        return await self.strategy.write(items)
+
+    async def commit(self, items: list[Item]) -> bool:
+        """The strategy's commit of the items off a lane (all of them, for a plain one)."""
+        if self.lane_atomic:
+            items = [item for item in items if item not in self.lanes.positions]
+        return await self.strategy.commit(items)
 
 
 def settle(items: list[Item], accepted: Sequence[bool], metrics: Metrics) -> bool:
@@ -351,6 +421,10 @@ class Committer:
         self.hold = hold
         self.lane_store: Any = store
         """The store as a `LaneStore` (used only when the pipeline runs lanes)."""
+        self.atomic_lanes = isinstance(outputs, AtomicLaneCommit) or isinstance(
+            letters, AtomicLaneCommit
+        )
+        """Whether lane events' writes commit with their lane's record (`AtomicLaneCommit`)."""
 
     def _resplit(
         self, items: list[Item], stops: Collection[Item] = ()
@@ -364,6 +438,10 @@ class Committer:
         """Write outputs and dead letters, then complete their keys (atomically where chosen)."""
         hook = self.hook if self.hooked() else None
         outputs, letters = self.outputs, self.letters
+        if lanes is not None and self.atomic_lanes:
+            # Lane events commit with their lane's record, at the end: only the others
+            # take the per-key atomic steps below.
+            outputs, letters = _OffLane(outputs, lanes), _OffLane(letters, lanes)
         done, dead = split(items)
         first = self.hold is not None and bool(dead)
         lettered: set[Item] = set()
@@ -405,7 +483,10 @@ class Committer:
         if marked:
             await self._complete(marked)
         if lanes is not None:
-            await self.commit_lanes(items, lanes)
+            if self.atomic_lanes:
+                await self.commit_lanes_atomically(items, lanes)
+            else:
+                await self.commit_lanes(items, lanes)
         if hook is not None:
             hook(Step.AFTER_COMPLETE, [i for i in items if i.state in (State.DONE, State.DEAD)])
 
@@ -439,6 +520,124 @@ class Committer:
                         FailureKind.LEASE_LOST,
                         "lane lease lost to another worker before commit; it commits instead",
                     )
+
+    async def commit_lanes_atomically(self, items: list[Item], lanes: LaneBatch) -> None:
+        """Commit the lane events' writes with their lanes' records (`AtomicLaneCommit`).
+
+        Dead letters first, as links that keep the lease (`LaneSettlement.link`), then the
+        outputs with each lane's final state; a link's state settles nothing whose writes
+        come later, so a crash between them loses and repeats nothing. Without lane writes
+        to carry, the lanes commit on their own (`commit_lanes`). Writes the sink refuses
+        make dead letters, written before the lanes settle them, then the rest goes again.
+        """
+        refused: set[str] = set()  # lanes whose fence failed: their items come again
+        landed: set[Item] = set()  # items whose writes a link committed (letters)
+        for _ in range(2 * len(items) + 2):  # every round that sends again settles an item
+            calls = [
+                (strategy, work)
+                for strategy in (self.letters, self.outputs)
+                if isinstance(strategy, AtomicLaneCommit)
+                and (work := self._lane_work(strategy, lanes, refused, landed))
+            ]
+            if not calls:
+                rest = [c for c in lanes.commits() if c.claim.lane not in refused]
+                if rest:
+                    await self._commit_lane_states(rest, lanes)
+                return
+            for n, (strategy, work) in enumerate(calls):
+                last = n == len(calls) - 1
+                pending = [item for _, later in calls[n + 1 :] for item in later]
+                mine = None if last else {lanes.positions[i][0] for i in work}
+                commits = [
+                    c
+                    for c in lanes.commits(pending=pending, lanes=mine, link=not last)
+                    if c.claim.lane not in refused
+                ]
+                try:
+                    _, accepted = await strategy.commit_lanes(work, commits)
+                except OutputRejected as exc:
+                    await self._rejected(strategy, work, exc)
+                    break  # the lanes are still leased: the rest goes again, settled anew
+                except Exception as exc:
+                    # Every lane not committed yet comes again, not only this call's.
+                    rest = [c for c in lanes.commits() if c.claim.lane not in refused]
+                    await self._lanes_failed(rest, lanes, exc)
+                    return
+                for commit, ok in zip(commits, accepted, strict=True):
+                    if not ok:
+                        refused.add(commit.claim.lane)
+                        self._lane_lost(commit, lanes)
+                landed.update(work)
+            else:
+                return
+        raise ConfigurationError("lane commits kept being refused without settling an event")
+
+    def _lane_work(
+        self,
+        strategy: AtomicLaneCommit,
+        lanes: LaneBatch,
+        refused: Collection[str],
+        landed: Collection[Item],
+    ) -> list[Item]:
+        """The lane items whose writes `strategy` still commits with their lanes."""
+        state = State.DEAD if strategy is self.letters else State.DONE
+        to_outputs = strategy.writer.to_outputs
+        return [
+            item
+            for item, (lane, _) in lanes.positions.items()
+            if item.state is state
+            and lane not in refused
+            and item not in landed
+            and to_outputs(item)
+        ]
+
+    async def _rejected(
+        self, strategy: AtomicLaneCommit, items: list[Item], exc: OutputRejected
+    ) -> None:
+        """Settle the items whose writes were refused; write the letters of the outputs'
+        (a plain dead-letter sink now; an atomic one in the next round, with its lanes)."""
+        before = [item for item in items if item.state is State.DONE]
+        strategy.writer._reject(items, exc)
+        late = [item for item in before if item.state is State.DEAD]
+        if self.hold is not None:
+            self.hold([] if strategy is self.letters else late)
+        plain = not isinstance(self.letters, AtomicLaneCommit)
+        if late and plain and await self.letters.write(late) and self.hold is not None:
+            self.hold(())
+
+    async def _commit_lane_states(self, commits: Sequence[LaneCommit], lanes: LaneBatch) -> None:
+        try:
+            accepted = await self.call(
+                "commit lanes", partial(self.lane_store.commit_lanes, commits)
+            )
+        except Exception as exc:
+            await self._lanes_failed(commits, lanes, exc)
+            return
+        for commit, ok in zip(commits, accepted, strict=True):
+            if not ok:
+                self._lane_lost(commit, lanes)
+
+    async def _lanes_failed(
+        self, commits: Sequence[LaneCommit], lanes: LaneBatch, exc: Exception
+    ) -> None:
+        """A lane commit that failed: what it would settle comes again, the leases end."""
+        text = f"lane commit failed: {safe_text(exc)}"
+        for item in lanes.items_of(commits):
+            if item.state in (State.DONE, State.DEAD):
+                item.fail(FailureKind.STORE_FAILED, text)
+        try:
+            await self.lane_store.release_lanes([c.claim for c in commits])
+        except Exception as again:
+            log.warning("releasing lanes failed: %s", safe_text(again))
+
+    def _lane_lost(self, commit: LaneCommit, lanes: LaneBatch) -> None:
+        self.metrics.count("lease_lost")
+        for item in lanes.items_of([commit]):
+            if item.state in (State.DONE, State.DEAD):
+                item.fail(
+                    FailureKind.LEASE_LOST,
+                    "lane lease lost to another worker before commit; it commits instead",
+                )
 
     async def _complete(self, items: list[Item]) -> None:
         completions = self.completions.all(items)

@@ -22,6 +22,7 @@ from onceflow.batch import Item, Record, State, items_of, log_extra, result_of
 from onceflow.breaker import CircuitBreaker, RateLimit
 from onceflow.clock import SystemClock
 from onceflow.commit import (
+    AtomicLaneCommit,
     Committer,
     Completions,
     NoDeadLetters,
@@ -207,13 +208,14 @@ class Pipeline:
         )
         letters = strategy_for(dead_letter, store, to_outputs=self._letters, letters=True, **common)
         # Lane watermarks: for the default key, on a store that keeps lanes, where every
-        # write lands before completion (an atomic sink keeps per-key markers for now).
-        plain = (WriteThenComplete, NoDeadLetters)
+        # write lands before the lane's commit or inside it (an atomic sink that carries
+        # lane commits); another atomic sink keeps per-key markers.
+        lane_ready = (WriteThenComplete, NoDeadLetters, AtomicLaneCommit)
         self.watermarks = (
             key is None
             and isinstance(store, LaneStore)
-            and isinstance(outputs, plain)
-            and isinstance(letters, plain)
+            and isinstance(outputs, lane_ready)
+            and isinstance(letters, lane_ready)
         )
         """Whether events on a lane are settled by their lane's watermark record."""
         self._committer = Committer(

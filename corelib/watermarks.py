@@ -16,7 +16,7 @@ between two consecutive positions of one batch. A decoder declares a lane (the
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 
 from onceflow.batch import Item, State
 from onceflow.event import Event
@@ -33,11 +33,14 @@ __all__ = [
     "LANE_ATTRIBUTE",
     "LANE_TTL_SECONDS",
     "LaneBatch",
+    "LaneSettlement",
+    "chained_record",
     "commit_record",
     "decode_state",
     "deliveries",
     "encode_state",
     "fence_holds",
+    "keeps_lease",
     "lane_of",
     "position_of",
     "release_record",
@@ -169,7 +172,13 @@ def fence_holds(stored: LaneRecord | None, commit: LaneCommit) -> bool:
 
 
 def commit_record(stored: LaneRecord, commit: LaneCommit, *, now: float) -> LaneRecord:
-    """The record to write for a commit whose fence held: the new state, lease ended."""
+    """The record to write for a commit whose fence held: the new state, lease ended (kept,
+    with the range in flight, for a link of a chain: `keeps_lease`)."""
+    if keeps_lease(commit):
+        state = commit.state._replace(inflight=stored.state.inflight)
+        return LaneRecord(
+            stored.lane, state, stored.token, stored.lease_expires_at, stored.version + 1, now
+        )
     return LaneRecord(
         stored.lane,
         commit.state._replace(inflight=None),
@@ -178,6 +187,29 @@ def commit_record(stored: LaneRecord, commit: LaneCommit, *, now: float) -> Lane
         stored.version + 1,
         now,
     )
+
+
+def keeps_lease(commit: LaneCommit) -> bool:
+    """Whether `commit` is a link of a chain (more of the batch commits after it): it writes
+    its state and keeps the lease and the range in flight, so a crash before the chain's
+    last link is charged like any crash and nobody takes the lane before the lease lapses."""
+    return isinstance(commit, LaneSettlement) and commit.link
+
+
+def chained_record(
+    claim: LaneClaim, state: LaneState, *, version: int, now: float, final: bool
+) -> LaneRecord:
+    """The record one transaction of a chained lane commit writes, built from the claim (a
+    store writing it conditional on `version - 1` and the claim's token reads nothing): the
+    lease kept with the range in flight, or, for the chain's `final` link, ended."""
+    if final:
+        return LaneRecord(claim.lane, state._replace(inflight=None), claim.token or "",
+                          float("-inf"), version, now)  # fmt: skip
+    lease = claim.lease_expires_at if claim.lease_expires_at is not None else float("-inf")
+    return LaneRecord(
+        claim.lane, state._replace(inflight=claim.state.inflight), claim.token or "", lease,
+        version, now,
+    )  # fmt: skip
 
 
 def release_record(stored: LaneRecord | None, claim: LaneClaim, *, now: float) -> LaneRecord | None:
@@ -296,6 +328,56 @@ def decode_state(text: str) -> LaneState:
     )
 
 
+class LaneSettlement(LaneCommit):
+    """A lane's commit from one batch, knowing each key's position and outcome.
+
+    A store whose transactions are smaller than a batch's writes commits a lane as a chain
+    (DynamoDB: at most 99 writes and the lane record per TransactWriteItems): each link
+    writes the record with `holding(keys)`, the state that settles nothing whose writes
+    are still to come, and the chain's last link writes `state`. So the watermark never
+    passes an event whose writes have not landed, whatever link a crash stops after.
+    """
+
+    positions: Mapping[str, int]
+    """Each key's position on the lane."""
+    outcomes: tuple[tuple[str, int, bool, int, int], ...]
+    """(key, position, settled, deliveries kept if not, deliveries before this one)."""
+    base: LaneState
+    """The lane's state as claimed."""
+    link: bool
+    """More of the batch commits after this one (a letters link before the outputs): the
+    lease is kept (`keeps_lease`)."""
+
+    def __new__(
+        cls,
+        claim: LaneClaim,
+        state: LaneState,
+        keys: frozenset[str],
+        *,
+        outcomes: tuple[tuple[str, int, bool, int, int], ...] = (),
+        link: bool = False,
+    ) -> LaneSettlement:
+        made = super().__new__(cls, claim, state, keys)
+        made.outcomes = outcomes
+        made.positions = {key: position for key, position, *_ in outcomes}
+        made.base = claim.state
+        made.link = link
+        return made
+
+    def holding(self, keys: Collection[str]) -> LaneState:
+        """The state to write while the writes of `keys` have not landed: those positions
+        unsettled (keeping the deliveries they had), everything else as in `state`."""
+        if not keys:
+            return self.state
+        return settle(
+            self.base,
+            [
+                (position, False, before) if key in keys else (position, ok, kept)
+                for key, position, ok, kept, before in self.outcomes
+            ],
+        )
+
+
 class LaneBatch:
     """The lane items of one batch: each item's lane and position, and each lane's claim."""
 
@@ -313,21 +395,38 @@ class LaneBatch:
             for lane, positions in by_lane.items()
         ]
 
-    def commits(self) -> list[LaneCommit]:
-        """The new state of every lane this batch leased, from its items' states now."""
-        outcomes: dict[str, list[tuple[int, bool, int]]] = {}
-        keys: dict[str, set[str]] = {}
+    def commits(
+        self,
+        *,
+        pending: Collection[Item] = (),
+        lanes: Collection[str] | None = None,
+        link: bool = False,
+    ) -> list[LaneSettlement]:
+        """The new state of every lane this batch leased (of `lanes`, when given), from its
+        items' states now; `pending` items' writes are still to come, so they count as
+        unsettled, and `link` keeps the lease for the commits that follow."""
+        outcomes: dict[str, list[tuple[str, int, bool, int, int]]] = {}
         for item, (lane, position) in self.positions.items():
             if lane not in self.claims or self.claims[lane].status is not ClaimStatus.NEW:
                 continue
+            if lanes is not None and lane not in lanes:
+                continue
             state = item.state
-            ok = state in (State.DONE, State.DEAD, State.DUPLICATE)
+            ok = state in (State.DONE, State.DEAD, State.DUPLICATE) and item not in pending
             counted = item.claim.deliveries if item.claim is not None else 1
-            kept = counted - 1 if item.unprocessed else counted
-            outcomes.setdefault(lane, []).append((position, ok, 0 if ok else kept))
-            keys.setdefault(lane, set()).add(item.key)
+            if item in pending:
+                kept = counted - 1
+            else:
+                kept = 0 if ok else (counted - 1 if item.unprocessed else counted)
+            outcomes.setdefault(lane, []).append((item.key, position, ok, kept, counted - 1))
         return [
-            LaneCommit(claim, settle(claim.state, outcomes[lane]), frozenset(keys[lane]))
+            LaneSettlement(
+                claim,
+                settle(claim.state, [(p, ok, kept) for _, p, ok, kept, _ in outcomes[lane]]),
+                frozenset(key for key, *_ in outcomes[lane]),
+                outcomes=tuple(outcomes[lane]),
+                link=link,
+            )
             for lane, claim in self.claims.items()
             if lane in outcomes
         ]

@@ -16,12 +16,12 @@ from onceflow.adapters.aws.dynamodb_requests import (
     stored_key,
     transact_action,
 )
-from onceflow.adapters.aws.dynamodb_store import DynamoDBIdempotencyStore
+from onceflow.adapters.aws.dynamodb_store import LANE_RECORD_BYTES, DynamoDBIdempotencyStore
 from onceflow.adapters.aws.dynamodb_types import from_wire, to_wire
 from onceflow.adapters.aws.sdk import ClientOnFirstUse, run_blocking
 from onceflow.errors import ConfigurationError, OutputRejected
 from onceflow.interfaces import IdempotencyStore
-from onceflow.records import Completion, Output
+from onceflow.records import Completion, LaneCommit, Output
 from onceflow.retry import RetryPolicy
 from onceflow.serialization import dumps
 
@@ -48,8 +48,10 @@ class DynamoDBSink:
     In an atomic mode (`FENCED`, the default, or `OPTIMISTIC`) and with a store of the
     same mode on the same endpoint and region, the runner commits outputs and completion
     markers in one TransactWriteItems: what non-idempotent writes (counters: `action=`
-    returning an `ADD` update) need. In `UPSERT` mode, outputs go in BatchWriteItem calls
-    of 25 (keyed overwrites). Build a matching pair with `dynamodb_pipeline_parts`.
+    returning an `ADD` update) need. Events on a watermark lane (a Kinesis shard) commit
+    with their lane's record instead, 99 outputs per transaction, no marker each. In
+    `UPSERT` mode, outputs go in BatchWriteItem calls of 25 (keyed overwrites).
+    Build a matching pair with `dynamodb_pipeline_parts`.
     """
 
     client = ClientOnFirstUse("dynamodb")
@@ -131,6 +133,39 @@ class DynamoDBSink:
             raise ConfigurationError("DynamoDBSink commits atomically only with DynamoDB stores")
         if not completions:
             return []
+        by_event = self._by_event(outputs)
+        try:
+            return await store.complete_with(completions, by_event)
+        except WriteConditionFailed as failed:
+            raise OutputRejected(self._refusals(outputs, by_event, failed)) from None
+
+    def commits_lanes_with(self, store: IdempotencyStore) -> bool:
+        """True where `commits_with` is: the store chains lane records into its transactions."""
+        return self.commits_with(store)
+
+    async def write_and_commit_lanes(
+        self,
+        store: IdempotencyStore,
+        outputs: Sequence[Output],
+        completions: Sequence[Completion],
+        lanes: Sequence[LaneCommit],
+    ) -> tuple[list[bool], list[bool]]:
+        """`write_and_complete` for the keys of `completions`; the outputs of lane events go
+        with their lane's record (`DynamoDBIdempotencyStore.complete_with_lanes`): at most
+        99 writes and the record per transaction, no marker each."""
+        if not isinstance(store, DynamoDBIdempotencyStore):
+            raise ConfigurationError("DynamoDBSink commits atomically only with DynamoDB stores")
+        by_event = self._by_event(outputs, reserve=LANE_RECORD_BYTES)
+        try:
+            return await store.complete_with_lanes(completions, by_event, lanes)
+        except WriteConditionFailed as failed:
+            raise OutputRejected(self._refusals(outputs, by_event, failed)) from None
+
+    def _by_event(
+        self, outputs: Sequence[Output], *, reserve: int = MARKER_BYTES
+    ) -> dict[str, list[TransactAction]]:
+        """The outputs' actions by event key; an event whose writes cannot share one
+        transaction with its marker or lane record (`reserve` bytes) is rejected."""
         by_event: dict[str, list[TransactAction]] = {}
         keys = {self.key_attribute}
         for output, action in zip(outputs, self._actions(outputs), strict=True):
@@ -145,16 +180,13 @@ class DynamoDBSink:
         sizes = {key: sum(a.size for a in writes) for key, writes in by_event.items()}
         too_big = {
             o.output_id: f"its event's writes are {sizes[o.event_key]} bytes; one "
-            f"transaction holds {TRANSACTION_BYTES - MARKER_BYTES}"
+            f"transaction holds {TRANSACTION_BYTES - reserve}"
             for o in outputs
-            if sizes[o.event_key] > TRANSACTION_BYTES - MARKER_BYTES
+            if sizes[o.event_key] > TRANSACTION_BYTES - reserve
         }
         if too_many or too_big:
             raise OutputRejected({**too_big, **too_many})
-        try:
-            return await store.complete_with(completions, by_event)
-        except WriteConditionFailed as failed:
-            raise OutputRejected(self._refusals(outputs, by_event, failed)) from None
+        return by_event
 
     def _refusals(
         self,

@@ -19,7 +19,9 @@ key's item; a refund adds nothing): a delivery whose worker died uncounted is th
 thing they miss. A completed marker carries no count, so it starts again after the TTL.
 
 Atomic sinks commit through `complete_with` (the `TransactionalStore` protocol): each
-key's marker and the sink's actions for it in one transaction.
+key's marker and the sink's actions for it in one transaction. Events on a watermark lane
+commit through `complete_with_lanes` (`TransactionalLaneStore`) instead: no marker each,
+their writes go in a chain of transactions with the lane's record (see `_chain`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from onceflow import watermarks
-from onceflow.adapters.aws.dynamodb_lanes import decode_record, record_key, record_put
+from onceflow.adapters.aws.dynamodb_lanes import (
+    chained_put,
+    decode_record,
+    record_key,
+    record_put,
+)
 from onceflow.adapters.aws.dynamodb_mode import DynamoDBMode
 from onceflow.adapters.aws.dynamodb_requests import (
     RETRYABLE_REASONS,
@@ -52,6 +59,7 @@ from onceflow.adapters.aws.dynamodb_requests import (
 )
 from onceflow.adapters.aws.sdk import ClientOnFirstUse, run_blocking
 from onceflow.clock import SystemClock
+from onceflow.errors import ConfigurationError
 from onceflow.interfaces import Clock
 from onceflow.records import (
     Claim,
@@ -61,6 +69,7 @@ from onceflow.records import (
     LaneCommit,
     LaneRecord,
     LaneRequest,
+    LaneState,
     Outcome,
     OutcomeStatus,
 )
@@ -80,6 +89,11 @@ MAX_SENT_LEASES = 10_000
 """Leases of unanswered claims remembered at most (see `_remember_leases`)."""
 DELIVERIES = "deliveries"
 """The item's attribute counting the key's deliveries (see the module docstring)."""
+LANE_RECORD_BYTES = 40_000
+"""Room kept in a lane transaction for the lane's record (its state is bounded at about
+21,000 characters: `watermarks.MAX_SETTLED`)."""
+MAX_LANE_VERSIONS = 10_000
+"""Lane claims whose last written version a store remembers at most (`_lane_versions`)."""
 
 
 def create_table(
@@ -135,6 +149,11 @@ class DynamoDBIdempotencyStore:
         self._client = client
         self._sent_leases: dict[str, str] = {}
         """Tokens of leases whose transaction failed without an answer, by key."""
+        self._lane_versions: dict[str, tuple[int, LaneState]] = {}
+        """The version and state the last link of a lane claim's chain wrote, by the claim's
+        token: a later call of the same claim (the outputs after the letters, a retry
+        without the writes refused) goes on from there, leaving out what that state settles,
+        without a refused transaction first."""
 
     # -- the IdempotencyStore protocol -----------------------------------------------------
 
@@ -287,6 +306,156 @@ class DynamoDBIdempotencyStore:
             keys = {completions[g].key: i - 1 for g, i in refused.groups.items()}
             raise WriteConditionFailed(keys) from None
         return accepted
+
+    # -- the TransactionalLaneStore protocol --------------------------------------------------
+
+    async def complete_with_lanes(
+        self,
+        completions: Sequence[Completion],
+        writes: Mapping[str, Sequence[TransactAction]],
+        lanes: Sequence[LaneCommit],
+    ) -> tuple[list[bool], list[bool]]:
+        """`complete_with` for `completions`, then each lane's commit with the writes filed
+        under its keys, in a chain of transactions (`_chain`); per completion and per lane
+        commit, whether its fence held. A write whose own condition fails stops its lane
+        where it is (still leased) and is named by `WriteConditionFailed` at the end."""
+        accepted = await self.complete_with(completions, writes) if completions else []
+        if not lanes:
+            return accepted, []
+        now = self.clock.now()
+        refused: dict[str, int] = {}
+        lane_ok: list[bool] = await run_blocking(self._chains, list(lanes), writes, now, refused)
+        if refused:
+            raise WriteConditionFailed(refused)
+        return accepted, lane_ok
+
+    def _chains(
+        self,
+        lanes: list[LaneCommit],
+        writes: Mapping[str, Sequence[TransactAction]],
+        now: float,
+        refused: dict[str, int],
+    ) -> list[bool]:
+        if len(lanes) == 1:
+            return [self._chain(lanes[0], writes, now, refused)]
+        return in_parallel(lambda commit: self._chain(commit, writes, now, refused), lanes)
+
+    def _chain(
+        self,
+        commit: LaneCommit,
+        writes: Mapping[str, Sequence[TransactAction]],
+        now: float,
+        refused: dict[str, int],
+    ) -> bool:
+        """One lane's commit: its keys' writes in position order, at most 99 actions and
+        the lane's record per TransactWriteItems; whether the lane's fence held.
+
+        Link j's record is conditional on the version link j-1 wrote and the claim's token,
+        and holds `LaneSettlement.holding(later keys)`: nothing whose writes are in a later
+        link is settled, so after a crash between links the next worker processes exactly
+        what did not land. Only the last link writes the commit's own state (and ends the
+        lease, unless the commit is a link itself). Each transaction has a
+        ClientRequestToken (botocore's retry after a lost reply applies it once); a link
+        sent again after that window, or by a retried call, fails its condition with the
+        record it wrote in hand: the chain goes on from the version found, leaving out
+        every key the found state settles (landed).
+        """
+        claim = commit.claim
+        token = claim.token or ""
+        positions: Mapping[str, int] = getattr(commit, "positions", {})
+        keys = sorted(
+            (k for k in commit.keys if writes.get(k)), key=lambda k: (positions.get(k, -1), k)
+        )
+        groups = {key: list(writes[key]) for key in keys}
+        expected = claim.version
+        known = self._lane_versions.get(token)
+        if known is not None:
+            # This claim's chain wrote before (a call that failed or was refused part-way):
+            # what its state settles landed, and must not be written again.
+            expected = known[0]
+            groups = _unsettled(groups, positions, known[1])
+        busy_rounds = 0
+        for _ in range(len(groups) + MAX_REREADS):
+            links = _pack_lane(groups)
+            if len(links) > 1 and not all(k in positions for k in groups):
+                raise ConfigurationError(
+                    f"lane {claim.lane!r}: its writes need {len(links)} transactions, so "
+                    "its commit must know each key's position (a watermarks.LaneSettlement)"
+                )
+            first, later = links[0], {key for link in links[1:] for key in link}
+            final = not later
+            if final:
+                state = commit.state
+                ends = not watermarks.keeps_lease(commit)
+            else:
+                holding = getattr(commit, "holding")  # noqa: B009 - a LaneSettlement's
+                state, ends = holding(later), False
+            record = watermarks.chained_record(
+                claim, state, version=expected + 1, now=now, final=ends
+            )
+            put = chained_put(
+                self.table,
+                record,
+                expected,
+                self.lane_ttl_seconds,
+                key_attribute=self.key_attribute,
+                ttl_attribute=self.ttl_attribute,
+            )
+            actions = [put, *(action.request for key in first for action in groups[key])]
+            reasons = transact(self.client, actions)
+            if reasons is None:
+                expected += 1
+                self._remember_version(token, expected, record.state)
+                for key in first:
+                    del groups[key]
+                if final:
+                    return True
+                continue
+            head = reasons[0]
+            if head.code == "ConditionalCheckFailed":
+                stored = decode_record(claim.lane, head.item, now) if head.item else None
+                if stored is None or not token or stored.token != token:
+                    return False  # taken over (or gone): nothing more of this lane lands
+                if stored.version <= expected:
+                    return False
+                # An earlier send of this chain landed, its answer lost: go on from there.
+                expected = stored.version
+                self._remember_version(token, expected, stored.state)
+                groups = _unsettled(groups, positions, stored.state)
+                if not groups and (stored.state.inflight is None or not ends):
+                    return True
+                continue
+            codes = {r.code for r in reasons}
+            if codes <= {"None"} | RETRYABLE_REASONS:
+                busy_rounds += 1
+                stop = retry_after(self.retry, busy_rounds)
+                if stop is not None:
+                    raise DynamoDBUnavailable(
+                        f"could not commit lane {claim.lane!r} to {self.table} {stop}"
+                    )
+                continue
+            if codes <= {"None", "ConditionalCheckFailed"} | RETRYABLE_REASONS:
+                # A write's own condition failed: its event can never commit. The lane
+                # stops here, leased; the runner sends the rest again without it.
+                offset = 1
+                for key in first:
+                    mine = reasons[offset : offset + len(groups[key])]
+                    offset += len(groups[key])
+                    for i, reason in enumerate(mine):
+                        if reason.code == "ConditionalCheckFailed":
+                            refused[key] = i
+                            break
+                return True
+            failed = next(r for r in reasons if r.code != "None")
+            raise DynamoDBUnavailable(
+                f"lane commit refused by {self.table}: {failed.code} {failed.message}"
+            )
+        raise DynamoDBUnavailable(f"lane {claim.lane!r} kept changing under its commit")
+
+    def _remember_version(self, token: str, version: int, state: LaneState) -> None:
+        if len(self._lane_versions) >= MAX_LANE_VERSIONS:
+            self._lane_versions.clear()  # a bound: a forgotten one costs one refused link
+        self._lane_versions[token] = (version, state)
 
     # -- items ------------------------------------------------------------------------------
 
@@ -738,6 +907,41 @@ def _pack(
     if current:
         batches.append(current)
     return batches
+
+
+def _unsettled(
+    groups: dict[str, list[TransactAction]], positions: Mapping[str, int], state: LaneState
+) -> dict[str, list[TransactAction]]:
+    """The groups whose position `state` does not settle (their writes have not landed)."""
+    return {
+        key: group
+        for key, group in groups.items()
+        if key not in positions or not watermarks.settles(state, positions[key])
+    }
+
+
+def _pack_lane(
+    groups: Mapping[str, Sequence[TransactAction]],
+    *,
+    limit: int = TRANSACTION_LIMIT - 1,
+    budget: int = TRANSACTION_BYTES - LANE_RECORD_BYTES,
+) -> list[list[str]]:
+    """A lane's groups, in their order, into links of at most `limit` actions and `budget`
+    bytes besides the lane record, never two actions on one item; at least one link."""
+    links: list[list[str]] = [[]]
+    count = size = 0
+    targets: set[str] = set()
+    for key, group in groups.items():
+        mine = {action.target for action in group}
+        weight = sum(action.size for action in group)
+        if links[-1] and (count + len(group) > limit or size + weight > budget or mine & targets):
+            links.append([])
+            count, size, targets = 0, 0, set()
+        links[-1].append(key)
+        count += len(group)
+        size += weight
+        targets |= mine
+    return links
 
 
 def _num(value: float) -> str:

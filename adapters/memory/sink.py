@@ -10,7 +10,7 @@ from onceflow.adapters.memory.faults import Faults
 from onceflow.adapters.memory.store import MemoryIdempotencyStore, MemoryWrites
 from onceflow.errors import OutputRejected
 from onceflow.interfaces import IdempotencyStore
-from onceflow.records import Completion, Output
+from onceflow.records import Completion, LaneCommit, Output
 from onceflow.serialization import dumps
 
 __all__ = ["MemorySink"]
@@ -19,9 +19,9 @@ __all__ = ["MemorySink"]
 class MemorySink:
     """Outputs kept by `output_id`, with a log of every write to check how often each landed.
 
-    With `atomic=True` (the default) it commits outputs and completion markers in one
-    step with a `MemoryIdempotencyStore`; `atomic=False` exercises the runner's
-    write-then-complete path instead.
+    With `atomic=True` (the default) it commits outputs and completion markers (or lane
+    records: `write_and_commit_lanes`) in one step with a `MemoryIdempotencyStore`;
+    `atomic=False` exercises the runner's write-then-complete path instead.
     """
 
     def __init__(
@@ -77,6 +77,24 @@ class MemorySink:
         assert isinstance(store, MemoryIdempotencyStore)
         self._check_size(outputs)
         return await store.complete_with(completions, MemoryWrites(self._put, outputs))
+
+    def commits_lanes_with(self, store: IdempotencyStore) -> bool:
+        """True where `commits_with` is: the memory store commits lanes in the same step."""
+        return self.commits_with(store)
+
+    async def write_and_commit_lanes(
+        self,
+        store: IdempotencyStore,
+        outputs: Sequence[Output],
+        completions: Sequence[Completion],
+        lanes: Sequence[LaneCommit],
+    ) -> tuple[list[bool], list[bool]]:
+        """Write outputs, complete keys and commit lanes in one step; what is refused
+        (a key's fence, a lane's) writes nothing."""
+        self.faults.check("sink.write_and_complete")
+        assert isinstance(store, MemoryIdempotencyStore)
+        self._check_size(outputs)
+        return await store.complete_with_lanes(completions, MemoryWrites(self._put, outputs), lanes)
 
     def _put(self, outputs: Sequence[Output]) -> None:
         kept, log = self.outputs, self.writes.append

@@ -1,5 +1,6 @@
 """A 1,000-record Kinesis batch through the Lambda handler on the moto server, DynamoDB
-store and sink in upsert mode: the shard's lane settles it, billed as issue 15 targets."""
+store and sink in upsert mode, and in the atomic modes (outputs chained with the lane
+record, 99 per transaction): the shard's lane settles it, billed as issue 15 targets."""
 
 from __future__ import annotations
 
@@ -37,14 +38,16 @@ class OrderItem:
         return {"order_id": order["order_id"], "total": Decimal(order["total"])}
 
 
-def _handler(moto: MotoServer, meter: Meter) -> tuple[Any, Pipeline, str]:
+def _handler(
+    moto: MotoServer, meter: Meter, mode: DynamoDBMode = DynamoDBMode.UPSERT
+) -> tuple[Any, Pipeline, str]:
     raw = moto.client("dynamodb")
     meter.attach(raw)
     client = SerializedClient(raw)
     state, orders = f"lanes-state-{uuid.uuid4().hex[:6]}", f"lanes-orders-{uuid.uuid4().hex[:6]}"
     create_table(client, state)
     create_table(client, orders, ttl_attribute=None)
-    store, sink = dynamodb_pipeline_parts(state, orders, mode=DynamoDBMode.UPSERT, client=client)
+    store, sink = dynamodb_pipeline_parts(state, orders, mode=mode, client=client)
     pipeline = Pipeline(OrderItem(), sink, store)
     meter.reset()
     return lambda_handler(pipeline), pipeline, orders
@@ -84,6 +87,38 @@ def test_a_kinesis_batch_costs_one_write_per_event_and_its_redelivery_nothing(
     print(f"redelivery: {dict(meter.requests)} wcu/event={again[0]:.4f} "
           f"rcu/event={again[1]:.4f} requests/event={again[2]:.4f}")  # fmt: skip
     assert meter.write_units == 0, dict(meter.requests)  # the lane record is only read
+    assert again[2] <= 0.01
+    scanned = SerializedClient(moto.client("dynamodb")).scan(TableName=orders, Select="COUNT")
+    assert scanned["Count"] == RECORDS
+
+
+ATOMIC = [DynamoDBMode.FENCED, DynamoDBMode.OPTIMISTIC]
+
+
+@pytest.mark.parametrize("mode", ATOMIC, ids=[m.value for m in ATOMIC])
+def test_an_atomic_kinesis_batch_costs_its_transactional_writes_and_its_redelivery_nothing(
+    mode: DynamoDBMode, moto: MotoServer
+) -> None:
+    """Atomic modes: first delivery <= 2.1 WCU (a transactional write is billed twice:
+    2.0 is the floor) and <= 0.05 RCU per event, no marker per event; again: 0 writes,
+    <= 0.01 requests per event."""
+    meter = Meter()
+    handler, pipeline, orders = _handler(moto, meter, mode)
+    assert pipeline.watermarks
+    event = _batch(RECORDS)
+    assert handler(event, aws.LambdaContext()) == {"batchItemFailures": []}
+    first = (meter.write_units / RECORDS, meter.read_units / RECORDS, meter.total / RECORDS)
+    print(f"{mode.value} first delivery: {dict(meter.requests)} wcu/event={first[0]:.4f} "
+          f"rcu/event={first[1]:.4f} requests/event={first[2]:.4f}")  # fmt: skip
+    assert first[0] <= 2.1 and first[1] <= 0.05, dict(meter.requests)
+    assert meter.requests["TransactWriteItems"] == -(-RECORDS // 99)  # 99 outputs a link
+    assert first[2] <= 0.02
+    meter.reset()
+    assert handler(event, aws.LambdaContext()) == {"batchItemFailures": []}
+    again = (meter.write_units / RECORDS, meter.read_units / RECORDS, meter.total / RECORDS)
+    print(f"{mode.value} redelivery: {dict(meter.requests)} wcu/event={again[0]:.4f} "
+          f"rcu/event={again[1]:.4f} requests/event={again[2]:.4f}")  # fmt: skip
+    assert meter.write_units == 0, dict(meter.requests)
     assert again[2] <= 0.01
     scanned = SerializedClient(moto.client("dynamodb")).scan(TableName=orders, Select="COUNT")
     assert scanned["Count"] == RECORDS
