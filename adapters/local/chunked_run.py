@@ -22,6 +22,7 @@ import hashlib
 import multiprocessing
 import os
 import queue
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -50,6 +51,8 @@ from onceflow.retry import RetryPolicy
 __all__ = ["InputFiles", "chunked_ledger", "run_chunked", "wants_chunks"]
 
 _LEDGER = "chunked"
+CHUNK_BATCH_SIZE = 2000
+"""Records per batch of a chunk worker when `--batch-size` is not given."""
 
 
 class InputFiles:
@@ -133,7 +136,18 @@ def run_chunked(args: argparse.Namespace) -> int:
             out.print(f"{path.name}: {plan.note}")
         run_id = state.start_run(args.processor, args.input, _options(args))
         started = time.perf_counter()
-        tally, failures, peaks = _run_pending(args, path.parent, plan, pending)
+        try:
+            tally, failures, peaks = _run_pending(args, path.parent, plan, pending)
+        except KeyboardInterrupt:
+            # The workers are stopped (`_run_pending`); what they committed is kept, and
+            # a chunk they were in reads again from its lane's watermark.
+            state.finish_run(run_id, {})
+            state.dead_letters.export()
+            console(stderr=True).print(
+                "onceflow: interrupted; committed chunks and batches are kept, and the next "
+                "run goes on from there"
+            )
+            return 130
         manifest: Manifest | None = anyio.run(ledger.fan_in, plan)
         wall = time.perf_counter() - started
         state.finish_run(run_id, tally.counts())
@@ -147,10 +161,17 @@ def run_chunked(args: argparse.Namespace) -> int:
             f"{len(plan.chunks)} chunks of {path.name}: {len(pending)} run, {skipped} done before"
         )
         if peaks:
-            mb = ", ".join(f"{peak / (1 << 20):.0f}" for peak, _, _ in peaks)
+            mb = ", ".join(f"{u['rss'] / (1 << 20):.0f}" for u in peaks)
             out.print(f"peak memory (RSS) per worker: {mb} MB")
-            waits = ", ".join(f"{waited:.1f} of {ran:.1f}" for _, waited, ran in peaks)
+            waits = ", ".join(f"{u['waited']:.1f} of {u['ran']:.1f}" for u in peaks)
             out.print(f"waited for the state's write lock, per worker: {waits} s")
+            # The serialized share: CPU spent holding the lock over all CPU (Amdahl's s).
+            shares = ", ".join(
+                f"{u['held_cpu']:.1f} of {u['cpu']:.1f} CPU s "
+                f"({u['held_cpu'] / max(u['cpu'], 1e-9):.0%})"
+                for u in peaks
+            )
+            out.print(f"inside the state's write lock, per worker: {shares}")
         for text in failures[:5]:
             out.print(f"[red]{text}[/]", markup=True)
         if manifest is not None:
@@ -190,7 +211,9 @@ def _config(args: argparse.Namespace, folder: Path, plan: ChunkPlan) -> dict[str
         "plan": plan.as_plain(),
         "id_field": args.id_field,
         "partition_field": args.partition_field,
-        "batch_size": args.batch_size,
+        # Each batch costs a lane claim and a commit inside the shared write lock whatever
+        # its size, so chunk workers take larger batches unless told otherwise.
+        "batch_size": args.batch_size or CHUNK_BATCH_SIZE,
         "max_attempts": args.max_attempts,
         "max_deliveries": args.max_deliveries,
         "cool_down": args.cool_down,
@@ -201,11 +224,12 @@ def _config(args: argparse.Namespace, folder: Path, plan: ChunkPlan) -> dict[str
 
 def _run_pending(
     args: argparse.Namespace, folder: Path, plan: ChunkPlan, pending: list[int]
-) -> tuple[Tally, list[str], list[tuple[int, float, float]]]:
+) -> tuple[Tally, list[str], list[dict[str, float]]]:
     """Run the pending chunks on `args.workers` processes, showing progress.
 
-    The totals, the failures, and per worker: its peak resident memory in bytes, and the
-    seconds it waited for the state file's write lock out of the seconds it ran.
+    The totals, the failures, and per worker (`_usage`): its peak resident memory in
+    bytes, the seconds it waited for the state file's write lock out of the seconds it
+    ran, and the CPU seconds it spent holding that lock out of its CPU seconds.
     """
     context = multiprocessing.get_context("spawn")
     tasks: Any = context.Queue()
@@ -219,7 +243,7 @@ def _run_pending(
     todo_bytes = sum(plan.chunks[i].bytes for i in pending)
     tally = Tally()
     failures: list[str] = []
-    peaks: dict[int, tuple[int, float, float]] = {}
+    peaks: dict[int, dict[str, float]] = {}
     if not pending:
         return tally, failures, []
     workers = [
@@ -249,15 +273,22 @@ def _run_pending(
                     failures.append(message[2])
                 elif kind == "error":
                     failures.append(message[1])
+    except BaseException:
+        # Ctrl-C (the workers ignore it: this process decides) or an error here: no worker
+        # runs on alone. A stopped worker's transactions are whole or absent.
+        for worker in workers:
+            if worker.is_alive():
+                worker.terminate()
+        raise
     finally:
-        for worker in workers:  # on an error or Ctrl-C here, no worker runs on alone
+        for worker in workers:
             if worker.is_alive() and failures:
                 worker.terminate()
             worker.join()
     for worker in workers:
         if worker.exitcode not in (0, None) and not failures:
             raise CliError(f"a worker process failed (exit status {worker.exitcode}); see above")
-    return tally, failures, sorted(peaks.values())
+    return tally, failures, [peaks[pid] for pid in sorted(peaks)]
 
 
 class _ChunkProgress:
@@ -340,17 +371,21 @@ def worker_main(config: dict[str, Any], tasks: Any, events: Any, parent: int) ->
 
 
 def _worker_main(config: dict[str, Any], tasks: Any, events: Any, parent: int) -> None:
+    # Ctrl-C reaches the whole process group: the parent stops the workers (or a run
+    # killed whole leaves them to notice at their next batch), not each on its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     quiet_logs(bool(config["verbose"]))
     state = LocalState(config["state"])
     try:
-        # Each chunk is a watermark lane (`ChunkReader.lane`) and the sinks are given
-        # without their atomic commit: a batch is then one upsert per output (idempotent by
-        # output_id) and one lane record, instead of a claimed and a completed marker per
-        # record besides. The shared state file's write lock is what N workers queue for,
-        # so this is what lets them run side by side (see docs/large-files.md).
+        # Each chunk is a watermark lane (`ChunkReader.lane`): a batch's outputs commit
+        # with its lane's record in one transaction (`SqliteSink.write_and_commit_lanes`),
+        # one upsert per output and one lane record, instead of a claimed and a completed
+        # marker per record besides. The shared state file's write lock is what N workers
+        # queue for, so this is what lets them run side by side (see docs/large-files.md).
+        # Dead letters (rare) are written on their own before the lane settles them.
         pipeline = Pipeline(
             load_processor(config["processor"]),
-            _Overwrites(state.sink),
+            state.sink,
             state.store,
             _Overwrites(state.dead_letters),
             retry=RetryPolicy(attempts=config["max_attempts"]),
@@ -408,8 +443,7 @@ def _worker_main(config: dict[str, Any], tasks: Any, events: Any, parent: int) -
                 events.put(("bytes", plan.chunks[index].bytes, 0))
             elif read[0]:
                 events.put(("bytes", read[0], 0))
-            usage = (_peak_rss(), state.database.waited, time.perf_counter() - began)
-            events.put(("chunk", index, tally.as_plain(), os.getpid(), usage))
+            events.put(("chunk", index, tally.as_plain(), os.getpid(), _usage(state, began)))
     except Exception as exc:  # e.g. the processor's setup() failed: say so, then stop
         events.put(("error", f"a worker stopped: {type(exc).__name__}: {exc}"))
         raise SystemExit(1) from None
@@ -426,6 +460,20 @@ class _Overwrites:
     async def write(self, outputs: Sequence[Output]) -> None:
         """Write (an overwrite by output_id on a repeat)."""
         await self.sink.write(outputs)
+
+
+def _usage(state: LocalState, began: float) -> dict[str, float]:
+    """This worker's figures so far: memory, and its time waiting for and in the write lock."""
+    database = state.database
+    return {
+        "rss": _peak_rss(),
+        "waited": database.waited,
+        "ran": time.perf_counter() - began,
+        "held": database.held,
+        "held_cpu": database.held_cpu,
+        "cpu": time.process_time(),
+        "transactions": database.transactions,
+    }
 
 
 def _peak_rss() -> int:

@@ -44,7 +44,13 @@ def register(subparsers: Any) -> None:
     _state_option(run)
     run.add_argument("--out", metavar="FILE.jsonl", help="also export every output to this file")
     run.add_argument("--ordered", action="store_true", help="keep order within --partition-field")
-    run.add_argument("--batch-size", type=_positive, default=500, metavar="N")
+    run.add_argument(
+        "--batch-size",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="records per batch (default 500; 2000 for the chunks of a large file)",
+    )
     run.add_argument(
         "--workers",
         type=_positive,

@@ -91,6 +91,13 @@ class Database:
             raise _explain(self.path, exc, busy_timeout) from exc
         self.waited = 0.0
         """Seconds this process spent waiting for other writers of the file (the queue)."""
+        self.held = 0.0
+        """Seconds this process held the file's write lock (its writes' serialized part)."""
+        self.held_cpu = 0.0
+        """CPU seconds this process spent holding the write lock (what no other writer can
+        overlap: the serialized share of a worker is this over its CPU seconds)."""
+        self.transactions = 0
+        """Write transactions committed or rolled back by this connection."""
         self._queue: int | None = None
         if _HAVE_FCNTL:
             with contextlib.suppress(OSError):  # a read-only folder: the busy handler only
@@ -127,18 +134,25 @@ class Database:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 raise _explain(self.path, exc, self.busy_timeout) from exc
+            # Timed from the lock taken to the lock given back: what other writers wait for.
+            wall, cpu = time.perf_counter(), time.process_time()
             try:
-                yield conn
-            except BaseException:
-                if conn.in_transaction:
-                    conn.rollback()
-                raise
-            try:
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if conn.in_transaction:
-                    conn.rollback()
-                raise _explain(self.path, exc, self.busy_timeout) from exc
+                try:
+                    yield conn
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.rollback()
+                    raise
+                try:
+                    conn.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    if conn.in_transaction:
+                        conn.rollback()
+                    raise _explain(self.path, exc, self.busy_timeout) from exc
+            finally:
+                self.held += time.perf_counter() - wall
+                self.held_cpu += time.process_time() - cpu
+                self.transactions += 1
 
     @contextlib.contextmanager
     def _queued(self) -> Iterator[None]:

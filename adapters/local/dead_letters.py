@@ -11,7 +11,7 @@ from typing import Any
 from onceflow.adapters.local.database import Database
 from onceflow.adapters.local.sqlite_sink import SqliteSink
 from onceflow.interfaces import Clock, IdempotencyStore
-from onceflow.records import Completion, Output
+from onceflow.records import Completion, LaneCommit, Output
 
 __all__ = ["JsonlDeadLetterSink"]
 
@@ -61,6 +61,19 @@ class JsonlDeadLetterSink(SqliteSink):
     ) -> list[bool]:
         """Store letters and complete their keys in one transaction, then refresh the file."""
         accepted = await super().write_and_complete(store, outputs, completions)
+        self._written(outputs)
+        return accepted
+
+    async def write_and_commit_lanes(
+        self,
+        store: IdempotencyStore,
+        outputs: Sequence[Output],
+        completions: Sequence[Completion],
+        lanes: Sequence[LaneCommit],
+    ) -> tuple[list[bool], list[bool]]:
+        """Store letters with their keys' and lanes' commits in one transaction, then
+        refresh the file."""
+        accepted = await super().write_and_commit_lanes(store, outputs, completions, lanes)
         self._written(outputs)
         return accepted
 

@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 
 __all__ = ["run_command"]
 
+BATCH_SIZE = 500
+"""Records per batch of `onceflow run` when `--batch-size` is not given."""
+
 
 def run_command(args: argparse.Namespace) -> int:
     """`onceflow run`: the exit status."""
@@ -69,6 +72,7 @@ def run_command(args: argparse.Namespace) -> int:
         run_id = 0 if args.report else state.start_run(args.processor, args.input, _options(args))
         tally = Tally()
         started = time.perf_counter()
+        interrupted = False
         with (
             _fewer_collections(),
             Progress(quiet=args.quiet, total=_total_bytes(source)) as show,
@@ -81,7 +85,7 @@ def run_command(args: argparse.Namespace) -> int:
                 await run_files(
                     pipeline,
                     source,
-                    batch_size=args.batch_size,
+                    batch_size=args.batch_size or BATCH_SIZE,
                     outage_wait=args.outage_wait,
                     tally=tally,
                     on_batch=on_batch,
@@ -90,11 +94,19 @@ def run_command(args: argparse.Namespace) -> int:
 
             try:
                 anyio.run(drive)
-            except (OnceflowError, OSError, KeyboardInterrupt):
+            except KeyboardInterrupt:
+                if args.report:  # a worker of `--workers N`: its parent says so
+                    raise
+                # Ctrl-C lands between batches (`run_files`): every batch acked so far is
+                # committed with its checkpoint, and the rest is read by the next run.
+                interrupted = True
+            except (OnceflowError, OSError):
                 raise
             except Exception as exc:  # e.g. the processor's setup() failed
                 raise CliError(f"the run stopped: {type(exc).__name__}: {exc}") from exc
         wall = time.perf_counter() - started
+        if interrupted:
+            return _interrupted(state, run_id, tally)
         if args.report:  # a worker of `--workers N`: the parent sums and reports
             Path(args.report).write_text(json.dumps(tally.as_plain()))
             return 0
@@ -122,6 +134,18 @@ def _fewer_collections() -> Iterator[None]:
     finally:
         gc.set_threshold(*threshold)
         gc.unfreeze()
+
+
+def _interrupted(state: LocalState, run_id: int, tally: Tally) -> int:
+    """Record a run stopped by Ctrl-C and say what it kept; the exit status (130)."""
+    state.finish_run(run_id, tally.counts())
+    state.dead_letters.export()
+    settled = tally.processed + tally.duplicates + tally.dead_lettered
+    console(stderr=True).print(
+        f"onceflow: interrupted after {settled:,} records; what they committed is kept, "
+        "and the next run goes on from there"
+    )
+    return 130
 
 
 def _options(args: argparse.Namespace) -> dict[str, object]:
@@ -187,7 +211,8 @@ def _worker_argv(args: argparse.Namespace, index: int, report: Path) -> list[str
     for flag in ("format", "id_field", "partition_field", "key_field"):
         if getattr(args, flag):
             argv += [f"--{flag.replace('_', '-')}", getattr(args, flag)]
-    argv += ["--batch-size", str(args.batch_size), "--max-attempts", str(args.max_attempts)]
+    argv += ["--batch-size", str(args.batch_size or BATCH_SIZE)]
+    argv += ["--max-attempts", str(args.max_attempts)]
     argv += ["--max-deliveries", str(args.max_deliveries), "--cool-down", str(args.cool_down)]
     argv += ["--outage-wait", str(args.outage_wait)]
     argv += ["--lease-seconds", str(args.lease_seconds)]

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import anyio.lowlevel
+
 from onceflow.adapters.local.file_source import DirectorySource, FileSource, Redelivery
 from onceflow.adapters.local.totals import Tally
 from onceflow.batch import Record
@@ -73,6 +75,10 @@ async def run_files(
         if waiting.gave_up is not None:
             tally.stopped = waiting.gave_up
             source.stop()
+        # A batch over local files may never wait for anything, so a cancellation (what
+        # asyncio.run makes of Ctrl-C) would land only when the input ends: this is where
+        # it lands instead, between batches, after the last one's ack.
+        await anyio.lowlevel.checkpoint()
     return tally
 
 

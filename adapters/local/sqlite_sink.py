@@ -21,7 +21,7 @@ from onceflow.adapters.local.sqlite_store import SqliteIdempotencyStore, SqliteW
 from onceflow.clock import SystemClock
 from onceflow.errors import ConfigurationError
 from onceflow.interfaces import Clock, IdempotencyStore
-from onceflow.records import Completion, Output
+from onceflow.records import Completion, LaneCommit, Output
 from onceflow.serialization import dumps
 
 __all__ = ["SqliteSink"]
@@ -152,6 +152,28 @@ class SqliteSink:
             raise ConfigurationError(f"{self!r} cannot commit atomically with {store!r}")
         writes = SqliteWrites(self, self._rows(outputs), key_column=_EVENT_KEY)
         return await store.complete_with(completions, writes)
+
+    def commits_lanes_with(self, store: IdempotencyStore) -> bool:
+        """True for a `SqliteIdempotencyStore` on the same database file."""
+        return self.commits_with(store)
+
+    async def write_and_commit_lanes(
+        self,
+        store: IdempotencyStore,
+        outputs: Sequence[Output],
+        completions: Sequence[Completion],
+        lanes: Sequence[LaneCommit],
+    ) -> tuple[list[bool], list[bool]]:
+        """Complete keys, commit lanes and write the outputs of what held, in one transaction.
+
+        One transaction per batch of a lane instead of one for the outputs and one for the
+        lane's record (`SqliteIdempotencyStore.complete_with_lanes`): the write lock that
+        processes on one file queue for is taken once.
+        """
+        if not isinstance(store, SqliteIdempotencyStore) or not self.commits_with(store):
+            raise ConfigurationError(f"{self!r} cannot commit atomically with {store!r}")
+        writes = SqliteWrites(self, self._rows(outputs), key_column=_EVENT_KEY)
+        return await store.complete_with_lanes(completions, writes, lanes)
 
     # -- reading -----------------------------------------------------------------------------
 

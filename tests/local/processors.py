@@ -91,3 +91,12 @@ class FlakyReplay:
             raise ConnectionError("the downstream blinked")
         REPLAY["applied"].append(event.id)
         return {"n": event.json()["n"]}
+
+
+class Slow(Doubler):
+    """`Doubler`, taking ONCEFLOW_TEST_SLOW seconds per event (none when unset)."""
+
+    def process(self, event: Event) -> dict[str, Any]:
+        """The doubled value, after a pause."""
+        time.sleep(float(os.environ.get("ONCEFLOW_TEST_SLOW", "0")))
+        return super().process(event)
