@@ -29,8 +29,9 @@ def free_port() -> int:
 
 
 def _wait_for_port(
-    port: int, proc: subprocess.Popen[bytes], name: str, timeout: float = 30
+    port: int, proc: subprocess.Popen[bytes], name: str, timeout: float = 120
 ) -> None:
+    # Generous: Azurite took over 30 s to listen while a soak held two cores at load 20.
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
