@@ -10,7 +10,7 @@ from typing import Any
 from onceflow.batch import Item, State, describe, log_extra
 from onceflow.breaker import CircuitBreaker, RateLimit
 from onceflow.errors import DecodeError, PermanentError
-from onceflow.event import Event
+from onceflow.event import FIELDS_IN_DICT, Event
 from onceflow.failures import FailureKind, safe_text, safe_traceback
 from onceflow.identity import first_output_id, output_id
 from onceflow.interfaces import Clock, Metrics
@@ -24,6 +24,8 @@ log = logging.getLogger("onceflow")
 
 _tuple = tuple.__new__
 _DONE = State.DONE
+_FIELDED: type | None = Event if FIELDS_IN_DICT else None
+"""The record type whose fields are read from its `__dict__` (None: read by name)."""
 
 
 class Attempts:
@@ -73,10 +75,14 @@ class Attempts:
         item.attempts += 1
         if item.first_attempt_at is None:
             item.first_attempt_at = now
+        # An Event's every attribute read goes through pydantic's __getattr__ hook, and so
+        # does isinstance's __class__ fallback: the exact type is checked first, for free.
+        kind = type(record)
         try:
-            if isinstance(record, InvalidRecord):
+            if kind is not Event and isinstance(record, InvalidRecord):
                 raise DecodeError(record.reason)
-            produced = self.process(record)
+            event: Event = record  # type: ignore[assignment]  # no InvalidRecord gets here
+            produced = self.process(event)
             if type(produced) is dict:
                 # The common case, one dict, without the general `outputs_of`. The output
                 # is built as the tuple it is: a named tuple's own __new__ is one more
@@ -86,13 +92,20 @@ class Attempts:
                 except UnstorableValue as exc:
                     raise UnstorableValue(f"output 0 cannot be stored: {exc}") from None
                 key = item.key
+                if kind is _FIELDED:
+                    # The fields from the instance dict: one hooked lookup, not four.
+                    f = event.__dict__
+                    output = _tuple(Output, (
+                        first_output_id(key), key, f["id"], 0, plain, f["partition_key"],
+                        f["time"], f["sequence"], None,
+                    ))  # fmt: skip
+                else:
+                    output = _tuple(Output, (
+                        first_output_id(key), key, event.id, 0, plain, event.partition_key,
+                        event.time, event.sequence, None,
+                    ))  # fmt: skip
                 # A one-tuple, not a list: smaller, and made from the interpreter's free list.
-                item.outputs = (
-                    _tuple(Output, (
-                        first_output_id(key), key, record.id, 0, plain, record.partition_key,
-                        record.time, record.sequence, None,
-                    )),
-                )  # fmt: skip
+                item.outputs = (output,)
             elif inspect.isawaitable(produced):
                 if self.is_async:
                     return self._finish(item, produced)

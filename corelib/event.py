@@ -267,6 +267,10 @@ _LAID_OUT_AS_EXPECTED = (
     and not Event.__private_attributes__
     and Event.model_config.get("extra") != "allow"
 )
+FIELDS_IN_DICT = _LAID_OUT_AS_EXPECTED
+"""Whether an Event keeps its field values in its instance `__dict__`, as pydantic lays it
+out: the runner then reads several fields through one attribute lookup (every lookup on a
+model goes through pydantic's `__getattr__` hook, several times a plain one's cost)."""
 _new_event = Event.__new__
 _set = object.__setattr__
 

@@ -22,6 +22,10 @@ __all__ = ["Failure", "FailureKind", "safe_text", "safe_traceback"]
 class FailureKind(enum.Enum):
     """What went wrong for one event."""
 
+    # Identity hashing agrees with Enum's identity equality, without Enum's Python-level
+    # __hash__ per lookup (`kind in _SUMMARISED`, once per failed event of an outage).
+    __hash__ = object.__hash__
+
     # Handed back for redelivery: nothing was committed for the event.
     LEASED_ELSEWHERE = "leased_elsewhere"
     """Another worker holds the key's live lease."""

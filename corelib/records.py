@@ -34,6 +34,11 @@ __all__ = [
 class ClaimStatus(enum.Enum):
     """What a store answers for one key asked to be claimed."""
 
+    # Members are singletons compared by identity, so hashing by identity agrees with
+    # equality; Enum's own __hash__ is a Python call, paid per event by stores that file
+    # rows or texts by status.
+    __hash__ = object.__hash__
+
     NEW = "new"
     """Nobody holds the key: it is now leased to the caller, guarded by `Claim.token`."""
     IN_PROGRESS = "in_progress"
@@ -44,6 +49,8 @@ class ClaimStatus(enum.Enum):
 
 class OutcomeStatus(enum.Enum):
     """How a key was completed."""
+
+    __hash__ = object.__hash__  # see ClaimStatus
 
     SUCCEEDED = "succeeded"
     DEAD_LETTERED = "dead_lettered"
