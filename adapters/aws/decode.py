@@ -432,10 +432,11 @@ class _Named:
 Reader = Callable[[Mapping[str, Any]], tuple[Item, list[Record]]]
 """Reads one platform record: its `Item` and what it became; raises when it cannot."""
 
-FastReader = Callable[[Any], "tuple[Item, Event] | None"]
-"""Reads one platform record of the common shape in one pass, or gives None for any other
-record (then the `Reader` reads it field by field): it accepts only records the `Reader`
-reads without fault, and builds the very same `Item` and `Event` for them."""
+FastReader = Callable[[Any], bool]
+"""Reads one platform record of the common shape in one pass into the delivery, or gives
+False (or raises) for any other record, which the `Reader` then reads field by field: it
+accepts only records the `Reader` reads without fault, and adds the very same `Item` and
+`Event` for them."""
 
 
 def _each(
@@ -451,13 +452,10 @@ def _each(
     for index, raw in enumerate(records):
         if fast is not None:
             try:
-                found = fast(raw)
-            except Exception:  # whatever it is, the field-by-field reader names it
-                found = None
-            if found is not None:
-                items.append(found[0])
-                out.append(found[1])
-                continue
+                if fast(raw):
+                    continue
+            except Exception:  # whatever it is (a field missing...), the reader names it
+                pass
         try:
             if type(raw) is not dict and not _is_map(raw):
                 raise _Unreadable(f"the record is {_kind(raw)}, not an object")
@@ -574,31 +572,35 @@ def _kinesis_shard(event_id: str, seq: str) -> str | None:
     return shard if colon and shard and tail == seq else None
 
 
-def _kinesis_fast(templates: _Templates) -> FastReader:
+def _kinesis_fast(templates: _Templates, delivery: Delivery) -> FastReader:
     """One batch's reader of plain Kinesis records (no KPL aggregate, no leading trace
-    context, every field of the expected type and ASCII): `_kinesis_read`'s checks in one
-    pass, and each stream's template looked up once."""
+    context, every field present, of the expected type and ASCII): `_kinesis_read`'s checks
+    in one pass, each stream's template looked up once, and a time shared by the records
+    that arrived at the same moment (datetimes are immutable)."""
     builders: dict[str, Callable[..., Event]] = {}
     attributes = templates.attributes
-    a2b, fromtimestamp, now = binascii.a2b_base64, datetime.fromtimestamp, datetime.now
+    add_item, add_record = delivery.items.append, delivery.records.append
+    a2b, fromtimestamp = binascii.a2b_base64, datetime.fromtimestamp
+    last: list[Any] = [None, None]  # the last arrival timestamp and its datetime
 
-    def read(raw: Any) -> tuple[Item, Event] | None:
-        if type(raw) is not dict or raw.get("eventSource") != "aws:kinesis":
-            return None
-        body = raw.get("kinesis")
-        arn = raw.get("eventSourceARN")
+    def read(raw: Any) -> bool:
+        if type(raw) is not dict or raw["eventSource"] != "aws:kinesis":
+            return False
+        body = raw["kinesis"]
+        arn = raw["eventSourceARN"]
         if type(body) is not dict or type(arn) is not str:
-            return None
+            return False
         event = builders.get(arn)
         if event is None:
             if not (0 < len(arn) <= _MAX_ID and arn.isascii()):
-                return None
+                return False
             event = builders[arn] = templates(arn, "aws.kinesis.record").event
-        seq = body.get("sequenceNumber")
-        record_id = raw.get("eventID")
-        key = body.get("partitionKey")
-        encoded = body.get("data")
-        region = raw.get("awsRegion")
+        seq = body["sequenceNumber"]
+        record_id = raw["eventID"]
+        key = body["partitionKey"]
+        encoded = body["data"]
+        region = raw["awsRegion"]
+        stamp = body["approximateArrivalTimestamp"]
         if not (
             type(seq) is str
             and 0 < len(seq) <= _MAX_SEQUENCE
@@ -611,37 +613,34 @@ def _kinesis_fast(templates: _Templates) -> FastReader:
             and 0 < len(key) <= _MAX_ID
             and key.isascii()
             and type(encoded) is str
-            and (region is None or (type(region) is str and region.isascii()))
+            and type(region) is str
+            and region.isascii()
+            and (type(stamp) is float or type(stamp) is int)
         ):
-            return None
+            return False
         data = a2b(encoded, strict_mode=True)  # raises for bad base64: the reader names it
         if data.startswith(MAGIC) or data.startswith(_TRACED):
-            return None
-        stamp = body.get("approximateArrivalTimestamp")
-        if type(stamp) is float or type(stamp) is int:
-            time = fromtimestamp(stamp, UTC)
-        elif stamp is None:
-            time = now(UTC)
+            return False
+        if stamp == last[0]:
+            time = last[1]
         else:
-            return None
+            time = last[1] = fromtimestamp(stamp, UTC)
+            last[0] = stamp
         shard, colon, tail = record_id.rpartition(":")
         on = attributes(shard if colon and shard and tail == seq else None, region, lane=True)
-        return Item(seq, [record_id]), event(record_id, data, key, seq, on, time=time)
+        add_record(event(record_id, data, key, seq, on, time=time))
+        add_item(Item(seq, [record_id]))
+        return True
 
     return read
 
 
 def _kinesis(records: Sequence[Any], lanes: bool = True) -> Delivery:
     templates = _Templates(lanes=lanes)
+    delivery = Delivery("kinesis")
     read = functools.partial(_kinesis_read, templates)
-    return _each(
-        Delivery("kinesis"),
-        records,
-        read,
-        _kinesis_named,
-        "aws:kinesis",
-        _kinesis_fast(templates),
-    )
+    fast = _kinesis_fast(templates, delivery)
+    return _each(delivery, records, read, _kinesis_named, "aws:kinesis", fast)
 
 
 @dataclass(frozen=True, slots=True)
@@ -836,67 +835,75 @@ def _sqs_attributes(raw: Mapping[str, Any], attrs: Mapping[str, Any]) -> dict[st
     return out
 
 
-_FIFO_ATTRIBUTES = ("MessageGroupId", "MessageDeduplicationId", "SequenceNumber")
-
-
-def _sqs_fast(templates: _Templates) -> FastReader:
-    """One batch's reader of plain SQS messages (a standard queue's, no message attributes,
-    an ASCII body that is no S3 notification): `_sqs_read`'s checks in one pass, each
-    queue's template looked up once, and one attributes mapping per region."""
+def _sqs_fast(templates: _Templates, delivery: Delivery) -> FastReader:
+    """One batch's reader of plain SQS messages (a standard queue's, every field present,
+    no message attributes, an ASCII body that is no S3 notification): `_sqs_read`'s checks
+    in one pass, each queue's template looked up once, one attributes mapping per region,
+    and a time shared by the messages sent in the same millisecond."""
     builders: dict[str, Callable[..., Event]] = {}
-    regions: dict[str | None, dict[str, str]] = {}
-    fromtimestamp, now = datetime.fromtimestamp, datetime.now
+    regions: dict[str, dict[str, str]] = {}
+    add_item, add_record = delivery.items.append, delivery.records.append
+    fromtimestamp = datetime.fromtimestamp
+    last: list[Any] = [None, None]  # the last SentTimestamp and its datetime
 
-    def read(raw: Any) -> tuple[Item, Event] | None:
-        if type(raw) is not dict or raw.get("eventSource") != "aws:sqs":
-            return None
-        arn = raw.get("eventSourceARN")
-        attrs = raw.get("attributes")
+    def read(raw: Any) -> bool:
+        if type(raw) is not dict or raw["eventSource"] != "aws:sqs":
+            return False
+        arn = raw["eventSourceARN"]
+        attrs = raw["attributes"]
         if type(arn) is not str or type(attrs) is not dict:
-            return None
+            return False
         event = builders.get(arn)
         if event is None:
             if not (0 < len(arn) <= _MAX_ID and arn.isascii()):
-                return None
+                return False
             event = builders[arn] = templates(arn, "aws.sqs.message").event
-        message_id = raw.get("messageId")
-        body = raw.get("body")
-        extra = raw.get("messageAttributes")
-        region = raw.get("awsRegion")
+        message_id = raw["messageId"]
+        body = raw["body"]
+        region = raw["awsRegion"]
+        sent = attrs["SentTimestamp"]
         if not (
             type(message_id) is str
             and 0 < len(message_id) <= _MAX_ID
             and message_id.isascii()
             and type(body) is str
             and body.isascii()
-            and (extra is None or (type(extra) is dict and not extra))
-            and (region is None or (type(region) is str and region.isascii()))
+            and not raw["messageAttributes"]
+            and type(raw["messageAttributes"]) is dict
+            and type(region) is str
+            and region.isascii()
+            and type(sent) is str
+            and len(sent) <= 18
+            and sent.isdigit()
+            and sent.isascii()
+            and "MessageGroupId" not in attrs
+            and "MessageDeduplicationId" not in attrs
+            and "SequenceNumber" not in attrs
         ):
-            return None
-        for name in _FIFO_ATTRIBUTES:
-            if name in attrs:
-                return None
+            return False
         if body.startswith("{") and ("aws:s3" in body or "s3:TestEvent" in body):
-            return None
-        sent = attrs.get("SentTimestamp")
-        if type(sent) is str and sent.isascii() and sent.isdigit() and len(sent) <= 18:
-            time = fromtimestamp(int(sent) / 1000, UTC)
-        elif sent is None:
-            time = now(UTC)
+            return False
+        if sent == last[0]:
+            time = last[1]
         else:
-            return None
+            time = last[1] = fromtimestamp(int(sent) / 1000, UTC)
+            last[0] = sent
         on = regions.get(region)
         if on is None:
-            on = regions[region] = {} if region is None else {"aws.region": region}
-        return Item(message_id, [message_id]), event(
-            message_id,
-            body.encode("utf-8"),
-            None,
-            message_id,
-            on,
-            time=time,
-            delivery_count=_receive_count(attrs),
+            on = regions[region] = {"aws.region": region}
+        add_record(
+            event(
+                message_id,
+                body.encode("utf-8"),
+                None,
+                message_id,
+                on,
+                time=time,
+                delivery_count=_receive_count(attrs),
+            )
         )
+        add_item(Item(message_id, [message_id]))
+        return True
 
     return read
 
@@ -907,15 +914,9 @@ def _sqs(records: Sequence[Any], lanes: bool = True) -> Delivery:
     )
     fifo = next((a for a in arns if type(a) is str), "").endswith(".fifo")
     templates = _Templates(lanes=lanes)
+    delivery = Delivery("sqs-fifo" if fifo else "sqs")
     read = functools.partial(_sqs_read, templates)
-    return _each(
-        Delivery("sqs-fifo" if fifo else "sqs"),
-        records,
-        read,
-        _sqs_named,
-        "aws:sqs",
-        _sqs_fast(templates),
-    )
+    return _each(delivery, records, read, _sqs_named, "aws:sqs", _sqs_fast(templates, delivery))
 
 
 def _receive_count(attrs: Mapping[str, Any]) -> int:

@@ -5,14 +5,16 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Collection, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from onceflow.adapters.aws.decode import Delivery, Item, decode
-from onceflow.deployment import Deployment
 from onceflow.errors import OnceflowError
 from onceflow.logs import log_context
 from onceflow.pipeline import BatchResult, Pipeline, built_once
 from onceflow.retry import deadline_in
+
+if TYPE_CHECKING:  # the handler reads a deployment it is given; building one imports it
+    from onceflow.deployment import Deployment
 
 __all__ = ["BatchFailed", "LambdaHandler", "answer", "failed_items", "lambda_handler"]
 

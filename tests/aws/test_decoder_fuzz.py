@@ -594,7 +594,7 @@ ONE_PASS = {"kinesis": "_kinesis_fast", "sqs": "_sqs_fast", "sqs-plain": "_sqs_f
 def _field_by_field(payload: Any, monkeypatch: pytest.MonkeyPatch, reader: str) -> Any:
     """`decode(payload)` with the one-pass reader turned off (it gives up on every record)."""
     with monkeypatch.context() as patched:
-        patched.setattr(decoders, reader, lambda templates: lambda raw: None)
+        patched.setattr(decoders, reader, lambda templates, delivery: lambda raw: False)
         return decode(payload)
 
 
