@@ -92,6 +92,9 @@ DELIVERIES = "deliveries"
 LANE_RECORD_BYTES = 40_000
 """Room kept in a lane transaction for the lane's record (its state is bounded at about
 21,000 characters: `watermarks.MAX_SETTLED`)."""
+LANE_LINK_WRITES = TRANSACTION_LIMIT - 1
+"""Writes per link of a chained lane commit besides the lane record (tests lower it to
+run the exactly-once plans over chains of many links)."""
 MAX_LANE_VERSIONS = 10_000
 """Lane claims whose last written version a store remembers at most (`_lane_versions`)."""
 
@@ -923,11 +926,13 @@ def _unsettled(
 def _pack_lane(
     groups: Mapping[str, Sequence[TransactAction]],
     *,
-    limit: int = TRANSACTION_LIMIT - 1,
+    limit: int | None = None,
     budget: int = TRANSACTION_BYTES - LANE_RECORD_BYTES,
 ) -> list[list[str]]:
-    """A lane's groups, in their order, into links of at most `limit` actions and `budget`
-    bytes besides the lane record, never two actions on one item; at least one link."""
+    """A lane's groups, in their order, into links of at most `limit` actions
+    (`LANE_LINK_WRITES`) and `budget` bytes besides the lane record, never two actions on
+    one item; at least one link."""
+    limit = LANE_LINK_WRITES if limit is None else limit
     links: list[list[str]] = [[]]
     count = size = 0
     targets: set[str] = set()

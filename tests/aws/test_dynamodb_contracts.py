@@ -171,3 +171,29 @@ class TestOptimisticDeliveryCounts(Optimistic, Capabilities):
 
     clock = StoreContract.clock
     test_claims_count_deliveries = StoreContract.test_claims_count_deliveries
+
+
+class ShortLinks:
+    """Lane commits chained over links of two outputs each (`LANE_LINK_WRITES`), so the
+    lane plans' batches span several transactions: racing workers, lapsed leases and
+    crashes meet a chain part-way."""
+
+    lane_examples = 8
+
+    @pytest.fixture(autouse=True)
+    def short_links(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from onceflow.adapters.aws import dynamodb_store
+
+        monkeypatch.setattr(dynamodb_store, "LANE_LINK_WRITES", 2)
+
+
+class TestFencedShortLinksExactlyOnce(ShortLinks, Fenced, ExactlyOnceContract):
+    max_examples = 4
+    state_table = "links-state"
+    output_table = "links-outputs"
+
+
+class TestOptimisticShortLinksExactlyOnce(ShortLinks, Optimistic, ExactlyOnceContract):
+    max_examples = 4
+    state_table = "opt-links-state"
+    output_table = "opt-links-outputs"
