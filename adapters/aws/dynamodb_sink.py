@@ -101,6 +101,10 @@ class DynamoDBSink:
                 f"{store.mode.name} DynamoDBIdempotencyStore: build both with "
                 "dynamodb_pipeline_parts(..., mode=...)"
             )
+        if self._client is None and store._client is None:
+            # Both make their client on first use from one environment: one region and
+            # endpoint. Not making them here keeps boto3 out of a handler's import.
+            return True
         mine, theirs = self.client.meta, store.client.meta
         return bool(
             mine.region_name == theirs.region_name and mine.endpoint_url == theirs.endpoint_url

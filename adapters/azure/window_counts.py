@@ -13,7 +13,9 @@ from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, Re
 from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
 from onceflow.adapters.azure.table_keys import bounded, encode_part
+from onceflow.adapters.azure.throttling import default_retry, listed, send
 from onceflow.reconcile import COUNTS, CountRow, Counts, sum_rows
+from onceflow.retry import RetryPolicy
 
 __all__ = ["PARTITION_PREFIX", "CosmosWindowCounts", "TableWindowCounts"]
 
@@ -159,15 +161,28 @@ class CosmosWindowCounts:
     remote = True  # count_windows writes from a worker thread
 
     def __init__(
-        self, container: Any, *, partition_path: str = "/pk", writer: str | None = None
+        self,
+        container: Any,
+        *,
+        partition_path: str = "/pk",
+        writer: str | None = None,
+        throttle_retry: RetryPolicy | None = None,
     ) -> None:
         self.container = container
         self.partition_field = partition_path.lstrip("/")
         self.writer = writer or uuid.uuid4().hex[:16]
+        self.throttle_retry = throttle_retry or default_retry()
+        """Requests again while Cosmos throttles them past its SDK's own 429 retries."""
         self._lock = threading.Lock()
 
     def put(self, row: CountRow) -> None:
-        """Add one attempt's counts to this writer's item of the window, once."""
+        """Add one attempt's counts to this writer's item of the window, once.
+
+        A write whose answer never came (a reset, a lost or late reply) is read again, and
+        the item's `last_batch` says whether it landed; a throttled request (429 past the
+        SDK's own retries, 449) is sent again by `throttling.send`.
+        """
+        from azure.core.exceptions import ServiceRequestError, ServiceResponseError
         from azure.cosmos.exceptions import (
             CosmosAccessConditionFailedError,
             CosmosHttpResponseError,
@@ -176,12 +191,17 @@ class CosmosWindowCounts:
         partition = _partition(row.pipeline)
         ident = _row_key(row.window, self.writer)
         ttl = max(1, int(row.expires - row.written))
+        retry = self.throttle_retry
         with self._lock:
             for _ in range(ROUNDS):
-                # A query, not read_item: the local Cosmos server answers a point read of a
-                # missing item with a 500, not a 404.
-                found = list(
-                    self.container.query_items(
+                try:
+                    # A query, not read_item: the local Cosmos server answers a point read
+                    # of a missing item with a 500, not a 404.
+                    found = send(
+                        retry,
+                        "a window count read",
+                        listed,
+                        self.container.query_items,
                         f"SELECT * FROM c WHERE c.{self.partition_field} = @pk AND c.id = @id",
                         parameters=[
                             {"name": "@pk", "value": partition},
@@ -189,22 +209,29 @@ class CosmosWindowCounts:
                         ],
                         partition_key=partition,
                     )
-                )
-                if not found:
-                    fresh = {"id": ident, self.partition_field: partition, "ttl": ttl}
-                    try:
-                        self.container.create_item({**fresh, **_added(None, row)})
-                        return
-                    except CosmosHttpResponseError as again:
-                        if again.status_code == 409:
-                            continue  # our own create landed, its reply did not: read it
-                        raise
-                stored = found[0]
-                if stored.get("last_batch") == row.batch:
-                    return  # this attempt was added already
-                body = {"id": ident, self.partition_field: partition, "ttl": ttl}
-                try:
-                    self.container.replace_item(
+                    if not found:
+                        fresh = {"id": ident, self.partition_field: partition, "ttl": ttl}
+                        try:
+                            create = self.container.create_item
+                            send(
+                                retry,
+                                "a window count write",
+                                create,
+                                {**fresh, **_added(None, row)},
+                            )
+                            return
+                        except CosmosHttpResponseError as again:
+                            if again.status_code == 409:
+                                continue  # our own create landed, its reply did not: read it
+                            raise
+                    stored = found[0]
+                    if stored.get("last_batch") == row.batch:
+                        return  # this attempt was added already
+                    body = {"id": ident, self.partition_field: partition, "ttl": ttl}
+                    send(
+                        retry,
+                        "a window count write",
+                        self.container.replace_item,
                         ident,
                         {**body, **_added(stored, row)},
                         etag=stored["_etag"],
@@ -217,6 +244,8 @@ class CosmosWindowCounts:
                     if exc.status_code in (404, 412):
                         continue
                     raise
+                except (ServiceRequestError, ServiceResponseError):
+                    continue  # no answer: the read of the next round shows whether it landed
         raise RuntimeError(f"window {row.window} of {row.pipeline!r}: {ROUNDS} conflicts in a row")
 
     def read(self, pipeline: str | None = None, *, now: float | None = None) -> Counts:

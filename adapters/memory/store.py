@@ -135,24 +135,34 @@ class MemoryIdempotencyStore:
         self.calls["claim"] += 1
         with self.lock:
             now = self.clock.now()
-            claim_one = self._claim_one
-            return [claim_one(key, now, lease_seconds) for key in keys]
+            # One token per call fences every key it leases: a later claim of any of them
+            # (a takeover) draws a new one, so a stale holder's completion is still refused.
+            token = str(next(self._tokens))
+            expires = now + lease_seconds
+            rows = self.rows
+            get = rows.get
+            fresh: _Row = (_IN_PROGRESS, token, expires, _NEVER, None, 0, None, None, 1)
+            claims: list[Claim] = []
+            add = claims.append
+            for key in keys:
+                if get(key) is None:  # the common case: a key never seen
+                    rows[key] = fresh
+                    # Built as the tuple it is: the named tuple's own __new__ is one more
+                    # Python call.
+                    add(_tuple(Claim, (key, _NEW, token, None, expires, None, 1)))
+                else:
+                    add(self._claim_one(key, now, token, expires))
+            return claims
 
-    def _claim_one(self, key: str, now: float, lease_seconds: float) -> Claim:
-        row = self.rows.get(key)
-        deliveries = 1
-        if row is not None:
-            if row[0] == _COMPLETED:
-                if row[3] > now:
-                    return Claim(key, ClaimStatus.COMPLETED, outcome=_outcome(row))
-            elif row[2] > now:
-                return Claim(key, ClaimStatus.IN_PROGRESS, lease_expires_at=row[2])
-            else:
-                deliveries = row[8] + 1  # released, or its holder's lease ran out
-        token = str(next(self._tokens))
-        expires = now + lease_seconds
+    def _claim_one(self, key: str, now: float, token: str, expires: float) -> Claim:
+        row = self.rows[key]
+        if row[0] == _COMPLETED:
+            if row[3] > now:
+                return Claim(key, ClaimStatus.COMPLETED, outcome=_outcome(row))
+        elif row[2] > now:
+            return Claim(key, ClaimStatus.IN_PROGRESS, lease_expires_at=row[2])
+        deliveries = row[8] + 1 if row[0] != _COMPLETED else 1  # released, or lapsed
         self.rows[key] = (_IN_PROGRESS, token, expires, _NEVER, None, 0, None, None, deliveries)
-        # Built as the tuple it is: the named tuple's own __new__ is one more Python call.
         return _tuple(Claim, (key, _NEW, token, None, expires, None, deliveries))
 
     async def complete(self, completions: Sequence[Completion]) -> list[bool]:
@@ -185,6 +195,9 @@ class MemoryIdempotencyStore:
         rows = self.rows
         accepted = []
         status = _STATUS
+        # Keys leased by one claim call share one row, and most complete with one outcome:
+        # they then share one completed row too (one tuple per batch, not per key).
+        shared: tuple[_Row, Outcome, _Row] | None = None
         for claim, outcome in completions:
             key = claim[0]
             row = rows.get(key)
@@ -192,17 +205,20 @@ class MemoryIdempotencyStore:
             # first answer was lost must not look like a lost lease.
             ok = row is not None and row[1] == claim[2]
             if ok and row is not None:
-                rows[key] = (
-                    _COMPLETED,
-                    row[1],
-                    row[2],
-                    expires_at,
-                    status[outcome[0]],
-                    outcome[1],
-                    outcome[2],
-                    outcome[3],
-                    row[8],
-                )
+                if shared is None or shared[0] is not row or shared[1] is not outcome:
+                    done: _Row = (
+                        _COMPLETED,
+                        row[1],
+                        row[2],
+                        expires_at,
+                        status[outcome[0]],
+                        outcome[1],
+                        outcome[2],
+                        outcome[3],
+                        row[8],
+                    )
+                    shared = (row, outcome, done)
+                rows[key] = shared[2]
             accepted.append(ok)
         return accepted
 
