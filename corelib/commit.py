@@ -501,25 +501,11 @@ class Committer:
                 "commit lanes", partial(self.lane_store.commit_lanes, commits)
             )
         except Exception as exc:
-            text = f"lane commit failed: {safe_text(exc)}"
-            for item in lanes.items_of(commits):
-                if item.state in (State.DONE, State.DEAD):
-                    item.fail(FailureKind.STORE_FAILED, text)
-            try:
-                await self.lane_store.release_lanes([c.claim for c in commits])
-            except Exception as again:
-                log.warning("releasing lanes failed: %s", safe_text(again))
+            await self._lanes_failed(commits, lanes, exc)
             return
         for commit, ok in zip(commits, accepted, strict=True):
-            if ok:
-                continue
-            self.metrics.count("lease_lost")
-            for item in lanes.items_of([commit]):
-                if item.state in (State.DONE, State.DEAD):
-                    item.fail(
-                        FailureKind.LEASE_LOST,
-                        "lane lease lost to another worker before commit; it commits instead",
-                    )
+            if not ok:
+                self._lane_lost(commit, lanes)
 
     async def commit_lanes_atomically(self, items: list[Item], lanes: LaneBatch) -> None:
         """Commit the lane events' writes with their lanes' records (`AtomicLaneCommit`).
