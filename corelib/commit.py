@@ -494,18 +494,8 @@ class Committer:
         """Write the batch's lanes' new states (after every write landed); what a lane does
         not settle, or whose fence failed, is failed for redelivery."""
         commits = lanes.commits()
-        if not commits:
-            return
-        try:
-            accepted = await self.call(
-                "commit lanes", partial(self.lane_store.commit_lanes, commits)
-            )
-        except Exception as exc:
-            await self._lanes_failed(commits, lanes, exc)
-            return
-        for commit, ok in zip(commits, accepted, strict=True):
-            if not ok:
-                self._lane_lost(commit, lanes)
+        if commits:
+            await self._commit_lane_states(commits, lanes)
 
     async def commit_lanes_atomically(self, items: list[Item], lanes: LaneBatch) -> None:
         """Commit the lane events' writes with their lanes' records (`AtomicLaneCommit`).
