@@ -256,19 +256,28 @@ def lambda_function(moto: MotoServer, name: str) -> str:
     return str(made["FunctionArn"])
 
 
-def test_moto_interpreter_runs_the_map_and_the_fan_in(interpreter: MotoServer) -> None:
+def _routed(
+    interpreter: MotoServer, prefix: str, lines: int, chunk_size: int
+) -> tuple[Any, Any, dict[str, Any]]:
+    """An object of `lines` JSONL lines on moto S3, routed to the state machine: the S3
+    client, the chunked handlers and the execution input the router sent."""
     s3 = interpreter.client("s3")
-    bucket = f"chunks-{uuid.uuid4().hex[:8]}"
+    bucket = f"{prefix}-{uuid.uuid4().hex[:8]}"
     s3.create_bucket(Bucket=bucket)
-    data = body(8_000)
+    data = body(lines)
     s3.put_object(Bucket=bucket, Key="in.jsonl", Body=data)
     handlers = chunked_handlers(
         Pipeline(Doubler(), MemorySink(), MemoryIdempotencyStore(), MemorySink()),
-        s3=s3, inline_limit=1, chunk_size=60_000, stepfunctions=_Recorder(),
+        s3=s3, inline_limit=1, chunk_size=chunk_size, stepfunctions=_Recorder(),
         state_machine_arn="arn:t",
     )  # fmt: skip
     handlers.router(notification(bucket, "in.jsonl", len(data)))
     (doc,) = handlers.stepfunctions.inputs
+    return s3, handlers, doc
+
+
+def test_moto_interpreter_runs_the_map_and_the_fan_in(interpreter: MotoServer) -> None:
+    _, handlers, doc = _routed(interpreter, "chunks", 8_000, 60_000)
     item = {k: doc[k] for k in ("bucket", "key", "version")}
     replies = [handlers.chunk_worker({**item, "index": c["index"]}) for c in doc["chunks"]]
     fanned = handlers.fan_in(item)
@@ -404,18 +413,7 @@ def test_moto_interpreter_dead_letters_a_failed_chunk_in_the_pipelines_format_to
 def test_moto_interpreter_runs_a_distributed_map_reading_its_items_from_s3(
     interpreter: MotoServer,
 ) -> None:
-    s3 = interpreter.client("s3")
-    bucket = f"items-{uuid.uuid4().hex[:8]}"
-    s3.create_bucket(Bucket=bucket)
-    data = body(4_000)
-    s3.put_object(Bucket=bucket, Key="in.jsonl", Body=data)
-    handlers = chunked_handlers(
-        Pipeline(Doubler(), MemorySink(), MemoryIdempotencyStore(), MemorySink()),
-        s3=s3, inline_limit=1, chunk_size=40_000, stepfunctions=_Recorder(),
-        state_machine_arn="arn:t",
-    )  # fmt: skip
-    handlers.router(notification(bucket, "in.jsonl", len(data)))
-    (doc,) = handlers.stepfunctions.inputs
+    s3, handlers, doc = _routed(interpreter, "items", 4_000, 40_000)
     items = json.loads(s3.get_object(Bucket=doc["ledger_bucket"], Key=doc["items"])["Body"].read())
     assert items == [{"index": c["index"]} for c in doc["chunks"]] and len(items) > 2
     del doc["chunks"]  # as for a plan too large for the input: only the items file
